@@ -1,0 +1,32 @@
+"""fastdiv: cross-entropy, KL divergence, entropy and log-sum-exp over large vocabularies,
+in one read of the logits, with identical semantics on every backend.
+
+Public names only; see ``fastdiv.api`` for the implementation and README.md for semantics.
+"""
+from .api import (
+    cross_entropy,
+    entropy,
+    get_num_threads,
+    kl_div,
+    logsumexp,
+    set_num_threads,
+    threads,
+)
+from ._config import show_config
+from ._registry import BackendUnavailable, available_backends
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "logsumexp",
+    "entropy",
+    "cross_entropy",
+    "kl_div",
+    "show_config",
+    "set_num_threads",
+    "get_num_threads",
+    "threads",
+    "available_backends",
+    "BackendUnavailable",
+    "__version__",
+]

@@ -1,0 +1,154 @@
+"""Input validation.  Every error names the argument and says what was wrong.
+
+Nothing reaches a compiled kernel (which skips bounds checks) without passing here.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+REDUCTIONS = ("none", "mean", "sum")
+INPUT_KINDS = ("logits", "log_probs", "probs")
+
+#: dtypes the compiled kernels read directly; everything else float is converted in blocks.
+NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _bfloat16():
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def compute_dtype(name, dtype):
+    """The float dtype a kernel computes in for an input of ``dtype`` (TypeError if not float)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        if dtype.itemsize <= 4:
+            return np.dtype(np.float32)       # float16 (and float32) compute in float32
+        if dtype.itemsize == 8:
+            return np.dtype(np.float64)
+        raise TypeError(f"{name} has dtype {dtype}; fastdiv supports float16, bfloat16, float32 and float64")
+    if dtype == _bfloat16():
+        return np.dtype(np.float32)
+    kind = {"i": "integer", "u": "unsigned integer", "b": "boolean", "c": "complex",
+            "O": "object", "U": "string", "S": "bytes", "V": "structured/void"}.get(dtype.kind, str(dtype))
+    raise TypeError(f"{name} must be a floating-point array, got {kind} dtype {dtype}")
+
+
+def as_array(name, a):
+    """``a`` as a numpy array without copying when it already is one (lists are converted)."""
+    if isinstance(a, np.ndarray):
+        return a
+    if hasattr(a, "__cuda_array_interface__"):
+        raise TypeError(f"{name} is a CUDA array; use backend='cuda' (or 'auto')")
+    if hasattr(a, "detach") and hasattr(a, "numpy"):          # a torch CPU tensor
+        if getattr(getattr(a, "device", None), "type", "cpu") != "cpu":
+            raise TypeError(f"{name} is a tensor on {a.device}; use backend='cuda' (or 'auto')")
+        a = a.detach()
+        if str(a.dtype) == "torch.bfloat16":
+            bf16 = _bfloat16()
+            if bf16 is None:
+                raise TypeError(f"{name} is a bfloat16 tensor; install ml_dtypes to read it")
+            import torch
+            return a.view(torch.int16).numpy().view(bf16)
+        return a.numpy()
+    try:
+        return np.asarray(a)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} could not be converted to an array: {exc}") from None
+
+
+def float_array(name, a):
+    """A floating-point array with at least one axis and a non-empty last (class) axis."""
+    a = as_array(name, a)
+    compute_dtype(name, a.dtype)
+    if a.ndim == 0:
+        raise ValueError(f"{name} must have at least 1 dimension (the class axis), got a 0-d array")
+    if a.shape[-1] == 0:
+        raise ValueError(f"{name} has an empty class axis (shape {a.shape}); the last axis must have V >= 1")
+    return a
+
+
+def same_shape(name_a, a, name_b, b):
+    if a.shape != b.shape:
+        raise ValueError(f"{name_a} and {name_b} must have the same shape, got {a.shape} and {b.shape}")
+
+
+def reduction(value):
+    if value not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {value!r}")
+    return value
+
+
+def input_kind(value):
+    if value not in INPUT_KINDS:
+        raise ValueError(f"inputs must be one of {INPUT_KINDS}, got {value!r}")
+    return value
+
+
+def label_smoothing(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"label_smoothing must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def ignore_index(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"ignore_index must be an integer, got {value!r}")
+    return int(value)
+
+
+def class_targets(target, lead_shape, v, ignore):
+    """Integer class indices of shape ``lead_shape``, each in ``[0, V)`` or equal to ``ignore``."""
+    if target.dtype.kind == "b":
+        raise TypeError("target must hold integer class indices (or float probabilities), got a boolean array")
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"target must hold integer class indices or float probabilities, got dtype {target.dtype}")
+    if target.shape != tuple(lead_shape):
+        raise ValueError(
+            f"target of class indices must have shape logits.shape[:-1] = {tuple(lead_shape)}, got {target.shape}")
+    t = np.ascontiguousarray(target.reshape(-1), dtype=np.int64)
+    if target.dtype.kind == "u" and target.dtype.itemsize == 8 and t.size and (t < 0).any():
+        raise ValueError("target has values too large for int64")
+    bad = ((t < 0) | (t >= v)) & (t != ignore)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        where = np.unravel_index(k, lead_shape) if lead_shape else ()
+        raise ValueError(
+            f"target must be in [0, {v}) or equal to ignore_index={ignore}; "
+            f"target{list(where)} = {int(t[k])} ({int(bad.sum())} invalid value(s))")
+    return t
+
+
+def class_weight(weight, v, dtype):
+    """A non-negative, finite weight per class, as a contiguous array of the compute dtype."""
+    w = as_array("weight", weight)
+    if w.dtype.kind not in "fiu" or w.dtype.kind == "b":
+        raise TypeError(f"weight must be a real numeric array, got dtype {w.dtype}")
+    if w.ndim != 1 or w.shape[0] != v:
+        raise ValueError(f"weight must be a 1-D array of length V = {v} (one weight per class), got shape {w.shape}")
+    w = np.ascontiguousarray(w, dtype=dtype)
+    if not np.isfinite(w).all():
+        raise ValueError("weight must be finite; it contains NaN or inf")
+    if (w < 0).any():
+        raise ValueError(f"weight must be non-negative; weight[{int(np.flatnonzero(w < 0)[0])}] < 0")
+    return w
+
+
+def probabilities(name, a, v):
+    """``validate=True`` check: entries in [0, 1] (NaN-free) and rows summing to 1 within tolerance."""
+    a64 = np.asarray(a, dtype=np.float64).reshape(-1, v)
+    if np.isnan(a64).any():
+        raise ValueError(f"{name} contains NaN")
+    if (a64 < 0).any() or (a64 > 1).any():
+        raise ValueError(f"{name} must hold probabilities in [0, 1]")
+    tol = 1e-3 if np.dtype(a.dtype).itemsize <= 2 else (1e-5 if a.dtype == np.float32 else 1e-9) * max(1.0, v ** 0.5)
+    sums = a64.sum(axis=1)
+    off = np.abs(sums - 1.0) > tol
+    if off.any():
+        k = int(np.flatnonzero(off)[0])
+        raise ValueError(f"{name} rows must sum to 1; row {k} sums to {sums[k]!r}")

@@ -1,0 +1,72 @@
+"""``fastdiv.show_config()``: versions, backends, OpenMP, SIMD width and threads."""
+from __future__ import annotations
+
+import platform
+import sys
+
+from . import _registry, api
+
+
+def _simd():
+    """The widest vector ISA the host CPU offers, as LLVM (numba's compiler) sees it."""
+    try:
+        from llvmlite import binding as llvm
+
+        feats = llvm.get_host_cpu_features()
+        cpu = llvm.get_host_cpu_name()
+        for name, width in (("avx512f", 512), ("avx2", 256), ("avx", 256), ("sse2", 128), ("neon", 128)):
+            if feats.get(name, False):
+                return f"{name} ({width}-bit vectors), cpu={cpu}"
+        return f"scalar, cpu={cpu}"
+    except Exception as exc:  # llvmlite missing or unusual platform
+        return f"unknown ({exc})"
+
+
+def config():
+    """The facts ``show_config`` prints, as a dict (used by tests and the CLI)."""
+    import numpy
+
+    info = {
+        "fastdiv": __import__("fastdiv").__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "numpy": numpy.__version__,
+        "simd": _simd(),
+        "threads": api.get_num_threads(),
+        "backends": {},
+    }
+    try:
+        import numba
+
+        info["numba"] = numba.__version__
+    except ImportError:
+        info["numba"] = None
+    for backend in _registry.BACKENDS:
+        why = _registry.unavailable_reason(backend)
+        info["backends"][backend] = "available" if why is None else f"unavailable: {why}"
+    module, _ = _registry._load("cython")
+    if module is not None:
+        info["cython_openmp"] = bool(module.OPENMP)
+        info["cython_flags"] = module.SIMD_FLAGS
+        info["cython_max_threads"] = module.max_threads()
+    module, _ = _registry._load("numba")
+    if module is not None:
+        info["numba_max_threads"] = module.max_threads()
+    return info
+
+
+def show_config():
+    """Print versions, which backends are available (and why not), OpenMP, SIMD and threads."""
+    info = config()
+    print(f"fastdiv {info['fastdiv']}  (python {info['python']}, {info['platform']})")
+    print(f"  numpy {info['numpy']}, numba {info['numba']}")
+    print(f"  SIMD: {info['simd']}")
+    print(f"  threads: {info['threads']} (fastdiv.set_num_threads; numba may use up to "
+          f"{info.get('numba_max_threads', '-')}, OpenMP up to {info.get('cython_max_threads', '-')})")
+    if "cython_openmp" in info:
+        omp = "yes" if info["cython_openmp"] else "NO (the cython backend runs single-threaded)"
+        print(f"  cython: OpenMP {omp}; compiled with {info['cython_flags']}")
+    print("  backends:")
+    for backend, state in info["backends"].items():
+        print(f"    {backend:7s} {state}")
+    print(f"  auto picks: {_registry.resolve('auto')} for host arrays")

@@ -1,0 +1,340 @@
+"""Scalar math that LLVM's loop vectoriser can turn into SIMD code.
+
+numba lowers ``math.exp``/``math.log`` to scalar libm calls (no SVML here) and its
+``max()`` reductions do not vectorise, which caps a kernel at a fraction of memory
+bandwidth.  These replacements are branch-free and use only operations with vector
+forms: comparisons + selects, floor, fused multiply-adds and integer bit manipulation.
+
+Every function here handles the IEEE special values itself (``exp(-inf) = 0``,
+``exp(+inf) = inf``, NaN in gives NaN out) because the kernels must never use
+``nnan``/``ninf`` fast-math: masked logits are ``-inf``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+# Fast-math flags for every kernel: reassociation (split sums across vector lanes),
+# contraction (FMA), no signed zeros and reciprocal approximations.  Never nnan/ninf.
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
+
+@intrinsic
+def maximum(typingctx, a, b):
+    """``llvm.maximum``: IEEE-754 2019 maximum, NaN-propagating, and it vectorises as a reduction."""
+    if not (isinstance(a, types.Float) and a == b):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ty = args[0].type
+        fn = builder.module.declare_intrinsic("llvm.maximum", [ty], ir.FunctionType(ty, [ty, ty]))
+        return builder.call(fn, args)
+
+    return a(a, b), codegen
+
+
+@intrinsic
+def _int_bits_to_float(typingctx, bits):
+    """Reinterpret int32 bits as float32 or int64 bits as float64 (a register move)."""
+    if bits == types.int32:
+        out, llty = types.float32, ir.FloatType()
+    elif bits == types.int64:
+        out, llty = types.float64, ir.DoubleType()
+    else:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llty)
+
+    return out(bits), codegen
+
+
+@intrinsic
+def _float_bits_to_int(typingctx, x):
+    """Reinterpret float32 as int32 bits or float64 as int64 bits."""
+    if x == types.float32:
+        out, llty = types.int32, ir.IntType(32)
+    elif x == types.float64:
+        out, llty = types.int64, ir.IntType(64)
+    else:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llty)
+
+    return out(x), codegen
+
+
+# ---------------------------------------------------------------------------------------
+# exp(t).  t = k ln2 + r with k = round(t / ln2) and |r| <= ln2/2; e^r by a polynomial;
+# 2^k by writing k into the exponent field.  t is clamped so that 2^k is a normal number,
+# and the out-of-range results (0 below, inf above) are put back by selects.  Clamps and
+# selects are written ``lo if t < lo else t`` so NaN (all comparisons false) passes through.
+# ---------------------------------------------------------------------------------------
+
+_LOG2E = 1.4426950408889634
+_LN2_HI_F32 = np.float32(0.693359375)        # exactly representable: k * hi is exact
+_LN2_LO_F32 = np.float32(-2.12194440e-4)
+_LN2_HI_F64 = 0.6931471803691238              # 0x3FE62E42FEE00000
+_LN2_LO_F64 = 1.9082149292705877e-10
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def exp_f32(t):
+    """``exp`` for float32, max relative error about 2e-7 (Cephes expf polynomial).
+
+    Results below the smallest normal float (t < -87.33) are flushed to 0: the kernels
+    add them to sums that are >= 1, where they are far below one ulp.
+    """
+    tc = np.float32(-87.33) if t < np.float32(-87.33) else t
+    tc = np.float32(88.72283) if tc > np.float32(88.72283) else tc
+    k = np.floor(tc * np.float32(_LOG2E) + np.float32(0.5))
+    k = np.float32(127.0) if k > np.float32(127.0) else k
+    r = tc - k * _LN2_HI_F32 - k * _LN2_LO_F32
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    # numba widens int32 arithmetic to int64: cast back before reinterpreting the bits.
+    two_k = _int_bits_to_float(np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
+    y = p * two_k
+    y = np.float32(0.0) if t < np.float32(-87.33) else y
+    return np.float32(np.inf) if t > np.float32(88.72283) else y
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def exp_f64(t):
+    """``exp`` for float64: Taylor polynomial to r^12 on |r| <= ln2/2, relative error ~2e-16.
+
+    Results below the smallest normal double (t < -708.39) are flushed to 0.
+    """
+    tc = -708.39 if t < -708.39 else t
+    tc = 709.782712893384 if tc > 709.782712893384 else tc
+    k = np.floor(tc * _LOG2E + 0.5)
+    k = 1023.0 if k > 1023.0 else k
+    r = tc - k * _LN2_HI_F64 - k * _LN2_LO_F64
+    p = 2.08767569878681e-09              # 1/12!
+    p = p * r + 2.505210838544172e-08     # 1/11!
+    p = p * r + 2.755731922398589e-07     # 1/10!
+    p = p * r + 2.7557319223985893e-06    # 1/9!
+    p = p * r + 2.48015873015873e-05      # 1/8!
+    p = p * r + 1.984126984126984e-04     # 1/7!
+    p = p * r + 1.388888888888889e-03     # 1/6!
+    p = p * r + 8.333333333333333e-03     # 1/5!
+    p = p * r + 4.1666666666666664e-02    # 1/4!
+    p = p * r + 1.6666666666666666e-01    # 1/3!
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    two_k = _int_bits_to_float((np.int64(k) + np.int64(1023)) << np.int64(52))
+    y = p * two_k
+    y = 0.0 if t < -708.39 else y
+    return np.inf if t > 709.782712893384 else y
+
+
+# ---------------------------------------------------------------------------------------
+# The hot-path exp of the kernels.  Its argument is ``t = x - max(row) <= 0`` after
+# ``clamp_lo``, so no overflow handling is needed; a masked logit (t = -inf) becomes the
+# smallest normal number, ~1e-38 (float32) or ~1e-308 (float64), instead of 0.  Sums it
+# enters are >= 1 (the row maximum contributes exactly 1), so it is invisible there, and
+# using the clamped ``t`` as the companion value keeps ``e * t`` finite (no 0 * inf).
+# Kernels that need an exact 0 (KL: p = 0 must beat log q = -inf) select on ``t``.
+# NaN needs no care here: the row maximum is NaN-propagating and such rows are finished
+# separately.  float32 uses a degree-5 near-minimax polynomial (1.1e-7 relative, fitted on
+# [-ln2/2, ln2/2] with weights for relative error) instead of Cephes' degree 7.
+# ---------------------------------------------------------------------------------------
+
+LO_F32 = np.float32(-87.33)
+LO_F64 = -708.39
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def exp_hot_f32(t):
+    k = np.floor(t * np.float32(_LOG2E) + np.float32(0.5))
+    r = t - k * _LN2_HI_F32 - k * _LN2_LO_F32
+    q = np.float32(0.008312524296343327)
+    q = q * r + np.float32(0.041890114545822144)
+    q = q * r + np.float32(0.16667114198207855)
+    q = q * r + np.float32(0.499992311000824)
+    p = (r * r) * q + r + np.float32(1.0)
+    return p * _int_bits_to_float(np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def exp_hot_f64(t):
+    k = np.floor(t * _LOG2E + 0.5)
+    r = t - k * _LN2_HI_F64 - k * _LN2_LO_F64
+    p = 2.08767569878681e-09
+    p = p * r + 2.505210838544172e-08
+    p = p * r + 2.755731922398589e-07
+    p = p * r + 2.7557319223985893e-06
+    p = p * r + 2.48015873015873e-05
+    p = p * r + 1.984126984126984e-04
+    p = p * r + 1.388888888888889e-03
+    p = p * r + 8.333333333333333e-03
+    p = p * r + 4.1666666666666664e-02
+    p = p * r + 1.6666666666666666e-01
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    return p * _int_bits_to_float((np.int64(k) + np.int64(1023)) << np.int64(52))
+
+
+# ---------------------------------------------------------------------------------------
+# log(x).  x = 2^e * m with m in [sqrt(1/2), sqrt(2)); log m = 2 atanh(f), f = (m-1)/(m+1),
+# |f| <= 0.1716, by its odd series.  Denormals are first scaled into the normal range;
+# x = 0 -> -inf, x < 0 -> NaN, +inf -> +inf, NaN -> NaN are applied by selects at the end.
+# ---------------------------------------------------------------------------------------
+
+_LN2 = 0.6931471805599453
+_SQRT2 = 1.4142135623730951
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def log_f32(x):
+    """``log`` for float32, max relative error about 3e-7 away from x = 1 (abs 1e-7 near it)."""
+    tiny = x < np.float32(1.1754944e-38)
+    xs = x * np.float32(8388608.0) if tiny else x          # * 2^23
+    bits = _float_bits_to_int(xs)
+    e = np.int32(((bits >> np.int32(23)) & np.int32(0xFF)) - np.int32(127))
+    m = _int_bits_to_float(np.int32((bits & np.int32(0x7FFFFF)) | np.int32(0x3F800000)))
+    big = m > np.float32(_SQRT2)
+    m = m * np.float32(0.5) if big else m
+    e = np.int32(e + np.int32(1)) if big else e
+    e = np.int32(e - np.int32(23)) if tiny else e
+    f = (m - np.float32(1.0)) / (m + np.float32(1.0))
+    f2 = f * f
+    s = np.float32(1.0 / 11.0)
+    s = s * f2 + np.float32(1.0 / 9.0)
+    s = s * f2 + np.float32(1.0 / 7.0)
+    s = s * f2 + np.float32(1.0 / 5.0)
+    s = s * f2 + np.float32(1.0 / 3.0)
+    s = s * f2 + np.float32(1.0)
+    y = np.float32(2.0) * f * s + np.float32(e) * np.float32(_LN2)
+    y = -np.inf if x == np.float32(0.0) else y
+    y = np.inf if x == np.inf else y
+    return np.float32(np.nan) if not (x >= np.float32(0.0)) else y
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def log_f64(x):
+    """``log`` for float64, relative error about 2e-16."""
+    tiny = x < 2.2250738585072014e-308
+    xs = x * 4503599627370496.0 if tiny else x             # * 2^52
+    bits = _float_bits_to_int(xs)
+    e = ((bits >> np.int64(52)) & np.int64(0x7FF)) - np.int64(1023)
+    m = _int_bits_to_float((bits & np.int64(0xFFFFFFFFFFFFF)) | np.int64(0x3FF0000000000000))
+    big = m > _SQRT2
+    m = m * 0.5 if big else m
+    e = e + np.int64(1) if big else e
+    e = e - np.int64(52) if tiny else e
+    f = (m - 1.0) / (m + 1.0)
+    f2 = f * f
+    s = 1.0 / 25.0
+    s = s * f2 + 1.0 / 23.0
+    s = s * f2 + 1.0 / 21.0
+    s = s * f2 + 1.0 / 19.0
+    s = s * f2 + 1.0 / 17.0
+    s = s * f2 + 1.0 / 15.0
+    s = s * f2 + 1.0 / 13.0
+    s = s * f2 + 1.0 / 11.0
+    s = s * f2 + 1.0 / 9.0
+    s = s * f2 + 1.0 / 7.0
+    s = s * f2 + 1.0 / 5.0
+    s = s * f2 + 1.0 / 3.0
+    s = s * f2 + 1.0
+    y = 2.0 * f * s + np.float64(e) * _LN2
+    y = -np.inf if x == 0.0 else y
+    y = np.inf if x == np.inf else y
+    return np.nan if not (x >= 0.0) else y
+
+
+# Type-dispatching names used by the kernels: the overload picks the float32 or float64
+# implementation at compile time from the argument type.
+
+def fexp(t):  # pragma: no cover - replaced by the overload inside jitted code
+    return math.exp(t)
+
+
+def flog(x):  # pragma: no cover
+    return math.log(x) if x > 0 else (-math.inf if x == 0 else math.nan)
+
+
+@overload(fexp, inline="always", fastmath=FASTMATH)
+def _ov_fexp(t):
+    if t == types.float32:
+        return lambda t: exp_f32(t)
+    if t == types.float64:
+        return lambda t: exp_f64(t)
+    return None
+
+
+@overload(flog, inline="always", fastmath=FASTMATH)
+def _ov_flog(x):
+    if x == types.float32:
+        return lambda x: log_f32(x)
+    if x == types.float64:
+        return lambda x: log_f64(x)
+    return None
+
+
+def clamp_lo(t):  # pragma: no cover
+    return max(t, -87.33)
+
+
+def exp_hot(t):  # pragma: no cover
+    return math.exp(t)
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _clamp_lo_f32(t):
+    if t < LO_F32:
+        return LO_F32
+    return t
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _clamp_lo_f64(t):
+    if t < LO_F64:
+        return LO_F64
+    return t
+
+
+@overload(clamp_lo, inline="always", fastmath=FASTMATH)
+def _ov_clamp_lo(t):
+    if t == types.float32:
+        return lambda t: _clamp_lo_f32(t)
+    if t == types.float64:
+        return lambda t: _clamp_lo_f64(t)
+    return None
+
+
+@overload(exp_hot, inline="always", fastmath=FASTMATH)
+def _ov_exp_hot(t):
+    if t == types.float32:
+        return lambda t: exp_hot_f32(t)
+    if t == types.float64:
+        return lambda t: exp_hot_f64(t)
+    return None
+
+
+def cast(c, like):  # pragma: no cover
+    return type(like)(c)
+
+
+@overload(cast, inline="always")
+def _ov_cast(c, like):
+    """``c`` converted to the float type of ``like``: numba would otherwise promote
+    ``float32 op python-float`` to float64 and silently widen a float32 accumulator."""
+    if like == types.float32:
+        return lambda c, like: np.float32(c)
+    if like == types.float64:
+        return lambda c, like: np.float64(c)
+    return None

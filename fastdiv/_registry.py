@@ -1,0 +1,124 @@
+"""One registry of per-row kernels: ``(backend, op) -> callable``, availability and ``auto``.
+
+The kernel contract (every CPU backend module implements exactly these names)
+-----------------------------------------------------------------------------
+All array arguments are already validated by ``fastdiv.api``: 2-D, C-contiguous rows
+``(rows, V)`` with ``V >= 1``, one float dtype (float32 or float64) shared by every float
+array of the call, ``out`` a 1-D C-contiguous array of ``rows`` elements of that dtype.
+Indices are 64-bit.  Kernels never allocate ``rows x V`` temporaries, read each input
+element once from memory, and compute each row on one thread, so results do not depend on
+the thread count.  Semantics are those of ``fastdiv.reference`` (see its docstring).
+
+    lse(x, out, nthreads)                    out[i] = logsumexp(x[i])
+    entropy_logits(x, out, nthreads)         H(softmax(x[i]))
+    entropy_log_probs(l, out, nthreads)      -sum exp(l) * l           (literal, no renormalising)
+    entropy_probs(p, out, nthreads)          -sum p * log p            (0 log 0 = 0)
+    kl_logits(x, z, out, nthreads)           D(softmax(x[i]) || softmax(z[i]))
+    kl_log_probs(a, b, out, nthreads)        sum exp(a) * (a - b)
+    kl_probs(p, q, out, nthreads)            sum p * (log p - log q)
+    ce_hard(x, target, ignore_index, weight, eps, out, nthreads)
+        target: int64[rows], each in [0, V) or == ignore_index; weight: float[V] (ones if the
+        user gave none); out[i] = 0 if ignored, else
+        (1 - eps) * w[t] * (lse - x[t]) + eps / V * sum_j w_j * (lse - x_j)
+    ce_soft(x, p, weight, alpha, beta, out, nthreads)
+        out[i] = sum_j w_j * q_j * (lse - x_j) with q_j = alpha * p_j + beta
+        (label smoothing is alpha = 1 - eps, beta = eps / V).
+
+A term whose probability or weight is exactly 0 contributes exactly 0 (no ``0 * inf``).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+OPS = (
+    "lse",
+    "entropy_logits",
+    "entropy_log_probs",
+    "entropy_probs",
+    "kl_logits",
+    "kl_log_probs",
+    "kl_probs",
+    "ce_hard",
+    "ce_soft",
+)
+
+#: Backends in the order ``auto`` prefers them for host (numpy) input.
+CPU_BACKENDS = ("numba", "cython")
+BACKENDS = ("numba", "cython", "cuda", "numpy")
+
+_MODULES = {
+    "numba": "fastdiv._numba.kernels",
+    "cython": "fastdiv._cython._kernels",
+    "cuda": "fastdiv._cuda.kernels",
+    "numpy": "fastdiv._reference_kernels",
+}
+
+_loaded: dict = {}
+
+
+class BackendUnavailable(RuntimeError):
+    """An explicitly requested backend cannot run here; the message says why."""
+
+
+def _load(backend):
+    """Import a backend module once; remember the reason if it fails."""
+    if backend not in _loaded:
+        try:
+            _loaded[backend] = (importlib.import_module(_MODULES[backend]), None)
+        except Exception as exc:  # any import failure makes the backend unavailable
+            _loaded[backend] = (None, f"{type(exc).__name__}: {exc}")
+    return _loaded[backend]
+
+
+def unavailable_reason(backend):
+    """``None`` when ``backend`` can run here, else a sentence saying why not."""
+    if backend == "cuda":
+        # Importing numba.cuda is slow and may probe drivers: only on request.
+        module, why = _load("cuda")
+        if module is None:
+            return f"the cuda backend could not be imported ({why}); install fastdiv[cuda]"
+        return module.unavailable_reason()
+    module, why = _load(backend)
+    if module is None:
+        hint = " (was the Cython extension built? reinstall with `pip install .`)" if backend == "cython" else ""
+        return f"the {backend} backend could not be imported: {why}{hint}"
+    return None
+
+
+def available_backends():
+    """Backends usable for host arrays in this process, in ``auto`` preference order."""
+    return [b for b in CPU_BACKENDS + ("numpy",) if unavailable_reason(b) is None]
+
+
+def resolve(backend, *, device=False):
+    """Turn a user's ``backend=`` (or ``FASTDIV_BACKEND`` for ``auto``) into a concrete name.
+
+    An explicit choice that cannot run raises :class:`BackendUnavailable` with the reason;
+    ``auto`` falls back silently to the next available backend.
+    """
+    if not isinstance(backend, str) or backend not in BACKENDS + ("auto",):
+        raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
+    if backend == "auto":
+        env = os.environ.get("FASTDIV_BACKEND", "").strip()
+        if env and env != "auto":
+            if env not in BACKENDS:
+                raise ValueError(f"FASTDIV_BACKEND must be one of {BACKENDS + ('auto',)}, got {env!r}")
+            backend = env
+        elif device:
+            backend = "cuda"
+        else:
+            for candidate in CPU_BACKENDS:
+                if unavailable_reason(candidate) is None:
+                    return candidate
+            return "numpy"
+    why = unavailable_reason(backend)
+    if why is not None:
+        raise BackendUnavailable(f"backend={backend!r} is not available: {why}")
+    return backend
+
+
+def kernel(backend, op):
+    """The compiled per-row kernel ``op`` of ``backend`` (which must be available)."""
+    module, _ = _load(backend)
+    return getattr(module, op)

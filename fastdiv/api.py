@@ -1,0 +1,318 @@
+"""The public API: validate -> view as 2-D ``(rows, V)`` -> dispatch per-row kernels -> reduce.
+
+Options (weights, label smoothing, ignore_index, reductions) are implemented here once;
+backends only provide the per-row kernels listed in ``fastdiv._registry``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+
+import numpy as np
+
+from . import _checks, _registry
+
+__all__ = [
+    "logsumexp",
+    "entropy",
+    "cross_entropy",
+    "kl_div",
+    "set_num_threads",
+    "get_num_threads",
+    "threads",
+]
+
+#: Rows are handed to a kernel in blocks of about this many bytes when an input must be
+#: converted (dtype, byte order, non-contiguous rows); contiguous native input goes whole.
+BLOCK_BYTES = 8 << 20
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def _default_threads():
+    for var in ("FASTDIV_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value:
+            try:
+                return max(1, int(value.split(",")[0]))
+            except ValueError:
+                warnings.warn(f"ignoring {var}={value!r}: not an integer", RuntimeWarning, stacklevel=3)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_nthreads = _default_threads()
+
+
+def set_num_threads(n):
+    """Set the number of threads both compiled CPU backends use (results do not depend on it)."""
+    global _nthreads
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    _nthreads = int(n)
+
+
+def get_num_threads():
+    """The number of threads the compiled CPU backends use."""
+    return _nthreads
+
+
+@contextlib.contextmanager
+def threads(n):
+    """Context manager: ``with fastdiv.threads(1): ...`` runs the block with ``n`` threads."""
+    old = get_num_threads()
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        set_num_threads(old)
+
+
+# --------------------------------------------------------------------------- row plumbing
+
+
+def _row_blocks(a):
+    """Yield ``(start_row, 2-D (rows, V) view)`` covering ``a`` in C row order, never copying.
+
+    A view whose rows are not C-contiguous is yielded as-is; ``_prepare`` copies it block
+    by block.  Arrays whose leading axes cannot be merged without a copy are split along
+    their first axis.
+    """
+    v = a.shape[-1]
+    flat = a.view()
+    try:
+        flat.shape = (-1, v)
+    except AttributeError:        # leading axes not mergeable: recurse on the first one
+        inner = int(np.prod(a.shape[1:-1], dtype=np.int64))
+        for k in range(a.shape[0]):
+            for start, block in _row_blocks(a[k]):
+                yield k * inner + start, block
+        return
+    yield 0, flat
+
+
+def _prepare(block, dtype):
+    """A C-contiguous array of ``dtype`` with the values of ``block`` (a copy only if needed)."""
+    if block.dtype == dtype and block.flags.c_contiguous:
+        return block
+    return np.ascontiguousarray(block, dtype=dtype)
+
+
+def _rows_per_block(v, itemsize):
+    return max(1, BLOCK_BYTES // max(1, v * itemsize))
+
+
+def _run_rows(arrays, dtype, call, nrows):
+    """Run ``call(start, stop, *prepared_blocks)`` over all rows of the same-shape ``arrays``.
+
+    Native C-contiguous inputs go to the kernel in one call; otherwise blocks of
+    ``BLOCK_BYTES`` are converted (dtype, byte order, strides) and processed in turn, so
+    the extra memory is O(block), never O(rows x V).
+    """
+    v = arrays[0].shape[-1]
+    per_array = [list(_row_blocks(a)) for a in arrays]
+    for parts in zip(*per_array):
+        start = parts[0][0]
+        blocks = [b for _, b in parts]
+        if all(b.dtype == dtype and b.flags.c_contiguous for b in blocks):
+            call(start, start + blocks[0].shape[0], *blocks)
+            continue
+        step = _rows_per_block(v, max(dtype.itemsize, max(b.dtype.itemsize for b in blocks)))
+        for r0 in range(0, blocks[0].shape[0], step):
+            r1 = min(r0 + step, blocks[0].shape[0])
+            call(start + r0, start + r1, *[_prepare(b[r0:r1], dtype) for b in blocks])
+
+
+def _out_dtype(*arrays):
+    dts = [_checks.compute_dtype(f"arg{i}", a.dtype) for i, a in enumerate(arrays)]
+    return np.dtype(np.float64) if any(d == np.float64 for d in dts) else np.dtype(np.float32)
+
+
+def _per_row(op, backend, arrays, *, scalars=(), extra=None):
+    """Per-row results (1-D, C order over the leading axes) of kernel ``op`` on ``arrays``."""
+    lead = arrays[0].shape[:-1]
+    nrows = int(np.prod(lead, dtype=np.int64))
+    dtype = _out_dtype(*arrays)
+    out = np.empty(nrows, dtype=dtype)
+    if nrows == 0:
+        return out
+    kern = _registry.kernel(backend, op)
+    nthreads = get_num_threads()
+
+    def call(r0, r1, *blocks):
+        if op == "ce_hard":
+            target, weight = extra
+            kern(blocks[0], target[r0:r1], scalars[0], weight, scalars[1], out[r0:r1], nthreads)
+        elif op == "ce_soft":
+            (weight,) = extra
+            kern(blocks[0], blocks[1], weight, scalars[0], scalars[1], out[r0:r1], nthreads)
+        else:
+            kern(*blocks, out[r0:r1], nthreads)
+
+    _run_rows(arrays, dtype, call, nrows)
+    return out
+
+
+def _finish(per_row, lead, reduction, dtype):
+    """Shape per-row results like the input's leading axes, or reduce them in float64."""
+    if reduction == "none":
+        res = per_row.reshape(lead)
+        return res[()] if res.ndim == 0 else res
+    if reduction == "sum":
+        return dtype.type(np.sum(per_row, dtype=np.float64))
+    if per_row.size == 0:
+        warnings.warn("mean of an empty batch is NaN", RuntimeWarning, stacklevel=3)
+        return dtype.type(np.nan)
+    return dtype.type(np.sum(per_row, dtype=np.float64) / per_row.size)
+
+
+# --------------------------------------------------------------------------- public functions
+
+
+def logsumexp(x, *, backend="auto"):
+    """``log(sum(exp(x)))`` over the last axis, in one read of ``x``.
+
+    Parameters
+    ----------
+    x : array_like, shape (..., V)
+        float16, bfloat16, float32 or float64 values.  ``-inf`` entries are masked classes.
+    backend : {"auto", "numba", "cython", "numpy", "cuda"}
+
+    Returns
+    -------
+    ndarray of shape ``x.shape[:-1]`` (a numpy scalar for 1-D ``x``), float32 or float64.
+    A row of all ``-inf`` gives ``-inf``; a row with ``+inf`` gives ``+inf``; NaN gives NaN.
+
+    Examples
+    --------
+    >>> import numpy as np, fastdiv
+    >>> float(fastdiv.logsumexp(np.log(np.array([1.0, 2.0, 5.0]))))  # log(8)
+    2.0794415416798357
+    """
+    x = _checks.float_array("x", x)
+    backend = _registry.resolve(backend)
+    per_row = _per_row("lse", backend, [x])
+    return _finish(per_row, x.shape[:-1], "none", per_row.dtype)
+
+
+def entropy(p, *, inputs="logits", reduction="none", backend="auto"):
+    """Shannon entropy ``H(P) = -sum p log p`` (nats) over the last axis.
+
+    Parameters
+    ----------
+    p : array_like, shape (..., V)
+        The distribution, given as ``inputs``: ``"logits"`` (softmax taken), ``"log_probs"``
+        or ``"probs"`` (taken literally, not renormalised; ``0 log 0 = 0``).
+    reduction : {"none", "mean", "sum"}
+        ``"none"`` keeps one value per row (shape ``p.shape[:-1]``).
+
+    Examples
+    --------
+    >>> import numpy as np, fastdiv
+    >>> round(float(fastdiv.entropy(np.zeros(4))), 6)   # uniform over 4 classes: log 4
+    1.386294
+    """
+    p = _checks.float_array("p", p)
+    kind = _checks.input_kind(inputs)
+    reduction = _checks.reduction(reduction)
+    backend = _registry.resolve(backend)
+    per_row = _per_row(f"entropy_{kind}", backend, [p])
+    return _finish(per_row, p.shape[:-1], reduction, per_row.dtype)
+
+
+def kl_div(p, q, *, inputs="logits", reduction="mean", backend="auto"):
+    """Kullback-Leibler divergence ``D(P || Q) = sum p (log p - log q)`` over the last axis.
+
+    The argument order is the mathematical one (like ``scipy.special.rel_entr(p, q)``),
+    not torch's reversed ``kl_div(input=log q, target=p)``.  Reverse KL is ``kl_div(q, p)``.
+
+    Parameters
+    ----------
+    p, q : array_like, same shape (..., V)
+        Both given as ``inputs``: ``"logits"``, ``"log_probs"`` or ``"probs"``.
+    reduction : {"none", "mean", "sum"}
+        ``"mean"`` averages over rows (torch's ``"batchmean"`` for 2-D input).
+
+    Examples
+    --------
+    >>> import numpy as np, fastdiv
+    >>> p = np.array([0.5, 0.5]); q = np.array([0.9, 0.1])
+    >>> round(float(fastdiv.kl_div(p, q, inputs="probs")), 6)
+    0.510826
+    """
+    p = _checks.float_array("p", p)
+    q = _checks.float_array("q", q)
+    _checks.same_shape("p", p, "q", q)
+    kind = _checks.input_kind(inputs)
+    reduction = _checks.reduction(reduction)
+    backend = _registry.resolve(backend)
+    per_row = _per_row(f"kl_{kind}", backend, [p, q])
+    return _finish(per_row, p.shape[:-1], reduction, per_row.dtype)
+
+
+def cross_entropy(logits, target, *, reduction="mean", ignore_index=-100, weight=None,
+                  label_smoothing=0.0, backend="auto"):
+    """Cross-entropy of ``softmax(logits)`` against class indices or target probabilities.
+
+    Gives the numbers of ``torch.nn.functional.cross_entropy`` with the class axis last.
+
+    Parameters
+    ----------
+    logits : array_like, shape (..., V)
+    target : array_like
+        Integer class indices of shape ``logits.shape[:-1]`` (hard labels), or floating
+        probabilities of shape ``logits.shape`` (soft targets: ``H(P, Q)`` with ``P = target``).
+    reduction : {"mean", "sum", "none"}
+        Hard labels: ``"mean"`` is ``sum(loss) / sum(weight[target])`` over non-ignored rows
+        (torch's weighted mean); it is ``0.0`` when that denominator is 0 (every target
+        ignored).  Soft targets: ``"mean"`` divides by the number of rows.
+    ignore_index : int
+        Hard labels equal to it contribute 0 and are left out of the mean.
+    weight : array_like of shape (V,), optional
+        Non-negative class weights.
+    label_smoothing : float in [0, 1]
+        Mixes the target with the uniform distribution: ``(1 - eps) * target + eps / V``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastdiv
+    >>> logits = np.array([[2.0, 0.0, 0.0]]); target = np.array([0])
+    >>> round(float(fastdiv.cross_entropy(logits, target)), 6)
+    0.237488
+    """
+    logits = _checks.float_array("logits", logits)
+    target = _checks.as_array("target", target)
+    reduction = _checks.reduction(reduction)
+    ignore = _checks.ignore_index(ignore_index)
+    eps = _checks.label_smoothing(label_smoothing)
+    backend = _registry.resolve(backend)
+    lead, v = logits.shape[:-1], logits.shape[-1]
+
+    if target.dtype.kind == "f" or target.dtype == _checks._bfloat16():
+        if target.shape != logits.shape:
+            raise ValueError(
+                f"float target (probabilities) must have the same shape as logits {logits.shape}, got {target.shape}; "
+                "class indices must be an integer array")
+        dtype = _out_dtype(logits, target)
+        w = np.ones(v, dtype) if weight is None else _checks.class_weight(weight, v, dtype)
+        per_row = _per_row("ce_soft", backend, [logits, target], scalars=(1.0 - eps, eps / v), extra=(w,))
+        return _finish(per_row, lead, reduction, per_row.dtype)
+
+    t = _checks.class_targets(target, lead, v, ignore)
+    dtype = _out_dtype(logits)
+    w = np.ones(v, dtype) if weight is None else _checks.class_weight(weight, v, dtype)
+    per_row = _per_row("ce_hard", backend, [logits], scalars=(ignore, eps), extra=(t, w))
+    if reduction != "mean":
+        return _finish(per_row, lead, reduction, per_row.dtype)
+    counted = t != ignore
+    if weight is None:
+        denom = float(np.count_nonzero(counted))
+    else:
+        denom = float(np.sum(w[t[counted]], dtype=np.float64))
+    if denom == 0:
+        return dtype.type(0.0)
+    return dtype.type(np.sum(per_row, dtype=np.float64) / denom)

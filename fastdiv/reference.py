@@ -1,0 +1,145 @@
+"""Float64 numpy reference: the oracle every compiled backend is tested against.
+
+Each ``*_rows`` function takes 2-D arrays ``(rows, V)`` and returns one float64 value per
+row.  They are written for clarity, not speed: they materialise ``log_softmax`` and use
+several passes.  The API layer (``fastdiv.api``) owns validation, reshaping, reductions
+and options; these functions only define the per-row mathematics and its edge cases.
+
+Edge-case semantics (shared by every backend, documented in README "Semantics"):
+
+* ``-inf`` logit: a masked class, probability exactly 0.  Terms with zero probability
+  (or zero weight) contribute exactly 0 -- never ``0 * inf = NaN``.
+* A row whose logits are all ``-inf``: ``lse = -inf``; its distribution has empty support,
+  so entropy is 0, ``D(P||Q) = 0`` when P is all-masked, and the hard-label CE is ``+inf``
+  (the target has probability 0).
+* A row containing ``+inf`` (and no NaN): ``lse = +inf``; the softmax is undefined
+  (inf/inf), so every softmax-derived quantity of that row is NaN.
+* NaN anywhere in a row makes that row's result NaN, and no other row's.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "logsumexp_rows",
+    "log_softmax_rows",
+    "entropy_rows",
+    "cross_entropy_hard_rows",
+    "cross_entropy_soft_rows",
+    "kl_rows",
+]
+
+
+def _f64(a):
+    return np.asarray(a, dtype=np.float64)
+
+
+def logsumexp_rows(x):
+    """``log(sum(exp(x)))`` per row, stable: ``m + log(sum(exp(x - m)))`` with ``m = max(x)``."""
+    x = _f64(x)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        m = np.max(x, axis=1)                        # NaN-propagating
+        m_safe = np.where(np.isfinite(m), m, 0.0)    # never compute -inf - -inf
+        s = np.sum(np.exp(x - m_safe[:, None]), axis=1)
+        lse = m_safe + np.log(s)
+    lse = np.where(m == -np.inf, -np.inf, lse)
+    lse = np.where(m == np.inf, np.inf, lse)
+    return np.where(np.isnan(m), np.nan, lse)
+
+
+def log_softmax_rows(x):
+    """``x - lse(x)`` per row; an all ``-inf`` row stays ``-inf``; a row with ``+inf`` or NaN is NaN."""
+    x = _f64(x)
+    lse = logsumexp_rows(x)
+    with np.errstate(invalid="ignore"):
+        out = x - lse[:, None]
+    out[lse == -np.inf] = -np.inf
+    out[~np.isfinite(lse) & (lse != -np.inf)] = np.nan
+    return out
+
+
+def _sum_where_nonzero(weight, value):
+    """``sum(weight * value)`` per row where terms with ``weight == 0`` are exactly 0."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        terms = np.where(weight == 0, 0.0, weight * value)
+    return np.sum(terms, axis=1)
+
+
+def _log(p):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(_f64(p))
+
+
+def _to_log_probs(a, inputs):
+    """The row-wise log-probabilities of ``a`` given as logits, log-probabilities or probabilities.
+
+    ``log_probs`` and ``probs`` are taken literally (no renormalisation), like scipy's
+    ``rel_entr``/``entr`` and torch's ``kl_div``; ``logits`` go through ``log_softmax``.
+    """
+    if inputs == "logits":
+        return log_softmax_rows(a)
+    if inputs == "log_probs":
+        return _f64(a)
+    if inputs == "probs":
+        return _log(a)
+    raise ValueError(f"inputs must be 'logits', 'log_probs' or 'probs', got {inputs!r}")
+
+
+def _probs(logp):
+    with np.errstate(over="ignore"):
+        return np.exp(logp)
+
+
+def entropy_rows(p, inputs="logits"):
+    """``H(P) = -sum p log p`` per row, with ``0 log 0 = 0``."""
+    logp = _to_log_probs(p, inputs)
+    probs = _f64(p) if inputs == "probs" else _probs(logp)
+    return -_sum_where_nonzero(probs, logp)
+
+
+def kl_rows(p, q, inputs="logits"):
+    """``D(P||Q) = sum p (log p - log q)`` per row: 0 where p = 0, ``+inf`` where p > 0 = q."""
+    logp = _to_log_probs(p, inputs)
+    logq = _to_log_probs(q, inputs)
+    probs = _f64(p) if inputs == "probs" else _probs(logp)
+    with np.errstate(invalid="ignore"):
+        out = _sum_where_nonzero(probs, logp - logq)
+    # NaN in Q poisons the row even where P has no mass on it.
+    return np.where(np.isnan(logq).any(axis=1), np.nan, out)
+
+
+def cross_entropy_hard_rows(logits, target, ignore_index=-100, weight=None, label_smoothing=0.0):
+    """Per-row loss of ``torch.nn.functional.cross_entropy(..., reduction='none')``.
+
+    ``loss = (1 - eps) * w[t] * (-log q_t) + eps / V * sum_j w_j (-log q_j)``; ignored rows are 0
+    (never read).  A zero-weight term is exactly 0 (torch would give ``0 * inf = NaN`` on a
+    masked class), but a row with NaN or ``+inf`` logits is NaN whatever its weights.
+    """
+    logq = log_softmax_rows(logits)
+    n, v = logq.shape
+    target = np.asarray(target, dtype=np.int64)
+    w = np.ones(v) if weight is None else _f64(weight)
+    ignored = target == ignore_index
+    t = np.where(ignored, 0, target)
+    lse = logsumexp_rows(logits)
+    invalid = np.isnan(lse) | (lse == np.inf)       # NaN or +inf in the row
+    nll = -logq[np.arange(n), t]
+    w_t = w[t]
+    with np.errstate(invalid="ignore"):
+        loss = np.where(w_t == 0, 0.0, w_t * nll) * (1.0 - label_smoothing)
+        if label_smoothing > 0:
+            smooth = -_sum_where_nonzero(np.broadcast_to(w, logq.shape), logq)
+            loss = loss + label_smoothing / v * smooth
+    loss = np.where(invalid, np.nan, loss)             # even with zero weights
+    return np.where(ignored, 0.0, loss)
+
+
+def cross_entropy_soft_rows(logits, target_probs, weight=None, label_smoothing=0.0):
+    """``H(P, Q) = -sum_j w_j p'_j log q_j`` with ``p' = (1 - eps) p + eps / V`` (torch's rule)."""
+    logq = log_softmax_rows(logits)
+    v = logq.shape[1]
+    p = _f64(target_probs) * (1.0 - label_smoothing) + label_smoothing / v
+    w = np.ones(v) if weight is None else _f64(weight)
+    loss = -_sum_where_nonzero(p * w, logq)
+    lse = logsumexp_rows(logits)
+    return np.where(np.isnan(lse) | (lse == np.inf), np.nan, loss)
