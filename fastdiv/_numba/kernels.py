@@ -22,7 +22,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .simd import FASTMATH, cast, clamp_lo, exp_hot, fexp, flog, maximum
+from .simd import FASTMATH, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, maximum, prefer_wide_vectors, prefetch
 
 CHUNK = 2048
 _JIT = dict(parallel=True, fastmath=FASTMATH, cache=True, nogil=True)
@@ -39,37 +39,99 @@ def _chunk_max(xc):
     return m
 
 
-@njit(**_INLINE)
-def _sum_exp(xc, m):
-    acc = cast(0.0, xc[0])
-    for j in range(xc.shape[0]):
-        acc += exp_hot(clamp_lo(xc[j] - m))
-    return acc
+#: The fused loops work on sub-blocks of SUB elements and, before each, ask for the
+#: sub-block PREFETCH_BYTES ahead: one prefetch per 64-byte line, spread through the
+#: computation instead of in bursts (a burst stalls on the core's few fill buffers).
+SUB = 512
+PREFETCH_BYTES = 4096
 
 
 @njit(**_INLINE)
-def _row_lse_state(x):
-    """(m, s) with lse = m + log(s); m is NaN for a NaN row, +inf for a row with +inf."""
+def _prefetch_ahead(row, b0):
+    step = 64 // row.itemsize
+    p0 = b0 + PREFETCH_BYTES // row.itemsize
+    for k in range(p0, min(p0 + SUB, row.shape[0]), step):
+        prefetch(row, k)
+
+
+@njit(**_INLINE)
+def _sums(row, j0, j1, ref):
+    """One pass over row[j0:j1]: (max, sum e, sum e*d) with e = exp(d), d = x - ref
+    (clamped below at the smallest normal exponent)."""
+    zero = cast(0.0, ref)
+    cm = row[j0]
+    s = zero
+    w = zero
+    for b0 in range(j0, j1, SUB):
+        _prefetch_ahead(row, b0)
+        xs = row[b0:min(b0 + SUB, j1)]   # slice first: a run-time loop start would gather
+        for j in range(xs.shape[0]):
+            cm = maximum(cm, xs[j])
+            d = clamp_lo(xs[j] - ref)
+            e = exp_hot(d)
+            s += e
+            w += e * d
+    return cm, s, w
+
+
+@njit(**_INLINE)
+def _row_state(x):
+    """(m, s, w) of a row of logits in one read: lse = m + log s, E_softmax[x - m] = w / s.
+
+    The reference ``m`` is stale: each chunk is summed relative to the maximum of the
+    chunks before it (the first finite element to start with) while its own maximum is
+    found in the same pass.  Sums relative to a reference below the true maximum are as
+    accurate as relative to the maximum, and cannot overflow while the chunk maximum is
+    within ``jump_limit`` of it; a chunk that jumps further (or the first chunk after masked
+    ones) is summed again from L1 against its own maximum.  Moving ``m`` up by ``delta``
+    rescales ``s`` by e^-delta and shifts every d by -delta: ``w -> e^-delta (w - delta s)``.
+    m is NaN for a row with NaN, +inf for a row with +inf (and no NaN).
+    """
     v = x.shape[0]
-    m = cast(-_INF, x[0])
-    s = cast(0.0, x[0])
+    zero = cast(0.0, x[0])
+    m = x[0]
+    s = zero
+    w = zero
+    jump = jump_limit(x[0])
     for j0 in range(0, v, CHUNK):
-        xc = x[j0:min(j0 + CHUNK, v)]
-        cm = _chunk_max(xc)
-        if cm != cm:
-            return cm, s
+        j1 = min(j0 + CHUNK, v)
+        xc = x[j0:j1]
         if m == _INF:
-            continue                     # only looking for a NaN now
-        if cm > m:
-            if m > -_INF:
-                s = s * exp_hot(clamp_lo(m - cm))
-            m = cm
-            if m == _INF:
-                continue
+            cm = _chunk_max(xc)          # only a NaN can change the answer now
+            if cm != cm:
+                return cm, s, w
+            continue
         if m == -_INF:
-            continue                     # everything so far is masked
-        s += _sum_exp(xc, m)
-    return m, s
+            cm = _chunk_max(xc)
+            if cm == -_INF:
+                continue                 # still everything masked
+            m = cm
+            if m != m or m == _INF:
+                continue
+            _, s, w = _sums(x, j0, j1, m)
+            continue
+        cm, cs, cw = _sums(x, j0, j1, m)
+        if not cm <= m + jump:          # NaN, +inf or a big jump
+            if cm != cm or cm == _INF:
+                m = cm
+                if cm != cm:
+                    return m, s, w
+                continue
+            delta = m - cm
+            f = exp_hot(clamp_lo(delta))
+            w = f * (w + delta * s)
+            s = f * s
+            m = cm
+            _, cs, cw = _sums(x, j0, j1, m)
+        s += cs
+        w += cw
+        if cm > m:
+            delta = m - cm
+            f = exp_hot(clamp_lo(delta))
+            w = f * (w + delta * s)
+            s = f * s
+            m = cm
+    return m, s, w
 
 
 @njit(**_INLINE)
@@ -82,7 +144,8 @@ def _finish_lse(m, s):
 @njit(**_JIT)
 def _lse(x, out):
     for i in prange(x.shape[0]):
-        m, s = _row_lse_state(x[i])
+        prefer_wide_vectors()
+        m, s, _ = _row_state(x[i])
         out[i] = _finish_lse(m, s)
 
 
@@ -91,43 +154,11 @@ def _lse(x, out):
 
 @njit(**_JIT)
 def _entropy_logits(x, out):
-    # H = log s - w / s with w = sum e_j d_j, d_j = x_j - m <= 0: two non-negative terms,
-    # no cancellation.  When m grows by delta, e scales by e^-delta and d shifts by -delta.
+    # H = log s - w / s with w = sum e_j d_j, d_j = x_j - m: no cancellation when m is the
+    # row maximum (both terms >= 0), and m is within jump_limit of it.
     for i in prange(x.shape[0]):
-        row = x[i]
-        v = row.shape[0]
-        zero = cast(0.0, row[0])
-        m = cast(-_INF, row[0])
-        s = zero
-        w = zero
-        for j0 in range(0, v, CHUNK):
-            xc = row[j0:min(j0 + CHUNK, v)]
-            cm = _chunk_max(xc)
-            if cm != cm:
-                m = cm
-                break
-            if m == _INF:
-                continue
-            if cm > m:
-                if m > -_INF:
-                    delta = m - cm
-                    f = exp_hot(clamp_lo(delta))
-                    w = f * (w + delta * s)
-                    s = f * s
-                m = cm
-                if m == _INF:
-                    continue
-            if m == -_INF:
-                continue
-            acc_s = zero
-            acc_w = zero
-            for j in range(xc.shape[0]):
-                d = clamp_lo(xc[j] - m)
-                e = exp_hot(d)
-                acc_s += e
-                acc_w += e * d
-            s += acc_s
-            w += acc_w
+        prefer_wide_vectors()
+        m, s, w = _row_state(x[i])
         if m != m or m == _INF:
             out[i] = _NAN
         elif m == -_INF:
@@ -139,6 +170,7 @@ def _entropy_logits(x, out):
 @njit(**_JIT)
 def _entropy_probs(p, out):
     for i in prange(p.shape[0]):
+        prefer_wide_vectors()
         row = p[i]
         zero = cast(0.0, row[0])
         acc = zero
@@ -151,6 +183,7 @@ def _entropy_probs(p, out):
 @njit(**_JIT)
 def _entropy_log_probs(lp, out):
     for i in prange(lp.shape[0]):
+        prefer_wide_vectors()
         row = lp[i]
         zero = cast(0.0, row[0])
         acc = zero
@@ -163,36 +196,85 @@ def _entropy_log_probs(lp, out):
 # --------------------------------------------------------------------------- KL
 
 
+@njit(**_INLINE)
+def _kl_sums(xr, zr, j0, j1, mx, mz):
+    """One pass over [j0, j1) of both rows: maxima, sum e^dx, sum e^dz, sum e^dx (dx - dz)."""
+    zero = cast(0.0, mx)
+    cx = xr[j0]
+    cz = zr[j0]
+    sx = zero
+    sz = zero
+    w = zero
+    for b0 in range(j0, j1, SUB):
+        _prefetch_ahead(xr, b0)
+        _prefetch_ahead(zr, b0)
+        b1 = min(b0 + SUB, j1)
+        xs = xr[b0:b1]
+        zs = zr[b0:b1]
+        for j in range(xs.shape[0]):
+            cx = maximum(cx, xs[j])
+            cz = maximum(cz, zs[j])
+            dx = xs[j] - mx
+            dz = zs[j] - mz
+            ex = exp_hot(clamp_lo(dx))
+            sx += ex
+            sz += exp_hot(clamp_lo(dz))
+            # p_j = 0 (x_j = -inf) contributes exactly 0; q_j = 0 < p_j contributes +inf.
+            w += ex * (dx - dz) if dx > -_INF else zero
+    return cx, cz, sx, sz, w
+
+
 @njit(**_JIT)
 def _kl_logits(x, z, out):
-    # D = w / sx - log sx + log sz, with w = sum e^(x_j - mx) * y_j and
-    # y_j = (x_j - mx) - (z_j - mz): both shifted logits, so y is small where P has mass.
-    # A class with x_j = -inf contributes exactly 0 (selected), one with z_j = -inf and
-    # x_j finite contributes +inf.  When mx grows by dx, e scales by e^-dx and y shifts
-    # by -dx; when mz grows by dz, y shifts by +dz.
+    # D = w / sx - log sx + log sz with w = sum e^dx (dx - dz), dx = x - mx, dz = z - mz:
+    # shifted logits keep (dx - dz) small where P has mass.  References are stale as in
+    # _row_state.  When mx grows by delta: e^dx scales by e^-delta and dx shifts by -delta,
+    # w -> e^-delta (w - delta sx); when mz grows by delta: w -> w + delta sx.
     for i in prange(x.shape[0]):
+        prefer_wide_vectors()
         xr = x[i]
         zr = z[i]
         v = xr.shape[0]
         zero = cast(0.0, xr[0])
-        mx = cast(-_INF, xr[0])
-        mz = mx
+        mx = xr[0]
+        mz = zr[0]
         sx = zero
         sz = zero
         w = zero
+        q_misses_p = False               # P has mass on a class Q masks -> D = +inf
+        jump = jump_limit(zero)
         for j0 in range(0, v, CHUNK):
             j1 = min(j0 + CHUNK, v)
             xc = xr[j0:j1]
             zc = zr[j0:j1]
+            if abs(mx) < _INF and abs(mz) < _INF:
+                cx, cz, csx, csz, cw = _kl_sums(xr, zr, j0, j1, mx, mz)
+                if cx <= mx + jump and cz <= mz + jump:
+                    sx += csx
+                    sz += csz
+                    w += cw
+                    if cx > mx:
+                        delta = mx - cx
+                        f = exp_hot(clamp_lo(delta))
+                        w = f * (w + delta * sx)
+                        sx = f * sx
+                        mx = cx
+                    if cz > mz:
+                        delta = mz - cz
+                        sz = sz * exp_hot(clamp_lo(delta))
+                        w = w - delta * sx
+                        mz = cz
+                    continue
+            # Rare path: a reference is -inf/+inf/NaN, or a chunk jumped far above it.
             cx = _chunk_max(xc)
             cz = _chunk_max(zc)
-            if cx != cx or cz != cz:
-                mx = cx + cz
+            if cx != cx or cz != cz or mx != mx or mz != mz:
+                mx = cx + cz + mx + mz   # NaN
                 break
-            if mx == _INF or mz == _INF:
+            if mx == _INF or mz == _INF or cx == _INF or cz == _INF:
                 mx = maximum(mx, cx)
                 mz = maximum(mz, cz)
-                continue
+                continue                 # only a NaN can change the answer now
             if cx > mx:
                 if mx > -_INF:
                     delta = mx - cx
@@ -206,37 +288,26 @@ def _kl_logits(x, z, out):
                     sz = sz * exp_hot(clamp_lo(delta))
                     w = w - delta * sx
                 mz = cz
-            if mx == _INF or mz == _INF:
-                continue
-            if mx == -_INF:
-                # P has no mass here; Q still needs its normaliser.
+            if mx == -_INF:              # P has no mass yet: only Q's normaliser
                 if mz > -_INF:
-                    sz += _sum_exp(zc, mz)
+                    _, sz_c, _ = _sums(zr, j0, j1, mz)
+                    sz += sz_c
                 continue
-            if mz == -_INF:
-                # Q is masked everywhere so far while P has mass: D = +inf, but keep
-                # reading for a later NaN and for P's own normaliser.
-                sx += _sum_exp(xc, mx)
-                w = cast(_INF, zero)
+            if mz == -_INF:              # Q masked everywhere so far
+                if cx > -_INF:
+                    q_misses_p = True
+                _, sx_c, _ = _sums(xr, j0, j1, mx)
+                sx += sx_c
                 continue
-            acc_sx = zero
-            acc_sz = zero
-            acc_w = zero
-            for j in range(xc.shape[0]):
-                dx = xc[j] - mx
-                dz = zc[j] - mz
-                ex = exp_hot(clamp_lo(dx))
-                acc_sx += ex
-                acc_sz += exp_hot(clamp_lo(dz))
-                acc_w += ex * (dx - dz) if dx > -_INF else zero
-            sx += acc_sx
-            sz += acc_sz
-            w += acc_w
-        if mx != mx or mx == _INF or mz == _INF:
+            _, _, csx, csz, cw = _kl_sums(xr, zr, j0, j1, mx, mz)
+            sx += csx
+            sz += csz
+            w += cw
+        if mx != mx or mz != mz or mx == _INF or mz == _INF:
             out[i] = _NAN
         elif mx == -_INF:
             out[i] = 0
-        elif mz == -_INF or w == _INF:
+        elif mz == -_INF or q_misses_p or w == _INF:
             out[i] = _INF
         else:
             out[i] = w / sx - np.log(sx) + np.log(sz)
@@ -245,6 +316,7 @@ def _kl_logits(x, z, out):
 @njit(**_JIT)
 def _kl_probs(p, q, out):
     for i in prange(p.shape[0]):
+        prefer_wide_vectors()
         pr = p[i]
         qr = q[i]
         zero = cast(0.0, pr[0])
@@ -261,6 +333,7 @@ def _kl_probs(p, q, out):
 @njit(**_JIT)
 def _kl_log_probs(a, b, out):
     for i in prange(a.shape[0]):
+        prefer_wide_vectors()
         ar = a[i]
         br = b[i]
         zero = cast(0.0, ar[0])
@@ -277,76 +350,43 @@ def _kl_log_probs(a, b, out):
 # --------------------------------------------------------------------------- cross-entropy
 
 
-@njit(**_INLINE)
-def _weighted_gap(xc, wc, c):
-    """sum_j w_j (c - x_j) with zero-weight terms exactly 0 (a masked x_j gives +inf)."""
-    zero = cast(0.0, xc[0])
-    acc = zero
-    for j in range(xc.shape[0]):
-        acc += wc[j] * (c - xc[j]) if wc[j] != 0 else zero
-    return acc
-
-
 @njit(**_JIT)
 def _ce_hard(x, target, ignore_index, weight, eps, out):
     # loss = (1 - eps) w_t (lse - x_t) + eps / V * sum_j w_j (lse - x_j), with
     # lse - x_t = (m - x_t) + log s (no cancellation of two large numbers) and the
-    # smoothing sum as W log s + sum_j w_j (c - x_j) + W (m - c), where c is a fixed
-    # shift (the first chunk's maximum) so the sum needs no rescaling when m grows.
+    # smoothing sum as W log s + sum_j w_j (m - x_j), W = sum_j w_j, read from cache in a
+    # second pass once m is known.  Zero-weight terms are exactly 0.
     v = x.shape[1]
     big_w = 0.0
     for j in range(v):
         big_w += weight[j]
-    smooth = eps > 0
     for i in prange(x.shape[0]):
+        prefer_wide_vectors()
         t = target[i]
         if t == ignore_index:
             out[i] = 0
             continue
         row = x[i]
-        zero = cast(0.0, row[0])
-        m = cast(-_INF, zero)
-        s = zero
-        gap = zero
-        c = zero
-        for j0 in range(0, v, CHUNK):
-            j1 = min(j0 + CHUNK, v)
-            xc = row[j0:j1]
-            cm = _chunk_max(xc)
-            if cm != cm:
-                m = cm
-                break
-            if j0 == 0 and cm > -_INF and cm < _INF:
-                c = cm
-            if smooth:
-                gap += _weighted_gap(xc, weight[j0:j1], c)
-            if m == _INF:
-                continue
-            if cm > m:
-                if m > -_INF:
-                    s = s * exp_hot(clamp_lo(m - cm))
-                m = cm
-                if m == _INF:
-                    continue
-            if m == -_INF:
-                continue
-            s += _sum_exp(xc, m)
-        wt = weight[t]
+        m, s, _ = _row_state(row)
         if m != m or m == _INF:
             out[i] = _NAN
             continue
-        if m == -_INF:
-            nll = cast(_INF, zero)      # the target (like every class) has probability 0
-            logs = cast(-_INF, zero)
+        wt = weight[t]
+        if m == -_INF:                   # every class masked: the target has probability 0
+            nll = _INF
+            sm = _INF if big_w > 0 else 0.0
         else:
             logs = np.log(s)
             nll = (m - row[t]) + logs
+            sm = 0.0
+            if eps > 0:
+                zero = cast(0.0, m)
+                gap = zero
+                for j in range(v):
+                    gap += weight[j] * (m - row[j]) if weight[j] != 0 else zero
+                sm = big_w * logs + gap
         loss = (1.0 - eps) * (wt * nll) if wt != 0 else 0.0
-        if smooth:
-            if m == -_INF:
-                sm = _INF if big_w > 0 else 0.0
-            else:
-                sm = big_w * logs + gap + big_w * (m - c)
+        if eps > 0:
             loss += eps / v * sm
         out[i] = loss
 
@@ -354,56 +394,32 @@ def _ce_hard(x, target, ignore_index, weight, eps, out):
 @njit(**_JIT)
 def _ce_soft(x, p, weight, alpha, beta, out):
     # loss = sum_j w_j q_j (lse - x_j), q_j = alpha p_j + beta
-    #      = Q log s + sum_j w_j q_j (c - x_j) + Q (m - c),  Q = sum_j w_j q_j,
-    # with c fixed per row as in _ce_hard; zero w_j q_j terms are exactly 0.
+    #      = Q log s + sum_j w_j q_j (m - x_j),  Q = sum_j w_j q_j,
+    # the second sum read from cache once m is known; zero w_j q_j terms are exactly 0.
     v = x.shape[1]
     for i in prange(x.shape[0]):
+        prefer_wide_vectors()
         row = x[i]
         prow = p[i]
-        zero = cast(0.0, row[0])
+        m, s, _ = _row_state(row)
+        zero = cast(0.0, m)
         a = cast(alpha, zero)
         b = cast(beta, zero)
-        m = cast(-_INF, zero)
-        s = zero
         gap = zero
         big_q = zero
-        c = zero
-        for j0 in range(0, v, CHUNK):
-            j1 = min(j0 + CHUNK, v)
-            xc = row[j0:j1]
-            pc = prow[j0:j1]
-            wc = weight[j0:j1]
-            cm = _chunk_max(xc)
-            if cm != cm:
-                m = cm
-                break
-            if j0 == 0 and cm > -_INF and cm < _INF:
-                c = cm
-            acc_g = zero
-            acc_q = zero
-            for j in range(xc.shape[0]):
-                wq = wc[j] * (a * pc[j] + b)
-                acc_q += wq
-                acc_g += wq * (c - xc[j]) if wq != 0 else zero
-            gap += acc_g
-            big_q += acc_q
-            if m == _INF:
-                continue
-            if cm > m:
-                if m > -_INF:
-                    s = s * exp_hot(clamp_lo(m - cm))
-                m = cm
-                if m == _INF:
-                    continue
-            if m == -_INF:
-                continue
-            s += _sum_exp(xc, m)
-        if m != m or m == _INF or big_q != big_q:
+        if m == -_INF:
+            for j in range(v):
+                big_q += weight[j] * (a * prow[j] + b)
+            out[i] = _INF if big_q != 0 else (big_q if big_q != big_q else 0)
+            continue
+        if m != m or m == _INF:
             out[i] = _NAN
-        elif m == -_INF:
-            out[i] = _INF if big_q != 0 else 0
-        else:
-            out[i] = big_q * np.log(s) + gap + big_q * (m - c)
+            continue
+        for j in range(v):
+            wq = weight[j] * (a * prow[j] + b)
+            big_q += wq
+            gap += wq * (m - row[j]) if wq != 0 else zero
+        out[i] = big_q * np.log(s) + gap
 
 
 # --------------------------------------------------------------------------- contract
