@@ -117,10 +117,10 @@ def class_targets(target, lead_shape, v, ignore):
     bad = ((t < 0) | (t >= v)) & (t != ignore)
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
-        where = np.unravel_index(k, lead_shape) if lead_shape else ()
+        where = ", ".join(str(int(i)) for i in np.unravel_index(k, lead_shape)) if lead_shape else ""
         raise ValueError(
             f"target must be in [0, {v}) or equal to ignore_index={ignore}; "
-            f"target{list(where)} = {int(t[k])} ({int(bad.sum())} invalid value(s))")
+            f"target[{where}] = {int(t[k])} ({int(bad.sum())} invalid value(s))")
     return t
 
 

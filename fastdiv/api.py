@@ -115,16 +115,21 @@ def _run_rows(arrays, dtype, call, nrows):
     """
     v = arrays[0].shape[-1]
     per_array = [list(_row_blocks(a)) for a in arrays]
-    for parts in zip(*per_array):
-        start = parts[0][0]
-        blocks = [b for _, b in parts]
-        if all(b.dtype == dtype and b.flags.c_contiguous for b in blocks):
-            call(start, start + blocks[0].shape[0], *blocks)
+    # The arrays may split into different row ranges (one contiguous, one transposed):
+    # walk the common refinement of all their block boundaries.
+    edges = sorted({nrows, *(start for blocks in per_array for start, _ in blocks)})
+    for a, b in zip(edges[:-1], edges[1:]):
+        blocks = []
+        for parts in per_array:
+            start, block = next((s, blk) for s, blk in reversed(parts) if s <= a)
+            blocks.append(block[a - start:b - start])
+        if all(blk.dtype == dtype and blk.flags.c_contiguous for blk in blocks):
+            call(a, b, *blocks)
             continue
-        step = _rows_per_block(v, max(dtype.itemsize, max(b.dtype.itemsize for b in blocks)))
-        for r0 in range(0, blocks[0].shape[0], step):
-            r1 = min(r0 + step, blocks[0].shape[0])
-            call(start + r0, start + r1, *[_prepare(b[r0:r1], dtype) for b in blocks])
+        step = _rows_per_block(v, max(dtype.itemsize, max(blk.dtype.itemsize for blk in blocks)))
+        for r0 in range(a, b, step):
+            r1 = min(r0 + step, b)
+            call(r0, r1, *[_prepare(blk[r0 - a:r1 - a], dtype) for blk in blocks])
 
 
 def _out_dtype(*arrays):

@@ -425,51 +425,75 @@ def _ce_soft(x, p, weight, alpha, beta, out):
 # --------------------------------------------------------------------------- contract
 
 
+def _guard(out, *arrays):
+    """O(1) shape checks: the jitted loops do no bounds checking (defence in depth; the
+    API has validated everything already)."""
+    x = arrays[0]
+    for a in arrays:
+        if a.ndim != 2 or a.shape != x.shape or a.dtype != x.dtype:
+            raise ValueError(f"kernel inputs must be 2-D arrays of one shape and dtype, got {[(b.shape, b.dtype) for b in arrays]}")
+    if x.shape[1] < 1 or out.shape != (x.shape[0],):
+        raise ValueError(f"out must have shape ({x.shape[0]},) and V >= 1, got out {out.shape} for input {x.shape}")
+
+
 def _threads(n):
     numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
 
 
 def lse(x, out, nthreads):
+    _guard(out, x)
     _threads(nthreads)
     _lse(x, out)
 
 
 def entropy_logits(x, out, nthreads):
+    _guard(out, x)
     _threads(nthreads)
     _entropy_logits(x, out)
 
 
 def entropy_probs(p, out, nthreads):
+    _guard(out, p)
     _threads(nthreads)
     _entropy_probs(p, out)
 
 
 def entropy_log_probs(lp, out, nthreads):
+    _guard(out, lp)
     _threads(nthreads)
     _entropy_log_probs(lp, out)
 
 
 def kl_logits(x, z, out, nthreads):
+    _guard(out, x, z)
     _threads(nthreads)
     _kl_logits(x, z, out)
 
 
 def kl_probs(p, q, out, nthreads):
+    _guard(out, p, q)
     _threads(nthreads)
     _kl_probs(p, q, out)
 
 
 def kl_log_probs(a, b, out, nthreads):
+    _guard(out, a, b)
     _threads(nthreads)
     _kl_log_probs(a, b, out)
 
 
 def ce_hard(x, target, ignore_index, weight, eps, out, nthreads):
+    _guard(out, x)
+    if target.shape != (x.shape[0],) or weight.shape != (x.shape[1],):
+        raise ValueError(f"target must have shape ({x.shape[0]},) and weight ({x.shape[1]},)")
     _threads(nthreads)
     _ce_hard(x, target, np.int64(ignore_index), weight, float(eps), out)
 
 
 def ce_soft(x, p, weight, alpha, beta, out, nthreads):
+    _guard(out, x, p)
+    if weight.shape != (x.shape[1],):
+        raise ValueError(f"weight must have shape ({x.shape[1]},)")
     _threads(nthreads)
     _ce_soft(x, p, weight, float(alpha), float(beta), out)
 

@@ -125,7 +125,7 @@ _LN2_HI_F64 = 0.6931471803691238              # 0x3FE62E42FEE00000
 _LN2_LO_F64 = 1.9082149292705877e-10
 
 
-@njit(inline="always", fastmath=FASTMATH)
+@njit(fastmath=FASTMATH)
 def exp_f32(t):
     """``exp`` for float32, max relative error about 2e-7 (Cephes expf polynomial).
 
@@ -151,7 +151,7 @@ def exp_f32(t):
     return np.float32(np.inf) if t > np.float32(88.72283) else y
 
 
-@njit(inline="always", fastmath=FASTMATH)
+@njit(fastmath=FASTMATH)
 def exp_f64(t):
     """``exp`` for float64: Taylor polynomial to r^12 on |r| <= ln2/2, relative error ~2e-16.
 
@@ -197,7 +197,7 @@ LO_F32 = np.float32(-87.33)
 LO_F64 = -708.39
 
 
-@njit(inline="always", fastmath=FASTMATH)
+@njit(fastmath=FASTMATH)
 def exp_hot_f32(t):
     k = np.floor(t * np.float32(_LOG2E) + np.float32(0.5))
     r = t - k * _LN2_HI_F32 - k * _LN2_LO_F32
@@ -209,7 +209,7 @@ def exp_hot_f32(t):
     return p * _int_bits_to_float(np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
 
 
-@njit(inline="always", fastmath=FASTMATH)
+@njit(fastmath=FASTMATH)
 def exp_hot_f64(t):
     k = np.floor(t * _LOG2E + 0.5)
     r = t - k * _LN2_HI_F64 - k * _LN2_LO_F64
@@ -239,7 +239,7 @@ _LN2 = 0.6931471805599453
 _SQRT2 = 1.4142135623730951
 
 
-@njit(inline="always", fastmath=FASTMATH)
+@njit(fastmath=FASTMATH)
 def log_f32(x):
     """``log`` for float32, max relative error about 3e-7 away from x = 1 (abs 1e-7 near it)."""
     tiny = x < np.float32(1.1754944e-38)
@@ -265,7 +265,7 @@ def log_f32(x):
     return np.float32(np.nan) if not (x >= np.float32(0.0)) else y
 
 
-@njit(inline="always", fastmath=FASTMATH)
+@njit(fastmath=FASTMATH)
 def log_f64(x):
     """``log`` for float64, relative error about 2e-16."""
     tiny = x < 2.2250738585072014e-308
@@ -309,7 +309,7 @@ def flog(x):  # pragma: no cover
     return math.log(x) if x > 0 else (-math.inf if x == 0 else math.nan)
 
 
-@overload(fexp, inline="always", fastmath=FASTMATH)
+@overload(fexp, fastmath=FASTMATH)
 def _ov_fexp(t):
     if t == types.float32:
         return lambda t: exp_f32(t)
@@ -318,7 +318,7 @@ def _ov_fexp(t):
     return None
 
 
-@overload(flog, inline="always", fastmath=FASTMATH)
+@overload(flog, fastmath=FASTMATH)
 def _ov_flog(x):
     if x == types.float32:
         return lambda x: log_f32(x)
@@ -335,21 +335,21 @@ def exp_hot(t):  # pragma: no cover
     return math.exp(t)
 
 
-@njit(inline="always", fastmath=FASTMATH)
+@njit(fastmath=FASTMATH)
 def _clamp_lo_f32(t):
     if t < LO_F32:
         return LO_F32
     return t
 
 
-@njit(inline="always", fastmath=FASTMATH)
+@njit(fastmath=FASTMATH)
 def _clamp_lo_f64(t):
     if t < LO_F64:
         return LO_F64
     return t
 
 
-@overload(clamp_lo, inline="always", fastmath=FASTMATH)
+@overload(clamp_lo, fastmath=FASTMATH)
 def _ov_clamp_lo(t):
     if t == types.float32:
         return lambda t: _clamp_lo_f32(t)
@@ -358,7 +358,7 @@ def _ov_clamp_lo(t):
     return None
 
 
-@overload(exp_hot, inline="always", fastmath=FASTMATH)
+@overload(exp_hot, fastmath=FASTMATH)
 def _ov_exp_hot(t):
     if t == types.float32:
         return lambda t: exp_hot_f32(t)
@@ -371,7 +371,7 @@ def cast(c, like):  # pragma: no cover
     return type(like)(c)
 
 
-@overload(cast, inline="always")
+@overload(cast)
 def _ov_cast(c, like):
     """``c`` converted to the float type of ``like``: numba would otherwise promote
     ``float32 op python-float`` to float64 and silently widen a float32 accumulator."""
@@ -386,7 +386,7 @@ def jump_limit(like):  # pragma: no cover
     return 60.0
 
 
-@overload(jump_limit, inline="always")
+@overload(jump_limit)
 def _ov_jump_limit(like):
     """How far a chunk's maximum may exceed a stale reference before its exp-sums must be
     redone: e^60 * CHUNK stays far below float32's 3e38 (e^600 below float64's 1.8e308)."""

@@ -1,0 +1,480 @@
+"""The cuda backend (fastdiv/_cuda) against the float64 reference, op by op.
+
+Runs on a GPU, or on the CPU in numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``); skipped
+with the reason when neither is available.  In the simulator the block sizes are patched
+small so multi-warp, multi-block, split-row and misaligned (scalar-load) paths all run on
+tiny shapes.  Every test draws fresh random inputs (seeded per test) and puts the edge rows
+of ``fastdiv.reference`` (masked classes, all ``-inf``, rows starting with ``-inf``, NaN,
+``+inf``, large offsets) into the same matrices.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import types
+import zlib
+
+import numpy as np
+import pytest
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _import(name):
+    """Import ``fastdiv.<name>``; fall back to loading it without ``fastdiv/__init__``."""
+    try:
+        return importlib.import_module(f"fastdiv.{name}")
+    except Exception:
+        if "fastdiv" not in sys.modules or not hasattr(sys.modules["fastdiv"], "__path__"):
+            pkg = types.ModuleType("fastdiv")
+            pkg.__path__ = [os.path.join(_ROOT, "fastdiv")]
+            sys.modules["fastdiv"] = pkg
+        return importlib.import_module(f"fastdiv.{name}")
+
+
+R = _import("reference")
+try:
+    K = _import("_cuda.kernels")
+    REASON = K.unavailable_reason()
+except Exception as exc:  # pragma: no cover
+    K, REASON = None, f"{type(exc).__name__}: {exc}"
+
+SIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(REASON is not None, reason=f"cuda backend unavailable: {REASON}"),
+    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
+]
+
+if REASON is None:
+    from numba import cuda
+
+    I = _import("_cuda.interop")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _rng(*key):
+    return np.random.default_rng(zlib.crc32(repr(key).encode()) + int.from_bytes(os.urandom(2), "little"))
+
+
+def to_bf16_bits(a):
+    """float32 -> bfloat16 bits (round to nearest even), as uint16."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    u = a.view(np.uint32).astype(np.uint64)
+    rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    out = np.where(np.isnan(a), (u >> 16) | 0x40, rounded).astype(np.uint16)
+    return out
+
+
+def from_bf16_bits(b):
+    return (b.astype(np.uint32) << 16).view(np.float32)
+
+
+def device_input(a, kind):
+    """(device array of ``kind``, the float64 values it holds)."""
+    if kind == "bf16":
+        bits = to_bf16_bits(a)
+        return cuda.to_device(bits), from_bf16_bits(bits).astype(np.float64)
+    dt = {"f32": np.float32, "f64": np.float64, "f16": np.float16}[kind]
+    with np.errstate(over="ignore"):
+        h = np.ascontiguousarray(a, dtype=dt)
+    return cuda.to_device(h), h.astype(np.float64)
+
+
+def out_for(rows, kind, poison=True):
+    dt = np.float64 if kind == "f64" else np.float32
+    h = np.full(rows, 12345.0 if poison else 0.0, dtype=dt)  # poisoned: every row must be written
+    return cuda.to_device(h)
+
+
+def edge_logits(rng, rows, V, scale=3.0):
+    """Random logits with the reference's edge rows mixed in (at most ``rows`` rows)."""
+    x = rng.standard_normal((rows, V)) * scale
+    kinds = ["mask", "allneg", "startneg", "nan", "posinf", "offset", "rand"]
+    for i in range(rows):
+        k = kinds[i % len(kinds)] if i < len(kinds) else "rand"
+        if k == "mask":
+            x[i, rng.random(V) < 0.4] = -np.inf
+        elif k == "allneg":
+            x[i] = -np.inf
+        elif k == "startneg":
+            x[i, : max(1, V // 2)] = -np.inf
+        elif k == "nan":
+            x[i, rng.integers(V)] = np.nan
+        elif k == "posinf":
+            x[i, rng.integers(V)] = np.inf
+        elif k == "offset":
+            x[i] += 1000.0 if V > 1 else 0.0
+    return x
+
+
+def tol(kind):
+    return dict(rtol=1e-9, atol=1e-9) if kind == "f64" else dict(rtol=2e-4, atol=2e-4)
+
+
+def check(got, want, kind, what=""):
+    got = np.asarray(got, dtype=np.float64)
+    assert not np.any(got == 12345.0), f"{what}: rows left unwritten"
+    np.testing.assert_allclose(got, want, equal_nan=True, err_msg=what, **tol(kind))
+
+
+# Launch configurations: how each V is mapped to a kernel shape in these tests.
+# (name, patches) -- patches apply to module knobs for the duration of the test.
+SMALL_KNOBS = dict(SMALL_BLOCK=32, GROUP_BLOCK=64, BLOCK=64, RED_BLOCK=32, RED_CHUNK=64)
+
+
+@pytest.fixture
+def knobs(monkeypatch):
+    def apply(**extra):
+        for k, v in {**SMALL_KNOBS, **extra}.items():
+            monkeypatch.setattr(K, k, v)
+
+    return apply
+
+
+# V -> (extra knobs, expected mode): 1 and 51 use the small kernel (G = 1 and 8 lanes per
+# row); 67 is forced into the block kernel (2 warps per block); 300 uses the warp-per-row
+# kernel.
+V_CASES = {
+    1: ({}, "small"),
+    51: ({}, "small"),
+    67: ({"SMALL_MAX_V": 64, "GROUP_MAX_V": 64}, "block"),
+    300: ({}, "group"),
+}
+
+KINDS_ALL = ["f32", "f64", "f16", "bf16"]
+
+
+def _cases():
+    out = []
+    for V in V_CASES:
+        for kind in KINDS_ALL:
+            if kind in ("f16", "bf16") and V in (1, 67) and SIM:
+                continue  # keep the simulator run short; the GPU run covers them
+            out.append((V, kind))
+    return out
+
+
+CASES = _cases()
+
+
+# ------------------------------------------------------------------- one op, one call
+
+
+def run_logits_op(op, V, kind, knobs, rows=9):
+    extra, mode = V_CASES[V]
+    knobs(**extra)
+    assert K.launch_plan(rows, V)[0] == mode
+    rng = _rng(op, V, kind)
+    x = edge_logits(rng, rows, V)
+    dx, hx = device_input(x, kind)
+    out = out_for(rows, kind)
+    getattr(K, op)(dx, out, 1)
+    return out.copy_to_host(), hx
+
+
+@pytest.mark.parametrize("V,kind", CASES)
+def test_lse(V, kind, knobs):
+    got, hx = run_logits_op("lse", V, kind, knobs)
+    check(got, R.logsumexp_rows(hx), kind, "lse")
+
+
+@pytest.mark.parametrize("V,kind", CASES)
+def test_entropy_logits(V, kind, knobs):
+    got, hx = run_logits_op("entropy_logits", V, kind, knobs)
+    check(got, R.entropy_rows(hx, "logits"), kind, "entropy_logits")
+
+
+def _log_probs(rng, rows, V):
+    x = edge_logits(rng, rows, V)
+    return R.log_softmax_rows(x)
+
+
+@pytest.mark.parametrize("V,kind", CASES)
+def test_entropy_log_probs_and_probs(V, kind, knobs):
+    extra, _ = V_CASES[V]
+    knobs(**extra)
+    rng = _rng("ent-lp", V, kind)
+    rows = 9
+    lp = _log_probs(rng, rows, V)
+    d, h = device_input(lp, kind)
+    out = out_for(rows, kind)
+    K.entropy_log_probs(d, out, 1)
+    check(out.copy_to_host(), R.entropy_rows(h, "log_probs"), kind, "entropy_log_probs")
+    with np.errstate(over="ignore"):
+        p = np.exp(lp)
+    p[2, :] = 0.0  # an all-zero row
+    p[3, 0] = -0.5 if V > 1 else p[3, 0]  # a negative probability -> NaN
+    d, h = device_input(p, kind)
+    out = out_for(rows, kind)
+    K.entropy_probs(d, out, 1)
+    check(out.copy_to_host(), R.entropy_rows(h, "probs"), kind, "entropy_probs")
+
+
+def _pair(rng, rows, V):
+    x = edge_logits(rng, rows, V)
+    z = edge_logits(rng, rows, V)
+    # mix the edge rows so every (P edge, Q edge) kind meets a few others
+    perm = np.roll(np.arange(rows), 2)
+    z = z[perm]
+    z[rows - 1] = x[rows - 1] + 0.1 * rng.standard_normal(V)  # a close pair: small KL
+    return x, z
+
+
+@pytest.mark.parametrize("V,kind", CASES)
+def test_kl_logits(V, kind, knobs):
+    extra, _ = V_CASES[V]
+    knobs(**extra)
+    rng = _rng("kl", V, kind)
+    rows = 11
+    x, z = _pair(rng, rows, V)
+    dx, hx = device_input(x, kind)
+    dz, hz = device_input(z, kind)
+    out = out_for(rows, kind)
+    K.kl_logits(dx, dz, out, 1)
+    check(out.copy_to_host(), R.kl_rows(hx, hz, "logits"), kind, "kl_logits")
+
+
+@pytest.mark.parametrize("V,kind", CASES)
+def test_kl_log_probs_and_probs(V, kind, knobs):
+    extra, _ = V_CASES[V]
+    knobs(**extra)
+    rng = _rng("kl-lp", V, kind)
+    rows = 11
+    x, z = _pair(rng, rows, V)
+    a, b = R.log_softmax_rows(x), R.log_softmax_rows(z)
+    da, ha = device_input(a, kind)
+    db, hb = device_input(b, kind)
+    out = out_for(rows, kind)
+    K.kl_log_probs(da, db, out, 1)
+    check(out.copy_to_host(), R.kl_rows(ha, hb, "log_probs"), kind, "kl_log_probs")
+    with np.errstate(over="ignore"):
+        p, q = np.exp(a), np.exp(b)
+    if V > 1:
+        q[0, 0] = -0.25  # negative q -> NaN even where p = 0
+        p[0, 0] = 0.0
+    da, ha = device_input(p, kind)
+    db, hb = device_input(q, kind)
+    out = out_for(rows, kind)
+    K.kl_probs(da, db, out, 1)
+    check(out.copy_to_host(), R.kl_rows(ha, hb, "probs"), kind, "kl_probs")
+
+
+def _targets(rng, x, ignore_index):
+    rows, V = x.shape
+    t = rng.integers(0, V, rows)
+    t[1 % rows] = ignore_index
+    # a target on a masked class (row 1 has masks; use row 0 of a fresh mask)
+    if rows > 8 and V > 1:
+        x[8, 0] = -np.inf
+        t[8] = 0
+    return t
+
+
+@pytest.mark.parametrize("V,kind", CASES)
+@pytest.mark.parametrize("eps,weighted", [(0.0, False), (0.1, True)])
+def test_ce_hard(V, kind, eps, weighted, knobs):
+    extra, _ = V_CASES[V]
+    knobs(**extra)
+    rng = _rng("ce", V, kind, eps, weighted)
+    rows = 10
+    x = edge_logits(rng, rows, V)
+    t = _targets(rng, x, -100)
+    w = None
+    if weighted:
+        w = rng.random(V) + 0.5
+        w[rng.random(V) < 0.3] = 0.0
+        w[t[0]] = 0.0  # zero weight on row 0's target
+    dx, hx = device_input(x, kind)
+    wacc = np.float64 if kind == "f64" else np.float32
+    dw = cuda.to_device(w.astype(wacc)) if weighted else None
+    out = out_for(rows, kind)
+    K.ce_hard(dx, cuda.to_device(t), -100, dw, eps, out, 1)
+    want = R.cross_entropy_hard_rows(hx, t, -100, None if w is None else w.astype(wacc), eps)
+    check(out.copy_to_host(), want, kind, f"ce_hard eps={eps} weighted={weighted}")
+
+
+@pytest.mark.parametrize("V,kind", CASES)
+@pytest.mark.parametrize("eps,weighted", [(0.0, True), (0.2, False)])
+def test_ce_soft(V, kind, eps, weighted, knobs):
+    extra, _ = V_CASES[V]
+    knobs(**extra)
+    rng = _rng("soft", V, kind, eps, weighted)
+    rows = 10
+    x = edge_logits(rng, rows, V)
+    with np.errstate(over="ignore"):
+        p = np.exp(R.log_softmax_rows(edge_logits(rng, rows, V)[np.roll(np.arange(rows), 3)]))
+    p[rows - 1] = np.exp(R.log_softmax_rows(rng.standard_normal((1, V))))[0]
+    p[rows - 1, rng.random(V) < 0.5] = 0.0  # zero target mass on some classes
+    x[rows - 1, p[rows - 1] == 0] = -np.inf  # ... exactly where the logits are masked
+    w = None
+    if weighted:
+        w = rng.random(V) + 0.5
+        w[rng.random(V) < 0.3] = 0.0
+    dx, hx = device_input(x, kind)
+    dp, hp = device_input(p, kind)
+    wacc = np.float64 if kind == "f64" else np.float32
+    dw = cuda.to_device(w.astype(wacc)) if weighted else None
+    out = out_for(rows, kind)
+    K.ce_soft(dx, dp, dw, 1.0 - eps, eps / V, out, 1)
+    want = R.cross_entropy_soft_rows(hx, hp, None if w is None else w.astype(wacc), eps)
+    check(out.copy_to_host(), want, kind, f"ce_soft eps={eps} weighted={weighted}")
+
+
+# --------------------------------------------------------------- launch-path coverage
+
+
+@pytest.mark.parametrize("kind", ["f32", "bf16"])
+@pytest.mark.parametrize("path", ["misaligned-block", "misaligned-group", "split"])
+def test_paths(path, kind, knobs):
+    """Scalar-load fallback for misaligned rows, and rows split over several blocks."""
+    rows, V = 5, 150
+    if path == "misaligned-block":
+        knobs(SMALL_MAX_V=64, GROUP_MAX_V=64)
+    elif path == "misaligned-group":
+        knobs()
+    else:
+        knobs(SMALL_MAX_V=64, GROUP_MAX_V=64, SPLIT_MIN_COLS=40, SPLIT_TARGET_BLOCKS=12)
+        mode, grid, block, extra = K.launch_plan(rows, V)
+        assert mode == "block" and extra["nsplit"] > 1
+    rng = _rng(path, kind)
+    x = edge_logits(rng, rows, V)
+    z = edge_logits(rng, rows, V)[::-1].copy()
+    if path.startswith("misaligned"):
+        # view rows that start one element past a 16-byte boundary
+        dt = np.float32 if kind == "f32" else np.uint16
+        hx_raw = to_bf16_bits(x) if kind == "bf16" else x.astype(np.float32)
+        hz_raw = to_bf16_bits(z) if kind == "bf16" else z.astype(np.float32)
+        bx = cuda.to_device(np.concatenate([np.zeros(1, dt), hx_raw.ravel()]))
+        bz = cuda.to_device(np.concatenate([np.zeros(1, dt), hz_raw.ravel()]))
+        dx = bx[1:].reshape(rows, V)
+        dz = bz[1:].reshape(rows, V)
+        hx = (from_bf16_bits(hx_raw) if kind == "bf16" else hx_raw).astype(np.float64)
+        hz = (from_bf16_bits(hz_raw) if kind == "bf16" else hz_raw).astype(np.float64)
+    else:
+        dx, hx = device_input(x, kind)
+        dz, hz = device_input(z, kind)
+    out = out_for(rows, kind)
+    K.kl_logits(dx, dz, out, 1)
+    check(out.copy_to_host(), R.kl_rows(hx, hz, "logits"), kind, f"{path} kl")
+    t = _rng(path, "t").integers(0, V, rows)
+    t[0] = -100
+    out = out_for(rows, kind)
+    K.ce_hard(dx, cuda.to_device(t), -100, None, 0.1, out, 1)
+    check(out.copy_to_host(), R.cross_entropy_hard_rows(hx, t, -100, None, 0.1), kind, f"{path} ce")
+
+
+def test_many_rows_small_v(knobs):
+    """Several blocks, several rows per warp, a partial last warp (C51-like shape)."""
+    knobs()
+    rows, V = 37, 51
+    rng = _rng("c51")
+    x = edge_logits(rng, rows, V)
+    z = x + rng.standard_normal((rows, V))
+    dx, hx = device_input(x, "f32")
+    dz, hz = device_input(z, "f32")
+    out = out_for(rows, "f32")
+    K.kl_logits(dx, dz, out, 1)
+    check(out.copy_to_host(), R.kl_rows(hx, hz, "logits"), "f32", "c51 kl")
+
+
+def test_int32_targets_all_ignored_and_empty(knobs):
+    knobs()
+    rows, V = 4, 51
+    x = _rng("ign").standard_normal((rows, V)).astype(np.float32)
+    t = np.full(rows, -1, dtype=np.int32)
+    out = out_for(rows, "f32")
+    K.ce_hard(cuda.to_device(x), cuda.to_device(t), -1, None, 0.0, out, 1)
+    assert np.all(out.copy_to_host() == 0.0)
+    empty = cuda.to_device(np.zeros((0, V), np.float32))
+    K.lse(empty, cuda.device_array(0, np.float32), 1)
+
+
+def test_stream_keyword(knobs):
+    knobs()
+    rows, V = 3, 51
+    x = _rng("stream").standard_normal((rows, V)).astype(np.float32)
+    s = cuda.stream()
+    out = out_for(rows, "f32")
+    K.lse(cuda.to_device(x), out, 1, stream=s)
+    s.synchronize()
+    check(out.copy_to_host(), R.logsumexp_rows(x), "f32", "stream")
+
+
+def test_errors():
+    x = cuda.to_device(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match="out"):
+        K.lse(x, cuda.device_array(3, np.float32), 1)
+    with pytest.raises(TypeError, match="float32"):
+        K.lse(cuda.to_device(np.zeros((2, 3), np.int32)), cuda.device_array(2, np.float32), 1)
+    with pytest.raises(TypeError, match="device array"):
+        K.lse(np.zeros((2, 3), np.float32), cuda.device_array(2, np.float32), 1)
+    with pytest.raises(ValueError, match="shape"):
+        K.kl_logits(x, cuda.to_device(np.zeros((2, 4), np.float32)), cuda.device_array(2, np.float32), 1)
+
+
+# ------------------------------------------------------------------ device reductions
+
+
+@pytest.mark.parametrize("n", [1, 100, 1000])
+def test_device_sum_and_mean(n, knobs):
+    knobs()
+    rng = _rng("sum", n)
+    v = rng.standard_normal(n).astype(np.float32)
+    d = cuda.to_device(v)
+    got = K.device_sum(d).copy_to_host()
+    np.testing.assert_allclose(got[0], v.astype(np.float64).sum(), rtol=1e-6, atol=1e-5)
+    again = K.device_sum(d).copy_to_host()
+    assert got[0] == again[0]  # deterministic
+    np.testing.assert_allclose(K.device_mean(d).copy_to_host()[0], v.astype(np.float64).mean(), rtol=1e-6, atol=1e-6)
+    V = 7
+    t = rng.integers(0, V, n)
+    t[::3] = -100
+    w = (rng.random(V) + 0.1).astype(np.float32)
+    out = cuda.device_array(1, np.float32)
+    K.device_mean(d, cuda.to_device(t), -100, cuda.to_device(w), out=out)
+    keep = t != -100
+    want = v.astype(np.float64).sum() / w[t[keep]].astype(np.float64).sum() if keep.any() else np.nan
+    np.testing.assert_allclose(out.copy_to_host()[0], want, rtol=1e-5, equal_nan=True)
+    K.device_mean(d, cuda.to_device(np.full(n, -100)), -100, out=out)
+    assert np.isnan(out.copy_to_host()[0])  # every target ignored -> NaN (torch's rule)
+
+
+# ------------------------------------------------------------------------- interop
+
+
+def test_interop_numba():
+    a = cuda.to_device(np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert I.is_device_array(a)
+    assert not I.is_device_array(np.zeros(3))
+    view, tag = I.to_device_view(a)
+    assert view is a and tag.lib == "numba"
+    assert I.wrap_like(view, tag) is view
+
+
+@pytest.mark.skipif(SIM, reason="torch CUDA tensors need a real GPU")
+def test_interop_torch():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA device")
+    rows, V = 64, 1000
+    x = torch.randn(rows, V, device="cuda") * 3
+    z = torch.randn(rows, V, device="cuda") * 3
+    assert I.is_device_array(x) and not I.is_device_array(x.cpu())
+    for dt in (torch.float32, torch.float16, torch.bfloat16):
+        xv, tag = I.to_device_view(x.to(dt))
+        zv, _ = I.to_device_view(z.to(dt))
+        assert tag.lib == "torch" and tag.bf16 == (dt == torch.bfloat16)
+        out_t, out = I.empty_like_lib((rows,), np.float32, tag)
+        K.kl_logits(xv, zv, out, 1, stream=I.stream_for(tag), bf16=tag.bf16)
+        want = torch.nn.functional.kl_div(
+            torch.log_softmax(z.to(dt).double(), -1), torch.log_softmax(x.to(dt).double(), -1),
+            log_target=True, reduction="none").sum(-1)
+        torch.testing.assert_close(out_t.double(), want, rtol=2e-4, atol=2e-4)
+        res = I.wrap_like(out, tag)
+        assert isinstance(res, torch.Tensor) and res.data_ptr() == out_t.data_ptr()
