@@ -6,8 +6,14 @@ backend must get right: all masked, masked prefix, scattered masks, NaN, +inf, e
 """
 from __future__ import annotations
 
+import glob
 import os
 import secrets
+
+# Without an NVIDIA GPU, run the cuda backend's tests in numba's CUDA simulator (this must
+# be decided before numba.cuda is first imported).  Set NUMBA_ENABLE_CUDASIM=0 to opt out.
+if not glob.glob("/dev/nvidia[0-9]*"):
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 import numpy as np
 import pytest
