@@ -422,6 +422,175 @@ def _ce_soft(x, p, weight, alpha, beta, out):
         out[i] = big_q * np.log(s) + gap
 
 
+# --------------------------------------------------------------------------- small V
+#
+# At V = 51 (C51) a row is 204 bytes: per-row costs (loop tails, horizontal reductions, a
+# scalar log) would dominate.  Instead a block of rows is treated as one flat array: its
+# maximum R, one long vectorised pass e = exp(x - R) into an L1 scratch buffer, short
+# per-row sums of e, and a vectorised log over the block's rows.  Sums relative to the
+# block's R instead of each row's own maximum are equally accurate while they are not
+# tiny; a row whose sum falls below SMALL_MIN_SUM (its maximum lies far below R, or it is
+# all masked) and any block holding NaN or +inf go through the general per-row path.
+
+SMALL_V = 128            # vocabularies up to this size use the block path (V=256 was faster per row)
+SMALL_BLOCK = 8192       # elements per block: 32 KB of float32 scratch
+SMALL_MIN_SUM = 1e-20    # below this a row is redone exactly (terms flushed at ~1e-38)
+
+
+@njit(**_INLINE)
+def _block_exp(flat, ref, e):
+    for k in range(flat.shape[0]):
+        e[k] = exp_hot(clamp_lo(flat[k] - ref))
+
+
+@njit(**_INLINE)
+def _flat_max(flat):
+    m = flat[0]
+    for k in range(flat.shape[0]):
+        m = maximum(m, flat[k])
+    return m
+
+
+@njit(**_INLINE)
+def _row_sums(e, rows, v, s):
+    for r in range(rows):
+        er = e[r * v:(r + 1) * v]
+        acc = cast(0.0, e[0])
+        for j in range(v):
+            acc += er[j]
+        s[r] = acc
+
+
+@njit(**_JIT)
+def _small_lse(x, out, ce_target, ignore_index):
+    """lse per row, or (lse - x[t]) when ce_target holds class indices (hard-label CE)."""
+    n, v = x.shape
+    bs = max(1, SMALL_BLOCK // v)
+    nblocks = (n + bs - 1) // bs
+    ce = ce_target.shape[0] == n
+    for b in prange(nblocks):
+        prefer_wide_vectors()
+        i0 = b * bs
+        i1 = min(i0 + bs, n)
+        rows = i1 - i0
+        flat = x[i0:i1].reshape(rows * v)
+        e = np.empty(rows * v, dtype=x.dtype)
+        s = np.empty(rows, dtype=x.dtype)
+        ref = _flat_max(flat)
+        exact = ref == ref and abs(ref) < _INF
+        if exact:
+            _block_exp(flat, ref, e)
+            _row_sums(e, rows, v, s)
+            for r in range(rows):
+                ls = np.log(s[r])
+                if ce:
+                    t = ce_target[i0 + r]
+                    out[i0 + r] = (ref - x[i0 + r, t]) + ls if t != ignore_index else 0
+                else:
+                    out[i0 + r] = ref + ls
+        for r in range(rows):
+            if exact and s[r] >= SMALL_MIN_SUM:
+                continue
+            i = i0 + r
+            if ce and ce_target[i] == ignore_index:
+                out[i] = 0
+                continue
+            m, sr, _ = _row_state(x[i])
+            if ce:
+                if m != m or m == _INF:
+                    out[i] = _NAN
+                elif m == -_INF:
+                    out[i] = _INF
+                else:
+                    out[i] = (m - x[i, ce_target[i]]) + np.log(sr)
+            else:
+                out[i] = _finish_lse(m, sr)
+
+
+@njit(**_JIT)
+def _small_entropy(x, out):
+    n, v = x.shape
+    bs = max(1, SMALL_BLOCK // v)
+    nblocks = (n + bs - 1) // bs
+    for b in prange(nblocks):
+        prefer_wide_vectors()
+        i0 = b * bs
+        i1 = min(i0 + bs, n)
+        rows = i1 - i0
+        flat = x[i0:i1].reshape(rows * v)
+        e = np.empty(rows * v, dtype=x.dtype)
+        s = np.empty(rows, dtype=x.dtype)
+        w = np.empty(rows, dtype=x.dtype)
+        ref = _flat_max(flat)
+        exact = ref == ref and abs(ref) < _INF
+        if exact:
+            _block_exp(flat, ref, e)
+            for r in range(rows):
+                er = e[r * v:(r + 1) * v]
+                xr = flat[r * v:(r + 1) * v]
+                acc_s = cast(0.0, ref)
+                acc_w = acc_s
+                for j in range(v):
+                    acc_s += er[j]
+                    acc_w += er[j] * clamp_lo(xr[j] - ref)
+                s[r] = acc_s
+                w[r] = acc_w
+            for r in range(rows):
+                out[i0 + r] = np.log(s[r]) - w[r] / s[r]
+        for r in range(rows):
+            if exact and s[r] >= SMALL_MIN_SUM:
+                continue
+            m, sr, wr = _row_state(x[i0 + r])
+            if m != m or m == _INF:
+                out[i0 + r] = _NAN
+            elif m == -_INF:
+                out[i0 + r] = 0
+            else:
+                out[i0 + r] = np.log(sr) - wr / sr
+
+
+@njit(**_JIT)
+def _small_kl(x, z, out, fallback):
+    n, v = x.shape
+    bs = max(1, SMALL_BLOCK // v)
+    nblocks = (n + bs - 1) // bs
+    for b in prange(nblocks):
+        prefer_wide_vectors()
+        i0 = b * bs
+        i1 = min(i0 + bs, n)
+        rows = i1 - i0
+        fx = x[i0:i1].reshape(rows * v)
+        fz = z[i0:i1].reshape(rows * v)
+        ex = np.empty(rows * v, dtype=x.dtype)
+        ez = np.empty(rows * v, dtype=x.dtype)
+        rx = _flat_max(fx)
+        rz = _flat_max(fz)
+        zero = cast(0.0, rx)
+        if not (rx == rx and rz == rz and abs(rx) < _INF and abs(rz) < _INF):
+            for r in range(rows):
+                fallback[i0 + r] = True
+            continue
+        _block_exp(fx, rx, ex)
+        _block_exp(fz, rz, ez)
+        for r in range(rows):
+            xr = fx[r * v:(r + 1) * v]           # slice first: a run-time loop start would gather
+            zr = fz[r * v:(r + 1) * v]
+            exr = ex[r * v:(r + 1) * v]
+            ezr = ez[r * v:(r + 1) * v]
+            sx = zero
+            sz = zero
+            w = zero
+            for j in range(v):
+                dx = xr[j] - rx
+                sx += exr[j]
+                sz += ezr[j]
+                w += exr[j] * (dx - (zr[j] - rz)) if dx > -_INF else zero
+            if sx < SMALL_MIN_SUM or sz < SMALL_MIN_SUM or w == _INF:
+                fallback[i0 + r] = True
+            else:
+                out[i0 + r] = w / sx - np.log(sx) + np.log(sz)
+
+
 # --------------------------------------------------------------------------- contract
 
 
@@ -440,16 +609,29 @@ def _threads(n):
     numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
 
 
+_NO_TARGET = np.zeros(0, dtype=np.int64)
+
+
+def _small(x):
+    return x.shape[1] <= SMALL_V
+
+
 def lse(x, out, nthreads):
     _guard(out, x)
     _threads(nthreads)
-    _lse(x, out)
+    if _small(x):
+        _small_lse(x, out, _NO_TARGET, np.int64(0))
+    else:
+        _lse(x, out)
 
 
 def entropy_logits(x, out, nthreads):
     _guard(out, x)
     _threads(nthreads)
-    _entropy_logits(x, out)
+    if _small(x):
+        _small_entropy(x, out)
+    else:
+        _entropy_logits(x, out)
 
 
 def entropy_probs(p, out, nthreads):
@@ -467,7 +649,16 @@ def entropy_log_probs(lp, out, nthreads):
 def kl_logits(x, z, out, nthreads):
     _guard(out, x, z)
     _threads(nthreads)
-    _kl_logits(x, z, out)
+    if not _small(x):
+        _kl_logits(x, z, out)
+        return
+    redo = np.zeros(x.shape[0], dtype=np.bool_)
+    _small_kl(x, z, out, redo)
+    if redo.any():                      # rare: NaN/inf blocks, masked or far-below rows
+        idx = np.flatnonzero(redo)
+        part = np.empty(idx.size, dtype=out.dtype)
+        _kl_logits(np.ascontiguousarray(x[idx]), np.ascontiguousarray(z[idx]), part)
+        out[idx] = part
 
 
 def kl_probs(p, q, out, nthreads):
@@ -487,7 +678,10 @@ def ce_hard(x, target, ignore_index, weight, eps, out, nthreads):
     if target.shape != (x.shape[0],) or weight.shape != (x.shape[1],):
         raise ValueError(f"target must have shape ({x.shape[0]},) and weight ({x.shape[1]},)")
     _threads(nthreads)
-    _ce_hard(x, target, np.int64(ignore_index), weight, float(eps), out)
+    if _small(x) and eps == 0 and np.all(weight == 1):
+        _small_lse(x, out, target, np.int64(ignore_index))
+    else:
+        _ce_hard(x, target, np.int64(ignore_index), weight, float(eps), out)
 
 
 def ce_soft(x, p, weight, alpha, beta, out, nthreads):
