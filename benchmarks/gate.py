@@ -23,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _bench  # noqa: E402
+from fastdiv import bench as _bench  # noqa: E402
 
 import fastdiv  # noqa: E402
 

@@ -18,7 +18,7 @@ import functools
 import numpy as np
 import pytest
 
-import _bench
+from fastdiv import bench as _bench
 
 SMOKE_ROWS = 4
 

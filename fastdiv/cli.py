@@ -127,7 +127,41 @@ def main(argv=None):
     p_demo.add_argument("--repeat", type=int, default=3, help="timed repeats per backend (best is shown)")
     p_demo.add_argument("--threads", type=int, help="threads for the compiled backends")
     sub.add_parser("config", help="print versions, backends, OpenMP, SIMD width and threads")
+    p_bench = sub.add_parser(
+        "bench", help="benchmark a slice of ops x backends x vocabulary sizes against the bandwidth probe and peers",
+        description="Times fastdiv's kernels, the read-bandwidth probe (a parallel sum over the same bytes) and "
+                    "peer libraries on seeded inputs of about --mbytes MB per array, in this process. Prints a table "
+                    "(time, GB/s, %% of the probe, speed-up over each peer); optionally writes JSON and a plot.")
+    p_bench.add_argument("--ops", nargs="+", default=["logsumexp", "entropy", "cross_entropy", "kl_div"],
+                         choices=["logsumexp", "entropy", "cross_entropy", "kl_div"])
+    p_bench.add_argument("--backends", nargs="+", choices=["numba", "cython"], help="default: every available one")
+    p_bench.add_argument("--peers", nargs="*", default=["numpy", "scipy", "torch"], choices=["numpy", "scipy", "torch"],
+                         help="peer libraries timed on the same inputs when installed (numpy = fastdiv's float64 reference)")
+    p_bench.add_argument("--vocab", nargs="+", type=int, default=[51, 1024, 32000, 50257, 128256],
+                         help="vocabulary sizes V")
+    p_bench.add_argument("--mbytes", type=float, default=256, help="size of each logits array in MB (rows = MB / (V * itemsize))")
+    p_bench.add_argument("--dtype", choices=["float32", "float64", "float16"], default="float32")
+    p_bench.add_argument("--threads", type=int, help="threads for the compiled backends")
+    p_bench.add_argument("--repeat", type=int, default=5, help="timed repeats (median)")
+    p_bench.add_argument("--json", metavar="FILE", help="write the measurements as JSON")
+    p_bench.add_argument("--plot", metavar="FILE.png", help="plot GB/s against V (needs matplotlib)")
     args = parser.parse_args(argv)
+
+    if args.command == "bench":
+        from . import bench
+
+        if args.threads is not None:
+            api.set_num_threads(args.threads)
+        if any(v < 1 for v in args.vocab) or args.mbytes <= 0 or args.repeat < 1:
+            parser.error("--vocab, --mbytes and --repeat must be positive")
+        records = bench.run_bench(args.ops, args.backends, args.peers, args.vocab, args.dtype, args.mbytes, args.repeat)
+        print(bench.format_table(records))
+        if args.json:
+            bench.write_json(records, args.json)
+        if args.plot:
+            bench.plot(records, args.plot)
+            print(f"plot written to {args.plot}")
+        return 0
 
     if args.command == "config":
         show_config()
