@@ -18,6 +18,9 @@ documented in ``fastdiv.reference``.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -605,8 +608,26 @@ def _guard(out, *arrays):
         raise ValueError(f"out must have shape ({x.shape[0]},) and V >= 1, got out {out.shape} for input {x.shape}")
 
 
+_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
 def _threads(n):
+    """Use ``n`` threads (numba's setting is per calling thread) for one kernel call.
+
+    numba's ``omp`` and ``tbb`` threading layers accept parallel calls from several Python
+    threads at once; its fallback ``workqueue`` layer does not (it aborts the process), so
+    there the calls are serialised.  The layer is only known after the first launch."""
     numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        safe = numba.threading_layer() != "workqueue"
+    except ValueError:                  # nothing launched yet
+        safe = False
+    if safe:
+        yield
+    else:
+        with _LOCK:
+            yield
 
 
 _NO_TARGET = np.zeros(0, dtype=np.int64)
@@ -618,78 +639,78 @@ def _small(x):
 
 def lse(x, out, nthreads):
     _guard(out, x)
-    _threads(nthreads)
-    if _small(x):
-        _small_lse(x, out, _NO_TARGET, np.int64(0))
-    else:
-        _lse(x, out)
+    with _threads(nthreads):
+        if _small(x):
+            _small_lse(x, out, _NO_TARGET, np.int64(0))
+        else:
+            _lse(x, out)
 
 
 def entropy_logits(x, out, nthreads):
     _guard(out, x)
-    _threads(nthreads)
-    if _small(x):
-        _small_entropy(x, out)
-    else:
-        _entropy_logits(x, out)
+    with _threads(nthreads):
+        if _small(x):
+            _small_entropy(x, out)
+        else:
+            _entropy_logits(x, out)
 
 
 def entropy_probs(p, out, nthreads):
     _guard(out, p)
-    _threads(nthreads)
-    _entropy_probs(p, out)
+    with _threads(nthreads):
+        _entropy_probs(p, out)
 
 
 def entropy_log_probs(lp, out, nthreads):
     _guard(out, lp)
-    _threads(nthreads)
-    _entropy_log_probs(lp, out)
+    with _threads(nthreads):
+        _entropy_log_probs(lp, out)
 
 
 def kl_logits(x, z, out, nthreads):
     _guard(out, x, z)
-    _threads(nthreads)
-    if not _small(x):
-        _kl_logits(x, z, out)
-        return
-    redo = np.zeros(x.shape[0], dtype=np.bool_)
-    _small_kl(x, z, out, redo)
-    if redo.any():                      # rare: NaN/inf blocks, masked or far-below rows
-        idx = np.flatnonzero(redo)
-        part = np.empty(idx.size, dtype=out.dtype)
-        _kl_logits(np.ascontiguousarray(x[idx]), np.ascontiguousarray(z[idx]), part)
-        out[idx] = part
+    with _threads(nthreads):
+        if not _small(x):
+            _kl_logits(x, z, out)
+            return
+        redo = np.zeros(x.shape[0], dtype=np.bool_)
+        _small_kl(x, z, out, redo)
+        if redo.any():                      # rare: NaN/inf blocks, masked or far-below rows
+            idx = np.flatnonzero(redo)
+            part = np.empty(idx.size, dtype=out.dtype)
+            _kl_logits(np.ascontiguousarray(x[idx]), np.ascontiguousarray(z[idx]), part)
+            out[idx] = part
 
 
 def kl_probs(p, q, out, nthreads):
     _guard(out, p, q)
-    _threads(nthreads)
-    _kl_probs(p, q, out)
+    with _threads(nthreads):
+        _kl_probs(p, q, out)
 
 
 def kl_log_probs(a, b, out, nthreads):
     _guard(out, a, b)
-    _threads(nthreads)
-    _kl_log_probs(a, b, out)
+    with _threads(nthreads):
+        _kl_log_probs(a, b, out)
 
 
 def ce_hard(x, target, ignore_index, weight, eps, out, nthreads):
     _guard(out, x)
     if target.shape != (x.shape[0],) or weight.shape != (x.shape[1],):
         raise ValueError(f"target must have shape ({x.shape[0]},) and weight ({x.shape[1]},)")
-    _threads(nthreads)
-    if _small(x) and eps == 0 and np.all(weight == 1):
-        _small_lse(x, out, target, np.int64(ignore_index))
-    else:
-        _ce_hard(x, target, np.int64(ignore_index), weight, float(eps), out)
+    with _threads(nthreads):
+        if _small(x) and eps == 0 and np.all(weight == 1):
+            _small_lse(x, out, target, np.int64(ignore_index))
+        else:
+            _ce_hard(x, target, np.int64(ignore_index), weight, float(eps), out)
 
 
 def ce_soft(x, p, weight, alpha, beta, out, nthreads):
     _guard(out, x, p)
     if weight.shape != (x.shape[1],):
         raise ValueError(f"weight must have shape ({x.shape[1]},)")
-    _threads(nthreads)
-    _ce_soft(x, p, weight, float(alpha), float(beta), out)
+    with _threads(nthreads):
+        _ce_soft(x, p, weight, float(alpha), float(beta), out)
 
 
 def max_threads():
