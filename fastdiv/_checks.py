@@ -43,7 +43,9 @@ def as_array(name, a):
     """``a`` as a numpy array without copying when it already is one (lists are converted)."""
     if isinstance(a, np.ndarray):
         return a
-    if hasattr(a, "__cuda_array_interface__"):
+    from ._cuda.interop import is_device_array
+
+    if is_device_array(a):
         raise TypeError(f"{name} is a CUDA array; use backend='cuda' (or 'auto')")
     if hasattr(a, "detach") and hasattr(a, "numpy"):          # a torch CPU tensor
         if getattr(getattr(a, "device", None), "type", "cpu") != "cpu":

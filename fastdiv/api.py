@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 
-from . import _checks, _registry
+from . import _checks, _gpu, _registry
 
 __all__ = [
     "logsumexp",
@@ -198,8 +198,10 @@ def logsumexp(x, *, backend="auto"):
     >>> float(fastdiv.logsumexp(np.log(np.array([1.0, 2.0, 5.0]))))  # log(8)
     2.0794415416798357
     """
+    backend = _registry.resolve(backend, device=_gpu.any_on_device(x))
+    if backend == "cuda":
+        return _gpu.per_row_op("lse", [("x", x)], "none")
     x = _checks.float_array("x", x)
-    backend = _registry.resolve(backend)
     per_row = _per_row("lse", backend, [x])
     return _finish(per_row, x.shape[:-1], "none", per_row.dtype)
 
@@ -221,10 +223,12 @@ def entropy(p, *, inputs="logits", reduction="none", backend="auto"):
     >>> round(float(fastdiv.entropy(np.zeros(4))), 6)   # uniform over 4 classes: log 4
     1.386294
     """
-    p = _checks.float_array("p", p)
     kind = _checks.input_kind(inputs)
     reduction = _checks.reduction(reduction)
-    backend = _registry.resolve(backend)
+    backend = _registry.resolve(backend, device=_gpu.any_on_device(p))
+    if backend == "cuda":
+        return _gpu.per_row_op(f"entropy_{kind}", [("p", p)], reduction)
+    p = _checks.float_array("p", p)
     per_row = _per_row(f"entropy_{kind}", backend, [p])
     return _finish(per_row, p.shape[:-1], reduction, per_row.dtype)
 
@@ -249,12 +253,14 @@ def kl_div(p, q, *, inputs="logits", reduction="mean", backend="auto"):
     >>> round(float(fastdiv.kl_div(p, q, inputs="probs")), 6)
     0.510826
     """
+    kind = _checks.input_kind(inputs)
+    reduction = _checks.reduction(reduction)
+    backend = _registry.resolve(backend, device=_gpu.any_on_device(p, q))
+    if backend == "cuda":
+        return _gpu.per_row_op(f"kl_{kind}", [("p", p), ("q", q)], reduction)
     p = _checks.float_array("p", p)
     q = _checks.float_array("q", q)
     _checks.same_shape("p", p, "q", q)
-    kind = _checks.input_kind(inputs)
-    reduction = _checks.reduction(reduction)
-    backend = _registry.resolve(backend)
     per_row = _per_row(f"kl_{kind}", backend, [p, q])
     return _finish(per_row, p.shape[:-1], reduction, per_row.dtype)
 
@@ -289,12 +295,14 @@ def cross_entropy(logits, target, *, reduction="mean", ignore_index=-100, weight
     >>> round(float(fastdiv.cross_entropy(logits, target)), 6)
     0.237488
     """
-    logits = _checks.float_array("logits", logits)
-    target = _checks.as_array("target", target)
     reduction = _checks.reduction(reduction)
     ignore = _checks.ignore_index(ignore_index)
     eps = _checks.label_smoothing(label_smoothing)
-    backend = _registry.resolve(backend)
+    backend = _registry.resolve(backend, device=_gpu.any_on_device(logits, target, weight))
+    if backend == "cuda":
+        return _gpu.cross_entropy(logits, target, reduction, ignore, weight, eps)
+    logits = _checks.float_array("logits", logits)
+    target = _checks.as_array("target", target)
     lead, v = logits.shape[:-1], logits.shape[-1]
 
     if target.dtype.kind == "f" or target.dtype == _checks._bfloat16():

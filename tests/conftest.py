@@ -9,11 +9,16 @@ from __future__ import annotations
 import glob
 import os
 import secrets
+import sys
 
 # Without an NVIDIA GPU, run the cuda backend's tests in numba's CUDA simulator (this must
 # be decided before numba.cuda is first imported).  Set NUMBA_ENABLE_CUDASIM=0 to opt out.
 if not glob.glob("/dev/nvidia[0-9]*"):
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+    if "numba" in sys.modules:                 # a plugin imported numba first: re-read the variable
+        import numba.core.config
+
+        numba.core.config.reload_config()
 
 import numpy as np
 import pytest
