@@ -1,0 +1,162 @@
+"""Build-specific checks of the Cython/OpenMP backend (fastdiv._cython._kernels).
+
+The numerical semantics are tested for every backend in test_kernels.py; here: what the build
+recorded (OPENMP, SIMD_FLAGS), that OpenMP threads really run, that results do not depend on
+the thread count nor on the batch a row comes in, and the kernels' own argument checks.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+K = pytest.importorskip("fastdiv._cython._kernels", reason="the Cython extension is not built")
+
+
+def test_build_attributes():
+    assert isinstance(K.OPENMP, bool)
+    assert isinstance(K.SIMD_FLAGS, str)
+    assert K.SIMD_FLAGS in ("", "-march=native")
+    assert K.SIMD_ISA in ("avx512f", "avx2", "avx", "sse2", "neon", "generic")
+    assert isinstance(K.max_threads(), int) and K.max_threads() >= 1
+    if not K.OPENMP:
+        assert K.max_threads() == 1
+
+
+@pytest.mark.skipif(os.environ.get("FASTDIV_REQUIRE_OPENMP") != "1",
+                    reason="FASTDIV_REQUIRE_OPENMP=1 not set")
+def test_openmp_required():
+    assert K.OPENMP, "built without OpenMP although FASTDIV_REQUIRE_OPENMP=1"
+
+
+def test_threads_really_run():
+    assert K._threads_used(1) == 1
+    if K.OPENMP:
+        assert K._threads_used(2) == 2
+    else:
+        assert K._threads_used(2) == 1
+
+
+def _all_ops(x, z, p, t, w, out, nthreads):
+    V = x.shape[1]
+    q = np.ascontiguousarray(p[:, ::-1])
+    yield "lse", lambda: K.lse(x, out, nthreads)
+    yield "entropy_logits", lambda: K.entropy_logits(x, out, nthreads)
+    yield "entropy_log_probs", lambda: K.entropy_log_probs(x - 10, out, nthreads)
+    yield "entropy_probs", lambda: K.entropy_probs(p, out, nthreads)
+    yield "kl_logits", lambda: K.kl_logits(x, z, out, nthreads)
+    yield "kl_log_probs", lambda: K.kl_log_probs(x - 10, z - 10, out, nthreads)
+    yield "kl_probs", lambda: K.kl_probs(p, q, out, nthreads)
+    yield "ce_hard", lambda: K.ce_hard(x, t, -100, w, 0.0, out, nthreads)
+    yield "ce_hard_smooth", lambda: K.ce_hard(x, t, -100, w, 0.1, out, nthreads)
+    yield "ce_soft", lambda: K.ce_soft(x, p, w, 0.9, 0.1 / V, out, nthreads)
+
+
+def _inputs(rng, n, v, dtype):
+    x = (rng.standard_normal((n, v)) * 3).astype(dtype)
+    z = (rng.standard_normal((n, v)) * 3).astype(dtype)
+    x[rng.random((n, v)) < 0.1] = -np.inf
+    p = rng.dirichlet(np.ones(v), size=n).astype(dtype)
+    t = rng.integers(0, v, n).astype(np.int64)
+    t[::7] = -100
+    w = rng.uniform(0.5, 2.0, v).astype(dtype)
+    return x, z, p, t, w
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("v", [3, 51, 1271, 5000])
+def test_thread_count_does_not_change_bits(rng, dtype, v):
+    n = 45  # not a multiple of the 16- / 8-row blocks of the short-row driver
+    x, z, p, t, w = _inputs(rng, n, v, dtype)
+    ref = {}
+    for nthreads in (1, 2, 3):
+        out = np.empty(n, dtype)
+        for name, run in _all_ops(x, z, p, t, w, out, nthreads):
+            run()
+            if nthreads == 1:
+                ref[name] = out.copy()
+            else:
+                np.testing.assert_array_equal(out, ref[name], err_msg=f"{name}, {nthreads} threads")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("v", [1, 51, 200])
+def test_batch_does_not_change_bits(rng, dtype, v):
+    """Short rows are computed in blocks of rows; a row's result must not depend on its block."""
+    n = 37
+    x, z, p, t, w = _inputs(rng, n, v, dtype)
+    full = np.empty(n, dtype)
+    for name, run in _all_ops(x, z, p, t, w, full, 1):
+        run()
+        whole = full.copy()
+        for a, b in ((0, 1), (5, 6), (3, 20), (17, 37), (36, 37)):
+            part = np.empty(b - a, dtype)
+            sub = [np.ascontiguousarray(arr[a:b]) for arr in (x, z, p, t)]
+            dict(_all_ops(sub[0], sub[1], sub[2], sub[3], w, part, 2))[name]()
+            np.testing.assert_array_equal(part, whole[a:b], err_msg=f"{name} rows {a}:{b}")
+
+
+def test_read_only_inputs(rng):
+    x, z, p, t, w = _inputs(rng, 20, 51, np.float32)
+    for a in (x, z, p, t, w):
+        a.setflags(write=False)
+    out = np.empty(20, np.float32)
+    for _, run in _all_ops(x, z, p, t, w, out, 2):
+        run()
+
+
+def test_argument_checks():
+    x = np.zeros((4, 5), np.float32)
+    with pytest.raises(ValueError, match="out has 3 elements"):
+        K.lse(x, np.empty(3, np.float32), 1)
+    with pytest.raises(ValueError, match="differ in shape"):
+        K.kl_logits(x, np.zeros((4, 6), np.float32), np.empty(4, np.float32), 1)
+    with pytest.raises(ValueError, match="weight has"):
+        K.ce_hard(x, np.zeros(4, np.int64), -100, np.ones(4, np.float32), 0.0, np.empty(4, np.float32), 1)
+    with pytest.raises((TypeError, ValueError)):  # dtypes of one call must agree
+        K.lse(x, np.empty(4, np.float64), 1)
+    # a target out of range (the API rejects it first) gives NaN, never an out-of-bounds read
+    out = np.empty(4, np.float32)
+    K.ce_hard(x, np.array([0, 5, -1, 2], np.int64), -100, np.ones(5, np.float32), 0.0, out, 1)
+    assert np.isnan(out[1]) and np.isnan(out[2]) and np.isfinite(out[0])
+    big = np.zeros((2, 5000), np.float32)
+    K.ce_hard(big, np.array([0, 5000], np.int64), -100, np.ones(5000, np.float32), 0.0,
+              out[:2], 1)
+    assert np.isnan(out[1])
+
+
+def test_zero_rows():
+    for dtype in (np.float32, np.float64):
+        x = np.zeros((0, 7), dtype)
+        out = np.empty(0, dtype)
+        K.lse(x, out, 2)
+        K.kl_logits(x, x, out, 2)
+        K.ce_hard(x, np.zeros(0, np.int64), -100, np.ones(7, dtype), 0.1, out, 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("v", [2, 51, 3000])
+def test_large_common_offsets_do_not_cancel(rng, dtype, v):
+    """The kernels are compiled with -fassociative-math; differences of nearly equal large
+    values (z - max z in KL, x - max x in exp, max - x_t in CE) must still be formed first.
+    Regression: tcx - (z - shz) was once rewritten as (tcx + shz) - z (a KL of 1e-6 came out
+    as -9e-5 for logits ~1e4)."""
+    from fastdiv import reference as R
+
+    n = 12
+    x = (rng.standard_normal((n, v)) * 1e-3).astype(dtype)
+    x[0, :2] = [0.00275573, 0.0]
+    z = (x.astype(np.float64) + 1e4).astype(dtype)
+    out = np.empty(n, dtype)
+    K.kl_logits(x, z, out, 2)
+    tol = 3e-6 if dtype == np.float32 else 1e-12
+    ref = R.kl_rows(x, z)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=tol * (1 + np.abs(ref)).max())
+    xo = (rng.standard_normal((n, v)) * 3 + 1e4).astype(dtype)
+    t = np.argmax(xo, axis=1).astype(np.int64)
+    K.ce_hard(xo, t, -100, np.ones(v, dtype), 0.0, out, 2)
+    ref = R.cross_entropy_hard_rows(xo, t)
+    # the float64 reference itself forms x - lse at magnitude 1e4 (abs. error ~1e-12)
+    atol = 1e-6 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(out, ref, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=atol)
