@@ -252,6 +252,14 @@ def check_shape(ctx, rows, V, dtype, nsample, seed, log):
     results = []
 
     def one(name, fn, ref, arrays):
+        try:
+            _one(name, fn, ref, arrays)
+        except Exception as exc:  # record and go on: one broken op must not hide the rest
+            log(f"  check {name:22s} {rows}x{V} {dtype:8s} ERROR {type(exc).__name__}: {exc}")
+            results.append(dict(check=name, rows=rows, V=V, dtype=dtype, sampled_rows=0, max_rel_err=float("nan"),
+                                nan_inf_pattern_ok=False, unwritten=-1, ok=False, error=f"{type(exc).__name__}: {exc}"))
+
+    def _one(name, fn, ref, arrays):
         out_t, out = ctx.empty_out(rows)
         fn(*[a[0] for a in arrays], out, bf16=arrays[0][1])
         ctx.sync()
@@ -328,7 +336,7 @@ def check_int64_offsets(ctx, log):
 # ----------------------------------------------------------------------------- timing
 
 
-def bench(ctx, log, sweep):
+def bench(ctx, log):
     K = ctx.K
     torch = ctx.torch
     F = torch.nn.functional
@@ -349,6 +357,18 @@ def bench(ctx, log, sweep):
     del src, dst
     ctx.free()
     stream = ctx.stream
+    # host (Python + numba launch) cost of one op call: a tiny input, many calls, one sync
+    tiny = ctx.I.to_device_view(torch.randn(8, 51, device="cuda"))[0]
+    tiny_out = ctx.I.to_device_view(torch.empty(8, device="cuda"))[0]
+    for _ in range(20):
+        K.lse(tiny, tiny_out, stream=stream)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(500):
+        K.lse(tiny, tiny_out, stream=stream)
+    torch.cuda.synchronize()
+    ceil["host_us_per_call"] = (time.perf_counter() - t0) / 500 * 1e6
+    log(f"host cost of one fastdiv kernel call (8x51 lse, 500 calls): {ceil['host_us_per_call']:.1f} us")
 
     for rows, V in SHAPES:
         for dtype in DTYPES:
@@ -389,7 +409,12 @@ def bench(ctx, log, sweep):
             ]
             times = {}
             for name, narr, fn in cases:
-                ms, host_ms = ctx.time(fn)
+                try:
+                    ms, host_ms = ctx.time(fn)
+                except Exception as exc:
+                    log(f"  {rows}x{V} {dtype:8s} {name:22s} ERROR {type(exc).__name__}: {exc}")
+                    torch.cuda.synchronize()
+                    continue
                 gbs = narr * nb / ms / 1e6
                 times[name] = ms
                 r = dict(shape=f"{rows}x{V}", rows=rows, V=V, dtype=dtype, op=name, ms=ms, host_ms_per_call=host_ms,
@@ -398,40 +423,67 @@ def bench(ctx, log, sweep):
                 rec.append(r)
                 log(f"  {rows}x{V} {dtype:8s} {name:22s} {ms:8.3f} ms  {gbs:7.0f} GB/s read  "
                     f"{r['pct_copy_rw']:5.1f}% of copy  (host {host_ms:.3f} ms/call)")
-            for r in rec[-len(cases):]:
-                peer = {"lse": "torch.logsumexp", "ce_hard+mean": "torch.cross_entropy",
-                        "kl_logits+batchmean": "torch.kl_div"}.get(r["op"])
-                if peer:
+            for r in rec:
+                if r["shape"] != f"{rows}x{V}" or r["dtype"] != dtype:
+                    continue
+                peer = {"lse": "torch.logsumexp", "ce_hard": "torch.cross_entropy", "ce_hard+mean": "torch.cross_entropy",
+                        "kl_logits": "torch.kl_div", "kl_logits+batchmean": "torch.kl_div"}.get(r["op"])
+                if peer in times:
                     r["speedup_vs_torch"] = times[peer] / r["ms"]
-            if sweep:
-                sweep_shape(ctx, log, rec, rows, V, dtype, xv, zv, outv, bf, nb, copy_rw)
             del xs, zs, ps, xv, zv, pv
             ctx.free()
     return ceil, rec
 
 
+def sweep(ctx, log, rec, copy_rw):
+    for rows, V in SHAPES:
+        for dtype in DTYPES:
+            esize = 4 if dtype == "float32" else 2
+            nb = rows * V * esize
+            ncopies = 2 if nb < (1 << 30) else 1
+            xs = [ctx.randn(rows, V, dtype, 100 + c) for c in range(ncopies)]
+            zs = [ctx.randn(rows, V, dtype, 200 + c) for c in range(ncopies)]
+            xv = [ctx.view(x, dtype)[0] for x in xs]
+            zv = [ctx.view(z, dtype)[0] for z in zs]
+            out_t = ctx.torch.empty(rows, device="cuda")
+            outv = ctx.I.to_device_view(out_t)[0]
+            sweep_shape(ctx, log, rec, rows, V, dtype, xv, zv, outv, dtype == "bfloat16", nb, copy_rw)
+            del xs, zs, xv, zv
+            ctx.free()
+
+
 def sweep_shape(ctx, log, rec, rows, V, dtype, xv, zv, outv, bf, nb, copy_rw):
-    """Block-size sweep (module knobs), restored afterwards."""
+    """Launch-shape sweep (module knobs; UNROLL recompiles), restored afterwards."""
     K = ctx.K
     if V > K.GROUP_MAX_V:
-        knob, values = "BLOCK", [256, 512, 1024]
+        grid = [("BLOCK", b, None, None) for b in (128, 256, 512)]
     else:
-        knob, values = "SMALL_BLOCK", [128, 256, 512, 1024]
-    old = getattr(K, knob)
+        grid = [("TILE_ROWS", t, None, None) for t in (64, 128, 256)]
+        grid += [("TILE_MAX_V", 0, "SMALL_BLOCK", b) for b in (128, 256)]  # the register kernel
+    saved = {k: getattr(K, k) for k in ("BLOCK", "SMALL_BLOCK", "UNROLL", "TILE_ROWS", "TILE_MAX_V")}
     try:
-        for v in values:
-            setattr(K, knob, v)
+        for k1, v1, k2, v2 in grid:
+            setattr(K, k1, v1)
+            if k2:
+                setattr(K, k2, v2)
+            label = f"{k1}={v1}" + (f",{k2}={v2}" if k2 else "")
             for name, narr, fn in [
                 ("lse", 1, lambda i: K.lse(xv[i % len(xv)], outv, stream=ctx.stream, bf16=bf)),
                 ("kl_logits", 2, lambda i: K.kl_logits(xv[i % len(xv)], zv[i % len(zv)], outv, stream=ctx.stream, bf16=bf)),
             ]:
-                ms, _ = ctx.time(fn, iters=10, reps=5)
+                try:
+                    ms, _ = ctx.time(fn, iters=10, reps=5)
+                except Exception as exc:  # e.g. too many registers for 1024 threads
+                    log(f"    sweep {label:22s} {name:10s} ERROR {type(exc).__name__}: {str(exc)[:120]}")
+                    ctx.torch.cuda.synchronize()
+                    continue
                 gbs = narr * nb / ms / 1e6
-                rec.append(dict(shape=f"{rows}x{V}", rows=rows, V=V, dtype=dtype, op=f"sweep:{name}:{knob}={v}",
+                rec.append(dict(shape=f"{rows}x{V}", rows=rows, V=V, dtype=dtype, op=f"sweep:{name}:{label}",
                                 ms=ms, read_GBps=gbs, pct_copy_rw=100 * gbs / copy_rw))
-                log(f"    sweep {knob}={v:5d} {name:10s} {ms:8.3f} ms {100 * gbs / copy_rw:5.1f}% of copy")
+                log(f"    sweep {label:22s} {name:10s} {ms:8.3f} ms {100 * gbs / copy_rw:5.1f}% of copy")
     finally:
-        setattr(K, knob, old)
+        for k, v in saved.items():
+            setattr(K, k, v)
 
 
 # ----------------------------------------------------------------------------- report
@@ -444,7 +496,8 @@ def markdown(env, ceil, rec, checks):
     if ceil:
         lines.append(f"Ceiling: device-to-device copy of 4 GiB = {ceil['copy_ms']:.3f} ms, "
                      f"{ceil['copy_rw_GBps']:.0f} GB/s read+write ({ceil['copy_read_GBps']:.0f} GB/s read); "
-                     f"read-only torch.sum: {ceil['sum_read_GBps']:.0f} GB/s.")
+                     f"read-only torch.sum: {ceil['sum_read_GBps']:.0f} GB/s. Host cost of one kernel call "
+                     f"(Python + numba launch, 8x51 lse): {ceil.get('host_us_per_call', float('nan')):.1f} us.")
         lines.append("")
         lines.append("`% copy` = bytes the op must read / time, over the copy's bytes read+written / time "
                      "(the strict reading of the target); `x torch` = torch's time / fastdiv's time.")
@@ -462,6 +515,11 @@ def markdown(env, ceil, rec, checks):
             lines += ["", "Block-size sweep:", "", "| shape | dtype | op | ms | % copy |", "| --- | --- | --- | ---: | ---: |"]
             for r in sw:
                 lines.append(f"| {r['shape']} | {r['dtype']} | {r['op'][6:]} | {r['ms']:.3f} | {r['pct_copy_rw']:.1f} |")
+    return lines
+
+
+def markdown_checks(checks):
+    lines = []
     if checks:
         npass = sum(c["ok"] for c in checks)
         lines += ["", f"Correctness vs float64 reference: {npass}/{len(checks)} checks pass.", "",
@@ -469,7 +527,7 @@ def markdown(env, ceil, rec, checks):
         for c in checks:
             lines.append(f"| {c['check']} | {c['rows']}x{c['V']} | {c['dtype']} | {c.get('sampled_rows', '')} | "
                          f"{c['max_rel_err']:.1e} | {'yes' if c['ok'] else 'NO'} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv=None):
@@ -509,7 +567,8 @@ def main(argv=None):
         env["torch"] = torch.__version__
         env["gpu"] = torch.cuda.get_device_name()
         env["SMs"] = torch.cuda.get_device_properties(0).multi_processor_count
-        env["knobs"] = dict(BLOCK=ctx.K.BLOCK, SMALL_BLOCK=ctx.K.SMALL_BLOCK, GROUP_BLOCK=ctx.K.GROUP_BLOCK)
+        env["knobs"] = dict(BLOCK=ctx.K.BLOCK, UNROLL=ctx.K.UNROLL, TILE_ROWS=ctx.K.TILE_ROWS,
+                            TILE_MAX_V=ctx.K.TILE_MAX_V, GROUP_MAX_V=ctx.K.GROUP_MAX_V)
     log("env: " + json.dumps(env))
     checks = []
     if not args.no_check:
@@ -522,13 +581,24 @@ def main(argv=None):
         checks += check_int64_offsets(ctx, log)
         log(f"checks: {sum(c['ok'] for c in checks)}/{len(checks)} pass ({time.time() - t0:.0f} s)")
     ceil, rec = {}, []
+
+    def write():
+        with open(os.path.join(args.out, "gpu_bench.json"), "w") as f:
+            json.dump(dict(env=env, ceiling=ceil, results=rec, checks=checks), f, indent=1, default=str)
+        head = markdown(env, ceil, rec, checks)
+        md = "\n".join(head[:4] + markdown_checks(checks) + [""] + head[4:]) + "\n"
+        with open(os.path.join(args.out, "gpu_bench.md"), "w") as f:
+            f.write(md)
+        return md
+
+    write()
     if not args.no_bench and not args.dry:
-        ceil, rec = bench(ctx, log, args.sweep)
-    with open(os.path.join(args.out, "gpu_bench.json"), "w") as f:
-        json.dump(dict(env=env, ceiling=ceil, results=rec, checks=checks), f, indent=1, default=str)
-    md = markdown(env, ceil, rec, checks)
-    with open(os.path.join(args.out, "gpu_bench.md"), "w") as f:
-        f.write(md)
+        ceil, rec = bench(ctx, log)
+        write()
+        if args.sweep:
+            log("sweep:")
+            sweep(ctx, log, rec, ceil["copy_rw_GBps"])
+    md = write()
     print(md)
     return 0 if all(c["ok"] for c in checks) else 1
 

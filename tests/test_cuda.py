@@ -34,6 +34,16 @@ def _import(name):
         return importlib.import_module(f"fastdiv.{name}")
 
 
+if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0") and "numba.cuda" not in sys.modules:
+    # numba reads NUMBA_ENABLE_CUDASIM when numba is imported (pytest may import numba early,
+    # e.g. for a warnings filter): re-read it before numba.cuda loads.
+    try:
+        import numba.core.config
+
+        numba.core.config.reload_config()
+    except Exception:  # pragma: no cover
+        pass
+
 R = _import("reference")
 try:
     K = _import("_cuda.kernels")
@@ -56,6 +66,22 @@ if REASON is None:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_simulator():
+    """The simulator runs each CUDA thread as a Python thread and its block manager polls
+    in a busy loop: a short GIL switch interval makes the tests ~2.5x faster."""
+    if not SIM:
+        yield
+        return
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)
+
 
 
 def _rng(*key):
@@ -125,7 +151,7 @@ def check(got, want, kind, what=""):
 
 # Launch configurations: how each V is mapped to a kernel shape in these tests.
 # (name, patches) -- patches apply to module knobs for the duration of the test.
-SMALL_KNOBS = dict(SMALL_BLOCK=32, GROUP_BLOCK=64, BLOCK=64, RED_BLOCK=32, RED_CHUNK=64)
+SMALL_KNOBS = dict(SMALL_BLOCK=32, GROUP_BLOCK=64, BLOCK=64, RED_BLOCK=32, RED_CHUNK=64, TILE_ROWS=32)
 
 
 @pytest.fixture
@@ -137,14 +163,16 @@ def knobs(monkeypatch):
     return apply
 
 
-# V -> (extra knobs, expected mode): 1 and 51 use the small kernel (G = 1 and 8 lanes per
-# row); 67 is forced into the block kernel (2 warps per block); 300 uses the warp-per-row
-# kernel.
+# Launch shapes exercised, as case id -> (V, extra knobs, expected mode): V = 1 and 51 use
+# the tile kernel (rows staged in shared memory; T = 32 rows per block here), "51-small" the
+# register kernel (G = 8 lanes per row), 67 is forced into the block kernel (2 warps per
+# block), 300 uses the warp-per-row kernel.
 V_CASES = {
-    1: ({}, "small"),
-    51: ({}, "small"),
-    67: ({"SMALL_MAX_V": 64, "GROUP_MAX_V": 64}, "block"),
-    300: ({}, "group"),
+    "1": (1, {}, "tile"),
+    "51": (51, {}, "tile"),
+    "51-small": (51, {"TILE_MAX_V": 0}, "small"),
+    "67-block": (67, {"SMALL_MAX_V": 64, "GROUP_MAX_V": 64, "TILE_MAX_V": 0}, "block"),
+    "300": (300, {}, "group"),
 }
 
 KINDS_ALL = ["f32", "f64", "f16", "bf16"]
@@ -152,11 +180,14 @@ KINDS_ALL = ["f32", "f64", "f16", "bf16"]
 
 def _cases():
     out = []
-    for V in V_CASES:
+    for case in V_CASES:
         for kind in KINDS_ALL:
-            if kind in ("f16", "bf16") and V in (1, 67) and SIM:
-                continue  # keep the simulator run short; the GPU run covers them
-            out.append((V, kind))
+            # keep the simulator run short; the GPU run covers every combination
+            if SIM and kind in ("f16", "bf16") and case in ("1", "67-block", "51-small"):
+                continue
+            if SIM and kind == "f64" and case in ("67-block", "51-small"):
+                continue
+            out.append((case, kind))
     return out
 
 
@@ -166,11 +197,16 @@ CASES = _cases()
 # ------------------------------------------------------------------- one op, one call
 
 
-def run_logits_op(op, V, kind, knobs, rows=9):
-    extra, mode = V_CASES[V]
+def setup_case(case, knobs):
+    V, extra, mode = V_CASES[case]
     knobs(**extra)
-    assert K.launch_plan(rows, V)[0] == mode
-    rng = _rng(op, V, kind)
+    assert K.launch_plan(9, V)[0] == mode
+    return V
+
+
+def run_logits_op(op, case, kind, knobs, rows=9):
+    V = setup_case(case, knobs)
+    rng = _rng(op, case, kind)
     x = edge_logits(rng, rows, V)
     dx, hx = device_input(x, kind)
     out = out_for(rows, kind)
@@ -178,15 +214,15 @@ def run_logits_op(op, V, kind, knobs, rows=9):
     return out.copy_to_host(), hx
 
 
-@pytest.mark.parametrize("V,kind", CASES)
-def test_lse(V, kind, knobs):
-    got, hx = run_logits_op("lse", V, kind, knobs)
+@pytest.mark.parametrize("case,kind", CASES)
+def test_lse(case, kind, knobs):
+    got, hx = run_logits_op("lse", case, kind, knobs)
     check(got, R.logsumexp_rows(hx), kind, "lse")
 
 
-@pytest.mark.parametrize("V,kind", CASES)
-def test_entropy_logits(V, kind, knobs):
-    got, hx = run_logits_op("entropy_logits", V, kind, knobs)
+@pytest.mark.parametrize("case,kind", CASES)
+def test_entropy_logits(case, kind, knobs):
+    got, hx = run_logits_op("entropy_logits", case, kind, knobs)
     check(got, R.entropy_rows(hx, "logits"), kind, "entropy_logits")
 
 
@@ -195,11 +231,10 @@ def _log_probs(rng, rows, V):
     return R.log_softmax_rows(x)
 
 
-@pytest.mark.parametrize("V,kind", CASES)
-def test_entropy_log_probs_and_probs(V, kind, knobs):
-    extra, _ = V_CASES[V]
-    knobs(**extra)
-    rng = _rng("ent-lp", V, kind)
+@pytest.mark.parametrize("case,kind", CASES)
+def test_entropy_log_probs_and_probs(case, kind, knobs):
+    V = setup_case(case, knobs)
+    rng = _rng("ent-lp", case, kind)
     rows = 9
     lp = _log_probs(rng, rows, V)
     d, h = device_input(lp, kind)
@@ -226,11 +261,10 @@ def _pair(rng, rows, V):
     return x, z
 
 
-@pytest.mark.parametrize("V,kind", CASES)
-def test_kl_logits(V, kind, knobs):
-    extra, _ = V_CASES[V]
-    knobs(**extra)
-    rng = _rng("kl", V, kind)
+@pytest.mark.parametrize("case,kind", CASES)
+def test_kl_logits(case, kind, knobs):
+    V = setup_case(case, knobs)
+    rng = _rng("kl", case, kind)
     rows = 11
     x, z = _pair(rng, rows, V)
     dx, hx = device_input(x, kind)
@@ -240,11 +274,10 @@ def test_kl_logits(V, kind, knobs):
     check(out.copy_to_host(), R.kl_rows(hx, hz, "logits"), kind, "kl_logits")
 
 
-@pytest.mark.parametrize("V,kind", CASES)
-def test_kl_log_probs_and_probs(V, kind, knobs):
-    extra, _ = V_CASES[V]
-    knobs(**extra)
-    rng = _rng("kl-lp", V, kind)
+@pytest.mark.parametrize("case,kind", CASES)
+def test_kl_log_probs_and_probs(case, kind, knobs):
+    V = setup_case(case, knobs)
+    rng = _rng("kl-lp", case, kind)
     rows = 11
     x, z = _pair(rng, rows, V)
     a, b = R.log_softmax_rows(x), R.log_softmax_rows(z)
@@ -276,12 +309,11 @@ def _targets(rng, x, ignore_index):
     return t
 
 
-@pytest.mark.parametrize("V,kind", CASES)
+@pytest.mark.parametrize("case,kind", CASES)
 @pytest.mark.parametrize("eps,weighted", [(0.0, False), (0.1, True)])
-def test_ce_hard(V, kind, eps, weighted, knobs):
-    extra, _ = V_CASES[V]
-    knobs(**extra)
-    rng = _rng("ce", V, kind, eps, weighted)
+def test_ce_hard(case, kind, eps, weighted, knobs):
+    V = setup_case(case, knobs)
+    rng = _rng("ce", case, kind, eps, weighted)
     rows = 10
     x = edge_logits(rng, rows, V)
     t = _targets(rng, x, -100)
@@ -299,12 +331,11 @@ def test_ce_hard(V, kind, eps, weighted, knobs):
     check(out.copy_to_host(), want, kind, f"ce_hard eps={eps} weighted={weighted}")
 
 
-@pytest.mark.parametrize("V,kind", CASES)
+@pytest.mark.parametrize("case,kind", CASES)
 @pytest.mark.parametrize("eps,weighted", [(0.0, True), (0.2, False)])
-def test_ce_soft(V, kind, eps, weighted, knobs):
-    extra, _ = V_CASES[V]
-    knobs(**extra)
-    rng = _rng("soft", V, kind, eps, weighted)
+def test_ce_soft(case, kind, eps, weighted, knobs):
+    V = setup_case(case, knobs)
+    rng = _rng("soft", case, kind, eps, weighted)
     rows = 10
     x = edge_logits(rng, rows, V)
     with np.errstate(over="ignore"):
@@ -330,16 +361,20 @@ def test_ce_soft(V, kind, eps, weighted, knobs):
 
 
 @pytest.mark.parametrize("kind", ["f32", "bf16"])
-@pytest.mark.parametrize("path", ["misaligned-block", "misaligned-group", "split"])
+@pytest.mark.parametrize("path", ["misaligned-block", "misaligned-group", "misaligned-tile", "split"])
 def test_paths(path, kind, knobs):
     """Scalar-load fallback for misaligned rows, and rows split over several blocks."""
     rows, V = 5, 150
     if path == "misaligned-block":
-        knobs(SMALL_MAX_V=64, GROUP_MAX_V=64)
+        knobs(SMALL_MAX_V=64, GROUP_MAX_V=64, TILE_MAX_V=0)
     elif path == "misaligned-group":
+        knobs(TILE_MAX_V=64)
+    elif path == "misaligned-tile":
+        rows, V = 40, 37
         knobs()
+        assert K.launch_plan(rows, V)[0] == "tile"
     else:
-        knobs(SMALL_MAX_V=64, GROUP_MAX_V=64, SPLIT_MIN_COLS=40, SPLIT_TARGET_BLOCKS=12)
+        knobs(SMALL_MAX_V=64, GROUP_MAX_V=64, TILE_MAX_V=0, SPLIT_MIN_COLS=40, SPLIT_TARGET_BLOCKS=12)
         mode, grid, block, extra = K.launch_plan(rows, V)
         assert mode == "block" and extra["nsplit"] > 1
     rng = _rng(path, kind)
@@ -369,13 +404,35 @@ def test_paths(path, kind, knobs):
     check(out.copy_to_host(), R.cross_entropy_hard_rows(hx, t, -100, None, 0.1), kind, f"{path} ce")
 
 
-def test_many_rows_small_v(knobs):
-    """Several blocks, several rows per warp, a partial last warp (C51-like shape)."""
+@pytest.mark.parametrize("unroll", [1, 4])
+def test_unroll_variants(unroll, knobs):
+    """The group / block loops compiled with 1 and 4 loads in flight (default 2)."""
+    knobs(SMALL_MAX_V=64, GROUP_MAX_V=64, TILE_MAX_V=0, UNROLL=unroll)
+    rows, V = 4, 150
+    rng = _rng("unroll", unroll)
+    x = edge_logits(rng, rows, V)
+    z = edge_logits(rng, rows, V)[::-1].copy()
+    dx, hx = device_input(x, "f32")
+    dz, hz = device_input(z, "f32")
+    out = out_for(rows, "f32")
+    K.kl_logits(dx, dz, out, 1)
+    check(out.copy_to_host(), R.kl_rows(hx, hz, "logits"), "f32", f"unroll={unroll} kl")
+    p = np.exp(R.log_softmax_rows(z))
+    dp, hp = device_input(p, "f32")
+    out = out_for(rows, "f32")
+    K.ce_soft(dx, dp, None, 0.9, 0.1 / V, out, 1)
+    check(out.copy_to_host(), R.cross_entropy_soft_rows(hx, hp, None, 0.1), "f32", f"unroll={unroll} ce_soft")
+
+
+@pytest.mark.parametrize("V", [51, 64])
+def test_many_rows_small_v(V, knobs):
+    """Several tiles (blocks), a partial last tile, odd and even V (C51-like shape)."""
     knobs()
-    rows, V = 37, 51
-    rng = _rng("c51")
+    rows = 70
+    rng = _rng("c51", V)
     x = edge_logits(rng, rows, V)
     z = x + rng.standard_normal((rows, V))
+    assert K.launch_plan(rows, V, 4, 2)[0] == "tile"
     dx, hx = device_input(x, "f32")
     dz, hz = device_input(z, "f32")
     out = out_for(rows, "f32")
@@ -421,7 +478,7 @@ def test_errors():
 # ------------------------------------------------------------------ device reductions
 
 
-@pytest.mark.parametrize("n", [1, 100, 1000])
+@pytest.mark.parametrize("n", [1, 100, 333])
 def test_device_sum_and_mean(n, knobs):
     knobs()
     rng = _rng("sum", n)

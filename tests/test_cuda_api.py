@@ -110,3 +110,13 @@ def test_torch_cuda_tensors(rng):
     assert rows.dtype == torch.float32 and torch.allclose(rows, torch.logsumexp(x.to(torch.bfloat16).float(), -1), rtol=1e-5)
     xs = x.requires_grad_(True)
     assert torch.isfinite(fastdiv.entropy(xs, reduction="mean"))
+
+
+def test_out_of_range_device_targets_give_nan_not_a_crash(rng):
+    from numba import cuda
+    x = make_logits(rng, 4, 10, np.float32, edges=False)
+    t = np.array([0, 10, -5, 3])                        # unvalidated on the device
+    got = _host(fastdiv.cross_entropy(cuda.to_device(x), cuda.to_device(t), reduction="none"))
+    assert np.isnan(got[1]) and np.isnan(got[2]) and np.isfinite(got[[0, 3]]).all()
+    w = cuda.to_device(np.ones(10, np.float32))
+    assert np.isnan(_host(fastdiv.cross_entropy(cuda.to_device(x), cuda.to_device(t), weight=w))[0])
