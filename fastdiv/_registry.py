@@ -43,8 +43,9 @@ OPS = (
     "ce_soft",
 )
 
-#: Backends in the order ``auto`` prefers them for host (numpy) input.
-CPU_BACKENDS = ("numba", "cython")
+#: Backends in the order ``auto`` prefers them for host (numpy) input: Cython first (compiled
+#: at install time, so no JIT latency; as fast or faster in benchmarks/NOTES.md), then numba.
+CPU_BACKENDS = ("cython", "numba")
 BACKENDS = ("numba", "cython", "cuda", "numpy")
 
 _MODULES = {

@@ -48,11 +48,17 @@ def logsumexp_rows(x):
 
 
 def log_softmax_rows(x):
-    """``x - lse(x)`` per row; an all ``-inf`` row stays ``-inf``; a row with ``+inf`` or NaN is NaN."""
+    """``x - lse(x)`` per row; an all ``-inf`` row stays ``-inf``; a row with ``+inf`` or NaN is NaN.
+
+    Formed as ``(x - m) - log(s)``, not ``x - (m + log s)``: with logits near 1e4 the latter
+    rounds every log-probability at the scale of 1e4 (1e-12 absolute in float64)."""
     x = _f64(x)
     lse = logsumexp_rows(x)
-    with np.errstate(invalid="ignore"):
-        out = x - lse[:, None]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        m = np.max(x, axis=1)
+        m_safe = np.where(np.isfinite(m), m, 0.0)
+        log_s = np.log(np.sum(np.exp(x - m_safe[:, None]), axis=1))
+        out = (x - m_safe[:, None]) - log_s[:, None]
     out[lse == -np.inf] = -np.inf
     out[~np.isfinite(lse) & (lse != -np.inf)] = np.nan
     return out
@@ -126,7 +132,8 @@ def cross_entropy_hard_rows(logits, target, ignore_index=-100, weight=None, labe
     nll = -logq[np.arange(n), t]
     w_t = w[t]
     with np.errstate(invalid="ignore"):
-        loss = np.where(w_t == 0, 0.0, w_t * nll) * (1.0 - label_smoothing)
+        keep = (w_t != 0) & (label_smoothing < 1.0)        # a zero-weight term is exactly 0
+        loss = np.where(keep, w_t * nll * (1.0 - label_smoothing), 0.0)
         if label_smoothing > 0:
             smooth = -_sum_where_nonzero(np.broadcast_to(w, logq.shape), logq)
             loss = loss + label_smoothing / v * smooth

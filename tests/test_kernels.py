@@ -126,3 +126,32 @@ def test_stale_reference_paths(backend, v, rng):
         assert_rows_close(fastdiv.entropy(xd, backend=backend), R.entropy_rows(xd), dtype, "entropy")
         assert_rows_close(fastdiv.kl_div(xd, z, reduction="none", backend=backend),
                           R.kl_rows(xd, z), dtype, "kl", kind="kl")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kl_of_nearly_equal_large_logits(backend, dtype, rng):
+    """Regression: fast-math reassociation once turned (x - mx) - (z - mz) into
+    (x + mz) - (z + mx) ... at |x| ~ 1e4, making a KL of 1e-6 come out as -9e-5."""
+    x = rng.standard_normal((16, 3000)) * 1e4
+    z = x + rng.standard_normal((16, 3000)) * 1e-3
+    x, z = x.astype(dtype), z.astype(dtype)
+    got = fastdiv.kl_div(x, z, reduction="none", backend=backend)
+    assert_rows_close(got, R.kl_rows(x, z), dtype, "kl near-equal", kind="kl")
+    assert np.all(got >= -TOL_KL[dtype])
+
+
+TOL_KL = {np.float32: 2e-5, np.float64: 1e-12}
+
+
+def test_full_label_smoothing_with_a_masked_target(backend):
+    """eps = 1 gives the target term weight 0: the loss is the smoothing term alone
+    (+inf when a class with positive weight is masked), never inf * 0 = NaN."""
+    x = np.array([[0.0, -np.inf, 1.0], [0.0, 2.0, 1.0]])
+    t = np.array([1, 1])
+    got = fastdiv.cross_entropy(x, t, label_smoothing=1.0, reduction="none", backend=backend)
+    np.testing.assert_allclose(got, R.cross_entropy_hard_rows(x, t, label_smoothing=1.0))
+    assert got[0] == np.inf and np.isfinite(got[1])
+    w = np.array([1.0, 0.0, 1.0])                     # the masked class has weight 0: finite
+    got = fastdiv.cross_entropy(x, t, weight=w, label_smoothing=1.0, reduction="none", backend=backend)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, R.cross_entropy_hard_rows(x, t, -100, w, 1.0))

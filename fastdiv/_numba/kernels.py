@@ -388,7 +388,8 @@ def _ce_hard(x, target, ignore_index, weight, eps, out):
                 for j in range(v):
                     gap += weight[j] * (m - row[j]) if weight[j] != 0 else zero
                 sm = big_w * logs + gap
-        loss = (1.0 - eps) * (wt * nll) if wt != 0 else 0.0
+        # a zero-weight term (w_t = 0, or eps = 1) is exactly 0, never 0 * inf
+        loss = (1.0 - eps) * (wt * nll) if wt != 0 and eps < 1.0 else 0.0
         if eps > 0:
             loss += eps / v * sm
         out[i] = loss
