@@ -24,9 +24,13 @@ def any_on_device(*objs):
 
 
 def _torch_contiguous(a):
-    """torch tensors must be C-contiguous for a zero-copy view; others raise below."""
-    if interop._is_torch(a) and not a.is_contiguous():
-        return a.contiguous()                # documented copy: non-contiguous device tensors
+    """A torch tensor as a plain, C-contiguous tensor for a zero-copy view: tensors that
+    require grad are detached (results carry no gradient: fastdiv is not an autograd
+    library), non-contiguous ones are copied (documented)."""
+    if interop._is_torch(a):
+        a = a.detach()
+        if not a.is_contiguous():
+            a = a.contiguous()
     return a
 
 
