@@ -448,6 +448,21 @@ def _block_exp(flat, ref, e):
 
 
 @njit(**_INLINE)
+def _block_exp_max(allx, k0, k1, ref, e):
+    """e = exp(x - ref) over allx[k0:k1] and its maximum, in one pass from memory, with the
+    next sub-blocks prefetched (the whole array is contiguous, so 'next' crosses blocks)."""
+    m = allx[k0]
+    for b0 in range(k0, k1, SUB):
+        _prefetch_ahead(allx, b0)
+        xs = allx[b0:min(b0 + SUB, k1)]
+        es = e[b0 - k0:b0 - k0 + xs.shape[0]]
+        for k in range(xs.shape[0]):
+            m = maximum(m, xs[k])
+            es[k] = exp_hot(clamp_lo(xs[k] - ref))
+    return m
+
+
+@njit(**_INLINE)
 def _flat_max(flat):
     m = flat[0]
     for k in range(flat.shape[0]):
@@ -457,12 +472,37 @@ def _flat_max(flat):
 
 @njit(**_INLINE)
 def _row_sums(e, rows, v, s):
-    for r in range(rows):
+    """Sums of consecutive length-v segments of e.  A 51-long loop never reaches LLVM's
+    vector body (16 lanes x 4 unrolled) and one accumulator is a latency-bound chain, so
+    four rows are summed interleaved: four independent chains (measured 9.5 -> ~4 ns/row)."""
+    zero = cast(0.0, e[0])
+    r = 0
+    while r + 4 <= rows:
+        e0 = e[r * v:(r + 1) * v]
+        e1 = e[(r + 1) * v:(r + 2) * v]
+        e2 = e[(r + 2) * v:(r + 3) * v]
+        e3 = e[(r + 3) * v:(r + 4) * v]
+        a0 = zero
+        a1 = zero
+        a2 = zero
+        a3 = zero
+        for j in range(v):
+            a0 += e0[j]
+            a1 += e1[j]
+            a2 += e2[j]
+            a3 += e3[j]
+        s[r] = a0
+        s[r + 1] = a1
+        s[r + 2] = a2
+        s[r + 3] = a3
+        r += 4
+    while r < rows:
         er = e[r * v:(r + 1) * v]
-        acc = cast(0.0, e[0])
+        acc = zero
         for j in range(v):
             acc += er[j]
         s[r] = acc
+        r += 1
 
 
 @njit(**_JIT)
@@ -472,18 +512,34 @@ def _small_lse(x, out, ce_target, ignore_index):
     bs = max(1, SMALL_BLOCK // v)
     nblocks = (n + bs - 1) // bs
     ce = ce_target.shape[0] == n
+    allx = x.reshape(n * v)
+    jump = jump_limit(allx[0])
     for b in prange(nblocks):
         prefer_wide_vectors()
         i0 = b * bs
         i1 = min(i0 + bs, n)
         rows = i1 - i0
-        flat = x[i0:i1].reshape(rows * v)
+        flat = allx[i0 * v:i1 * v]
         e = np.empty(rows * v, dtype=x.dtype)
         s = np.empty(rows, dtype=x.dtype)
-        ref = _flat_max(flat)
+        # One pass: exp against a stale reference (the block's first element, when finite)
+        # while finding the block maximum; redone from L1 only if the maximum jumped past
+        # jump_limit (overflow risk) -- as _row_state does per chunk.
+        ref = flat[0]
         exact = ref == ref and abs(ref) < _INF
         if exact:
-            _block_exp(flat, ref, e)
+            bmax = _block_exp_max(allx, i0 * v, i1 * v, ref, e)
+            if not (bmax <= ref + jump):
+                ref = bmax
+                exact = ref == ref and abs(ref) < _INF
+                if exact:
+                    _block_exp(flat, ref, e)
+        else:
+            ref = _flat_max(flat)
+            exact = ref == ref and abs(ref) < _INF
+            if exact:
+                _block_exp(flat, ref, e)
+        if exact:
             _row_sums(e, rows, v, s)
             for r in range(rows):
                 ls = np.log(s[r])
