@@ -116,6 +116,11 @@ def class_targets(target, lead_shape, v, ignore):
     t = np.ascontiguousarray(target.reshape(-1), dtype=np.int64)
     if target.dtype.kind == "u" and target.dtype.itemsize == 8 and t.size and (t < 0).any():
         raise ValueError("target has values too large for int64")
+    if not t.size:
+        return t
+    lo, hi = int(t.min()), int(t.max())          # two passes, no temporaries: the common case
+    if hi < v and (lo >= 0 or (lo == ignore and not np.any(t[t < 0] != ignore))):
+        return t
     bad = ((t < 0) | (t >= v)) & (t != ignore)
     if bad.any():
         k = int(np.flatnonzero(bad)[0])

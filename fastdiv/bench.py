@@ -166,14 +166,17 @@ def _peer_time(peer, op, x, z, t, repeat):
 
 
 def run_bench(ops=OPS, backends=None, peers=PEERS, vocabs=(1024, 32000, 50257, 128256), dtype="float32",
-              mbytes=256, repeat=5, progress=True):
-    """Measure every (op, V, backend) plus the probe and peers; return a list of records."""
+              mbytes=256, repeat=5, progress=True, shapes=None):
+    """Measure every (op, V, backend) plus the probe and peers; return a list of records.
+
+    ``shapes`` ([(rows, V), ...]) overrides ``vocabs``/``mbytes``."""
     backends = list(backends or available_backends())
     itemsize = np.dtype(dtype).itemsize
-    jobs = [(op, v) for v in vocabs for op in ops]
+    if shapes is None:
+        shapes = [(max(1, int(mbytes * 1e6) // (v * itemsize)), v) for v in vocabs]
+    jobs = [(op, rows, v) for rows, v in shapes for op in ops]
     records = []
-    for k, (op, v) in enumerate(jobs):
-        rows = max(1, int(mbytes * 1e6) // (v * itemsize))
+    for k, (op, rows, v) in enumerate(jobs):
         x, z, t = inputs(rows, v, dtype)
         arrays = (x, z) if op == "kl_div" else (x,)
         nb = nbytes(op, x)
@@ -199,16 +202,16 @@ def run_bench(ops=OPS, backends=None, peers=PEERS, vocabs=(1024, 32000, 50257, 1
 
 def format_table(records):
     peers = sorted({p for r in records for p in r["peers"]})
-    head = f"{'op':14s} {'V':>7s} {'backend':8s} {'ms':>9s} {'GB/s':>7s} {'% probe':>8s}" + "".join(
+    head = f"{'op':14s} {'rows x V':>15s} {'backend':8s} {'ms':>9s} {'GB/s':>7s} {'% probe':>8s}" + "".join(
         f" {'vs ' + p:>9s}" for p in peers)
     lines = [head, "-" * len(head)]
     for r in records:
         for b, m in r["backends"].items():
-            lines.append(f"{r['op']:14s} {r['V']:7d} {b:8s} {m['ms']:9.2f} {m['GBps']:7.1f} {m['fraction_of_probe']:8.0%}"
+            lines.append(f"{r['op']:14s} {str(r['rows']) + 'x' + str(r['V']):>15s} {b:8s} {m['ms']:9.2f} {m['GBps']:7.1f} {m['fraction_of_probe']:8.0%}"
                          + "".join(f" {m['speedup'][p]:8.1f}x" if p in m["speedup"] else f" {'-':>9s}" for p in peers))
         for p, m in r["peers"].items():
-            lines.append(f"{r['op']:14s} {r['V']:7d} {p:8s} {m['ms']:9.2f} {m['GBps']:7.1f} {r['probe_ms'] / m['ms']:8.0%}")
-        lines.append(f"{r['op']:14s} {r['V']:7d} {'probe':8s} {r['probe_ms']:9.2f} {r['probe_GBps']:7.1f} {1:8.0%}")
+            lines.append(f"{r['op']:14s} {str(r['rows']) + 'x' + str(r['V']):>15s} {p:8s} {m['ms']:9.2f} {m['GBps']:7.1f} {r['probe_ms'] / m['ms']:8.0%}")
+        lines.append(f"{r['op']:14s} {str(r['rows']) + 'x' + str(r['V']):>15s} {'probe':8s} {r['probe_ms']:9.2f} {r['probe_GBps']:7.1f} {1:8.0%}")
     return "\n".join(lines)
 
 

@@ -59,7 +59,8 @@ def _best_time(fn, repeat, warm_up=True):
     return best
 
 
-def demo(rows=2048, vocab=50257, dtype="float32", backends=None, repeat=3, out=sys.stdout):
+def demo(rows=2048, vocab=50257, dtype="float32", backends=None, repeat=3, out=None):
+    out = out or sys.stdout
     dtype = np.dtype(dtype)
     print(f"fastdiv demo: {rows} x {vocab} {dtype} logits ({rows * vocab * dtype.itemsize / 2**20:.0f} MiB), "
           f"threads={api.get_num_threads()}, seeded example", file=out)
@@ -140,6 +141,7 @@ def main(argv=None):
     p_bench.add_argument("--vocab", nargs="+", type=int, default=[51, 1024, 32000, 50257, 128256],
                          help="vocabulary sizes V")
     p_bench.add_argument("--mbytes", type=float, default=256, help="size of each logits array in MB (rows = MB / (V * itemsize))")
+    p_bench.add_argument("--shapes", nargs="+", metavar="ROWSxV", help="exact shapes, e.g. 2048x50257 (overrides --vocab/--mbytes)")
     p_bench.add_argument("--dtype", choices=["float32", "float64", "float16"], default="float32")
     p_bench.add_argument("--threads", type=int, help="threads for the compiled backends")
     p_bench.add_argument("--repeat", type=int, default=5, help="timed repeats (median)")
@@ -154,7 +156,16 @@ def main(argv=None):
             api.set_num_threads(args.threads)
         if any(v < 1 for v in args.vocab) or args.mbytes <= 0 or args.repeat < 1:
             parser.error("--vocab, --mbytes and --repeat must be positive")
-        records = bench.run_bench(args.ops, args.backends, args.peers, args.vocab, args.dtype, args.mbytes, args.repeat)
+        shapes = None
+        if args.shapes:
+            try:
+                shapes = [tuple(int(n) for n in sh.lower().split("x")) for sh in args.shapes]
+            except ValueError:
+                parser.error(f"--shapes takes ROWSxV, e.g. 2048x50257; got {args.shapes}")
+            if any(len(sh) != 2 or min(sh) < 1 for sh in shapes):
+                parser.error(f"--shapes takes ROWSxV with positive numbers; got {args.shapes}")
+        records = bench.run_bench(args.ops, args.backends, args.peers, args.vocab, args.dtype, args.mbytes,
+                                  args.repeat, shapes=shapes)
         print(bench.format_table(records))
         if args.json:
             bench.write_json(records, args.json)

@@ -371,16 +371,17 @@ def _ce_hard(x, target, ignore_index, weight, eps, out):
             continue
         row = x[i]
         m, s, _ = _row_state(row)
+        xt = row[t]
+        wt = weight[t]
         if m != m or m == _INF:
             out[i] = _NAN
             continue
-        wt = weight[t]
         if m == -_INF:                   # every class masked: the target has probability 0
             nll = _INF
             sm = _INF if big_w > 0 else 0.0
         else:
             logs = np.log(s)
-            nll = (m - row[t]) + logs
+            nll = (m - xt) + logs
             sm = 0.0
             if eps > 0:
                 zero = cast(0.0, m)
