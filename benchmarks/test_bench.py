@@ -25,7 +25,9 @@ SMOKE_ROWS = 4
 
 @pytest.fixture(scope="session")
 def smoke(request):
-    return request.config.getoption("benchmark_disable", True)
+    """True unless benchmarks were enabled (addopts disables them; --benchmark-enable wins)."""
+    cfg = request.config
+    return bool(cfg.getoption("benchmark_disable", True)) and not cfg.getoption("benchmark_enable", False)
 
 
 def _data(regime, dtype, smoke):
