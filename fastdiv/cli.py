@@ -108,7 +108,9 @@ def demo(rows=2048, vocab=50257, dtype="float32", backends=None, repeat=3, out=N
         cells = []
         for b in names:
             speedup = f" {times['numpy'] / times[b]:6.1f}x" if "numpy" in times and b != "numpy" else ""
-            cells.append("%30s" % f"{times[b] * 1e3:8.1f} ms {gb / times[b]:5.1f} GB/s{speedup}")
+            rate = gb / times[b]
+            rate_s = f"{rate:5.1f}" if rate >= 1 else f"{rate:5.3f}"
+            cells.append("%30s" % f"{times[b] * 1e3:8.1f} ms {rate_s} GB/s{speedup}")
         print("    %-14s" % op + "".join(cells), file=out)
     return metrics
 
