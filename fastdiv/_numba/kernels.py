@@ -354,6 +354,40 @@ def _kl_log_probs(a, b, out):
 
 
 @njit(**_JIT)
+def _row_parts(x, m_out, s_out):
+    """The row pass of hard-label CE without smoothing: (m, s) per row, nothing else.
+
+    Measured: a row kernel that also reads the target (or anything indexed by it) ran
+    ~15 % slower than logsumexp at 8192 x 32000 -- not from the memory access (prefetching
+    it changed nothing) -- so the targets are handled in a second, O(rows) pass."""
+    for i in prange(x.shape[0]):
+        prefer_wide_vectors()
+        m, s, _ = _row_state(x[i])
+        m_out[i] = m
+        s_out[i] = s
+
+
+@njit(**_JIT)
+def _ce_finish(x, target, ignore_index, weight, m_in, s_in, out):
+    """w_t ((m - x_t) + log s): the subtraction of two large numbers comes first."""
+    for i in prange(x.shape[0]):
+        t = target[i]
+        if t == ignore_index:
+            out[i] = 0
+            continue
+        m = m_in[i]
+        wt = weight[t]
+        if m != m or m == _INF:
+            out[i] = _NAN
+        elif wt == 0:
+            out[i] = 0
+        elif m == -_INF:
+            out[i] = _INF
+        else:
+            out[i] = wt * ((m - x[i, t]) + np.log(s_in[i]))
+
+
+@njit(**_JIT)
 def _ce_hard(x, target, ignore_index, weight, eps, out):
     # loss = (1 - eps) w_t (lse - x_t) + eps / V * sum_j w_j (lse - x_j), with
     # lse - x_t = (m - x_t) + log s (no cancellation of two large numbers) and the
@@ -760,7 +794,13 @@ def ce_hard(x, target, ignore_index, weight, eps, out, nthreads):
         if _small(x) and eps == 0 and np.all(weight == 1):
             _small_lse(x, out, target, np.int64(ignore_index))
         else:
-            _ce_hard(x, target, np.int64(ignore_index), weight, float(eps), out)
+            if eps == 0:
+                m = np.empty_like(out)
+                s = np.empty_like(out)
+                _row_parts(x, m, s)
+                _ce_finish(x, target, np.int64(ignore_index), weight, m, s, out)
+            else:
+                _ce_hard(x, target, np.int64(ignore_index), weight, float(eps), out)
 
 
 def ce_soft(x, p, weight, alpha, beta, out, nthreads):
