@@ -104,14 +104,20 @@ def entropy_rows(p, inputs="logits"):
 
 
 def kl_rows(p, q, inputs="logits"):
-    """``D(P||Q) = sum p (log p - log q)`` per row: 0 where p = 0, ``+inf`` where p > 0 = q."""
+    """``D(P||Q) = sum p (log p - log q)`` per row: 0 where p = 0, ``+inf`` where p > 0 = q.
+
+    "p > 0" is decided exactly, not after rounding: a finite logit (or log-probability) has
+    positive probability even when exp() underflows (a logit 800 below the row maximum), so
+    it meets a masked class of Q with ``+inf``, as the mathematics says."""
     logp = _to_log_probs(p, inputs)
     logq = _to_log_probs(q, inputs)
     probs = _f64(p) if inputs == "probs" else _probs(logp)
+    has_mass = probs > 0 if inputs == "probs" else logp > -np.inf
     with np.errstate(invalid="ignore"):
-        out = _sum_where_nonzero(probs, logp - logq)
-    # NaN in Q poisons the row even where P has no mass on it.
-    return np.where(np.isnan(logq).any(axis=1), np.nan, out)
+        out = _sum_where_nonzero(np.where(has_mass, probs, 0.0), logp - logq)
+    out = np.where((has_mass & (logq == -np.inf)).any(axis=1), np.inf, out)
+    # NaN in P or Q poisons the row (in Q even where P has no mass on it).
+    return np.where(np.isnan(logq).any(axis=1) | np.isnan(logp).any(axis=1), np.nan, out)
 
 
 def cross_entropy_hard_rows(logits, target, ignore_index=-100, weight=None, label_smoothing=0.0):

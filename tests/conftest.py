@@ -22,9 +22,18 @@ if not glob.glob("/dev/nvidia[0-9]*"):
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 
 import fastdiv
 from fastdiv import _registry
+
+# Hypothesis profiles: "default" keeps CI fast; "thorough" is the documented long fuzz run
+# (HYPOTHESIS_PROFILE=thorough pytest tests/test_fuzz.py --hypothesis-show-statistics).
+settings.register_profile("default", max_examples=40, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("thorough", max_examples=10_000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 #: Backends under test for host arrays.  The numpy reference is tested against itself only
 #: through the API tests; the kernel tests compare compiled backends with it.

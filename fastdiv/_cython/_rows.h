@@ -412,18 +412,15 @@ static void FN(fd_entropy_logits_block)(const FD_T *x, ptrdiff_t V, int nrows, F
 /* KL from logits: P = softmax(x), Q = softmax(z), one pass over both rows.                    */
 /*   w = sum_j e_j ((x_j - mx) - (z_j - mz)), e_j = exp(x_j - mx);                             */
 /*   D = w/sx - log sx + log sz.                                                                */
-/* Terms with z_j = -inf are kept out of w; instead mxz = max of x_j over them: such a term     */
-/* is +inf in the reference iff its probability p_j = exp(x_j - lse_x) is nonzero in float64,   */
-/* i.e. x_j - lse_x >= log(smallest denormal); checked once at the end.                         */
+/* Terms with z_j = -inf are kept out of w; instead mxz = max of x_j over them: any finite      */
+/* x_j there has positive probability (even if exp() underflows), so D = +inf (reference.py).  */
 /* ========================================================================================== */
 static inline double FN(fd_kl_finish)(FD_T mx, FD_T mz, double sx, double sz, double w, FD_T mxz)
 {
     if (isnan(sx) || isnan(sz)) return NAN;               /* NaN in either row */
     if (mx == FD_POS_INF || mz == FD_POS_INF) return NAN; /* softmax undefined */
     if (mx == FD_NEG_INF) return 0.0;                     /* P has empty support */
-    double lse_x = (double)mx + log(sx);
-    if (mxz != FD_NEG_INF && (double)mxz - lse_x >= FD_LOG_DENORM_MIN)
-        return INFINITY; /* some p_j > 0 where q_j = 0 (covers Q all masked) */
+    if (mxz != FD_NEG_INF) return INFINITY; /* some p_j > 0 where q_j = 0 (covers Q all masked) */
     return w / sx - log(sx) + log(sz);
 }
 
@@ -930,8 +927,9 @@ static double FN(fd_entropy_probs)(const FD_T *p, ptrdiff_t V)
     return -acc_total;
 }
 
-/* sum exp(a) (a - b).  A term is 0 when the float64 reference's exp(a) is 0
-   (a < log(smallest denormal)); the row is NaN if b has a NaN anywhere (even where a = -inf).
+/* sum exp(a) (a - b).  A term is 0 when exp(a) underflows (a < log(smallest denormal)),
+   except that a finite a against b = -inf is +inf (positive probability where Q has none,
+   reference.py); the row is NaN if b has a NaN anywhere (even where a = -inf).
    d = a - b = +-inf gives +-inf whatever exp(a) underflowed to in the working precision. */
 #define FD_KLLP_STEP(av, bv)                                                                  \
     do {                                                                                      \
@@ -939,7 +937,8 @@ static double FN(fd_entropy_probs)(const FD_T *p, ptrdiff_t V)
         FD_V d_ = (av) - (bv);                                                                \
         FD_V term_ = FN(fd_sel)(FN(fd_eq)(FN(fd_abs)(d_), inf), d_, e_ * d_);                 \
         FD_V none_ = FN(fd_sel)(FN(fd_isnan)(bv), (bv), zero); /* zero-probability term */   \
-        acc += FN(fd_sel)(FN(fd_lt)((av), thr), none_, term_);                                \
+        FD_V low_ = FN(fd_sel)(FN(fd_eq)(d_, inf), d_, none_);                                \
+        acc += FN(fd_sel)(FN(fd_lt)((av), thr), low_, term_);                                 \
     } while (0)
 
 static double FN(fd_kl_log_probs)(const FD_T *a, const FD_T *b, ptrdiff_t V)

@@ -80,6 +80,23 @@ def prefer_wide_vectors(typingctx):
 
 
 @intrinsic
+def fence(typingctx, x):
+    """``llvm.arithmetic.fence``: fast-math may not reassociate across it.  KL needs
+    (x - mx) - (z - mz) evaluated as written; with ``reassoc`` LLVM may regroup it as
+    ((x - mx) + mz) - z, which at |z| ~ 1e4 rounds away the whole difference (a KL of
+    2e-7 came out as 1e-4).  Free at run time: it emits no instruction."""
+    if not isinstance(x, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ty = args[0].type
+        fn = builder.module.declare_intrinsic("llvm.arithmetic.fence", [ty], ir.FunctionType(ty, [ty]))
+        return builder.call(fn, args)
+
+    return x(x), codegen
+
+
+@intrinsic
 def _int_bits_to_float(typingctx, bits):
     """Reinterpret int32 bits as float32 or int64 bits as float64 (a register move)."""
     if bits == types.int32:
