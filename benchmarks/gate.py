@@ -34,14 +34,18 @@ BASELINE = os.path.join(HERE, "baseline.json")
 #: regression we care about (a lost vectorisation, an extra pass) costs >= 1.5x.
 THRESHOLD = 1.35
 
+#: The gate's own shapes: ~850 MB per array, well beyond the CI machine's 480 MB shared L3.
+#: At the suite's ~210-410 MB the probe sometimes ran from L3 (6.5 vs 10.5 ms for the same
+#: C51 array) while the kernels did not, moving the ratio by up to 1.6x: a false failure.
+GATE_REGIMES = {"V50257": (4096, 50257), "C51": (1 << 22, 51), "V128256": (1664, 128256), "V1024": (208000, 1024)}
 SHORT = [("V50257", "float32"), ("C51", "float32")]
-FULL = [(r, "float32") for r in _bench.REGIMES] + [("V50257", "float64"), ("C51", "float64"), ("V50257", "float16")]
+FULL = [(r, "float32") for r in GATE_REGIMES] + [("V50257", "float64"), ("C51", "float64"), ("V50257", "float16")]
 
 
 def measure(cases, backends, repeat, slowdown=1):
     figures = {}
     for regime, dtype in cases:
-        rows, v = _bench.REGIMES[regime]
+        rows, v = GATE_REGIMES[regime]
         x, z, t = _bench.inputs(rows, v, dtype)
         for op in _bench.OPS:
             arrays = (x, z) if op == "kl_div" else (x,)
