@@ -41,7 +41,6 @@ import platform
 import statistics
 import sys
 import time
-import types
 
 import numpy as np
 
@@ -52,15 +51,7 @@ if ROOT not in sys.path:
 
 
 def _import(name):
-    """Import ``fastdiv.<name>``, without ``fastdiv/__init__`` if that fails here."""
-    try:
-        return importlib.import_module(f"fastdiv.{name}")
-    except Exception:
-        if "fastdiv" not in sys.modules or not hasattr(sys.modules["fastdiv"], "__path__"):
-            pkg = types.ModuleType("fastdiv")
-            pkg.__path__ = [os.path.join(ROOT, "fastdiv")]
-            sys.modules["fastdiv"] = pkg
-        return importlib.import_module(f"fastdiv.{name}")
+    return importlib.import_module(f"fastdiv.{name}")
 
 
 SHAPES = [(4096, 128256), (16384, 50257), (1048576, 51)]

@@ -13,25 +13,15 @@ import importlib
 import importlib.util
 import os
 import sys
-import types
 import zlib
 
 import numpy as np
 import pytest
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _import(name):
-    """Import ``fastdiv.<name>``; fall back to loading it without ``fastdiv/__init__``."""
-    try:
-        return importlib.import_module(f"fastdiv.{name}")
-    except Exception:
-        if "fastdiv" not in sys.modules or not hasattr(sys.modules["fastdiv"], "__path__"):
-            pkg = types.ModuleType("fastdiv")
-            pkg.__path__ = [os.path.join(_ROOT, "fastdiv")]
-            sys.modules["fastdiv"] = pkg
-        return importlib.import_module(f"fastdiv.{name}")
+    return importlib.import_module(f"fastdiv.{name}")
 
 
 if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0") and "numba.cuda" not in sys.modules:

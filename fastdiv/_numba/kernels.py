@@ -146,6 +146,27 @@ def _finish_lse(m, s):
     return m + np.log(s)
 
 
+@njit(**_INLINE)
+def _finish_entropy(m, s, w):
+    """H = log s - w / s, with the row endings: NaN/+inf -> NaN, all masked -> 0."""
+    if m != m or m == _INF:
+        return _NAN
+    if m == -_INF:
+        return 0.0
+    return np.log(s) - w / s
+
+
+@njit(**_INLINE)
+def _nll(m, s, xt):
+    """-log q_t = (m - x_t) + log s (the two large numbers subtracted first), with the row
+    endings: NaN/+inf -> NaN, all masked -> +inf (the target has probability 0)."""
+    if m != m or m == _INF:
+        return _NAN
+    if m == -_INF:
+        return _INF
+    return (m - xt) + np.log(s)
+
+
 @njit(**_JIT)
 def _lse(x, out):
     for i in prange(x.shape[0]):
@@ -164,12 +185,7 @@ def _entropy_logits(x, out):
     for i in prange(x.shape[0]):
         prefer_wide_vectors()
         m, s, w = _row_state(x[i])
-        if m != m or m == _INF:
-            out[i] = _NAN
-        elif m == -_INF:
-            out[i] = 0
-        else:
-            out[i] = np.log(s) - w / s
+        out[i] = _finish_entropy(m, s, w)
 
 
 @njit(**_JIT)
@@ -382,16 +398,10 @@ def _ce_finish(x, target, ignore_index, weight, m_in, s_in, out):
         if t == ignore_index:
             out[i] = 0
             continue
-        m = m_in[i]
+        nll = _nll(m_in[i], s_in[i], x[i, t])
         wt = weight[t]
-        if m != m or m == _INF:
-            out[i] = _NAN
-        elif wt == 0:
-            out[i] = 0
-        elif m == -_INF:
-            out[i] = _INF
-        else:
-            out[i] = wt * ((m - x[i, t]) + np.log(s_in[i]))
+        # NaN wins over a zero weight (reference.py); a zero-weight term is exactly 0
+        out[i] = nll if nll != nll else (0 if wt == 0 else wt * nll)
 
 
 @njit(**_JIT)
@@ -598,15 +608,7 @@ def _small_lse(x, out, ce_target, ignore_index):
                 out[i] = 0
                 continue
             m, sr, _ = _row_state(x[i])
-            if ce:
-                if m != m or m == _INF:
-                    out[i] = _NAN
-                elif m == -_INF:
-                    out[i] = _INF
-                else:
-                    out[i] = (m - x[i, ce_target[i]]) + np.log(sr)
-            else:
-                out[i] = _finish_lse(m, sr)
+            out[i] = _nll(m, sr, x[i, ce_target[i]]) if ce else _finish_lse(m, sr)
 
 
 @njit(**_JIT)
@@ -643,12 +645,7 @@ def _small_entropy(x, out):
             if exact and s[r] >= SMALL_MIN_SUM:
                 continue
             m, sr, wr = _row_state(x[i0 + r])
-            if m != m or m == _INF:
-                out[i0 + r] = _NAN
-            elif m == -_INF:
-                out[i0 + r] = 0
-            else:
-                out[i0 + r] = np.log(sr) - wr / sr
+            out[i0 + r] = _finish_entropy(m, sr, wr)
 
 
 @njit(**_JIT)
