@@ -137,7 +137,11 @@ def _out_dtype(*arrays):
     return np.dtype(np.float64) if any(d == np.float64 for d in dts) else np.dtype(np.float32)
 
 
-def _per_row(op, backend, arrays, *, scalars=(), extra=None):
+#: Kernels whose logits are multiplied by ``scale`` (1 / temperature) before the softmax.
+_SCALED_OPS = ("entropy_logits", "kl_logits", "ce_soft")
+
+
+def _per_row(op, backend, arrays, *, scalars=(), extra=None, scale=1.0):
     """Per-row results (1-D, C order over the leading axes) of kernel ``op`` on ``arrays``."""
     lead = arrays[0].shape[:-1]
     nrows = int(np.prod(lead, dtype=np.int64))
@@ -154,7 +158,9 @@ def _per_row(op, backend, arrays, *, scalars=(), extra=None):
             kern(blocks[0], target[r0:r1], scalars[0], weight, scalars[1], out[r0:r1], nthreads)
         elif op == "ce_soft":
             (weight,) = extra
-            kern(blocks[0], blocks[1], weight, scalars[0], scalars[1], out[r0:r1], nthreads)
+            kern(blocks[0], blocks[1], weight, scalars[0], scalars[1], scale, out[r0:r1], nthreads)
+        elif op in _SCALED_OPS:
+            kern(*blocks, scale, out[r0:r1], nthreads)
         else:
             kern(*blocks, out[r0:r1], nthreads)
 

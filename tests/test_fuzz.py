@@ -18,11 +18,6 @@ import fastdiv
 from fastdiv import reference as R
 
 from conftest import ALL_HOST, assert_rows_close
-from test_kernels import NUMBA_CONFIDENT_ROWS
-
-# numba's lse/entropy/CE cases meet near-one-hot rows often (scales up to 1e4): known bug.
-NUMBA_KNOWN = [pytest.param(b, marks=pytest.mark.xfail(reason=NUMBA_CONFIDENT_ROWS, strict=False))
-               if b == "numba" else b for b in ALL_HOST]
 
 DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
 
@@ -54,7 +49,7 @@ def _tol_dtype(x):
     return np.float64 if x.dtype == np.float64 else np.float32
 
 
-@pytest.mark.parametrize("backend", NUMBA_KNOWN)
+@pytest.mark.parametrize("backend", ALL_HOST)
 @given(x=logits())
 def test_fuzz_logsumexp_and_entropy(backend, x):
     assert_rows_close(fastdiv.logsumexp(x, backend=backend), R.logsumexp_rows(x), _tol_dtype(x), "lse")
@@ -87,7 +82,7 @@ def test_fuzz_kl_and_entropy_of_probabilities(backend, data):
                       R.kl_rows(lp, lq, "log_probs"), tol, "kl(log p)", kind="kl")
 
 
-@pytest.mark.parametrize("backend", NUMBA_KNOWN)
+@pytest.mark.parametrize("backend", ALL_HOST)
 @given(data=st.data())
 def test_fuzz_cross_entropy(backend, data):
     x = data.draw(logits())

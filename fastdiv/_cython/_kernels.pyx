@@ -74,6 +74,13 @@ SIMD_FLAGS = (<bytes>fd_simd_flags).decode()
 SIMD_ISA = (<bytes>fd_simd_isa).decode()
 
 
+
+cdef _unit_scale(double scale):
+    # Contract v2 passes 1 / temperature; this backend does not scale logits yet, and the
+    # API does not offer a temperature yet, so anything but 1 is a caller's bug.
+    if scale != 1.0:
+        raise ValueError(f"scale must be 1.0 for the cython backend, got {scale}")
+
 def max_threads():
     """``omp_get_max_threads()`` (1 when built without OpenMP)."""
     return fd_max_threads()
@@ -121,10 +128,11 @@ def lse(const floating[:, ::1] x, floating[::1] out, int nthreads):
             fd_lse_item_f64(px, rows, V, it, po)
 
 
-def entropy_logits(const floating[:, ::1] x, floating[::1] out, int nthreads):
+def entropy_logits(const floating[:, ::1] x, double scale, floating[::1] out, int nthreads):
     """out[i] = H(softmax(x[i]))."""
     cdef Py_ssize_t it, rows = x.shape[0], V = x.shape[1]
     cdef int nt = _check(rows, V, out.shape[0], nthreads)
+    _unit_scale(scale)
     cdef const floating *px = &x[0, 0]
     cdef floating *po = &out[0]
     cdef Py_ssize_t n = _items(rows, V, floating is float)
@@ -157,12 +165,13 @@ def entropy_probs(const floating[:, ::1] p, floating[::1] out, int nthreads):
             out[i] = fd_entropy_probs_f64(&p[i, 0], V)
 
 
-def kl_logits(const floating[:, ::1] x, const floating[:, ::1] z, floating[::1] out,
-              int nthreads):
+def kl_logits(const floating[:, ::1] x, const floating[:, ::1] z, double scale,
+              floating[::1] out, int nthreads):
     """out[i] = D(softmax(x[i]) || softmax(z[i])), one read of both rows."""
     cdef Py_ssize_t it, rows = x.shape[0], V = x.shape[1]
     _check2(rows, V, z.shape[0], z.shape[1])
     cdef int nt = _check(rows, V, out.shape[0], nthreads)
+    _unit_scale(scale)
     cdef const floating *px = &x[0, 0]
     cdef const floating *pz = &z[0, 0]
     cdef floating *po = &out[0]
@@ -228,11 +237,12 @@ def ce_hard(const floating[:, ::1] x, const int64_t[::1] target, int64_t ignore_
 
 
 def ce_soft(const floating[:, ::1] x, const floating[:, ::1] p, const floating[::1] weight,
-            double alpha, double beta, floating[::1] out, int nthreads):
+            double alpha, double beta, double scale, floating[::1] out, int nthreads):
     """out[i] = sum_j w_j * q_j * (lse - x_j), q_j = alpha * p_j + beta (zero terms 0)."""
     cdef Py_ssize_t it, rows = x.shape[0], V = x.shape[1]
     _check2(rows, V, p.shape[0], p.shape[1])
     cdef int nt = _check(rows, V, out.shape[0], nthreads)
+    _unit_scale(scale)
     if weight.shape[0] != V:
         raise ValueError(f"weight has {weight.shape[0]} elements for V = {V}")
     cdef const floating *px = &x[0, 0]
