@@ -313,6 +313,8 @@ def cross_entropy(logits, target, *, reduction="mean", ignore_index=-100, weight
         dtype = _out_dtype(logits, target)
         w = np.ones(v, dtype) if weight is None else _checks.class_weight(weight, v, dtype)
         per_row = _per_row("ce_soft", backend, [logits, target], scalars=(1.0 - eps, eps / v), extra=(w,))
+        if reduction == "mean" and per_row.size == 0:
+            return per_row.dtype.type(0.0)        # like hard labels: a mean over no rows is 0.0
         return _finish(per_row, lead, reduction, per_row.dtype)
 
     t = _checks.class_targets(target, lead, v, ignore)
