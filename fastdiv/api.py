@@ -126,9 +126,11 @@ def _run_rows(arrays, dtype, call, nrows):
             call(a, b, *blocks)
             continue
         # Converted inputs go in BLOCK_BYTES blocks; file-backed ones (see fastdiv._chunks)
-        # in CHUNK_BYTES chunks whose pages are released after use, so RSS stays bounded.
+        # in CHUNK_BYTES chunks (fewer, larger kernel calls over a slow source) whose pages
+        # are released after use, so RSS stays bounded.
         itemsize = max(dtype.itemsize, max(blk.dtype.itemsize for blk in blocks))
-        step = _chunks.rows_per_chunk(v, itemsize, _chunks.CHUNK_BYTES if native else BLOCK_BYTES)
+        file_backed = any(m is not None for m in mapped)
+        step = _chunks.rows_per_chunk(v, itemsize, _chunks.CHUNK_BYTES if file_backed or native else BLOCK_BYTES)
         for r0 in range(a, b, step):
             r1 = min(r0 + step, b)
             parts = [blk[r0 - a:r1 - a] for blk in blocks]
