@@ -1,0 +1,166 @@
+"""README "Guarantees", for every function of the table (tests/public_functions.py):
+
+* extra memory is O(rows), not O(rows x V) -- measured in a subprocess (tracemalloc for numpy
+  allocations, the peak resident set for everything), for native, converted and file-backed
+  inputs (tests/memory_probe.py);
+* inputs are never modified (writable, read-only, Fortran, byte-swapped, float16, torch);
+* results are bit-identical for 1 and 2 threads, across repeated calls, and across 8 Python
+  threads calling at once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import fastdiv
+from conftest import ALL_HOST, COMPILED
+from public_functions import FUNCTIONS
+
+HERE = pathlib.Path(__file__).resolve().parent
+FN_IDS = [f.id for f in FUNCTIONS]
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def test_extra_memory_is_o_rows(tmp_path):
+    rows, v = 1024, 8192
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(HERE / "memory_probe.py"), str(rows), str(v), str(tmp_path), *COMPILED],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert {d["fn"] for d in lines} == set(FN_IDS)
+    block = 256 << 10                                   # BLOCK_BYTES and CHUNK_BYTES in the probe
+    rows_sized = 64 * rows                              # outputs, targets, per-row scratch: O(rows)
+    failures = []
+    for d in lines:
+        arrays = 2 if d["input"] > rows * v * (2 if d["variant"] == "float16" else 4) else 1
+        # Converted blocks: one of each input at a time, twice over at most (source + converted).
+        traced_bound = arrays * 2 * block + rows_sized + (64 << 10)
+        # Resident pages also count allocator and page-cache granularity (a few MB, not O(V x rows)).
+        rss_bound = arrays * (3 << 20) + rows_sized
+        assert d["input"] >= 4 * rss_bound and rows * v * 2 >= 20 * rows_sized
+        if d["traced"] > traced_bound or d["rss"] > rss_bound:
+            failures.append(f"{d['fn']} {d['variant']} {d['backend']}: numpy peak {d['traced'] >> 10} KiB "
+                            f"(bound {traced_bound >> 10}), RSS +{d['rss'] >> 10} KiB (bound {rss_bound >> 10}); "
+                            f"inputs {d['input'] >> 20} MiB")
+    assert not failures, "\n".join(failures)
+
+
+# --------------------------------------------------------------------------- inputs never modified
+
+
+def _layouts(a):
+    ro = a.copy()
+    ro.flags.writeable = False
+    return {"C": a.copy(), "read-only": ro, "Fortran": np.asfortranarray(a), "big-endian": a.astype(a.dtype.newbyteorder(">")),
+            "float16": a.astype(np.float16), "strided": np.repeat(a, 2, axis=-1)[..., ::2]}
+
+
+def _snapshot(value):
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None and isinstance(value, torch.Tensor):
+        return ("torch", value.clone(), value.dtype, value.stride())
+    if isinstance(value, np.ndarray):
+        return ("numpy", value.tobytes(order="A"), value.dtype, value.strides, value.flags.writeable)
+    return ("other", repr(value))
+
+
+def _same(before, after):
+    if before[0] == "torch":
+        import torch
+        return torch.equal(before[1], after[1]) and before[2:] == after[2:]
+    return before == after
+
+
+@pytest.mark.parametrize("backend", ALL_HOST)
+@pytest.mark.parametrize("fn", FUNCTIONS, ids=FN_IDS)
+def test_inputs_are_never_modified(fn, backend):
+    for dirty in (True, False):                         # masked and NaN entries; clean + validate
+        good = fn.make(np.random.default_rng(11), (6, 3), 37, np.float32)
+        if dirty:
+            for name in fn.arrays:
+                good[name][0, 0, 1] = -np.inf
+                good[name][1, 2, 3] = np.nan
+        if "target" in good and good["target"].dtype.kind == "i":
+            good["target"][0, 1] = -100
+            good["weight"] = np.random.default_rng(12).uniform(0, 2, 37)
+        extra = {"validate": True} if fn.validate and not dirty else {}
+        for layout in _layouts(good[next(iter(fn.arrays))]):
+            args = {k: (_layouts(a)[layout] if k in fn.arrays else a.copy()) for k, a in good.items()}
+            for a in args.values():
+                if layout == "read-only" and a.flags.owndata:
+                    a.flags.writeable = False
+            before = {k: _snapshot(a) for k, a in args.items()}
+            with np.errstate(all="ignore"):
+                for options in ({}, fn.per_row):
+                    fn.call(args, backend, **options, **extra)
+            assert all(_same(before[k], _snapshot(a)) for k, a in args.items()), (fn.id, layout, dirty)
+
+
+@pytest.mark.parametrize("backend", ALL_HOST)
+@pytest.mark.parametrize("fn", FUNCTIONS, ids=FN_IDS)
+def test_torch_inputs_are_never_modified(fn, backend):
+    torch = pytest.importorskip("torch")
+    good = fn.make(np.random.default_rng(12), (5,), 29, np.float32)
+    args = {k: torch.from_numpy(a.copy()) for k, a in good.items()}
+    before = {k: a.clone() for k, a in args.items()}
+    fn.call(args, backend, **fn.per_row)
+    assert all(torch.equal(before[k], a) for k, a in args.items())
+
+
+# --------------------------------------------------------------------------- reproducibility
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("fn", FUNCTIONS, ids=FN_IDS)
+def test_bit_identical_for_any_thread_count_and_repeated_calls(fn, backend):
+    args = fn.make(np.random.default_rng(13), (257,), 3001, np.float32)
+    for name, kind in fn.arrays.items():
+        args[name][3, :1000] = 0.0 if kind == "probs" else -np.inf
+    for opts in [dict(fn.per_row)] + ([{"reduction": "mean"}, {"reduction": "sum"}] if fn.per_row else []):
+        with fastdiv.threads(1):
+            one = fn.call(args, backend, **opts)
+        with fastdiv.threads(2):
+            two = fn.call(args, backend, **opts)
+            again = fn.call(args, backend, **opts)
+        assert np.array_equal(one, two, equal_nan=True), (fn.id, opts)
+        assert np.array_equal(two, again, equal_nan=True), (fn.id, opts)
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_eight_python_threads_at_once_get_the_same_bits(backend):
+    """Every function from 8 Python threads at once (the compiled backends are thread-safe;
+    numba's workqueue threading layer is serialised by fastdiv, see README "Guarantees")."""
+    work = []
+    for i, fn in enumerate(FUNCTIONS):
+        args = fn.make(np.random.default_rng(20 + i), (64,), 1500, np.float32)
+        work.append((fn, args, fn.call(args, backend, **fn.per_row)))
+    bad = []
+    barrier = threading.Barrier(8)
+
+    def run(k):
+        barrier.wait()
+        for j in range(len(work)):
+            fn, args, want = work[(j + k) % len(work)]          # different functions at once
+            got = fn.call(args, backend, **fn.per_row)
+            if not np.array_equal(got, want, equal_nan=True):
+                bad.append(fn.id)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not bad, bad
