@@ -164,3 +164,72 @@ def test_eight_python_threads_at_once_get_the_same_bits(backend):
     for th in threads:
         th.join()
     assert not bad, bad
+
+
+_WORKQUEUE = r"""
+import threading, numpy as np, numba, fastdiv
+x = np.random.default_rng(0).standard_normal((64, 3000)).astype(np.float32)
+t = np.arange(64) % 3000
+want = (fastdiv.logsumexp(x, backend="numba"), fastdiv.cross_entropy(x, t, reduction="none", backend="numba"))
+assert numba.threading_layer() == "workqueue", numba.threading_layer()
+bad = []
+def run():
+    for _ in range(20):
+        got = (fastdiv.logsumexp(x, backend="numba"), fastdiv.cross_entropy(x, t, reduction="none", backend="numba"))
+        bad.extend(i for i in range(2) if not np.array_equal(got[i], want[i]))
+ths = [threading.Thread(target=run) for _ in range(8)]
+[th.start() for th in ths]; [th.join() for th in ths]
+assert not bad
+print("ok")
+"""
+
+
+@pytest.mark.skipif("numba" not in COMPILED, reason="numba backend unavailable")
+def test_numba_workqueue_layer_is_serialised_not_crashed():
+    """numba's fallback threading layer aborts the process on concurrent parallel launches;
+    fastdiv serialises its calls there, so 8 Python threads still get the right bits."""
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue",
+               PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", _WORKQUEUE], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode, proc.stderr[-2000:])
+
+
+# --------------------------------------------------------------------------- known kernel bugs
+
+EXTREME_LOGITS = (
+    "known kernel bug (reported to the lead): finite logits within a factor of ~10 of the float "
+    "maximum (|x| > ~1e307 in float64, > ~1e37 in float32) overflow inside the row pass.  numba: "
+    "negative or -inf KL, cross-entropy 0 instead of log 2 for [max, max], NaN reverse KL; Cython "
+    "(V > its short-row path): NaN entropy and KL.  Logits up to +-1e4 (the fuzzed range) are exact.")
+
+
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=pytest.mark.xfail(reason=EXTREME_LOGITS, strict=True))
+                                     for b in COMPILED] + ["numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_logits_near_the_float_maximum(backend, dtype):
+    from conftest import assert_rows_close
+    from fastdiv import reference as R
+
+    big = np.finfo(dtype).max
+    rows = []
+    for v in (3, 32000):
+        for special in ([big], [big, big], [-big, big], [big / 2, -big / 2]):
+            r = np.full(v, 2.0)
+            r[: len(special)] = special
+            rows.append(r)
+    x = np.array(rows[:4], dtype), np.array(rows[4:], dtype)
+    def want(values):                                  # beyond the dtype's range: inf, correctly
+        with np.errstate(over="ignore"):
+            return values.astype(dtype)
+
+    for xv in x:
+        z = np.zeros_like(xv)
+        t = np.zeros(len(xv), np.int64)
+        assert_rows_close(fastdiv.entropy(xv, backend=backend), want(R.entropy_rows(xv)), dtype, "entropy")
+        assert_rows_close(fastdiv.kl_div(xv, z, reduction="none", backend=backend), want(R.kl_rows(xv, z)), dtype, "kl",
+                          kind="kl")
+        assert_rows_close(fastdiv.kl_div(z, xv, reduction="none", backend=backend), want(R.kl_rows(z, xv)), dtype,
+                          "reverse kl", kind="kl")
+        assert_rows_close(fastdiv.cross_entropy(xv, t, reduction="none", backend=backend),
+                          want(R.cross_entropy_hard_rows(xv, t)), dtype, "ce")
