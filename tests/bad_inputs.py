@@ -288,6 +288,13 @@ def _misc_cases():
     return [
         Case("logsumexp: 3-D input", lambda b: fastdiv.logsumexp(x.reshape(2, 2, V), backend=b),
              returns(lambda r, b: _assert_close(r, fastdiv.logsumexp(x, backend="numpy").reshape(2, 2)))),
+        Case("logsumexp: zero-size middle axis", lambda b: fastdiv.logsumexp(np.ones((2, 0, V), np.float32), backend=b),
+             returns(lambda r, b: _assert_close(r, np.zeros((2, 0))))),
+        Case("kl_div: zero-size middle axis, mean", lambda b: fastdiv.kl_div(np.ones((2, 0, V)), np.ones((2, 0, V)), backend=b),
+             returns(rows_equal(np.nan))),
+        Case("cross_entropy: zero-size middle axis, mean",
+             lambda b: fastdiv.cross_entropy(np.ones((2, 0, V)), np.zeros((2, 0), np.int64), backend=b),
+             returns(rows_equal(0.0))),
         Case("logsumexp: V=1", lambda b: fastdiv.logsumexp(x[:, :1], backend=b),
              returns(lambda r, b: _assert_close(r, x[:, 0]))),
         Case("logsumexp: torch tensor", lambda b: fastdiv.logsumexp(_torch(x), backend=b),

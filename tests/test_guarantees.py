@@ -234,3 +234,30 @@ def test_logits_near_the_float_maximum(backend, dtype):
                           "reverse kl", kind="kl")
         assert_rows_close(fastdiv.cross_entropy(xv, t, reduction="none", backend=backend),
                           want(R.cross_entropy_hard_rows(xv, t)), dtype, "ce")
+
+
+# --------------------------------------------------------------------------- file-backed inputs
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("mode", ["r", "r+", "c"])
+def test_memmap_chunks_never_lose_the_callers_changes(backend, mode, tmp_path, monkeypatch):
+    """Released pages of a shared mapping come back from the page cache (changes written
+    through "r+" included); a copy-on-write ("c") mapping is never released, since that would
+    throw away the caller's in-memory changes."""
+    from fastdiv import _chunks
+    from fastdiv import reference as R
+
+    monkeypatch.setattr(_chunks, "CHUNK_BYTES", 8192)             # many chunks of 4 rows
+    x = np.random.default_rng(5).standard_normal((64, 512)).astype(np.float32)
+    path = tmp_path / "x.bin"
+    x.tofile(path)
+    mm = np.memmap(path, np.float32, mode, shape=x.shape)
+    if mode != "r":
+        mm[10] += 100.0                                            # the caller's change, in memory
+        x[10] += 100.0
+    for _ in range(2):                                             # the second pass re-reads released pages
+        got = fastdiv.logsumexp(mm, backend=backend)
+        np.testing.assert_allclose(got, R.logsumexp_rows(x), rtol=1e-6)
+    assert np.array_equal(np.asarray(mm), x)
+    assert _chunks.mapping(mm)[1] == (mode != "c")
