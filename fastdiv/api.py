@@ -102,6 +102,10 @@ def _prepare(block, dtype):
     return np.ascontiguousarray(block, dtype=dtype)
 
 
+def _rows_per_block(v, itemsize):
+    return max(1, BLOCK_BYTES // max(1, v * itemsize))
+
+
 def _run_rows(arrays, dtype, call, nrows):
     """Run ``call(start, stop, *prepared_blocks)`` over all rows of the same-shape ``arrays``.
 
@@ -129,8 +133,10 @@ def _run_rows(arrays, dtype, call, nrows):
         # in CHUNK_BYTES chunks (fewer, larger kernel calls over a slow source) whose pages
         # are released after use, so RSS stays bounded.
         itemsize = max(dtype.itemsize, max(blk.dtype.itemsize for blk in blocks))
-        file_backed = any(m is not None for m in mapped)
-        step = _chunks.rows_per_chunk(v, itemsize, _chunks.CHUNK_BYTES if file_backed or native else BLOCK_BYTES)
+        if any(m is not None for m in mapped):
+            step = _chunks.rows_per_chunk(v, itemsize, _chunks.CHUNK_BYTES)
+        else:
+            step = _rows_per_block(v, itemsize)
         for r0 in range(a, b, step):
             r1 = min(r0 + step, b)
             parts = [blk[r0 - a:r1 - a] for blk in blocks]
