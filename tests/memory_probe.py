@@ -64,7 +64,7 @@ def main(rows, v, tmpdir, backends):
                 out = fn.call(args, backend, **fn.per_row)
                 traced = tracemalloc.get_traced_memory()[1]
                 tracemalloc.stop()
-                grown = rss.peak_rss_bytes() - (base if exact else 0)
+                grown = rss.peak_rss_bytes() - base          # without a reset: the peak so far, an upper bound
                 print(json.dumps({"fn": fn.id, "variant": variant, "backend": backend, "traced": traced,
                                   "rss": grown, "exact": exact, "out": int(np.asarray(out).nbytes),
                                   "input": int(sum(args[k].nbytes for k in fn.arrays))}), flush=True)

@@ -103,6 +103,6 @@ def test_memmap_over_4gib_in_bounded_memory(backend, memmap_over_4gib, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     mem = json.loads(proc.stdout.strip().splitlines()[-1])
     assert_rows_close(np.load(out), want_ce, np.float32, "memmap cross-entropy")
-    extra = mem["peak"] - mem["base"] if mem["exact"] else mem["peak"]
+    extra = mem["peak"] - mem["base"]       # without a peak reset an upper bound (the peak so far)
     print(f"{backend}: file {path.stat().st_size / 2**30:.2f} GiB, peak RSS +{extra / 2**20:.0f} MiB")
     assert extra < 256 * 2**20, f"peak RSS grew by {extra / 2**20:.0f} MiB reading a {path.stat().st_size / 2**30:.1f} GiB memmap"
