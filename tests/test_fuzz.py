@@ -30,7 +30,14 @@ from test_kernels import NUMBA_CONFIDENT_ROWS
 pytestmark = pytest.mark.filterwarnings("ignore:mean of an empty batch is NaN:RuntimeWarning")
 
 # numba's lse/entropy/CE cases meet near-one-hot rows often (scales up to 1e4): known bug.
-NUMBA_KNOWN = [pytest.param(b, marks=pytest.mark.xfail(reason=NUMBA_CONFIDENT_ROWS, strict=False))
+# The thorough run (tests/FUZZ_SUMMARY.md) found two more numba kernel issues, reported to the
+# lead: hard-label CE formed as lse - x[t] after rounding lse to float32 (an absolute error of
+# ~ulp(|x|): log 2 comes out as 0.693359 for logits [1e4, 1e4]), and a soft-target CE over
+# V = 128256 near-uniform columns 1e-5 relative off.
+NUMBA_FUZZ_KNOWN = NUMBA_CONFIDENT_ROWS + (
+    "  Also (thorough fuzz run): numba hard-label CE loses ~ulp(|logit|) absolute at logits "
+    "~1e3-1e4 (lse - x[t] in float32), and soft-target CE at V = 128256 is ~1e-5 relative off.")
+NUMBA_KNOWN = [pytest.param(b, marks=pytest.mark.xfail(reason=NUMBA_FUZZ_KNOWN, strict=False))
                if b == "numba" else b for b in ALL_HOST]
 
 DTYPES = {"float16": np.dtype(np.float16), "float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
