@@ -48,6 +48,11 @@ def release(block, mapped):
     try:
         base = np.frombuffer(mm, dtype=np.uint8, count=1).ctypes.data
         lo, hi = np.lib.array_utils.byte_bounds(block)
+        if hi - lo > 4 * block.nbytes + mmap.PAGESIZE:
+            # A strided view (e.g. transposed) whose rows span far more of the file than
+            # they hold: every chunk touches pages all over it, and releasing them would
+            # make each later chunk fault them all in again.  Keep them.
+            return
         start = (lo - base) // mmap.PAGESIZE * mmap.PAGESIZE
         mm.madvise(mmap.MADV_DONTNEED, start, hi - base - start)
     except (ValueError, OSError, BufferError):

@@ -340,10 +340,10 @@ def cross_entropy(logits, target, *, reduction="mean", ignore_index=-100, weight
     ignore = _checks.ignore_index(ignore_index)
     eps = _checks.label_smoothing(label_smoothing)
     backend = _registry.resolve(backend, device=_gpu.any_on_device(logits, target, weight))
-    if _checks.validate_flag(validate) and not _gpu.any_on_device(target):
-        t_arr = _checks.as_array("target", target)
-        if t_arr.dtype.kind == "f" or t_arr.dtype == _checks._bfloat16():
-            _validate(True, "probs", target=t_arr)
+    if _checks.validate_flag(validate):
+        t_arr = target if _gpu.any_on_device(target) else _checks.as_array("target", target)
+        if _gpu.any_on_device(target) or t_arr.dtype.kind == "f" or t_arr.dtype == _checks._bfloat16():
+            _validate(True, "probs", target=t_arr)          # (a device target: ValueError, host only)
     if backend == "cuda":
         return _gpu.cross_entropy(logits, target, reduction, ignore, weight, eps)
     logits = _checks.float_array("logits", logits)

@@ -262,3 +262,18 @@ def test_memmap_chunks_never_lose_the_callers_changes(backend, mode, tmp_path, m
         assert np.array_equal(got, fastdiv.logsumexp(x, backend=backend))   # the bits of in-memory input
     assert np.array_equal(np.asarray(mm), x)
     assert _chunks.mapping(mm)[1] == (mode != "c")
+
+
+def test_validate_refuses_device_arrays():
+    from fastdiv import _registry
+
+    if _registry.unavailable_reason("cuda") is not None:
+        pytest.skip(_registry.unavailable_reason("cuda"))
+    from numba import cuda
+
+    p = cuda.to_device(np.full((2, 4), 0.25, np.float32))
+    with pytest.raises(ValueError, match="validate=True checks host arrays; p is a device array"):
+        fastdiv.entropy(p, inputs="probs", validate=True)
+    with pytest.raises(ValueError, match="validate=True checks host arrays; target is a device array"):
+        fastdiv.cross_entropy(p, p, validate=True)
+    assert np.allclose(fastdiv.entropy(p, inputs="probs").copy_to_host(), np.log(4))   # without validate: fine
