@@ -6,6 +6,8 @@ and big-endian layouts; logits of scale 1e-3 to 1e4 around offsets up to +-1e4; 
 (none, some, most, all), whole masked rows, NaN and +inf entries; for cross-entropy ignored
 targets, class weights (with zeros), label smoothing and soft targets; every reduction.
 
+The cuda backend is fuzzed on small rows with 1 in 50 of the examples (the simulator is slow).
+
 Profiles (tests/conftest.py): ``default`` (40 examples per test) runs in CI; ``thorough``
 (10 000 examples per test) is the long run whose summary is kept in tests/FUZZ_SUMMARY.md:
 
@@ -16,11 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastdiv
-from fastdiv import _checks
+from fastdiv import _checks, _registry
 from fastdiv import reference as R
 
 from conftest import ALL_HOST, TOL, assert_rows_close
@@ -242,3 +244,29 @@ def test_fuzz_cross_entropy_soft(backend, data):
     want = R.cross_entropy_soft_rows(_rows(x), _rows(p), None if w is None else w.astype(_tol_dtype(wide)), eps)
     check(got, want, wide, f"soft ce(eps={eps}, weight={w is not None})", reduction=reduction,
           denom=int(np.prod(x.shape[:-1], dtype=np.int64)))
+
+
+# --------------------------------------------------------------------------- cuda (simulator)
+
+#: numba's CUDA simulator runs every GPU thread in Python: small rows, few examples (1 in 50 of
+#: the profile's, at least 20).  On a real GPU the same test runs on the device.
+CUDA_SETTINGS = settings(max_examples=max(20, settings().max_examples // 50))
+V_CUDA = [1, 2, 7, 51, 130, 257]
+
+
+@pytest.mark.skipif(_registry.unavailable_reason("cuda") is not None, reason=str(_registry.unavailable_reason("cuda")))
+@CUDA_SETTINGS
+@given(data=st.data())
+def test_fuzz_cuda_backend(data):
+    v = data.draw(st.sampled_from(V_CUDA))
+    x = data.draw(logits(shape=data.draw(shapes(v=v, lead=data.draw(st.sampled_from([(1,), (3,), (2, 2), (0,)])))),
+                         dtype=data.draw(st.sampled_from(["float16", "float32", "float64"]))))
+    z = np.ascontiguousarray(x)[::-1] if x.ndim == 2 else np.ascontiguousarray(x)
+    t = np.random.default_rng(v).integers(0, v, x.shape[:-1])
+    rows = _rows(x)
+    with np.errstate(invalid="ignore"):
+        check(fastdiv.logsumexp(x, backend="cuda"), R.logsumexp_rows(rows), x, "cuda lse")
+        check(fastdiv.entropy(x, backend="cuda"), R.entropy_rows(rows), x, "cuda entropy")
+        check(fastdiv.kl_div(x, z, reduction="none", backend="cuda"), R.kl_rows(rows, _rows(z)), x, "cuda kl", kind="kl")
+        check(fastdiv.cross_entropy(x, t, reduction="none", backend="cuda"),
+              R.cross_entropy_hard_rows(rows, t.reshape(-1)), x, "cuda ce")
