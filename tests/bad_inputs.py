@@ -205,6 +205,15 @@ def _validate_cases(fn, good):
             cases.append(Case(f"{fn.id}: validate=True, {name} {what}",
                               lambda b, n=name, v=value: fn.call(_with(good, **{n: v}), b, validate=True, **pr),
                               raises(ValueError, name)))
+        # Within the stated tolerance (1e-4 on row sums; 1e-2 for 16-bit inputs): accepted.
+        fine = {"row sums 1 + 5e-5": a * np.float32(1 + 5e-5) if kind == "probs" else a + np.float32(5e-5),
+                "float16": a.astype(np.float16)}
+        for what, value in fine.items():
+            args = _with(good, **{name: value})
+            mixed = raises(TypeError, name) if what == "float16" and len(fn.arrays) > 1 else None
+            cases.append(Case(f"{fn.id}: validate=True, {name} {what} (within tolerance)",
+                              lambda b, args=args: fn.call(args, b, validate=True, **pr),
+                              returns(same_as(fn, args, pr, exact=True)), on_cuda=mixed))
     return cases
 
 
