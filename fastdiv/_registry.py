@@ -41,6 +41,7 @@ OPS = (
     "kl_probs",
     "ce_hard",
     "ce_soft",
+    "evaluate",     # the mergeable per-row state of fastdiv.evaluate (fastdiv/_numba/evaluate.py)
 )
 
 #: Backends in the order ``auto`` prefers them for host (numpy) input: Cython first (compiled

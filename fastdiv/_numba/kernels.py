@@ -818,3 +818,4 @@ def ce_soft(x, p, weight, alpha, beta, out, nthreads):
 def max_threads():
     """Threads numba may use in this process (``NUMBA_NUM_THREADS``)."""
     return numba.config.NUMBA_NUM_THREADS
+from .evaluate import evaluate  # noqa: E402,F401  (the evaluate op, fastdiv/_numba/evaluate.py)
