@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .simd import FASTMATH, cast, clamp_lo, exp_hot, maximum, prefer_wide_vectors, prefetch
+from .simd import FASTMATH, cast, clamp_lo, exp_hot, jump_limit, maximum, prefer_wide_vectors, prefetch
 
 CHUNK = 2048
 _JIT = dict(parallel=True, fastmath=FASTMATH, cache=True, nogil=True)
@@ -66,16 +66,17 @@ def _first_index(xc, value):
 def _sums(xc, shift, xt):
     """sum e, sum e d, #(x > xt) over a chunk, d = x - shift <= 0 (clamped: masked -> ~0)."""
     zero = cast(0.0, shift)
+    one = cast(1.0, shift)
     s = zero
     w = zero
-    c = 0
+    c = zero                         # counted in the float type: one vector width for every lane
     for j in range(xc.shape[0]):
         d = clamp_lo(xc[j] - shift)
         e = exp_hot(d)
         s += e
         w += e * d
-        c += 1 if xc[j] > xt else 0
-    return s, w, c
+        c += one if xc[j] > xt else zero
+    return s, w, int(c)
 
 
 @njit(**_INLINE)
@@ -117,6 +118,105 @@ def _grow(m, cm, s, w):
     return f * s, f * (w + delta * s)
 
 
+#: The fused loop works on sub-blocks of SUB elements and asks, before each, for the one
+#: PREFETCH_BYTES ahead (one prefetch per 64-byte line, spread through the computation).
+SUB = 512
+PREFETCH_BYTES = 4096
+
+
+@njit(**_INLINE)
+def _fused(row, j0, j1, ref, xt):
+    """One pass over row[j0:j1] from memory: (max, sum e, sum e d, #(x > xt)) with
+    e = exp(d), d = x - ref clamped below (ref may be below the max: see _state_x)."""
+    zero = cast(0.0, ref)
+    one = cast(1.0, ref)
+    cm = row[j0]
+    s = zero
+    w = zero
+    c = zero                         # counted in the float type: one vector width for every lane
+    step = 64 // row.itemsize
+    for b0 in range(j0, j1, SUB):
+        p0 = b0 + PREFETCH_BYTES // row.itemsize
+        for k in range(p0, min(p0 + SUB, row.shape[0]), step):
+            prefetch(row, k)
+        xs = row[b0:min(b0 + SUB, j1)]   # slice first: a run-time loop start would gather
+        for j in range(xs.shape[0]):
+            cm = maximum(cm, xs[j])
+            d = clamp_lo(xs[j] - ref)
+            e = exp_hot(d)
+            s += e
+            w += e * d
+            c += one if xs[j] > xt else zero
+    return cm, s, w, int(c)
+
+
+@njit(**_INLINE)
+def _state_x(row, xt):
+    """(m, s, w, #(x > xt), argmax) of a row without reference, in one read.
+
+    As numba's lse kernel: each chunk is summed against a stale reference m (the maximum of
+    the chunks before it) while its own maximum is found in the same pass; a chunk whose
+    maximum exceeds m by more than jump_limit (overflow risk), or the first chunk after
+    masked ones, is summed again from L1 against its own maximum.  Moving m up by -delta
+    rescales s by e^delta and w -> e^delta (w + delta s)."""
+    v = row.shape[0]
+    m = row[0]
+    s = 0.0
+    w = 0.0
+    cnt = 0
+    am = 0
+    jump = jump_limit(row[0])
+    for j0 in range(0, v, CHUNK):
+        j1 = min(j0 + CHUNK, v)
+        xc = row[j0:j1]
+        if m == _INF:
+            cm = _chunk_max(xc)          # only a NaN can change the answer now
+            if cm != cm:
+                return cm, s, w, cnt, am
+            continue
+        if m == -_INF:
+            cm = _chunk_max(xc)
+            if cm == -_INF:
+                continue                 # still everything masked (nothing is > xt here)
+            m = cm
+            if m != m:
+                return m, s, w, cnt, am
+            am = j0 + _first_index(xc, cm)
+            if m == _INF:
+                continue
+            cs, cw, cc = _sums(xc, m, xt)
+            s, w, cnt = float(cs), float(cw), cnt + cc
+            continue
+        cm, cs, cw, cc = _fused(row, j0, j1, m, xt)
+        if not cm <= m + jump:           # NaN, +inf or a big jump
+            if cm != cm:
+                return cm, s, w, cnt, am
+            am = j0 + _first_index(xc, cm)
+            if cm == _INF:
+                m = cm
+                continue
+            s, w = _grow(m, cm, s, w)
+            m = cm
+            cs, cw, cc = _sums(xc, m, xt)
+        elif cm > m:
+            am = j0 + _first_index(xc, cm)
+        s += cs
+        w += cw
+        cnt += cc
+        if cm > m:
+            s, w = _grow(m, cm, s, w)
+            m = cm
+    return m, s, w, cnt, am
+
+
+@njit(**_INLINE)
+def _chunk_max(xc):
+    m = xc[0]
+    for j in range(xc.shape[0]):
+        m = maximum(m, xc[j])
+    return m
+
+
 @njit(**_JIT)
 def _evaluate(x, z, target, st, ix):
     n, v = x.shape
@@ -132,27 +232,7 @@ def _evaluate(x, z, target, st, ix):
         cnt = 0
         am = 0
         if not has_ref:
-            for j0 in range(0, v, CHUNK):
-                j1 = min(j0 + CHUNK, v)
-                xc = row[j0:j1]
-                cm = _max_prefetch(xc, row, j1 + CHUNK)
-                if not cm <= m:              # a larger maximum, NaN or +inf
-                    if cm != cm:
-                        m = cm                   # NaN settles the row
-                        break
-                    if cm == _INF:               # settled unless a NaN follows
-                        am = j0 + _first_index(xc, cm)
-                        m = cm
-                        continue
-                    s, w = _grow(m, cm, s, w)
-                    m = cm
-                    am = j0 + _first_index(xc, cm)
-                if m == -_INF or m == _INF:
-                    continue                 # all masked so far / settled at +inf
-                cs, cw, cc = _sums(xc, m, xt)
-                s += cs
-                w += cw
-                cnt += cc
+            m, s, w, cnt, am = _state_x(row, xt)
             st[i, 0] = m
             st[i, 1] = s
             st[i, 2] = w
