@@ -14,6 +14,7 @@ from .api import (
 )
 from ._config import show_config
 from .evaluation import CrossEntropyOutput, Evaluation, evaluate
+from . import meters, states
 from ._registry import BackendUnavailable, available_backends
 
 __version__ = "0.1.0"
@@ -26,6 +27,8 @@ __all__ = [
     "evaluate",
     "Evaluation",
     "CrossEntropyOutput",
+    "meters",
+    "states",
     "show_config",
     "set_num_threads",
     "get_num_threads",
