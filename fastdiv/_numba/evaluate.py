@@ -55,6 +55,15 @@ def _max_prefetch(xc, ahead, a0):
 
 
 @njit(**_INLINE)
+def _locate(row, j0, m):
+    """The first index of m in the chunk starting at j0 (where the running maximum was last
+    raised): searched once per row (searching at each new maximum cost ~15 % at V = 50257)."""
+    if not m > -_INF:
+        return j0
+    return j0 + _first_index(row[j0:min(j0 + CHUNK, row.shape[0])], m)
+
+
+@njit(**_INLINE)
 def _first_index(xc, value):
     for j in range(xc.shape[0]):
         if xc[j] == value:
@@ -181,7 +190,7 @@ def _state_x(row, xt):
             m = cm
             if m != m:
                 return m, s, w, cnt, am
-            am = j0 + _first_index(xc, cm)
+            am = j0                  # the chunk of the first maximum, searched at the end
             if m == _INF:
                 continue
             cs, cw, cc = _sums(xc, m, xt)
@@ -191,7 +200,7 @@ def _state_x(row, xt):
         if not cm <= m + jump:           # NaN, +inf or a big jump
             if cm != cm:
                 return cm, s, w, cnt, am
-            am = j0 + _first_index(xc, cm)
+            am = j0                  # the chunk of the first maximum, searched at the end
             if cm == _INF:
                 m = cm
                 continue
@@ -199,14 +208,14 @@ def _state_x(row, xt):
             m = cm
             cs, cw, cc = _sums(xc, m, xt)
         elif cm > m:
-            am = j0 + _first_index(xc, cm)
+            am = j0                  # the chunk of the first maximum, searched at the end
         s += cs
         w += cw
         cnt += cc
         if cm > m:
             s, w = _grow(m, cm, s, w)
             m = cm
-    return m, s, w, cnt, am
+    return m, s, w, cnt, _locate(row, am, m)
 
 
 @njit(**_INLINE)
@@ -266,10 +275,10 @@ def _evaluate(x, z, target, st, ix):
                 else:
                     wxz = 0.0
                 m = cm
-                am = j0 + _first_index(xc, cm)
+                am = j0                  # the chunk of the first maximum, searched at the end
             elif not cm <= m:               # NaN or +inf in x: the model's quantities settle
                 if cm == _INF and m == m:
-                    am = j0 + _first_index(xc, cm)
+                    am = j0                  # the chunk of the first maximum, searched at the end
                 m = maximum(m, cm)
             if z_ok and cmz > mz and cmz != _INF:
                 delta = float(mz) - float(cmz)
@@ -311,7 +320,7 @@ def _evaluate(x, z, target, st, ix):
         st[i, 5] = sz
         st[i, 6] = wxz
         st[i, 7] = wzx
-        ix[i, 0] = am
+        ix[i, 0] = _locate(row, am, m)
         ix[i, 1] = cnt
         ix[i, 2] = (1 if miss_z > 0 else 0) + (2 if miss_x > 0 else 0)
 
