@@ -294,7 +294,7 @@ def evaluate(logits, target, *, topk=(1, 5), reference=None, kl_direction="ref||
     cap = _checks.softcap(softcap)
     backend = _registry.resolve(backend, device=_gpu.any_on_device(logits, target, reference))
     if backend == "cuda":
-        raise _registry.BackendUnavailable("evaluate has no cuda kernel yet; use a CPU backend")
+        return _evaluate_cuda(logits, target, topk, reference, kl_direction, ignore, z_coef, cap)
     x = _checks.float_array("logits", logits)
     z = None
     if reference is not None:
@@ -306,6 +306,51 @@ def evaluate(logits, target, *, topk=(1, 5), reference=None, kl_direction="ref||
     kl = None if z is None else (st[:, MZ], st[:, SZ], st[:, WXZ], st[:, WZX], ix[:, FLAGS])
     rows = finish_rows(st[:, M], st[:, S], st[:, W], st[:, XT], counted, ix[:, COUNT], ix[:, ARGMAX], topk, kl)
     return row_results(rows, lead, dtype, topk, counted, kl_direction, z_coef)
+
+
+def _evaluate_cuda(logits, target, topk, reference, kl_direction, ignore, z_coef, cap):
+    """evaluate on the device: the per-row state is computed there (inputs read in place,
+    numpy input copied over) and brought to the host (O(rows), one synchronisation), where it
+    is finished like the CPU backends' states: the result holds numpy arrays."""
+    from numba import cuda
+
+    from ._cuda import interop
+
+    if cap is not None:
+        raise _registry.BackendUnavailable("softcap is not implemented on the cuda backend; use a CPU backend")
+    call = _gpu._Call()
+    xv = call.view("logits", logits)
+    if call.bf16:
+        raise TypeError("evaluate on cuda reads float16, float32 or float64 logits; convert bfloat16 first")
+    x2, lead = _gpu._rows_view(xv, "logits")
+    rows, v = (int(d) for d in x2.shape)
+    z2 = x2[:0]
+    if reference is not None:
+        zv = call.view("reference", reference)
+        if tuple(zv.shape) != tuple(xv.shape) or np.dtype(zv.dtype) != np.dtype(xv.dtype) or call.bf16:
+            raise ValueError(f"reference must have the shape and dtype of logits {tuple(xv.shape)} {xv.dtype}, "
+                             f"got {tuple(zv.shape)} {zv.dtype}")
+        z2, _ = _gpu._rows_view(zv, "reference")
+    if interop.is_device_array(target):
+        t_host = interop.to_device_view(_gpu._torch_contiguous(target))[0].copy_to_host()
+    else:
+        t_host = target
+    t, counted = _local_targets(t_host, lead, v, ignore)
+    dtype = np.dtype(np.float64) if np.dtype(xv.dtype) == np.float64 else np.dtype(np.float32)
+    st = np.full((rows, 8), np.nan)
+    ix = np.zeros((rows, 3), dtype=np.int64)
+    if rows:
+        stream = call.ensure_stream()
+        st_d = cuda.to_device(st, stream=stream)
+        ix_d = cuda.to_device(ix, stream=stream)
+        _registry.kernel("cuda", "evaluate")(x2, z2, cuda.to_device(t, stream=stream), st_d, ix_d, None,
+                                             stream=stream)
+        st_d.copy_to_host(st, stream=stream)
+        ix_d.copy_to_host(ix, stream=stream)
+        stream.synchronize()
+    kl = None if reference is None else (st[:, MZ], st[:, SZ], st[:, WXZ], st[:, WZX], ix[:, FLAGS])
+    rows_ = finish_rows(st[:, M], st[:, S], st[:, W], st[:, XT], counted, ix[:, COUNT], ix[:, ARGMAX], topk, kl)
+    return row_results(rows_, lead, dtype, topk, counted, kl_direction, z_coef)
 
 
 # --------------------------------------------------------------------------- cross_entropy options
