@@ -213,3 +213,27 @@ def test_bad_targets():
         fastdiv.evaluate(np.zeros((2, 3)), np.array([0.0, 1.0]))
     with pytest.raises(ValueError, match="z_loss"):
         fastdiv.cross_entropy(np.zeros((2, 3)), np.array([0, 1]), z_loss=-1)
+
+
+@pytest.mark.parametrize("backend", backend_params(("numba", "cython")))
+def test_same_bits_for_any_thread_count_and_batching(backend, rng):
+    x = make_logits(rng, 40, 5000, np.float32)
+    z = make_logits(rng, 40, 5000, np.float32)[::-1].copy()
+    t = _targets(rng, x)
+    runs = []
+    for n in (1, 2):
+        with fastdiv.threads(n):
+            runs.append(fastdiv.evaluate(x, t, reference=z, backend=backend))
+    part = fastdiv.evaluate(x[17:], t[17:], reference=z[17:], backend=backend)
+    for key in ("nll", "lse", "entropy", "kl", "argmax", "rank"):
+        np.testing.assert_array_equal(runs[0][key], runs[1][key], err_msg=key)
+        np.testing.assert_array_equal(runs[0][key][17:], part[key], err_msg=key)
+
+
+def test_evaluation_pickles(rng):
+    import pickle
+
+    res = fastdiv.evaluate(rng.standard_normal((5, 8)), rng.integers(0, 8, 5), topk=(1, 2))
+    back = pickle.loads(pickle.dumps(res))
+    assert repr(back) == repr(res) and back.accuracy == res.accuracy
+    np.testing.assert_array_equal(back.nll, res.nll)
