@@ -28,8 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks, _registry
-from . import api as _api
-from .evaluation import ARGMAX, COUNT, FLAGS, M, MZ, S, SZ, W, WXZ, WZX, XT, finish_rows, row_results, run_state
+from .evaluation import ARGMAX, FLAGS, M, MZ, S, SZ, W, WXZ, WZX, XT, finish_rows, row_results, run_state
 
 __all__ = ["RowState", "row_state", "merge", "finalize"]
 
