@@ -183,6 +183,13 @@ def test_z_loss_and_return_lse(backend, reduction, rng):
     z_rows = np.where(counted, 1e-4 * lse ** 2, 0.0)
     want = {"none": z_rows, "sum": np.sum(z_rows), "mean": np.sum(z_rows) / counted.sum()}[reduction]
     np.testing.assert_allclose(out.z_loss, want, rtol=1e-12, equal_nan=True)
+    # label smoothing goes through the loss and lse kernels instead of the evaluate kernel
+    smooth = fastdiv.cross_entropy(x, t, reduction=reduction, label_smoothing=0.2, z_loss=1e-4, return_lse=True,
+                                   backend=backend)
+    np.testing.assert_allclose(smooth.loss, fastdiv.cross_entropy(x, t, reduction=reduction, label_smoothing=0.2,
+                                                                  backend=backend), rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(smooth.z_loss, want, rtol=1e-12, equal_nan=True)
+    assert_rows_close(smooth.lse, lse, np.float64, "lse (smoothing path)")
     # z_loss = 0 keeps the plain return value; z_loss alone gives lse=None
     assert not isinstance(fastdiv.cross_entropy(x, t, z_loss=0.0, backend=backend), tuple)
     assert fastdiv.cross_entropy(x, t, z_loss=1e-4, backend=backend).lse is None

@@ -16,9 +16,14 @@ static inline FD_T FN(fd_ev_max)(const FD_T *x, ptrdiff_t n)
     return FN(fd_hmax)(FN(fd_max)(a0, a1));
 }
 
+/* First j with x[j] == v (0 if none): a vector compare per W entries, lanes only on a hit. */
 static ptrdiff_t FN(fd_ev_first)(const FD_T *x, ptrdiff_t n, FD_T v)
 {
-    for (ptrdiff_t j = 0; j < n; j++)
+    const FD_V vv = FN(fd_splat)(v);
+    ptrdiff_t j = 0;
+    for (; j + FD_W <= n; j += FD_W)
+        if (FN(fd_popcount)(FN(fd_eq)(FN(fd_load)(x + j), vv))) break;
+    for (; j < n; j++)
         if (x[j] == v) return j;
     return 0;
 }

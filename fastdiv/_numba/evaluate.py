@@ -65,10 +65,12 @@ def _locate(row, j0, m):
 
 @njit(**_INLINE)
 def _first_index(xc, value):
-    for j in range(xc.shape[0]):
-        if xc[j] == value:
-            return j
-    return 0
+    """First j with xc[j] == value (0 if none), as a min-reduction (vectorises; no early exit)."""
+    n = xc.shape[0]
+    best = n
+    for j in range(n):
+        best = min(best, j if xc[j] == value else n)
+    return best if best < n else 0
 
 
 @njit(**_INLINE)
