@@ -149,3 +149,33 @@ def test_meter_merge_rejects_other_settings():
         Perplexity().merge(Perplexity(ignore_index=0))
     with pytest.raises(ValueError):
         Evaluator(topk=(1,)).merge(Perplexity())
+
+
+# --------------------------------------------------------------------------- fuzzing the merge
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@given(data=st.data())
+def test_fuzz_random_shards(data):
+    v = data.draw(st.integers(1, 300), label="V")
+    n = data.draw(st.integers(1, 6), label="rows")
+    seed = data.draw(st.integers(0, 2 ** 32 - 1), label="seed")
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, v)) * data.draw(st.sampled_from([0.01, 3.0, 300.0]), label="scale")
+    z = rng.standard_normal((n, v))
+    x[rng.random((n, v)) < data.draw(st.sampled_from([0.0, 0.5, 0.95]), label="masked")] = -np.inf
+    z[rng.random((n, v)) < 0.3] = -np.inf
+    t = rng.integers(0, v, n)
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, max(1, v - 1)), max_size=5), label="cuts"))) if v > 1 else []
+    backend = data.draw(st.sampled_from(fastdiv.available_backends()), label="backend")
+    parts = _shard_states(x, t, z, cuts, backend, topk=(1, 2))
+    order = data.draw(st.permutations(range(len(parts))), label="order")
+    merged = functools.reduce(states.merge, [parts[i] for i in order])
+    res = states.finalize(merged, topk=(1, 2), n_classes=v)
+    whole = fastdiv.evaluate(x, t, topk=(1, 2), reference=z, backend=backend)
+    for key in ("lse", "entropy", "nll", "kl_ref_model", "kl_model_ref"):
+        assert_rows_close(res[key], whole[key], np.float64, key, kind="kl" if key.startswith("kl") else "rel")
+    for key in ("argmax", "correct@1", "correct@2"):
+        np.testing.assert_array_equal(res[key], whole[key], err_msg=key)
