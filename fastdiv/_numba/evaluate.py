@@ -229,9 +229,26 @@ def _chunk_max(xc):
 
 
 @njit(**_JIT)
-def _evaluate(x, z, target, st, ix):
+def _evaluate_x(x, target, st, ix):
     n, v = x.shape
-    has_ref = z.shape[0] == n
+    for i in prange(n):
+        prefer_wide_vectors()
+        row = x[i]
+        t = target[i]
+        xt = row[t] if 0 <= t < v else cast(np.nan, row[0])
+        m, s, w, cnt, am = _state_x(row, xt)
+        st[i, 0] = m
+        st[i, 1] = s
+        st[i, 2] = w
+        st[i, 3] = xt
+        ix[i, 0] = am
+        ix[i, 1] = cnt
+        ix[i, 2] = 0
+
+
+@njit(**_JIT)
+def _evaluate_xz(x, z, target, st, ix):
+    n, v = x.shape
     for i in prange(n):
         prefer_wide_vectors()
         row = x[i]
@@ -242,16 +259,6 @@ def _evaluate(x, z, target, st, ix):
         w = 0.0
         cnt = 0
         am = 0
-        if not has_ref:
-            m, s, w, cnt, am = _state_x(row, xt)
-            st[i, 0] = m
-            st[i, 1] = s
-            st[i, 2] = w
-            st[i, 3] = xt
-            ix[i, 0] = am
-            ix[i, 1] = cnt
-            ix[i, 2] = 0
-            continue
         zrow = z[i]
         mz = cast(-_INF, row[0])
         sz = 0.0
@@ -337,4 +344,7 @@ def evaluate(x, z, target, st, ix, nthreads):
     from .kernels import _threads           # lazily: kernels.py imports this module at its end
 
     with _threads(nthreads):
-        _evaluate(x, z if z.shape[0] else x[:0], target, st, ix)
+        if z.shape[0]:
+            _evaluate_xz(x, z, target, st, ix)
+        else:
+            _evaluate_x(x, target, st, ix)
