@@ -244,3 +244,22 @@ def test_evaluation_pickles(rng):
     back = pickle.loads(pickle.dumps(res))
     assert repr(back) == repr(res) and back.accuracy == res.accuracy
     np.testing.assert_array_equal(back.nll, res.nll)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_near_one_hot_rows_keep_relative_accuracy(backend, rng, request):
+    """As tests/test_kernels.py: a confident prediction's NLL / entropy is log(1 + small)."""
+    from test_kernels import NUMBA_CONFIDENT_ROWS
+
+    if backend == "numba":
+        request.applymarker(pytest.mark.xfail(reason=NUMBA_CONFIDENT_ROWS, strict=True))
+    worst = 0.0
+    for v in (7, 51, 300, 5000, 50257):
+        x = (rng.standard_normal((16, v)) * 3).astype(np.float32)
+        x[np.arange(16), rng.integers(0, v, 16)] += rng.uniform(4, 12, 16)
+        t = x.argmax(axis=1)
+        res = fastdiv.evaluate(x, t, backend=backend)
+        want = R.evaluate_rows(x, t)
+        for key in ("nll", "entropy"):
+            worst = max(worst, float(np.max(np.abs(res[key] - want[key]) / np.abs(want[key]))))
+    assert worst <= 1e-5, worst

@@ -35,6 +35,15 @@ static int FN(fd_ev_has_nan)(const FD_T *x, ptrdiff_t n)
     return 0;
 }
 
+/* One vector of an exp-sum: t = x - shift <= 0; the entries with t == 0 (each exactly 1) are
+   counted in ak, the others summed in ar (a NaN t enters ar). */
+#define FD_EV_ACC(t, e, ak, ar)                                                               \
+    do {                                                                                      \
+        FD_M rest_ = FN(fd_ne)((t), (FD_V){0});                                               \
+        (ar) = FN(fd_add_where)((ar), rest_, (e));                                            \
+        (ak) = FN(fd_cnt_add)((ak), rest_);                                                   \
+    } while (0)
+
 /* x alone: s += sum e, w += sum e (x - sh) (clamped argument: a masked entry adds 0 * LO),
    cnt += #(x > xt). */
 static inline void FN(fd_ev_sums1)(const FD_T *xc, ptrdiff_t n, FD_T sh, FD_T xt, double *s,
@@ -43,24 +52,25 @@ static inline void FN(fd_ev_sums1)(const FD_T *xc, ptrdiff_t n, FD_T sh, FD_T xt
     const FD_V shv = FN(fd_splat)(sh), xtv = FN(fd_splat)(xt), one = FN(fd_splat)((FD_T)1);
     /* the count is kept in float lanes (exact: a chunk has far fewer than 2^24 entries): one
        masked add per vector instead of a mask move + popcount + add on the scalar ports */
-    FD_V as = {0}, aw = {0}, ac = {0}, tc;
+    FD_V ar = {0}, aw = {0}, ac = {0}, tc;
+    FD_CNT ak = {0};
     ptrdiff_t j = 0;
     for (; j + FD_W <= n; j += FD_W) {
         FD_PREFETCH_1(xc + j);
-        FD_V xv = FN(fd_load)(xc + j);
-        FD_V e = FN(fd_expn)(xv - shv, &tc);
-        as += e;
+        FD_V xv = FN(fd_load)(xc + j), t = xv - shv;
+        FD_V e = FN(fd_expn)(t, &tc);
+        FD_EV_ACC(t, e, ak, ar);
         aw += e * tc;
         ac = FN(fd_add_where)(ac, FN(fd_gt)(xv, xtv), one);
     }
     if (j < n) {
-        FD_V xv = FN(fd_load_tail)(xc + j, n - j, (FD_T)-INFINITY);
-        FD_V e = FN(fd_expn)(xv - shv, &tc);
-        as += e;
+        FD_V xv = FN(fd_load_tail)(xc + j, n - j, (FD_T)-INFINITY), t = xv - shv;
+        FD_V e = FN(fd_expn)(t, &tc);
+        FD_EV_ACC(t, e, ak, ar);
         aw += e * tc;
         ac = FN(fd_add_where)(ac, FN(fd_gt)(xv, xtv), one);
     }
-    *s += FN(fd_hsum)(as);
+    *s += FN(fd_cnt_total)(ak) + FN(fd_hsum)(ar);
     *w += FN(fd_hsum)(aw);
     *cnt += (int64_t)FN(fd_hsum)(ac);
 }
@@ -73,7 +83,8 @@ static inline void FN(fd_ev_sums2)(const FD_T *xc, const FD_T *zc, ptrdiff_t n, 
 {
     const FD_V shxv = FN(fd_splat)(shx), shzv = FN(fd_splat)(shz), xtv = FN(fd_splat)(xt);
     const FD_V ninf = FN(fd_splat)((FD_T)-INFINITY);
-    FD_V as = {0}, aw = {0}, asz = {0}, axz = {0}, azx = {0}, tcx, tcz;
+    FD_V ar = {0}, aw = {0}, arz = {0}, axz = {0}, azx = {0}, tcx, tcz;
+    FD_CNT ak = {0}, akz = {0};
     int64_t c = 0, mz_ = 0, mx_ = 0;
     for (ptrdiff_t j = 0; j < n; j += FD_W) {
         FD_V xv, zv;
@@ -89,9 +100,9 @@ static inline void FN(fd_ev_sums2)(const FD_T *xc, const FD_T *zc, ptrdiff_t n, 
         /* fenced: (x - mx) - (z - mz) must not become ((x - mx) + mz) - z at |z| ~ 1e4 */
         FD_V dx = FD_VBARRIER(xv - shxv), dz = FD_VBARRIER(zv - shzv);
         FD_V ex = FN(fd_expn)(dx, &tcx), ez = FN(fd_expn)(dz, &tcz);
-        as += ex;
+        FD_EV_ACC(dx, ex, ak, ar);
         aw += ex * tcx;
-        asz += ez;
+        FD_EV_ACC(dz, ez, akz, arz);
         FD_M px = FN(fd_gt)(dx, ninf), pz = FN(fd_gt)(dz, ninf);
         FD_M both = px & pz;
         FD_V d = dx - dz;
@@ -101,9 +112,9 @@ static inline void FN(fd_ev_sums2)(const FD_T *xc, const FD_T *zc, ptrdiff_t n, 
         mz_ += FN(fd_popcount)(px & FN(fd_eq)(dz, ninf));
         mx_ += FN(fd_popcount)(pz & FN(fd_eq)(dx, ninf));
     }
-    acc[0] += FN(fd_hsum)(as);
+    acc[0] += FN(fd_cnt_total)(ak) + FN(fd_hsum)(ar);
     acc[1] += FN(fd_hsum)(aw);
-    acc[2] += FN(fd_hsum)(asz);
+    acc[2] += FN(fd_cnt_total)(akz) + FN(fd_hsum)(arz);
     acc[3] += FN(fd_hsum)(axz);
     acc[4] += FN(fd_hsum)(azx);
     *cnt += c;
@@ -198,3 +209,4 @@ static void FN(fd_eval_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_t t
 }
 
 #undef FD_EV_CH
+#undef FD_EV_ACC
