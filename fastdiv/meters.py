@@ -8,7 +8,7 @@ Every meter keeps float64 sums and counts only (plain Python numbers: picklable,
 >>> from fastdiv.meters import Perplexity
 >>> x = np.random.default_rng(0).standard_normal((6, 10)); t = np.arange(6)
 >>> a, b = Perplexity(), Perplexity()
->>> a.update(x[:2], t[:2]); b.update(x[2:], t[2:])
+>>> _ = a.update(x[:2], t[:2]); _ = b.update(x[2:], t[2:])
 >>> bool(np.isclose(a.merge(b).compute(), fastdiv.evaluate(x, t).perplexity))
 True
 """
@@ -67,10 +67,21 @@ class _Meter:
 
 
 class CrossEntropyMeter(_Meter):
-    """Running mean hard-label cross-entropy with ``cross_entropy``'s rules (ignored rows left
-    out; with ``weight``, torch's weighted mean ``sum w_t nll / sum w_t``).
+    """Running mean cross-entropy with ``cross_entropy``'s rules: hard labels leave ignored rows
+    out (with ``weight``: torch's weighted mean ``sum w_t nll / sum w_t``); probability targets
+    average over rows.
 
-    ``update(logits, target)`` takes a batch; ``compute()`` returns the mean over all batches."""
+    ``update(logits, target)`` takes a batch; ``compute()`` returns the mean over all batches.
+
+    Examples
+    --------
+    >>> import numpy as np, fastdiv
+    >>> x = np.random.default_rng(0).standard_normal((8, 5)); t = np.arange(8) % 5
+    >>> m = CrossEntropyMeter()
+    >>> _ = m.update(x[:3], t[:3]).update(x[3:], t[3:])
+    >>> bool(np.isclose(m.compute(), fastdiv.cross_entropy(x, t)))
+    True
+    """
 
     def __init__(self, *, ignore_index=-100, weight=None, label_smoothing=0.0, softcap=None, backend="auto"):
         self.ignore_index = _checks.ignore_index(ignore_index)
@@ -88,9 +99,13 @@ class CrossEntropyMeter(_Meter):
         per_row = cross_entropy(logits, target, reduction="none", ignore_index=self.ignore_index,
                                 weight=self.weight, label_smoothing=self.label_smoothing, softcap=self.softcap,
                                 backend=self.backend)
-        t = _checks.as_array("target", target).reshape(-1)
-        counted = t != self.ignore_index
-        den = float(np.count_nonzero(counted)) if self.weight is None else float(np.sum(self.weight[t[counted]]))
+        t = _checks.as_array("target", target)
+        if t.dtype.kind not in "iu":            # probabilities: cross_entropy's mean is over rows
+            den = float(np.size(per_row))
+        else:
+            t = t.reshape(-1)
+            counted = t != self.ignore_index
+            den = float(np.count_nonzero(counted)) if self.weight is None else float(np.sum(self.weight[t[counted]]))
         self._sums["loss"] += float(np.sum(np.asarray(per_row, dtype=np.float64)))
         self._sums["denominator"] += den
         return self
@@ -100,7 +115,16 @@ class CrossEntropyMeter(_Meter):
 
 
 class Perplexity(_Meter):
-    """Running perplexity ``exp(sum nll / count)`` over the non-ignored rows of every batch."""
+    """Running perplexity ``exp(sum nll / count)`` over the non-ignored rows of every batch.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = Perplexity()
+    >>> _ = p.update(np.zeros((4, 10)), np.array([1, 2, 3, -100]))   # uniform over 10 classes
+    >>> round(p.compute(), 6)
+    10.0
+    """
 
     def __init__(self, *, ignore_index=-100, softcap=None, backend="auto"):
         self.ignore_index = _checks.ignore_index(ignore_index)
@@ -129,8 +153,17 @@ class Evaluator(_Meter):
     ``compute()`` -> dict with ``count``, ``mean_nll``, ``perplexity``, ``accuracy@k``,
     ``mean_entropy`` and (when references were given) ``mean_kl``, ``mean_z_loss``.
 
-    Every batch must come with a reference or none must (the mean KL is over the rows of
-    batches with a reference)."""
+    The mean KL is over the counted rows of the batches that came with a reference.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ev = Evaluator(topk=(1,))
+    >>> x = np.array([[3.0, 0.0], [0.0, 3.0]])
+    >>> _ = ev.update(x[:1], np.array([0])).update(x[1:], np.array([0]))
+    >>> ev.compute()["accuracy@1"]
+    0.5
+    """
 
     def __init__(self, *, topk=(1, 5), kl_direction="ref||model", ignore_index=-100, z_loss=0.0, softcap=None,
                  backend="auto"):

@@ -162,7 +162,19 @@ def _combine(fa, fb, a, b):
 
 
 def merge(a, b):
-    """The state of the union of two disjoint class ranges (see the module docstring)."""
+    """The state of the union of two disjoint class ranges (see the module docstring).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastdiv import states
+    >>> x = np.array([[0.0, -np.inf, 3.0]])
+    >>> a = states.row_state(x[:, :2], offset=0)          # holds a masked class
+    >>> b = states.row_state(x[:, 2:], offset=2)
+    >>> ab = states.merge(a, b)
+    >>> ab.ranges, float(ab.m[0]), round(float(ab.s[0]), 6)  # s = e^-3 + 0 + 1
+    ([(0, 2), (2, 3)], 3.0, 1.049787)
+    """
     if not isinstance(a, RowState) or not isinstance(b, RowState):
         raise TypeError("merge takes two RowState objects")
     if a.lead != b.lead:
@@ -207,6 +219,17 @@ def finalize(state, *, topk=(1, 5), kl_direction="ref||model", z_loss=0.0, n_cla
 
     Raises ValueError when the merged ranges leave a gap (or do not start at 0, or do not
     end at ``n_classes`` when given), or when a counted row's target lies in no range.
+    ``rank`` of the result is capped at ``K = max(topk)`` of the states.
+
+    Examples
+    --------
+    >>> import numpy as np, fastdiv
+    >>> from fastdiv import states
+    >>> x = np.random.default_rng(0).standard_normal((3, 10)); t = np.array([1, 5, 9])
+    >>> parts = [states.row_state(x[:, a:b], offset=a, target=t) for a, b in ((0, 4), (4, 7), (7, 10))]
+    >>> res = states.finalize(states.merge(states.merge(parts[0], parts[1]), parts[2]), n_classes=10)
+    >>> bool(np.allclose(res.nll, fastdiv.cross_entropy(x, t, reduction="none")))
+    True
     """
     ks = _checks.topk(topk)
     if max(ks) > state.top_values.shape[1]:

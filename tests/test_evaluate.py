@@ -263,3 +263,13 @@ def test_near_one_hot_rows_keep_relative_accuracy(backend, rng, request):
         for key in ("nll", "entropy"):
             worst = max(worst, float(np.max(np.abs(res[key] - want[key]) / np.abs(want[key]))))
     assert worst <= 1e-5, worst
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from fastdiv import evaluation, meters, states
+
+    for module in (evaluation, states, meters):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 0, module.__name__

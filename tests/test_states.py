@@ -144,6 +144,13 @@ def test_meters_are_batching_invariant_and_merge(backend, rng):
         assert np.isnan(r["mean_nll"] if isinstance(r, dict) else r)
 
 
+def test_cross_entropy_meter_soft_targets(rng):
+    x = rng.standard_normal((10, 7))
+    p = rng.dirichlet(np.ones(7), 10)
+    m = CrossEntropyMeter(label_smoothing=0.1).update(x[:4], p[:4]).update(x[4:], p[4:])
+    np.testing.assert_allclose(m.compute(), float(fastdiv.cross_entropy(x, p, label_smoothing=0.1)), rtol=1e-12)
+
+
 def test_meter_merge_rejects_other_settings():
     with pytest.raises(ValueError, match="settings"):
         Perplexity().merge(Perplexity(ignore_index=0))
