@@ -26,6 +26,14 @@ from .evaluation import evaluate
 __all__ = ["CrossEntropyMeter", "Perplexity", "Evaluator"]
 
 
+def _quiet_evaluate(*args, **kwargs):
+    """evaluate() without its all-ignored warning: a batch of padding is normal in a stream
+    (``compute()`` warns if no counted row was seen at all)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="evaluate: every target", category=RuntimeWarning)
+        return evaluate(*args, **kwargs)
+
+
 class _Meter:
     _sums: dict
 
@@ -136,8 +144,8 @@ class Perplexity(_Meter):
         return (self.ignore_index, self.softcap)
 
     def update(self, logits, target):
-        res = evaluate(logits, target, topk=(), ignore_index=self.ignore_index, softcap=self.softcap,
-                       backend=self.backend) if np.size(target) else None
+        res = _quiet_evaluate(logits, target, topk=(), ignore_index=self.ignore_index, softcap=self.softcap,
+                              backend=self.backend) if np.size(target) else None
         if res is not None and res.count:
             self._sums["nll"] += float(np.sum(np.asarray(res.nll, dtype=np.float64)))
             self._sums["count"] += res.count
@@ -180,9 +188,9 @@ class Evaluator(_Meter):
         return (self.topk, self.kl_direction, self.ignore_index, self.z_loss, self.softcap)
 
     def update(self, logits, target, reference=None):
-        res = evaluate(logits, target, topk=self.topk, reference=reference, kl_direction=self.kl_direction,
-                       ignore_index=self.ignore_index, z_loss=self.z_loss, softcap=self.softcap,
-                       backend=self.backend) if np.size(target) else None
+        res = _quiet_evaluate(logits, target, topk=self.topk, reference=reference, kl_direction=self.kl_direction,
+                              ignore_index=self.ignore_index, z_loss=self.z_loss, softcap=self.softcap,
+                              backend=self.backend) if np.size(target) else None
         if res is None or not res.count:
             return self
         c = np.asarray(res.counted)
