@@ -39,12 +39,31 @@ ARGMAX, COUNT, FLAGS = range(3)
 # --------------------------------------------------------------------------- kernel driver
 
 
+#: elements per piece of the softcap transform: its four passes then run in L2, not DRAM
+SOFTCAP_TILE = 16384
+
+
 def apply_softcap(block, cap, dtype):
-    """``cap * tanh(block / cap)`` in ``dtype`` (a new array of the block's size), ``-inf`` kept."""
-    out = np.asarray(block, dtype=dtype) / dtype.type(cap)
-    np.tanh(out, out=out)
-    out *= dtype.type(cap)
-    out[np.asarray(block) == -np.inf] = -np.inf
+    """``cap * tanh(block / cap)`` in ``dtype`` (a new C-contiguous array of the block's shape),
+    ``-inf`` kept.  Done in flat pieces of SOFTCAP_TILE elements, so that numpy's passes
+    (scale, tanh, scale back, restore the masked classes) re-read the piece from L2."""
+    block = np.asarray(block)
+    out = np.empty(block.shape, dtype=dtype)
+    src = block.reshape(-1) if block.flags.c_contiguous else None
+    flat = out.reshape(-1)
+    if src is None:                                  # strided rows: convert row by row first
+        for i in range(block.shape[0]):
+            out[i] = block[i]
+        src = flat
+    inv, c = dtype.type(1.0 / cap), dtype.type(cap)
+    mask = np.empty(min(SOFTCAP_TILE, flat.size), dtype=bool)
+    for a in range(0, flat.size, SOFTCAP_TILE):
+        x, o = src[a:a + SOFTCAP_TILE], flat[a:a + SOFTCAP_TILE]
+        masked = np.equal(x, -np.inf, out=mask[:x.size])
+        np.multiply(x, inv, out=o, casting="unsafe")
+        np.tanh(o, out=o)
+        o *= c
+        np.copyto(o, -np.inf, where=masked)
     return out
 
 

@@ -45,9 +45,11 @@ static int FN(fd_ev_has_nan)(const FD_T *x, ptrdiff_t n)
     } while (0)
 
 /* x alone: s += sum e, w += sum e (x - sh) (clamped argument: a masked entry adds 0 * LO),
-   cnt += #(x > xt). */
-static inline void FN(fd_ev_sums1)(const FD_T *xc, ptrdiff_t n, FD_T sh, FD_T xt, double *s,
-                                   double *w, int64_t *cnt)
+   cnt += #(x > xt).  kr: the chunk holds the current maximum, so entries equal to the shift
+   are counted apart (FD_EV_ACC); other chunks have no such entry and take the cheaper sum
+   (kr is a constant at each call: the branch is compiled away). */
+FD_INLINE void FN(fd_ev_sums1)(const FD_T *xc, ptrdiff_t n, FD_T sh, FD_T xt, double *s,
+                               double *w, int64_t *cnt, const int kr)
 {
     const FD_V shv = FN(fd_splat)(sh), xtv = FN(fd_splat)(xt), one = FN(fd_splat)((FD_T)1);
     /* the count is kept in float lanes (exact: a chunk has far fewer than 2^24 entries): one
@@ -59,14 +61,20 @@ static inline void FN(fd_ev_sums1)(const FD_T *xc, ptrdiff_t n, FD_T sh, FD_T xt
         FD_PREFETCH_1(xc + j);
         FD_V xv = FN(fd_load)(xc + j), t = xv - shv;
         FD_V e = FN(fd_expn)(t, &tc);
-        FD_EV_ACC(t, e, ak, ar);
+        if (kr)
+            FD_EV_ACC(t, e, ak, ar);
+        else
+            ar += e;
         aw += e * tc;
         ac = FN(fd_add_where)(ac, FN(fd_gt)(xv, xtv), one);
     }
     if (j < n) {
         FD_V xv = FN(fd_load_tail)(xc + j, n - j, (FD_T)-INFINITY), t = xv - shv;
         FD_V e = FN(fd_expn)(t, &tc);
-        FD_EV_ACC(t, e, ak, ar);
+        if (kr)
+            FD_EV_ACC(t, e, ak, ar);
+        else
+            ar += e;
         aw += e * tc;
         ac = FN(fd_add_where)(ac, FN(fd_gt)(xv, xtv), one);
     }
@@ -186,7 +194,10 @@ static void FN(fd_eval_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_t t
             const FD_T shz = mz == (FD_T)-INFINITY ? (FD_T)0 : mz;
             FN(fd_ev_sums2)(xc, zc, n, shx, shz, xt, acc, &cnt, &miss_z, &miss_x);
         } else {
-            FN(fd_ev_sums1)(xc, n, shx, xt, &acc[0], &acc[1], &cnt);
+            if (mc == m)
+                FN(fd_ev_sums1)(xc, n, shx, xt, &acc[0], &acc[1], &cnt, 1);
+            else
+                FN(fd_ev_sums1)(xc, n, shx, xt, &acc[0], &acc[1], &cnt, 0);
         }
     }
     if (acc[0] != acc[0]) x_nan = 1; /* exp(NaN - m) entered s */
