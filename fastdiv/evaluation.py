@@ -236,12 +236,11 @@ def row_results(rows, lead, dtype, topk, counted, kl_direction, z_coef):
         warnings.warn("evaluate: every target is ignore_index; the aggregates are NaN", RuntimeWarning,
                       stacklevel=3)
     shaped = {}
-    for key, a in rows.items():
+    for key, a in list(rows.items()) + [("counted", counted)]:
         a = a.reshape(lead)
         if a.dtype.kind == "f":
             a = a.astype(dtype)
-        shaped[key] = a
-    shaped["counted"] = counted.reshape(lead)
+        shaped[key] = a[()] if a.ndim == 0 else a     # 1-D logits: numpy scalars, as the API
     return Evaluation(shaped, agg, topk)
 
 

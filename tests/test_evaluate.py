@@ -124,6 +124,16 @@ def test_result_object(rng):
         res.nothing
 
 
+def test_one_row_and_empty_batches():
+    res = fastdiv.evaluate(np.array([1.0, 2.0, 3.0]), 2, topk=(1,), reference=np.zeros(3))
+    assert np.ndim(res.nll) == 0 and bool(res.correct[1]) and res.argmax == 2
+    with pytest.warns(RuntimeWarning):
+        empty = fastdiv.evaluate(np.zeros((0, 5)), np.zeros(0, dtype=int))
+    assert empty.nll.shape == (0,) and empty.count == 0
+    out = fastdiv.cross_entropy(np.zeros((0, 5)), np.zeros(0, dtype=int), z_loss=1e-3, return_lse=True)
+    assert out.loss == 0 and out.z_loss == 0 and out.lse.shape == (0,)
+
+
 def test_every_target_ignored_warns_and_gives_nan():
     with pytest.warns(RuntimeWarning, match="ignore_index"):
         res = fastdiv.evaluate(np.zeros((3, 5)), np.full(3, -100))
