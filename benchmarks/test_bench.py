@@ -103,3 +103,31 @@ def test_peer(benchmark, peer, op, regime, dtype, smoke):
     fn()
     benchmark.pedantic(fn, rounds=1 if smoke else 5, iterations=1)
     benchmark.extra_info["bytes"] = _bench.nbytes(op, x)
+
+
+# --------------------------------------------------------------------------- evaluate (issue 6)
+
+EVAL_REGIMES = ("V50257", "V128256")
+
+
+@pytest.mark.parametrize("backend", _bench.available_backends())
+@pytest.mark.parametrize("regime", EVAL_REGIMES)
+def test_evaluate(benchmark, backend, regime, smoke):
+    """fastdiv.evaluate with topk=(1, 5) (NLL, lse, entropy, argmax, top-1/top-5) in float32,
+    as a fraction of the same-run probe and of cross_entropy alone."""
+    import fastdiv
+
+    x, z, t = _data(regime, "float32", smoke)
+    benchmark.group = f"evaluate/{regime}/float32"
+    fn = lambda: fastdiv.evaluate(x, t, topk=(1, 5), backend=backend)  # noqa: E731
+    fn()
+    res = benchmark(fn)
+    assert 0 <= res["accuracy@5"] <= 1
+    if smoke:
+        return
+    median = benchmark.stats.stats.median
+    probe = _bench.median_time(lambda: _bench.probe(x), repeat=9)
+    ce = _bench.median_time(lambda: fastdiv.cross_entropy(x, t, backend=backend), repeat=5)
+    benchmark.extra_info.update({"bytes": x.nbytes, "GB/s": round(x.nbytes / median / 1e9, 2),
+                                 "fraction_of_probe": round(probe / median, 3),
+                                 "time_vs_cross_entropy": round(median / ce, 3)})

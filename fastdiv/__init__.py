@@ -13,6 +13,8 @@ from .api import (
     threads,
 )
 from ._config import show_config
+from .evaluation import CrossEntropyOutput, Evaluation, evaluate
+from . import meters, states
 from ._registry import BackendUnavailable, available_backends
 
 __version__ = "0.1.0"
@@ -22,6 +24,11 @@ __all__ = [
     "entropy",
     "cross_entropy",
     "kl_div",
+    "evaluate",
+    "Evaluation",
+    "CrossEntropyOutput",
+    "meters",
+    "states",
     "show_config",
     "set_num_threads",
     "get_num_threads",

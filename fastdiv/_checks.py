@@ -198,3 +198,55 @@ def distribution(name, a, kind):
             raise ValueError(
                 f"{name} (validate=True, inputs={kind!r}) must hold one distribution per row; "
                 f"row [{where}] has {what} (tolerance {tol:g} on row sums)")
+
+def probabilities(name, a, v):
+    """``validate=True`` check: entries in [0, 1] (NaN-free) and rows summing to 1 within tolerance."""
+    a64 = np.asarray(a, dtype=np.float64).reshape(-1, v)
+    if np.isnan(a64).any():
+        raise ValueError(f"{name} contains NaN")
+    if (a64 < 0).any() or (a64 > 1).any():
+        raise ValueError(f"{name} must hold probabilities in [0, 1]")
+    tol = 1e-3 if np.dtype(a.dtype).itemsize <= 2 else (1e-5 if a.dtype == np.float32 else 1e-9) * max(1.0, v ** 0.5)
+    sums = a64.sum(axis=1)
+    off = np.abs(sums - 1.0) > tol
+    if off.any():
+        k = int(np.flatnonzero(off)[0])
+        raise ValueError(f"{name} rows must sum to 1; row {k} sums to {sums[k]!r}")
+
+
+def topk(value):
+    """A tuple of distinct positive integers (``topk=5`` is ``(5,)``), in the order given."""
+    ks = (value,) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+    try:
+        ks = tuple(ks)
+    except TypeError:
+        raise TypeError(f"topk must be a positive integer or a sequence of them, got {value!r}") from None
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise ValueError(f"topk must hold positive integers, got {value!r}")
+    if len(set(ks)) != len(ks):
+        raise ValueError(f"topk must not repeat a value, got {value!r}")
+    return tuple(int(k) for k in ks)
+
+
+def z_loss(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) < float("inf"):
+        raise ValueError(f"z_loss must be a finite number >= 0 (the coefficient of lse**2), got {value!r}")
+    return float(value)
+
+
+def softcap(value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) < float("inf"):
+        raise ValueError(f"softcap must be None or a finite number > 0, got {value!r}")
+    return float(value)
+
+
+KL_DIRECTIONS = ("ref||model", "model||ref")
+
+
+def kl_direction(value):
+    if value not in KL_DIRECTIONS:
+        raise ValueError(f"kl_direction must be one of {KL_DIRECTIONS}, got {value!r}")
+    return value

@@ -47,3 +47,41 @@ def ce_hard(x, target, ignore_index, weight, eps, out, nthreads):
 def ce_soft(x, p, weight, alpha, beta, scale, out, nthreads):
     # The API passes alpha = 1 - eps, beta = eps / V (label smoothing).
     out[:] = reference.cross_entropy_soft_rows(_scaled(x, scale), p, weight, 1.0 - alpha)
+
+
+def evaluate(x, z, target, st, ix, nthreads):
+    """The ``evaluate`` state (see fastdiv/_numba/evaluate.py) computed in float64 with numpy."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    n, v = x.shape
+    t = np.asarray(target)
+    has_t = (t >= 0) & (t < v)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        m, s, w = _shifted_sums(x)
+        xt = np.where(has_t, x[np.arange(n), np.where(has_t, t, 0)], np.nan)
+        st[:, 0], st[:, 1], st[:, 2], st[:, 3] = m, s, w, xt
+        ix[:, 0] = np.argmax(x, axis=1)
+        ix[:, 1] = np.sum(x > xt[:, None], axis=1)
+        ix[:, 2] = 0
+        if z.shape[0]:
+            z = np.asarray(z, dtype=np.float64)
+            mz, sz, _ = _shifted_sums(z)
+            dx = x - np.where(np.isfinite(m), m, 0.0)[:, None]
+            dz = z - np.where(np.isfinite(mz), mz, 0.0)[:, None]
+            both = (dx > -np.inf) & (dz > -np.inf)
+            st[:, 4], st[:, 5] = mz, sz
+            st[:, 6] = np.sum(np.where(both, np.exp(dx) * (dx - dz), 0.0), axis=1)
+            st[:, 7] = np.sum(np.where(both, np.exp(dz) * (dz - dx), 0.0), axis=1)
+            ix[:, 2] = (np.any((x > -np.inf) & (z == -np.inf), axis=1) * 1
+                        + np.any((z > -np.inf) & (x == -np.inf), axis=1) * 2)
+
+
+def _shifted_sums(x):
+    """Row max m, s = sum e^(x - sh), w = sum e^(x - sh) (x - sh) with sh = m, or 0 if m is not finite."""
+    import numpy as np
+
+    m = np.max(x, axis=1)
+    d = x - np.where(np.isfinite(m), m, 0.0)[:, None]
+    e = np.exp(d)
+    return m, np.sum(e, axis=1), np.sum(np.where(e > 0, e * d, 0.0), axis=1)

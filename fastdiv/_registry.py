@@ -23,6 +23,10 @@ the thread count.  Semantics are those of ``fastdiv.reference`` (see its docstri
     ce_soft(x, p, weight, alpha, beta, scale, out, nthreads)
         out[i] = sum_j w_j * q_j * (lse - x_j) with q_j = alpha * p_j + beta, x = scale * logits
         (label smoothing is alpha = 1 - eps, beta = eps / V).
+    evaluate(x, z, target, st, ix, nthreads)
+        the mergeable per-row state of ``fastdiv.evaluate`` (z: reference logits, or 0 rows;
+        target outside [0, V): none); st float64[rows, 8], ix int64[rows, 3]; contract in
+        fastdiv/_numba/evaluate.py.
 
 A term whose probability or weight is exactly 0 contributes exactly 0 (no ``0 * inf``).
 
@@ -46,6 +50,7 @@ OPS = (
     "kl_probs",
     "ce_hard",
     "ce_soft",
+    "evaluate",     # the mergeable per-row state of fastdiv.evaluate (fastdiv/_numba/evaluate.py)
 )
 
 #: Backends in the order ``auto`` prefers them for host (numpy) input: Cython first (compiled

@@ -310,7 +310,8 @@ def kl_div(p, q, *, inputs="logits", reduction="mean", backend="auto", validate=
 
 
 def cross_entropy(logits, target, *, reduction="mean", ignore_index=-100, weight=None,
-                  label_smoothing=0.0, backend="auto", validate=False):
+                  label_smoothing=0.0, backend="auto", validate=False, z_loss=0.0, softcap=None,
+                  return_lse=False):
     """Cross-entropy of ``softmax(logits)`` against class indices or target probabilities.
 
     Gives the numbers of ``torch.nn.functional.cross_entropy`` with the class axis last.
@@ -334,6 +335,17 @@ def cross_entropy(logits, target, *, reduction="mean", ignore_index=-100, weight
     validate : bool
         With probabilities as ``target``, check first that each row is a distribution, as
         in :func:`entropy`; class indices are always checked.
+    z_loss : float >= 0
+        Coefficient of the auxiliary ``z_loss * lse**2`` per row (PaLM), returned separately:
+        when it is not 0 (or with ``return_lse=True``) the result is a named tuple
+        ``CrossEntropyOutput(loss, z_loss, lse)``, ``z_loss`` reduced like the loss (``"mean"``:
+        over the non-ignored rows, unweighted; ignored rows contribute 0).  0 (the default)
+        disables it and keeps the plain return value.
+    softcap : float > 0, optional
+        Logits become ``softcap * tanh(logits / softcap)`` first (Gemma); masked classes stay
+        masked.  Applied block by block (O(block) extra memory).
+    return_lse : bool
+        Also return the per-row log-sum-exp (of the soft-capped logits) as ``.lse``.
 
     Examples
     --------
@@ -345,13 +357,23 @@ def cross_entropy(logits, target, *, reduction="mean", ignore_index=-100, weight
     reduction = _checks.reduction(reduction)
     ignore = _checks.ignore_index(ignore_index)
     eps = _checks.label_smoothing(label_smoothing)
+    z_coef = _checks.z_loss(z_loss)
+    cap = _checks.softcap(softcap)
+    options = bool(z_coef) or cap is not None or bool(return_lse)
     backend = _registry.resolve(backend, device=_gpu.any_on_device(logits, target, weight))
     if _checks.validate_flag(validate):
         t_arr = target if _gpu.any_on_device(target) else _checks.as_array("target", target)
         if _gpu.any_on_device(target) or t_arr.dtype.kind == "f" or t_arr.dtype == _checks._bfloat16():
             _validate(True, "probs", target=t_arr)          # (a device target: ValueError, host only)
     if backend == "cuda":
+        if options:
+            raise _registry.BackendUnavailable("z_loss, softcap and return_lse are not implemented for cuda yet")
         return _gpu.cross_entropy(logits, target, reduction, ignore, weight, eps)
+    if options:
+        from .evaluation import cross_entropy_with_options
+
+        return cross_entropy_with_options(logits, target, reduction, ignore, weight, eps, backend, z_coef, cap,
+                                          bool(return_lse))
     logits = _checks.float_array("logits", logits)
     target = _checks.as_array("target", target)
     lead, v = logits.shape[:-1], logits.shape[-1]

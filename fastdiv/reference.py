@@ -156,3 +156,57 @@ def cross_entropy_soft_rows(logits, target_probs, weight=None, label_smoothing=0
     loss = -_sum_where_nonzero(p * w, logq)
     lse = logsumexp_rows(logits)
     return np.where(np.isnan(lse) | (lse == np.inf), np.nan, loss)
+
+
+def softcap_rows(x, cap):
+    """Gemma-style logit soft-capping ``cap * tanh(x / cap)``; a masked class (``-inf``) stays
+    masked (it is not moved to ``-cap``), NaN stays NaN, ``+inf`` becomes ``cap``."""
+    x = _f64(x)
+    with np.errstate(invalid="ignore"):
+        return np.where(x == -np.inf, -np.inf, cap * np.tanh(x / cap))
+
+
+def evaluate_rows(logits, target, reference=None, ignore_index=-100, topk=(1,)):
+    """The per-row quantities of ``fastdiv.evaluate``, in float64, several passes.
+
+    Returns a dict of per-row arrays:
+
+    ``lse``, ``entropy``: as ``logsumexp_rows`` / ``entropy_rows`` (target-independent);
+    ``argmax``: the first index of the row maximum, ``-1`` for a row with NaN or all ``-inf``;
+    ``counted``: the target is not ``ignore_index``;
+    ``nll``: ``-log q_t`` (the hard-label cross-entropy), 0 for ignored rows;
+    ``target_prob``: ``exp(-nll)``, 0 for ignored rows;
+    ``rank``: the number of classes whose logit is strictly greater than the target's (ties
+    with the target count in its favour), 0 for ignored rows, -1 for rows with NaN or ``+inf``;
+    ``correct@k``: ``rank < k`` for a counted row whose target is not masked (``x_t > -inf``)
+    and whose softmax is defined (no NaN, no ``+inf``); NaN rows count as misses;
+    with ``reference``: ``kl_ref_model = D(softmax(reference) || softmax(logits))`` and
+    ``kl_model_ref = D(softmax(logits) || softmax(reference))`` (see ``kl_rows``).
+    """
+    x = _f64(logits)
+    n = x.shape[0]
+    target = np.asarray(target, dtype=np.int64).reshape(n)
+    counted = target != ignore_index
+    t = np.where(counted, target, 0)
+    rows = np.arange(n)
+    lse = logsumexp_rows(x)
+    with np.errstate(invalid="ignore"):
+        m = np.max(x, axis=1) if x.shape[1] else np.full(n, -np.inf)
+    argmax = np.where(np.isnan(m) | (m == -np.inf), -1, np.argmax(x, axis=1))
+    logq = log_softmax_rows(x)
+    xt = x[rows, t]
+    nll = np.where(counted, -logq[rows, t], 0.0)
+    with np.errstate(over="ignore"):
+        target_prob = np.where(counted, np.exp(-nll), 0.0)
+    with np.errstate(invalid="ignore"):
+        rank = np.where(counted, np.sum(x > xt[:, None], axis=1), 0)
+    rank = np.where(counted & (np.isnan(lse) | (lse == np.inf)), -1, rank)
+    valid = counted & ~np.isnan(lse) & (lse != np.inf) & (xt > -np.inf)
+    out = dict(lse=lse, entropy=entropy_rows(x), argmax=argmax, counted=counted, nll=nll,
+               target_prob=target_prob, rank=rank)
+    for k in topk:
+        out[f"correct@{k}"] = valid & (rank < k)
+    if reference is not None:
+        out["kl_ref_model"] = kl_rows(reference, x)
+        out["kl_model_ref"] = kl_rows(x, reference)
+    return out

@@ -255,3 +255,31 @@ def ce_soft(const floating[:, ::1] x, const floating[:, ::1] p, const floating[:
             fd_ce_soft_item_f32(px, pp, pw, rows, V, it, alpha, beta, po)
         else:
             fd_ce_soft_item_f64(px, pp, pw, rows, V, it, alpha, beta, po)
+
+
+# --------------------------------------------------------------------------- evaluate (_eval.h)
+
+cdef extern from "_eval.h" nogil:
+    void fd_eval_row_f32(const float *x, const float *z, Py_ssize_t V, int64_t t, double *st,
+                         int64_t *ix)
+    void fd_eval_row_f64(const double *x, const double *z, Py_ssize_t V, int64_t t, double *st,
+                         int64_t *ix)
+
+
+def evaluate(const floating[:, ::1] x, const floating[:, ::1] z, const int64_t[::1] target,
+             double[:, ::1] st, int64_t[:, ::1] ix, int nthreads):
+    """The evaluate state per row (contract: fastdiv/_numba/evaluate.py); z with 0 rows: none."""
+    cdef Py_ssize_t i, rows = x.shape[0], V = x.shape[1]
+    cdef int nt = _check(rows, V, st.shape[0], nthreads)
+    cdef bint has_ref = z.shape[0] != 0
+    if has_ref:
+        _check2(rows, V, z.shape[0], z.shape[1])
+    if target.shape[0] != rows or ix.shape[0] != rows or st.shape[1] != 8 or ix.shape[1] != 3:
+        raise ValueError(f"evaluate: target must have shape ({rows},), st ({rows}, 8), ix ({rows}, 3)")
+    if rows == 0:
+        return
+    for i in prange(rows, nogil=True, schedule='static', num_threads=nt):
+        if floating is float:
+            fd_eval_row_f32(&x[i, 0], &z[i, 0] if has_ref else NULL, V, target[i], &st[i, 0], &ix[i, 0])
+        else:
+            fd_eval_row_f64(&x[i, 0], &z[i, 0] if has_ref else NULL, V, target[i], &st[i, 0], &ix[i, 0])

@@ -69,17 +69,19 @@ def _prefetch_ahead(row, b0):
 
 
 @njit(**_INLINE)
-def _sums(row, j0, j1, ref, scale):
-    """One pass over row[j0:j1] (times ``scale``) against ``ref``: (max, r, w, k) with
+def _sums(row, j0, j1, ref, scale, xt):
+    """One pass over row[j0:j1] (times ``scale``) against ``ref``: (max, r, w, k, n) with
     r = sum e and w = sum e*d over the entries below ref (e = exp(d), d = x - ref <= 0),
-    and k = the number of entries at or above ref (they are left out of the sums: a term
-    >= 1 in a float32 lane would swallow the small ones, and one far above ref overflows)."""
+    k = the number of entries at or above ref (they are left out of the sums: a term >= 1
+    in a float32 lane would swallow the small ones, and one far above ref overflows), and
+    n = the number of entries above xt (a target's rank; xt = +inf folds it away)."""
     zero = cast(0.0, ref)
     one = cast(1.0, ref)
     cm = load(row[j0]) * scale
     r = zero
     w = zero
     k = zero
+    n = zero
     for b0 in range(j0, j1, SUB):
         _prefetch_ahead(row, b0)
         xs = row[b0:min(b0 + SUB, j1)]   # slice first: a run-time loop start would gather
@@ -92,12 +94,21 @@ def _sums(row, j0, j1, ref, scale):
             r += e if below else zero
             w += e * d if below else zero
             k += zero if below else one
-    return cm, r, w, k
+            n += one if xj > xt else zero
+    return cm, r, w, k, n
 
 
 @njit(**_INLINE)
 def _row_state(x, scale):
-    """(m, c, r, w) of a row of logits (times ``scale``) in one read; see the module docstring.
+    """(m, c, r, w) of a row of logits (times ``scale``) in one read; see _row_state_t."""
+    m, c, r, w, _, _ = _row_state_t(x, scale, _INF)
+    return m, c, r, w
+
+
+@njit(**_INLINE)
+def _row_state_t(x, scale, xt):
+    """(m, c, r, w, n, jm) of a row of logits (times ``scale``) in one read (see the module
+    docstring), n = #(x > xt) and jm = the start of the chunk where m was last raised.
 
     Each chunk is summed against the running maximum m (the first chunk's maximum is found
     first).  A chunk whose entries at or above m are a single new maximum needs no second
@@ -109,20 +120,24 @@ def _row_state(x, scale):
     """
     v = x.shape[0]
     scale = cast(scale, load(x[0]))     # a float64 scale must not widen float32 arithmetic
+    xt = cast(xt, scale)
     zero = cast(0.0, scale)
     one = cast(1.0, scale)
     m = cast(-_INF, zero)
     c = zero
     r = zero
     w = zero
+    n = 0
+    jm = 0
     for j0 in range(0, v, CHUNK):
         j1 = min(j0 + CHUNK, v)
         if m > -_INF and m < _INF:      # fused pass against the running maximum
-            cm, cr, cw, ck = _sums(x, j0, j1, m, scale)
+            cm, cr, cw, ck, cn = _sums(x, j0, j1, m, scale, xt)
             if cm <= m:                 # no new maximum; ck entries tie with m
                 r += cr
                 w += cw
                 c += ck
+                n += int(cn)
                 continue
             if ck == 1 and cm < _INF:   # one new maximum
                 delta = m - cm
@@ -132,6 +147,8 @@ def _row_state(x, scale):
                 r = f * s_old
                 c = one
                 m = cm
+                n += int(cn)
+                jm = j0
                 continue
         else:
             cm = _chunk_max(x[j0:j1], scale)
@@ -139,9 +156,10 @@ def _row_state(x, scale):
                 continue
         # cm > m (several entries above it), or NaN, or nothing finite so far
         if cm != cm:
-            return cm, c, r, w
+            return cm, c, r, w, n, jm
         if cm == -_INF:
             continue
+        jm = j0
         if cm == _INF:
             m = cm
             continue
@@ -152,11 +170,12 @@ def _row_state(x, scale):
             r = f * (c + r)
             c = zero
         m = cm
-        _, cr, cw, ck = _sums(x, j0, j1, m, scale)
+        _, cr, cw, ck, cn = _sums(x, j0, j1, m, scale, xt)
         r += cr
         w += cw
         c += ck
-    return m, c, r, w
+        n += int(cn)
+    return m, c, r, w, n, jm
 
 
 @njit(**_INLINE)
@@ -300,6 +319,7 @@ def _kl_logits(x, z, scale, out):
         v = xr.shape[0]
         sc = cast(scale, load(xr[0]))
         zero = cast(0.0, sc)
+        tiny = cast(_TINY, sc)
         mx = load(xr[0]) * sc
         mz = load(zr[0]) * sc
         sx = zero
@@ -320,7 +340,7 @@ def _kl_logits(x, z, scale, out):
                     if cx > mx:
                         delta = mx - cx
                         f = exp_hot(clamp_lo(delta))
-                        w = f * (w + delta * sx)
+                        w = f * (w + delta * sx) if w < _INF else w      # Q misses P: stays +inf (f may be 0)
                         sx = f * sx
                         mx = cx
                     if cz > mz:
@@ -343,7 +363,7 @@ def _kl_logits(x, z, scale, out):
                 if mx > -_INF:
                     delta = mx - cx
                     f = exp_hot(clamp_lo(delta))
-                    w = f * (w + delta * sx)
+                    w = f * (w + delta * sx) if w < _INF else w      # Q misses P: stays +inf (f may be 0)
                     sx = f * sx
                 mx = cx
             if cz > mz:
@@ -1004,3 +1024,4 @@ def ce_soft(x, p, weight, alpha, beta, scale, out, nthreads):
 def max_threads():
     """Threads numba may use in this process (``NUMBA_NUM_THREADS``)."""
     return numba.config.NUMBA_NUM_THREADS
+from .evaluate import evaluate  # noqa: E402,F401  (the evaluate op, fastdiv/_numba/evaluate.py)

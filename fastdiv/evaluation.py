@@ -1,0 +1,459 @@
+"""``fastdiv.evaluate``: every per-token evaluation metric in one read of the logits.
+
+One kernel (registry op ``evaluate``, contract in ``fastdiv/_numba/evaluate.py``) writes a
+small mergeable state per row -- max, scaled sums, the target's logit, the argmax, the number
+of classes above the target and, with a reference, the KL sums -- and :func:`finish_rows`
+turns states into results here, once for every backend and for merged vocabulary shards
+(``fastdiv.states``).  Options (``softcap``, ``z_loss``, ``ignore_index``, reductions) are
+implemented here once.
+
+Top-k and ties: ``rank`` is the number of classes whose logit is *strictly* greater than the
+target's, and the target is within the top k iff ``rank < k``: a class tied with the target
+never pushes it out (optimistic ties, like ``torchmetrics``' ``top_k`` on distinct logits and
+``>=``-based ``in_top_k`` of TensorFlow).  A masked target (``-inf``) is never within the top k,
+and a row whose softmax is undefined (NaN or ``+inf`` logits) counts as a miss.
+
+Softcap: ``softcap=c`` replaces the logits by ``c * tanh(x / c)`` before anything else
+(Gemma), a masked class (``-inf``) staying masked.  It is applied by the API to blocks of
+about ``fastdiv.api.BLOCK_BYTES`` (O(block) extra memory, any backend) and costs a second
+pass over each block (from cache).
+"""
+from __future__ import annotations
+
+import collections
+import warnings
+
+import numpy as np
+
+from . import _checks, _gpu, _registry
+from . import api as _api
+
+__all__ = ["evaluate", "Evaluation", "CrossEntropyOutput"]
+
+#: columns of the float64 state the evaluate kernel writes (see fastdiv/_numba/evaluate.py)
+M, S, W, XT, MZ, SZ, WXZ, WZX = range(8)
+#: columns of its int64 companion
+ARGMAX, COUNT, FLAGS = range(3)
+
+
+# --------------------------------------------------------------------------- kernel driver
+
+
+#: elements per piece of the softcap transform: its four passes then run in L2, not DRAM
+SOFTCAP_TILE = 16384
+
+
+def apply_softcap(block, cap, dtype):
+    """``cap * tanh(block / cap)`` in ``dtype`` (a new C-contiguous array of the block's shape),
+    ``-inf`` kept.  Done in flat pieces of SOFTCAP_TILE elements, so that numpy's passes
+    (scale, tanh, scale back, restore the masked classes) re-read the piece from L2."""
+    block = np.asarray(block)
+    out = np.empty(block.shape, dtype=dtype)
+    src = block.reshape(-1) if block.flags.c_contiguous else None
+    flat = out.reshape(-1)
+    if src is None:                                  # strided rows: convert row by row first
+        for i in range(block.shape[0]):
+            out[i] = block[i]
+        src = flat
+    inv, c = dtype.type(1.0 / cap), dtype.type(cap)
+    mask = np.empty(min(SOFTCAP_TILE, flat.size), dtype=bool)
+    for a in range(0, flat.size, SOFTCAP_TILE):
+        x, o = src[a:a + SOFTCAP_TILE], flat[a:a + SOFTCAP_TILE]
+        masked = np.equal(x, -np.inf, out=mask[:x.size])
+        np.multiply(x, inv, out=o, casting="unsafe")
+        np.tanh(o, out=o)
+        o *= c
+        np.copyto(o, -np.inf, where=masked)
+    return out
+
+
+def run_blocks(arrays, dtype, softcap, fn):
+    """Call ``fn(r0, r1, *blocks)`` over all rows of ``arrays`` (same leading shape), the
+    first array soft-capped when ``softcap`` is set: C-contiguous native input goes whole
+    (no softcap) or in blocks of ``BLOCK_BYTES`` (softcap), so memory stays O(block)."""
+    nrows = int(np.prod(arrays[0].shape[:-1], dtype=np.int64))
+    if nrows == 0:
+        return
+    v = arrays[0].shape[-1]
+
+    def call(r0, r1, *blocks):
+        if softcap is None:
+            fn(r0, r1, *blocks)
+            return
+        step = _api._rows_per_block(v, 8)
+        for a in range(0, r1 - r0, step):
+            b = min(a + step, r1 - r0)
+            fn(r0 + a, r0 + b, apply_softcap(blocks[0][a:b], softcap, dtype), *[blk[a:b] for blk in blocks[1:]])
+
+    _api._run_rows(arrays, dtype, call, nrows)
+
+
+def run_state(backend, x, target, reference=None, softcap=None, per_block=None):
+    """The evaluate state of every row: ``(st float64[rows, 8], ix int64[rows, 3], dtype)``.
+
+    ``target``: int64[rows]; values outside ``[0, V)`` mean "no target in this row".
+    ``per_block(r0, r1, xblock)`` is also called on each (soft-capped) block, for callers that
+    need something more from the same block while it is in cache (top-k candidates)."""
+    arrays = [x] if reference is None else [x, reference]
+    dtype = _api._out_dtype(*arrays)
+    nrows = int(np.prod(x.shape[:-1], dtype=np.int64))
+    st = np.full((nrows, 8), np.nan)
+    ix = np.zeros((nrows, 3), dtype=np.int64)
+    if nrows == 0:
+        return st, ix, dtype
+    kern = _registry.kernel(backend, "evaluate")
+    nthreads = _api.get_num_threads()
+    no_ref = np.empty((0, x.shape[-1]), dtype=dtype)
+
+    def fn(r0, r1, xb, *rest):
+        xb = _api._prepare(xb, dtype)
+        zb = _api._prepare(rest[0], dtype) if rest else no_ref
+        kern(xb, zb, target[r0:r1], st[r0:r1], ix[r0:r1], nthreads)
+        if per_block is not None:
+            per_block(r0, r1, xb)
+
+    run_blocks(arrays, dtype, softcap, fn)
+    return st, ix, dtype
+
+
+# --------------------------------------------------------------------------- finish
+
+
+def finish_rows(m, s, w, xt, counted, rank, argmax, topk, kl=None):
+    """Per-row float64 results from state columns, with the row endings of fastdiv.reference.
+
+    ``kl``: ``(mz, sz, wxz, wzx, flags)`` when there is a reference."""
+    out = {}
+    with np.errstate(all="ignore"):
+        bad = np.isnan(m) | (m == np.inf)         # softmax undefined
+        masked = m == -np.inf                     # every class masked
+        fin = ~bad & ~masked
+        logs = np.log(np.where(fin, s, 1.0))
+        out["lse"] = np.where(fin, m + logs, m)
+        out["entropy"] = np.where(bad, np.nan, np.where(masked, 0.0, logs - w / np.where(fin, s, 1.0)))
+        nll = np.where(bad, np.nan, np.where(masked, np.inf, (m - xt) + logs))
+        out["nll"] = np.where(counted, nll, 0.0)
+        out["target_prob"] = np.where(counted, np.exp(-out["nll"]), 0.0)
+        out["argmax"] = np.where(fin | (m == np.inf), argmax, -1)
+        out["rank"] = np.where(counted, np.where(bad, -1, rank), 0)
+        valid = counted & fin & (xt > -np.inf)
+        for k in topk:
+            out[f"correct@{k}"] = valid & (rank < k)
+        if kl is not None:
+            mz, sz, wxz, wzx, flags = kl
+            bad_any = bad | np.isnan(mz) | (mz == np.inf)
+            masked_z = mz == -np.inf
+            fin_z = ~bad_any & ~masked_z
+            logsz = np.log(np.where(fin_z, sz, 1.0))
+            d_mr = wxz / np.where(fin, s, 1.0) - logs + logsz          # D(model || ref)
+            d_mr = np.where(masked, 0.0, np.where(masked_z | (flags & 1 > 0), np.inf, d_mr))
+            d_rm = wzx / np.where(fin_z, sz, 1.0) - logsz + logs       # D(ref || model)
+            d_rm = np.where(masked_z, 0.0, np.where(masked | (flags & 2 > 0), np.inf, d_rm))
+            out["kl_model_ref"] = np.where(bad_any, np.nan, d_mr)
+            out["kl_ref_model"] = np.where(bad_any, np.nan, d_rm)
+    return out
+
+
+# --------------------------------------------------------------------------- the result
+
+
+class Evaluation:
+    """Per-row metrics and dataset-level aggregates of :func:`evaluate`.
+
+    Aggregates (Python floats, computed in float64 over the rows whose target is not
+    ``ignore_index``) are reachable as ``res["mean_nll"]``, ``res["perplexity"]``,
+    ``res["accuracy@1"]`` (one key per k), ``res["mean_entropy"]``, ``res["mean_kl"]`` (with
+    a reference), ``res["mean_z_loss"]`` (with ``z_loss``) and ``res["count"]``, and as
+    attributes where the name allows (``res.mean_nll``, ``res.accuracy[1]``).  Per-row arrays
+    (shape ``logits.shape[:-1]``, the input's float dtype) are attributes and keys too:
+    ``nll``, ``lse``, ``entropy``, ``target_prob``, ``argmax``, ``rank``, ``counted``,
+    ``correct[k]`` (``res["correct@k"]``), ``kl``, ``kl_model_ref``, ``kl_ref_model``,
+    ``z_loss``.  Target-dependent values of ignored rows are 0 (``correct`` False).
+    """
+
+    def __init__(self, rows, aggregates, topk):
+        self._rows = rows
+        self._agg = aggregates
+        self.topk = tuple(topk)
+        self.accuracy = {k: aggregates[f"accuracy@{k}"] for k in self.topk}
+        self.correct = {k: rows[f"correct@{k}"] for k in self.topk}
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        for table in (self._agg, self._rows):
+            if name in table:
+                return table[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __getitem__(self, key):
+        if key in self._agg:
+            return self._agg[key]
+        if key in self._rows:
+            return self._rows[key]
+        raise KeyError(f"{key!r}; aggregates: {list(self._agg)}, per-row: {list(self._rows)}")
+
+    def __contains__(self, key):
+        return key in self._agg or key in self._rows
+
+    def keys(self):
+        return list(self._agg) + list(self._rows)
+
+    def aggregates(self):
+        """The dataset-level numbers as a plain dict."""
+        return dict(self._agg)
+
+    def __repr__(self):
+        parts = [f"rows={self._rows['nll'].size}"]
+        for key, value in self._agg.items():
+            parts.append(f"{key}={value}" if key == "count" else f"{key}={value:.6g}")
+        return f"Evaluation({', '.join(parts)})"
+
+
+def row_results(rows, lead, dtype, topk, counted, kl_direction, z_coef):
+    """Shape the per-row float64 results like the input and compute the aggregates."""
+    n = int(np.count_nonzero(counted))
+    if z_coef:
+        with np.errstate(over="ignore", invalid="ignore"):
+            rows["z_loss"] = np.where(counted, z_coef * rows["lse"] ** 2, 0.0)
+    if "kl_model_ref" in rows:
+        rows["kl"] = rows["kl_model_ref"] if kl_direction == "model||ref" else rows["kl_ref_model"]
+
+    def mean(a):
+        return float(np.sum(a[counted], dtype=np.float64) / n) if n else float("nan")
+
+    agg = {"count": n, "mean_nll": mean(rows["nll"])}
+    with np.errstate(over="ignore"):
+        agg["perplexity"] = float(np.exp(agg["mean_nll"]))
+    for k in topk:
+        agg[f"accuracy@{k}"] = mean(rows[f"correct@{k}"].astype(np.float64))
+    agg["mean_entropy"] = mean(rows["entropy"])
+    if "kl" in rows:
+        agg["mean_kl"] = mean(rows["kl"])
+    if z_coef:
+        agg["mean_z_loss"] = mean(rows["z_loss"])
+    if n == 0:
+        warnings.warn("evaluate: every target is ignore_index; the aggregates are NaN", RuntimeWarning,
+                      stacklevel=3)
+    shaped = {}
+    for key, a in list(rows.items()) + [("counted", counted)]:
+        a = a.reshape(lead)
+        if a.dtype.kind == "f":
+            a = a.astype(dtype)
+        shaped[key] = a[()] if a.ndim == 0 else a     # 1-D logits: numpy scalars, as the API
+    return Evaluation(shaped, agg, topk)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _local_targets(target, lead, v, ignore):
+    """Validated int64 targets with ``ignore_index`` rows mapped to -1 ("no target")."""
+    t = _checks.class_targets(_checks.as_array("target", target), lead, v, ignore)
+    counted = t != ignore
+    return np.where(counted, t, -1), counted
+
+
+def evaluate(logits, target, *, topk=(1, 5), reference=None, kl_direction="ref||model",
+             ignore_index=-100, z_loss=0.0, softcap=None, backend="auto"):
+    """Per-token evaluation of a model in one read of ``logits`` (and of ``reference``).
+
+    Computes per row the negative log-likelihood of the target (the hard-label
+    cross-entropy), the log-sum-exp, whether the target ranks within each ``k`` of ``topk``,
+    the predictive entropy, the argmax, the target's probability and, with ``reference``,
+    the KL divergence between the reference's and the model's distributions; and the
+    dataset-level aggregates over the rows whose target is not ``ignore_index``.
+
+    Parameters
+    ----------
+    logits : array_like, shape (..., V)
+        The model's logits (float16, bfloat16, float32 or float64; ``-inf`` = masked class).
+    target : array_like of int, shape ``logits.shape[:-1]``
+        Class indices in ``[0, V)`` or ``ignore_index``.
+    topk : int or sequence of int
+        One accuracy per k.  ``rank`` = the number of classes with a logit strictly greater
+        than the target's; the target is within the top k iff ``rank < k`` (ties never push
+        it out).  A masked target, and a row with NaN or ``+inf`` logits, is a miss.
+    reference : array_like, shape of ``logits``, optional
+        Reference logits (teacher / frozen model); never soft-capped.
+    kl_direction : {"ref||model", "model||ref"}
+        Which KL is ``kl`` / ``mean_kl``: ``D(P_ref || P_model)`` (distillation's forward KL,
+        the default) or ``D(P_model || P_ref)`` (RLHF's penalty).  Both are always available
+        per row as ``kl_ref_model`` and ``kl_model_ref``.
+    ignore_index : int
+        Rows with this target are left out of every aggregate.
+    z_loss : float >= 0
+        Adds the per-row ``z_loss = coef * lse**2`` (PaLM's auxiliary loss) and its mean.
+    softcap : float > 0, optional
+        Logits become ``softcap * tanh(logits / softcap)`` first (masked classes stay masked).
+    backend : {"auto", "numba", "cython", "numpy"}
+
+    Returns
+    -------
+    Evaluation
+        ``res["mean_nll"]``, ``res["perplexity"]``, ``res["accuracy@k"]``,
+        ``res["mean_entropy"]``, ``res["mean_kl"]``; per-row arrays ``res.nll`` etc.  With
+        no counted row, the aggregates are NaN (with a RuntimeWarning).
+
+    Examples
+    --------
+    >>> import numpy as np, fastdiv
+    >>> logits = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 0.0]]); target = np.array([0, 2])
+    >>> res = fastdiv.evaluate(logits, target, topk=(1, 2))
+    >>> res["accuracy@1"], res["accuracy@2"]
+    (0.5, 1.0)
+    >>> round(res.mean_nll, 6) == round(float(fastdiv.cross_entropy(logits, target)), 6)
+    True
+    """
+    topk = _checks.topk(topk)
+    ignore = _checks.ignore_index(ignore_index)
+    kl_direction = _checks.kl_direction(kl_direction)
+    z_coef = _checks.z_loss(z_loss)
+    cap = _checks.softcap(softcap)
+    backend = _registry.resolve(backend, device=_gpu.any_on_device(logits, target, reference))
+    if backend == "cuda":
+        return _evaluate_cuda(logits, target, topk, reference, kl_direction, ignore, z_coef, cap)
+    x = _checks.float_array("logits", logits)
+    z = None
+    if reference is not None:
+        z = _checks.float_array("reference", reference)
+        _checks.same_shape("logits", x, "reference", z)
+    lead, v = x.shape[:-1], x.shape[-1]
+    t, counted = _local_targets(target, lead, v, ignore)
+    st, ix, dtype = run_state(backend, x, t, z, cap)
+    kl = None if z is None else (st[:, MZ], st[:, SZ], st[:, WXZ], st[:, WZX], ix[:, FLAGS])
+    rows = finish_rows(st[:, M], st[:, S], st[:, W], st[:, XT], counted, ix[:, COUNT], ix[:, ARGMAX], topk, kl)
+    return row_results(rows, lead, dtype, topk, counted, kl_direction, z_coef)
+
+
+def _evaluate_cuda(logits, target, topk, reference, kl_direction, ignore, z_coef, cap):
+    """evaluate on the device: the per-row state is computed there (inputs read in place,
+    numpy input copied over) and brought to the host (O(rows), one synchronisation), where it
+    is finished like the CPU backends' states: the result holds numpy arrays."""
+    from numba import cuda
+
+    from ._cuda import interop
+
+    if cap is not None:
+        raise _registry.BackendUnavailable("softcap is not implemented on the cuda backend; use a CPU backend")
+    call = _gpu._Call()
+    xv = call.view("logits", logits)
+    if call.bf16:
+        raise TypeError("evaluate on cuda reads float16, float32 or float64 logits; convert bfloat16 first")
+    x2, lead = _gpu._rows_view(xv, "logits")
+    rows, v = (int(d) for d in x2.shape)
+    z2 = x2[:0]
+    if reference is not None:
+        zv = call.view("reference", reference)
+        if tuple(zv.shape) != tuple(xv.shape) or np.dtype(zv.dtype) != np.dtype(xv.dtype) or call.bf16:
+            raise ValueError(f"reference must have the shape and dtype of logits {tuple(xv.shape)} {xv.dtype}, "
+                             f"got {tuple(zv.shape)} {zv.dtype}")
+        z2, _ = _gpu._rows_view(zv, "reference")
+    if interop.is_device_array(target):
+        t_host = interop.to_device_view(_gpu._torch_contiguous(target))[0].copy_to_host()
+    else:
+        t_host = target
+    t, counted = _local_targets(t_host, lead, v, ignore)
+    dtype = np.dtype(np.float64) if np.dtype(xv.dtype) == np.float64 else np.dtype(np.float32)
+    st = np.full((rows, 8), np.nan)
+    ix = np.zeros((rows, 3), dtype=np.int64)
+    if rows:
+        stream = call.ensure_stream()
+        st_d = cuda.to_device(st, stream=stream)
+        ix_d = cuda.to_device(ix, stream=stream)
+        _registry.kernel("cuda", "evaluate")(x2, z2, cuda.to_device(t, stream=stream), st_d, ix_d, None,
+                                             stream=stream)
+        st_d.copy_to_host(st, stream=stream)
+        ix_d.copy_to_host(ix, stream=stream)
+        stream.synchronize()
+    kl = None if reference is None else (st[:, MZ], st[:, SZ], st[:, WXZ], st[:, WZX], ix[:, FLAGS])
+    rows_ = finish_rows(st[:, M], st[:, S], st[:, W], st[:, XT], counted, ix[:, COUNT], ix[:, ARGMAX], topk, kl)
+    return row_results(rows_, lead, dtype, topk, counted, kl_direction, z_coef)
+
+
+# --------------------------------------------------------------------------- cross_entropy options
+
+#: ``cross_entropy(..., z_loss=c)`` / ``return_lse=True`` returns this named tuple: ``loss`` is
+#: what ``cross_entropy`` returns without the options, ``z_loss`` the auxiliary term reduced
+#: like the loss (``"mean"``: over the non-ignored rows, unweighted), ``lse`` the per-row
+#: log-sum-exp (shape ``logits.shape[:-1]``) or None unless ``return_lse``.
+CrossEntropyOutput = collections.namedtuple("CrossEntropyOutput", ["loss", "z_loss", "lse"])
+
+
+def cross_entropy_with_options(logits, target, reduction, ignore, weight, eps, backend, z_coef, cap,
+                               return_lse):
+    """``cross_entropy`` with ``z_loss`` / ``softcap`` / ``return_lse`` (validated by the caller).
+
+    Hard labels without label smoothing: one read through the evaluate kernel (the loss is
+    ``w_t * nll``).  Otherwise the loss kernel and, when needed, the lse kernel run block by
+    block (the second read of each block comes from cache when soft-capping, else from memory)."""
+    x = _checks.float_array("logits", logits)
+    tgt = _checks.as_array("target", target)
+    lead, v = x.shape[:-1], x.shape[-1]
+    nrows = int(np.prod(lead, dtype=np.int64))
+    need_lse = bool(z_coef) or return_lse
+    soft = tgt.dtype.kind == "f" or tgt.dtype == _checks._bfloat16()
+    if soft:
+        if tgt.shape != x.shape:
+            raise ValueError(
+                f"float target (probabilities) must have the same shape as logits {x.shape}, got {tgt.shape}; "
+                "class indices must be an integer array")
+        dtype = _api._out_dtype(x, tgt)
+        w = np.ones(v, dtype) if weight is None else _checks.class_weight(weight, v, dtype)
+        counted = np.ones(nrows, dtype=bool)
+        arrays = [x, tgt]
+    else:
+        t = _checks.class_targets(tgt, lead, v, ignore)
+        dtype = _api._out_dtype(x)
+        w = np.ones(v, dtype) if weight is None else _checks.class_weight(weight, v, dtype)
+        counted = t != ignore
+        arrays = [x]
+    loss = np.zeros(nrows, dtype=np.float64)
+    lse = np.zeros(nrows, dtype=np.float64)
+    if not soft and eps == 0:
+        st, ix, _ = run_state(backend, x, np.where(counted, t, -1), None, cap)
+        rows = finish_rows(st[:, M], st[:, S], st[:, W], st[:, XT], counted, ix[:, COUNT], ix[:, ARGMAX], ())
+        nll, wt = rows["nll"], w[np.where(counted, t, 0)].astype(np.float64)
+        # as ce_hard: a zero-weight term is exactly 0, but NaN wins over a zero weight
+        loss = np.where(np.isnan(nll), np.nan, np.where(wt == 0, 0.0, wt * nll))
+        loss[~counted] = 0.0
+        lse = rows["lse"]
+    else:
+        def fn(r0, r1, xb, *rest):
+            if soft:
+                loss[r0:r1] = _api._per_row("ce_soft", backend, [xb, rest[0]], scalars=(1.0 - eps, eps / v),
+                                            extra=(w,))
+            else:
+                loss[r0:r1] = _api._per_row("ce_hard", backend, [xb], scalars=(ignore, eps), extra=(t[r0:r1], w))
+            if need_lse:
+                lse[r0:r1] = _api._per_row("lse", backend, [xb])
+
+        run_blocks(arrays, dtype, cap, fn)
+    out = _reduce_loss(loss, lead, reduction, dtype, soft, weight, w, counted, t if not soft else None)
+    if not need_lse:
+        return out
+    with np.errstate(over="ignore", invalid="ignore"):
+        z_rows = np.where(counted, z_coef * lse ** 2, 0.0) if z_coef else np.zeros(nrows)
+    if reduction == "none":
+        z_out = z_rows.reshape(lead).astype(dtype)
+        z_out = z_out[()] if z_out.ndim == 0 else z_out
+    elif reduction == "sum":
+        z_out = dtype.type(np.sum(z_rows))
+    else:
+        n = int(np.count_nonzero(counted))
+        z_out = dtype.type(np.sum(z_rows) / n) if n else dtype.type(0.0)
+    lse_out = None
+    if return_lse:
+        lse_out = lse.reshape(lead).astype(dtype)
+        lse_out = lse_out[()] if lse_out.ndim == 0 else lse_out
+    return CrossEntropyOutput(out, z_out, lse_out)
+
+
+def _reduce_loss(loss, lead, reduction, dtype, soft, weight, w, counted, t):
+    """cross_entropy's reductions (torch's weighted mean for hard labels; 0 when all ignored)."""
+    if reduction == "none" or (soft and reduction == "mean"):
+        return _api._finish(loss.astype(dtype), lead, reduction, dtype)
+    if reduction == "sum":
+        return dtype.type(np.sum(loss))
+    denom = float(np.count_nonzero(counted)) if weight is None else float(np.sum(w[t[counted]], dtype=np.float64))
+    return dtype.type(np.sum(loss) / denom) if denom else dtype.type(0.0)

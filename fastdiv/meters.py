@@ -1,0 +1,226 @@
+"""Streaming meters: accumulate evaluation metrics over batches, merge workers' meters.
+
+Every meter keeps float64 sums and counts only (plain Python numbers: picklable, tiny), so
+``compute()`` is the same, up to float64 rounding of the sums, whatever the batching, and
+``merge`` of meters that saw disjoint batches equals one meter that saw them all.
+
+>>> import numpy as np, fastdiv
+>>> from fastdiv.meters import Perplexity
+>>> x = np.random.default_rng(0).standard_normal((6, 10)); t = np.arange(6)
+>>> a, b = Perplexity(), Perplexity()
+>>> _ = a.update(x[:2], t[:2]); _ = b.update(x[2:], t[2:])
+>>> bool(np.isclose(a.merge(b).compute(), fastdiv.evaluate(x, t).perplexity))
+True
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from . import _checks
+from .api import cross_entropy
+from .evaluation import evaluate
+
+__all__ = ["CrossEntropyMeter", "Perplexity", "Evaluator"]
+
+
+def _quiet_evaluate(*args, **kwargs):
+    """evaluate() without its all-ignored warning: a batch of padding is normal in a stream
+    (``compute()`` warns if no counted row was seen at all)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="evaluate: every target", category=RuntimeWarning)
+        return evaluate(*args, **kwargs)
+
+
+class _Meter:
+    _sums: dict
+
+    def reset(self):
+        """Forget every batch seen."""
+        self._sums = {k: 0.0 for k in self._sums}
+        return self
+
+    def merge(self, other):
+        """Add the batches ``other`` has seen (a meter of the same class and settings); returns self."""
+        if type(other) is not type(self) or other._settings() != self._settings():
+            raise ValueError(f"cannot merge {other!r} into {self!r}: different meter or settings")
+        for k, value in other._sums.items():
+            self._sums[k] += value
+        return self
+
+    def _settings(self):
+        return ()
+
+    def state_dict(self):
+        """The sums (a dict of floats) and settings; ``load_state_dict`` restores them."""
+        return {"settings": self._settings(), "sums": dict(self._sums)}
+
+    def load_state_dict(self, state):
+        if tuple(state["settings"]) != tuple(self._settings()):
+            raise ValueError("state_dict of a meter with different settings")
+        self._sums = dict(state["sums"])
+        return self
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={v:.6g}' for k, v in self._sums.items())})"
+
+    @staticmethod
+    def _ratio(num, den, what):
+        if den == 0:
+            warnings.warn(f"{what}: no (counted) rows seen; the result is NaN", RuntimeWarning, stacklevel=3)
+            return float("nan")
+        return num / den
+
+
+class CrossEntropyMeter(_Meter):
+    """Running mean cross-entropy with ``cross_entropy``'s rules: hard labels leave ignored rows
+    out (with ``weight``: torch's weighted mean ``sum w_t nll / sum w_t``); probability targets
+    average over rows.
+
+    ``update(logits, target)`` takes a batch; ``compute()`` returns the mean over all batches.
+
+    Examples
+    --------
+    >>> import numpy as np, fastdiv
+    >>> x = np.random.default_rng(0).standard_normal((8, 5)); t = np.arange(8) % 5
+    >>> m = CrossEntropyMeter()
+    >>> _ = m.update(x[:3], t[:3]).update(x[3:], t[3:])
+    >>> bool(np.isclose(m.compute(), fastdiv.cross_entropy(x, t)))
+    True
+    """
+
+    def __init__(self, *, ignore_index=-100, weight=None, label_smoothing=0.0, softcap=None, backend="auto"):
+        self.ignore_index = _checks.ignore_index(ignore_index)
+        self.weight = None if weight is None else np.asarray(weight, dtype=np.float64).copy()
+        self.label_smoothing = _checks.label_smoothing(label_smoothing)
+        self.softcap = _checks.softcap(softcap)
+        self.backend = backend
+        self._sums = {"loss": 0.0, "denominator": 0.0}
+
+    def _settings(self):
+        w = None if self.weight is None else tuple(self.weight.tolist())
+        return (self.ignore_index, w, self.label_smoothing, self.softcap)
+
+    def update(self, logits, target):
+        per_row = cross_entropy(logits, target, reduction="none", ignore_index=self.ignore_index,
+                                weight=self.weight, label_smoothing=self.label_smoothing, softcap=self.softcap,
+                                backend=self.backend)
+        t = _checks.as_array("target", target)
+        if t.dtype.kind not in "iu":            # probabilities: cross_entropy's mean is over rows
+            den = float(np.size(per_row))
+        else:
+            t = t.reshape(-1)
+            counted = t != self.ignore_index
+            den = float(np.count_nonzero(counted)) if self.weight is None else float(np.sum(self.weight[t[counted]]))
+        self._sums["loss"] += float(np.sum(np.asarray(per_row, dtype=np.float64)))
+        self._sums["denominator"] += den
+        return self
+
+    def compute(self):
+        return self._ratio(self._sums["loss"], self._sums["denominator"], "CrossEntropyMeter")
+
+
+class Perplexity(_Meter):
+    """Running perplexity ``exp(sum nll / count)`` over the non-ignored rows of every batch.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = Perplexity()
+    >>> _ = p.update(np.zeros((4, 10)), np.array([1, 2, 3, -100]))   # uniform over 10 classes
+    >>> round(p.compute(), 6)
+    10.0
+    """
+
+    def __init__(self, *, ignore_index=-100, softcap=None, backend="auto"):
+        self.ignore_index = _checks.ignore_index(ignore_index)
+        self.softcap = _checks.softcap(softcap)
+        self.backend = backend
+        self._sums = {"nll": 0.0, "count": 0.0}
+
+    def _settings(self):
+        return (self.ignore_index, self.softcap)
+
+    def update(self, logits, target):
+        res = _quiet_evaluate(logits, target, topk=(), ignore_index=self.ignore_index, softcap=self.softcap,
+                              backend=self.backend) if np.size(target) else None
+        if res is not None and res.count:
+            self._sums["nll"] += float(np.sum(np.asarray(res.nll, dtype=np.float64)))
+            self._sums["count"] += res.count
+        return self
+
+    def compute(self):
+        mean = self._ratio(self._sums["nll"], self._sums["count"], "Perplexity")
+        return math.exp(mean) if mean < 709.78 or mean != mean else math.inf
+
+
+class Evaluator(_Meter):
+    """Streams :func:`fastdiv.evaluate` over batches: ``update(logits, target, reference=None)``,
+    ``compute()`` -> dict with ``count``, ``mean_nll``, ``perplexity``, ``accuracy@k``,
+    ``mean_entropy`` and (when references were given) ``mean_kl``, ``mean_z_loss``.
+
+    The mean KL is over the counted rows of the batches that came with a reference.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ev = Evaluator(topk=(1,))
+    >>> x = np.array([[3.0, 0.0], [0.0, 3.0]])
+    >>> _ = ev.update(x[:1], np.array([0])).update(x[1:], np.array([0]))
+    >>> ev.compute()["accuracy@1"]
+    0.5
+    """
+
+    def __init__(self, *, topk=(1, 5), kl_direction="ref||model", ignore_index=-100, z_loss=0.0, softcap=None,
+                 backend="auto"):
+        self.topk = _checks.topk(topk)
+        self.kl_direction = _checks.kl_direction(kl_direction)
+        self.ignore_index = _checks.ignore_index(ignore_index)
+        self.z_loss = _checks.z_loss(z_loss)
+        self.softcap = _checks.softcap(softcap)
+        self.backend = backend
+        keys = ["count", "nll", "entropy", "kl", "kl_count", "z_loss"] + [f"correct@{k}" for k in self.topk]
+        self._sums = {k: 0.0 for k in keys}
+
+    def _settings(self):
+        return (self.topk, self.kl_direction, self.ignore_index, self.z_loss, self.softcap)
+
+    def update(self, logits, target, reference=None):
+        res = _quiet_evaluate(logits, target, topk=self.topk, reference=reference, kl_direction=self.kl_direction,
+                              ignore_index=self.ignore_index, z_loss=self.z_loss, softcap=self.softcap,
+                              backend=self.backend) if np.size(target) else None
+        if res is None or not res.count:
+            return self
+        c = np.asarray(res.counted)
+
+        def total(a):
+            return float(np.sum(np.asarray(a, dtype=np.float64)[c]))
+
+        self._sums["count"] += res.count
+        self._sums["nll"] += total(res.nll)
+        self._sums["entropy"] += total(res.entropy)
+        for k in self.topk:
+            self._sums[f"correct@{k}"] += float(np.count_nonzero(np.asarray(res.correct[k])[c]))
+        if reference is not None:
+            self._sums["kl"] += total(res.kl)
+            self._sums["kl_count"] += res.count
+        if self.z_loss:
+            self._sums["z_loss"] += total(res.z_loss)
+        return self
+
+    def compute(self):
+        s = self._sums
+        n = s["count"]
+        mean_nll = self._ratio(s["nll"], n, "Evaluator")
+        out = {"count": int(n), "mean_nll": mean_nll,
+               "perplexity": math.exp(mean_nll) if mean_nll < 709.78 or mean_nll != mean_nll else math.inf}
+        for k in self.topk:
+            out[f"accuracy@{k}"] = s[f"correct@{k}"] / n if n else float("nan")
+        out["mean_entropy"] = s["entropy"] / n if n else float("nan")
+        if s["kl_count"]:
+            out["mean_kl"] = s["kl"] / s["kl_count"]
+        if self.z_loss:
+            out["mean_z_loss"] = s["z_loss"] / n if n else float("nan")
+        return out

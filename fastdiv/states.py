@@ -1,0 +1,255 @@
+"""Mergeable per-row states over slices of the vocabulary (``fastdiv.states``).
+
+A :class:`RowState` holds, per row, what a slice ``[offset, offset + V_shard)`` of the class
+axis contributes: the maximum ``m``, ``s = sum e^(x - m)``, ``w = sum e^(x - m) (x - m)``, the
+target's logit when the target lies in the slice, the argmax, the ``K = max(topk)`` largest
+logits (top-k candidates) and, with reference logits, the same for the reference and the two
+KL sums.  :func:`merge` combines two states of disjoint slices exactly (up to rounding):
+with ``M = max(m_a, m_b)`` and ``f_a = e^(m_a - M)``::
+
+    s = f_a s_a + f_b s_b,    w = f_a (w_a + (m_a - M) s_a) + f_b (w_b + (m_b - M) s_b)
+
+(a slice that is entirely ``-inf`` has ``f = 0`` and contributes exactly nothing, never
+``-inf - -inf``), the KL sums likewise, top-k candidates by keeping the K largest of both,
+the argmax by the larger maximum (the smaller index on ties: the first maximum, like numpy).
+:func:`finalize` turns a state covering the whole vocabulary into the :class:`Evaluation` of
+``fastdiv.evaluate`` (``lse``, ``entropy``, ``nll``, ``kl_model_ref`` / ``kl_ref_model``,
+accuracies), so ``cross_entropy``, ``logsumexp``, ``entropy``, ``kl_div`` and ``evaluate``
+can be computed on vocabulary shards held by different workers.  Top-k from candidates:
+``rank = #(candidates > x_t)``, which equals the true rank whenever it is below K, the only
+case where ``rank < k <= K`` can hold.
+
+A state is a plain object of numpy arrays (picklable; ``state.arrays`` lists them); its
+extra memory is O(rows * K) and computing it reads the slice once through the evaluate
+kernel, plus once more per block for the candidates (``np.argpartition``, O(block) memory).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _checks, _registry
+from .evaluation import ARGMAX, FLAGS, M, MZ, S, SZ, W, WXZ, WZX, XT, finish_rows, row_results, run_state
+
+__all__ = ["RowState", "row_state", "merge", "finalize"]
+
+_FIELDS = ("m", "s", "w", "xt", "has_target", "counted", "argmax", "top_values", "mz", "sz", "wxz", "wzx", "flags")
+
+
+class RowState:
+    """Partial per-row statistics of a slice of the class axis (see the module docstring).
+
+    Attributes: ``m, s, w, xt`` (float64[rows]), ``has_target`` (bool: the target lies in
+    the covered classes), ``counted`` (bool: the target is not ``ignore_index``), ``argmax``
+    (int64, global class index), ``top_values`` (float64[rows, K], descending, padded with
+    ``-inf``), with a reference ``mz, sz, wxz, wzx`` (float64) and ``flags`` (int64), else
+    None; ``lead`` (the leading shape), ``dtype`` (the compute dtype name), ``ranges`` (the
+    covered ``[start, stop)`` class ranges).
+    """
+
+    def __init__(self, **fields):
+        for name in _FIELDS:
+            setattr(self, name, fields.get(name))
+        self.lead = tuple(fields["lead"])
+        self.dtype = str(fields["dtype"])
+        self.ranges = sorted(tuple(map(int, r)) for r in fields["ranges"])
+
+    @property
+    def arrays(self):
+        return {k: getattr(self, k) for k in _FIELDS if getattr(self, k) is not None}
+
+    @property
+    def has_reference(self):
+        return self.mz is not None
+
+    def __repr__(self):
+        return (f"RowState(rows={self.m.size}, classes={self.ranges}, K={self.top_values.shape[1]}, "
+                f"reference={self.has_reference})")
+
+
+def row_state(logits_shard, *, offset=0, target=None, topk=(1, 5), reference_shard=None, ignore_index=-100,
+              softcap=None, backend="auto"):
+    """The :class:`RowState` of the classes ``[offset, offset + V_shard)``.
+
+    Parameters
+    ----------
+    logits_shard : array_like, shape (..., V_shard)
+        Columns ``offset .. offset + V_shard - 1`` of the logits.
+    offset : int
+        Global index of the shard's first class.
+    target : array_like of int, shape ``logits_shard.shape[:-1]``, optional
+        Global class indices (or ``ignore_index``); each shard is given the same targets.
+    topk : int or sequence of int
+        Candidates kept per row: ``max(topk)``.
+    reference_shard : array_like, shape of ``logits_shard``, optional
+        The same columns of the reference logits.
+    softcap : float > 0, optional
+        As in :func:`fastdiv.evaluate` (applied to ``logits_shard`` only).
+
+    Examples
+    --------
+    >>> import numpy as np, fastdiv
+    >>> from fastdiv import states
+    >>> x = np.array([[1.0, 2.0, 3.0, 4.0, 5.0]]); t = np.array([3])
+    >>> a = states.row_state(x[:, :2], offset=0, target=t, topk=(1, 2))
+    >>> b = states.row_state(x[:, 2:], offset=2, target=t, topk=(1, 2))
+    >>> res = states.finalize(states.merge(a, b), topk=(1, 2))
+    >>> bool(np.isclose(res.lse[0], fastdiv.logsumexp(x)[0])), res["accuracy@2"]
+    (True, 1.0)
+    """
+    ks = _checks.topk(topk)
+    big_k = max(ks)
+    ignore = _checks.ignore_index(ignore_index)
+    cap = _checks.softcap(softcap)
+    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
+        raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
+    offset = int(offset)
+    backend = _registry.resolve(backend)
+    if backend == "cuda":
+        raise _registry.BackendUnavailable("row_state runs on the CPU backends")
+    x = _checks.float_array("logits_shard", logits_shard)
+    z = None
+    if reference_shard is not None:
+        z = _checks.float_array("reference_shard", reference_shard)
+        _checks.same_shape("logits_shard", x, "reference_shard", z)
+    lead, v = x.shape[:-1], x.shape[-1]
+    n = int(np.prod(lead, dtype=np.int64))
+    if target is None:
+        counted = np.zeros(n, dtype=bool)
+        local = np.full(n, -1, dtype=np.int64)
+    else:
+        t = _checks.as_array("target", target)
+        # validated against "any class at or after this shard's start"; finalize checks coverage
+        t = _checks.class_targets(t, lead, np.iinfo(np.int64).max, ignore)
+        counted = t != ignore
+        local = np.where(counted & (t >= offset) & (t < offset + v), t - offset, -1)
+    kk = min(big_k, v)
+    top = np.full((n, big_k), -np.inf)
+
+    def candidates(r0, r1, xb):
+        if kk == v:
+            vals = xb
+        else:
+            idx = np.argpartition(xb, v - kk, axis=1)[:, v - kk:]
+            vals = np.take_along_axis(xb, idx, axis=1)
+        top[r0:r1, :kk] = -np.sort(-vals.astype(np.float64), axis=1)
+
+    st, ix, dtype = run_state(backend, x, local, z, cap, per_block=candidates)
+    has_t = local >= 0
+    fields = dict(m=st[:, M].copy(), s=st[:, S].copy(), w=st[:, W].copy(),
+                  xt=np.where(has_t, st[:, XT], np.nan), has_target=has_t, counted=counted,
+                  argmax=ix[:, ARGMAX] + offset, top_values=top, lead=lead, dtype=dtype,
+                  ranges=[(offset, offset + v)])
+    if z is not None:
+        fields.update(mz=st[:, MZ].copy(), sz=st[:, SZ].copy(), wxz=st[:, WXZ].copy(), wzx=st[:, WZX].copy(),
+                      flags=ix[:, FLAGS].copy())
+    return RowState(**fields)
+
+
+def _factor(m_part, m_all):
+    """e^(m_part - m_all), exactly 0 for an all-masked part (m_part = -inf)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.where(m_part == -np.inf, 0.0, np.exp(m_part - m_all))
+
+
+def _delta(m_part, m_all):
+    with np.errstate(invalid="ignore"):
+        return np.where(m_part == -np.inf, 0.0, m_part - m_all)
+
+
+def _combine(fa, fb, a, b):
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.where(fa == 0, 0.0, fa * a) + np.where(fb == 0, 0.0, fb * b)
+
+
+def merge(a, b):
+    """The state of the union of two disjoint class ranges (see the module docstring).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastdiv import states
+    >>> x = np.array([[0.0, -np.inf, 3.0]])
+    >>> a = states.row_state(x[:, :2], offset=0)          # holds a masked class
+    >>> b = states.row_state(x[:, 2:], offset=2)
+    >>> ab = states.merge(a, b)
+    >>> ab.ranges, float(ab.m[0]), round(float(ab.s[0]), 6)  # s = e^-3 + 0 + 1
+    ([(0, 2), (2, 3)], 3.0, 1.049787)
+    """
+    if not isinstance(a, RowState) or not isinstance(b, RowState):
+        raise TypeError("merge takes two RowState objects")
+    if a.lead != b.lead:
+        raise ValueError(f"states of different rows: leading shapes {a.lead} and {b.lead}")
+    if a.has_reference != b.has_reference:
+        raise ValueError("one state has a reference and the other has not")
+    if a.top_values.shape[1] != b.top_values.shape[1]:
+        raise ValueError("states kept different numbers of top-k candidates (topk differs)")
+    if not np.array_equal(a.counted, b.counted):
+        raise ValueError("states were computed with different targets (ignored rows differ)")
+    for r in a.ranges:
+        for q in b.ranges:
+            if r[0] < q[1] and q[0] < r[1]:
+                raise ValueError(f"class ranges overlap: {r} and {q}")
+    with np.errstate(invalid="ignore"):
+        m = np.maximum(a.m, b.m)                     # NaN-propagating
+        fa, fb = _factor(a.m, m), _factor(b.m, m)
+        da, db = _delta(a.m, m), _delta(b.m, m)
+        fields = dict(
+            m=m, s=_combine(fa, fb, a.s, b.s),
+            w=_combine(fa, fb, a.w + da * a.s, b.w + db * b.s),
+            xt=np.where(a.has_target, a.xt, b.xt), has_target=a.has_target | b.has_target, counted=a.counted,
+            argmax=np.where(b.m > a.m, b.argmax,
+                            np.where(a.m > b.m, a.argmax, np.minimum(a.argmax, b.argmax))),
+            top_values=-np.sort(-np.concatenate([a.top_values, b.top_values], axis=1), axis=1)[:, :a.top_values.shape[1]],
+            lead=a.lead, dtype=a.dtype, ranges=a.ranges + b.ranges)
+        if a.has_reference:
+            mz = np.maximum(a.mz, b.mz)
+            ga, gb = _factor(a.mz, mz), _factor(b.mz, mz)
+            ea, eb = _delta(a.mz, mz), _delta(b.mz, mz)
+            fields.update(
+                mz=mz, sz=_combine(ga, gb, a.sz, b.sz),
+                # every (x - m) moves by d, every (z - mz) by e
+                wxz=_combine(fa, fb, a.wxz + (da - ea) * a.s, b.wxz + (db - eb) * b.s),
+                wzx=_combine(ga, gb, a.wzx + (ea - da) * a.sz, b.wzx + (eb - db) * b.sz),
+                flags=a.flags | b.flags)
+    return RowState(**fields)
+
+
+def finalize(state, *, topk=(1, 5), kl_direction="ref||model", z_loss=0.0, n_classes=None):
+    """The :class:`fastdiv.Evaluation` of a state covering every class ``[0, V)``.
+
+    Raises ValueError when the merged ranges leave a gap (or do not start at 0, or do not
+    end at ``n_classes`` when given), or when a counted row's target lies in no range.
+    ``rank`` of the result is capped at ``K = max(topk)`` of the states.
+
+    Examples
+    --------
+    >>> import numpy as np, fastdiv
+    >>> from fastdiv import states
+    >>> x = np.random.default_rng(0).standard_normal((3, 10)); t = np.array([1, 5, 9])
+    >>> parts = [states.row_state(x[:, a:b], offset=a, target=t) for a, b in ((0, 4), (4, 7), (7, 10))]
+    >>> res = states.finalize(states.merge(states.merge(parts[0], parts[1]), parts[2]), n_classes=10)
+    >>> bool(np.allclose(res.nll, fastdiv.cross_entropy(x, t, reduction="none")))
+    True
+    """
+    ks = _checks.topk(topk)
+    if max(ks) > state.top_values.shape[1]:
+        raise ValueError(f"topk={ks} needs {max(ks)} candidates; the states kept {state.top_values.shape[1]}")
+    kl_direction = _checks.kl_direction(kl_direction)
+    z_coef = _checks.z_loss(z_loss)
+    pos = 0
+    for start, stop in state.ranges:
+        if start != pos:
+            raise ValueError(f"the merged states do not cover the classes [{pos}, {start}) (ranges {state.ranges})")
+        pos = stop
+    if n_classes is not None and pos != n_classes:
+        raise ValueError(f"the merged states cover [0, {pos}), not [0, {n_classes})")
+    missing = state.counted & ~state.has_target
+    if missing.any():
+        raise ValueError(f"the target of row {int(np.flatnonzero(missing)[0])} is >= {pos}, the number of classes")
+    with np.errstate(invalid="ignore"):
+        rank = np.sum(state.top_values > state.xt[:, None], axis=1)
+    kl = None
+    if state.has_reference:
+        kl = (state.mz, state.sz, state.wxz, state.wzx, state.flags)
+    rows = finish_rows(state.m, state.s, state.w, state.xt, state.counted, rank, state.argmax, ks, kl)
+    return row_results(rows, state.lead, np.dtype(state.dtype), ks, state.counted, kl_direction, z_coef)

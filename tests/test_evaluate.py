@@ -1,0 +1,281 @@
+"""fastdiv.evaluate and the cross_entropy options (z_loss, softcap, return_lse) on every host
+backend: against the float64 reference and against the composition of the single functions,
+with masked, NaN, +inf and extreme rows and ignored targets."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastdiv
+from fastdiv import reference as R
+
+from conftest import V_SHAPES, assert_rows_close, backend_params, make_logits, rows_for
+
+DTYPES = [np.float32, np.float64]
+BACKENDS = backend_params(("numba", "cython", "numpy"))
+
+
+def _targets(rng, x):
+    n, v = x.shape
+    t = rng.integers(0, v, n)
+    t[rng.random(n) < 0.2] = -100
+    t[3] = 0                                           # the NaN row is counted
+    if n > 12:
+        t[10] = int(np.nanargmax(np.where(np.isnan(x[10]), -np.inf, x[10])))   # a hit
+        t[11] = v - 1                                  # target in the last chunk
+        masked = np.flatnonzero(x[2] == -np.inf)
+        if masked.size:
+            t[2] = masked[0]                           # a masked target: never a hit
+    return t
+
+
+def _check_rows(res, want, dtype, topk, reference):
+    for key in ("nll", "lse", "entropy", "target_prob"):
+        assert_rows_close(res[key], want[key], dtype, key)
+    for key in ("argmax", "rank", "counted"):
+        np.testing.assert_array_equal(res[key], want[key], err_msg=key)
+    for k in topk:
+        np.testing.assert_array_equal(res[f"correct@{k}"], want[f"correct@{k}"], err_msg=f"correct@{k}")
+    if reference is not None:
+        assert_rows_close(res.kl_ref_model, want["kl_ref_model"], dtype, "kl_ref_model", kind="kl")
+        assert_rows_close(res.kl_model_ref, want["kl_model_ref"], dtype, "kl_model_ref", kind="kl")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("v", V_SHAPES)
+@pytest.mark.parametrize("with_ref", [False, True], ids=["noref", "ref"])
+def test_evaluate_matches_reference(backend, dtype, v, with_ref, rng):
+    n = rows_for(v)
+    x = make_logits(rng, n, v, dtype)
+    z = make_logits(rng, n, v, dtype)[::-1].copy() if with_ref else None
+    t = _targets(rng, x)
+    topk = (1, 5, 3)
+    res = fastdiv.evaluate(x, t, topk=topk, reference=z, backend=backend)
+    want = R.evaluate_rows(x, t, z, topk=topk)
+    _check_rows(res, want, dtype, topk, z)
+    assert res.nll.dtype == dtype
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_evaluate_equals_the_composition_of_the_functions(backend, dtype, rng):
+    n, v = 40, 1271
+    x = make_logits(rng, n, v, dtype)
+    z = make_logits(rng, n, v, dtype)[::-1].copy()
+    t = _targets(rng, x)
+    res = fastdiv.evaluate(x, t, reference=z, backend=backend, kl_direction="model||ref")
+    ce = fastdiv.cross_entropy(x, t, reduction="none", backend=backend)
+    assert_rows_close(res.nll, ce, dtype, "nll vs cross_entropy")
+    assert_rows_close(res.lse, fastdiv.logsumexp(x, backend=backend), dtype, "lse")
+    assert_rows_close(res.entropy, fastdiv.entropy(x, backend=backend), dtype, "entropy")
+    assert_rows_close(res.kl, fastdiv.kl_div(x, z, reduction="none", backend=backend), dtype, "kl", kind="kl")
+    assert_rows_close(res.kl_ref_model, fastdiv.kl_div(z, x, reduction="none", backend=backend), dtype, "kl",
+                      kind="kl")
+    # aggregates over finite rows equal cross_entropy's mean (which skips ignored rows)
+    ok = np.isfinite(np.asarray(res.nll, dtype=np.float64))
+    sub = fastdiv.evaluate(x[ok], t[ok], reference=z[ok], backend=backend, kl_direction="model||ref")
+    np.testing.assert_allclose(sub.mean_nll, float(fastdiv.cross_entropy(x[ok], t[ok], backend=backend)),
+                               rtol=1e-5 if dtype == np.float32 else 1e-12)
+    counted = t[ok] != -100
+    with np.errstate(over="ignore"):
+        np.testing.assert_allclose(sub["perplexity"], np.exp(sub.mean_nll))
+    np.testing.assert_allclose(sub["mean_entropy"], np.mean(np.asarray(sub.entropy, np.float64)[counted]))
+    np.testing.assert_allclose(sub["mean_kl"], np.mean(np.asarray(sub.kl, np.float64)[counted]))
+    want = R.evaluate_rows(x[ok], t[ok], topk=(1, 5))
+    assert sub["accuracy@1"] == np.mean(want["correct@1"][counted])
+    assert sub["accuracy@5"] == np.mean(want["correct@5"][counted])
+
+
+def test_ties_rank_and_masked_targets():
+    x = np.array([[1.0, 3.0, 3.0, 2.0],          # target 2 ties with the max: rank 0
+                  [1.0, 3.0, 3.0, 2.0],          # target 3: two classes above -> rank 2
+                  [0.0, -np.inf, -np.inf, -np.inf],   # masked target: never a hit
+                  [np.nan, 1.0, 2.0, 3.0],       # NaN row: a miss
+                  [-np.inf] * 4])                # all masked
+    t = np.array([2, 3, 1, 3, 0])
+    for backend in fastdiv.available_backends():
+        res = fastdiv.evaluate(x, t, topk=(1, 3), backend=backend)
+        np.testing.assert_array_equal(res.rank, [0, 2, 1, -1, 0])
+        np.testing.assert_array_equal(res.correct[1], [True, False, False, False, False])
+        np.testing.assert_array_equal(res.correct[3], [True, True, False, False, False])
+        np.testing.assert_array_equal(res.argmax, [1, 1, 0, -1, -1])
+        assert res.nll[2] == np.inf and res.nll[4] == np.inf and np.isnan(res.nll[3])
+        assert res.entropy[4] == 0 and res.lse[4] == -np.inf
+
+
+def test_result_object(rng):
+    x = rng.standard_normal((4, 7, 11))
+    t = rng.integers(0, 11, (4, 7))
+    t[0, 0] = -100
+    res = fastdiv.evaluate(x, t, topk=(1, 2), reference=x[::-1].copy(), z_loss=1e-3)
+    assert res.nll.shape == (4, 7) and res.correct[2].shape == (4, 7)
+    for key in ("mean_nll", "perplexity", "accuracy@1", "accuracy@2", "mean_entropy", "mean_kl", "mean_z_loss",
+                "count", "nll", "lse", "entropy", "argmax", "target_prob", "correct@1", "kl", "z_loss"):
+        assert key in res and res[key] is not None
+    assert res.count == 27 and res.mean_nll == res["mean_nll"] and res.accuracy[2] == res["accuracy@2"]
+    assert res.z_loss[0, 0] == 0 and np.isclose(res.z_loss[1, 1], 1e-3 * res.lse[1, 1] ** 2)
+    assert np.isclose(res["mean_z_loss"], np.mean(1e-3 * res.lse.reshape(-1)[1:] ** 2))
+    text = repr(res)
+    assert text.startswith("Evaluation(rows=28, count=27, mean_nll=") and "accuracy@2=" in text
+    with pytest.raises(KeyError):
+        res["accuracy@3"]
+    with pytest.raises(AttributeError):
+        res.nothing
+
+
+def test_one_row_and_empty_batches():
+    res = fastdiv.evaluate(np.array([1.0, 2.0, 3.0]), 2, topk=(1,), reference=np.zeros(3))
+    assert np.ndim(res.nll) == 0 and bool(res.correct[1]) and res.argmax == 2
+    with pytest.warns(RuntimeWarning):
+        empty = fastdiv.evaluate(np.zeros((0, 5)), np.zeros(0, dtype=int))
+    assert empty.nll.shape == (0,) and empty.count == 0
+    out = fastdiv.cross_entropy(np.zeros((0, 5)), np.zeros(0, dtype=int), z_loss=1e-3, return_lse=True)
+    assert out.loss == 0 and out.z_loss == 0 and out.lse.shape == (0,)
+
+
+def test_every_target_ignored_warns_and_gives_nan():
+    with pytest.warns(RuntimeWarning, match="ignore_index"):
+        res = fastdiv.evaluate(np.zeros((3, 5)), np.full(3, -100))
+    assert res.count == 0 and np.isnan(res.mean_nll) and np.isnan(res["accuracy@1"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_read_only_and_float16(backend, rng):
+    base = rng.standard_normal((30, 64)).astype(np.float32)
+    x = base[::2, ::-1]
+    x.flags.writeable = False
+    t = rng.integers(0, 64, 15)
+    res = fastdiv.evaluate(x, t, reference=np.asfortranarray(x), backend=backend)
+    want = R.evaluate_rows(np.ascontiguousarray(x), t, x, topk=(1, 5))
+    _check_rows(res, want, np.float32, (1, 5), x)
+    half = fastdiv.evaluate(x.astype(np.float16), t, backend=backend)
+    assert half.nll.dtype == np.float32
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softcap(backend, dtype, rng, monkeypatch):
+    monkeypatch.setattr(fastdiv.api, "BLOCK_BYTES", 4096)      # several blocks
+    n, v = 40, 300
+    x = make_logits(rng, n, v, dtype, scale=30)
+    t = _targets(rng, x)
+    capped = R.softcap_rows(x, 15.0)
+    res = fastdiv.evaluate(x, t, softcap=15.0, backend=backend)
+    want = R.evaluate_rows(capped, t, topk=(1, 5))
+    for key in ("nll", "lse", "entropy", "target_prob"):
+        assert_rows_close(res[key], want[key], dtype, key)
+    # ranks compare logits exactly: against the reference on the same rounded capped logits
+    exact = R.evaluate_rows(fastdiv.evaluation.apply_softcap(x, 15.0, np.dtype(dtype)), t, topk=(1, 5))
+    for key in ("argmax", "rank", "correct@1", "correct@5"):
+        np.testing.assert_array_equal(res[key], exact[key], err_msg=key)
+    assert np.all(np.abs(np.asarray(res.lse)[np.isfinite(res.lse)]) <= 15 + np.log(v))
+    got = fastdiv.cross_entropy(x, t, reduction="none", softcap=15.0, backend=backend)
+    assert_rows_close(got, R.cross_entropy_hard_rows(capped, t), dtype, "ce softcap")
+    got = fastdiv.cross_entropy(x, t, reduction="none", softcap=15.0, label_smoothing=0.1, backend=backend)
+    assert_rows_close(got, R.cross_entropy_hard_rows(capped, t, label_smoothing=0.1), dtype, "ce softcap eps")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_z_loss_and_return_lse(backend, reduction, rng):
+    n, v = 40, 257
+    x = make_logits(rng, n, v, np.float64)
+    t = _targets(rng, x)
+    w = rng.uniform(0.5, 2, v)
+    plain = fastdiv.cross_entropy(x, t, reduction=reduction, weight=w, backend=backend)
+    out = fastdiv.cross_entropy(x, t, reduction=reduction, weight=w, z_loss=1e-4, return_lse=True, backend=backend)
+    assert isinstance(out, fastdiv.CrossEntropyOutput)
+    np.testing.assert_allclose(out.loss, plain, rtol=1e-12, equal_nan=True)
+    lse = R.logsumexp_rows(x)
+    assert_rows_close(out.lse, lse, np.float64, "lse")
+    counted = t != -100
+    z_rows = np.where(counted, 1e-4 * lse ** 2, 0.0)
+    want = {"none": z_rows, "sum": np.sum(z_rows), "mean": np.sum(z_rows) / counted.sum()}[reduction]
+    np.testing.assert_allclose(out.z_loss, want, rtol=1e-12, equal_nan=True)
+    # label smoothing goes through the loss and lse kernels instead of the evaluate kernel
+    smooth = fastdiv.cross_entropy(x, t, reduction=reduction, label_smoothing=0.2, z_loss=1e-4, return_lse=True,
+                                   backend=backend)
+    np.testing.assert_allclose(smooth.loss, fastdiv.cross_entropy(x, t, reduction=reduction, label_smoothing=0.2,
+                                                                  backend=backend), rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(smooth.z_loss, want, rtol=1e-12, equal_nan=True)
+    assert_rows_close(smooth.lse, lse, np.float64, "lse (smoothing path)")
+    # z_loss = 0 keeps the plain return value; z_loss alone gives lse=None
+    assert not isinstance(fastdiv.cross_entropy(x, t, z_loss=0.0, backend=backend), tuple)
+    assert fastdiv.cross_entropy(x, t, z_loss=1e-4, backend=backend).lse is None
+    # soft targets
+    p = rng.dirichlet(np.ones(v), n)
+    soft = fastdiv.cross_entropy(x[6:], p[6:], reduction=reduction, z_loss=1e-4, backend=backend)
+    np.testing.assert_allclose(soft.loss, fastdiv.cross_entropy(x[6:], p[6:], reduction=reduction, backend=backend),
+                               rtol=1e-12)
+    zr = 1e-4 * lse[6:] ** 2
+    np.testing.assert_allclose(soft.z_loss, {"none": zr, "sum": zr.sum(), "mean": zr.mean()}[reduction], rtol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, err", [
+    (dict(topk=0), ValueError), (dict(topk=(1, 1)), ValueError), (dict(topk="a"), ValueError),
+    (dict(topk=1.5), TypeError), (dict(softcap=0), ValueError), (dict(softcap=np.inf), ValueError),
+    (dict(z_loss=-1), ValueError), (dict(kl_direction="forward"), ValueError),
+    (dict(reference=np.zeros((2, 4))), ValueError), (dict(ignore_index=1.5), TypeError),
+])
+def test_bad_options(kwargs, err):
+    with pytest.raises(err):
+        fastdiv.evaluate(np.zeros((2, 3)), np.array([0, 1]), **kwargs)
+
+
+def test_bad_targets():
+    with pytest.raises(ValueError, match="target"):
+        fastdiv.evaluate(np.zeros((2, 3)), np.array([0, 3]))
+    with pytest.raises(TypeError, match="target"):
+        fastdiv.evaluate(np.zeros((2, 3)), np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="z_loss"):
+        fastdiv.cross_entropy(np.zeros((2, 3)), np.array([0, 1]), z_loss=-1)
+
+
+@pytest.mark.parametrize("backend", backend_params(("numba", "cython")))
+def test_same_bits_for_any_thread_count_and_batching(backend, rng):
+    x = make_logits(rng, 40, 5000, np.float32)
+    z = make_logits(rng, 40, 5000, np.float32)[::-1].copy()
+    t = _targets(rng, x)
+    runs = []
+    for n in (1, 2):
+        with fastdiv.threads(n):
+            runs.append(fastdiv.evaluate(x, t, reference=z, backend=backend))
+    part = fastdiv.evaluate(x[17:], t[17:], reference=z[17:], backend=backend)
+    for key in ("nll", "lse", "entropy", "kl", "argmax", "rank"):
+        np.testing.assert_array_equal(runs[0][key], runs[1][key], err_msg=key)
+        np.testing.assert_array_equal(runs[0][key][17:], part[key], err_msg=key)
+
+
+def test_evaluation_pickles(rng):
+    import pickle
+
+    res = fastdiv.evaluate(rng.standard_normal((5, 8)), rng.integers(0, 8, 5), topk=(1, 2))
+    back = pickle.loads(pickle.dumps(res))
+    assert repr(back) == repr(res) and back.accuracy == res.accuracy
+    np.testing.assert_array_equal(back.nll, res.nll)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_near_one_hot_rows_keep_relative_accuracy(backend, rng):
+    """As tests/test_kernels.py: a confident prediction's NLL / entropy is log(1 + small)."""
+    worst = 0.0
+    for v in (7, 51, 300, 5000, 50257):
+        x = (rng.standard_normal((16, v)) * 3).astype(np.float32)
+        x[np.arange(16), rng.integers(0, v, 16)] += rng.uniform(4, 12, 16)
+        t = x.argmax(axis=1)
+        res = fastdiv.evaluate(x, t, backend=backend)
+        want = R.evaluate_rows(x, t)
+        for key in ("nll", "entropy"):
+            worst = max(worst, float(np.max(np.abs(res[key] - want[key]) / np.abs(want[key]))))
+    assert worst <= 1e-5, worst
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from fastdiv import evaluation, meters, states
+
+    for module in (evaluation, states, meters):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 0, module.__name__

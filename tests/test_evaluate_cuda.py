@@ -1,0 +1,52 @@
+"""fastdiv.evaluate on the cuda backend (numba's CUDA simulator without a GPU: tiny shapes,
+4-thread blocks so the shared-memory merge of thread states runs)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastdiv
+from fastdiv import _registry
+from fastdiv import reference as R
+
+from conftest import make_logits
+from test_evaluate import _check_rows, _targets
+
+WHY = _registry.unavailable_reason("cuda")
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(WHY is not None, reason=str(WHY))]
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    from fastdiv._cuda import evaluate as E
+
+    monkeypatch.setattr(E, "BLOCK", 4)
+
+
+@pytest.mark.parametrize("v", [1, 13, 40])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_evaluate_cuda_matches_reference(v, dtype, rng):
+    n = 16
+    x = make_logits(rng, n, v, dtype)
+    z = make_logits(rng, n, v, dtype)[::-1].copy()
+    t = _targets(rng, x)
+    res = fastdiv.evaluate(x, t, topk=(1, 3), reference=z, backend="cuda")
+    _check_rows(res, R.evaluate_rows(x, t, z, topk=(1, 3)), dtype, (1, 3), z)
+    plain = fastdiv.evaluate(x, t, topk=(1, 3), backend="cuda")
+    _check_rows(plain, R.evaluate_rows(x, t, topk=(1, 3)), dtype, (1, 3), None)
+    assert res.nll.dtype == dtype
+
+
+def test_evaluate_cuda_device_arrays_and_options(rng):
+    from numba import cuda
+
+    x = rng.standard_normal((3, 4, 9)).astype(np.float32)
+    t = rng.integers(0, 9, (3, 4))
+    t[0, 0] = -100
+    res = fastdiv.evaluate(cuda.to_device(x), cuda.to_device(t), z_loss=1e-2)   # auto -> cuda
+    want = fastdiv.evaluate(x, t, z_loss=1e-2, backend="numpy")
+    for key in ("mean_nll", "perplexity", "accuracy@1", "accuracy@5", "mean_entropy", "mean_z_loss"):
+        np.testing.assert_allclose(res[key], want[key], rtol=1e-5, err_msg=key)
+    assert res.nll.shape == (3, 4)
+    with pytest.raises(fastdiv.BackendUnavailable, match="softcap"):
+        fastdiv.evaluate(x, t, softcap=5.0, backend="cuda")
