@@ -30,8 +30,12 @@ import functools
 import math
 import warnings
 
-import dask.array as da
 import numpy as np
+
+try:
+    import dask.array as da
+except ImportError as exc:
+    raise ImportError(f"fastdiv.dask needs dask: pip install 'fastdiv[dask]' ({exc})") from None
 
 from . import _checks, api
 from ._typing import ArrayLike, Backend, Inputs, Reduction
