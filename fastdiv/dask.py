@@ -43,7 +43,7 @@ from ._typing import ArrayLike, Backend, Inputs, Reduction
 __all__ = ["logsumexp", "entropy", "kl_div", "cross_entropy"]
 
 
-def _dask(name, a):
+def _dask(name: str, a: object) -> da.Array:
     if isinstance(a, da.Array):
         return a
     try:
@@ -52,7 +52,7 @@ def _dask(name, a):
         raise TypeError(f"{name} could not be made a dask array: {exc}") from None
 
 
-def _class_axis_whole(name, a):
+def _class_axis_whole(name: str, a: da.Array) -> da.Array:
     """``a`` with its class (last) axis in one chunk, as the per-row computation needs.
 
     This is where vocabulary-split arrays would be combined through fastdiv's mergeable
@@ -70,7 +70,7 @@ def _class_axis_whole(name, a):
     return a
 
 
-def _float(name, a):
+def _float(name: str, a: object) -> da.Array:
     a = _class_axis_whole(name, _dask(name, a))
     _checks.compute_dtype(name, a.dtype)
     return a
@@ -231,7 +231,7 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
     if reduction != "mean":
         return _reduce(per_row, reduction, dtype)
     total = per_row.sum(dtype=np.float64)
-    denom = target.map_blocks(_target_weight, w, ignore, dtype=np.float64).sum()
+    denom = da.map_blocks(_target_weight, target, w, ignore, dtype=np.float64).sum()
     safe = da.where(denom == 0, 1.0, denom)
     return da.where(denom == 0, 0.0, total / safe).astype(dtype)
 
