@@ -5,8 +5,8 @@ file) as a :class:`RowSource`: its shape, dtype, and ``read(r0, r1)`` giving row
 the array seen as ``(rows, *row_shape)``.
 
 * ``.npy`` files, uncompressed ``.npz`` members (``np.savez``) and safetensors tensors are
-  memory-mapped: ``read`` returns a view of the mapping, so only the pages a chunk touches are
-  read, and memory use does not grow with the file.
+  memory-mapped one chunk at a time: ``read`` maps just the rows asked for, so only those
+  pages are read, and resident memory does not grow with the file.
 * Compressed ``.npz`` members (``np.savez_compressed``) cannot be mapped; they are decompressed
   as a stream, in order, one chunk at a time (``read`` must then be called with increasing,
   adjacent ranges, which is what the chunk loop does).
@@ -91,19 +91,32 @@ def _pick(label, names, name, role):
                           f"name one as {label}:NAME")
 
 
-def _rows_view(label, a, row_ndim):
-    """``a`` (a mapped array) as ``read(r0, r1)`` over C-order rows, never copying it whole."""
-    if a.ndim < row_ndim:
-        raise FileFormatError(f"{label} has shape {a.shape}; expected at least {row_ndim} dimension(s)")
-    row_shape = a.shape[a.ndim - row_ndim:]
-    if a.flags.c_contiguous:
-        flat = a.reshape((-1, *row_shape))          # a view of the mapping
-    elif a.ndim - row_ndim == 1:
-        flat = a                                    # Fortran order, one leading axis: strided rows
-    else:
-        raise FileFormatError(f"{label} is stored in Fortran order with {a.ndim} dimensions; its rows cannot be "
+def _mapped(path, label, offset, shape, dtype, fortran, row_ndim):
+    """A :class:`RowSource` over the array of ``shape``/``dtype`` at byte ``offset`` of ``path``.
+
+    C-order data is mapped one chunk at a time (each ``read`` maps just rows ``r0:r1``, and the
+    mapping goes when the chunk is dropped), so the process's resident memory stays at about
+    one chunk however large the file.  Fortran order with one leading axis maps the whole
+    array and reads strided rows (the kernels copy them in blocks).
+    """
+    shape = tuple(int(d) for d in shape)
+    if len(shape) < row_ndim:
+        raise FileFormatError(f"{label} has shape {shape}; expected at least {row_ndim} dimension(s)")
+    row_shape = shape[len(shape) - row_ndim:]
+    row_bytes = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
+    if int(np.prod(shape, dtype=np.int64)) == 0:
+        empty = np.empty(shape, dtype).reshape((-1, *row_shape))
+        return RowSource(label, shape, dtype, row_shape, lambda r0, r1: empty[r0:r1])
+    if not fortran or len(shape) == 1:
+        def read(r0, r1):
+            return np.memmap(path, dtype=dtype, mode="r", offset=offset + r0 * row_bytes, shape=(r1 - r0, *row_shape))
+
+        return RowSource(label, shape, dtype, row_shape, read)
+    if len(shape) - row_ndim != 1:
+        raise FileFormatError(f"{label} is stored in Fortran order with {len(shape)} dimensions; its rows cannot be "
                               "read in chunks without loading it whole: save it in C order")
-    return lambda r0, r1: flat[r0:r1]
+    whole = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F")
+    return RowSource(label, shape, dtype, row_shape, lambda r0, r1: whole[r0:r1])
 
 
 def _npy_header(fp, label):
@@ -126,12 +139,7 @@ def _npy_mapped(path, label, offset, row_ndim):
         f.seek(offset)
         shape, fortran, dtype = _npy_header(f, label)
         data = f.tell()
-    if int(np.prod(shape, dtype=np.int64)) == 0:
-        a = np.empty(shape, dtype, order="F" if fortran else "C")
-    else:
-        a = np.memmap(path, dtype=dtype, mode="r", offset=data, shape=shape, order="F" if fortran else "C")
-    return RowSource(label, tuple(shape), np.dtype(dtype), tuple(shape[len(shape) - row_ndim:]),
-                     _rows_view(label, a, row_ndim))
+    return _mapped(path, label, data, shape, np.dtype(dtype), fortran, row_ndim)
 
 
 def _npz(path, name, row_ndim, role):
@@ -216,11 +224,7 @@ def _safetensors(path, name, row_ndim, role):
     begin, end = (int(o) for o in entry["data_offsets"])
     if end - begin != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize or 8 + n + end > size:
         raise FileFormatError(f"{label}: data_offsets {begin}..{end} do not match shape {shape} x {dtype}")
-    if end == begin:
-        a = np.empty(shape, dtype)
-    else:
-        a = np.memmap(path, dtype=dtype, mode="r", offset=8 + n + begin, shape=shape)
-    return RowSource(label, shape, dtype, tuple(shape[len(shape) - row_ndim:]), _rows_view(label, a, row_ndim))
+    return _mapped(path, label, 8 + n + begin, shape, dtype, False, row_ndim)
 
 
 def open_rows(spec: str, *, role: str, row_ndim: int) -> RowSource:

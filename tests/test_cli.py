@@ -261,3 +261,34 @@ def test_help_is_complete(capsys):
     for option in ("--logits", "--targets", "--reference", "--topk", "--ignore-index", "--backend", "--json",
                    "--chunk-mb", "--progress", "--threads", "safetensors", "Exit status"):
         assert option in out, option
+
+
+_RSS_SCRIPT = """
+import sys
+from fastdiv import _eval_cli
+def status_mb(field):            # this process's own resident / peak resident memory (VmRSS, VmHWM)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+_eval_cli.evaluate_files(sys.argv[3], sys.argv[4], topk=(1, 5), chunk_bytes=1 << 10)   # warm up on a small file
+before = status_mb("VmRSS")
+metrics, info = _eval_cli.evaluate_files(sys.argv[1], sys.argv[2], topk=(1, 5), chunk_bytes=8 << 20)
+print(status_mb("VmHWM") - before, metrics["tokens"])
+"""
+
+
+def test_eval_memory_stays_at_about_one_chunk(tmp_path):
+    rows, v = 2048, 32768                                  # a 256 MiB float32 file
+    logits = np.lib.format.open_memmap(tmp_path / "l.npy", mode="w+", dtype=np.float32, shape=(rows, v))
+    rng = np.random.default_rng()
+    for r0 in range(0, rows, 256):
+        logits[r0:r0 + 256] = rng.standard_normal((256, v), dtype=np.float32)
+    logits.flush()
+    del logits
+    np.save(tmp_path / "t.npy", rng.integers(0, v, rows))
+    np.save(tmp_path / "small.npy", rng.standard_normal((rows, 8), dtype=np.float32))
+    np.save(tmp_path / "small_t.npy", rng.integers(0, 8, rows))
+    files = [str(tmp_path / f) for f in ("l.npy", "t.npy", "small.npy", "small_t.npy")]
+    proc = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, *files], capture_output=True, text=True, check=True)
+    growth_mb, tokens = proc.stdout.split()
+    assert int(tokens) == rows
+    assert float(growth_mb) < 64, f"resident memory grew by {growth_mb} MB over a 256 MiB file in 8 MB chunks"
