@@ -1,7 +1,7 @@
 """Throughput of ``fastdiv eval`` over a memory-mapped .npy file, as a ratio to the read-bandwidth
 probe over the same (page-cached) bytes, in one process; medians of --repeat runs.
 
-    python benchmarks/eval_cli.py [--rows 2048] [--vocab 50257] [--repeat 5]
+    python benchmarks/eval_cli.py [--rows 2048] [--vocab 50257] [--repeat 5] [--threads N]
 
 Rows: the full command's metric set (topk 1 5), without top-k, with a reference, and the
 cross-entropy alone on the same mapped array (what a one-pass evaluate would approach).
@@ -35,7 +35,13 @@ def main():
     ap.add_argument("--rows", type=int, default=2048)
     ap.add_argument("--vocab", type=int, default=50257)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--threads", type=int, help="threads for the compiled backends (default: all CPUs)")
     args = ap.parse_args()
+    if args.threads:
+        import numba
+
+        fastdiv.set_num_threads(args.threads)
+        numba.set_num_threads(args.threads)          # the probe is a numba parallel sum
     d = tempfile.mkdtemp()
     x, z, t = bench.inputs(args.rows, args.vocab, "float32")
     np.save(os.path.join(d, "l.npy"), x)

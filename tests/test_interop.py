@@ -190,3 +190,18 @@ def test_jax_gpu_in_jax_out():
     got = fastdiv.cross_entropy(xj, jax.device_put(t, gpus[0]), reduction="none")
     assert isinstance(got, jax.Array) and next(iter(got.devices())).platform == "gpu"
     np.testing.assert_allclose(np.asarray(got), fastdiv.cross_entropy(x, t, reduction="none"), rtol=1e-5, atol=1e-6)
+
+
+def test_every_public_array_function_answers_in_the_callers_library():
+    """A public function whose first parameter is an array must be wrapped by native_arrays."""
+    import inspect
+    import typing
+
+    checked = 0
+    for name in fastdiv.__all__:
+        obj = getattr(fastdiv, name)
+        params = list(inspect.signature(obj).parameters) if inspect.isfunction(obj) else []
+        if params and "_SupportsArray" in str(typing.get_type_hints(obj).get(params[0])):   # ArrayLike
+            assert hasattr(obj, "__wrapped__"), f"fastdiv.{name} is not wrapped by _interop.native_arrays"
+            checked += 1
+    assert checked >= 4
