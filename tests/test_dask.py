@@ -116,6 +116,16 @@ def test_one_row_and_empty_batch():
         assert np.isnan(fdd.entropy(empty, reduction="mean").compute())
 
 
+def test_unknown_chunk_sizes():
+    x, _, _ = _data()
+    dx = da.from_array(x, chunks=(30, -1))
+    keep = x[:, 1] > 0
+    sel = dx[dx[:, 1] > 0]                               # boolean selection: row counts unknown until compute
+    assert np.isnan(sel.shape[0])
+    for reduction in ("mean", "sum"):
+        _close(fdd.entropy(sel, reduction=reduction).compute(), fastdiv.entropy(x[keep], reduction=reduction))
+
+
 def test_errors_name_the_argument():
     x, q, t = _data()
     split = da.from_array(x, chunks=(16, 20))
