@@ -13,7 +13,6 @@ same contract replaces it there.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -151,21 +150,23 @@ def add_parser(sub):
                     "mean log-sum-exp, and with --reference the mean KL both ways (mean_kl = D(reference || model), "
                     "mean_reverse_kl = D(model || reference)). Files: .npy (memory-mapped), .npz (uncompressed "
                     "members memory-mapped, compressed ones streamed) and .safetensors (memory-mapped, read without "
-                    "the safetensors package); name an array inside a .npz/.safetensors file as FILE:NAME. Rows are "
+                    "the safetensors package); name an array inside a .npz/.safetensors file as FILE:NAME (without "
+                    ":NAME: the file's only array, else the one called like the option: logits, targets, reference). "
+                    "Rows are "
                     "processed in chunks of --chunk-mb, sums kept in float64, so files larger than memory work. "
-                    "Exit status: 0 on success, 1 for bad input (message on stderr), 2 for bad options.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "A progress bar (rows, rows/s, GB/s, ETA) goes to stderr on a terminal or with --progress. "
+                    "Exit status: 0 on success, 1 for bad input (message on stderr), 2 for bad options.")
     p.add_argument("--logits", required=True, metavar="FILE[:NAME]",
                    help="logits, shape (..., V): float16, bfloat16, float32 or float64")
     p.add_argument("--targets", required=True, metavar="FILE[:NAME]",
                    help="integer class indices, shape logits.shape[:-1] (or flat, one per row)")
     p.add_argument("--reference", metavar="FILE[:NAME]", help="a reference model's logits, same shape as --logits")
     p.add_argument("--topk", nargs="*", type=int, default=[1, 5], metavar="K",
-                   help="k values for top-k accuracy (none: skip)")
-    p.add_argument("--ignore-index", type=int, default=-100, help="target value of rows left out (padding)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help="fastdiv backend")
+                   help="k values for top-k accuracy (default: 1 5; --topk alone: no top-k)")
+    p.add_argument("--ignore-index", type=int, default=-100, help="target value of rows left out (padding; default -100)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="fastdiv backend (default auto)")
     p.add_argument("--threads", type=int, help="threads for the compiled CPU backends (default: all CPUs)")
-    p.add_argument("--chunk-mb", type=float, default=64.0, help="logits (+ reference) bytes per chunk, in MB")
+    p.add_argument("--chunk-mb", type=float, default=64.0, help="logits (+ reference) bytes per chunk, in MB (default 64)")
     p.add_argument("--json", metavar="OUT.json", help="also write the metrics and inputs as JSON")
     p.add_argument("--progress", action="store_true",
                    help="show the progress bar even when stderr is not a terminal (it is shown on a terminal)")
