@@ -9,7 +9,10 @@ divide once, with exactly the in-memory denominators (cross-entropy's weighted m
 rows whose target is not ``ignore_index``; 0.0 when every target is ignored), so results
 equal the in-memory functions' up to float64 summation order.
 
-The class (last) axis must be one chunk: each row is computed whole.  Data-dependent errors
+The class (last) axis must be one chunk: each row is computed whole.  Each task uses fastdiv's
+thread count in its worker process (``FASTDIV_NUM_THREADS``, default: every CPU), so with
+several worker processes or threads on one machine set ``FASTDIV_NUM_THREADS`` in the workers'
+environment to keep (workers x threads) within the cores.  Data-dependent errors
 (a target out of range) are raised by ``compute()``, by the in-memory checks on the worker;
 argument, shape and dtype errors are raised when the graph is built.
 
