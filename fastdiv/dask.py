@@ -10,9 +10,10 @@ rows whose target is not ``ignore_index``; 0.0 when every target is ignored), so
 equal the in-memory functions' up to float64 summation order.
 
 The class (last) axis must be one chunk: each row is computed whole.  Each task uses fastdiv's
-thread count in its worker process (``FASTDIV_NUM_THREADS``, default: every CPU), so with
-several worker processes or threads on one machine set ``FASTDIV_NUM_THREADS`` in the workers'
-environment to keep (workers x threads) within the cores.  Data-dependent errors
+thread count in its worker process; ``dask.distributed`` workers start with
+``OMP_NUM_THREADS=1``, which fastdiv reads, so a task runs on one thread (right when there is
+one worker thread per core); set ``FASTDIV_NUM_THREADS`` in the workers' environment to give
+each task more (e.g. one single-threaded worker per machine).  Data-dependent errors
 (a target out of range) are raised by ``compute()``, by the in-memory checks on the worker;
 argument, shape and dtype errors are raised when the graph is built.
 

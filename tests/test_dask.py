@@ -179,3 +179,15 @@ def test_local_cluster_of_two_processes_over_chunked_npy_files(tmp_path, cluster
     _close(kl, fastdiv.kl_div(q, x))
     _close(ent, fastdiv.entropy(x, reduction="sum"))
     np.testing.assert_array_equal(lse, fastdiv.logsumexp(x))
+
+
+def test_workers_run_fastdiv_on_one_thread_by_default(cluster_client):
+    """distributed's nanny sets OMP_NUM_THREADS=1 in workers; fastdiv reads it (documented)."""
+    def threads():
+        import fastdiv
+
+        return fastdiv.get_num_threads()
+
+    if os.environ.get("FASTDIV_NUM_THREADS") or os.environ.get("NUMBA_NUM_THREADS"):
+        pytest.skip("a thread count is set for fastdiv in this environment")
+    assert set(cluster_client.run(threads).values()) == {1}
