@@ -5,6 +5,7 @@ Nothing reaches a compiled kernel (which skips bounds checks) without passing he
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ def compute_dtype(name, dtype):
     raise TypeError(f"{name} must be a floating-point array, got {kind} dtype {dtype}")
 
 
-def as_array(name, a):
+def as_array(name: str, a: Any) -> np.ndarray:
     """``a`` as a numpy array without copying when it already is one (lists are converted)."""
     if isinstance(a, np.ndarray):
         return a
@@ -64,7 +65,7 @@ def as_array(name, a):
         raise TypeError(f"{name} could not be converted to an array: {exc}") from None
 
 
-def float_array(name, a):
+def float_array(name: str, a: Any) -> np.ndarray:
     """A floating-point array with at least one axis and a non-empty last (class) axis."""
     a = as_array(name, a)
     compute_dtype(name, a.dtype)

@@ -55,8 +55,17 @@ def config():
     return info
 
 
-def show_config():
-    """Print versions, which backends are available (and why not), OpenMP, SIMD and threads."""
+def show_config() -> None:
+    """Print versions, which backends are available (and why not), OpenMP, SIMD and threads.
+
+    Examples
+    --------
+    >>> import fastdiv
+    >>> fastdiv.show_config()                          # doctest: +ELLIPSIS
+    fastdiv ...
+      backends:
+    ...
+    """
     info = config()
     print(f"fastdiv {info['fastdiv']}  (python {info['python']}, {info['platform']})")
     print(f"  numpy {info['numpy']}, numba {info['numba']}")

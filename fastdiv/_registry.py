@@ -97,8 +97,15 @@ def unavailable_reason(backend):
     return None
 
 
-def available_backends():
-    """Backends usable for host arrays in this process, in ``auto`` preference order."""
+def available_backends() -> list[str]:
+    """Backends usable for host arrays in this process, in ``auto`` preference order.
+
+    Examples
+    --------
+    >>> import fastdiv
+    >>> "numpy" in fastdiv.available_backends()       # the reference is always there
+    True
+    """
     return [b for b in CPU_BACKENDS + ("numpy",) if unavailable_reason(b) is None]
 
 

@@ -3,6 +3,7 @@
 ``fastdiv`` (or ``fastdiv demo``) runs every metric on a built-in, seeded, LLM-sized
 example and prints the values and each backend's throughput next to the numpy reference.
 ``fastdiv config`` prints ``fastdiv.show_config()``.
+``fastdiv eval`` computes evaluation metrics over array files (``fastdiv._eval_cli``).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 
 import numpy as np
 
-from . import _registry, api
+from . import _eval_cli, _registry, api
 from ._config import show_config
 
 
@@ -149,7 +150,11 @@ def main(argv=None):
     p_bench.add_argument("--repeat", type=int, default=5, help="timed repeats (median)")
     p_bench.add_argument("--json", metavar="FILE", help="write the measurements as JSON")
     p_bench.add_argument("--plot", metavar="FILE.png", help="plot GB/s against V (needs matplotlib)")
+    _eval_cli.add_parser(sub)
     args = parser.parse_args(argv)
+
+    if args.command == "eval":
+        return _eval_cli.run(args)
 
     if args.command == "bench":
         from . import bench

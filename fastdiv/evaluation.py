@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import collections
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 
-from . import _checks, _gpu, _registry
+from . import _checks, _gpu, _interop, _registry
 from . import api as _api
+from ._typing import ArrayLike, Backend
 
 __all__ = ["evaluate", "Evaluation", "CrossEntropyOutput"]
 
@@ -254,8 +256,11 @@ def _local_targets(target, lead, v, ignore):
     return np.where(counted, t, -1), counted
 
 
-def evaluate(logits, target, *, topk=(1, 5), reference=None, kl_direction="ref||model",
-             ignore_index=-100, z_loss=0.0, softcap=None, backend="auto"):
+@_interop.native_arrays
+def evaluate(logits: ArrayLike, target: ArrayLike, *, topk: int | Sequence[int] = (1, 5),
+             reference: ArrayLike | None = None, kl_direction: str = "ref||model",
+             ignore_index: int = -100, z_loss: float = 0.0, softcap: float | None = None,
+             backend: Backend = "auto") -> Evaluation:
     """Per-token evaluation of a model in one read of ``logits`` (and of ``reference``).
 
     Computes per row the negative log-likelihood of the target (the hard-label
@@ -293,7 +298,8 @@ def evaluate(logits, target, *, topk=(1, 5), reference=None, kl_direction="ref||
     Evaluation
         ``res["mean_nll"]``, ``res["perplexity"]``, ``res["accuracy@k"]``,
         ``res["mean_entropy"]``, ``res["mean_kl"]``; per-row arrays ``res.nll`` etc.  With
-        no counted row, the aggregates are NaN (with a RuntimeWarning).
+        no counted row, the aggregates are NaN (with a RuntimeWarning).  The per-row arrays
+        are numpy arrays for host input of any library (torch and JAX CPU tensors included).
 
     Examples
     --------

@@ -319,7 +319,6 @@ def _kl_logits(x, z, scale, out):
         v = xr.shape[0]
         sc = cast(scale, load(xr[0]))
         zero = cast(0.0, sc)
-        tiny = cast(_TINY, sc)
         mx = load(xr[0]) * sc
         mz = load(zr[0]) * sc
         sx = zero
