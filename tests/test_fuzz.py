@@ -245,11 +245,6 @@ V_CUDA = [1, 2, 7, 51, 130, 257]
 
 CUDA_SKIP = pytest.mark.skipif(_registry.unavailable_reason("cuda") is not None,
                                reason=str(_registry.unavailable_reason("cuda")))
-CUDA_CE_KNOWN = (
-    "known cuda kernel issue (found by this fuzz test, reported to the lead): hard-label CE is "
-    "formed as lse - x[t] after rounding lse to float32, an absolute error of ~ulp(|logit|): "
-    "log 2 comes out as 0.693359 for logits [1e4, 1e4] (0.693176 at 1e3); Cython and numpy are exact.")
-
 
 @st.composite
 def cuda_logits(draw):
@@ -271,7 +266,6 @@ def test_fuzz_cuda_backend(x):
 
 
 @CUDA_SKIP
-@pytest.mark.xfail(reason=CUDA_CE_KNOWN, strict=False)
 @CUDA_SETTINGS
 @given(x=cuda_logits())
 def test_fuzz_cuda_cross_entropy(x):

@@ -334,7 +334,7 @@ def make_op(name, kind, has_w):
                 if m == NEG_INF:
                     nll = INF
                 else:
-                    nll = (m + LOG(s)) - sload(x, int64(row) * V + t)
+                    nll = (m - sload(x, int64(row) * V + t)) + LOG(s)   # (m - x_t) first: exact cancellation
                 a = ZERO if wt == ZERO else wt * nll
                 return a * (ONE - p0)   # no smoothing here: p0 = eps = 0
 
@@ -714,7 +714,7 @@ def make_op(name, kind, has_w):
                 if m == NEG_INF:
                     nll = INF
                 else:
-                    nll = (m + LOG(s)) - sload(x, int64(row) * V + t)
+                    nll = (m - sload(x, int64(row) * V + t)) + LOG(s)   # (m - x_t) first: exact cancellation
                 # a zero-weight term (w_t = 0, or eps = 1) is exactly 0, never 0 * inf
                 a = ZERO if (wt == ZERO or p0 >= ONE) else wt * nll * (ONE - p0)
                 return a + p1 * smooth(st)
