@@ -630,45 +630,6 @@ def _row_sums(e, rows, v, s):
 
 
 @njit(**_INLINE)
-def _row_sums_skip(e, rows, v, s, skip):
-    """As _row_sums, leaving out entry skip[r] of each row (cross-entropy leaves out the
-    target: see _small_lse)."""
-    zero = cast(0.0, e[0])
-    r = 0
-    while r + 4 <= rows:
-        e0 = e[r * v:(r + 1) * v]
-        e1 = e[(r + 1) * v:(r + 2) * v]
-        e2 = e[(r + 2) * v:(r + 3) * v]
-        e3 = e[(r + 3) * v:(r + 4) * v]
-        t0 = skip[r]
-        t1 = skip[r + 1]
-        t2 = skip[r + 2]
-        t3 = skip[r + 3]
-        a0 = zero
-        a1 = zero
-        a2 = zero
-        a3 = zero
-        for j in range(v):
-            a0 += e0[j] if j != t0 else zero
-            a1 += e1[j] if j != t1 else zero
-            a2 += e2[j] if j != t2 else zero
-            a3 += e3[j] if j != t3 else zero
-        s[r] = a0
-        s[r + 1] = a1
-        s[r + 2] = a2
-        s[r + 3] = a3
-        r += 4
-    while r < rows:
-        er = e[r * v:(r + 1) * v]
-        t = skip[r]
-        acc = zero
-        for j in range(v):
-            acc += er[j] if j != t else zero
-        s[r] = acc
-        r += 1
-
-
-@njit(**_INLINE)
 def _row_sums_w(flat, e, rows, v, scale, m, s, w):
     """Entropy's per-row sums against each row's maximum m[r]: s[r] = sum e (in float64:
     in float32 a confident row's largest term, close to 1, would swallow every term below
@@ -789,27 +750,31 @@ def _small_lse(x, out, ce_target, ignore_index):
             exact = ref == ref and abs(ref) < _INF
             if exact:
                 _block_exp(flat, ref, one, e)
-        if exact and ce:
-            _row_sums_skip(e, rows, v, s, skip)
-        elif exact:
+        if exact:
             _row_sums(e, rows, v, s)
         for r in range(rows):
             i = i0 + r
             if ce and skip[r] < 0:
                 out[i] = 0
                 continue
-            et = e[r * v + skip[r]] if ce else cast(0.0, ref)
-            if exact and s[r] + et >= SMALL_MIN_SUM:
+            if exact and s[r] >= SMALL_MIN_SUM:
                 if not ce:
                     out[i] = np.float64(ref) + np.log(np.float64(s[r]))
-                elif et > s[r]:
-                    # A confident target (q_t > 1/2): -log q_t = log1p(rest / e_t) with rest the
-                    # sum of the other terms (summed without e_t, so a tiny rest is not
-                    # swallowed): a tiny loss keeps its relative accuracy.  Otherwise the
-                    # loss is above log 2 and (ref - x_t) + log s is accurate.
-                    out[i] = np.log1p(np.float64(s[r]) / np.float64(et))
+                    continue
+                t = skip[r]
+                et = e[r * v + t]
+                if et > 0.5 * s[r]:
+                    # A confident target (q_t > 1/2): -log q_t = log1p(rest / e_t), rest the sum
+                    # of the other terms, summed again from L1 without e_t (in s a term near 1
+                    # swallows the small ones): a tiny loss keeps its relative accuracy.
+                    # Otherwise the loss is above log 2 and (ref - x_t) + log s is accurate.
+                    er = e[r * v:(r + 1) * v]
+                    rest = cast(0.0, ref)
+                    for j in range(v):
+                        rest += er[j] if j != t else cast(0.0, ref)
+                    out[i] = np.log1p(np.float64(rest) / np.float64(et))
                 else:
-                    out[i] = np.float64(ref - load(x[i, skip[r]])) + np.log(np.float64(s[r]) + np.float64(et))
+                    out[i] = np.float64(ref - load(x[i, t])) + np.log(np.float64(s[r]))
             else:
                 mr, cr, rr, _ = _row_state(x[i], one)
                 out[i] = _nll(mr, cr, rr, load(x[i, ce_target[i]])) if ce else _finish_lse(mr, cr, rr)
