@@ -9,8 +9,12 @@ def lse(x, out, nthreads):
     out[:] = reference.logsumexp_rows(x)
 
 
-def entropy_logits(x, out, nthreads):
-    out[:] = reference.entropy_rows(x, "logits")
+def _scaled(x, scale):
+    return reference._f64(x) * scale           # * 1.0 changes no value
+
+
+def entropy_logits(x, scale, out, nthreads):
+    out[:] = reference.entropy_rows(_scaled(x, scale), "logits")
 
 
 def entropy_log_probs(x, out, nthreads):
@@ -21,8 +25,8 @@ def entropy_probs(x, out, nthreads):
     out[:] = reference.entropy_rows(x, "probs")
 
 
-def kl_logits(p, q, out, nthreads):
-    out[:] = reference.kl_rows(p, q, "logits")
+def kl_logits(p, q, scale, out, nthreads):
+    out[:] = reference.kl_rows(_scaled(p, scale), _scaled(q, scale), "logits")
 
 
 def kl_log_probs(p, q, out, nthreads):
@@ -37,6 +41,22 @@ def ce_hard(x, target, ignore_index, weight, eps, out, nthreads):
     out[:] = reference.cross_entropy_hard_rows(x, target, ignore_index, weight, eps)
 
 
-def ce_soft(x, p, weight, alpha, beta, out, nthreads):
+def ce_soft(x, p, weight, alpha, beta, scale, out, nthreads):
     # The API passes alpha = 1 - eps, beta = eps / V (label smoothing).
-    out[:] = reference.cross_entropy_soft_rows(x, p, weight, 1.0 - alpha)
+    out[:] = reference.cross_entropy_soft_rows(_scaled(x, scale), p, weight, 1.0 - alpha)
+
+
+def js_logits(x, z, beta, scale, out, nthreads):
+    out[:] = reference.js_rows(_scaled(x, scale), _scaled(z, scale), beta, "logits")
+
+
+def js_log_probs(a, b, beta, out, nthreads):
+    out[:] = reference.js_rows(a, b, beta, "log_probs")
+
+
+def js_probs(p, q, beta, out, nthreads):
+    out[:] = reference.js_rows(p, q, beta, "probs")
+
+
+def topk_kl(idx, t, z, bucket, out, nthreads):
+    out[:] = reference.topk_kl_rows(idx, t, z, "bucket" if bucket else "renormalize")

@@ -10,19 +10,38 @@ element once from memory, and compute each row on one thread, so results do not 
 the thread count.  Semantics are those of ``fastdiv.reference`` (see its docstring).
 
     lse(x, out, nthreads)                    out[i] = logsumexp(x[i])
-    entropy_logits(x, out, nthreads)         H(softmax(x[i]))
+    entropy_logits(x, scale, out, nthreads)  H(softmax(scale * x[i]))
     entropy_log_probs(l, out, nthreads)      -sum exp(l) * l           (literal, no renormalising)
     entropy_probs(p, out, nthreads)          -sum p * log p            (0 log 0 = 0)
-    kl_logits(x, z, out, nthreads)           D(softmax(x[i]) || softmax(z[i]))
+    kl_logits(x, z, scale, out, nthreads)    D(softmax(scale * x[i]) || softmax(scale * z[i]))
     kl_log_probs(a, b, out, nthreads)        sum exp(a) * (a - b)
     kl_probs(p, q, out, nthreads)            sum p * (log p - log q)
     ce_hard(x, target, ignore_index, weight, eps, out, nthreads)
         target: int64[rows], each in [0, V) or == ignore_index; weight: float[V] (ones if the
         user gave none); out[i] = 0 if ignored, else
         (1 - eps) * w[t] * (lse - x[t]) + eps / V * sum_j w_j * (lse - x_j)
-    ce_soft(x, p, weight, alpha, beta, out, nthreads)
-        out[i] = sum_j w_j * q_j * (lse - x_j) with q_j = alpha * p_j + beta
-        (label smoothing is alpha = 1 - eps, beta = eps / V).
+    ce_soft(x, p, weight, alpha, beta, scale, out, nthreads)
+        out[i] = sum_j w_j * q_j * (lse - x_j) with q_j = alpha * p_j + beta, where the logits
+        x are first multiplied by scale (label smoothing is alpha = 1 - eps, beta = eps / V).
+
+Divergence family (contract v2, issue 5).  ``scale = 1 / temperature`` (positive, finite)
+multiplies every logit before anything else; ``scale = 1.0`` gives today's results bit for bit.
+
+    js_logits(x, z, beta, scale, out, nthreads)   generalized JSD of softmax(scale x), softmax(scale z):
+        beta D(P||M) + (1 - beta) D(Q||M), M = beta P + (1 - beta) Q (the API calls it for
+        0 < beta < 1 only; beta = 0 / 1 are kl_logits(x, z) / kl_logits(z, x))
+    js_log_probs(a, b, beta, out, nthreads)       the same from log-probabilities (taken literally)
+    js_probs(p, q, beta, out, nthreads)           the same from probabilities (0 log 0 = 0)
+    topk_kl(idx, t, z, bucket, out, nthreads)
+        idx: int64 (rows, k), each row strictly increasing in [0, V) (a row that is not gives
+        NaN, never an out-of-bounds read); t: (rows, k) teacher log-probabilities, same float
+        dtype as z; z: (rows, V) student logits; bucket: 0 renormalizes the teacher over its k
+        classes, 1 puts its missing mass into one tail class (fastdiv.reference.topk_kl_rows).
+
+Half-precision inputs (contract v2 item 2): a backend module with ``HALF_INPUTS = True``
+accepts, in every kernel, all float inputs of a call as one half format given as raw bits
+(``uint16``: IEEE float16, ``int16``: bfloat16), with ``weight`` and ``out`` float32; it
+accumulates in float32.
 
 A term whose probability or weight is exactly 0 contributes exactly 0 (no ``0 * inf``).
 """
@@ -41,6 +60,10 @@ OPS = (
     "kl_probs",
     "ce_hard",
     "ce_soft",
+    "js_logits",
+    "js_log_probs",
+    "js_probs",
+    "topk_kl",
 )
 
 #: Backends in the order ``auto`` prefers them for host (numpy) input: Cython first (compiled
@@ -122,4 +145,13 @@ def resolve(backend, *, device=False):
 def kernel(backend, op):
     """The compiled per-row kernel ``op`` of ``backend`` (which must be available)."""
     module, _ = _load(backend)
-    return getattr(module, op)
+    try:
+        return getattr(module, op)
+    except AttributeError:
+        raise BackendUnavailable(f"backend={backend!r} has no {op!r} kernel in this build") from None
+
+
+def half_inputs(backend):
+    """Whether ``backend``'s kernels read float16 / bfloat16 inputs as raw bits (HALF_INPUTS)."""
+    module, _ = _load(backend)
+    return bool(getattr(module, "HALF_INPUTS", False))
