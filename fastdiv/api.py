@@ -252,7 +252,8 @@ def entropy(p, *, inputs="logits", reduction="none", temperature=1.0, backend="a
     """
     kind = _checks.input_kind(inputs)
     reduction = _checks.reduction(reduction)
-    scalars = (_checks.temperature(temperature, kind),) if kind == "logits" else ()
+    scale = _checks.temperature(temperature, kind)
+    scalars = (scale,) if kind == "logits" else ()
     backend = _registry.resolve(backend, device=_gpu.any_on_device(p))
     if backend == "cuda":
         return _gpu.per_row_op(f"entropy_{kind}", [("p", p)], reduction, scalars=scalars)
@@ -289,7 +290,8 @@ def kl_div(p, q, *, inputs="logits", reduction="mean", temperature=1.0, backend=
     """
     kind = _checks.input_kind(inputs)
     reduction = _checks.reduction(reduction)
-    scalars = (_checks.temperature(temperature, kind),) if kind == "logits" else ()
+    scale = _checks.temperature(temperature, kind)
+    scalars = (scale,) if kind == "logits" else ()
     backend = _registry.resolve(backend, device=_gpu.any_on_device(p, q))
     if backend == "cuda":
         return _gpu.per_row_op(f"kl_{kind}", [("p", p), ("q", q)], reduction, scalars=scalars)

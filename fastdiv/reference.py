@@ -233,8 +233,9 @@ def _expm1_minus_x(d):
     small = np.abs(d) < 0.5
     ds = np.where(small, d, 0.0)
     acc = np.zeros_like(ds)
-    for n in range(17, 1, -1):              # Horner on sum_{n>=2} d^n / n!
+    for n in range(17, 1, -1):              # Horner: acc = sum_{n>=2} d^(n-1) / n!
         acc = (acc + 1.0) * ds / n
+    acc = acc * ds
     with np.errstate(over="ignore", invalid="ignore"):
         big = np.where(d == np.inf, np.inf, np.expm1(d) - d)     # not inf - inf
     return np.where(small, acc, big)

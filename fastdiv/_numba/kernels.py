@@ -818,3 +818,4 @@ def ce_soft(x, p, weight, alpha, beta, out, nthreads):
 def max_threads():
     """Threads numba may use in this process (``NUMBA_NUM_THREADS``)."""
     return numba.config.NUMBA_NUM_THREADS
+from .divergences import js_log_probs, js_logits, js_probs, topk_kl  # noqa: E402,F401  (issue 5)
