@@ -122,8 +122,26 @@ def _finish(call, out_native, out_view, lead, reduction, *, target=None, ignore_
     return call.result(red_native, red_view, ())
 
 
-def per_row_op(op, named_arrays, reduction):
-    """logsumexp / entropy / kl_div on the device (``named_arrays``: [(name, array), ...])."""
+def _unsupported(what):
+    from ._registry import BackendUnavailable
+
+    return BackendUnavailable(f"the cuda backend has no kernel for {what} yet; use a CPU backend "
+                              "(backend='cython' or 'numba') with host arrays")
+
+
+def _no_scale(scale):
+    if scale != 1.0:
+        raise _unsupported("temperature != 1")
+
+
+def per_row_op(op, named_arrays, reduction, scalars=()):
+    """logsumexp / entropy / kl_div on the device (``named_arrays``: [(name, array), ...]).
+
+    ``scalars``: the contract's scalars after the arrays (``scale`` for logits ops)."""
+    if op.startswith("js_"):
+        raise _unsupported("js_div with 0 < beta < 1")
+    if scalars:
+        _no_scale(scalars[-1])
     call = _Call()
     views = [call.view(name, a) for name, a in named_arrays]
     shapes = {tuple(v.shape) for v in views}
@@ -142,7 +160,8 @@ def per_row_op(op, named_arrays, reduction):
     return _finish(call, out_native, out_view, lead, reduction)
 
 
-def cross_entropy(logits, target, reduction, ignore_index, weight, eps):
+def cross_entropy(logits, target, reduction, ignore_index, weight, eps, scale=1.0):
+    _no_scale(scale)
     call = _Call()
     x = call.view("logits", logits)
     x2, lead = _rows_view(x, "logits")
@@ -208,3 +227,7 @@ def cross_entropy(logits, target, reduction, ignore_index, weight, eps):
         call.k.ce_hard(x2, tv, ignore_index, w_view, eps, out_view, None, stream=stream, bf16=call.bf16 or None)
     return _finish(call, out_native, out_view, lead, reduction, target=tv, ignore_index=ignore_index,
                    weight=w_view, ce_mean=True)
+
+
+def topk_kl(teacher_indices, teacher_logprobs, student_logits, tail, reduction):
+    raise _unsupported("topk_kl_div")

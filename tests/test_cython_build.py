@@ -42,15 +42,15 @@ def _all_ops(x, z, p, t, w, out, nthreads):
     V = x.shape[1]
     q = np.ascontiguousarray(p[:, ::-1])
     yield "lse", lambda: K.lse(x, out, nthreads)
-    yield "entropy_logits", lambda: K.entropy_logits(x, out, nthreads)
+    yield "entropy_logits", lambda: K.entropy_logits(x, 1.0, out, nthreads)
     yield "entropy_log_probs", lambda: K.entropy_log_probs(x - 10, out, nthreads)
     yield "entropy_probs", lambda: K.entropy_probs(p, out, nthreads)
-    yield "kl_logits", lambda: K.kl_logits(x, z, out, nthreads)
+    yield "kl_logits", lambda: K.kl_logits(x, z, 1.0, out, nthreads)
     yield "kl_log_probs", lambda: K.kl_log_probs(x - 10, z - 10, out, nthreads)
     yield "kl_probs", lambda: K.kl_probs(p, q, out, nthreads)
     yield "ce_hard", lambda: K.ce_hard(x, t, -100, w, 0.0, out, nthreads)
     yield "ce_hard_smooth", lambda: K.ce_hard(x, t, -100, w, 0.1, out, nthreads)
-    yield "ce_soft", lambda: K.ce_soft(x, p, w, 0.9, 0.1 / V, out, nthreads)
+    yield "ce_soft", lambda: K.ce_soft(x, p, w, 0.9, 0.1 / V, 1.0, out, nthreads)
 
 
 def _inputs(rng, n, v, dtype):
@@ -111,7 +111,7 @@ def test_argument_checks():
     with pytest.raises(ValueError, match="out has 3 elements"):
         K.lse(x, np.empty(3, np.float32), 1)
     with pytest.raises(ValueError, match="differ in shape"):
-        K.kl_logits(x, np.zeros((4, 6), np.float32), np.empty(4, np.float32), 1)
+        K.kl_logits(x, np.zeros((4, 6), np.float32), 1.0, np.empty(4, np.float32), 1)
     with pytest.raises(ValueError, match="weight has"):
         K.ce_hard(x, np.zeros(4, np.int64), -100, np.ones(4, np.float32), 0.0, np.empty(4, np.float32), 1)
     with pytest.raises((TypeError, ValueError)):  # dtypes of one call must agree
@@ -131,7 +131,7 @@ def test_zero_rows():
         x = np.zeros((0, 7), dtype)
         out = np.empty(0, dtype)
         K.lse(x, out, 2)
-        K.kl_logits(x, x, out, 2)
+        K.kl_logits(x, x, 1.0, out, 2)
         K.ce_hard(x, np.zeros(0, np.int64), -100, np.ones(7, dtype), 0.1, out, 2)
 
 
@@ -149,7 +149,7 @@ def test_large_common_offsets_do_not_cancel(rng, dtype, v):
     x[0, :2] = [0.00275573, 0.0]
     z = (x.astype(np.float64) + 1e4).astype(dtype)
     out = np.empty(n, dtype)
-    K.kl_logits(x, z, out, 2)
+    K.kl_logits(x, z, 1.0, out, 2)
     tol = 3e-6 if dtype == np.float32 else 1e-12
     ref = R.kl_rows(x, z)
     np.testing.assert_allclose(out, ref, rtol=0, atol=tol * (1 + np.abs(ref)).max())
