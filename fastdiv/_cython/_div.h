@@ -11,6 +11,9 @@
  * full-size upcast copy; and since converting a half to float32 is exact, the result is
  * bit-identical to the float32 kernel on the upcast input (x * scale rounded to the working
  * precision once, as the float32 kernel with that scale does).
+ * Speed: a row is converted (memory-bound) and then computed on (compute-bound) in turn, so
+ * the two do not overlap within a thread: half input runs at about the float32 speed (6-7x
+ * faster than converting blocks in numpy), not at half its time (benchmarks/NOTES.md).
  * Native float32/float64 inputs with scale = 1 never come here: they run on the existing
  * entry points unchanged, bit for bit.
  */
@@ -20,26 +23,67 @@
 #include <stdlib.h>
 #include "_simd.h"
 
+/* log x for x > 0 finite and normal, without the special-value selects of fd_log (10 % of
+   the JS pass).  For x = 0 or subnormal the result is finite garbage; the JS pass multiplies
+   it by a probability that is 0 or below 1e-37 there.  Same polynomials as fd_log. */
+FD_INLINE fd_vf fd_logpos_f32(fd_vf x)
+{
+    fd_vu ix = (fd_vu)x + (0x3f800000u - 0x3f3504f3u);
+    fd_vf kf = __builtin_convertvector((fd_vi)(ix >> 23) - 127, fd_vf);
+    fd_vf f = (fd_vf)((ix & 0x007fffffu) + 0x3f3504f3u) - 1.0f;
+    fd_vf z = f * f;
+    fd_vf y = 7.0376836292E-2f * f - 1.1514610310E-1f;
+    y = y * f + 1.1676998740E-1f;
+    y = y * f - 1.2420140846E-1f;
+    y = y * f + 1.4249322787E-1f;
+    y = y * f - 1.6668057665E-1f;
+    y = y * f + 2.0000714765E-1f;
+    y = y * f - 2.4999993993E-1f;
+    y = y * f + 3.3333331174E-1f;
+    y = y * f * z - 0.5f * z;
+    return kf * (float)FD_LN2 + (f + y);
+}
+
+FD_INLINE fd_vd fd_logpos_f64(fd_vd x)
+{
+    fd_vq ix = (fd_vq)x + (0x3ff0000000000000ull - 0x3fe6a09e667f3bcdull);
+    fd_vd kf = __builtin_convertvector((fd_vl)(ix >> 52) - 1023, fd_vd);
+    fd_vd f = (fd_vd)((ix & 0x000fffffffffffffull) + 0x3fe6a09e667f3bcdull) - 1.0;
+    fd_vd s = f / (2.0 + f);
+    fd_vd z = s * s, w = z * z;
+    fd_vd t1 = w * (3.999999999940941908e-01 +
+                    w * (2.222219843214978396e-01 + w * 1.531383769920937332e-01));
+    fd_vd t2 = z * (6.666666666666735130e-01 +
+                    w * (2.857142874366239149e-01 +
+                         w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)));
+    fd_vd hfsq = 0.5 * f * f;
+    return kf * FD_LN2 + (f - (hfsq - s * (hfsq + t1 + t2)));
+}
+
 #define FD_T float
 #define FD_V fd_vf
+#define FD_V_U fd_vf_u
 #define FD_M fd_mf
 #define FD_SUF f32
 #define FD_W FD_WF
 #include "_div_rows.h"
 #undef FD_T
 #undef FD_V
+#undef FD_V_U
 #undef FD_M
 #undef FD_SUF
 #undef FD_W
 
 #define FD_T double
 #define FD_V fd_vd
+#define FD_V_U fd_vd_u
 #define FD_M fd_md
 #define FD_SUF f64
 #define FD_W FD_WD
 #include "_div_rows.h"
 #undef FD_T
 #undef FD_V
+#undef FD_V_U
 #undef FD_M
 #undef FD_SUF
 #undef FD_W
@@ -139,7 +183,7 @@ static inline int fd_op_blocked(int op)
 }
 
 #define FD_STAGED_ITEM(T, SUF, W, BLOCKV)                                                     \
-    static void fd_staged_item_##SUF(const fd_job *J, ptrdiff_t it, T *buf0, T *buf1)         \
+    static void fd_staged_item_##SUF(const fd_job *J, ptrdiff_t it, T *buf0, T *buf1, T *scr) \
     {                                                                                         \
         const ptrdiff_t V = J->V;                                                             \
         ptrdiff_t r0 = it, nr = 1;                                                            \
@@ -178,7 +222,7 @@ static inline int fd_op_blocked(int op)
         case FD_OP_CE_SOFT:                                                                   \
             fd_ce_soft_item_##SUF(x[0], x[1], w_, nr, V, 0, J->a, J->b, out);                 \
             break;                                                                            \
-        case FD_OP_JS_LOGITS: *out = (T)fd_js_logits_##SUF(x[0], x[1], V, J->a); break;      \
+        case FD_OP_JS_LOGITS: *out = (T)fd_js_logits_##SUF(x[0], x[1], V, J->a, scr); break; \
         case FD_OP_JS_LOG_PROBS: *out = (T)fd_js_log_probs_##SUF(x[0], x[1], V, J->a); break;\
         case FD_OP_JS_PROBS: *out = (T)fd_js_probs_##SUF(x[0], x[1], V, J->a); break;        \
         case FD_OP_TOPK_KL:                                                                   \
@@ -219,13 +263,16 @@ static int fd_run_staged(const fd_job *J, int nthreads)
     /* +FD_WF elements of slack: the float32 kernels may prefetch (never load) past the end */
     const size_t n0 = (size_t)(nr * J->width[0]) + FD_WF;
     const size_t n1 = J->nin > 1 ? (size_t)(nr * J->width[1]) + FD_WF : 0;
+    /* fd_js_logits' scratch rows (exponentials, per-chunk shifts) */
+    const size_t n2 = J->op != FD_OP_JS_LOGITS ? 0
+                      : (size_t)(dbl ? fd_js_scratch_f64(J->V) : fd_js_scratch_f32(J->V)) + FD_WF;
     int failed = 0;
     (void)nthreads;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads)
 #endif
     {
-        char *buf = (char *)aligned_alloc(64, ((n0 + n1) * es + 63) / 64 * 64);
+        char *buf = (char *)aligned_alloc(64, ((n0 + n1 + n2) * es + 63) / 64 * 64);
         if (buf == NULL) {
 #ifdef _OPENMP
 #pragma omp atomic write
@@ -238,9 +285,9 @@ static int fd_run_staged(const fd_job *J, int nthreads)
         for (ptrdiff_t it = 0; it < items; it++) {
             if (buf == NULL) continue;
             if (dbl)
-                fd_staged_item_f64(J, it, (double *)buf, (double *)buf + n0);
+                fd_staged_item_f64(J, it, (double *)buf, (double *)buf + n0, (double *)buf + n0 + n1);
             else
-                fd_staged_item_f32(J, it, (float *)buf, (float *)buf + n0);
+                fd_staged_item_f32(J, it, (float *)buf, (float *)buf + n0, (float *)buf + n0 + n1);
         }
         free(buf);
     }

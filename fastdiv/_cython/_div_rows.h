@@ -68,20 +68,106 @@ static double FN(fd_js_pass)(const FD_T *x, const FD_T *z, ptrdiff_t V, int mode
     return total;
 }
 
-/* From logits: a first pass forms (max, log-normaliser) of each row (each row read once from
-   memory), the second computes the terms from cache (a 50257-float row pair is 400 KB). */
-static double FN(fd_js_logits)(const FD_T *x, const FD_T *z, ptrdiff_t V, double beta)
+/* From logits, two passes per row pair, only the first from memory (a 50257-float row pair
+   is 400 KB, and with the exponentials below 800 KB: all in L2):
+   1. the running maxima and normalisers, as in fd_kl_logits, storing ex = exp(x - shift_c)
+      (shift_c: the running max when chunk c was read) in the scratch row `ex` (and ez);
+   2. p = ex * exp(shift_c - max) / sx, lp = (x - max) - log sx (q likewise), and the terms.
+   So each element costs 2 exp + 1 log, not 4 exp + 1 log.  ex <= 1 (shift_c >= x): no overflow.
+   scratch: 2 V elements plus 2 per chunk. */
+static double FN(fd_js_logits)(const FD_T *x, const FD_T *z, ptrdiff_t V, double beta,
+                               FD_T *scratch)
 {
-    FD_T mx, mz;
-    double kx, rx, kz, rz;
-    FN(fd_lse_state)(x, V, 0, &mx, &kx, &rx);
-    FN(fd_lse_state)(z, V, 0, &mz, &kz, &rz);
-    if (isnan(rx) || isnan(rz)) return NAN;               /* NaN in either row */
-    if (mx == FD_POS_INF || mz == FD_POS_INF) return NAN; /* softmax undefined */
-    /* an all-masked row: shift 0, log-normaliser 0, so every lp is -inf (p = 0) */
-    FD_T lsx = mx == FD_NEG_INF ? (FD_T)0 : (FD_T)fd_log_kr(kx, rx);
-    FD_T lsz = mz == FD_NEG_INF ? (FD_T)0 : (FD_T)fd_log_kr(kz, rz);
-    return FN(fd_js_pass)(x, z, V, 0, beta, FN(fd_shift)(mx), lsx, FN(fd_shift)(mz), lsz);
+    const ptrdiff_t nch = (V + FD_CH - 1) / FD_CH;
+    FD_T *ex = scratch, *ez = scratch + V, *shx_c = scratch + 2 * V, *shz_c = shx_c + nch;
+    FD_T mx = FD_NEG_INF, mz = FD_NEG_INF;
+    double sx = 0.0, sz = 0.0;
+    for (ptrdiff_t c = 0; c < nch; c++) {
+        const ptrdiff_t j0 = c * FD_CH, n = V - j0 < FD_CH ? V - j0 : FD_CH;
+        const FD_T *xc = x + j0, *zc = z + j0;
+        FD_T mcx, mcz;
+        FN(fd_chunk_max2)(xc, zc, n, &mcx, &mcz);
+        if (mcx == FD_POS_INF || mcz == FD_POS_INF) return NAN; /* softmax undefined */
+        if (mcx > mx) {
+            sx *= FN(fd_rescale)(mx, mcx); /* keeps a NaN */
+            mx = mcx;
+        }
+        if (mcz > mz) {
+            sz *= FN(fd_rescale)(mz, mcz);
+            mz = mcz;
+        }
+        const FD_T shx = FN(fd_shift)(mx), shz = FN(fd_shift)(mz);
+        shx_c[c] = shx;
+        shz_c[c] = shz;
+        const FD_V shxv = FN(fd_splat)(shx), shzv = FN(fd_splat)(shz);
+        FD_V asx = {0}, asz = {0};
+        ptrdiff_t j = 0;
+        for (; j + FD_W <= n; j += FD_W) {
+            FD_PREFETCH(xc + j);
+            FD_PREFETCH(zc + j);
+            FD_V e1 = FN(fd_expz)(FN(fd_load)(xc + j) - shxv);
+            FD_V e2 = FN(fd_expz)(FN(fd_load)(zc + j) - shzv);
+            *(FD_V_U *)(ex + j0 + j) = e1;
+            *(FD_V_U *)(ez + j0 + j) = e2;
+            asx += e1;
+            asz += e2;
+        }
+        for (; j < n; j++) { /* < FD_W trailing elements */
+            FD_T e1 = (FD_T)exp((double)xc[j] - (double)shx), e2 = (FD_T)exp((double)zc[j] - (double)shz);
+            ex[j0 + j] = e1;
+            ez[j0 + j] = e2;
+            sx += e1;
+            sz += e2;
+        }
+        sx += FN(fd_hsum)(asx);
+        sz += FN(fd_hsum)(asz);
+    }
+    if (isnan(sx) || isnan(sz)) return NAN; /* NaN in either row */
+    /* an all-masked row: every p is 0 and every lp is -inf */
+    const FD_T shx = FN(fd_shift)(mx), shz = FN(fd_shift)(mz);
+    const FD_T lsx = mx == FD_NEG_INF ? (FD_T)0 : (FD_T)log(sx);
+    const FD_T lsz = mz == FD_NEG_INF ? (FD_T)0 : (FD_T)log(sz);
+    const FD_V shxv = FN(fd_splat)(shx), shzv = FN(fd_splat)(shz);
+    const FD_V lsxv = FN(fd_splat)(lsx), lszv = FN(fd_splat)(lsz);
+    /* lp clamped below: a masked class has p = 0 and adds 0 * (LO - lm), not 0 * -inf */
+    const FD_V lo = FN(fd_splat)((FD_T)-1e30);
+    double total = 0.0;
+    for (ptrdiff_t c = 0; c < nch; c++) {
+        const ptrdiff_t j0 = c * FD_CH, n = V - j0 < FD_CH ? V - j0 : FD_CH;
+        /* beta p = ex * beta exp(shift_c - max) / sx (and q alike), one product per element */
+        const double gx = mx == FD_NEG_INF ? 0.0 : exp((double)shx_c[c] - (double)shx) / sx;
+        const double gz = mz == FD_NEG_INF ? 0.0 : exp((double)shz_c[c] - (double)shz) / sz;
+        const FD_V fx = FN(fd_splat)((FD_T)(beta * gx)), fz = FN(fd_splat)((FD_T)((1.0 - beta) * gz));
+        FD_V acc = {0};
+        ptrdiff_t j = 0;
+#define FD_JSL_STEP(xv, zv, e1, e2)                                                           \
+    do {                                                                                      \
+        FD_V bp_ = (e1) * fx, cq_ = (e2) * fz;                                                \
+        FD_V lp_ = FN(fd_clamp_lo)(FD_VBARRIER((xv) - shxv) - lsxv, lo);                      \
+        FD_V lq_ = FN(fd_clamp_lo)(FD_VBARRIER((zv) - shzv) - lszv, lo);                      \
+        FD_V lm_ = FN(fd_logpos)(bp_ + cq_); /* finite garbage where bp + cq is 0 */          \
+        acc += bp_ * (lp_ - lm_) + cq_ * (lq_ - lm_);                                         \
+    } while (0)
+        for (; j + FD_W <= n; j += FD_W) {
+            FD_V xv = FN(fd_load)(x + j0 + j), zv = FN(fd_load)(z + j0 + j);
+            FD_JSL_STEP(xv, zv, FN(fd_load)(ex + j0 + j), FN(fd_load)(ez + j0 + j));
+        }
+        if (j < n) {
+            FD_V xv = FN(fd_load_tail)(x + j0 + j, n - j, FD_NEG_INF);
+            FD_V zv = FN(fd_load_tail)(z + j0 + j, n - j, FD_NEG_INF);
+            FD_JSL_STEP(xv, zv, FN(fd_load_tail)(ex + j0 + j, n - j, (FD_T)0),
+                        FN(fd_load_tail)(ez + j0 + j, n - j, (FD_T)0));
+        }
+#undef FD_JSL_STEP
+        total += FN(fd_hsum)(acc);
+    }
+    return total;
+}
+
+/* Scratch elements fd_js_logits needs for a row of V. */
+static inline ptrdiff_t FN(fd_js_scratch)(ptrdiff_t V)
+{
+    return 2 * V + 2 * ((V + FD_CH - 1) / FD_CH);
 }
 
 static double FN(fd_js_log_probs)(const FD_T *a, const FD_T *b, ptrdiff_t V, double beta)
