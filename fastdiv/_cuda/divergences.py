@@ -320,8 +320,9 @@ def kernel(kind_name):
     return k
 
 
-def launch(op, kind_name, x, z, w, idx, t, out, rows, V, K, sc, a, b, stream):
-    """Run op over ``rows`` rows (flat device arrays; unused ones may be any small array)."""
+def launch(op, kind_name, x, z, w, has_w, idx, t, out, rows, V, K, sc, a, b, stream):
+    """Run op over ``rows`` rows (flat device arrays; unused ones may be any small array of
+    their dtype, ``w`` one of the accumulation dtype when ``has_w`` is false)."""
     if rows == 0:
         return
     block = int(DIV_BLOCK)
@@ -329,10 +330,9 @@ def launch(op, kind_name, x, z, w, idx, t, out, rows, V, K, sc, a, b, stream):
         raise ValueError(f"DIV_BLOCK must be a power of two <= {_SH}, got {block}")
     grid = min(rows, int(DIV_GRID))
     k = kernel(kind_name)
-    has_w = w is not None
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")             # small grids in tests
-        k[grid, block, stream](x, z, w if has_w else x, idx, t, out, np.int64(rows), np.int64(V), np.int64(K),
-                               np.int64(op), np.float64(sc), np.float64(a), np.float64(b), has_w)
+        k[grid, block, stream](x, z, w, idx, t, out, np.int64(rows), np.int64(V), np.int64(K),
+                               np.int64(op), np.float64(sc), np.float64(a), np.float64(b), bool(has_w))

@@ -551,8 +551,8 @@ def _run_div(op, x, z, out, stream, bf16, *, sc=1.0, a=0.0, b=0.0, weight=None, 
             raise ValueError(f"weight must be a {np.dtype(acc)} array of shape ({V},)")
     opcode = {"entropy": DV.OP_ENTROPY, "kl": DV.OP_KL, "ce_soft": DV.OP_CE_SOFT, "js_logits": DV.OP_JS_LOGITS,
               "js_log_probs": DV.OP_JS_LOG_PROBS, "js_probs": DV.OP_JS_PROBS, "topk": DV.OP_TOPK}[op]
-    DV.launch(opcode, kind, xf, zf, w, idxf, tf, out, rows, V, K, float(sc), float(a), float(b),
-              0 if stream is None else stream)
+    DV.launch(opcode, kind, xf, zf, w if w is not None else _dummy(acc), weight is not None, idxf, tf, out, rows,
+              V, K, float(sc), float(a), float(b), 0 if stream is None else stream)
     return out
 
 
