@@ -419,3 +419,44 @@ def test_half_inputs_go_to_the_kernel_as_raw_bits(backend, rng, monkeypatch):
         assert seen[-1][:2] == [np.dtype(bits)] * 2
         fastdiv.kl_div(x[:, ::2], x[:, 1::2], backend=backend)   # strided: blockwise float32
         assert seen[-1][0] == np.float32
+
+
+# --------------------------------------------------------------------------- layouts and threads
+
+
+@host
+def test_non_contiguous_and_read_only_inputs(backend, rng):
+    base = make_logits(rng, 64, 301, np.float32, edges=False)
+    other = make_logits(rng, 64, 301, np.float32, edges=False)
+    x = base.reshape(4, 16, 301).transpose(1, 0, 2)         # leading axes not mergeable
+    z = np.asfortranarray(other).reshape(4, 16, 301).transpose(1, 0, 2)
+    z.flags.writeable = False
+    xc, zc = (np.ascontiguousarray(a).reshape(-1, 301) for a in (x, z))
+    got = fastdiv.js_div(x, z, beta=0.25, temperature=1.5, reduction="none", backend=backend)
+    assert got.shape == (16, 4)
+    assert_rows_close(got.reshape(-1), R.js_rows(xc / 1.5, zc / 1.5, 0.25), np.float32, "js layout", kind="kl")
+    _, top, tk = _teacher(rng, 64, 301, 7)
+    top3, tk3 = top.reshape(4, 16, 7).transpose(1, 0, 2), tk.astype(np.float32).reshape(4, 16, 7).transpose(1, 0, 2)
+    got = fastdiv.topk_kl_div(top3, tk3, x, tail="bucket", reduction="none", backend=backend)
+    want = R.topk_kl_rows(np.ascontiguousarray(top3).reshape(-1, 7), np.ascontiguousarray(tk3).reshape(-1, 7), xc, "bucket")
+    assert_rows_close(got.reshape(-1), want, np.float32, "topk layout", kind="kl")
+    half = x.astype(np.float16)                              # non-contiguous half: blockwise float32
+    assert_rows_close(fastdiv.js_div(half, z.astype(np.float16), reduction="none", backend=backend).reshape(-1),
+                      R.js_rows(np.ascontiguousarray(half).reshape(-1, 301), np.ascontiguousarray(z.astype(np.float16)).reshape(-1, 301)),
+                      np.float32, "js half layout", kind="kl")
+
+
+@pytest.mark.parametrize("backend", [b for b in ALL_HOST if b != "numpy"])
+def test_results_do_not_depend_on_the_thread_count(backend, rng):
+    x, z = _inputs(rng, 37, 3000, np.float32, "logits")
+    _, top, tk = _teacher(rng, 37, 3000, 9)
+    xh = x.astype(np.float16)
+    runs = []
+    for n in (1, 2):
+        with fastdiv.threads(n):
+            runs.append([fastdiv.js_div(x, z, reduction="none", backend=backend),
+                         fastdiv.js_div(x, z, temperature=3.0, reduction="none", backend=backend),
+                         fastdiv.topk_kl_div(top, tk.astype(np.float32), x, tail="bucket", reduction="none", backend=backend),
+                         fastdiv.entropy(xh, temperature=0.5, backend=backend)])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
