@@ -14,10 +14,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .kernels import _threads
 from numba.extending import overload
 
-from .simd import FASTMATH, _float_bits_to_int, _int_bits_to_float, cast, fexp, flog, maximum, prefer_wide_vectors
+from .simd import FASTMATH, _float_bits_to_int, _int_bits_to_float, cast, clamp_lo, exp_hot, fexp, flog, maximum, prefer_wide_vectors
 
 CHUNK = 2048
 _JIT = dict(parallel=True, fastmath=FASTMATH, cache=True, nogil=True)
@@ -75,6 +74,14 @@ def _ov_logpos(x):
     if x == types.float64:
         return lambda x: _logpos_f64(x)
     return None
+
+
+def _threads(n):
+    """kernels.py's thread setting for one call (imported late: kernels.py re-exports this
+    module at its end, so either may be imported first)."""
+    from .kernels import _threads as threads
+
+    return threads(n)
 
 
 def _guard(out, x, z):
@@ -139,8 +146,8 @@ def _js_logits_row(xr, zr, b, c, sc, tx, tz, ex, ez):
         for j in range(xs.shape[0]):
             t1 = xs[j] * sc - shx
             t2 = zs[j] * sc - shz
-            e1 = fexp(t1)
-            e2 = fexp(t2)
+            e1 = exp_hot(clamp_lo(t1))     # t <= 0; a masked class gets exp(LO) ~ 1e-38, see lo
+            e2 = exp_hot(clamp_lo(t2))
             ts[j] = t1
             us[j] = t2
             es[j] = e1
@@ -153,7 +160,9 @@ def _js_logits_row(xr, zr, b, c, sc, tx, tz, ex, ez):
     lsz = flog(sz) if mz != -_INF else zero
     fx = b / sx if mx != -_INF else zero
     fz = c / sz if mz != -_INF else zero
-    lo = cast(-1e30, b)        # log p clamped: p = 0 adds 0 * (lo - lm) = 0, not 0 * -inf
+    # log p clamped at the exp clamp LO: a masked class (e = exp(LO), p ~ 1e-38 / s) adds
+    # p (LO - log s - lm) ~ 1e-36, never 0 * -inf
+    lo = clamp_lo(cast(-np.inf, b))
     total = zero
     for c0 in range(0, v, CHUNK):
         c1 = min(c0 + CHUNK, v)
