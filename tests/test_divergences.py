@@ -388,6 +388,7 @@ def test_half_inputs_match_the_float32_kernel_on_the_upcast_input(backend, half,
         "kl_probs": lambda a, b, c, k: fastdiv.kl_div(c, c[::-1].copy(), inputs="probs", reduction="none", backend=backend),
         "js": lambda a, b, c, k: fastdiv.js_div(a, b, reduction="none", backend=backend),
         "ce": lambda a, b, c, k: fastdiv.cross_entropy(a, t, reduction="none", label_smoothing=0.1, backend=backend),
+        "ce_plain": lambda a, b, c, k: fastdiv.cross_entropy(a, t, reduction="none", backend=backend),
         "ce_soft": lambda a, b, c, k: fastdiv.cross_entropy(a, c, reduction="none", temperature=0.5, backend=backend),
         "topk": lambda a, b, c, k: fastdiv.topk_kl_div(top, k, a, tail="bucket", reduction="none", backend=backend),
     }

@@ -249,6 +249,90 @@ FD_STAGED_ITEM(float, f32, FD_WF, (ptrdiff_t)(FD_CHUNK_BYTES / 4))
 FD_STAGED_ITEM(double, f64, FD_WD, (ptrdiff_t)(FD_CHUNK_BYTES / 8))
 #undef FD_STAGED_ITEM
 
+/* ------------------------------------------------------------------------------------------ */
+/* Long half rows of lse and hard-label CE without smoothing (LLM evaluation on bf16 logits):  */
+/* converted one chunk (FD_CHUNK_BYTES of float32) at a time into a buffer that stays in L1     */
+/* (in cache: 0.225 ns per element against 0.251 for whole-row staging; float32 0.171).        */
+/* (Software prefetch of the source 2 or 4 chunks ahead made no measurable difference.)         */
+/* Each chunk's (max, k, r) state (fd_lse_state) is merged into                                 */
+/* the row's as fd_lse_state merges its own chunks; the sums of a chunk whose max is below the  */
+/* running one are formed against the chunk's max and rescaled, so the result equals the        */
+/* float32 kernel's to within float32 rounding (not bit for bit).                                */
+/* ------------------------------------------------------------------------------------------ */
+static void fd_half_lse_state(int kind, const void *src, ptrdiff_t V, float *buf, float *m_out,
+                              double *k_out, double *r_out)
+{
+    const ptrdiff_t CH = (ptrdiff_t)(FD_CHUNK_BYTES / 4);
+    const uint16_t *s16 = (const uint16_t *)src;
+    float m = -INFINITY;
+    double k = 0.0, r = 0.0;
+    for (ptrdiff_t j0 = 0; j0 < V; j0 += CH) {
+        const ptrdiff_t n = V - j0 < CH ? V - j0 : CH;
+        fd_stage_f32(kind, s16 + j0, n, 1.0f, buf);
+        float mc;
+        double kc, rc;
+        fd_lse_state_f32(buf, n, 1, &mc, &kc, &rc);
+        if (isnan(rc) || isnan(r)) { /* NaN anywhere wins (fd_lse_finish looks at r first) */
+            r = NAN;
+            if (mc > m) m = mc;
+        } else if (mc == INFINITY || m == INFINITY) {
+            m = INFINITY;
+            r = INFINITY;
+        } else if (mc == -INFINITY) {
+            /* an all-masked chunk adds nothing */
+        } else if (m == -INFINITY) {
+            m = mc;
+            k = kc;
+            r = rc;
+        } else if (mc > m) {
+            r = (r + k) * exp((double)m - (double)mc) + rc;
+            k = kc;
+            m = mc;
+        } else if (mc == m) {
+            k += kc;
+            r += rc;
+        } else {
+            r += (kc + rc) * exp((double)mc - (double)m);
+        }
+    }
+    *m_out = m;
+    *k_out = k;
+    *r_out = r;
+}
+
+static inline int fd_half_chunked(const fd_job *J)
+{
+    return J->kind >= FD_IN_F16 && J->V > (ptrdiff_t)(FD_CHUNK_BYTES / 4) &&
+           (J->op == FD_OP_LSE || (J->op == FD_OP_CE_HARD && !(J->a > 0.0)));
+}
+
+static void fd_half_chunked_row(const fd_job *J, ptrdiff_t i, float *buf)
+{
+    const ptrdiff_t V = J->V;
+    const char *row = (const char *)J->src[0] + (size_t)i * V * 2;
+    float *out = (float *)J->out;
+    float m;
+    double k, r;
+    if (J->op == FD_OP_CE_HARD) {
+        int64_t t = J->target[i];
+        if (t == J->ignore_index) { /* an ignored row is not read */
+            out[i] = 0.0f;
+            return;
+        }
+        if (t < 0 || t >= V) { /* the API validates targets; never read out of bounds */
+            out[i] = NAN;
+            return;
+        }
+        fd_half_lse_state(J->kind, row, V, buf, &m, &k, &r);
+        float xt;
+        fd_stage_f32(J->kind, row + 2 * t, 1, 1.0f, &xt);
+        out[i] = (float)fd_ce_hard_finish_f32(m, k, r, xt, (double)out[i], 0.0, 0.0, 0.0, V);
+        return;
+    }
+    fd_half_lse_state(J->kind, row, V, buf, &m, &k, &r);
+    out[i] = (float)fd_lse_finish_f32(m, k, r);
+}
+
 /* Runs job J over all rows with nthreads OpenMP threads (static schedule: each work item is
    computed by one thread, whatever the thread count).  Returns 0, or -1 if a buffer could not
    be allocated. */
@@ -266,6 +350,7 @@ static int fd_run_staged(const fd_job *J, int nthreads)
     /* fd_js_logits' scratch rows (exponentials, per-chunk shifts) */
     const size_t n2 = J->op != FD_OP_JS_LOGITS ? 0
                       : (size_t)(dbl ? fd_js_scratch_f64(J->V) : fd_js_scratch_f32(J->V)) + FD_WF;
+    const int chunked = fd_half_chunked(J); /* items are rows, buffers of one chunk would do */
     int failed = 0;
     (void)nthreads;
 #ifdef _OPENMP
@@ -286,6 +371,8 @@ static int fd_run_staged(const fd_job *J, int nthreads)
             if (buf == NULL) continue;
             if (dbl)
                 fd_staged_item_f64(J, it, (double *)buf, (double *)buf + n0, (double *)buf + n0 + n1);
+            else if (chunked)
+                fd_half_chunked_row(J, it, (float *)buf);
             else
                 fd_staged_item_f32(J, it, (float *)buf, (float *)buf + n0, (float *)buf + n0 + n1);
         }
