@@ -252,12 +252,11 @@ def _make(kind_name):
         lst = -math.inf
         if mall != -math.inf:
             sall = st * math.exp(MT - mall) if MT != -math.inf else 0.0
-            tail = sall
             for i in range(K):
                 sall += math.exp(float64(sload(x, base + idx[r0 + i])) - mall)
             ls = math.log(sall)
-            if MT != -math.inf:
-                lst = D.log_any(tail) - ls     # tail may underflow to 0: -inf
+            if MT != -math.inf:                # in log space: the tail's probability may underflow
+                lst = ((MT - mall) + math.log(st)) - ls
         res = 0.0
         inf = False
         if bucket == 0:

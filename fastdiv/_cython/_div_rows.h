@@ -223,10 +223,10 @@ static double FN(fd_topk_kl)(const FD_T *z, ptrdiff_t V, const int64_t *idx, con
     double ls = 0.0, lst = -INFINITY;
     if (Mall != -INFINITY) {
         double Sall = M == -INFINITY ? 0.0 : S * exp(M - Mall);
-        double St = Sall;
         for (ptrdiff_t i = 0; i < k; i++) Sall += exp((double)z[idx[i]] - Mall);
         ls = log(Sall);
-        if (M != -INFINITY) lst = log(St) - ls;
+        /* in log space: the tail's probability may be below the smallest double (logits ~1e4) */
+        if (M != -INFINITY) lst = ((M - Mall) + log(S)) - ls;
     }
 #define FD_LOGQ(i) (Mall == -INFINITY ? -INFINITY : ((double)z[idx[i]] - Mall) - ls)
     double res = 0.0;

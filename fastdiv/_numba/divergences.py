@@ -304,12 +304,11 @@ def _topk(idx, t, z, bucket, out):
         lst = -_INF
         if mall != -_INF:
             sall = st * np.exp(mt - mall) if mt != -_INF else 0.0
-            tail = sall
             for a in range(k):
                 sall += np.exp(np.float64(zr[ir[a]]) - mall)
             ls = np.log(sall)
-            if mt != -_INF:
-                lst = np.log(tail) - ls
+            if mt != -_INF:     # in log space: the tail's probability may underflow
+                lst = ((mt - mall) + np.log(st)) - ls
         res = 0.0
         inf = False
         if bucket == 0:
