@@ -76,6 +76,45 @@ def _ov_logpos(x):
     return None
 
 
+@njit(**_INLINE)
+def _f16_to_f32(v):
+    """IEEE binary16 bits (uint16) -> float32, exactly and branch-free: the exponent and
+    mantissa shifted into float32 position are the value times 2^-112 (normals and subnormals
+    alike); inf / NaN get the all-ones exponent."""
+    h = np.int32(v) & np.int32(0xFFFF)
+    em = h & np.int32(0x7FFF)
+    o = np.int32(em << np.int32(13))
+    f = _int_bits_to_float(o) * np.float32(5.192296858534828e33)        # 2^112
+    f = _int_bits_to_float(np.int32(o | np.int32(0x7F800000))) if em >= np.int32(0x7C00) else f
+    sign = np.int32((h & np.int32(0x8000)) << np.int32(16))
+    return _int_bits_to_float(np.int32(_float_bits_to_int(f) | sign))
+
+
+@njit(**_INLINE)
+def _bf16_to_f32(v):
+    """bfloat16 bits (int16) -> float32: they are the top half of the float32."""
+    return _int_bits_to_float(np.int32(np.int32(v) << np.int32(16)))
+
+
+def real(v):  # pragma: no cover - replaced by the overload inside jitted code
+    return v
+
+
+@overload(real, fastmath=FASTMATH)
+def _ov_real(v):
+    """An input element as a float: float32 / float64 as they are, half-precision bits
+    (contract v2: uint16 = float16, int16 = bfloat16) converted to float32."""
+    from numba import types
+
+    if v == types.uint16:
+        return lambda v: _f16_to_f32(v)
+    if v == types.int16:
+        return lambda v: _bf16_to_f32(v)
+    if isinstance(v, types.Float):
+        return lambda v: v
+    return None
+
+
 def _threads(n):
     """kernels.py's thread setting for one call (imported late: kernels.py re-exports this
     module at its end, so either may be imported first)."""
@@ -99,7 +138,7 @@ def _max(row, j0, j1, m, sc):
     the scaled max, rounding being monotonic)."""
     xs = row[j0:j1]
     for j in range(xs.shape[0]):
-        m = maximum(m, xs[j] * sc)
+        m = maximum(m, real(xs[j]) * sc)
     return m
 
 
@@ -111,7 +150,7 @@ def _sum_exp(row, j0, j1, m, sc):
         xs = row[c0:min(c0 + CHUNK, j1)]
         acc = cast(0.0, m)
         for j in range(xs.shape[0]):
-            acc += fexp(xs[j] * sc - m)
+            acc += fexp(real(xs[j]) * sc - m)
         total += acc
     return total
 
@@ -125,8 +164,8 @@ def _js_logits_row(xr, zr, b, c, sc, tx, tz, ex, ez):
     against reassociation."""
     zero = cast(0.0, b)
     v = xr.shape[0]
-    mx = _max(xr, 0, v, xr[0] * sc, sc)
-    mz = _max(zr, 0, v, zr[0] * sc, sc)
+    mx = _max(xr, 0, v, real(xr[0]) * sc, sc)
+    mz = _max(zr, 0, v, real(zr[0]) * sc, sc)
     if mx != mx or mz != mz or mx == _INF or mz == _INF:     # NaN or +inf in a row
         return cast(np.nan, b)
     shx = mx if mx != -_INF else zero         # an all-masked row: every e is 0
@@ -144,8 +183,8 @@ def _js_logits_row(xr, zr, b, c, sc, tx, tz, ex, ez):
         ax = zero
         az = zero
         for j in range(xs.shape[0]):
-            t1 = xs[j] * sc - shx
-            t2 = zs[j] * sc - shz
+            t1 = real(xs[j]) * sc - shx
+            t2 = real(zs[j]) * sc - shz
             e1 = exp_hot(clamp_lo(t1))     # t <= 0; a masked class gets exp(LO) ~ 1e-38, see lo
             e2 = exp_hot(clamp_lo(t2))
             ts[j] = t1
@@ -195,9 +234,9 @@ def _js_logits(x, z, beta, scale, out, scratch, nblocks):
         ez = scratch[blk, 3]
         for i in range(rows * blk // nblocks, rows * (blk + 1) // nblocks):
             xr = x[i]
-            b = cast(beta, xr[0])
-            c = cast(1.0 - beta, xr[0])
-            sc = cast(scale, xr[0])
+            b = cast(beta, real(xr[0]))
+            c = cast(1.0 - beta, real(xr[0]))
+            sc = cast(scale, real(xr[0]))
             out[i] = _js_logits_row(xr, z[i], b, c, sc, tx, tz, ex, ez)
 
 
@@ -207,9 +246,9 @@ def _js_log_probs(x, z, beta, out):
         prefer_wide_vectors()
         xr = x[i]
         zr = z[i]
-        zero = cast(0.0, xr[0])
-        b = cast(beta, xr[0])
-        c = cast(1.0 - beta, xr[0])
+        zero = cast(0.0, real(xr[0]))
+        b = cast(beta, real(xr[0]))
+        c = cast(1.0 - beta, real(xr[0]))
         total = zero
         v = xr.shape[0]
         for c0 in range(0, v, CHUNK):
@@ -217,8 +256,8 @@ def _js_log_probs(x, z, beta, out):
             zs = zr[c0:min(c0 + CHUNK, v)]
             acc = zero
             for j in range(xs.shape[0]):
-                lp = xs[j]
-                lq = zs[j]
+                lp = real(xs[j])
+                lq = real(zs[j])
                 p = fexp(lp)
                 q = fexp(lq)
                 lm = logpos(b * p + c * q)      # finite where it is 0: selected away
@@ -235,9 +274,9 @@ def _js_probs(x, z, beta, out):
         prefer_wide_vectors()
         xr = x[i]
         zr = z[i]
-        zero = cast(0.0, xr[0])
-        b = cast(beta, xr[0])
-        c = cast(1.0 - beta, xr[0])
+        zero = cast(0.0, real(xr[0]))
+        b = cast(beta, real(xr[0]))
+        c = cast(1.0 - beta, real(xr[0]))
         total = zero
         v = xr.shape[0]
         for c0 in range(0, v, CHUNK):
@@ -245,8 +284,8 @@ def _js_probs(x, z, beta, out):
             zs = zr[c0:min(c0 + CHUNK, v)]
             acc = zero
             for j in range(xs.shape[0]):
-                p = xs[j]
-                q = zs[j]
+                p = real(xs[j])
+                q = real(zs[j])
                 lm = logpos(b * p + c * q)      # finite where it is 0: selected away
                 tp = b * p * (flog(p) - lm) if p != zero else zero
                 tq = c * q * (flog(q) - lm) if q != zero else zero
@@ -264,7 +303,7 @@ def _topk(idx, t, z, bucket, out):
         ir = idx[i]
         tr = t[i]
         v = zr.shape[0]
-        one = cast(1.0, zr[0])
+        one = cast(1.0, real(zr[0]))
         ok = True
         for a in range(k):                # the API sorts and validates: never read out of bounds
             if ir[a] < 0 or ir[a] >= v or (a > 0 and ir[a] <= ir[a - 1]):
@@ -278,13 +317,13 @@ def _topk(idx, t, z, bucket, out):
         for a in range(k + 1):
             j1 = ir[a] if a < k else v
             if j1 > j0:
-                mt = maximum(mt, np.float64(_max(zr, j0, j1, zr[j0], one)))
+                mt = maximum(mt, np.float64(_max(zr, j0, j1, real(zr[j0]), one)))
             j0 = j1 + 1
         bad = mt != mt or mt == _INF
         mall = mt
         for a in range(k):
-            zi = np.float64(zr[ir[a]])
-            ti = np.float64(tr[a])
+            zi = np.float64(real(zr[ir[a]]))
+            ti = np.float64(real(tr[a]))
             if zi != zi or zi == _INF or ti != ti:
                 bad = True
             mall = max(mall, zi)
@@ -297,7 +336,7 @@ def _topk(idx, t, z, bucket, out):
             for a in range(k + 1):
                 j1 = ir[a] if a < k else v
                 if j1 > j0:
-                    st += np.float64(_sum_exp(zr, j0, j1, cast(mt, zr[0]), one))
+                    st += np.float64(_sum_exp(zr, j0, j1, cast(mt, real(zr[0])), one))
                 j0 = j1 + 1
         # log q_i = (z_i - mall) - ls; lst = log of the student's tail probability
         ls = 0.0
@@ -305,7 +344,7 @@ def _topk(idx, t, z, bucket, out):
         if mall != -_INF:
             sall = st * np.exp(mt - mall) if mt != -_INF else 0.0
             for a in range(k):
-                sall += np.exp(np.float64(zr[ir[a]]) - mall)
+                sall += np.exp(np.float64(real(zr[ir[a]])) - mall)
             ls = np.log(sall)
             if mt != -_INF:     # in log space: the tail's probability may underflow
                 lst = ((mt - mall) + np.log(st)) - ls
@@ -314,7 +353,7 @@ def _topk(idx, t, z, bucket, out):
         if bucket == 0:
             tm = -_INF
             for a in range(k):
-                tm = max(tm, np.float64(tr[a]))
+                tm = max(tm, np.float64(real(tr[a])))
             if tm == _INF:
                 out[i] = np.nan
                 continue
@@ -323,13 +362,13 @@ def _topk(idx, t, z, bucket, out):
                 continue
             s = 0.0
             for a in range(k):
-                s += np.exp(np.float64(tr[a]) - tm)
+                s += np.exp(np.float64(real(tr[a])) - tm)
             lt = np.log(s)
             for a in range(k):
-                ta = np.float64(tr[a])
+                ta = np.float64(real(tr[a]))
                 if ta == -_INF:
                     continue
-                lq = ((np.float64(zr[ir[a]]) - mall) - ls) if mall != -_INF else -_INF
+                lq = ((np.float64(real(zr[ir[a]])) - mall) - ls) if mall != -_INF else -_INF
                 lp = (ta - tm) - lt
                 if lq == -_INF:
                     inf = True
@@ -338,10 +377,10 @@ def _topk(idx, t, z, bucket, out):
         else:
             sp = 0.0
             for a in range(k):
-                ta = np.float64(tr[a])
+                ta = np.float64(real(tr[a]))
                 if ta == -_INF:
                     continue
-                lq = ((np.float64(zr[ir[a]]) - mall) - ls) if mall != -_INF else -_INF
+                lq = ((np.float64(real(zr[ir[a]])) - mall) - ls) if mall != -_INF else -_INF
                 pa = np.exp(ta)
                 sp += pa
                 if lq == -_INF:
@@ -360,7 +399,8 @@ def _topk(idx, t, z, bucket, out):
 def js_logits(x, z, beta, scale, out, nthreads):
     _guard(out, x, z)
     nblocks = max(1, min(int(nthreads), x.shape[0]))
-    scratch = np.empty((nblocks, 4, x.shape[1]), dtype=x.dtype)   # O(threads x V)
+    acc = np.float32 if x.dtype.itemsize == 2 else x.dtype             # half bits: float32
+    scratch = np.empty((nblocks, 4, x.shape[1]), dtype=acc)   # O(threads x V)
     with _threads(nthreads):
         _js_logits(x, z, float(beta), float(scale), out, scratch, nblocks)
 
