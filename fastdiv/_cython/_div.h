@@ -10,12 +10,15 @@
  * traffic is that of the half input (each element read once from DRAM); there is no
  * full-size upcast copy; and since converting a half to float32 is exact, the result is
  * bit-identical to the float32 kernel on the upcast input (x * scale rounded to the working
- * precision once, as the float32 kernel with that scale does).
- * Speed: a row is converted (memory-bound) and then computed on (compute-bound) in turn, so
- * the two do not overlap within a thread: half input runs at about the float32 speed (6-7x
- * faster than converting blocks in numpy), not at half its time (benchmarks/NOTES.md).
- * Native float32/float64 inputs with scale = 1 never come here: they run on the existing
- * entry points unchanged, bit for bit.
+ * precision once, as the float32 kernel with that scale does).  Exception: long half rows of
+ * lse and unsmoothed hard-label CE are converted chunk by chunk (fd_half_lse_state), equal to
+ * the float32 kernel's result to within float32 rounding.
+ * Speed: the conversion adds work (0.03-0.1 ns per element in cache) and does not overlap
+ * the row's arithmetic, so half input runs at 0.7-1.2x the float32 speed (6-7x faster than
+ * converting blocks in numpy), not at half its time (benchmarks/NOTES.md).
+ * Native float32/float64 inputs with scale = 1 never come here for the contract's first nine
+ * kernels: they run on the existing entry points unchanged, bit for bit.  The new kernels
+ * (JS, top-k) always run through this driver, reading native input in place.
  */
 #ifndef FASTDIV_DIV_H
 #define FASTDIV_DIV_H

@@ -2,8 +2,10 @@
 """Cython / OpenMP per-row kernels of fastdiv (the ``cython`` backend).
 
 Implements the kernel contract of :mod:`fastdiv._registry`: every function takes C-contiguous
-2-D rows ``(rows, V)`` of one float dtype (float32 or float64), a 1-D ``out`` of that dtype
-and ``nthreads``, and writes one value per row.  Work items (one row, or a block of 16 / 8
+2-D rows ``(rows, V)`` of one float dtype (float32 or float64; or, contract v2, half-precision
+bits as uint16 / int16 with a float32 ``out``), a 1-D ``out`` of that dtype and ``nthreads``,
+and writes one value per row.  The divergence family and the v2 entry points are at the end
+of this file (C code in ``_div.h`` / ``_div_rows.h``).  Work items (one row, or a block of 16 / 8
 short rows for V <= 2048 / 1024 floats / doubles with AVX-512) are split statically over
 OpenMP threads; each row is computed by one thread with a fixed summation order that depends
 on neither the thread count nor the row's position in the batch, so results are
