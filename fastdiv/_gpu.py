@@ -185,7 +185,8 @@ def cross_entropy(logits, target, reduction, ignore_index, weight, eps, scale=1.
         if rows:
             call.k.ce_soft(x2, p2, w_view, 1.0 - eps, eps / v, scale, out_view, None, stream=stream,
                            bf16=call.bf16 or None)
-        return _finish(call, out_native, out_view, lead, reduction)
+        # ce_mean without a target: the mean over rows, 0.0 for no rows (as on the host)
+        return _finish(call, out_native, out_view, lead, reduction, ce_mean=True)
 
     if interop.is_device_array(target):
         t = target

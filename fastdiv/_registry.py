@@ -10,10 +10,10 @@ element once from memory, and compute each row on one thread, so results do not 
 the thread count.  Semantics are those of ``fastdiv.reference`` (see its docstring).
 
     lse(x, out, nthreads)                    out[i] = logsumexp(x[i])
-    entropy_logits(x, scale, out, nthreads)  H(softmax(scale * x[i]))
+    entropy_logits(x, scale, out, nthreads)  H(softmax(scale * x[i]))   (scale = 1 / temperature)
     entropy_log_probs(l, out, nthreads)      -sum exp(l) * l           (literal, no renormalising)
     entropy_probs(p, out, nthreads)          -sum p * log p            (0 log 0 = 0)
-    kl_logits(x, z, scale, out, nthreads)    D(softmax(scale * x[i]) || softmax(scale * z[i]))
+    kl_logits(x, z, scale, out, nthreads)    D(softmax(scale x[i]) || softmax(scale z[i]))
     kl_log_probs(a, b, out, nthreads)        sum exp(a) * (a - b)
     kl_probs(p, q, out, nthreads)            sum p * (log p - log q)
     ce_hard(x, target, ignore_index, weight, eps, out, nthreads)
@@ -21,8 +21,8 @@ the thread count.  Semantics are those of ``fastdiv.reference`` (see its docstri
         user gave none); out[i] = 0 if ignored, else
         (1 - eps) * w[t] * (lse - x[t]) + eps / V * sum_j w_j * (lse - x_j)
     ce_soft(x, p, weight, alpha, beta, scale, out, nthreads)
-        out[i] = sum_j w_j * q_j * (lse - x_j) with q_j = alpha * p_j + beta, where the logits
-        x are first multiplied by scale (label smoothing is alpha = 1 - eps, beta = eps / V).
+        out[i] = sum_j w_j * q_j * (lse - x_j) with q_j = alpha * p_j + beta, x = scale * logits
+        (label smoothing is alpha = 1 - eps, beta = eps / V).
 
 Divergence family (contract v2, issue 5).  ``scale = 1 / temperature`` (positive, finite)
 multiplies every logit before anything else; ``scale = 1.0`` gives today's results bit for bit.
@@ -38,12 +38,12 @@ multiplies every logit before anything else; ``scale = 1.0`` gives today's resul
         dtype as z; z: (rows, V) student logits; bucket: 0 renormalizes the teacher over its k
         classes, 1 puts its missing mass into one tail class (fastdiv.reference.topk_kl_rows).
 
-Half-precision inputs (contract v2 item 2): a backend module with ``HALF_INPUTS = True``
-accepts, in every kernel, all float inputs of a call as one half format given as raw bits
-(``uint16``: IEEE float16, ``int16``: bfloat16), with ``weight`` and ``out`` float32; it
-accumulates in float32.
-
 A term whose probability or weight is exactly 0 contributes exactly 0 (no ``0 * inf``).
+
+Half precision: a backend module with ``HALF_INPUTS = True`` also accepts float16 inputs as
+``np.uint16`` bit patterns and bfloat16 inputs as ``np.int16`` bit patterns (every float input
+of a call in the same format), with ``weight`` and ``out`` float32; it widens each element as
+it reads it and accumulates in float32.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 
-from . import _checks, _gpu, _registry
+from . import _checks, _chunks, _gpu, _registry
 
 __all__ = [
     "logsumexp",
@@ -114,7 +114,8 @@ def _run_rows(arrays, dtype, call, nrows):
 
     Native C-contiguous inputs go to the kernel in one call; otherwise blocks of
     ``BLOCK_BYTES`` are converted (dtype, byte order, strides) and processed in turn, so
-    the extra memory is O(block), never O(rows x V).
+    the extra memory is O(block), never O(rows x V).  File-backed inputs (np.memmap) go
+    in chunks of ``_chunks.CHUNK_BYTES`` whose pages are released after each chunk.
     """
     v = arrays[0].shape[-1]
     per_array = [list(_row_blocks(a)) for a in arrays]
@@ -126,13 +127,25 @@ def _run_rows(arrays, dtype, call, nrows):
         for parts in per_array:
             start, block = next((s, blk) for s, blk in reversed(parts) if s <= a)
             blocks.append(block[a - start:b - start])
-        if all(blk.dtype == dtype and blk.flags.c_contiguous for blk in blocks):
+        native = all(blk.dtype == dtype and blk.flags.c_contiguous for blk in blocks)
+        mapped = [_chunks.mapping(blk) for blk in blocks]
+        if native and all(m is None for m in mapped):
             call(a, b, *blocks)
             continue
-        step = _rows_per_block(v, max(dtype.itemsize, max(blk.dtype.itemsize for blk in blocks)))
+        # Converted inputs go in BLOCK_BYTES blocks; file-backed ones (see fastdiv._chunks)
+        # in CHUNK_BYTES chunks (fewer, larger kernel calls over a slow source) whose pages
+        # are released after use, so RSS stays bounded.
+        itemsize = max(dtype.itemsize, max(blk.dtype.itemsize for blk in blocks))
+        if any(m is not None for m in mapped):
+            step = _chunks.rows_per_chunk(v, itemsize, _chunks.CHUNK_BYTES)
+        else:
+            step = _rows_per_block(v, itemsize)
         for r0 in range(a, b, step):
             r1 = min(r0 + step, b)
-            call(r0, r1, *[_prepare(blk[r0 - a:r1 - a], dtype) for blk in blocks])
+            parts = [blk[r0 - a:r1 - a] for blk in blocks]
+            call(r0, r1, *[_prepare(part, dtype) for part in parts])
+            for part, m in zip(parts, mapped):
+                _chunks.release(part, m)
 
 
 def _out_dtype(*arrays):
@@ -199,6 +212,22 @@ def _finish(per_row, lead, reduction, dtype):
     return dtype.type(np.sum(per_row, dtype=np.float64) / per_row.size)
 
 
+def _validate(flag, kind, **named):
+    """``validate=True``: each row of the named arrays is a distribution given as ``kind``.
+
+    Probabilities: no NaN, entries in [0, 1], rows summing to 1 within
+    ``_checks.PROB_SUM_TOL`` (1e-4 for float32/float64, 1e-2 for 16-bit inputs);
+    log-probabilities: no NaN or +inf, row logsumexp within the same tolerance of 0; logits:
+    nothing to check.  Host arrays only: checking device arrays would need a copy to the host.
+    """
+    if not _checks.validate_flag(flag) or kind == "logits":
+        return
+    for name, a in named.items():
+        if _gpu.any_on_device(a):
+            raise ValueError(f"validate=True checks host arrays; {name} is a device array (validate it on the device)")
+        _checks.distribution(name, _checks.float_array(name, a), kind)
+
+
 # --------------------------------------------------------------------------- public functions
 
 
@@ -230,7 +259,7 @@ def logsumexp(x, *, backend="auto"):
     return _finish(per_row, x.shape[:-1], "none", per_row.dtype)
 
 
-def entropy(p, *, inputs="logits", reduction="none", temperature=1.0, backend="auto"):
+def entropy(p, *, inputs="logits", reduction="none", temperature=1.0, backend="auto", validate=False):
     """Shannon entropy ``H(P) = -sum p log p`` (nats) over the last axis.
 
     Parameters
@@ -243,6 +272,11 @@ def entropy(p, *, inputs="logits", reduction="none", temperature=1.0, backend="a
     temperature : float, positive and finite
         Logits are divided by it before the softmax: ``H(softmax(p / T))``.  Only for
         ``inputs="logits"``.
+    validate : bool
+        Check first that each row is a distribution: probabilities NaN-free, in [0, 1] and
+        summing to 1 within 1e-4 (1e-2 for 16-bit inputs); log-probabilities free of NaN and
+        +inf with a logsumexp within the same of 0 (``ValueError`` naming the argument and
+        row).  Off by default: it reads the input once more.  Host arrays only.
 
     Examples
     --------
@@ -255,6 +289,7 @@ def entropy(p, *, inputs="logits", reduction="none", temperature=1.0, backend="a
     scale = _checks.temperature(temperature, kind)
     scalars = (scale,) if kind == "logits" else ()
     backend = _registry.resolve(backend, device=_gpu.any_on_device(p))
+    _validate(validate, kind, p=p)
     if backend == "cuda":
         return _gpu.per_row_op(f"entropy_{kind}", [("p", p)], reduction, scalars=scalars)
     p = _checks.float_array("p", p)
@@ -262,7 +297,7 @@ def entropy(p, *, inputs="logits", reduction="none", temperature=1.0, backend="a
     return _finish(per_row, p.shape[:-1], reduction, per_row.dtype)
 
 
-def kl_div(p, q, *, inputs="logits", reduction="mean", temperature=1.0, backend="auto"):
+def kl_div(p, q, *, inputs="logits", reduction="mean", temperature=1.0, backend="auto", validate=False):
     """Kullback-Leibler divergence ``D(P || Q) = sum p (log p - log q)`` over the last axis.
 
     The argument order is the mathematical one (like ``scipy.special.rel_entr(p, q)``),
@@ -280,6 +315,8 @@ def kl_div(p, q, *, inputs="logits", reduction="mean", temperature=1.0, backend=
         convention).  The result is the plain divergence of the tempered distributions: no
         ``T**2`` factor is applied (that factor only rescales gradients, and fastdiv computes
         values, not gradients).  Only for ``inputs="logits"``.
+    validate : bool
+        Check first that each row of ``p`` and ``q`` is a distribution, as in :func:`entropy`.
 
     Examples
     --------
@@ -293,6 +330,7 @@ def kl_div(p, q, *, inputs="logits", reduction="mean", temperature=1.0, backend=
     scale = _checks.temperature(temperature, kind)
     scalars = (scale,) if kind == "logits" else ()
     backend = _registry.resolve(backend, device=_gpu.any_on_device(p, q))
+    _validate(validate, kind, p=p, q=q)
     if backend == "cuda":
         return _gpu.per_row_op(f"kl_{kind}", [("p", p), ("q", q)], reduction, scalars=scalars)
     p = _checks.float_array("p", p)
@@ -303,7 +341,7 @@ def kl_div(p, q, *, inputs="logits", reduction="mean", temperature=1.0, backend=
 
 
 def cross_entropy(logits, target, *, reduction="mean", ignore_index=-100, weight=None,
-                  label_smoothing=0.0, temperature=1.0, backend="auto"):
+                  label_smoothing=0.0, temperature=1.0, backend="auto", validate=False):
     """Cross-entropy of ``softmax(logits)`` against class indices or target probabilities.
 
     Gives the numbers of ``torch.nn.functional.cross_entropy`` with the class axis last.
@@ -328,19 +366,26 @@ def cross_entropy(logits, target, *, reduction="mean", ignore_index=-100, weight
         Soft targets only: the logits are divided by ``T`` before the softmax (the target
         probabilities are used as given).  No ``T**2`` factor is applied: fastdiv computes
         values, not gradients.  With class-index targets it must be 1.0.
+    validate : bool
+        With probabilities as ``target``, check first that each row is a distribution, as
+        in :func:`entropy`; class indices are always checked.
 
     Examples
     --------
     >>> import numpy as np, fastdiv
     >>> logits = np.array([[2.0, 0.0, 0.0]]); target = np.array([0])
     >>> round(float(fastdiv.cross_entropy(logits, target)), 6)
-    0.237488
+    0.239545
     """
     reduction = _checks.reduction(reduction)
     ignore = _checks.ignore_index(ignore_index)
     eps = _checks.label_smoothing(label_smoothing)
     scale = _checks.temperature(temperature)
     backend = _registry.resolve(backend, device=_gpu.any_on_device(logits, target, weight))
+    if _checks.validate_flag(validate):
+        t_arr = target if _gpu.any_on_device(target) else _checks.as_array("target", target)
+        if _gpu.any_on_device(target) or t_arr.dtype.kind == "f" or t_arr.dtype == _checks._bfloat16():
+            _validate(True, "probs", target=t_arr)          # (a device target: ValueError, host only)
     if backend == "cuda":
         return _gpu.cross_entropy(logits, target, reduction, ignore, weight, eps, scale)
     logits = _checks.float_array("logits", logits)
@@ -348,6 +393,7 @@ def cross_entropy(logits, target, *, reduction="mean", ignore_index=-100, weight
     lead, v = logits.shape[:-1], logits.shape[-1]
 
     if target.dtype.kind == "f" or target.dtype == _checks._bfloat16():
+        _checks.compute_dtype("target", target.dtype)        # float128 is "f" too: name it
         if target.shape != logits.shape:
             raise ValueError(
                 f"float target (probabilities) must have the same shape as logits {logits.shape}, got {target.shape}; "
@@ -355,6 +401,8 @@ def cross_entropy(logits, target, *, reduction="mean", ignore_index=-100, weight
         dtype = _out_dtype(logits, target)
         w = np.ones(v, dtype) if weight is None else _checks.class_weight(weight, v, dtype)
         per_row = _per_row("ce_soft", backend, [logits, target], scalars=(1.0 - eps, eps / v, scale), extra=(w,))
+        if reduction == "mean" and per_row.size == 0:
+            return per_row.dtype.type(0.0)        # like hard labels: a mean over no rows is 0.0
         return _finish(per_row, lead, reduction, per_row.dtype)
 
     if scale != 1.0:

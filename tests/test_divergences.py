@@ -494,20 +494,23 @@ def test_numba_divergence_kernels_read_half_bits(half, rng):
 
 
 @pytest.mark.skipif("numba" not in ALL_HOST, reason="numba backend unavailable")
-def test_numba_float16_bits_convert_exactly():
+def test_numba_half_loads_convert_exactly():
+    """simd.load, which the numba kernels read half inputs with: every float16 / bfloat16 bit
+    pattern widens to the float32 numpy / ml_dtypes give."""
     from numba import njit
 
-    from fastdiv._numba.divergences import _f16_to_f32
+    from fastdiv._numba.simd import load
 
     @njit
     def conv(a, out):
         for i in range(a.shape[0]):
-            out[i] = _f16_to_f32(a[i])
+            out[i] = load(a[i])
 
-    every = np.arange(1 << 16, dtype=np.uint16)
-    out = np.empty(every.size, np.float32)
-    conv(every, out)
-    want = every.view(np.float16).astype(np.float32)
-    nan = np.isnan(want)
-    np.testing.assert_array_equal(out.view(np.uint32)[~nan], want.view(np.uint32)[~nan])
-    assert np.isnan(out[nan]).all()
+    for bits, half in ((np.uint16, np.float16),) + (((np.int16, ml_dtypes.bfloat16),) if ml_dtypes else ()):
+        every = np.arange(1 << 16, dtype=np.uint16).view(bits)
+        out = np.empty(every.size, np.float32)
+        conv(every, out)
+        want = every.view(half).astype(np.float32)
+        nan = np.isnan(want)
+        np.testing.assert_array_equal(out.view(np.uint32)[~nan], want.view(np.uint32)[~nan])
+        assert np.isnan(out[nan]).all()

@@ -180,18 +180,8 @@ def test_nan_after_a_masked_start_poisons_the_row(backend, pos):
     assert np.isnan(fastdiv.kl_div(x, z, reduction="none", backend=backend)).all()
 
 
-NUMBA_CONFIDENT_ROWS = (
-    "known numba bug (open in issue 2): on near-one-hot float32 rows the dominant term is not "
-    "exactly 1 (stale reference / block reference), so a tiny CE or entropy loses its relative "
-    "accuracy (up to 100 % at CE ~ 1e-5).  Fix: sum each chunk against the exact row maximum "
-    "(redo a chunk when the maximum rises) and keep the terms at the maximum out of the lane sums, "
-    "as the Cython backend does.")
-
-
-def test_near_one_hot_rows_keep_relative_accuracy(backend, rng, request):
+def test_near_one_hot_rows_keep_relative_accuracy(backend, rng):
     """A confident prediction's CE is log(1 + small): float32 must keep the small part."""
-    if backend == "numba":
-        request.applymarker(pytest.mark.xfail(reason=NUMBA_CONFIDENT_ROWS, strict=True))
     worst = 0.0
     for v in (7, 51, 300, 5000):
         x = (rng.standard_normal((16, v)) * 3).astype(np.float32)

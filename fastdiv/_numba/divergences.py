@@ -4,6 +4,9 @@ The contract is ``fastdiv._registry``'s (js_logits, js_log_probs, js_probs, topk
 semantics are ``fastdiv.reference.js_rows`` / ``topk_kl_rows``.  Built on the vectorisable
 math of ``simd.py``; re-exported by ``kernels.py``.
 
+Inputs may be float32, float64 or half-precision bits (``HALF_INPUTS`` of ``kernels.py``:
+float16 as uint16, bfloat16 as int16), widened by ``simd.load`` as they are read.
+
 Per row, the passes after the first read the row(s) from cache: a 50257-float row pair is
 400 KB, well inside L2.  Sums are accumulated per chunk of ``CHUNK`` elements in a fresh
 accumulator (which LLVM splits over vector lanes), then added to the row total: far more
@@ -16,7 +19,7 @@ from numba import njit, prange
 
 from numba.extending import overload
 
-from .simd import FASTMATH, _float_bits_to_int, _int_bits_to_float, cast, clamp_lo, exp_hot, fexp, flog, maximum, prefer_wide_vectors
+from .simd import FASTMATH, _float_bits_to_int, _int_bits_to_float, cast, clamp_lo, exp_hot, fexp, flog, load, maximum, prefer_wide_vectors
 
 CHUNK = 2048
 _JIT = dict(parallel=True, fastmath=FASTMATH, cache=True, nogil=True)
@@ -76,45 +79,6 @@ def _ov_logpos(x):
     return None
 
 
-@njit(**_INLINE)
-def _f16_to_f32(v):
-    """IEEE binary16 bits (uint16) -> float32, exactly and branch-free: the exponent and
-    mantissa shifted into float32 position are the value times 2^-112 (normals and subnormals
-    alike); inf / NaN get the all-ones exponent."""
-    h = np.int32(v) & np.int32(0xFFFF)
-    em = h & np.int32(0x7FFF)
-    o = np.int32(em << np.int32(13))
-    f = _int_bits_to_float(o) * np.float32(5.192296858534828e33)        # 2^112
-    f = _int_bits_to_float(np.int32(o | np.int32(0x7F800000))) if em >= np.int32(0x7C00) else f
-    sign = np.int32((h & np.int32(0x8000)) << np.int32(16))
-    return _int_bits_to_float(np.int32(_float_bits_to_int(f) | sign))
-
-
-@njit(**_INLINE)
-def _bf16_to_f32(v):
-    """bfloat16 bits (int16) -> float32: they are the top half of the float32."""
-    return _int_bits_to_float(np.int32(np.int32(v) << np.int32(16)))
-
-
-def real(v):  # pragma: no cover - replaced by the overload inside jitted code
-    return v
-
-
-@overload(real, fastmath=FASTMATH)
-def _ov_real(v):
-    """An input element as a float: float32 / float64 as they are, half-precision bits
-    (contract v2: uint16 = float16, int16 = bfloat16) converted to float32."""
-    from numba import types
-
-    if v == types.uint16:
-        return lambda v: _f16_to_f32(v)
-    if v == types.int16:
-        return lambda v: _bf16_to_f32(v)
-    if isinstance(v, types.Float):
-        return lambda v: v
-    return None
-
-
 def _threads(n):
     """kernels.py's thread setting for one call (imported late: kernels.py re-exports this
     module at its end, so either may be imported first)."""
@@ -138,7 +102,7 @@ def _max(row, j0, j1, m, sc):
     the scaled max, rounding being monotonic)."""
     xs = row[j0:j1]
     for j in range(xs.shape[0]):
-        m = maximum(m, real(xs[j]) * sc)
+        m = maximum(m, load(xs[j]) * sc)
     return m
 
 
@@ -150,7 +114,7 @@ def _sum_exp(row, j0, j1, m, sc):
         xs = row[c0:min(c0 + CHUNK, j1)]
         acc = cast(0.0, m)
         for j in range(xs.shape[0]):
-            acc += fexp(real(xs[j]) * sc - m)
+            acc += fexp(load(xs[j]) * sc - m)
         total += acc
     return total
 
@@ -164,8 +128,8 @@ def _js_logits_row(xr, zr, b, c, sc, tx, tz, ex, ez):
     against reassociation."""
     zero = cast(0.0, b)
     v = xr.shape[0]
-    mx = _max(xr, 0, v, real(xr[0]) * sc, sc)
-    mz = _max(zr, 0, v, real(zr[0]) * sc, sc)
+    mx = _max(xr, 0, v, load(xr[0]) * sc, sc)
+    mz = _max(zr, 0, v, load(zr[0]) * sc, sc)
     if mx != mx or mz != mz or mx == _INF or mz == _INF:     # NaN or +inf in a row
         return cast(np.nan, b)
     shx = mx if mx != -_INF else zero         # an all-masked row: every e is 0
@@ -183,8 +147,8 @@ def _js_logits_row(xr, zr, b, c, sc, tx, tz, ex, ez):
         ax = zero
         az = zero
         for j in range(xs.shape[0]):
-            t1 = real(xs[j]) * sc - shx
-            t2 = real(zs[j]) * sc - shz
+            t1 = load(xs[j]) * sc - shx
+            t2 = load(zs[j]) * sc - shz
             e1 = exp_hot(clamp_lo(t1))     # t <= 0; a masked class gets exp(LO) ~ 1e-38, see lo
             e2 = exp_hot(clamp_lo(t2))
             ts[j] = t1
@@ -234,9 +198,9 @@ def _js_logits(x, z, beta, scale, out, scratch, nblocks):
         ez = scratch[blk, 3]
         for i in range(rows * blk // nblocks, rows * (blk + 1) // nblocks):
             xr = x[i]
-            b = cast(beta, real(xr[0]))
-            c = cast(1.0 - beta, real(xr[0]))
-            sc = cast(scale, real(xr[0]))
+            b = cast(beta, load(xr[0]))
+            c = cast(1.0 - beta, load(xr[0]))
+            sc = cast(scale, load(xr[0]))
             out[i] = _js_logits_row(xr, z[i], b, c, sc, tx, tz, ex, ez)
 
 
@@ -246,9 +210,9 @@ def _js_log_probs(x, z, beta, out):
         prefer_wide_vectors()
         xr = x[i]
         zr = z[i]
-        zero = cast(0.0, real(xr[0]))
-        b = cast(beta, real(xr[0]))
-        c = cast(1.0 - beta, real(xr[0]))
+        zero = cast(0.0, load(xr[0]))
+        b = cast(beta, load(xr[0]))
+        c = cast(1.0 - beta, load(xr[0]))
         total = zero
         v = xr.shape[0]
         for c0 in range(0, v, CHUNK):
@@ -256,8 +220,8 @@ def _js_log_probs(x, z, beta, out):
             zs = zr[c0:min(c0 + CHUNK, v)]
             acc = zero
             for j in range(xs.shape[0]):
-                lp = real(xs[j])
-                lq = real(zs[j])
+                lp = load(xs[j])
+                lq = load(zs[j])
                 p = fexp(lp)
                 q = fexp(lq)
                 lm = logpos(b * p + c * q)      # finite where it is 0: selected away
@@ -274,9 +238,9 @@ def _js_probs(x, z, beta, out):
         prefer_wide_vectors()
         xr = x[i]
         zr = z[i]
-        zero = cast(0.0, real(xr[0]))
-        b = cast(beta, real(xr[0]))
-        c = cast(1.0 - beta, real(xr[0]))
+        zero = cast(0.0, load(xr[0]))
+        b = cast(beta, load(xr[0]))
+        c = cast(1.0 - beta, load(xr[0]))
         total = zero
         v = xr.shape[0]
         for c0 in range(0, v, CHUNK):
@@ -284,8 +248,8 @@ def _js_probs(x, z, beta, out):
             zs = zr[c0:min(c0 + CHUNK, v)]
             acc = zero
             for j in range(xs.shape[0]):
-                p = real(xs[j])
-                q = real(zs[j])
+                p = load(xs[j])
+                q = load(zs[j])
                 lm = logpos(b * p + c * q)      # finite where it is 0: selected away
                 tp = b * p * (flog(p) - lm) if p != zero else zero
                 tq = c * q * (flog(q) - lm) if q != zero else zero
@@ -303,7 +267,7 @@ def _topk(idx, t, z, bucket, out):
         ir = idx[i]
         tr = t[i]
         v = zr.shape[0]
-        one = cast(1.0, real(zr[0]))
+        one = cast(1.0, load(zr[0]))
         ok = True
         for a in range(k):                # the API sorts and validates: never read out of bounds
             if ir[a] < 0 or ir[a] >= v or (a > 0 and ir[a] <= ir[a - 1]):
@@ -317,13 +281,13 @@ def _topk(idx, t, z, bucket, out):
         for a in range(k + 1):
             j1 = ir[a] if a < k else v
             if j1 > j0:
-                mt = maximum(mt, np.float64(_max(zr, j0, j1, real(zr[j0]), one)))
+                mt = maximum(mt, np.float64(_max(zr, j0, j1, load(zr[j0]), one)))
             j0 = j1 + 1
         bad = mt != mt or mt == _INF
         mall = mt
         for a in range(k):
-            zi = np.float64(real(zr[ir[a]]))
-            ti = np.float64(real(tr[a]))
+            zi = np.float64(load(zr[ir[a]]))
+            ti = np.float64(load(tr[a]))
             if zi != zi or zi == _INF or ti != ti:
                 bad = True
             mall = max(mall, zi)
@@ -336,7 +300,7 @@ def _topk(idx, t, z, bucket, out):
             for a in range(k + 1):
                 j1 = ir[a] if a < k else v
                 if j1 > j0:
-                    st += np.float64(_sum_exp(zr, j0, j1, cast(mt, real(zr[0])), one))
+                    st += np.float64(_sum_exp(zr, j0, j1, cast(mt, load(zr[0])), one))
                 j0 = j1 + 1
         # log q_i = (z_i - mall) - ls; lst = log of the student's tail probability
         ls = 0.0
@@ -344,7 +308,7 @@ def _topk(idx, t, z, bucket, out):
         if mall != -_INF:
             sall = st * np.exp(mt - mall) if mt != -_INF else 0.0
             for a in range(k):
-                sall += np.exp(np.float64(real(zr[ir[a]])) - mall)
+                sall += np.exp(np.float64(load(zr[ir[a]])) - mall)
             ls = np.log(sall)
             if mt != -_INF:     # in log space: the tail's probability may underflow
                 lst = ((mt - mall) + np.log(st)) - ls
@@ -353,7 +317,7 @@ def _topk(idx, t, z, bucket, out):
         if bucket == 0:
             tm = -_INF
             for a in range(k):
-                tm = max(tm, np.float64(real(tr[a])))
+                tm = max(tm, np.float64(load(tr[a])))
             if tm == _INF:
                 out[i] = np.nan
                 continue
@@ -362,13 +326,13 @@ def _topk(idx, t, z, bucket, out):
                 continue
             s = 0.0
             for a in range(k):
-                s += np.exp(np.float64(real(tr[a])) - tm)
+                s += np.exp(np.float64(load(tr[a])) - tm)
             lt = np.log(s)
             for a in range(k):
-                ta = np.float64(real(tr[a]))
+                ta = np.float64(load(tr[a]))
                 if ta == -_INF:
                     continue
-                lq = ((np.float64(real(zr[ir[a]])) - mall) - ls) if mall != -_INF else -_INF
+                lq = ((np.float64(load(zr[ir[a]])) - mall) - ls) if mall != -_INF else -_INF
                 lp = (ta - tm) - lt
                 if lq == -_INF:
                     inf = True
@@ -377,10 +341,10 @@ def _topk(idx, t, z, bucket, out):
         else:
             sp = 0.0
             for a in range(k):
-                ta = np.float64(real(tr[a]))
+                ta = np.float64(load(tr[a]))
                 if ta == -_INF:
                     continue
-                lq = ((np.float64(real(zr[ir[a]])) - mall) - ls) if mall != -_INF else -_INF
+                lq = ((np.float64(load(zr[ir[a]])) - mall) - ls) if mall != -_INF else -_INF
                 pa = np.exp(ta)
                 sp += pa
                 if lq == -_INF:

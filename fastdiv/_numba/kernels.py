@@ -1,16 +1,23 @@
 """numba CPU kernels: the per-row contract of ``fastdiv._registry``, parallel over rows.
 
-Per row, one pass over the data in chunks of ``CHUNK`` elements.  For each chunk:
+Inputs may be float32, float64 or half-precision bits (``HALF_INPUTS``: float16 as uint16,
+bfloat16 as int16); ``simd.load`` widens each element to the compute type as it is read.
 
-1. its maximum (``llvm.maximum``: vectorises, propagates NaN), read from memory;
-2. if it raises the running maximum ``m``, rescale the running sums to the new ``m``
-   (one scalar exp; an empty state with ``m = -inf`` has nothing to rescale);
-3. the exp-sums relative to ``m``, reading the chunk again, now from L1.
+Per row, one pass over the data in chunks of ``CHUNK`` elements, against the exact running
+maximum ``m`` of the chunks before:
 
-So memory is read once, every ``exp`` argument is ``<= 0`` (no overflow), and the state
-``(m, s = sum e^(x-m), w = sum e^(x-m) y)`` is the mergeable one of DESIGN.md.  Chunk sums
-are accumulated in a fresh accumulator that LLVM splits across vector lanes, then added
-to the row total: this is far more accurate in float32 than one sequential sum.
+1. the chunk's maximum and its exp-sums relative to ``m`` in one fused pass from memory;
+2. if the chunk's maximum exceeds ``m`` (rare after the first chunks: a new maximum), the
+   running sums are rescaled to it and the chunk is summed again, from L1.
+
+So every ``exp`` argument is ``<= 0`` (no overflow) and ``m`` is always the exact maximum of
+what was summed.  The state is ``(m, c, r, w)``: ``c`` entries equal to ``m`` (each
+contributes exactly 1, kept out of the vector sums), ``r = sum_{x<m} e^(x-m)`` and
+``w = sum e^(x-m) (x-m)``, so ``s = c + r``.  Keeping the ones out matters for confident
+rows: in float32 a lane holding a 1 swallows terms below 6e-8, and ``log(1 + r)`` computed as
+``log1p(r)`` keeps a tiny cross-entropy's relative accuracy (reference: 100 % error at CE
+~1e-8 before).  Chunk sums are accumulated in fresh accumulators that LLVM splits across
+vector lanes, then added to the row totals; rows end in float64.
 
 Row endings: NaN max -> NaN; +inf max -> lse = +inf and every softmax quantity NaN (but a
 NaN later in the row still wins); max = -inf (all masked) -> lse = -inf and the results
@@ -25,20 +32,24 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .simd import FASTMATH, cast, clamp_lo, exp_hot, fence, fexp, flog, jump_limit, maximum, prefer_wide_vectors, prefetch
+from .simd import FASTMATH, cast, clamp_lo, exp_hot, fence, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch
+
+#: Kernels read float16/bfloat16 inputs directly (see the module docstring).
+HALF_INPUTS = True
 
 CHUNK = 2048
 _JIT = dict(parallel=True, fastmath=FASTMATH, cache=True, nogil=True)
 _INLINE = dict(inline="always", fastmath=FASTMATH)
 _NAN = np.nan
 _INF = np.inf
+_TINY = 1.1754943508222875e-38     # smallest normal float32 (also a normal float64)
 
 
 @njit(**_INLINE)
-def _chunk_max(xc):
-    m = xc[0]
+def _chunk_max(xc, scale):
+    m = load(xc[0]) * scale
     for j in range(xc.shape[0]):
-        m = maximum(m, xc[j])
+        m = maximum(m, load(xc[j]) * scale)
     return m
 
 
@@ -58,134 +69,150 @@ def _prefetch_ahead(row, b0):
 
 
 @njit(**_INLINE)
-def _sums(row, j0, j1, ref):
-    """One pass over row[j0:j1]: (max, sum e, sum e*d) with e = exp(d), d = x - ref
-    (clamped below at the smallest normal exponent)."""
+def _sums(row, j0, j1, ref, scale):
+    """One pass over row[j0:j1] (times ``scale``) against ``ref``: (max, r, w, k) with
+    r = sum e and w = sum e*d over the entries below ref (e = exp(d), d = x - ref <= 0),
+    and k = the number of entries at or above ref (they are left out of the sums: a term
+    >= 1 in a float32 lane would swallow the small ones, and one far above ref overflows)."""
     zero = cast(0.0, ref)
-    cm = row[j0]
-    s = zero
+    one = cast(1.0, ref)
+    cm = load(row[j0]) * scale
+    r = zero
     w = zero
+    k = zero
     for b0 in range(j0, j1, SUB):
         _prefetch_ahead(row, b0)
         xs = row[b0:min(b0 + SUB, j1)]   # slice first: a run-time loop start would gather
         for j in range(xs.shape[0]):
-            cm = maximum(cm, xs[j])
-            d = clamp_lo(xs[j] - ref)
+            xj = load(xs[j]) * scale
+            cm = maximum(cm, xj)
+            d = clamp_lo(xj - ref)
             e = exp_hot(d)
-            s += e
-            w += e * d
-    return cm, s, w
+            below = xj < ref
+            r += e if below else zero
+            w += e * d if below else zero
+            k += zero if below else one
+    return cm, r, w, k
 
 
 @njit(**_INLINE)
-def _row_state(x):
-    """(m, s, w) of a row of logits in one read: lse = m + log s, E_softmax[x - m] = w / s.
+def _row_state(x, scale):
+    """(m, c, r, w) of a row of logits (times ``scale``) in one read; see the module docstring.
 
-    The reference ``m`` is stale: each chunk is summed relative to the maximum of the
-    chunks before it (the first finite element to start with) while its own maximum is
-    found in the same pass.  Sums relative to a reference below the true maximum are as
-    accurate as relative to the maximum, and cannot overflow while the chunk maximum is
-    within ``jump_limit`` of it; a chunk that jumps further (or the first chunk after masked
-    ones) is summed again from L1 against its own maximum.  Moving ``m`` up by ``delta``
-    rescales ``s`` by e^-delta and shifts every d by -delta: ``w -> e^-delta (w - delta s)``.
-    m is NaN for a row with NaN, +inf for a row with +inf (and no NaN).
+    Each chunk is summed against the running maximum m (the first chunk's maximum is found
+    first).  A chunk whose entries at or above m are a single new maximum needs no second
+    pass: its other terms and the old state move to the new maximum by a rescale
+    (``r -> e^-delta (c + r)``, ``w -> e^-delta (w - delta s)``) and the new maximum is the
+    one c.  Only a chunk with several entries above m (early in a row) is summed again,
+    from L1.  m is NaN for a row with NaN, +inf for a row with +inf (and no NaN), -inf for
+    a row with every entry masked.
     """
     v = x.shape[0]
-    zero = cast(0.0, x[0])
-    m = x[0]
-    s = zero
+    scale = cast(scale, load(x[0]))     # a float64 scale must not widen float32 arithmetic
+    zero = cast(0.0, scale)
+    one = cast(1.0, scale)
+    m = cast(-_INF, zero)
+    c = zero
+    r = zero
     w = zero
-    jump = jump_limit(x[0])
     for j0 in range(0, v, CHUNK):
         j1 = min(j0 + CHUNK, v)
-        xc = x[j0:j1]
-        if m == _INF:
-            cm = _chunk_max(xc)          # only a NaN can change the answer now
-            if cm != cm:
-                return cm, s, w
-            continue
-        if m == -_INF:
-            cm = _chunk_max(xc)
-            if cm == -_INF:
-                continue                 # still everything masked
-            m = cm
-            if m != m:                   # NaN: the row's answer is settled
-                return m, s, w
-            if m == _INF:
+        if m > -_INF and m < _INF:      # fused pass against the running maximum
+            cm, cr, cw, ck = _sums(x, j0, j1, m, scale)
+            if cm <= m:                 # no new maximum; ck entries tie with m
+                r += cr
+                w += cw
+                c += ck
                 continue
-            _, s, w = _sums(x, j0, j1, m)
-            continue
-        cm, cs, cw = _sums(x, j0, j1, m)
-        if not cm <= m + jump:          # NaN, +inf or a big jump
-            if cm != cm or cm == _INF:
+            if ck == 1 and cm < _INF:   # one new maximum
+                delta = m - cm
+                f = exp_hot(clamp_lo(delta))
+                s_old = c + r + cr
+                w = f * (w + cw + delta * s_old)
+                r = f * s_old
+                c = one
                 m = cm
-                if cm != cm:
-                    return m, s, w
                 continue
+        else:
+            cm = _chunk_max(x[j0:j1], scale)
+            if m == _INF and cm == cm:  # only a NaN can change the answer now
+                continue
+        # cm > m (several entries above it), or NaN, or nothing finite so far
+        if cm != cm:
+            return cm, c, r, w
+        if cm == -_INF:
+            continue
+        if cm == _INF:
+            m = cm
+            continue
+        if m > -_INF:
             delta = m - cm
             f = exp_hot(clamp_lo(delta))
-            w = f * (w + delta * s)
-            s = f * s
-            m = cm
-            _, cs, cw = _sums(x, j0, j1, m)
-        s += cs
+            w = f * (w + delta * (c + r))
+            r = f * (c + r)
+            c = zero
+        m = cm
+        _, cr, cw, ck = _sums(x, j0, j1, m, scale)
+        r += cr
         w += cw
-        if cm > m:
-            delta = m - cm
-            f = exp_hot(clamp_lo(delta))
-            w = f * (w + delta * s)
-            s = f * s
-            m = cm
-    return m, s, w
+        c += ck
+    return m, c, r, w
 
 
 @njit(**_INLINE)
-def _finish_lse(m, s):
+def _log_s(c, r):
+    """log(c + r) in float64, as log c + log1p(r / c): keeps a tiny r (c >= 1)."""
+    cf = np.float64(c)
+    return np.log(cf) + np.log1p(np.float64(r) / cf)
+
+
+@njit(**_INLINE)
+def _finish_lse(m, c, r):
     if m != m or m == _INF or m == -_INF:
-        return m
-    return m + np.log(s)
+        return np.float64(m)
+    return np.float64(m) + _log_s(c, r)
 
 
 @njit(**_INLINE)
-def _finish_entropy(m, s, w):
-    """H = log s - w / s, with the row endings: NaN/+inf -> NaN, all masked -> 0."""
+def _finish_entropy(m, c, r, w):
+    """H = log s - w / s (both terms >= 0), with the row endings: NaN/+inf -> NaN, all masked -> 0."""
     if m != m or m == _INF:
         return _NAN
     if m == -_INF:
         return 0.0
-    return np.log(s) - w / s
+    return _log_s(c, r) - np.float64(w) / (np.float64(c) + np.float64(r))
 
 
 @njit(**_INLINE)
-def _nll(m, s, xt):
+def _nll(m, c, r, xt):
     """-log q_t = (m - x_t) + log s (the two large numbers subtracted first), with the row
     endings: NaN/+inf -> NaN, all masked -> +inf (the target has probability 0)."""
     if m != m or m == _INF:
         return _NAN
     if m == -_INF:
         return _INF
-    return (m - xt) + np.log(s)
+    return np.float64(m - xt) + _log_s(c, r)
 
 
 @njit(**_JIT)
 def _lse(x, out):
     for i in prange(x.shape[0]):
         prefer_wide_vectors()
-        m, s, _ = _row_state(x[i])
-        out[i] = _finish_lse(m, s)
+        m, c, r, _ = _row_state(x[i], 1.0)
+        out[i] = _finish_lse(m, c, r)
 
 
 # --------------------------------------------------------------------------- entropy
 
 
 @njit(**_JIT)
-def _entropy_logits(x, out):
-    # H = log s - w / s with w = sum e_j d_j, d_j = x_j - m: no cancellation when m is the
-    # row maximum (both terms >= 0), and m is within jump_limit of it.
+def _entropy_logits(x, scale, out):
+    # H = log s - w / s with w = sum e_j d_j, d_j = x_j - m <= 0: no cancellation, since m
+    # is the exact row maximum (both terms >= 0).
     for i in prange(x.shape[0]):
         prefer_wide_vectors()
-        m, s, w = _row_state(x[i])
-        out[i] = _finish_entropy(m, s, w)
+        m, c, r, w = _row_state(x[i], scale)
+        out[i] = _finish_entropy(m, c, r, w)
 
 
 @njit(**_JIT)
@@ -193,10 +220,10 @@ def _entropy_probs(p, out):
     for i in prange(p.shape[0]):
         prefer_wide_vectors()
         row = p[i]
-        zero = cast(0.0, row[0])
+        zero = cast(0.0, load(row[0]))
         acc = zero
         for j in range(row.shape[0]):
-            pj = row[j]
+            pj = load(row[j])
             acc += pj * flog(pj) if pj != 0 else zero
         out[i] = -acc
 
@@ -206,10 +233,10 @@ def _entropy_log_probs(lp, out):
     for i in prange(lp.shape[0]):
         prefer_wide_vectors()
         row = lp[i]
-        zero = cast(0.0, row[0])
+        zero = cast(0.0, load(row[0]))
         acc = zero
         for j in range(row.shape[0]):
-            lj = row[j]
+            lj = load(row[j])
             acc += fexp(lj) * lj if lj != -_INF else zero
         out[i] = -acc
 
@@ -218,11 +245,21 @@ def _entropy_log_probs(lp, out):
 
 
 @njit(**_INLINE)
-def _kl_sums(xr, zr, j0, j1, mx, mz):
+def _exp_sum(row, j0, j1, ref, scale):
+    """sum exp(x - ref) over row[j0:j1] (times ``scale``), every x <= ref."""
+    acc = cast(0.0, ref)
+    for j in range(j0, j1):
+        acc += exp_hot(clamp_lo(load(row[j]) * scale - ref))
+    return acc
+
+
+@njit(**_INLINE)
+def _kl_sums(xr, zr, j0, j1, mx, mz, scale):
     """One pass over [j0, j1) of both rows: maxima, sum e^dx, sum e^dz, sum e^dx (dx - dz)."""
     zero = cast(0.0, mx)
-    cx = xr[j0]
-    cz = zr[j0]
+    tiny = cast(_TINY, mx)
+    cx = load(xr[j0]) * scale
+    cz = load(zr[j0]) * scale
     sx = zero
     sz = zero
     w = zero
@@ -233,22 +270,25 @@ def _kl_sums(xr, zr, j0, j1, mx, mz):
         xs = xr[b0:b1]
         zs = zr[b0:b1]
         for j in range(xs.shape[0]):
-            cx = maximum(cx, xs[j])
-            cz = maximum(cz, zs[j])
+            xj = load(xs[j]) * scale
+            zj = load(zs[j]) * scale
+            cx = maximum(cx, xj)
+            cz = maximum(cz, zj)
             # Not fenced (simd.fence): here it stops vectorisation (6x slower); the error left
             # by reassociation stays within the float32 tolerance (2e-5 (1 + |KL|), tested).
-            dx = xs[j] - mx
-            dz = zs[j] - mz
+            dx = xj - mx
+            dz = zj - mz
             ex = exp_hot(clamp_lo(dx))
             sx += ex
             sz += exp_hot(clamp_lo(dz))
-            # p_j = 0 (x_j = -inf) contributes exactly 0; q_j = 0 < p_j contributes +inf.
-            w += ex * (dx - dz) if dx > -_INF else zero
+            # p_j = 0 (x_j = -inf) contributes exactly 0; q_j = 0 < p_j contributes +inf
+            # even when e^dx underflowed to 0 (hence the floor at the smallest normal).
+            w += maximum(ex, tiny) * (dx - dz) if dx > -_INF else zero
     return cx, cz, sx, sz, w
 
 
 @njit(**_JIT)
-def _kl_logits(x, z, out):
+def _kl_logits(x, z, scale, out):
     # D = w / sx - log sx + log sz with w = sum e^dx (dx - dz), dx = x - mx, dz = z - mz:
     # shifted logits keep (dx - dz) small where P has mass.  References are stale as in
     # _row_state.  When mx grows by delta: e^dx scales by e^-delta and dx shifts by -delta,
@@ -258,9 +298,10 @@ def _kl_logits(x, z, out):
         xr = x[i]
         zr = z[i]
         v = xr.shape[0]
-        zero = cast(0.0, xr[0])
-        mx = xr[0]
-        mz = zr[0]
+        sc = cast(scale, load(xr[0]))
+        zero = cast(0.0, sc)
+        mx = load(xr[0]) * sc
+        mz = load(zr[0]) * sc
         sx = zero
         sz = zero
         w = zero
@@ -271,7 +312,7 @@ def _kl_logits(x, z, out):
             xc = xr[j0:j1]
             zc = zr[j0:j1]
             if abs(mx) < _INF and abs(mz) < _INF:
-                cx, cz, csx, csz, cw = _kl_sums(xr, zr, j0, j1, mx, mz)
+                cx, cz, csx, csz, cw = _kl_sums(xr, zr, j0, j1, mx, mz, sc)
                 if cx <= mx + jump and cz <= mz + jump:
                     sx += csx
                     sz += csz
@@ -289,8 +330,8 @@ def _kl_logits(x, z, out):
                         mz = cz
                     continue
             # Rare path: a reference is -inf/+inf/NaN, or a chunk jumped far above it.
-            cx = _chunk_max(xc)
-            cz = _chunk_max(zc)
+            cx = _chunk_max(xc, sc)
+            cz = _chunk_max(zc, sc)
             if cx != cx or cz != cz or mx != mx or mz != mz:
                 mx = cx + cz + mx + mz   # NaN
                 break
@@ -313,16 +354,14 @@ def _kl_logits(x, z, out):
                 mz = cz
             if mx == -_INF:              # P has no mass yet: only Q's normaliser
                 if mz > -_INF:
-                    _, sz_c, _ = _sums(zr, j0, j1, mz)
-                    sz += sz_c
+                    sz += _exp_sum(zr, j0, j1, mz, sc)
                 continue
             if mz == -_INF:              # Q masked everywhere so far
                 if cx > -_INF:
                     q_misses_p = True
-                _, sx_c, _ = _sums(xr, j0, j1, mx)
-                sx += sx_c
+                sx += _exp_sum(xr, j0, j1, mx, sc)
                 continue
-            _, _, csx, csz, cw = _kl_sums(xr, zr, j0, j1, mx, mz)
+            _, _, csx, csz, cw = _kl_sums(xr, zr, j0, j1, mx, mz, sc)
             sx += csx
             sz += csz
             w += cw
@@ -342,12 +381,12 @@ def _kl_probs(p, q, out):
         prefer_wide_vectors()
         pr = p[i]
         qr = q[i]
-        zero = cast(0.0, pr[0])
+        zero = cast(0.0, load(pr[0]))
         acc = zero
         bad = zero
         for j in range(pr.shape[0]):
-            pj = pr[j]
-            qj = qr[j]
+            pj = load(pr[j])
+            qj = load(qr[j])
             acc += pj * (flog(pj) - flog(qj)) if pj != 0 else zero
             bad += qj if qj != qj else zero   # NaN in Q poisons the row even where p = 0
         out[i] = acc + bad
@@ -359,12 +398,12 @@ def _kl_log_probs(a, b, out):
         prefer_wide_vectors()
         ar = a[i]
         br = b[i]
-        zero = cast(0.0, ar[0])
+        zero = cast(0.0, load(ar[0]))
         acc = zero
         bad = zero
         for j in range(ar.shape[0]):
-            aj = ar[j]
-            bj = br[j]
+            aj = load(ar[j])
+            bj = load(br[j])
             d = aj - bj
             # exp(a) may underflow to 0 for a finite a: a finite a against b = -inf is +inf
             # (positive probability where Q has none), never 0 * inf = NaN.
@@ -377,31 +416,37 @@ def _kl_log_probs(a, b, out):
 
 
 @njit(**_JIT)
-def _row_parts(x, m_out, s_out):
-    """The row pass of hard-label CE without smoothing: (m, s) per row, nothing else.
+def _row_parts(x, m_out, ls_out):
+    """The row pass of hard-label CE without smoothing: m and log s per row, nothing else.
 
     Measured: a row kernel that also reads the target (or anything indexed by it) ran
     ~15 % slower than logsumexp at 8192 x 32000 -- not from the memory access (prefetching
     it changed nothing) -- so the targets are handled in a second, O(rows) pass."""
     for i in prange(x.shape[0]):
         prefer_wide_vectors()
-        m, s, _ = _row_state(x[i])
+        m, c, r, _ = _row_state(x[i], 1.0)
         m_out[i] = m
-        s_out[i] = s
+        ls_out[i] = _log_s(c, r) if abs(m) < _INF else 0.0
+
+
+@njit(**_INLINE)
+def _weighted_nll(m, ls, xt, wt):
+    """w_t ((m - x_t) + log s): the subtraction of two large numbers comes first.  Row
+    endings: NaN/+inf -> NaN (even with w_t = 0), all masked -> +inf; w_t = 0 gives 0."""
+    if m != m or m == _INF:
+        return _NAN
+    nll = _INF if m == -_INF else np.float64(m - xt) + ls
+    return 0.0 if wt == 0 else wt * nll
 
 
 @njit(**_JIT)
-def _ce_finish(x, target, ignore_index, weight, m_in, s_in, out):
-    """w_t ((m - x_t) + log s): the subtraction of two large numbers comes first."""
+def _ce_finish(x, target, ignore_index, weight, m_in, ls_in, out):
     for i in prange(x.shape[0]):
         t = target[i]
         if t == ignore_index:
             out[i] = 0
             continue
-        nll = _nll(m_in[i], s_in[i], x[i, t])
-        wt = weight[t]
-        # NaN wins over a zero weight (reference.py); a zero-weight term is exactly 0
-        out[i] = nll if nll != nll else (0 if wt == 0 else wt * nll)
+        out[i] = _weighted_nll(m_in[i], ls_in[i], load(x[i, t]), weight[t])
 
 
 @njit(**_JIT)
@@ -421,8 +466,8 @@ def _ce_hard(x, target, ignore_index, weight, eps, out):
             out[i] = 0
             continue
         row = x[i]
-        m, s, _ = _row_state(row)
-        xt = row[t]
+        m, c, r, _ = _row_state(row, 1.0)
+        xt = load(row[t])
         wt = weight[t]
         if m != m or m == _INF:
             out[i] = _NAN
@@ -431,15 +476,18 @@ def _ce_hard(x, target, ignore_index, weight, eps, out):
             nll = _INF
             sm = _INF if big_w > 0 else 0.0
         else:
-            logs = np.log(s)
-            nll = (m - xt) + logs
+            logs = _log_s(c, r)
+            nll = np.float64(m - xt) + logs
             sm = 0.0
             if eps > 0:
                 zero = cast(0.0, m)
-                gap = zero
-                for j in range(v):
-                    gap += weight[j] * (m - row[j]) if weight[j] != 0 else zero
-                sm = big_w * logs + gap
+                gap64 = 0.0              # chunk sums, float64 total (as in _ce_soft)
+                for j0 in range(0, v, CHUNK):
+                    gap = zero
+                    for j in range(j0, min(j0 + CHUNK, v)):
+                        gap += weight[j] * (m - load(row[j])) if weight[j] != 0 else zero
+                    gap64 += gap
+                sm = big_w * logs + gap64
         # a zero-weight term (w_t = 0, or eps = 1) is exactly 0, never 0 * inf
         loss = (1.0 - eps) * (wt * nll) if wt != 0 and eps < 1.0 else 0.0
         if eps > 0:
@@ -448,8 +496,8 @@ def _ce_hard(x, target, ignore_index, weight, eps, out):
 
 
 @njit(**_JIT)
-def _ce_soft(x, p, weight, alpha, beta, out):
-    # loss = sum_j w_j q_j (lse - x_j), q_j = alpha p_j + beta
+def _ce_soft(x, p, weight, alpha, beta, scale, out):
+    # loss = sum_j w_j q_j (lse - x_j), q_j = alpha p_j + beta, x_j the scaled logits,
     #      = Q log s + sum_j w_j q_j (m - x_j),  Q = sum_j w_j q_j,
     # the second sum read from cache once m is known; zero w_j q_j terms are exactly 0.
     v = x.shape[1]
@@ -457,25 +505,35 @@ def _ce_soft(x, p, weight, alpha, beta, out):
         prefer_wide_vectors()
         row = x[i]
         prow = p[i]
-        m, s, _ = _row_state(row)
+        m, c, r, _ = _row_state(row, scale)
         zero = cast(0.0, m)
+        sc = cast(scale, zero)
         a = cast(alpha, zero)
         b = cast(beta, zero)
         gap = zero
         big_q = zero
         if m == -_INF:
             for j in range(v):
-                big_q += weight[j] * (a * prow[j] + b)
+                big_q += weight[j] * (a * load(prow[j]) + b)
             out[i] = _INF if big_q != 0 else (big_q if big_q != big_q else 0)
             continue
         if m != m or m == _INF:
             out[i] = _NAN
             continue
-        for j in range(v):
-            wq = weight[j] * (a * prow[j] + b)
-            big_q += wq
-            gap += wq * (m - row[j]) if wq != 0 else zero
-        out[i] = big_q * np.log(s) + gap
+        # Chunk sums in the compute type (split across vector lanes), totals in float64:
+        # one float32 total over 1e5 near-equal terms drifts by ~1e-5 relative.
+        gap64 = 0.0
+        q64 = 0.0
+        for j0 in range(0, v, CHUNK):
+            gap = zero
+            big_q = zero
+            for j in range(j0, min(j0 + CHUNK, v)):
+                wq = weight[j] * (a * load(prow[j]) + b)
+                big_q += wq
+                gap += wq * (m - load(row[j]) * sc) if wq != 0 else zero
+            gap64 += gap
+            q64 += big_q
+        out[i] = q64 * _log_s(c, r) + gap64
 
 
 # --------------------------------------------------------------------------- small V
@@ -483,10 +541,12 @@ def _ce_soft(x, p, weight, alpha, beta, out):
 # At V = 51 (C51) a row is 204 bytes: per-row costs (loop tails, horizontal reductions, a
 # scalar log) would dominate.  Instead a block of rows is treated as one flat array: its
 # maximum R, one long vectorised pass e = exp(x - R) into an L1 scratch buffer, short
-# per-row sums of e, and a vectorised log over the block's rows.  Sums relative to the
-# block's R instead of each row's own maximum are equally accurate while they are not
-# tiny; a row whose sum falls below SMALL_MIN_SUM (its maximum lies far below R, or it is
-# all masked) and any block holding NaN or +inf go through the general per-row path.
+# per-row sums of e, and a log per row.  Sums relative to the block's R instead of each row's
+# own maximum are equally accurate as long as the result is not tiny; the tiny case, a
+# confident row's loss on its target, is formed from the target's term and the sum of the
+# others (see _small_lse); entropy works relative to each row's maximum throughout.  A row whose sum falls below SMALL_MIN_SUM (its maximum lies far
+# below R, or it is all masked) and any block holding NaN or +inf go through the general
+# per-row path.
 
 SMALL_V = 128            # vocabularies up to this size use the block path (V=256 was faster per row)
 SMALL_BLOCK = 8192       # elements per block: 32 KB of float32 scratch
@@ -494,37 +554,30 @@ SMALL_MIN_SUM = 1e-20    # below this a row is redone exactly (terms flushed at 
 
 
 @njit(**_INLINE)
-def _block_exp(flat, ref, e):
+def _block_exp(flat, ref, scale, e):
     for k in range(flat.shape[0]):
-        e[k] = exp_hot(clamp_lo(flat[k] - ref))
+        e[k] = exp_hot(clamp_lo(load(flat[k]) * scale - ref))
 
 
 @njit(**_INLINE)
 def _block_exp_max(allx, k0, k1, ref, e):
     """e = exp(x - ref) over allx[k0:k1] and its maximum, in one pass from memory, with the
     next sub-blocks prefetched (the whole array is contiguous, so 'next' crosses blocks)."""
-    m = allx[k0]
+    m = load(allx[k0])
     for b0 in range(k0, k1, SUB):
         _prefetch_ahead(allx, b0)
         xs = allx[b0:min(b0 + SUB, k1)]
         es = e[b0 - k0:b0 - k0 + xs.shape[0]]
         for k in range(xs.shape[0]):
-            m = maximum(m, xs[k])
-            es[k] = exp_hot(clamp_lo(xs[k] - ref))
-    return m
-
-
-@njit(**_INLINE)
-def _flat_max(flat):
-    m = flat[0]
-    for k in range(flat.shape[0]):
-        m = maximum(m, flat[k])
+            xk = load(xs[k])
+            m = maximum(m, xk)
+            es[k] = exp_hot(clamp_lo(xk - ref))
     return m
 
 
 @njit(**_INLINE)
 def _row_sums(e, rows, v, s):
-    """Sums of consecutive length-v segments of e.  A 51-long loop never reaches LLVM's
+    """s[r] = sum of the length-v segment r of e.  A 51-long loop never reaches LLVM's
     vector body (16 lanes x 4 unrolled) and one accumulator is a latency-bound chain, so
     four rows are summed interleaved: four independent chains (measured 9.5 -> ~4 ns/row)."""
     zero = cast(0.0, e[0])
@@ -557,6 +610,126 @@ def _row_sums(e, rows, v, s):
         r += 1
 
 
+@njit(**_INLINE)
+def _row_sums_skip(e, rows, v, s, skip):
+    """As _row_sums, leaving out entry skip[r] of each row (cross-entropy leaves out the
+    target: see _small_lse)."""
+    zero = cast(0.0, e[0])
+    r = 0
+    while r + 4 <= rows:
+        e0 = e[r * v:(r + 1) * v]
+        e1 = e[(r + 1) * v:(r + 2) * v]
+        e2 = e[(r + 2) * v:(r + 3) * v]
+        e3 = e[(r + 3) * v:(r + 4) * v]
+        t0 = skip[r]
+        t1 = skip[r + 1]
+        t2 = skip[r + 2]
+        t3 = skip[r + 3]
+        a0 = zero
+        a1 = zero
+        a2 = zero
+        a3 = zero
+        for j in range(v):
+            a0 += e0[j] if j != t0 else zero
+            a1 += e1[j] if j != t1 else zero
+            a2 += e2[j] if j != t2 else zero
+            a3 += e3[j] if j != t3 else zero
+        s[r] = a0
+        s[r + 1] = a1
+        s[r + 2] = a2
+        s[r + 3] = a3
+        r += 4
+    while r < rows:
+        er = e[r * v:(r + 1) * v]
+        t = skip[r]
+        acc = zero
+        for j in range(v):
+            acc += er[j] if j != t else zero
+        s[r] = acc
+        r += 1
+
+
+@njit(**_INLINE)
+def _row_sums_w(flat, e, rows, v, scale, m, s, w):
+    """Entropy's per-row sums against each row's maximum m[r]: s[r] = sum e (in float64:
+    in float32 a confident row's largest term, close to 1, would swallow every term below
+    6e-8 of it) and w[r] = sum e (x - m), four rows interleaved as in _row_sums."""
+    zero = cast(0.0, e[0])
+    r = 0
+    while r + 4 <= rows:
+        x0 = flat[r * v:(r + 1) * v]
+        x1 = flat[(r + 1) * v:(r + 2) * v]
+        x2 = flat[(r + 2) * v:(r + 3) * v]
+        x3 = flat[(r + 3) * v:(r + 4) * v]
+        e0 = e[r * v:(r + 1) * v]
+        e1 = e[(r + 1) * v:(r + 2) * v]
+        e2 = e[(r + 2) * v:(r + 3) * v]
+        e3 = e[(r + 3) * v:(r + 4) * v]
+        m0, m1, m2, m3 = m[r], m[r + 1], m[r + 2], m[r + 3]
+        a0 = a1 = a2 = a3 = 0.0
+        b0 = b1 = b2 = b3 = zero
+        for j in range(v):
+            a0 += np.float64(e0[j])
+            a1 += np.float64(e1[j])
+            a2 += np.float64(e2[j])
+            a3 += np.float64(e3[j])
+            b0 += e0[j] * clamp_lo(load(x0[j]) * scale - m0)
+            b1 += e1[j] * clamp_lo(load(x1[j]) * scale - m1)
+            b2 += e2[j] * clamp_lo(load(x2[j]) * scale - m2)
+            b3 += e3[j] * clamp_lo(load(x3[j]) * scale - m3)
+        s[r], s[r + 1], s[r + 2], s[r + 3] = a0, a1, a2, a3
+        w[r], w[r + 1], w[r + 2], w[r + 3] = b0, b1, b2, b3
+        r += 4
+    while r < rows:
+        xr = flat[r * v:(r + 1) * v]
+        er = e[r * v:(r + 1) * v]
+        acc = 0.0
+        acw = zero
+        for j in range(v):
+            acc += np.float64(er[j])
+            acw += er[j] * clamp_lo(load(xr[j]) * scale - m[r])
+        s[r] = acc
+        w[r] = acw
+        r += 1
+
+
+@njit(**_INLINE)
+def _row_maxima(flat, rows, v, scale, m):
+    """m[r] = maximum of row r of the block, four rows interleaved as in _row_sums."""
+    r = 0
+    while r + 4 <= rows:
+        x0 = flat[r * v:(r + 1) * v]
+        x1 = flat[(r + 1) * v:(r + 2) * v]
+        x2 = flat[(r + 2) * v:(r + 3) * v]
+        x3 = flat[(r + 3) * v:(r + 4) * v]
+        b0 = load(x0[0]) * scale
+        b1 = load(x1[0]) * scale
+        b2 = load(x2[0]) * scale
+        b3 = load(x3[0]) * scale
+        for j in range(v):
+            b0 = maximum(b0, load(x0[j]) * scale)
+            b1 = maximum(b1, load(x1[j]) * scale)
+            b2 = maximum(b2, load(x2[j]) * scale)
+            b3 = maximum(b3, load(x3[j]) * scale)
+        m[r], m[r + 1], m[r + 2], m[r + 3] = b0, b1, b2, b3
+        r += 4
+    while r < rows:
+        xr = flat[r * v:(r + 1) * v]
+        bg = load(xr[0]) * scale
+        for j in range(v):
+            bg = maximum(bg, load(xr[j]) * scale)
+        m[r] = bg
+        r += 1
+
+
+@njit(**_INLINE)
+def _flat_max(flat, scale):
+    m = load(flat[0]) * scale
+    for k in range(flat.shape[0]):
+        m = maximum(m, load(flat[k]) * scale)
+    return m
+
+
 @njit(**_JIT)
 def _small_lse(x, out, ce_target, ignore_index):
     """lse per row, or (lse - x[t]) when ce_target holds class indices (hard-label CE)."""
@@ -565,19 +738,25 @@ def _small_lse(x, out, ce_target, ignore_index):
     nblocks = (n + bs - 1) // bs
     ce = ce_target.shape[0] == n
     allx = x.reshape(n * v)
-    jump = jump_limit(allx[0])
+    one = cast(1.0, load(allx[0]))
+    jump = jump_limit(one)
     for b in prange(nblocks):
         prefer_wide_vectors()
         i0 = b * bs
         i1 = min(i0 + bs, n)
         rows = i1 - i0
         flat = allx[i0 * v:i1 * v]
-        e = np.empty(rows * v, dtype=x.dtype)
-        s = np.empty(rows, dtype=x.dtype)
+        e = np.empty(rows * v, dtype=out.dtype)
+        s = np.empty(rows, dtype=out.dtype)
+        skip = np.empty(rows if ce else 0, dtype=np.int64)
+        if ce:
+            for r in range(rows):
+                t = ce_target[i0 + r]
+                skip[r] = t if t != ignore_index else -1
         # One pass: exp against a stale reference (the block's first element, when finite)
         # while finding the block maximum; redone from L1 only if the maximum jumped past
-        # jump_limit (overflow risk) -- as _row_state does per chunk.
-        ref = flat[0]
+        # jump_limit (overflow risk).
+        ref = load(flat[0])
         exact = ref == ref and abs(ref) < _INF
         if exact:
             bmax = _block_exp_max(allx, i0 * v, i1 * v, ref, e)
@@ -585,34 +764,40 @@ def _small_lse(x, out, ce_target, ignore_index):
                 ref = bmax
                 exact = ref == ref and abs(ref) < _INF
                 if exact:
-                    _block_exp(flat, ref, e)
+                    _block_exp(flat, ref, one, e)
         else:
-            ref = _flat_max(flat)
+            ref = _flat_max(flat, one)
             exact = ref == ref and abs(ref) < _INF
             if exact:
-                _block_exp(flat, ref, e)
-        if exact:
+                _block_exp(flat, ref, one, e)
+        if exact and ce:
+            _row_sums_skip(e, rows, v, s, skip)
+        elif exact:
             _row_sums(e, rows, v, s)
-            for r in range(rows):
-                ls = np.log(s[r])
-                if ce:
-                    t = ce_target[i0 + r]
-                    out[i0 + r] = (ref - x[i0 + r, t]) + ls if t != ignore_index else 0
-                else:
-                    out[i0 + r] = ref + ls
         for r in range(rows):
-            if exact and s[r] >= SMALL_MIN_SUM:
-                continue
             i = i0 + r
-            if ce and ce_target[i] == ignore_index:
+            if ce and skip[r] < 0:
                 out[i] = 0
                 continue
-            m, sr, _ = _row_state(x[i])
-            out[i] = _nll(m, sr, x[i, ce_target[i]]) if ce else _finish_lse(m, sr)
+            et = e[r * v + skip[r]] if ce else cast(0.0, ref)
+            if exact and s[r] + et >= SMALL_MIN_SUM:
+                if not ce:
+                    out[i] = np.float64(ref) + np.log(np.float64(s[r]))
+                elif et > s[r]:
+                    # A confident target (q_t > 1/2): -log q_t = log1p(rest / e_t) with rest the
+                    # sum of the other terms (summed without e_t, so a tiny rest is not
+                    # swallowed): a tiny loss keeps its relative accuracy.  Otherwise the
+                    # loss is above log 2 and (ref - x_t) + log s is accurate.
+                    out[i] = np.log1p(np.float64(s[r]) / np.float64(et))
+                else:
+                    out[i] = np.float64(ref - load(x[i, skip[r]])) + np.log(np.float64(s[r]) + np.float64(et))
+            else:
+                mr, cr, rr, _ = _row_state(x[i], one)
+                out[i] = _nll(mr, cr, rr, load(x[i, ce_target[i]])) if ce else _finish_lse(mr, cr, rr)
 
 
 @njit(**_JIT)
-def _small_entropy(x, out):
+def _small_entropy(x, scale, out):
     n, v = x.shape
     bs = max(1, SMALL_BLOCK // v)
     nblocks = (n + bs - 1) // bs
@@ -622,34 +807,32 @@ def _small_entropy(x, out):
         i1 = min(i0 + bs, n)
         rows = i1 - i0
         flat = x[i0:i1].reshape(rows * v)
-        e = np.empty(rows * v, dtype=x.dtype)
-        s = np.empty(rows, dtype=x.dtype)
-        w = np.empty(rows, dtype=x.dtype)
-        ref = _flat_max(flat)
+        sc = cast(scale, load(flat[0]))
+        e = np.empty(rows * v, dtype=out.dtype)
+        m = np.empty(rows, dtype=out.dtype)
+        ref = _flat_max(flat, sc)
         exact = ref == ref and abs(ref) < _INF
+        s = np.empty(rows, dtype=np.float64)
+        w = np.empty(rows, dtype=out.dtype)
         if exact:
-            _block_exp(flat, ref, e)
-            for r in range(rows):
-                er = e[r * v:(r + 1) * v]
-                xr = flat[r * v:(r + 1) * v]
-                acc_s = cast(0.0, ref)
-                acc_w = acc_s
-                for j in range(v):
-                    acc_s += er[j]
-                    acc_w += er[j] * clamp_lo(xr[j] - ref)
-                s[r] = acc_s
-                w[r] = acc_w
-            for r in range(rows):
-                out[i0 + r] = np.log(s[r]) - w[r] / s[r]
+            _block_exp(flat, ref, sc, e)
+            _row_maxima(flat, rows, v, sc, m)
+            _row_sums_w(flat, e, rows, v, sc, m, s, w)
         for r in range(rows):
-            if exact and s[r] >= SMALL_MIN_SUM:
+            # Relative to the row's own maximum m: with b = e^(m - ref) (exactly the e value
+            # of the maxima), S = sum e / b = c + r and W = sum e (x - m) / b <= 0, so
+            # H = log1p(S - 1) - W / S adds two non-negative terms (no cancellation).
+            bm = exp_hot(clamp_lo(m[r] - ref)) if exact else cast(0.0, ref)
+            if bm < SMALL_MIN_SUM:
+                mr, cr, rr, wr = _row_state(x[i0 + r], sc)
+                out[i0 + r] = _finish_entropy(mr, cr, rr, wr)
                 continue
-            m, sr, wr = _row_state(x[i0 + r])
-            out[i0 + r] = _finish_entropy(m, sr, wr)
+            big_s = s[r] / np.float64(bm)
+            out[i0 + r] = np.log1p(big_s - 1.0) - np.float64(w[r]) / np.float64(bm) / big_s
 
 
 @njit(**_JIT)
-def _small_kl(x, z, out, fallback):
+def _small_kl(x, z, scale, out, fallback):
     n, v = x.shape
     bs = max(1, SMALL_BLOCK // v)
     nblocks = (n + bs - 1) // bs
@@ -660,17 +843,19 @@ def _small_kl(x, z, out, fallback):
         rows = i1 - i0
         fx = x[i0:i1].reshape(rows * v)
         fz = z[i0:i1].reshape(rows * v)
-        ex = np.empty(rows * v, dtype=x.dtype)
-        ez = np.empty(rows * v, dtype=x.dtype)
-        rx = _flat_max(fx)
-        rz = _flat_max(fz)
+        sc = cast(scale, load(fx[0]))
+        ex = np.empty(rows * v, dtype=out.dtype)
+        ez = np.empty(rows * v, dtype=out.dtype)
+        rx = _flat_max(fx, sc)
+        rz = _flat_max(fz, sc)
         zero = cast(0.0, rx)
+        tiny = cast(_TINY, rx)
         if not (rx == rx and rz == rz and abs(rx) < _INF and abs(rz) < _INF):
             for r in range(rows):
                 fallback[i0 + r] = True
             continue
-        _block_exp(fx, rx, ex)
-        _block_exp(fz, rz, ez)
+        _block_exp(fx, rx, sc, ex)
+        _block_exp(fz, rz, sc, ez)
         for r in range(rows):
             xr = fx[r * v:(r + 1) * v]           # slice first: a run-time loop start would gather
             zr = fz[r * v:(r + 1) * v]
@@ -680,10 +865,10 @@ def _small_kl(x, z, out, fallback):
             sz = zero
             w = zero
             for j in range(v):
-                dx = fence(xr[j] - rx)       # fenced: see simd.fence
+                dx = fence(load(xr[j]) * sc - rx)       # fenced: see simd.fence
                 sx += exr[j]
                 sz += ezr[j]
-                w += exr[j] * (dx - fence(zr[j] - rz)) if dx > -_INF else zero
+                w += maximum(exr[j], tiny) * (dx - fence(load(zr[j]) * sc - rz)) if dx > -_INF else zero
             if sx < SMALL_MIN_SUM or sz < SMALL_MIN_SUM or w == _INF:
                 fallback[i0 + r] = True
             else:
@@ -742,13 +927,13 @@ def lse(x, out, nthreads):
             _lse(x, out)
 
 
-def entropy_logits(x, out, nthreads):
+def entropy_logits(x, scale, out, nthreads):
     _guard(out, x)
     with _threads(nthreads):
         if _small(x):
-            _small_entropy(x, out)
+            _small_entropy(x, float(scale), out)
         else:
-            _entropy_logits(x, out)
+            _entropy_logits(x, float(scale), out)
 
 
 def entropy_probs(p, out, nthreads):
@@ -763,18 +948,19 @@ def entropy_log_probs(lp, out, nthreads):
         _entropy_log_probs(lp, out)
 
 
-def kl_logits(x, z, out, nthreads):
+def kl_logits(x, z, scale, out, nthreads):
     _guard(out, x, z)
+    scale = float(scale)
     with _threads(nthreads):
         if not _small(x):
-            _kl_logits(x, z, out)
+            _kl_logits(x, z, scale, out)
             return
         redo = np.zeros(x.shape[0], dtype=np.bool_)
-        _small_kl(x, z, out, redo)
+        _small_kl(x, z, scale, out, redo)
         if redo.any():                      # rare: NaN/inf blocks, masked or far-below rows
             idx = np.flatnonzero(redo)
             part = np.empty(idx.size, dtype=out.dtype)
-            _kl_logits(np.ascontiguousarray(x[idx]), np.ascontiguousarray(z[idx]), part)
+            _kl_logits(np.ascontiguousarray(x[idx]), np.ascontiguousarray(z[idx]), scale, part)
             out[idx] = part
 
 
@@ -800,19 +986,19 @@ def ce_hard(x, target, ignore_index, weight, eps, out, nthreads):
         else:
             if eps == 0:
                 m = np.empty_like(out)
-                s = np.empty_like(out)
-                _row_parts(x, m, s)
-                _ce_finish(x, target, np.int64(ignore_index), weight, m, s, out)
+                ls = np.empty(out.shape[0], dtype=np.float64)
+                _row_parts(x, m, ls)
+                _ce_finish(x, target, np.int64(ignore_index), weight, m, ls, out)
             else:
                 _ce_hard(x, target, np.int64(ignore_index), weight, float(eps), out)
 
 
-def ce_soft(x, p, weight, alpha, beta, out, nthreads):
+def ce_soft(x, p, weight, alpha, beta, scale, out, nthreads):
     _guard(out, x, p)
     if weight.shape != (x.shape[1],):
         raise ValueError(f"weight must have shape ({x.shape[1]},)")
     with _threads(nthreads):
-        _ce_soft(x, p, weight, float(alpha), float(beta), out)
+        _ce_soft(x, p, weight, float(alpha), float(beta), float(scale), out)
 
 
 def max_threads():

@@ -200,18 +200,18 @@ def exp_f64(t):
 
 # ---------------------------------------------------------------------------------------
 # The hot-path exp of the kernels.  Its argument is ``t = x - max(row) <= 0`` after
-# ``clamp_lo``, so no overflow handling is needed; a masked logit (t = -inf) becomes the
-# smallest normal number, ~1e-38 (float32) or ~1e-308 (float64), instead of 0.  Sums it
-# enters are >= 1 (the row maximum contributes exactly 1), so it is invisible there, and
-# using the clamped ``t`` as the companion value keeps ``e * t`` finite (no 0 * inf).
-# Kernels that need an exact 0 (KL: p = 0 must beat log q = -inf) select on ``t``.
-# NaN needs no care here: the row maximum is NaN-propagating and such rows are finished
-# separately.  float32 uses a degree-5 near-minimax polynomial (1.1e-7 relative, fitted on
-# [-ln2/2, ln2/2] with weights for relative error) instead of Cephes' degree 7.
+# ``clamp_lo``, so no overflow handling is needed.  ``clamp_lo`` stops at a value whose
+# power-of-two factor 2^k has k = -127 (float32) / -1023 (float64): its bit pattern is 0, so
+# a masked logit (t = -inf) and anything below about 1e-38 (1e-308) give exactly 0, and the
+# companion ``e * t`` is 0, never 0 * inf.  Kernels that need the sign of an exact 0 (KL:
+# p = 0 must beat log q = -inf) select on ``t``.  NaN needs no care here: the row maximum is
+# NaN-propagating and such rows are finished separately.  float32 uses a degree-5
+# near-minimax polynomial (1.1e-7 relative, fitted on [-ln2/2, ln2/2] with weights for
+# relative error) instead of Cephes' degree 7.  exp_hot(0) is exactly 1.
 # ---------------------------------------------------------------------------------------
 
-LO_F32 = np.float32(-87.33)
-LO_F64 = -708.39
+LO_F32 = np.float32(-88.0)
+LO_F64 = -709.0
 
 
 @njit(fastmath=FASTMATH)
@@ -411,4 +411,51 @@ def _ov_jump_limit(like):
         return lambda like: np.float32(60.0)
     if like == types.float64:
         return lambda like: np.float64(600.0)
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Half-precision inputs (kernel contract: float16 arrives as uint16 bits, bfloat16 as int16
+# bits).  Both widen to float32 exactly: float16 by LLVM's ``fpext half`` (vcvtph2ps on x86),
+# bfloat16 by putting its 16 bits on top of an empty float32 mantissa.
+# ---------------------------------------------------------------------------------------
+
+
+@intrinsic
+def _f16_bits_to_f32(typingctx, bits):
+    if bits != types.uint16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def _bf16_bits_to_f32(typingctx, bits):
+    if bits != types.int16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        wide = builder.shl(builder.zext(args[0], i32), ir.Constant(i32, 16))
+        return builder.bitcast(wide, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+def load(v):  # pragma: no cover - replaced by the overload inside jitted code
+    return v
+
+
+@overload(load)
+def _ov_load(v):
+    """An input element as the float type the kernels compute in (float32 for half bits)."""
+    if isinstance(v, types.Float):
+        return lambda v: v
+    if v == types.uint16:
+        return lambda v: _f16_bits_to_f32(v)
+    if v == types.int16:
+        return lambda v: _bf16_bits_to_f32(v)
     return None

@@ -1,0 +1,279 @@
+"""README "Guarantees", for every function of the table (tests/public_functions.py):
+
+* extra memory is O(rows), not O(rows x V) -- measured in a subprocess (tracemalloc for numpy
+  allocations, the peak resident set for everything), for native, converted and file-backed
+  inputs (tests/memory_probe.py);
+* inputs are never modified (writable, read-only, Fortran, byte-swapped, float16, torch);
+* results are bit-identical for 1 and 2 threads, across repeated calls, and across 8 Python
+  threads calling at once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import fastdiv
+from conftest import ALL_HOST, COMPILED
+from public_functions import FUNCTIONS
+
+HERE = pathlib.Path(__file__).resolve().parent
+FN_IDS = [f.id for f in FUNCTIONS]
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def test_extra_memory_is_o_rows(tmp_path):
+    rows, v = 1024, 8192
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(HERE / "memory_probe.py"), str(rows), str(v), str(tmp_path), *COMPILED],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert {d["fn"] for d in lines} == set(FN_IDS)
+    block = 256 << 10                                   # BLOCK_BYTES and CHUNK_BYTES in the probe
+    rows_sized = 64 * rows                              # outputs, targets, per-row scratch: O(rows)
+    failures = []
+    for d in lines:
+        arrays = 2 if d["input"] > rows * v * (2 if d["variant"] == "float16" else 4) else 1
+        # Converted blocks: one of each input at a time, twice over at most (source + converted).
+        traced_bound = arrays * 2 * block + rows_sized + (64 << 10)
+        # Resident pages also count allocator and page-cache granularity (a few MB, not O(V x rows)).
+        rss_bound = arrays * (3 << 20) + rows_sized
+        assert d["input"] >= 4 * rss_bound and rows * v * 2 >= 20 * rows_sized
+        if d["traced"] > traced_bound or d["rss"] > rss_bound:
+            failures.append(f"{d['fn']} {d['variant']} {d['backend']}: numpy peak {d['traced'] >> 10} KiB "
+                            f"(bound {traced_bound >> 10}), RSS +{d['rss'] >> 10} KiB (bound {rss_bound >> 10}); "
+                            f"inputs {d['input'] >> 20} MiB")
+    assert not failures, "\n".join(failures)
+
+
+# --------------------------------------------------------------------------- inputs never modified
+
+
+def _layouts(a):
+    ro = a.copy()
+    ro.flags.writeable = False
+    return {"C": a.copy(), "read-only": ro, "Fortran": np.asfortranarray(a), "big-endian": a.astype(a.dtype.newbyteorder(">")),
+            "float16": a.astype(np.float16), "strided": np.repeat(a, 2, axis=-1)[..., ::2]}
+
+
+def _snapshot(value):
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None and isinstance(value, torch.Tensor):
+        return ("torch", value.clone(), value.dtype, value.stride())
+    if isinstance(value, np.ndarray):
+        return ("numpy", value.tobytes(order="A"), value.dtype, value.strides, value.flags.writeable)
+    return ("other", repr(value))
+
+
+def _same(before, after):
+    if before[0] == "torch":
+        import torch
+        return torch.equal(before[1], after[1]) and before[2:] == after[2:]
+    return before == after
+
+
+@pytest.mark.parametrize("backend", ALL_HOST)
+@pytest.mark.parametrize("fn", FUNCTIONS, ids=FN_IDS)
+def test_inputs_are_never_modified(fn, backend):
+    for dirty in (True, False):                         # masked and NaN entries; clean + validate
+        good = fn.make(np.random.default_rng(11), (6, 3), 37, np.float32)
+        if dirty:
+            for name in fn.arrays:
+                good[name][0, 0, 1] = -np.inf
+                good[name][1, 2, 3] = np.nan
+        if "target" in good and good["target"].dtype.kind == "i":
+            good["target"][0, 1] = -100
+            good["weight"] = np.random.default_rng(12).uniform(0, 2, 37)
+        extra = {"validate": True} if fn.validate and not dirty else {}
+        for layout in _layouts(good[next(iter(fn.arrays))]):
+            args = {k: (_layouts(a)[layout] if k in fn.arrays else a.copy()) for k, a in good.items()}
+            for a in args.values():
+                if layout == "read-only" and a.flags.owndata:
+                    a.flags.writeable = False
+            before = {k: _snapshot(a) for k, a in args.items()}
+            with np.errstate(all="ignore"):
+                for options in ({}, fn.per_row):
+                    fn.call(args, backend, **options, **extra)
+            assert all(_same(before[k], _snapshot(a)) for k, a in args.items()), (fn.id, layout, dirty)
+
+
+@pytest.mark.parametrize("backend", ALL_HOST)
+@pytest.mark.parametrize("fn", FUNCTIONS, ids=FN_IDS)
+def test_torch_inputs_are_never_modified(fn, backend):
+    torch = pytest.importorskip("torch")
+    good = fn.make(np.random.default_rng(12), (5,), 29, np.float32)
+    args = {k: torch.from_numpy(a.copy()) for k, a in good.items()}
+    before = {k: a.clone() for k, a in args.items()}
+    fn.call(args, backend, **fn.per_row)
+    assert all(torch.equal(before[k], a) for k, a in args.items())
+
+
+# --------------------------------------------------------------------------- reproducibility
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("fn", FUNCTIONS, ids=FN_IDS)
+def test_bit_identical_for_any_thread_count_and_repeated_calls(fn, backend):
+    args = fn.make(np.random.default_rng(13), (257,), 3001, np.float32)
+    for name, kind in fn.arrays.items():
+        args[name][3, :1000] = 0.0 if kind == "probs" else -np.inf
+    for opts in [dict(fn.per_row)] + ([{"reduction": "mean"}, {"reduction": "sum"}] if fn.per_row else []):
+        with fastdiv.threads(1):
+            one = fn.call(args, backend, **opts)
+        with fastdiv.threads(2):
+            two = fn.call(args, backend, **opts)
+            again = fn.call(args, backend, **opts)
+        assert np.array_equal(one, two, equal_nan=True), (fn.id, opts)
+        assert np.array_equal(two, again, equal_nan=True), (fn.id, opts)
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_eight_python_threads_at_once_get_the_same_bits(backend):
+    """Every function from 8 Python threads at once (the compiled backends are thread-safe;
+    numba's workqueue threading layer is serialised by fastdiv, see README "Guarantees")."""
+    work = []
+    for i, fn in enumerate(FUNCTIONS):
+        args = fn.make(np.random.default_rng(20 + i), (64,), 1500, np.float32)
+        work.append((fn, args, fn.call(args, backend, **fn.per_row)))
+    bad = []
+    barrier = threading.Barrier(8)
+
+    def run(k):
+        barrier.wait()
+        for j in range(len(work)):
+            fn, args, want = work[(j + k) % len(work)]          # different functions at once
+            got = fn.call(args, backend, **fn.per_row)
+            if not np.array_equal(got, want, equal_nan=True):
+                bad.append(fn.id)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not bad, bad
+
+
+_WORKQUEUE = r"""
+import threading, numpy as np, numba, fastdiv
+x = np.random.default_rng(0).standard_normal((64, 3000)).astype(np.float32)
+t = np.arange(64) % 3000
+want = (fastdiv.logsumexp(x, backend="numba"), fastdiv.cross_entropy(x, t, reduction="none", backend="numba"))
+assert numba.threading_layer() == "workqueue", numba.threading_layer()
+bad = []
+def run():
+    for _ in range(20):
+        got = (fastdiv.logsumexp(x, backend="numba"), fastdiv.cross_entropy(x, t, reduction="none", backend="numba"))
+        bad.extend(i for i in range(2) if not np.array_equal(got[i], want[i]))
+ths = [threading.Thread(target=run) for _ in range(8)]
+[th.start() for th in ths]; [th.join() for th in ths]
+assert not bad
+print("ok")
+"""
+
+
+@pytest.mark.skipif("numba" not in COMPILED, reason="numba backend unavailable")
+def test_numba_workqueue_layer_is_serialised_not_crashed():
+    """numba's fallback threading layer aborts the process on concurrent parallel launches;
+    fastdiv serialises its calls there, so 8 Python threads still get the right bits."""
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue",
+               PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", _WORKQUEUE], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode, proc.stderr[-2000:])
+
+
+# --------------------------------------------------------------------------- known kernel bugs
+
+EXTREME_LOGITS = (
+    "known kernel bug (reported to the lead): finite logits within a factor of ~10 of the float "
+    "maximum (|x| > ~1e307 in float64, > ~1e37 in float32) overflow inside the row pass.  numba: "
+    "negative or -inf KL, cross-entropy 0 instead of log 2 for [max, max], NaN reverse KL; Cython: "
+    "NaN entropy and KL at V = 32000 (float64), +inf for a float32 reverse KL of ~2e38.  Logits up "
+    "to +-1e4 around offsets up to +-1e4 (the fuzzed range) agree with the reference on Cython.")
+
+
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=pytest.mark.xfail(reason=EXTREME_LOGITS, strict=True))
+                                     for b in COMPILED] + ["numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_logits_near_the_float_maximum(backend, dtype):
+    from conftest import assert_rows_close
+    from fastdiv import reference as R
+
+    big = np.finfo(dtype).max
+    rows = []
+    for v in (3, 32000):
+        for special in ([big], [big, big], [-big, big], [big / 2, -big / 2]):
+            r = np.full(v, 2.0)
+            r[: len(special)] = special
+            rows.append(r)
+    x = np.array(rows[:4], dtype), np.array(rows[4:], dtype)
+    def want(values):                                  # beyond the dtype's range: inf, correctly
+        with np.errstate(over="ignore"):
+            return values.astype(dtype)
+
+    for xv in x:
+        z = np.zeros_like(xv)
+        t = np.zeros(len(xv), np.int64)
+        assert_rows_close(fastdiv.entropy(xv, backend=backend), want(R.entropy_rows(xv)), dtype, "entropy")
+        assert_rows_close(fastdiv.kl_div(xv, z, reduction="none", backend=backend), want(R.kl_rows(xv, z)), dtype, "kl",
+                          kind="kl")
+        assert_rows_close(fastdiv.kl_div(z, xv, reduction="none", backend=backend), want(R.kl_rows(z, xv)), dtype,
+                          "reverse kl", kind="kl")
+        assert_rows_close(fastdiv.cross_entropy(xv, t, reduction="none", backend=backend),
+                          want(R.cross_entropy_hard_rows(xv, t)), dtype, "ce")
+
+
+# --------------------------------------------------------------------------- file-backed inputs
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("mode", ["r", "r+", "c"])
+def test_memmap_chunks_never_lose_the_callers_changes(backend, mode, tmp_path, monkeypatch):
+    """Released pages of a shared mapping come back from the page cache (changes written
+    through "r+" included); a copy-on-write ("c") mapping is never released, since that would
+    throw away the caller's in-memory changes."""
+    from fastdiv import _chunks
+    from fastdiv import reference as R
+
+    monkeypatch.setattr(_chunks, "CHUNK_BYTES", 8192)             # many chunks of 4 rows
+    x = np.random.default_rng(5).standard_normal((64, 512)).astype(np.float32)
+    path = tmp_path / "x.bin"
+    x.tofile(path)
+    mm = np.memmap(path, np.float32, mode, shape=x.shape)
+    if mode != "r":
+        mm[10] += 100.0                                            # the caller's change, in memory
+        x[10] += 100.0
+    for _ in range(2):                                             # the second pass re-reads released pages
+        got = fastdiv.logsumexp(mm, backend=backend)
+        np.testing.assert_allclose(got, R.logsumexp_rows(x), rtol=1e-6)
+        assert np.array_equal(got, fastdiv.logsumexp(x, backend=backend))   # the bits of in-memory input
+    assert np.array_equal(np.asarray(mm), x)
+    assert _chunks.mapping(mm)[1] == (mode != "c")
+
+
+def test_validate_refuses_device_arrays():
+    from fastdiv import _registry
+
+    if _registry.unavailable_reason("cuda") is not None:
+        pytest.skip(_registry.unavailable_reason("cuda"))
+    from numba import cuda
+
+    p = cuda.to_device(np.full((2, 4), 0.25, np.float32))
+    with pytest.raises(ValueError, match="validate=True checks host arrays; p is a device array"):
+        fastdiv.entropy(p, inputs="probs", validate=True)
+    with pytest.raises(ValueError, match="validate=True checks host arrays; target is a device array"):
+        fastdiv.cross_entropy(p, p, validate=True)
+    assert np.allclose(fastdiv.entropy(p, inputs="probs").copy_to_host(), np.log(4))   # without validate: fine
