@@ -427,7 +427,8 @@ def cross_entropy(logits, target, *, reduction="mean", ignore_index=-100, weight
 # --------------------------------------------------------------------------- divergence family (issue 5)
 
 
-def js_div(p, q, *, beta=0.5, inputs="logits", temperature=1.0, reduction="mean", backend="auto"):
+def js_div(p, q, *, beta=0.5, inputs="logits", temperature=1.0, reduction="mean", backend="auto",
+           validate=False):
     """Generalized Jensen-Shannon divergence over the last axis (nats).
 
     For ``0 < beta < 1``::
@@ -453,6 +454,8 @@ def js_div(p, q, *, beta=0.5, inputs="logits", temperature=1.0, reduction="mean"
         Both logit arrays are divided by ``T`` before the softmax; no ``T**2`` factor (fastdiv
         computes values, not gradients).  Only for ``inputs="logits"``.
     reduction : {"mean", "sum", "none"}
+    validate : bool
+        Check first that each row of ``p`` and ``q`` is a distribution, as in :func:`entropy`.
 
     Notes
     -----
@@ -483,6 +486,7 @@ def js_div(p, q, *, beta=0.5, inputs="logits", temperature=1.0, reduction="mean"
         named = [("p", p), ("q", q)]
         op, scalars = f"js_{kind}", ((b, scale) if kind == "logits" else (b,))
     backend = _registry.resolve(backend, device=_gpu.any_on_device(p, q))
+    _validate(validate, kind, p=p, q=q)
     if backend == "cuda":
         return _gpu.per_row_op(op, named, reduction, scalars=scalars)
     arrays = [_checks.float_array(name, a) for name, a in named]

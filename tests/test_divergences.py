@@ -360,6 +360,9 @@ def test_js_bad_input_names_the_argument():
         fastdiv.js_div(x, x, inputs="logprobs")
     with pytest.raises(TypeError, match="q"):
         fastdiv.js_div(x, x.astype(int))
+    with pytest.raises(ValueError, match="q"):
+        fastdiv.js_div(np.full((2, 3), 1 / 3), np.full((2, 3), 0.5), inputs="probs", validate=True)
+    assert abs(fastdiv.js_div(np.full((2, 3), 1 / 3), np.full((2, 3), 1 / 3), inputs="probs", validate=True)) < 1e-12
 
 
 # --------------------------------------------------------------------------- half-precision inputs
