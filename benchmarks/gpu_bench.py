@@ -274,16 +274,16 @@ def check_shape(ctx, rows, V, dtype, nsample, seed, log):
 
     X, Z = arr(x32), arr(z32)
     one("lse", lambda x, o, bf16: K.lse(x, o, stream=ctx.stream, bf16=bf16), R.logsumexp_rows, [X])
-    one("entropy_logits", lambda x, o, bf16: K.entropy_logits(x, o, stream=ctx.stream, bf16=bf16),
+    one("entropy_logits", lambda x, o, bf16: K.entropy_logits(x, 1.0, o, stream=ctx.stream, bf16=bf16),
         lambda a: R.entropy_rows(a, "logits"), [X])
-    one("kl_logits", lambda x, z, o, bf16: K.kl_logits(x, z, o, stream=ctx.stream, bf16=bf16),
+    one("kl_logits", lambda x, z, o, bf16: K.kl_logits(x, z, 1.0, o, stream=ctx.stream, bf16=bf16),
         lambda a, b: R.kl_rows(a, b, "logits"), [X, Z])
     one("ce_hard", lambda x, o, bf16: K.ce_hard(x, tgt, -100, None, 0.0, o, stream=ctx.stream, bf16=bf16),
         lambda a: R.cross_entropy_hard_rows(a, tgt_h[sample], -100), [X])
     one("ce_hard_w_smooth", lambda x, o, bf16: K.ce_hard(x, tgt, -100, w, 0.1, o, stream=ctx.stream, bf16=bf16),
         lambda a: R.cross_entropy_hard_rows(a, tgt_h[sample], -100, w_h, 0.1), [X])
     PZ = arr(pz)
-    one("ce_soft_w_smooth", lambda x, p, o, bf16: K.ce_soft(x, p, w, 0.9, 0.1 / V, o, stream=ctx.stream, bf16=bf16),
+    one("ce_soft_w_smooth", lambda x, p, o, bf16: K.ce_soft(x, p, w, 0.9, 0.1 / V, 1.0, o, stream=ctx.stream, bf16=bf16),
         lambda a, b: R.cross_entropy_soft_rows(a, b, w_h, 0.1), [X, PZ])
     LX, LZ = arr(lx), arr(lz)
     one("entropy_log_probs", lambda x, o, bf16: K.entropy_log_probs(x, o, stream=ctx.stream, bf16=bf16),
@@ -387,12 +387,12 @@ def bench(ctx, log):
                 ("ce_hard", 1, lambda i: K.ce_hard(xv[c(i)], tgtv, -100, None, 0.0, outv, stream=stream, bf16=bf)),
                 ("ce_hard+mean", 1, lambda i: (K.ce_hard(xv[c(i)], tgtv, -100, None, 0.0, outv, stream=stream, bf16=bf),
                                                K.device_mean(outv, tgtv, -100, None, out=redv, stream=stream))),
-                ("kl_logits", 2, lambda i: K.kl_logits(xv[c(i)], zv[c(i)], outv, stream=stream, bf16=bf)),
-                ("kl_logits+batchmean", 2, lambda i: (K.kl_logits(xv[c(i)], zv[c(i)], outv, stream=stream, bf16=bf),
+                ("kl_logits", 2, lambda i: K.kl_logits(xv[c(i)], zv[c(i)], 1.0, outv, stream=stream, bf16=bf)),
+                ("kl_logits+batchmean", 2, lambda i: (K.kl_logits(xv[c(i)], zv[c(i)], 1.0, outv, stream=stream, bf16=bf),
                                                       K.device_mean(outv, out=redv, stream=stream))),
-                ("entropy_logits", 1, lambda i: K.entropy_logits(xv[c(i)], outv, stream=stream, bf16=bf)),
+                ("entropy_logits", 1, lambda i: K.entropy_logits(xv[c(i)], 1.0, outv, stream=stream, bf16=bf)),
                 ("ce_hard_w_smooth", 1, lambda i: K.ce_hard(xv[c(i)], tgtv, -100, wv, 0.1, outv, stream=stream, bf16=bf)),
-                ("ce_soft", 2, lambda i: K.ce_soft(xv[c(i)], pv[c(i)], None, 1.0, 0.0, outv, stream=stream, bf16=bf)),
+                ("ce_soft", 2, lambda i: K.ce_soft(xv[c(i)], pv[c(i)], None, 1.0, 0.0, 1.0, outv, stream=stream, bf16=bf)),
                 ("torch.logsumexp", 1, lambda i: torch.logsumexp(xs[c(i)], -1)),
                 ("torch.cross_entropy", 1, lambda i: F.cross_entropy(xs[c(i)], tgt)),
                 ("torch.kl_div", 2, lambda i: F.kl_div(F.log_softmax(zs[c(i)], -1), F.log_softmax(xs[c(i)], -1),
@@ -460,7 +460,7 @@ def sweep_shape(ctx, log, rec, rows, V, dtype, xv, zv, outv, bf, nb, copy_rw):
             label = f"{k1}={v1}" + (f",{k2}={v2}" if k2 else "")
             for name, narr, fn in [
                 ("lse", 1, lambda i: K.lse(xv[i % len(xv)], outv, stream=ctx.stream, bf16=bf)),
-                ("kl_logits", 2, lambda i: K.kl_logits(xv[i % len(xv)], zv[i % len(zv)], outv, stream=ctx.stream, bf16=bf)),
+                ("kl_logits", 2, lambda i: K.kl_logits(xv[i % len(xv)], zv[i % len(zv)], 1.0, outv, stream=ctx.stream, bf16=bf)),
             ]:
                 try:
                     ms, _ = ctx.time(fn, iters=10, reps=5)

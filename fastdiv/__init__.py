@@ -6,11 +6,14 @@ Public names only; see ``fastdiv.api`` for the implementation and README.md for 
 from .api import (
     cross_entropy,
     entropy,
+    gaussian_kl,
     get_num_threads,
+    js_div,
     kl_div,
     logsumexp,
     set_num_threads,
     threads,
+    topk_kl_div,
 )
 from ._config import show_config
 from .evaluation import CrossEntropyOutput, Evaluation, evaluate
@@ -29,6 +32,9 @@ __all__ = [
     "CrossEntropyOutput",
     "meters",
     "states",
+    "js_div",
+    "topk_kl_div",
+    "gaussian_kl",
     "show_config",
     "set_num_threads",
     "get_num_threads",

@@ -251,3 +251,89 @@ def kl_direction(value):
     if value not in KL_DIRECTIONS:
         raise ValueError(f"kl_direction must be one of {KL_DIRECTIONS}, got {value!r}")
     return value
+
+# --------------------------------------------------------------------------- divergence family (issue 5)
+
+TAILS = ("renormalize", "bucket")
+
+
+def half_bits_dtype(dtype):
+    """The integer view dtype of a half-precision float ``dtype``, or None if it is not half."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float16:
+        return np.dtype(np.uint16)
+    if dtype == _bfloat16():
+        return np.dtype(np.int16)
+    return None
+
+
+def temperature(value, inputs="logits"):
+    """A positive finite temperature; only logits can be tempered (it divides them)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"temperature must be a positive finite number, got {value!r}")
+    t = float(value)
+    if not (np.isfinite(t) and t > 0.0):
+        raise ValueError(f"temperature must be a positive finite number, got {value!r}")
+    if t != 1.0 and inputs != "logits":
+        raise ValueError(f"temperature divides logits; with inputs={inputs!r} it must be 1.0, got {value!r}")
+    scale = 1.0 / t
+    if not (np.isfinite(scale) and scale > 0.0):      # a subnormal temperature overflows 1/T
+        raise ValueError(f"temperature={value!r} is too small: 1/temperature is not a finite number")
+    return scale
+
+
+def beta(value):
+    """The generalized Jensen-Shannon skew, a number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"beta must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def tail(value):
+    if value not in TAILS:
+        raise ValueError(f"tail must be one of {TAILS}, got {value!r}")
+    return value
+
+
+def topk_teacher(indices, logprobs, lead_shape, v, tail_mode):
+    """Teacher top-k classes and log-probabilities as (sorted int64 indices, matching log-probs).
+
+    Each row's indices must be distinct and in ``[0, V)``; they are returned sorted ascending
+    (with the log-probabilities permuted alike), which lets the kernels walk the student row's
+    remaining classes (the tail) in order.  With ``tail="bucket"`` the listed probabilities of a
+    row may not add up to more than 1 (+1e-3 for rounding), since ``1 - sum`` is the tail mass.
+    """
+    if indices.dtype.kind not in "iu" or indices.dtype.kind == "b":
+        raise TypeError(f"teacher_indices must be an integer array, got dtype {indices.dtype}")
+    if logprobs.shape != indices.shape:
+        raise ValueError(f"teacher_logprobs and teacher_indices must have the same shape, "
+                         f"got {logprobs.shape} and {indices.shape}")
+    if indices.ndim == 0 or indices.shape[:-1] != tuple(lead_shape):
+        raise ValueError(f"teacher_indices must have shape student_logits.shape[:-1] + (k,) = "
+                         f"{tuple(lead_shape)} + (k,), got {indices.shape}")
+    k = indices.shape[-1]
+    if k == 0:
+        raise ValueError("teacher_indices has k = 0 classes per row; give at least one")
+    if k > v:
+        raise ValueError(f"teacher_indices has k = {k} classes per row, more than V = {v}")
+    idx = np.asarray(indices).reshape(-1, k)
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= v):
+        bad = np.flatnonzero(((idx < 0) | (idx >= v)).any(axis=1))[0]
+        raise ValueError(f"teacher_indices must be in [0, {v}); row {int(bad)} has {idx[bad].tolist()[:8]}")
+    order = np.argsort(idx, axis=1, kind="stable")
+    idx = np.ascontiguousarray(np.take_along_axis(idx, order, axis=1), dtype=np.int64)
+    if k > 1 and idx.size:
+        dup = (np.diff(idx, axis=1) == 0).any(axis=1)
+        if dup.any():
+            raise ValueError(f"teacher_indices must be distinct within a row; row {int(np.flatnonzero(dup)[0])} "
+                             "repeats a class")
+    lp = np.take_along_axis(np.asarray(logprobs).reshape(-1, k), order, axis=1)
+    if tail_mode == "bucket" and lp.size:
+        with np.errstate(over="ignore", invalid="ignore"):
+            sums = np.exp(lp.astype(np.float64)).sum(axis=1)
+        over = sums > 1.0 + 1e-3                        # NaN rows are not an error: they poison their row
+        if over.any():
+            r = int(np.flatnonzero(over)[0])
+            raise ValueError(f"teacher_logprobs of row {r} add up to probability {sums[r]!r} > 1; with "
+                             "tail='bucket' they must be log-probabilities of the full vocabulary")
+    return idx, lp

@@ -122,8 +122,10 @@ def _finish(call, out_native, out_view, lead, reduction, *, target=None, ignore_
     return call.result(red_native, red_view, ())
 
 
-def per_row_op(op, named_arrays, reduction):
-    """logsumexp / entropy / kl_div on the device (``named_arrays``: [(name, array), ...])."""
+def per_row_op(op, named_arrays, reduction, scalars=()):
+    """logsumexp / entropy / kl_div / js_div on the device (``named_arrays``: [(name, array), ...]).
+
+    ``scalars``: the contract's scalars after the arrays (``scale`` for logits ops, ``beta``)."""
     call = _Call()
     views = [call.view(name, a) for name, a in named_arrays]
     shapes = {tuple(v.shape) for v in views}
@@ -138,11 +140,11 @@ def per_row_op(op, named_arrays, reduction):
         flat.append(f)
     out_native, out_view = call.empty(flat[0].shape[0], _acc_dtype(views, call.bf16))
     if flat[0].shape[0]:
-        getattr(call.k, op)(*flat, out_view, None, stream=call.ensure_stream(), bf16=call.bf16 or None)
+        getattr(call.k, op)(*flat, *scalars, out_view, None, stream=call.ensure_stream(), bf16=call.bf16 or None)
     return _finish(call, out_native, out_view, lead, reduction)
 
 
-def cross_entropy(logits, target, reduction, ignore_index, weight, eps):
+def cross_entropy(logits, target, reduction, ignore_index, weight, eps, scale=1.0):
     call = _Call()
     x = call.view("logits", logits)
     x2, lead = _rows_view(x, "logits")
@@ -181,7 +183,8 @@ def cross_entropy(logits, target, reduction, ignore_index, weight, eps):
             raise TypeError("on the device, target probabilities must have the dtype of logits")
         p2, _ = _rows_view(p, "target")
         if rows:
-            call.k.ce_soft(x2, p2, w_view, 1.0 - eps, eps / v, out_view, None, stream=stream, bf16=call.bf16 or None)
+            call.k.ce_soft(x2, p2, w_view, 1.0 - eps, eps / v, scale, out_view, None, stream=stream,
+                           bf16=call.bf16 or None)
         # ce_mean without a target: the mean over rows, 0.0 for no rows (as on the host)
         return _finish(call, out_native, out_view, lead, reduction, ce_mean=True)
 
@@ -209,3 +212,45 @@ def cross_entropy(logits, target, reduction, ignore_index, weight, eps):
         call.k.ce_hard(x2, tv, ignore_index, w_view, eps, out_view, None, stream=stream, bf16=call.bf16 or None)
     return _finish(call, out_native, out_view, lead, reduction, target=tv, ignore_index=ignore_index,
                    weight=w_view, ce_mean=True)
+
+
+def topk_kl(teacher_indices, teacher_logprobs, student_logits, tail, reduction):
+    """topk_kl_div on the device.  Host (numpy) teacher arrays are validated and sorted as on
+    the host path, then copied over; torch CUDA teacher tensors are sorted on the device (no
+    synchronisation, so not validated: a row with a repeated or out-of-range class gives NaN)."""
+    from numba import cuda
+
+    call = _Call()
+    z = call.view("student_logits", student_logits)
+    z2, lead = _rows_view(z, "student_logits")
+    rows, v = (int(d) for d in z2.shape)
+    if interop.is_device_array(teacher_indices) or interop.is_device_array(teacher_logprobs):
+        if not (interop._is_torch(teacher_indices) and interop._is_torch(teacher_logprobs)):
+            raise TypeError("on the device, teacher_indices and teacher_logprobs must be torch CUDA tensors "
+                            "(or host arrays)")
+        import torch
+
+        if teacher_indices.shape != teacher_logprobs.shape or tuple(teacher_indices.shape[:-1]) != lead:
+            raise ValueError(f"teacher_indices and teacher_logprobs must have shape {lead} + (k,), got "
+                             f"{tuple(teacher_indices.shape)} and {tuple(teacher_logprobs.shape)}")
+        k = int(teacher_indices.shape[-1])
+        si, order = torch.sort(teacher_indices.detach().reshape(rows, k).to(torch.int64), dim=1)
+        st = torch.gather(teacher_logprobs.detach().reshape(rows, k), 1, order)
+        iv = call.view("teacher_indices", si.contiguous(), floating=False)
+        tv = call.view("teacher_logprobs", st.contiguous())
+    else:
+        idx = _checks.as_array("teacher_indices", teacher_indices)
+        t = _checks.as_array("teacher_logprobs", teacher_logprobs)
+        _checks.compute_dtype("teacher_logprobs", t.dtype)
+        idx, t = _checks.topk_teacher(idx, t, lead, v, tail)
+        if call.bf16:
+            t = t.astype(_checks._bfloat16()).view(np.int16)
+        else:
+            t = t.astype(np.dtype(z.dtype))
+        iv = cuda.to_device(idx)
+        tv = cuda.to_device(np.ascontiguousarray(t))
+    out_native, out_view = call.empty(rows, _acc_dtype([z], call.bf16))
+    if rows:
+        call.k.topk_kl(iv, tv, z2, int(tail == "bucket"), out_view, None, stream=call.ensure_stream(),
+                       bf16=call.bf16 or None)
+    return _finish(call, out_native, out_view, lead, reduction)

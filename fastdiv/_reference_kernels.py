@@ -85,3 +85,19 @@ def _shifted_sums(x):
     d = x - np.where(np.isfinite(m), m, 0.0)[:, None]
     e = np.exp(d)
     return m, np.sum(e, axis=1), np.sum(np.where(e > 0, e * d, 0.0), axis=1)
+
+
+def js_logits(x, z, beta, scale, out, nthreads):
+    out[:] = reference.js_rows(_scaled(x, scale), _scaled(z, scale), beta, "logits")
+
+
+def js_log_probs(a, b, beta, out, nthreads):
+    out[:] = reference.js_rows(a, b, beta, "log_probs")
+
+
+def js_probs(p, q, beta, out, nthreads):
+    out[:] = reference.js_rows(p, q, beta, "probs")
+
+
+def topk_kl(idx, t, z, bucket, out, nthreads):
+    out[:] = reference.topk_kl_rows(idx, t, z, "bucket" if bucket else "renormalize")

@@ -28,6 +28,20 @@ the thread count.  Semantics are those of ``fastdiv.reference`` (see its docstri
         target outside [0, V): none); st float64[rows, 8], ix int64[rows, 3]; contract in
         fastdiv/_numba/evaluate.py.
 
+Divergence family (contract v2, issue 5).  ``scale = 1 / temperature`` (positive, finite)
+multiplies every logit before anything else; ``scale = 1.0`` gives today's results bit for bit.
+
+    js_logits(x, z, beta, scale, out, nthreads)   generalized JSD of softmax(scale x), softmax(scale z):
+        beta D(P||M) + (1 - beta) D(Q||M), M = beta P + (1 - beta) Q (the API calls it for
+        0 < beta < 1 only; beta = 0 / 1 are kl_logits(x, z) / kl_logits(z, x))
+    js_log_probs(a, b, beta, out, nthreads)       the same from log-probabilities (taken literally)
+    js_probs(p, q, beta, out, nthreads)           the same from probabilities (0 log 0 = 0)
+    topk_kl(idx, t, z, bucket, out, nthreads)
+        idx: int64 (rows, k), each row strictly increasing in [0, V) (a row that is not gives
+        NaN, never an out-of-bounds read); t: (rows, k) teacher log-probabilities, same float
+        dtype as z; z: (rows, V) student logits; bucket: 0 renormalizes the teacher over its k
+        classes, 1 puts its missing mass into one tail class (fastdiv.reference.topk_kl_rows).
+
 A term whose probability or weight is exactly 0 contributes exactly 0 (no ``0 * inf``).
 
 Half precision: a backend module with ``HALF_INPUTS = True`` also accepts float16 inputs as
@@ -51,6 +65,10 @@ OPS = (
     "ce_hard",
     "ce_soft",
     "evaluate",     # the mergeable per-row state of fastdiv.evaluate (fastdiv/_numba/evaluate.py)
+    "js_logits",
+    "js_log_probs",
+    "js_probs",
+    "topk_kl",
 )
 
 #: Backends in the order ``auto`` prefers them for host (numpy) input: Cython first (compiled
@@ -139,4 +157,13 @@ def resolve(backend, *, device=False):
 def kernel(backend, op):
     """The compiled per-row kernel ``op`` of ``backend`` (which must be available)."""
     module, _ = _load(backend)
-    return getattr(module, op)
+    try:
+        return getattr(module, op)
+    except AttributeError:
+        raise BackendUnavailable(f"backend={backend!r} has no {op!r} kernel in this build") from None
+
+
+def half_inputs(backend):
+    """Whether ``backend``'s kernels read float16 / bfloat16 inputs as raw bits (HALF_INPUTS)."""
+    module, _ = _load(backend)
+    return bool(getattr(module, "HALF_INPUTS", False))

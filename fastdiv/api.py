@@ -23,6 +23,9 @@ __all__ = [
     "entropy",
     "cross_entropy",
     "kl_div",
+    "js_div",
+    "topk_kl_div",
+    "gaussian_kl",
     "set_num_threads",
     "get_num_threads",
     "threads",
@@ -184,12 +187,23 @@ def _out_dtype(*arrays):
     return np.dtype(np.float64) if any(d == np.float64 for d in dts) else np.dtype(np.float32)
 
 
-#: Kernels whose logits are multiplied by ``scale`` (1 / temperature) before the softmax.
-_SCALED_OPS = ("entropy_logits", "kl_logits", "ce_soft")
+def _half_bits(backend, arrays):
+    """The raw-bits dtype (uint16 / int16) in which to hand ``arrays`` to ``backend`` whole, or
+    None: only when its kernels read half inputs (HALF_INPUTS) and every array has the same
+    half dtype and is C-contiguous (contract v2 item 2).  Otherwise the rows are converted to
+    float32 in blocks of BLOCK_BYTES."""
+    bits = _checks.half_bits_dtype(arrays[0].dtype)
+    if bits is None or not _registry.half_inputs(backend):
+        return None
+    if any(a.dtype != arrays[0].dtype or not a.flags.c_contiguous for a in arrays):
+        return None
+    return bits
 
 
-def _per_row(op, backend, arrays, *, scalars=(), extra=None, scale=1.0):
-    """Per-row results (1-D, C order over the leading axes) of kernel ``op`` on ``arrays``."""
+def _per_row(op, backend, arrays, *, scalars=(), extra=None):
+    """Per-row results (1-D, C order over the leading axes) of kernel ``op`` on ``arrays``.
+
+    ``scalars`` follow the float arrays in the kernel's signature (``_registry``)."""
     lead = arrays[0].shape[:-1]
     nrows = int(np.prod(lead, dtype=np.int64))
     dtype = _out_dtype(*arrays)
@@ -205,12 +219,16 @@ def _per_row(op, backend, arrays, *, scalars=(), extra=None, scale=1.0):
             kern(blocks[0], target[r0:r1], scalars[0], weight, scalars[1], out[r0:r1], nthreads)
         elif op == "ce_soft":
             (weight,) = extra
-            kern(blocks[0], blocks[1], weight, scalars[0], scalars[1], scale, out[r0:r1], nthreads)
-        elif op in _SCALED_OPS:
-            kern(*blocks, scale, out[r0:r1], nthreads)
+            kern(blocks[0], blocks[1], weight, *scalars, out[r0:r1], nthreads)
+        elif op == "topk_kl":                    # arrays = [student logits, teacher log-probs]
+            (idx,) = extra
+            kern(idx[r0:r1], blocks[1], blocks[0], *scalars, out[r0:r1], nthreads)
         else:
-            kern(*blocks, out[r0:r1], nthreads)
+            kern(*blocks, *scalars, out[r0:r1], nthreads)
 
+    bits = _half_bits(backend, arrays)
+    if bits is not None:
+        arrays, dtype = [a.view(bits) for a in arrays], bits
     _run_rows(arrays, dtype, call, nrows)
     return out
 
@@ -278,7 +296,7 @@ def logsumexp(x: ArrayLike, *, backend: Backend = "auto") -> Result:
 
 @_interop.native_arrays
 def entropy(p: ArrayLike, *, inputs: Inputs = "logits", reduction: Reduction = "none",
-            backend: Backend = "auto", validate: bool = False) -> Result:
+            temperature: float = 1.0, backend: Backend = "auto", validate: bool = False) -> Result:
     """Shannon entropy ``H(P) = -sum p log p`` (nats) over the last axis.
 
     Parameters
@@ -288,6 +306,9 @@ def entropy(p: ArrayLike, *, inputs: Inputs = "logits", reduction: Reduction = "
         or ``"probs"`` (taken literally, not renormalised; ``0 log 0 = 0``).
     reduction : {"none", "mean", "sum"}
         ``"none"`` keeps one value per row (shape ``p.shape[:-1]``).
+    temperature : float, positive and finite
+        Logits are divided by it before the softmax: ``H(softmax(p / T))``.  Only for
+        ``inputs="logits"``.
     validate : bool
         Check first that each row is a distribution: probabilities NaN-free, in [0, 1] and
         summing to 1 within 1e-4 (1e-2 for 16-bit inputs); log-probabilities free of NaN and
@@ -302,22 +323,25 @@ def entropy(p: ArrayLike, *, inputs: Inputs = "logits", reduction: Reduction = "
     """
     kind = _checks.input_kind(inputs)
     reduction = _checks.reduction(reduction)
+    scale = _checks.temperature(temperature, kind)
+    scalars = (scale,) if kind == "logits" else ()
     backend = _registry.resolve(backend, device=_gpu.any_on_device(p))
     _validate(validate, kind, p=p)
     if backend == "cuda":
-        return _gpu.per_row_op(f"entropy_{kind}", [("p", p)], reduction)
+        return _gpu.per_row_op(f"entropy_{kind}", [("p", p)], reduction, scalars=scalars)
     p = _checks.float_array("p", p)
-    per_row = _per_row(f"entropy_{kind}", backend, [p])
+    per_row = _per_row(f"entropy_{kind}", backend, [p], scalars=scalars)
     return _finish(per_row, p.shape[:-1], reduction, per_row.dtype)
 
 
 @_interop.native_arrays
 def kl_div(p: ArrayLike, q: ArrayLike, *, inputs: Inputs = "logits", reduction: Reduction = "mean",
-           backend: Backend = "auto", validate: bool = False) -> Result:
+           temperature: float = 1.0, backend: Backend = "auto", validate: bool = False) -> Result:
     """Kullback-Leibler divergence ``D(P || Q) = sum p (log p - log q)`` over the last axis.
 
     The argument order is the mathematical one (like ``scipy.special.rel_entr(p, q)``),
-    not torch's reversed ``kl_div(input=log q, target=p)``.  Reverse KL is ``kl_div(q, p)``.
+    not torch's reversed ``kl_div(input=log q, target=p)``.  Reverse KL is ``kl_div(q, p)``:
+    the same kernel with its arguments swapped, so it runs at the same speed.
 
     Parameters
     ----------
@@ -325,6 +349,11 @@ def kl_div(p: ArrayLike, q: ArrayLike, *, inputs: Inputs = "logits", reduction: 
         Both given as ``inputs``: ``"logits"``, ``"log_probs"`` or ``"probs"``.
     reduction : {"none", "mean", "sum"}
         ``"mean"`` averages over rows (torch's ``"batchmean"`` for 2-D input).
+    temperature : float, positive and finite
+        Both logit arrays are divided by ``T`` before the softmax (the distillation
+        convention).  The result is the plain divergence of the tempered distributions: no
+        ``T**2`` factor is applied (that factor only rescales gradients, and fastdiv computes
+        values, not gradients).  Only for ``inputs="logits"``.
     validate : bool
         Check first that each row of ``p`` and ``q`` is a distribution, as in :func:`entropy`.
 
@@ -337,22 +366,25 @@ def kl_div(p: ArrayLike, q: ArrayLike, *, inputs: Inputs = "logits", reduction: 
     """
     kind = _checks.input_kind(inputs)
     reduction = _checks.reduction(reduction)
+    scale = _checks.temperature(temperature, kind)
+    scalars = (scale,) if kind == "logits" else ()
     backend = _registry.resolve(backend, device=_gpu.any_on_device(p, q))
     _validate(validate, kind, p=p, q=q)
     if backend == "cuda":
-        return _gpu.per_row_op(f"kl_{kind}", [("p", p), ("q", q)], reduction)
+        return _gpu.per_row_op(f"kl_{kind}", [("p", p), ("q", q)], reduction, scalars=scalars)
     p = _checks.float_array("p", p)
     q = _checks.float_array("q", q)
     _checks.same_shape("p", p, "q", q)
-    per_row = _per_row(f"kl_{kind}", backend, [p, q])
+    per_row = _per_row(f"kl_{kind}", backend, [p, q], scalars=scalars)
     return _finish(per_row, p.shape[:-1], reduction, per_row.dtype)
 
 
 @_interop.native_arrays
 def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction = "mean",
                   ignore_index: int = -100, weight: ArrayLike | None = None,
-                  label_smoothing: float = 0.0, backend: Backend = "auto", validate: bool = False,
-                  z_loss: float = 0.0, softcap: float | None = None, return_lse: bool = False) -> Result:
+                  label_smoothing: float = 0.0, temperature: float = 1.0, backend: Backend = "auto",
+                  validate: bool = False, z_loss: float = 0.0, softcap: float | None = None,
+                  return_lse: bool = False) -> Result:
     """Cross-entropy of ``softmax(logits)`` against class indices or target probabilities.
 
     Gives the numbers of ``torch.nn.functional.cross_entropy`` with the class axis last.
@@ -373,6 +405,10 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
         Non-negative class weights.
     label_smoothing : float in [0, 1]
         Mixes the target with the uniform distribution: ``(1 - eps) * target + eps / V``.
+    temperature : float, positive and finite
+        Soft targets only: the logits are divided by ``T`` before the softmax (the target
+        probabilities are used as given).  No ``T**2`` factor is applied: fastdiv computes
+        values, not gradients.  With class-index targets it must be 1.0.
     validate : bool
         With probabilities as ``target``, check first that each row is a distribution, as
         in :func:`entropy`; class indices are always checked.
@@ -398,9 +434,12 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
     reduction = _checks.reduction(reduction)
     ignore = _checks.ignore_index(ignore_index)
     eps = _checks.label_smoothing(label_smoothing)
+    scale = _checks.temperature(temperature)
     z_coef = _checks.z_loss(z_loss)
     cap = _checks.softcap(softcap)
     options = bool(z_coef) or cap is not None or bool(return_lse)
+    if options and scale != 1.0:
+        raise ValueError("temperature cannot be combined with z_loss, softcap or return_lse")
     backend = _registry.resolve(backend, device=_gpu.any_on_device(logits, target, weight))
     if _checks.validate_flag(validate):
         t_arr = target if _gpu.any_on_device(target) else _checks.as_array("target", target)
@@ -409,7 +448,7 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
     if backend == "cuda":
         if options:
             raise _registry.BackendUnavailable("z_loss, softcap and return_lse are not implemented for cuda yet")
-        return _gpu.cross_entropy(logits, target, reduction, ignore, weight, eps)
+        return _gpu.cross_entropy(logits, target, reduction, ignore, weight, eps, scale)
     if options:
         from .evaluation import cross_entropy_with_options
 
@@ -427,11 +466,14 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
                 "class indices must be an integer array")
         dtype = _out_dtype(logits, target)
         w = np.ones(v, dtype) if weight is None else _checks.class_weight(weight, v, dtype)
-        per_row = _per_row("ce_soft", backend, [logits, target], scalars=(1.0 - eps, eps / v), extra=(w,))
+        per_row = _per_row("ce_soft", backend, [logits, target], scalars=(1.0 - eps, eps / v, scale), extra=(w,))
         if reduction == "mean" and per_row.size == 0:
             return per_row.dtype.type(0.0)        # like hard labels: a mean over no rows is 0.0
         return _finish(per_row, lead, reduction, per_row.dtype)
 
+    if scale != 1.0:
+        raise ValueError(f"temperature applies to soft (probability) targets; with class indices it must be 1.0, "
+                         f"got {temperature!r}")
     t = _checks.class_targets(target, lead, v, ignore)
     dtype = _out_dtype(logits)
     w = np.ones(v, dtype) if weight is None else _checks.class_weight(weight, v, dtype)
@@ -446,3 +488,206 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
     if denom == 0:
         return dtype.type(0.0)
     return dtype.type(np.sum(per_row, dtype=np.float64) / denom)
+
+
+# --------------------------------------------------------------------------- divergence family (issue 5)
+
+
+def js_div(p, q, *, beta=0.5, inputs="logits", temperature=1.0, reduction="mean", backend="auto",
+           validate=False):
+    """Generalized Jensen-Shannon divergence over the last axis (nats).
+
+    For ``0 < beta < 1``::
+
+        JS_beta(P, Q) = beta * D(P || M) + (1 - beta) * D(Q || M),   M = beta * P + (1 - beta) * Q
+
+    It is symmetric for ``beta = 0.5`` and bounded by ``log 2`` there (in general by
+    ``-beta log beta - (1 - beta) log(1 - beta)``); ``JS_beta(P, Q) = JS_{1-beta}(Q, P)``.
+    Both terms vanish as ``beta`` tends to 0 or 1, like ``beta (1 - beta)``; the endpoints are
+    defined as the limits of ``JS_beta / (beta (1 - beta))``, which are the two KLs (the
+    convention of Liger-Kernel's JSD):
+
+    * ``beta = 0``: ``D(P || Q)`` -- forward KL, ``kl_div(p, q)``;
+    * ``beta = 1``: ``D(Q || P)`` -- reverse KL, ``kl_div(q, p)``.
+
+    Parameters
+    ----------
+    p, q : array_like, same shape (..., V)
+        Both given as ``inputs``: ``"logits"``, ``"log_probs"`` or ``"probs"`` (the latter two
+        taken literally).
+    beta : float in [0, 1]
+    temperature : float, positive and finite
+        Both logit arrays are divided by ``T`` before the softmax; no ``T**2`` factor (fastdiv
+        computes values, not gradients).  Only for ``inputs="logits"``.
+    reduction : {"mean", "sum", "none"}
+    validate : bool
+        Check first that each row of ``p`` and ``q`` is a distribution, as in :func:`entropy`.
+
+    Notes
+    -----
+    From logits, each row pair is read once from memory: a first pass forms both
+    log-normalisers, a second computes the terms from cache.  A row of P whose classes are
+    all masked (``-inf``) is an empty measure; the formula then gives
+    ``-(1 - beta) log(1 - beta)`` (and symmetrically for Q).  NaN in a row gives NaN for it;
+    a ``+inf`` logit makes its row's softmax undefined: NaN.
+
+    Examples
+    --------
+    >>> import numpy as np, fastdiv
+    >>> p = np.array([1.0, 0.0]); q = np.array([0.0, 1.0])
+    >>> round(float(fastdiv.js_div(p, q, inputs="probs")), 6)   # disjoint supports: log 2
+    0.693147
+    >>> x = np.array([2.0, 0.0, -1.0]); z = np.array([0.0, 1.0, 0.5])
+    >>> bool(np.isclose(fastdiv.js_div(x, z, beta=0.0), fastdiv.kl_div(x, z)))
+    True
+    """
+    kind = _checks.input_kind(inputs)
+    reduction = _checks.reduction(reduction)
+    b = _checks.beta(beta)
+    scale = _checks.temperature(temperature, kind)
+    if b == 0.0 or b == 1.0:                       # the limits: forward / reverse KL
+        named = [("p", p), ("q", q)] if b == 0.0 else [("q", q), ("p", p)]
+        op, scalars = f"kl_{kind}", ((scale,) if kind == "logits" else ())
+    else:
+        named = [("p", p), ("q", q)]
+        op, scalars = f"js_{kind}", ((b, scale) if kind == "logits" else (b,))
+    backend = _registry.resolve(backend, device=_gpu.any_on_device(p, q))
+    _validate(validate, kind, p=p, q=q)
+    if backend == "cuda":
+        return _gpu.per_row_op(op, named, reduction, scalars=scalars)
+    arrays = [_checks.float_array(name, a) for name, a in named]
+    _checks.same_shape(named[0][0], arrays[0], named[1][0], arrays[1])
+    per_row = _per_row(op, backend, arrays, scalars=scalars)
+    return _finish(per_row, arrays[0].shape[:-1], reduction, per_row.dtype)
+
+
+def topk_kl_div(teacher_indices, teacher_logprobs, student_logits, *, tail="renormalize",
+                reduction="mean", backend="auto"):
+    """KL divergence ``D(P_teacher || Q_student)`` from a teacher stored as its top-k classes.
+
+    Offline distillation datasets keep, per token, the teacher's k most likely classes and
+    their log-probabilities; the student gives full logits.  ``Q = softmax(student_logits)``
+    over all V classes; the teacher's missing mass ``r = 1 - sum_i p_i`` is handled by ``tail``:
+
+    * ``"renormalize"``: the teacher is renormalized over its k classes,
+      ``p~_i = p_i / sum_j p_j``, and is 0 elsewhere:
+      ``sum_i p~_i (log p~_i - log q_i)``.  (``teacher_logprobs`` may then be any log-scores
+      of the k classes.)  A row whose log-probabilities are all ``-inf`` gives 0.
+    * ``"bucket"``: the other ``V - k`` classes are merged into one "tail" class on both
+      sides: ``sum_i p_i (log p_i - log q_i) + r log(r / s)``, ``r = max(0, 1 - sum_i p_i)``,
+      ``s`` = the student's total probability of the tail classes (computed directly from
+      them, not as ``1 - sum q_i``, so a confident student does not cancel it away).  With
+      ``k = V`` there is no tail class and no tail term.  The teacher's listed probabilities
+      of a row must not add up to more than ``1 + 1e-3``.
+
+    Either way, ``k = V`` equals the dense ``kl_div`` of the teacher against the student.
+
+    Parameters
+    ----------
+    teacher_indices : array_like of int, shape (..., k)
+        Distinct classes in ``[0, V)`` per row (any order).
+    teacher_logprobs : array_like of float, shape (..., k)
+        Their log-probabilities (``-inf`` for probability 0).
+    student_logits : array_like, shape (..., V)
+    tail : {"renormalize", "bucket"}
+    reduction : {"mean", "sum", "none"}
+
+    Notes
+    -----
+    Each student row is read once: the kernels walk the segments between the (sorted)
+    teacher classes to form the tail's log-sum-exp, then gather the k classes.  A teacher
+    probability > 0 on a class the student masks (``-inf``) gives ``+inf``, as does a tail
+    mass ``r > 0`` against a student tail of probability 0.  NaN in a row gives NaN.
+
+    Examples
+    --------
+    >>> import numpy as np, fastdiv
+    >>> student = np.array([2.0, 1.0, 0.0, -1.0])
+    >>> teacher = np.log(np.array([0.7, 0.2, 0.06, 0.04]))
+    >>> idx = np.array([0, 1]); top = teacher[idx]
+    >>> round(float(fastdiv.topk_kl_div(idx, top, student)), 6)
+    0.132706
+    >>> round(float(fastdiv.topk_kl_div(idx, top, student, tail="bucket")), 6)
+    0.007045
+    """
+    tail = _checks.tail(tail)
+    reduction = _checks.reduction(reduction)
+    backend = _registry.resolve(backend, device=_gpu.any_on_device(teacher_indices, teacher_logprobs,
+                                                                     student_logits))
+    if backend == "cuda":
+        return _gpu.topk_kl(teacher_indices, teacher_logprobs, student_logits, tail, reduction)
+    z = _checks.float_array("student_logits", student_logits)
+    idx = _checks.as_array("teacher_indices", teacher_indices)
+    t = _checks.as_array("teacher_logprobs", teacher_logprobs)
+    _checks.compute_dtype("teacher_logprobs", t.dtype)
+    lead, v = z.shape[:-1], z.shape[-1]
+    idx, t = _checks.topk_teacher(idx, t, lead, v, tail)
+    per_row = _per_row("topk_kl", backend, [z, t], scalars=(int(tail == "bucket"),), extra=(idx,))
+    return _finish(per_row, lead, reduction, per_row.dtype)
+
+
+def _real_array(name, a):
+    a = _checks.as_array(name, a)
+    if a.dtype.kind not in "fiu" and a.dtype != _checks._bfloat16():
+        raise TypeError(f"{name} must be a real number or array, got dtype {a.dtype}")
+    return a
+
+
+def gaussian_kl(mu, logvar, mu_prior=0.0, logvar_prior=0.0, *, reduction="mean"):
+    """KL divergence between diagonal Gaussians, summed over the last axis: the VAE latent term.
+
+    ``KL(N(mu, diag(exp(logvar))) || N(mu_prior, diag(exp(logvar_prior))))``, per element::
+
+        (exp(d) - 1 - d + (mu - mu_prior)**2 * exp(-logvar_prior)) / 2,   d = logvar - logvar_prior
+
+    evaluated in float64 from differences of log-variances: ``exp(d) - 1 - d`` by its Taylor
+    series for ``|d| < 0.5`` (no cancellation near ``d = 0``) and ``expm1(d) - d`` beyond, and
+    the mean term as ``((mu - mu_prior) * exp(-logvar_prior / 2))**2``.  So ``|logvar|`` in the
+    hundreds neither overflows (``exp(logvar)`` is never formed) nor cancels; a result is
+    ``+inf`` only if the true value overflows float64 (or a variance is 0).
+
+    It is elementwise, so it runs in numpy (no compiled kernel): blocks of rows are
+    converted to float64 in turn, O(block) extra memory.
+
+    Parameters
+    ----------
+    mu, logvar : array_like, same shape (..., D)
+        Mean and log-variance of the posterior.
+    mu_prior, logvar_prior : float or array_like broadcastable to ``mu.shape``
+        The prior (default: standard normal).
+    reduction : {"mean", "sum", "none"}
+        Over rows (the sum over the last axis is always taken).
+
+    Returns
+    -------
+    float32 for float16 / bfloat16 / float32 input, float64 for float64 input.
+
+    Examples
+    --------
+    >>> import numpy as np, fastdiv
+    >>> round(float(fastdiv.gaussian_kl(np.array([1.0, 0.0]), np.array([0.0, np.log(2.0)]))), 6)
+    0.653426
+    """
+    reduction = _checks.reduction(reduction)
+    mu = _checks.float_array("mu", mu)
+    logvar = _checks.float_array("logvar", logvar)
+    _checks.same_shape("mu", mu, "logvar", logvar)
+    priors = []
+    for name, a in (("mu_prior", mu_prior), ("logvar_prior", logvar_prior)):
+        a = _real_array(name, a)
+        try:
+            priors.append(np.broadcast_to(a, mu.shape))
+        except ValueError:
+            raise ValueError(f"{name} of shape {a.shape} does not broadcast to mu's shape {mu.shape}") from None
+    dtype = _out_dtype(mu, logvar)
+    lead, v = mu.shape[:-1], mu.shape[-1]
+    nrows = int(np.prod(lead, dtype=np.int64))
+    arrays = [a.reshape(1, v) if not lead else a for a in (mu, logvar, *priors)]
+    per_row = np.empty(nrows, dtype=np.float64)
+    step = _rows_per_block(v, 8 * 4)
+    from .reference import gaussian_kl_elements
+    for r0 in range(0, nrows, step):
+        r1 = min(r0 + step, nrows)
+        where = np.unravel_index(np.arange(r0, r1), lead) if lead else (np.zeros(1, np.intp),)
+        per_row[r0:r1] = np.sum(gaussian_kl_elements(*(a[where] for a in arrays)), axis=1)
+    return _finish(per_row.astype(dtype), lead, reduction, dtype)

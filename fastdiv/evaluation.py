@@ -427,7 +427,7 @@ def cross_entropy_with_options(logits, target, reduction, ignore, weight, eps, b
     else:
         def fn(r0, r1, xb, *rest):
             if soft:
-                loss[r0:r1] = _api._per_row("ce_soft", backend, [xb, rest[0]], scalars=(1.0 - eps, eps / v),
+                loss[r0:r1] = _api._per_row("ce_soft", backend, [xb, rest[0]], scalars=(1.0 - eps, eps / v, 1.0),
                                             extra=(w,))
             else:
                 loss[r0:r1] = _api._per_row("ce_hard", backend, [xb], scalars=(ignore, eps), extra=(t[r0:r1], w))

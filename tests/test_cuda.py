@@ -200,7 +200,7 @@ def run_logits_op(op, case, kind, knobs, rows=9):
     x = edge_logits(rng, rows, V)
     dx, hx = device_input(x, kind)
     out = out_for(rows, kind)
-    getattr(K, op)(dx, out, 1)
+    getattr(K, op)(dx, *((1.0,) if op == "entropy_logits" else ()), out, 1)
     return out.copy_to_host(), hx
 
 
@@ -260,7 +260,7 @@ def test_kl_logits(case, kind, knobs):
     dx, hx = device_input(x, kind)
     dz, hz = device_input(z, kind)
     out = out_for(rows, kind)
-    K.kl_logits(dx, dz, out, 1)
+    K.kl_logits(dx, dz, 1.0, out, 1)
     check(out.copy_to_host(), R.kl_rows(hx, hz, "logits"), kind, "kl_logits")
 
 
@@ -342,7 +342,7 @@ def test_ce_soft(case, kind, eps, weighted, knobs):
     wacc = np.float64 if kind == "f64" else np.float32
     dw = cuda.to_device(w.astype(wacc)) if weighted else None
     out = out_for(rows, kind)
-    K.ce_soft(dx, dp, dw, 1.0 - eps, eps / V, out, 1)
+    K.ce_soft(dx, dp, dw, 1.0 - eps, eps / V, 1.0, out, 1)
     want = R.cross_entropy_soft_rows(hx, hp, None if w is None else w.astype(wacc), eps)
     check(out.copy_to_host(), want, kind, f"ce_soft eps={eps} weighted={weighted}")
 
@@ -385,7 +385,7 @@ def test_paths(path, kind, knobs):
         dx, hx = device_input(x, kind)
         dz, hz = device_input(z, kind)
     out = out_for(rows, kind)
-    K.kl_logits(dx, dz, out, 1)
+    K.kl_logits(dx, dz, 1.0, out, 1)
     check(out.copy_to_host(), R.kl_rows(hx, hz, "logits"), kind, f"{path} kl")
     t = _rng(path, "t").integers(0, V, rows)
     t[0] = -100
@@ -405,12 +405,12 @@ def test_unroll_variants(unroll, knobs):
     dx, hx = device_input(x, "f32")
     dz, hz = device_input(z, "f32")
     out = out_for(rows, "f32")
-    K.kl_logits(dx, dz, out, 1)
+    K.kl_logits(dx, dz, 1.0, out, 1)
     check(out.copy_to_host(), R.kl_rows(hx, hz, "logits"), "f32", f"unroll={unroll} kl")
     p = np.exp(R.log_softmax_rows(z))
     dp, hp = device_input(p, "f32")
     out = out_for(rows, "f32")
-    K.ce_soft(dx, dp, None, 0.9, 0.1 / V, out, 1)
+    K.ce_soft(dx, dp, None, 0.9, 0.1 / V, 1.0, out, 1)
     check(out.copy_to_host(), R.cross_entropy_soft_rows(hx, hp, None, 0.1), "f32", f"unroll={unroll} ce_soft")
 
 
@@ -426,7 +426,7 @@ def test_many_rows_small_v(V, knobs):
     dx, hx = device_input(x, "f32")
     dz, hz = device_input(z, "f32")
     out = out_for(rows, "f32")
-    K.kl_logits(dx, dz, out, 1)
+    K.kl_logits(dx, dz, 1.0, out, 1)
     check(out.copy_to_host(), R.kl_rows(hx, hz, "logits"), "f32", "c51 kl")
 
 
@@ -462,7 +462,7 @@ def test_errors():
     with pytest.raises(TypeError, match="device array"):
         K.lse(np.zeros((2, 3), np.float32), cuda.device_array(2, np.float32), 1)
     with pytest.raises(ValueError, match="shape"):
-        K.kl_logits(x, cuda.to_device(np.zeros((2, 4), np.float32)), cuda.device_array(2, np.float32), 1)
+        K.kl_logits(x, cuda.to_device(np.zeros((2, 4), np.float32)), 1.0, cuda.device_array(2, np.float32), 1)
 
 
 # ------------------------------------------------------------------ device reductions
@@ -518,7 +518,7 @@ def test_interop_torch():
         zv, _ = I.to_device_view(z.to(dt))
         assert tag.lib == "torch" and tag.bf16 == (dt == torch.bfloat16)
         out_t, out = I.empty_like_lib((rows,), np.float32, tag)
-        K.kl_logits(xv, zv, out, 1, stream=I.stream_for(tag), bf16=tag.bf16)
+        K.kl_logits(xv, zv, 1.0, out, 1, stream=I.stream_for(tag), bf16=tag.bf16)
         want = torch.nn.functional.kl_div(
             torch.log_softmax(z.to(dt).double(), -1), torch.log_softmax(x.to(dt).double(), -1),
             log_target=True, reduction="none").sum(-1)

@@ -40,6 +40,10 @@ __all__ = [
     "kl_probs",
     "ce_hard",
     "ce_soft",
+    "js_logits",
+    "js_log_probs",
+    "js_probs",
+    "topk_kl",
     "device_sum",
     "device_mean",
     "launch_plan",
@@ -395,8 +399,10 @@ def lse(x, out, nthreads=None, *, stream=None, bf16=None):
     return _run("lse", x, None, None, None, out, 0, 0.0, 0.0, stream, bf16)
 
 
-def entropy_logits(x, out, nthreads=None, *, stream=None, bf16=None):
-    """out[i] = H(softmax(x[i]))."""
+def entropy_logits(x, scale, out, nthreads=None, *, stream=None, bf16=None):
+    """out[i] = H(softmax(scale * x[i]))."""
+    if scale != 1.0:
+        return _run_div("entropy", x, None, out, stream, bf16, sc=scale)
     return _run("entropy_logits", x, None, None, None, out, 0, 0.0, 0.0, stream, bf16)
 
 
@@ -410,8 +416,10 @@ def entropy_probs(p, out, nthreads=None, *, stream=None, bf16=None):
     return _run("entropy_probs", p, None, None, None, out, 0, 0.0, 0.0, stream, bf16, "p")
 
 
-def kl_logits(x, z, out, nthreads=None, *, stream=None, bf16=None):
-    """out[i] = D(softmax(x[i]) || softmax(z[i])), one read of both rows."""
+def kl_logits(x, z, scale, out, nthreads=None, *, stream=None, bf16=None):
+    """out[i] = D(softmax(scale * x[i]) || softmax(scale * z[i])), one read of both rows."""
+    if scale != 1.0:
+        return _run_div("kl", x, z, out, stream, bf16, sc=scale)
     return _run("kl_logits", x, z, None, None, out, 0, 0.0, 0.0, stream, bf16)
 
 
@@ -438,8 +446,10 @@ def ce_hard(x, target, ignore_index, weight, eps, out, nthreads=None, *, stream=
     return _run("ce_hard_smooth", x_dev, None, target, weight, out, ignore_index, eps, eps / V, stream, bf16)
 
 
-def ce_soft(x, p, weight, alpha, beta, out, nthreads=None, *, stream=None, bf16=None):
-    """out[i] = sum_j w_j q_j (lse - x_j), q = alpha * p + beta; ``weight`` may be None."""
+def ce_soft(x, p, weight, alpha, beta, scale, out, nthreads=None, *, stream=None, bf16=None):
+    """out[i] = sum_j w_j q_j (lse - s x_j), q = alpha * p + beta, s = scale; ``weight`` may be None."""
+    if scale != 1.0:
+        return _run_div("ce_soft", x, p, out, stream, bf16, sc=scale, a=alpha, b=beta, weight=weight)
     return _run("ce_soft", x, p, None, weight, out, 0, float(alpha), float(beta), stream, bf16, "x", "p")
 
 
@@ -494,3 +504,76 @@ def device_mean(values, target=None, ignore_index=-100, weight=None, out=None, *
     """
     return _reduce(values, target, ignore_index, weight, out, stream, True, empty)
 from .evaluate import evaluate  # noqa: E402,F401  (the evaluate op, fastdiv/_cuda/evaluate.py)
+
+
+# ------------------------------------------------------- divergence family (issue 5)
+
+
+def _run_div(op, x, z, out, stream, bf16, *, sc=1.0, a=0.0, b=0.0, weight=None, idx=None, t=None):
+    """Validate and launch one op of ``divergences.py`` (x: (rows, V); z, t: see the ops)."""
+    from . import divergences as DV
+
+    _import_cuda()
+    x = _dev(x, "x")
+    xf = _flat(x, "x")
+    rows, V = (int(s) for s in x.shape)
+    kind = _kind(x.dtype, bf16, "x")
+    acc = np.float64 if kind == "f64" else np.float32
+    out = _dev(out, "out")
+    if out.ndim != 1 or out.shape[0] != rows or np.dtype(out.dtype) != np.dtype(acc):
+        raise ValueError(f"out must be a {np.dtype(acc)} array of shape ({rows},), got {out.dtype} {tuple(out.shape)}")
+    if rows and V < 1:
+        raise ValueError("V must be >= 1")
+    zf = xf
+    if z is not None:
+        z = _dev(z, "z")
+        if tuple(z.shape) != tuple(x.shape):
+            raise ValueError(f"z has shape {tuple(z.shape)}, expected {tuple(x.shape)}")
+        if _kind(z.dtype, bf16, "z") != kind:
+            raise TypeError(f"z has dtype {z.dtype}, expected the dtype of x ({x.dtype})")
+        zf = _flat(z, "z")
+    K = 1
+    idxf = _dummy(np.int64)
+    tf = xf
+    if idx is not None:
+        idx = _dev(idx, "idx")
+        t = _dev(t, "t")
+        if idx.ndim != 2 or idx.shape[0] != rows or np.dtype(idx.dtype) != np.int64 or tuple(t.shape) != tuple(idx.shape):
+            raise ValueError(f"idx must be int64 of shape ({rows}, k) and t of its shape")
+        if _kind(t.dtype, bf16, "t") != kind:
+            raise TypeError(f"t has dtype {t.dtype}, expected the dtype of the student logits ({x.dtype})")
+        K = int(idx.shape[1])
+        idxf = _flat(idx, "idx")
+        tf = _flat(t, "t")
+    w = None
+    if weight is not None:
+        w = _dev(weight, "weight")
+        if w.ndim != 1 or w.shape[0] != V or np.dtype(w.dtype) != np.dtype(acc):
+            raise ValueError(f"weight must be a {np.dtype(acc)} array of shape ({V},)")
+    opcode = {"entropy": DV.OP_ENTROPY, "kl": DV.OP_KL, "ce_soft": DV.OP_CE_SOFT, "js_logits": DV.OP_JS_LOGITS,
+              "js_log_probs": DV.OP_JS_LOG_PROBS, "js_probs": DV.OP_JS_PROBS, "topk": DV.OP_TOPK}[op]
+    DV.launch(opcode, kind, xf, zf, w if w is not None else _dummy(acc), weight is not None, idxf, tf, out, rows,
+              V, K, float(sc), float(a), float(b), 0 if stream is None else stream)
+    return out
+
+
+def js_logits(x, z, beta, scale, out, nthreads=None, *, stream=None, bf16=None):
+    """out[i] = generalized JSD of softmax(scale x[i]) and softmax(scale z[i]), 0 < beta < 1."""
+    return _run_div("js_logits", x, z, out, stream, bf16, sc=scale, a=beta)
+
+
+def js_log_probs(a, b, beta, out, nthreads=None, *, stream=None, bf16=None):
+    """out[i] = generalized JSD of the log-probability rows a[i], b[i] (taken literally)."""
+    return _run_div("js_log_probs", a, b, out, stream, bf16, a=beta)
+
+
+def js_probs(p, q, beta, out, nthreads=None, *, stream=None, bf16=None):
+    """out[i] = generalized JSD of the probability rows p[i], q[i]."""
+    return _run_div("js_probs", p, q, out, stream, bf16, a=beta)
+
+
+def topk_kl(idx, t, z, bucket, out, nthreads=None, *, stream=None, bf16=None):
+    """out[i] = D(teacher || softmax(z[i])) from the sorted top-k classes idx[i] (int64) and
+    log-probabilities t[i]; bucket: 0 renormalizes the teacher, 1 adds one tail class.  A row
+    whose classes are not strictly increasing in [0, V) gives NaN."""
+    return _run_div("topk", z, None, out, stream, bf16, b=float(bool(bucket)), idx=idx, t=t)

@@ -2,8 +2,10 @@
 """Cython / OpenMP per-row kernels of fastdiv (the ``cython`` backend).
 
 Implements the kernel contract of :mod:`fastdiv._registry`: every function takes C-contiguous
-2-D rows ``(rows, V)`` of one float dtype (float32 or float64), a 1-D ``out`` of that dtype
-and ``nthreads``, and writes one value per row.  Work items (one row, or a block of 16 / 8
+2-D rows ``(rows, V)`` of one float dtype (float32 or float64; or, contract v2, half-precision
+bits as uint16 / int16 with a float32 ``out``), a 1-D ``out`` of that dtype and ``nthreads``,
+and writes one value per row.  The divergence family and the v2 entry points are at the end
+of this file (C code in ``_div.h`` / ``_div_rows.h``).  Work items (one row, or a block of 16 / 8
 short rows for V <= 2048 / 1024 floats / doubles with AVX-512) are split statically over
 OpenMP threads; each row is computed by one thread with a fixed summation order that depends
 on neither the thread count nor the row's position in the batch, so results are
@@ -74,13 +76,6 @@ SIMD_FLAGS = (<bytes>fd_simd_flags).decode()
 SIMD_ISA = (<bytes>fd_simd_isa).decode()
 
 
-
-cdef _unit_scale(double scale):
-    # Contract v2 passes 1 / temperature; this backend does not scale logits yet, and the
-    # API does not offer a temperature yet, so anything but 1 is a caller's bug.
-    if scale != 1.0:
-        raise ValueError(f"scale must be 1.0 for the cython backend, got {scale}")
-
 def max_threads():
     """``omp_get_max_threads()`` (1 when built without OpenMP)."""
     return fd_max_threads()
@@ -114,7 +109,7 @@ cdef inline Py_ssize_t _items(Py_ssize_t rows, Py_ssize_t V, bint single) noexce
     return fd_items_f32(rows, V) if single else fd_items_f64(rows, V)
 
 
-def lse(const floating[:, ::1] x, floating[::1] out, int nthreads):
+def _lse_native(const floating[:, ::1] x, floating[::1] out, int nthreads):
     """out[i] = logsumexp(x[i])."""
     cdef Py_ssize_t it, rows = x.shape[0], V = x.shape[1]
     cdef int nt = _check(rows, V, out.shape[0], nthreads)
@@ -128,11 +123,10 @@ def lse(const floating[:, ::1] x, floating[::1] out, int nthreads):
             fd_lse_item_f64(px, rows, V, it, po)
 
 
-def entropy_logits(const floating[:, ::1] x, double scale, floating[::1] out, int nthreads):
+def _entropy_logits_native(const floating[:, ::1] x, floating[::1] out, int nthreads):
     """out[i] = H(softmax(x[i]))."""
     cdef Py_ssize_t it, rows = x.shape[0], V = x.shape[1]
     cdef int nt = _check(rows, V, out.shape[0], nthreads)
-    _unit_scale(scale)
     cdef const floating *px = &x[0, 0]
     cdef floating *po = &out[0]
     cdef Py_ssize_t n = _items(rows, V, floating is float)
@@ -143,7 +137,7 @@ def entropy_logits(const floating[:, ::1] x, double scale, floating[::1] out, in
             fd_entropy_logits_item_f64(px, rows, V, it, po)
 
 
-def entropy_log_probs(const floating[:, ::1] l, floating[::1] out, int nthreads):
+def _entropy_log_probs_native(const floating[:, ::1] l, floating[::1] out, int nthreads):
     """out[i] = -sum exp(l[i]) * l[i] (taken literally, no renormalising)."""
     cdef Py_ssize_t i, rows = l.shape[0], V = l.shape[1]
     cdef int nt = _check(rows, V, out.shape[0], nthreads)
@@ -154,7 +148,7 @@ def entropy_log_probs(const floating[:, ::1] l, floating[::1] out, int nthreads)
             out[i] = fd_entropy_log_probs_f64(&l[i, 0], V)
 
 
-def entropy_probs(const floating[:, ::1] p, floating[::1] out, int nthreads):
+def _entropy_probs_native(const floating[:, ::1] p, floating[::1] out, int nthreads):
     """out[i] = -sum p[i] * log p[i], with 0 log 0 = 0."""
     cdef Py_ssize_t i, rows = p.shape[0], V = p.shape[1]
     cdef int nt = _check(rows, V, out.shape[0], nthreads)
@@ -165,13 +159,12 @@ def entropy_probs(const floating[:, ::1] p, floating[::1] out, int nthreads):
             out[i] = fd_entropy_probs_f64(&p[i, 0], V)
 
 
-def kl_logits(const floating[:, ::1] x, const floating[:, ::1] z, double scale,
-              floating[::1] out, int nthreads):
+def _kl_logits_native(const floating[:, ::1] x, const floating[:, ::1] z, floating[::1] out,
+              int nthreads):
     """out[i] = D(softmax(x[i]) || softmax(z[i])), one read of both rows."""
     cdef Py_ssize_t it, rows = x.shape[0], V = x.shape[1]
     _check2(rows, V, z.shape[0], z.shape[1])
     cdef int nt = _check(rows, V, out.shape[0], nthreads)
-    _unit_scale(scale)
     cdef const floating *px = &x[0, 0]
     cdef const floating *pz = &z[0, 0]
     cdef floating *po = &out[0]
@@ -183,7 +176,7 @@ def kl_logits(const floating[:, ::1] x, const floating[:, ::1] z, double scale,
             fd_kl_logits_item_f64(px, pz, rows, V, it, po)
 
 
-def kl_log_probs(const floating[:, ::1] a, const floating[:, ::1] b, floating[::1] out,
+def _kl_log_probs_native(const floating[:, ::1] a, const floating[:, ::1] b, floating[::1] out,
                  int nthreads):
     """out[i] = sum exp(a[i]) * (a[i] - b[i])."""
     cdef Py_ssize_t i, rows = a.shape[0], V = a.shape[1]
@@ -196,7 +189,7 @@ def kl_log_probs(const floating[:, ::1] a, const floating[:, ::1] b, floating[::
             out[i] = fd_kl_log_probs_f64(&a[i, 0], &b[i, 0], V)
 
 
-def kl_probs(const floating[:, ::1] p, const floating[:, ::1] q, floating[::1] out,
+def _kl_probs_native(const floating[:, ::1] p, const floating[:, ::1] q, floating[::1] out,
              int nthreads):
     """out[i] = sum p[i] * (log p[i] - log q[i])."""
     cdef Py_ssize_t i, rows = p.shape[0], V = p.shape[1]
@@ -209,7 +202,7 @@ def kl_probs(const floating[:, ::1] p, const floating[:, ::1] q, floating[::1] o
             out[i] = fd_kl_probs_f64(&p[i, 0], &q[i, 0], V)
 
 
-def ce_hard(const floating[:, ::1] x, const int64_t[::1] target, int64_t ignore_index,
+def _ce_hard_native(const floating[:, ::1] x, const int64_t[::1] target, int64_t ignore_index,
             const floating[::1] weight, double eps, floating[::1] out, int nthreads):
     """out[i] = 0 if target[i] == ignore_index, else
     (1 - eps) * w[t] * (lse - x[t]) + eps / V * sum_j w_j * (lse - x_j)   (zero-weight terms 0)."""
@@ -236,13 +229,12 @@ def ce_hard(const floating[:, ::1] x, const int64_t[::1] target, int64_t ignore_
             fd_ce_hard_item_f64(px, rows, V, it, pt, ignore_index, pw, eps, po)
 
 
-def ce_soft(const floating[:, ::1] x, const floating[:, ::1] p, const floating[::1] weight,
-            double alpha, double beta, double scale, floating[::1] out, int nthreads):
+def _ce_soft_native(const floating[:, ::1] x, const floating[:, ::1] p, const floating[::1] weight,
+            double alpha, double beta, floating[::1] out, int nthreads):
     """out[i] = sum_j w_j * q_j * (lse - x_j), q_j = alpha * p_j + beta (zero terms 0)."""
     cdef Py_ssize_t it, rows = x.shape[0], V = x.shape[1]
     _check2(rows, V, p.shape[0], p.shape[1])
     cdef int nt = _check(rows, V, out.shape[0], nthreads)
-    _unit_scale(scale)
     if weight.shape[0] != V:
         raise ValueError(f"weight has {weight.shape[0]} elements for V = {V}")
     cdef const floating *px = &x[0, 0]
@@ -283,3 +275,221 @@ def evaluate(const floating[:, ::1] x, const floating[:, ::1] z, const int64_t[:
             fd_eval_row_f32(&x[i, 0], &z[i, 0] if has_ref else NULL, V, target[i], &st[i, 0], &ix[i, 0])
         else:
             fd_eval_row_f64(&x[i, 0], &z[i, 0] if has_ref else NULL, V, target[i], &st[i, 0], &ix[i, 0])
+
+# ============================================================================================
+# Kernel contract v2 (issue 5): temperature (`scale` = 1/T on the logits), half-precision
+# inputs as raw bits, and the divergence family.  The names of the contract dispatch here:
+# native float32/float64 input with scale = 1 runs the kernels above unchanged (bit for bit);
+# scaled or half input runs the staged driver of _div.h (per-thread buffers of at most one
+# long row or one block of short rows per input, never a full-size copy), and the new
+# kernels (js_*, topk_kl) always run there.
+# ============================================================================================
+import numpy as np
+
+cdef extern from "_div.h" nogil:
+    enum:
+        FD_IN_F32
+        FD_IN_F64
+        FD_IN_F16
+        FD_IN_BF16
+    enum:
+        FD_OP_LSE
+        FD_OP_ENTROPY_LOGITS
+        FD_OP_ENTROPY_LOG_PROBS
+        FD_OP_ENTROPY_PROBS
+        FD_OP_KL_LOGITS
+        FD_OP_KL_LOG_PROBS
+        FD_OP_KL_PROBS
+        FD_OP_CE_HARD
+        FD_OP_CE_SOFT
+        FD_OP_JS_LOGITS
+        FD_OP_JS_LOG_PROBS
+        FD_OP_JS_PROBS
+        FD_OP_TOPK_KL
+    ctypedef struct fd_job:
+        int op, kind, nin
+        const void *src[2]
+        Py_ssize_t width[2]
+        double scale[2]
+        Py_ssize_t rows, V
+        double a, b
+        const int64_t *target
+        int64_t ignore_index
+        const void *weight
+        void *out
+    int fd_run_staged(const fd_job *J, int nthreads)
+
+#: Every kernel accepts float16 (as uint16 bits) and bfloat16 (as int16 bits) inputs.
+HALF_INPUTS = True
+
+_KINDS = {np.dtype(np.float32): FD_IN_F32, np.dtype(np.float64): FD_IN_F64,
+          np.dtype(np.uint16): FD_IN_F16, np.dtype(np.int16): FD_IN_BF16}
+
+
+cdef inline bint _native(a):
+    return a.dtype == np.float32 or a.dtype == np.float64
+
+
+cdef const void *_data(a, Py_ssize_t rows, Py_ssize_t width, str name, str what) except NULL:
+    """The address of a validated C-contiguous (rows, width) array (rows > 0)."""
+    if a.ndim != 2 or a.shape[0] != rows or a.shape[1] != width:
+        raise ValueError(f"{name} must have shape ({rows}, {width}) {what}, got {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    cdef const unsigned char[::1] b = a.reshape(-1).view(np.uint8)
+    return <const void *>&b[0]
+
+
+cdef _run(int op, arrays, widths, scales, double a, double b, out, int nthreads,
+          target=None, int64_t ignore_index=0, weight=None):
+    """Validate the arguments of one contract call and run it through fd_run_staged."""
+    x0 = arrays[0]
+    if x0.ndim != 2:
+        raise ValueError(f"inputs must be 2-D (rows, V), got shape {x0.shape}")
+    kind = _KINDS.get(x0.dtype)
+    if kind is None:
+        raise TypeError(f"inputs must be float32, float64, or half-precision bits (uint16: float16, "
+                        f"int16: bfloat16), got {x0.dtype}")
+    cdef fd_job J
+    cdef int i
+    cdef Py_ssize_t rows = x0.shape[0]
+    J.op = op
+    J.kind = kind
+    J.nin = len(arrays)
+    J.rows = rows
+    J.V = x0.shape[1]
+    J.a = a
+    J.b = b
+    J.ignore_index = ignore_index
+    J.target = NULL
+    J.weight = NULL
+    acc = np.float64 if kind == FD_IN_F64 else np.float32
+    if out.dtype != acc or out.ndim != 1 or out.shape[0] != rows or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {np.dtype(acc)} array of {rows} elements")
+    if not out.flags.writeable:
+        raise ValueError("out must be writeable")
+    if J.V < 1 and rows > 0:
+        raise ValueError("rows must have at least one element (V >= 1)")
+    for i in range(J.nin):
+        if arrays[i].dtype != x0.dtype:
+            raise TypeError(f"all float inputs must share one dtype, got {x0.dtype} and {arrays[i].dtype}")
+    if rows == 0:
+        return
+    for i in range(J.nin):
+        J.src[i] = _data(arrays[i], rows, widths[i], f"input {i}", "")
+        J.width[i] = widths[i]
+        J.scale[i] = scales[i]
+    cdef const int64_t[::1] tv
+    if target is not None:
+        tv = target.reshape(-1)
+        if tv.shape[0] != rows * (widths[1] if op == FD_OP_TOPK_KL else 1):
+            raise ValueError(f"target / indices have {tv.shape[0]} elements for {rows} rows")
+        J.target = &tv[0]
+    cdef const unsigned char[::1] wv
+    if weight is not None:
+        if weight.dtype != acc or weight.ndim != 1 or weight.shape[0] != J.V or not weight.flags.c_contiguous:
+            raise ValueError(f"weight must be a C-contiguous {np.dtype(acc)} array of V = {J.V} elements")
+        wv = weight.view(np.uint8)
+        J.weight = &wv[0]
+    cdef unsigned char[::1] ov = out.view(np.uint8)
+    J.out = &ov[0]
+    cdef int rc, nt = max(nthreads, 1)
+    with nogil:
+        if op == FD_OP_CE_HARD:             # w[target] into out first (see fd_ce_hard_prep)
+            if J.kind == FD_IN_F64:
+                fd_ce_hard_prep_f64(rows, J.V, J.target, ignore_index, <const double *>J.weight, <double *>J.out)
+            else:
+                fd_ce_hard_prep_f32(rows, J.V, J.target, ignore_index, <const float *>J.weight, <float *>J.out)
+        rc = fd_run_staged(&J, nt)
+    if rc != 0:
+        raise MemoryError("could not allocate the per-thread row buffers")
+
+
+def lse(x, out, int nthreads):
+    """out[i] = logsumexp(x[i])."""
+    if _native(x):
+        return _lse_native(x, out, nthreads)
+    _run(FD_OP_LSE, (x,), (x.shape[1],), (1.0,), 0.0, 0.0, out, nthreads)
+
+
+def entropy_logits(x, double scale, out, int nthreads):
+    """out[i] = H(softmax(scale * x[i]))."""
+    if _native(x) and scale == 1.0:
+        return _entropy_logits_native(x, out, nthreads)
+    _run(FD_OP_ENTROPY_LOGITS, (x,), (x.shape[1],), (scale,), 0.0, 0.0, out, nthreads)
+
+
+def entropy_log_probs(l, out, int nthreads):
+    """out[i] = -sum exp(l[i]) * l[i] (taken literally, no renormalising)."""
+    if _native(l):
+        return _entropy_log_probs_native(l, out, nthreads)
+    _run(FD_OP_ENTROPY_LOG_PROBS, (l,), (l.shape[1],), (1.0,), 0.0, 0.0, out, nthreads)
+
+
+def entropy_probs(p, out, int nthreads):
+    """out[i] = -sum p[i] * log p[i], with 0 log 0 = 0."""
+    if _native(p):
+        return _entropy_probs_native(p, out, nthreads)
+    _run(FD_OP_ENTROPY_PROBS, (p,), (p.shape[1],), (1.0,), 0.0, 0.0, out, nthreads)
+
+
+def kl_logits(x, z, double scale, out, int nthreads):
+    """out[i] = D(softmax(scale * x[i]) || softmax(scale * z[i])), one read of both rows."""
+    if _native(x) and scale == 1.0:
+        return _kl_logits_native(x, z, out, nthreads)
+    _run(FD_OP_KL_LOGITS, (x, z), (x.shape[1], x.shape[1]), (scale, scale), 0.0, 0.0, out, nthreads)
+
+
+def kl_log_probs(a, b, out, int nthreads):
+    """out[i] = sum exp(a[i]) * (a[i] - b[i])."""
+    if _native(a):
+        return _kl_log_probs_native(a, b, out, nthreads)
+    _run(FD_OP_KL_LOG_PROBS, (a, b), (a.shape[1], a.shape[1]), (1.0, 1.0), 0.0, 0.0, out, nthreads)
+
+
+def kl_probs(p, q, out, int nthreads):
+    """out[i] = sum p[i] * (log p[i] - log q[i])."""
+    if _native(p):
+        return _kl_probs_native(p, q, out, nthreads)
+    _run(FD_OP_KL_PROBS, (p, q), (p.shape[1], p.shape[1]), (1.0, 1.0), 0.0, 0.0, out, nthreads)
+
+
+def ce_hard(x, target, int64_t ignore_index, weight, double eps, out, int nthreads):
+    """Hard-label cross-entropy (see _ce_hard_native)."""
+    if _native(x):
+        return _ce_hard_native(x, target, ignore_index, weight, eps, out, nthreads)
+    _run(FD_OP_CE_HARD, (x,), (x.shape[1],), (1.0,), eps, 0.0, out, nthreads, target, ignore_index, weight)
+
+
+def ce_soft(x, p, weight, double alpha, double beta, double scale, out, int nthreads):
+    """out[i] = sum_j w_j * q_j * (lse - s x_j), q_j = alpha * p_j + beta, s = scale (zero terms 0)."""
+    if _native(x) and scale == 1.0:
+        return _ce_soft_native(x, p, weight, alpha, beta, out, nthreads)
+    _run(FD_OP_CE_SOFT, (x, p), (x.shape[1], x.shape[1]), (scale, 1.0), alpha, beta, out, nthreads,
+         None, 0, weight)
+
+
+def js_logits(x, z, double beta, double scale, out, int nthreads):
+    """out[i] = generalized JSD of softmax(scale x[i]) and softmax(scale z[i]) (0 < beta < 1)."""
+    _run(FD_OP_JS_LOGITS, (x, z), (x.shape[1], x.shape[1]), (scale, scale), beta, 0.0, out, nthreads)
+
+
+def js_log_probs(a, b, double beta, out, int nthreads):
+    """out[i] = generalized JSD of the log-probability rows a[i], b[i] (taken literally)."""
+    _run(FD_OP_JS_LOG_PROBS, (a, b), (a.shape[1], a.shape[1]), (1.0, 1.0), beta, 0.0, out, nthreads)
+
+
+def js_probs(p, q, double beta, out, int nthreads):
+    """out[i] = generalized JSD of the probability rows p[i], q[i] (0 log 0 = 0)."""
+    _run(FD_OP_JS_PROBS, (p, q), (p.shape[1], p.shape[1]), (1.0, 1.0), beta, 0.0, out, nthreads)
+
+
+def topk_kl(idx, t, z, int bucket, out, int nthreads):
+    """out[i] = D(teacher || softmax(z[i])) from the teacher's sorted top-k classes idx[i] and
+    log-probabilities t[i]; bucket: 0 renormalizes the teacher, 1 adds one tail class."""
+    if idx.dtype != np.int64 or idx.ndim != 2 or idx.shape[0] != z.shape[0] or not idx.flags.c_contiguous:
+        raise ValueError(f"idx must be a C-contiguous int64 array of shape ({z.shape[0]}, k), got {idx.dtype} {idx.shape}")
+    if t.shape != idx.shape:
+        raise ValueError(f"t must have the shape of idx {idx.shape}, got {t.shape}")
+    _run(FD_OP_TOPK_KL, (z, t), (z.shape[1], idx.shape[1]), (1.0, 1.0), float(bool(bucket)), 0.0, out,
+         nthreads, idx)

@@ -1,0 +1,337 @@
+"""CUDA kernels of the divergence family (issue 5): temperature-scaled entropy / KL / soft-target
+CE, generalized JSD and top-k teacher KL.
+
+One block per row (grid-stride over rows), threads striding over the columns, block
+reductions in shared memory; sums are accumulated in float64 (values and exponentials in the
+input's accumulation precision, float32 below float64).  Passes over a row: the maxima, the
+normalising sums, then (JS) the terms -- each pass re-reads the row from global memory /
+L2.  They are written for correctness and clarity, not tuned like ``_build.py``'s mergeable
+kernels: the unscaled entropy / KL / CE keep running there, and these run for
+``temperature != 1`` and for the new ops.  Semantics: ``fastdiv.reference``.
+
+Input kinds as in ``kernels.py``: float32, float64, float16, and bfloat16 as uint16 / int16 bits.
+"""
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+from numba import cuda, float64, int64
+
+from . import _build
+from . import _device as D
+
+#: threads per block (a power of two <= 1024; tests patch it small for the simulator)
+DIV_BLOCK = 128
+#: most blocks launched (rows are grid-strided beyond)
+DIV_GRID = 65536
+
+OP_ENTROPY, OP_KL, OP_CE_SOFT, OP_JS_LOGITS, OP_JS_LOG_PROBS, OP_JS_PROBS, OP_TOPK = range(7)
+_SH = 1024
+
+_lock = threading.Lock()
+_cache: dict = {}
+
+
+def _dj(fn):
+    return _build._dj(fn)
+
+
+@_dj
+def _bsum(sh, v, tid, nt):
+    """Sum of v over the block (nt a power of two); every thread gets the result."""
+    sh[tid] = v
+    cuda.syncthreads()
+    s = nt // 2
+    while s > 0:
+        if tid < s:
+            sh[tid] += sh[tid + s]
+        cuda.syncthreads()
+        s //= 2
+    r = sh[0]
+    cuda.syncthreads()
+    return r
+
+
+@_dj
+def _bmax(sh, v, tid, nt):
+    """NaN-ignoring max of v over the block."""
+    sh[tid] = v
+    cuda.syncthreads()
+    s = nt // 2
+    while s > 0:
+        if tid < s:
+            o = sh[tid + s]
+            if o > sh[tid]:
+                sh[tid] = o
+        cuda.syncthreads()
+        s //= 2
+    r = sh[0]
+    cuda.syncthreads()
+    return r
+
+
+@_dj
+def _listed(idx, r0, k, j):
+    """Whether column j is among the sorted classes idx[r0:r0 + k] (binary search)."""
+    lo = int64(0)
+    hi = int64(k)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if idx[r0 + mid] < j:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < k and idx[r0 + lo] == j
+
+
+def _make(kind_name):
+    kind = _build.Kind(kind_name)
+    acc = kind.acc
+    sload = kind.sload
+    fexp = D.exp_f64 if acc is np.float64 else D.exp_f32
+    flog = D.log_any if acc is np.float64 else D.log_f32
+    NEG_INF = acc(-np.inf)
+    INF = acc(np.inf)
+    ZERO = acc(0.0)
+
+    @cuda.jit
+    def k_rows(x, z, w, idx, t, out, rows, V, K, op, sc, a, b, has_w):
+        shd = cuda.shared.array(_SH, dtype=float64)
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        sca = acc(sc)
+        for row in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
+            base = row * V
+            r0 = row * K
+            # ---- pass A: maxima (NaN-ignoring) and NaN counts
+            mx = NEG_INF
+            mz = NEG_INF
+            nan = 0.0
+            for j in range(tid, V, nt):
+                if op == OP_TOPK:
+                    if _listed(idx, r0, K, j):
+                        continue
+                    xv = sload(x, base + j)
+                else:
+                    xv = sload(x, base + j) * sca
+                if xv != xv:
+                    nan += 1.0
+                elif xv > mx:
+                    mx = xv
+                if op == OP_KL or op == OP_JS_LOGITS:
+                    zv = sload(z, base + j) * sca
+                    if zv != zv:
+                        nan += 1.0
+                    elif zv > mz:
+                        mz = zv
+            nan = _bsum(shd, nan, tid, nt)
+            MX = _bmax(shd, float64(mx), tid, nt)
+            MZ = _bmax(shd, float64(mz), tid, nt)
+            shx = acc(MX) if (MX > -math.inf and MX < math.inf) else ZERO
+            shz = acc(MZ) if (MZ > -math.inf and MZ < math.inf) else ZERO
+            # ---- pass B: sums relative to the maxima
+            sx = 0.0
+            sz = 0.0
+            s1 = 0.0
+            s2 = 0.0
+            mxz = -math.inf
+            for j in range(tid, V, nt):
+                if op == OP_TOPK:
+                    if _listed(idx, r0, K, j):
+                        continue
+                    sx += float64(fexp(sload(x, base + j) - shx))
+                    continue
+                if op == OP_JS_LOG_PROBS or op == OP_JS_PROBS:
+                    xv = sload(x, base + j)
+                    zv = sload(z, base + j)
+                    if op == OP_JS_PROBS:
+                        p = xv
+                        q = zv
+                        lp = flog(p)
+                        lq = flog(q)
+                    else:
+                        lp = xv
+                        lq = zv
+                        p = fexp(lp)
+                        q = fexp(lq)
+                    lm = flog(acc(a) * p + acc(1.0 - a) * q)
+                    if p != ZERO:
+                        s1 += float64(acc(a) * p * (lp - lm))
+                    if q != ZERO:
+                        s1 += float64(acc(1.0 - a) * q * (lq - lm))
+                    continue
+                tx = sload(x, base + j) * sca - shx
+                ex = fexp(tx)
+                sx += float64(ex)
+                if op == OP_ENTROPY:
+                    if ex != ZERO:
+                        s1 += float64(ex * tx)
+                elif op == OP_KL or op == OP_JS_LOGITS:
+                    zraw = sload(z, base + j) * sca
+                    tz = zraw - shz
+                    sz += float64(fexp(tz))
+                    if op == OP_KL:
+                        if zraw == NEG_INF:
+                            if tx + shx > mxz:
+                                mxz = float64(tx + shx)
+                        elif ex != ZERO:
+                            s1 += float64(ex * (tx - tz))
+                elif op == OP_CE_SOFT:
+                    c = (w[j] if has_w else acc(1.0)) * (acc(a) * sload(z, base + j) + acc(b))
+                    if c != ZERO:
+                        s1 += float64(c * -tx)      # c (m - s x_j) >= 0 terms
+                        s2 += float64(c)
+            sx = _bsum(shd, sx, tid, nt)
+            sz = _bsum(shd, sz, tid, nt)
+            s1 = _bsum(shd, s1, tid, nt)
+            s2 = _bsum(shd, s2, tid, nt)
+            mxz = _bmax(shd, mxz, tid, nt)
+            # ---- pass C (JS from logits): the terms
+            if op == OP_JS_LOGITS:
+                lsx = acc(math.log(sx)) if MX > -math.inf else ZERO
+                lsz = acc(math.log(sz)) if MZ > -math.inf else ZERO
+                for j in range(tid, V, nt):
+                    lp = (sload(x, base + j) * sca - shx) - lsx
+                    lq = (sload(z, base + j) * sca - shz) - lsz
+                    p = fexp(lp)
+                    q = fexp(lq)
+                    lm = flog(acc(a) * p + acc(1.0 - a) * q)
+                    if p != ZERO:
+                        s2 += float64(acc(a) * p * (lp - lm))
+                    if q != ZERO:
+                        s2 += float64(acc(1.0 - a) * q * (lq - lm))
+                s2 = _bsum(shd, s2, tid, nt)
+            if tid != 0:
+                continue
+            # ---- finish (thread 0), the edge rules of fastdiv.reference
+            bad = nan > 0 or MX == math.inf or MZ == math.inf
+            if op == OP_ENTROPY:
+                res = math.nan if bad else (0.0 if MX == -math.inf else math.log(sx) - s1 / sx)
+            elif op == OP_KL:
+                if bad or sx != sx or sz != sz:
+                    res = math.nan
+                elif MX == -math.inf:
+                    res = 0.0
+                elif mxz != -math.inf:
+                    res = math.inf
+                else:
+                    res = s1 / sx - math.log(sx) + math.log(sz)
+            elif op == OP_CE_SOFT:
+                if bad or sx != sx:
+                    res = math.nan
+                elif MX == -math.inf:
+                    res = s1                       # sum c_j * (+inf), 0 when every c is 0
+                else:
+                    res = s1 + s2 * math.log(sx)
+            elif op == OP_JS_LOGITS:
+                res = math.nan if bad else s2
+            elif op == OP_TOPK:
+                res = _topk_finish(x, idx, t, base, r0, V, K, b, MX, sx, bad)
+            else:
+                res = s1
+            out[row] = res
+
+    @_dj
+    def _topk_finish(x, idx, t, base, r0, V, K, bucket, MT, st, bad):
+        for i in range(K):
+            if idx[r0 + i] < 0 or idx[r0 + i] >= V or (i > 0 and idx[r0 + i] <= idx[r0 + i - 1]):
+                return math.nan
+        mall = MT
+        for i in range(K):
+            zi = float64(sload(x, base + idx[r0 + i]))
+            ti = float64(sload(t, r0 + i))
+            if zi != zi or zi == math.inf or ti != ti:
+                return math.nan
+            if zi > mall:
+                mall = zi
+        if bad:
+            return math.nan
+        ls = 0.0
+        lst = -math.inf
+        if mall != -math.inf:
+            sall = st * math.exp(MT - mall) if MT != -math.inf else 0.0
+            for i in range(K):
+                sall += math.exp(float64(sload(x, base + idx[r0 + i])) - mall)
+            ls = math.log(sall)
+            if MT != -math.inf:                # in log space: the tail's probability may underflow
+                lst = ((MT - mall) + math.log(st)) - ls
+        res = 0.0
+        inf = False
+        if bucket == 0:
+            tm = -math.inf
+            for i in range(K):
+                ti = float64(sload(t, r0 + i))
+                if ti > tm:
+                    tm = ti
+            if tm == math.inf:
+                return math.nan
+            if tm == -math.inf:
+                return 0.0
+            s = 0.0
+            for i in range(K):
+                s += math.exp(float64(sload(t, r0 + i)) - tm)
+            lt = math.log(s)
+            for i in range(K):
+                ti = float64(sload(t, r0 + i))
+                if ti == -math.inf:
+                    continue
+                lq = ((float64(sload(x, base + idx[r0 + i])) - mall) - ls) if mall != -math.inf else -math.inf
+                lp = (ti - tm) - lt
+                if lq == -math.inf:
+                    inf = True
+                else:
+                    res += math.exp(lp) * (lp - lq)
+            return math.inf if inf else res
+        sp = 0.0
+        for i in range(K):
+            ti = float64(sload(t, r0 + i))
+            if ti == -math.inf:
+                continue
+            lq = ((float64(sload(x, base + idx[r0 + i])) - mall) - ls) if mall != -math.inf else -math.inf
+            pi = math.exp(ti)
+            sp += pi
+            if lq == -math.inf:
+                inf = True
+            else:
+                res += pi * (ti - lq)
+        if inf:
+            return math.inf
+        r = 1.0 - sp
+        if K < V and r > 0.0:
+            if lst == -math.inf:
+                return math.inf
+            res += r * (math.log(r) - lst)
+        return res
+
+    return k_rows
+
+
+def kernel(kind_name):
+    k = _cache.get(kind_name)
+    if k is None:
+        with _lock:
+            k = _cache.get(kind_name)
+            if k is None:
+                k = _make(kind_name)
+                _cache[kind_name] = k
+    return k
+
+
+def launch(op, kind_name, x, z, w, has_w, idx, t, out, rows, V, K, sc, a, b, stream):
+    """Run op over ``rows`` rows (flat device arrays; unused ones may be any small array of
+    their dtype, ``w`` one of the accumulation dtype when ``has_w`` is false)."""
+    if rows == 0:
+        return
+    block = int(DIV_BLOCK)
+    if block < 1 or block > _SH or block & (block - 1):
+        raise ValueError(f"DIV_BLOCK must be a power of two <= {_SH}, got {block}")
+    grid = min(rows, int(DIV_GRID))
+    k = kernel(kind_name)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")             # small grids in tests
+        k[grid, block, stream](x, z, w, idx, t, out, np.int64(rows), np.int64(V), np.int64(K),
+                               np.int64(op), np.float64(sc), np.float64(a), np.float64(b), bool(has_w))

@@ -1,0 +1,271 @@
+/* Divergence-family row kernels (issue 5): a template included twice by _div.h, with the
+ * macros of _rows.h (FD_T, FD_V, FD_M, FD_W, FN).  No include guard on purpose.
+ * Semantics: fastdiv/reference.py (js_rows, topk_kl_rows).
+ */
+#define FD_NEG_INF ((FD_T)-INFINITY)
+#define FD_POS_INF ((FD_T)INFINITY)
+#define FD_CH ((ptrdiff_t)(FD_CHUNK_BYTES / sizeof(FD_T)))
+
+/* ========================================================================================== */
+/* Generalized Jensen-Shannon, 0 < beta < 1:                                                    */
+/*   sum_j beta p_j (lp_j - lm_j) + (1 - beta) q_j (lq_j - lm_j),  lm = log(beta p + (1-beta) q) */
+/* A term with p_j = 0 (q_j = 0) is exactly 0 (selected away, never 0 * -inf).  m is formed     */
+/* from p and q directly: both are >= 0, so it does not cancel, and wherever p > 0,             */
+/* m >= beta p > 0, so no term is infinite.  lp - lm is accurate to ~1e-7 absolute in float32    */
+/* whatever |lp| (lm is log of p times (beta + (1 - beta) q / p), the rounding of exp(lp)       */
+/* enters lp - lm only once).                                                                    */
+/* mode 0: logits, lp = (x - shx) - lsx (both offsets from the first pass);                     */
+/* mode 1: log-probabilities taken literally (lp = x);  mode 2: probabilities (p = x).         */
+/* ========================================================================================== */
+#define FD_JS_STEP(xv, zv)                                                                    \
+    do {                                                                                      \
+        FD_V lp_, lq_, p_, q_, tc_;                                                           \
+        if (mode == 2) {                                                                      \
+            p_ = (xv);                                                                        \
+            q_ = (zv);                                                                        \
+            lp_ = FN(fd_log)(p_);                                                             \
+            lq_ = FN(fd_log)(q_);                                                             \
+        } else {                                                                              \
+            /* fenced: (x - sh) - ls must not become x - (sh + ls) (cancels at |x| ~ 1e4) */   \
+            lp_ = FD_VBARRIER((xv) - shx) - lsx;                                              \
+            lq_ = FD_VBARRIER((zv) - shz) - lsz;                                              \
+            p_ = FN(fd_exp)(lp_, &tc_);                                                       \
+            q_ = FN(fd_exp)(lq_, &tc_);                                                       \
+        }                                                                                     \
+        FD_V lm_ = FN(fd_log)(bv * p_ + cv * q_);                                             \
+        FD_V tp_ = FN(fd_sel)(FN(fd_eq)(p_, zero), zero, bv * p_ * (lp_ - lm_));              \
+        FD_V tq_ = FN(fd_sel)(FN(fd_eq)(q_, zero), zero, cv * q_ * (lq_ - lm_));              \
+        acc += tp_ + tq_;                                                                     \
+    } while (0)
+
+static double FN(fd_js_pass)(const FD_T *x, const FD_T *z, ptrdiff_t V, int mode, double beta,
+                             FD_T shx_, FD_T lsx_, FD_T shz_, FD_T lsz_)
+{
+    const FD_V bv = FN(fd_splat)((FD_T)beta), cv = FN(fd_splat)((FD_T)(1.0 - beta));
+    const FD_V shx = FN(fd_splat)(shx_), lsx = FN(fd_splat)(lsx_);
+    const FD_V shz = FN(fd_splat)(shz_), lsz = FN(fd_splat)(lsz_);
+    const FD_V zero = {0};
+    const FD_T fill = mode == 2 ? (FD_T)0 : FD_NEG_INF; /* a class of probability 0 */
+    double total = 0.0;
+    for (ptrdiff_t j0 = 0; j0 < V; j0 += FD_CH) {
+        const FD_T *xc = x + j0, *zc = z + j0;
+        ptrdiff_t n = V - j0 < FD_CH ? V - j0 : FD_CH;
+        FD_V acc = {0};
+        ptrdiff_t j = 0;
+        for (; j + FD_W <= n; j += FD_W) {
+            FD_PREFETCH(xc + j);
+            FD_PREFETCH(zc + j);
+            FD_V xv = FN(fd_load)(xc + j), zv = FN(fd_load)(zc + j);
+            FD_JS_STEP(xv, zv);
+        }
+        if (j < n) {
+            FD_V xv = FN(fd_load_tail)(xc + j, n - j, fill);
+            FD_V zv = FN(fd_load_tail)(zc + j, n - j, fill);
+            FD_JS_STEP(xv, zv);
+        }
+        total += FN(fd_hsum)(acc);
+    }
+    return total;
+}
+
+/* From logits, two passes per row pair, only the first from memory (a 50257-float row pair
+   is 400 KB, and with the exponentials below 800 KB: all in L2):
+   1. the running maxima and normalisers, as in fd_kl_logits, storing ex = exp(x - shift_c)
+      (shift_c: the running max when chunk c was read) in the scratch row `ex` (and ez);
+   2. p = ex * exp(shift_c - max) / sx, lp = (x - max) - log sx (q likewise), and the terms.
+   So each element costs 2 exp + 1 log, not 4 exp + 1 log.  ex <= 1 (shift_c >= x): no overflow.
+   scratch: 2 V elements plus 2 per chunk. */
+static double FN(fd_js_logits)(const FD_T *x, const FD_T *z, ptrdiff_t V, double beta,
+                               FD_T *scratch)
+{
+    const ptrdiff_t nch = (V + FD_CH - 1) / FD_CH;
+    FD_T *ex = scratch, *ez = scratch + V, *shx_c = scratch + 2 * V, *shz_c = shx_c + nch;
+    FD_T mx = FD_NEG_INF, mz = FD_NEG_INF;
+    double sx = 0.0, sz = 0.0;
+    for (ptrdiff_t c = 0; c < nch; c++) {
+        const ptrdiff_t j0 = c * FD_CH, n = V - j0 < FD_CH ? V - j0 : FD_CH;
+        const FD_T *xc = x + j0, *zc = z + j0;
+        FD_T mcx, mcz;
+        FN(fd_chunk_max2)(xc, zc, n, &mcx, &mcz);
+        if (mcx == FD_POS_INF || mcz == FD_POS_INF) return NAN; /* softmax undefined */
+        if (mcx > mx) {
+            sx *= FN(fd_rescale)(mx, mcx); /* keeps a NaN */
+            mx = mcx;
+        }
+        if (mcz > mz) {
+            sz *= FN(fd_rescale)(mz, mcz);
+            mz = mcz;
+        }
+        const FD_T shx = FN(fd_shift)(mx), shz = FN(fd_shift)(mz);
+        shx_c[c] = shx;
+        shz_c[c] = shz;
+        const FD_V shxv = FN(fd_splat)(shx), shzv = FN(fd_splat)(shz);
+        FD_V asx = {0}, asz = {0};
+        ptrdiff_t j = 0;
+        for (; j + FD_W <= n; j += FD_W) {
+            FD_PREFETCH(xc + j);
+            FD_PREFETCH(zc + j);
+            FD_V e1 = FN(fd_expz)(FN(fd_load)(xc + j) - shxv);
+            FD_V e2 = FN(fd_expz)(FN(fd_load)(zc + j) - shzv);
+            *(FD_V_U *)(ex + j0 + j) = e1;
+            *(FD_V_U *)(ez + j0 + j) = e2;
+            asx += e1;
+            asz += e2;
+        }
+        for (; j < n; j++) { /* < FD_W trailing elements */
+            FD_T e1 = (FD_T)exp((double)xc[j] - (double)shx), e2 = (FD_T)exp((double)zc[j] - (double)shz);
+            ex[j0 + j] = e1;
+            ez[j0 + j] = e2;
+            sx += e1;
+            sz += e2;
+        }
+        sx += FN(fd_hsum)(asx);
+        sz += FN(fd_hsum)(asz);
+    }
+    if (isnan(sx) || isnan(sz)) return NAN; /* NaN in either row */
+    /* an all-masked row: every p is 0 and every lp is -inf */
+    const FD_T shx = FN(fd_shift)(mx), shz = FN(fd_shift)(mz);
+    const FD_T lsx = mx == FD_NEG_INF ? (FD_T)0 : (FD_T)log(sx);
+    const FD_T lsz = mz == FD_NEG_INF ? (FD_T)0 : (FD_T)log(sz);
+    const FD_V shxv = FN(fd_splat)(shx), shzv = FN(fd_splat)(shz);
+    const FD_V lsxv = FN(fd_splat)(lsx), lszv = FN(fd_splat)(lsz);
+    /* lp clamped below: a masked class has p = 0 and adds 0 * (LO - lm), not 0 * -inf */
+    const FD_V lo = FN(fd_splat)((FD_T)-1e30);
+    double total = 0.0;
+    for (ptrdiff_t c = 0; c < nch; c++) {
+        const ptrdiff_t j0 = c * FD_CH, n = V - j0 < FD_CH ? V - j0 : FD_CH;
+        /* beta p = ex * beta exp(shift_c - max) / sx (and q alike), one product per element */
+        const double gx = mx == FD_NEG_INF ? 0.0 : exp((double)shx_c[c] - (double)shx) / sx;
+        const double gz = mz == FD_NEG_INF ? 0.0 : exp((double)shz_c[c] - (double)shz) / sz;
+        const FD_V fx = FN(fd_splat)((FD_T)(beta * gx)), fz = FN(fd_splat)((FD_T)((1.0 - beta) * gz));
+        FD_V acc = {0};
+        ptrdiff_t j = 0;
+#define FD_JSL_STEP(xv, zv, e1, e2)                                                           \
+    do {                                                                                      \
+        FD_V bp_ = (e1) * fx, cq_ = (e2) * fz;                                                \
+        FD_V lp_ = FN(fd_clamp_lo)(FD_VBARRIER((xv) - shxv) - lsxv, lo);                      \
+        FD_V lq_ = FN(fd_clamp_lo)(FD_VBARRIER((zv) - shzv) - lszv, lo);                      \
+        FD_V lm_ = FN(fd_logpos)(bp_ + cq_); /* finite garbage where bp + cq is 0 */          \
+        acc += bp_ * (lp_ - lm_) + cq_ * (lq_ - lm_);                                         \
+    } while (0)
+        for (; j + FD_W <= n; j += FD_W) {
+            FD_V xv = FN(fd_load)(x + j0 + j), zv = FN(fd_load)(z + j0 + j);
+            FD_JSL_STEP(xv, zv, FN(fd_load)(ex + j0 + j), FN(fd_load)(ez + j0 + j));
+        }
+        if (j < n) {
+            FD_V xv = FN(fd_load_tail)(x + j0 + j, n - j, FD_NEG_INF);
+            FD_V zv = FN(fd_load_tail)(z + j0 + j, n - j, FD_NEG_INF);
+            FD_JSL_STEP(xv, zv, FN(fd_load_tail)(ex + j0 + j, n - j, (FD_T)0),
+                        FN(fd_load_tail)(ez + j0 + j, n - j, (FD_T)0));
+        }
+#undef FD_JSL_STEP
+        total += FN(fd_hsum)(acc);
+    }
+    return total;
+}
+
+/* Scratch elements fd_js_logits needs for a row of V. */
+static inline ptrdiff_t FN(fd_js_scratch)(ptrdiff_t V)
+{
+    return 2 * V + 2 * ((V + FD_CH - 1) / FD_CH);
+}
+
+static double FN(fd_js_log_probs)(const FD_T *a, const FD_T *b, ptrdiff_t V, double beta)
+{
+    return FN(fd_js_pass)(a, b, V, 1, beta, 0, 0, 0, 0);
+}
+
+static double FN(fd_js_probs)(const FD_T *p, const FD_T *q, ptrdiff_t V, double beta)
+{
+    return FN(fd_js_pass)(p, q, V, 2, beta, 0, 0, 0, 0);
+}
+
+/* ========================================================================================== */
+/* Top-k teacher KL.  idx: k classes, strictly increasing in [0, V); t: their teacher           */
+/* log-probabilities; z: the student's logits.                                                   */
+/* The student's tail (the V - k unlisted classes) is summed directly, segment by segment       */
+/* between the listed classes, as merged (max, sum) states: its log-probability is then exact   */
+/* even when the student puts nearly all its mass on the listed classes (1 - sum q_i would      */
+/* cancel).  The k listed terms are computed in double.                                          */
+/* ========================================================================================== */
+static double FN(fd_topk_kl)(const FD_T *z, ptrdiff_t V, const int64_t *idx, const FD_T *t,
+                             ptrdiff_t k, int bucket)
+{
+    for (ptrdiff_t i = 0; i < k; i++) /* the API sorts and validates: never read out of bounds */
+        if (idx[i] < 0 || idx[i] >= V || (i > 0 && idx[i] <= idx[i - 1])) return NAN;
+    double M = -INFINITY, S = 0.0; /* tail: sum exp(z - M) */
+    ptrdiff_t a = 0;
+    for (ptrdiff_t i = 0; i <= k; i++) {
+        ptrdiff_t b = i < k ? (ptrdiff_t)idx[i] : V;
+        if (b > a) {
+            FD_T m;
+            double kk, r;
+            FN(fd_lse_state)(z + a, b - a, 0, &m, &kk, &r);
+            if (isnan(r) || m == FD_POS_INF) return NAN; /* NaN / +inf in the row */
+            if (m != FD_NEG_INF) {
+                if ((double)m > M) {
+                    S = (M == -INFINITY ? 0.0 : S * exp(M - (double)m)) + (kk + r);
+                    M = (double)m;
+                } else {
+                    S += (kk + r) * exp((double)m - M);
+                }
+            }
+        }
+        a = b + 1;
+    }
+    double Mall = M;
+    for (ptrdiff_t i = 0; i < k; i++) {
+        double zi = (double)z[idx[i]], ti = (double)t[i];
+        if (isnan(zi) || zi == INFINITY || isnan(ti)) return NAN;
+        if (zi > Mall) Mall = zi;
+    }
+    /* log q_i = (z_i - Mall) - ls, ls = log sum exp(z - Mall) over all classes; lst = log s */
+    double ls = 0.0, lst = -INFINITY;
+    if (Mall != -INFINITY) {
+        double Sall = M == -INFINITY ? 0.0 : S * exp(M - Mall);
+        for (ptrdiff_t i = 0; i < k; i++) Sall += exp((double)z[idx[i]] - Mall);
+        ls = log(Sall);
+        /* in log space: the tail's probability may be below the smallest double (logits ~1e4) */
+        if (M != -INFINITY) lst = ((M - Mall) + log(S)) - ls;
+    }
+#define FD_LOGQ(i) (Mall == -INFINITY ? -INFINITY : ((double)z[idx[i]] - Mall) - ls)
+    double res = 0.0;
+    if (!bucket) {
+        double mt = -INFINITY, st = 0.0;
+        for (ptrdiff_t i = 0; i < k; i++) mt = (double)t[i] > mt ? (double)t[i] : mt;
+        if (mt == INFINITY) return NAN;
+        if (mt == -INFINITY) return 0.0; /* empty teacher */
+        for (ptrdiff_t i = 0; i < k; i++) st += exp((double)t[i] - mt);
+        double lt = log(st);
+        for (ptrdiff_t i = 0; i < k; i++) {
+            if ((double)t[i] == -INFINITY) continue; /* probability 0: exactly 0 */
+            double lpi = ((double)t[i] - mt) - lt, lqi = FD_LOGQ(i);
+            if (lqi == -INFINITY) return INFINITY;  /* p > 0 where the student has q = 0 */
+            res += exp(lpi) * (lpi - lqi);
+        }
+        return res;
+    }
+    double sp = 0.0;
+    int inf = 0;
+    for (ptrdiff_t i = 0; i < k; i++) {
+        double ti = (double)t[i];
+        if (ti == -INFINITY) continue;
+        double pi = exp(ti), lqi = FD_LOGQ(i);
+        sp += pi;
+        if (lqi == -INFINITY) inf = 1;
+        else res += pi * (ti - lqi);
+    }
+#undef FD_LOGQ
+    if (inf) return INFINITY;
+    double r = 1.0 - sp; /* the teacher's tail mass; none when every class is listed */
+    if (k < V && r > 0.0) {
+        if (lst == -INFINITY) return INFINITY;
+        res += r * (log(r) - lst);
+    }
+    return res;
+}
+
+#undef FD_JS_STEP
+#undef FD_NEG_INF
+#undef FD_POS_INF
+#undef FD_CH

@@ -1,0 +1,390 @@
+"""numba CPU kernels of the divergence family (issue 5): generalized JSD and top-k teacher KL.
+
+The contract is ``fastdiv._registry``'s (js_logits, js_log_probs, js_probs, topk_kl);
+semantics are ``fastdiv.reference.js_rows`` / ``topk_kl_rows``.  Built on the vectorisable
+math of ``simd.py``; re-exported by ``kernels.py``.
+
+Inputs may be float32, float64 or half-precision bits (``HALF_INPUTS`` of ``kernels.py``:
+float16 as uint16, bfloat16 as int16), widened by ``simd.load`` as they are read.
+
+Per row, the passes after the first read the row(s) from cache: a 50257-float row pair is
+400 KB, well inside L2.  Sums are accumulated per chunk of ``CHUNK`` elements in a fresh
+accumulator (which LLVM splits over vector lanes), then added to the row total: far more
+accurate in float32 than one sequential sum.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from numba.extending import overload
+
+from .simd import FASTMATH, _float_bits_to_int, _int_bits_to_float, cast, clamp_lo, exp_hot, fexp, flog, load, maximum, prefer_wide_vectors
+
+CHUNK = 2048
+_JIT = dict(parallel=True, fastmath=FASTMATH, cache=True, nogil=True)
+_INLINE = dict(inline="always", fastmath=FASTMATH)
+_INF = np.inf
+
+
+@njit(**_INLINE)
+def _logpos_f32(x):
+    """log x for x > 0 finite and normal (finite garbage for 0 and subnormals), without the
+    special-value selects of simd.log_f32, written so that LLVM vectorises it in a reduction
+    loop (simd.flog stayed scalar there: 9 ns per element, 0.27 with this).  Cephes logf."""
+    ix = np.int32(_float_bits_to_int(x) + np.int32(0x3F800000 - 0x3F3504F3))
+    k = np.float32(np.int32(ix >> np.int32(23)) - np.int32(127))
+    f = _int_bits_to_float(np.int32((ix & np.int32(0x007FFFFF)) + np.int32(0x3F3504F3))) - np.float32(1.0)
+    z = f * f
+    y = np.float32(7.0376836292E-2) * f - np.float32(1.1514610310E-1)
+    y = y * f + np.float32(1.1676998740E-1)
+    y = y * f - np.float32(1.2420140846E-1)
+    y = y * f + np.float32(1.4249322787E-1)
+    y = y * f - np.float32(1.6668057665E-1)
+    y = y * f + np.float32(2.0000714765E-1)
+    y = y * f - np.float32(2.4999993993E-1)
+    y = y * f + np.float32(3.3333331174E-1)
+    y = y * f * z - np.float32(0.5) * z
+    return k * np.float32(0.6931471805599453) + (f + y)
+
+
+@njit(**_INLINE)
+def _logpos_f64(x):
+    """The float64 twin of _logpos_f32 (fdlibm's log polynomial)."""
+    ix = _float_bits_to_int(x) + np.int64(0x3FF0000000000000 - 0x3FE6A09E667F3BCD)
+    k = np.float64((ix >> np.int64(52)) - np.int64(1023))
+    f = _int_bits_to_float((ix & np.int64(0x000FFFFFFFFFFFFF)) + np.int64(0x3FE6A09E667F3BCD)) - 1.0
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    t1 = w * (3.999999999940941908e-01 + w * (2.222219843214978396e-01 + w * 1.531383769920937332e-01))
+    t2 = z * (6.666666666666735130e-01 + w * (2.857142874366239149e-01
+                                              + w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)))
+    hfsq = 0.5 * f * f
+    return k * 0.6931471805599453 + (f - (hfsq - s * (hfsq + t1 + t2)))
+
+
+def logpos(x):  # pragma: no cover - replaced by the overload inside jitted code
+    return np.log(x)
+
+
+@overload(logpos, fastmath=FASTMATH)
+def _ov_logpos(x):
+    from numba import types
+
+    if x == types.float32:
+        return lambda x: _logpos_f32(x)
+    if x == types.float64:
+        return lambda x: _logpos_f64(x)
+    return None
+
+
+def _threads(n):
+    """kernels.py's thread setting for one call (imported late: kernels.py re-exports this
+    module at its end, so either may be imported first)."""
+    from .kernels import _threads as threads
+
+    return threads(n)
+
+
+def _guard(out, x, z):
+    """O(1) shape checks: the jitted loops do no bounds checking."""
+    if x.ndim != 2 or x.shape != z.shape or x.dtype != z.dtype or x.shape[1] < 1:
+        raise ValueError(f"kernel inputs must be 2-D arrays of one shape and dtype with V >= 1, "
+                         f"got {x.shape} {x.dtype} and {z.shape} {z.dtype}")
+    if out.shape != (x.shape[0],):
+        raise ValueError(f"out must have shape ({x.shape[0]},), got {out.shape}")
+
+
+@njit(**_INLINE)
+def _max(row, j0, j1, m, sc):
+    """max(m, sc * row[j0:j1]), NaN-propagating (sc > 0: the max of the scaled values is
+    the scaled max, rounding being monotonic)."""
+    xs = row[j0:j1]
+    for j in range(xs.shape[0]):
+        m = maximum(m, load(xs[j]) * sc)
+    return m
+
+
+@njit(**_INLINE)
+def _sum_exp(row, j0, j1, m, sc):
+    """sum exp(sc * row[j0:j1] - m) (m finite and >= every term), chunk by chunk."""
+    total = cast(0.0, m)
+    for c0 in range(j0, j1, CHUNK):
+        xs = row[c0:min(c0 + CHUNK, j1)]
+        acc = cast(0.0, m)
+        for j in range(xs.shape[0]):
+            acc += fexp(load(xs[j]) * sc - m)
+        total += acc
+    return total
+
+
+@njit(**_INLINE)
+def _js_logits_row(xr, zr, b, c, sc, tx, tz, ex, ez):
+    """JS of softmax(sc x) and softmax(sc z) for one row pair, 2 exp + 1 log per element:
+    the maxima (the one read from memory); t = sc x - max and e = exp(t) into the scratch
+    rows with the sums of e; then the terms from the scratch rows (in L2) with
+    beta p = e beta / s and log p = t - log s, so no (x - max) - log s has to be fenced
+    against reassociation."""
+    zero = cast(0.0, b)
+    v = xr.shape[0]
+    mx = _max(xr, 0, v, load(xr[0]) * sc, sc)
+    mz = _max(zr, 0, v, load(zr[0]) * sc, sc)
+    if mx != mx or mz != mz or mx == _INF or mz == _INF:     # NaN or +inf in a row
+        return cast(np.nan, b)
+    shx = mx if mx != -_INF else zero         # an all-masked row: every e is 0
+    shz = mz if mz != -_INF else zero
+    sx = zero
+    sz = zero
+    for c0 in range(0, v, CHUNK):
+        c1 = min(c0 + CHUNK, v)
+        xs = xr[c0:c1]
+        zs = zr[c0:c1]
+        ts = tx[c0:c1]
+        us = tz[c0:c1]
+        es = ex[c0:c1]
+        fs = ez[c0:c1]
+        ax = zero
+        az = zero
+        for j in range(xs.shape[0]):
+            t1 = load(xs[j]) * sc - shx
+            t2 = load(zs[j]) * sc - shz
+            e1 = exp_hot(clamp_lo(t1))     # t <= 0; a masked class gets exp(LO) ~ 1e-38, see lo
+            e2 = exp_hot(clamp_lo(t2))
+            ts[j] = t1
+            us[j] = t2
+            es[j] = e1
+            fs[j] = e2
+            ax += e1
+            az += e2
+        sx += ax
+        sz += az
+    lsx = flog(sx) if mx != -_INF else zero
+    lsz = flog(sz) if mz != -_INF else zero
+    fx = b / sx if mx != -_INF else zero
+    fz = c / sz if mz != -_INF else zero
+    # log p clamped at the exp clamp LO: a masked class (e = exp(LO), p ~ 1e-38 / s) adds
+    # p (LO - log s - lm) ~ 1e-36, never 0 * -inf
+    lo = clamp_lo(cast(-np.inf, b))
+    total = zero
+    for c0 in range(0, v, CHUNK):
+        c1 = min(c0 + CHUNK, v)
+        ts = tx[c0:c1]
+        us = tz[c0:c1]
+        es = ex[c0:c1]
+        fs = ez[c0:c1]
+        acc = zero
+        for j in range(ts.shape[0]):
+            bp = es[j] * fx
+            cq = fs[j] * fz
+            lp = max(ts[j] - lsx, lo)
+            lq = max(us[j] - lsz, lo)
+            lm = logpos(bp + cq)       # finite garbage where bp + cq = 0, multiplied by 0
+            acc += bp * (lp - lm) + cq * (lq - lm)
+        total += acc
+    return total
+
+
+@njit(**_JIT)
+def _js_logits(x, z, beta, scale, out, scratch, nblocks):
+    """Rows split statically into nblocks (one scratch pair each); a row's value does not
+    depend on the split."""
+    rows = x.shape[0]
+    for blk in prange(nblocks):
+        prefer_wide_vectors()
+        tx = scratch[blk, 0]
+        tz = scratch[blk, 1]
+        ex = scratch[blk, 2]
+        ez = scratch[blk, 3]
+        for i in range(rows * blk // nblocks, rows * (blk + 1) // nblocks):
+            xr = x[i]
+            b = cast(beta, load(xr[0]))
+            c = cast(1.0 - beta, load(xr[0]))
+            sc = cast(scale, load(xr[0]))
+            out[i] = _js_logits_row(xr, z[i], b, c, sc, tx, tz, ex, ez)
+
+
+@njit(**_JIT)
+def _js_log_probs(x, z, beta, out):
+    for i in prange(x.shape[0]):
+        prefer_wide_vectors()
+        xr = x[i]
+        zr = z[i]
+        zero = cast(0.0, load(xr[0]))
+        b = cast(beta, load(xr[0]))
+        c = cast(1.0 - beta, load(xr[0]))
+        total = zero
+        v = xr.shape[0]
+        for c0 in range(0, v, CHUNK):
+            xs = xr[c0:min(c0 + CHUNK, v)]
+            zs = zr[c0:min(c0 + CHUNK, v)]
+            acc = zero
+            for j in range(xs.shape[0]):
+                lp = load(xs[j])
+                lq = load(zs[j])
+                p = fexp(lp)
+                q = fexp(lq)
+                lm = logpos(b * p + c * q)      # finite where it is 0: selected away
+                tp = b * p * (lp - lm) if p != zero else zero
+                tq = c * q * (lq - lm) if q != zero else zero
+                acc += tp + tq
+            total += acc
+        out[i] = total
+
+
+@njit(**_JIT)
+def _js_probs(x, z, beta, out):
+    for i in prange(x.shape[0]):
+        prefer_wide_vectors()
+        xr = x[i]
+        zr = z[i]
+        zero = cast(0.0, load(xr[0]))
+        b = cast(beta, load(xr[0]))
+        c = cast(1.0 - beta, load(xr[0]))
+        total = zero
+        v = xr.shape[0]
+        for c0 in range(0, v, CHUNK):
+            xs = xr[c0:min(c0 + CHUNK, v)]
+            zs = zr[c0:min(c0 + CHUNK, v)]
+            acc = zero
+            for j in range(xs.shape[0]):
+                p = load(xs[j])
+                q = load(zs[j])
+                lm = logpos(b * p + c * q)      # finite where it is 0: selected away
+                tp = b * p * (flog(p) - lm) if p != zero else zero
+                tq = c * q * (flog(q) - lm) if q != zero else zero
+                acc += tp + tq
+            total += acc
+        out[i] = total
+
+
+@njit(**_JIT)
+def _topk(idx, t, z, bucket, out):
+    k = idx.shape[1]
+    for i in prange(z.shape[0]):
+        prefer_wide_vectors()
+        zr = z[i]
+        ir = idx[i]
+        tr = t[i]
+        v = zr.shape[0]
+        one = cast(1.0, load(zr[0]))
+        ok = True
+        for a in range(k):                # the API sorts and validates: never read out of bounds
+            if ir[a] < 0 or ir[a] >= v or (a > 0 and ir[a] <= ir[a - 1]):
+                ok = False
+        if not ok:
+            out[i] = np.nan
+            continue
+        # the student's tail (unlisted classes), summed from its own entries
+        mt = -_INF
+        j0 = 0
+        for a in range(k + 1):
+            j1 = ir[a] if a < k else v
+            if j1 > j0:
+                mt = maximum(mt, np.float64(_max(zr, j0, j1, load(zr[j0]), one)))
+            j0 = j1 + 1
+        bad = mt != mt or mt == _INF
+        mall = mt
+        for a in range(k):
+            zi = np.float64(load(zr[ir[a]]))
+            ti = np.float64(load(tr[a]))
+            if zi != zi or zi == _INF or ti != ti:
+                bad = True
+            mall = max(mall, zi)
+        if bad:
+            out[i] = np.nan
+            continue
+        st = 0.0
+        if mt != -_INF:
+            j0 = 0
+            for a in range(k + 1):
+                j1 = ir[a] if a < k else v
+                if j1 > j0:
+                    st += np.float64(_sum_exp(zr, j0, j1, cast(mt, load(zr[0])), one))
+                j0 = j1 + 1
+        # log q_i = (z_i - mall) - ls; lst = log of the student's tail probability
+        ls = 0.0
+        lst = -_INF
+        if mall != -_INF:
+            sall = st * np.exp(mt - mall) if mt != -_INF else 0.0
+            for a in range(k):
+                sall += np.exp(np.float64(load(zr[ir[a]])) - mall)
+            ls = np.log(sall)
+            if mt != -_INF:     # in log space: the tail's probability may underflow
+                lst = ((mt - mall) + np.log(st)) - ls
+        res = 0.0
+        inf = False
+        if bucket == 0:
+            tm = -_INF
+            for a in range(k):
+                tm = max(tm, np.float64(load(tr[a])))
+            if tm == _INF:
+                out[i] = np.nan
+                continue
+            if tm == -_INF:                   # empty teacher
+                out[i] = 0.0
+                continue
+            s = 0.0
+            for a in range(k):
+                s += np.exp(np.float64(load(tr[a])) - tm)
+            lt = np.log(s)
+            for a in range(k):
+                ta = np.float64(load(tr[a]))
+                if ta == -_INF:
+                    continue
+                lq = ((np.float64(load(zr[ir[a]])) - mall) - ls) if mall != -_INF else -_INF
+                lp = (ta - tm) - lt
+                if lq == -_INF:
+                    inf = True
+                else:
+                    res += np.exp(lp) * (lp - lq)
+        else:
+            sp = 0.0
+            for a in range(k):
+                ta = np.float64(load(tr[a]))
+                if ta == -_INF:
+                    continue
+                lq = ((np.float64(load(zr[ir[a]])) - mall) - ls) if mall != -_INF else -_INF
+                pa = np.exp(ta)
+                sp += pa
+                if lq == -_INF:
+                    inf = True
+                else:
+                    res += pa * (ta - lq)
+            r = 1.0 - sp                      # the teacher's tail mass; none when k = V
+            if not inf and k < v and r > 0.0:
+                if lst == -_INF:
+                    inf = True
+                else:
+                    res += r * (np.log(r) - lst)
+        out[i] = _INF if inf else res
+
+
+def js_logits(x, z, beta, scale, out, nthreads):
+    _guard(out, x, z)
+    nblocks = max(1, min(int(nthreads), x.shape[0]))
+    acc = np.float32 if x.dtype.itemsize == 2 else x.dtype             # half bits: float32
+    scratch = np.empty((nblocks, 4, x.shape[1]), dtype=acc)   # O(threads x V)
+    with _threads(nthreads):
+        _js_logits(x, z, float(beta), float(scale), out, scratch, nblocks)
+
+
+def js_log_probs(a, b, beta, out, nthreads):
+    _guard(out, a, b)
+    with _threads(nthreads):
+        _js_log_probs(a, b, float(beta), out)
+
+
+def js_probs(p, q, beta, out, nthreads):
+    _guard(out, p, q)
+    with _threads(nthreads):
+        _js_probs(p, q, float(beta), out)
+
+
+def topk_kl(idx, t, z, bucket, out, nthreads):
+    if idx.dtype != np.int64 or idx.ndim != 2 or idx.shape[0] != z.shape[0] or t.shape != idx.shape:
+        raise ValueError(f"idx must be int64 of shape ({z.shape[0]}, k) and t of its shape, got {idx.shape}, {t.shape}")
+    if z.ndim != 2 or z.shape[1] < 1 or out.shape != (z.shape[0],) or t.dtype != z.dtype:
+        raise ValueError(f"z must be 2-D with V >= 1, t of z's dtype and out of shape ({z.shape[0]},)")
+    with _threads(nthreads):
+        _topk(idx, t, z, int(bool(bucket)), out)

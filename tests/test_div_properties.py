@@ -1,0 +1,84 @@
+"""Property tests (hypothesis) of the divergence family, on every host backend: JS symmetry and
+bound, the skew swap, the beta limits, temperature 1 and temperature as a logit scale, JS of a
+distribution with itself, and top-k with k = V equal to the dense KL."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import fastdiv
+
+from conftest import ALL_HOST
+
+SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def logit_pairs(draw):
+    n = draw(st.integers(1, 5))
+    v = draw(st.sampled_from([1, 2, 3, 51, 300, 2500]))
+    scale = draw(st.sampled_from([1e-3, 1.0, 30.0, 1e4]))
+    elems = st.floats(-1.0, 1.0, allow_nan=False, width=64)
+    x = draw(arrays(np.float64, (n, v), elements=elems)) * scale
+    z = draw(arrays(np.float64, (n, v), elements=elems)) * scale
+    return x, z
+
+
+def _tol(x):
+    return 1e-10 * (1 + np.abs(x).max())
+
+
+@pytest.mark.parametrize("backend", ALL_HOST)
+@SETTINGS
+@given(pair=logit_pairs(), beta=st.floats(0.01, 0.99))
+def test_js_symmetric_bounded_swapped_and_zero_on_itself(backend, pair, beta):
+    x, z = pair
+    js = lambda a, b, bt=0.5: fastdiv.js_div(a, b, beta=bt, reduction="none", backend=backend)  # noqa: E731
+    a, b = js(x, z), js(z, x)
+    assert np.all(np.abs(a - b) <= _tol(x))
+    assert np.all(a >= -_tol(x)) and np.all(a <= np.log(2) + 1e-12)
+    bound = -beta * np.log(beta) - (1 - beta) * np.log1p(-beta)
+    c = js(x, z, beta)
+    assert np.all(c <= bound + 1e-12) and np.all(c >= -_tol(x))
+    assert np.all(np.abs(c - js(z, x, 1 - beta)) <= _tol(x))
+    assert np.all(np.abs(js(x, x, beta)) <= _tol(x))
+
+
+@pytest.mark.parametrize("backend", ALL_HOST)
+@SETTINGS
+@given(pair=logit_pairs())
+def test_js_beta_limits_are_the_kls(backend, pair):
+    x, z = pair
+    np.testing.assert_array_equal(fastdiv.js_div(x, z, beta=0.0, reduction="none", backend=backend),
+                                  fastdiv.kl_div(x, z, reduction="none", backend=backend))
+    np.testing.assert_array_equal(fastdiv.js_div(x, z, beta=1.0, reduction="none", backend=backend),
+                                  fastdiv.kl_div(z, x, reduction="none", backend=backend))
+
+
+@pytest.mark.parametrize("backend", ALL_HOST)
+@SETTINGS
+@given(pair=logit_pairs(), t=st.sampled_from([0.25, 0.5, 2.0, 4.0]))
+def test_temperature_is_a_power_of_two_logit_scale(backend, pair, t):
+    """With T a power of two, x / T is exact, so tempering equals scaling the logits first."""
+    x, z = pair
+    np.testing.assert_array_equal(fastdiv.entropy(x, temperature=1.0, backend=backend), fastdiv.entropy(x, backend=backend))
+    for f in (lambda a, b, **k: fastdiv.kl_div(a, b, reduction="none", **k, backend=backend),
+              lambda a, b, **k: fastdiv.js_div(a, b, beta=0.3, reduction="none", **k, backend=backend),
+              lambda a, b, **k: fastdiv.entropy(a, **k, backend=backend)):
+        np.testing.assert_array_equal(f(x, z, temperature=t), f(x / t, z / t))
+
+
+@pytest.mark.parametrize("backend", ALL_HOST)
+@SETTINGS
+@given(pair=logit_pairs(), tail=st.sampled_from(["renormalize", "bucket"]), seed=st.integers(0, 2**32 - 1))
+def test_topk_with_every_class_is_the_dense_kl(backend, pair, tail, seed):
+    x, z = pair
+    logp = x - fastdiv.logsumexp(x, backend="numpy")[:, None]
+    order = np.random.default_rng(seed).permuted(np.tile(np.arange(x.shape[1]), (x.shape[0], 1)), axis=1)
+    got = fastdiv.topk_kl_div(order, np.take_along_axis(logp, order, axis=1), z, tail=tail, reduction="none",
+                              backend=backend)
+    want = fastdiv.kl_div(x, z, reduction="none", backend="numpy")
+    assert np.all(np.abs(got - want) <= 1e-9 * (1 + np.abs(want)) + _tol(x)), (got, want)

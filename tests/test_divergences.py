@@ -1,0 +1,519 @@
+"""The divergence family (issue 5): js_div, topk_kl_div, gaussian_kl, temperature, half inputs.
+
+Every backend against the float64 reference on fresh random inputs with the awkward rows of
+``make_logits`` (masked, NaN, +inf, extreme), plus the properties the issue names.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastdiv
+from fastdiv import _registry
+from fastdiv import reference as R
+
+from conftest import ALL_HOST, V_SHAPES, assert_rows_close, make_logits, make_probs, rows_for
+
+try:
+    import ml_dtypes
+except ImportError:  # bfloat16 cases are skipped without it
+    ml_dtypes = None
+
+host = pytest.mark.parametrize("backend", ALL_HOST)
+dtypes = pytest.mark.parametrize("dtype", [np.float32, np.float64])
+HALF = [np.float16] + ([ml_dtypes.bfloat16] if ml_dtypes is not None else [])
+
+
+def _inputs(rng, n, v, dtype, inputs):
+    """Two same-shape arguments given as ``inputs``, with the edge rows for logits."""
+    if inputs == "logits":
+        return make_logits(rng, n, v, dtype), make_logits(rng, n, v, dtype)
+    p, q = make_probs(rng, n, v, np.float64), make_probs(rng, n, v, np.float64)
+    if inputs == "probs":
+        return p.astype(dtype), q.astype(dtype)
+    with np.errstate(divide="ignore"):
+        return np.log(p).astype(dtype), np.log(q).astype(dtype)
+
+
+# --------------------------------------------------------------------------- js_div
+
+
+@host
+@dtypes
+@pytest.mark.parametrize("v", V_SHAPES)
+@pytest.mark.parametrize("inputs", ["logits", "log_probs", "probs"])
+@pytest.mark.parametrize("beta", [0.5, 0.1, 0.9])
+def test_js_matches_reference(backend, dtype, v, inputs, beta, rng):
+    if v > 100_000 and (inputs != "logits" or beta != 0.5):
+        pytest.skip("the largest vocabulary once per backend and dtype (time)")
+    x, z = _inputs(rng, rows_for(v), v, dtype, inputs)
+    got = fastdiv.js_div(x, z, beta=beta, inputs=inputs, reduction="none", backend=backend)
+    assert got.dtype == dtype
+    assert_rows_close(got, R.js_rows(x, z, beta, inputs), dtype, f"js {inputs} beta={beta}", kind="kl")
+
+
+@host
+@pytest.mark.parametrize("inputs", ["logits", "probs"])
+def test_js_symmetric_bounded_and_skew_swaps(backend, inputs, rng):
+    x, z = _inputs(rng, 40, 257, np.float64, inputs)
+    a = fastdiv.js_div(x, z, inputs=inputs, reduction="none", backend=backend)
+    b = fastdiv.js_div(z, x, inputs=inputs, reduction="none", backend=backend)
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    finite = np.isfinite(a)
+    assert finite.sum() >= 30
+    assert np.all(a[finite] >= -1e-15) and np.all(a[finite] <= np.log(2) + 1e-12)
+    c = fastdiv.js_div(x, z, beta=0.3, inputs=inputs, reduction="none", backend=backend)
+    d = fastdiv.js_div(z, x, beta=0.7, inputs=inputs, reduction="none", backend=backend)
+    np.testing.assert_allclose(c, d, rtol=1e-12, atol=1e-14)
+
+
+def test_js_of_disjoint_supports_is_log2():
+    p = np.array([[0.5, 0.5, 0.0, 0.0]])
+    q = np.array([[0.0, 0.0, 0.25, 0.75]])
+    for backend in ALL_HOST:
+        assert np.isclose(fastdiv.js_div(p, q, inputs="probs", backend=backend), np.log(2), rtol=1e-6)
+
+
+@host
+def test_js_beta_endpoints_are_the_two_kls(backend, rng):
+    x, z = _inputs(rng, 40, 300, np.float64, "logits")
+    fwd = fastdiv.kl_div(x, z, reduction="none", backend=backend)
+    rev = fastdiv.kl_div(z, x, reduction="none", backend=backend)
+    np.testing.assert_array_equal(fastdiv.js_div(x, z, beta=0.0, reduction="none", backend=backend), fwd)
+    np.testing.assert_array_equal(fastdiv.js_div(x, z, beta=1.0, reduction="none", backend=backend), rev)
+
+
+def test_js_endpoints_are_limits_of_the_normalised_divergence(rng):
+    """JS_beta / (beta (1 - beta)) -> D(P||Q) as beta -> 0 and D(Q||P) as beta -> 1."""
+    x, z = make_logits(rng, 8, 40, np.float64, scale=1.0, edges=False), make_logits(rng, 8, 40, np.float64, scale=1.0, edges=False)
+    for beta, want in ((1e-6, R.kl_rows(x, z)), (1 - 1e-6, R.kl_rows(z, x))):
+        got = R.js_rows(x, z, beta) / (beta * (1 - beta))
+        np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+@host
+def test_reverse_kl_is_the_swapped_call(backend, rng):
+    x, z = _inputs(rng, 40, 1271, np.float32, "logits")
+    assert_rows_close(fastdiv.kl_div(z, x, reduction="none", backend=backend), R.kl_rows(z, x),
+                      np.float32, "reverse kl", kind="kl")
+
+
+# --------------------------------------------------------------------------- temperature
+
+
+@host
+@dtypes
+def test_temperature_one_changes_no_bit(backend, dtype, rng):
+    x, z = _inputs(rng, 40, 1271, dtype, "logits")
+    p = make_probs(rng, 40, 1271, dtype)
+    for f in (lambda **k: fastdiv.entropy(x, **k, backend=backend),
+              lambda **k: fastdiv.kl_div(x, z, reduction="none", **k, backend=backend),
+              lambda **k: fastdiv.js_div(x, z, reduction="none", **k, backend=backend),
+              lambda **k: fastdiv.cross_entropy(x, p, reduction="none", **k, backend=backend)):
+        np.testing.assert_array_equal(f(temperature=1.0), f())
+
+
+@host
+@dtypes
+@pytest.mark.parametrize("v", [51, 1271, 50257])
+@pytest.mark.parametrize("temperature", [0.5, 2.0, 7.3])
+def test_temperature_divides_the_logits(backend, dtype, v, temperature, rng):
+    n = rows_for(v)
+    x, z = _inputs(rng, n, v, dtype, "logits")
+    p = make_probs(rng, n, v, dtype)
+    xs, zs = x.astype(np.float64) / temperature, z.astype(np.float64) / temperature
+    kw = dict(temperature=temperature, backend=backend)
+    assert_rows_close(fastdiv.entropy(x, **kw), R.entropy_rows(xs), dtype, "entropy T")
+    assert_rows_close(fastdiv.kl_div(x, z, reduction="none", **kw), R.kl_rows(xs, zs), dtype, "kl T", kind="kl")
+    assert_rows_close(fastdiv.js_div(x, z, beta=0.3, reduction="none", **kw), R.js_rows(xs, zs, 0.3), dtype,
+                      "js T", kind="kl")
+    assert_rows_close(fastdiv.cross_entropy(x, p, reduction="none", label_smoothing=0.1, **kw),
+                      R.cross_entropy_soft_rows(xs, p, None, 0.1), dtype, "soft ce T")
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, np.inf, np.nan, 5e-324])
+def test_temperature_must_be_positive_and_finite(bad):
+    x = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="temperature"):
+        fastdiv.kl_div(x, x, temperature=bad)
+
+
+def test_temperature_errors_name_the_argument():
+    x = np.zeros((2, 3))
+    with pytest.raises(TypeError, match="temperature"):
+        fastdiv.entropy(x, temperature="2")
+    with pytest.raises(TypeError, match="temperature"):
+        fastdiv.entropy(x, temperature=True)
+    with pytest.raises(ValueError, match="temperature"):
+        fastdiv.entropy(np.full((2, 3), 1 / 3), inputs="probs", temperature=2.0)
+    with pytest.raises(ValueError, match="temperature"):
+        fastdiv.js_div(x, x, inputs="log_probs", temperature=2.0)
+    with pytest.raises(ValueError, match="temperature"):
+        fastdiv.cross_entropy(x, np.array([0, 1]), temperature=2.0)
+
+
+# --------------------------------------------------------------------------- top-k teacher KL
+
+
+def _teacher(rng, n, v, k, dtype=np.float64):
+    """A dense teacher (log-probabilities) and its top-k classes, shuffled within each row."""
+    t = R.log_softmax_rows(make_logits(rng, n, v, np.float64, edges=False))
+    top = np.argsort(-t, axis=1)[:, :k]
+    top = np.take_along_axis(top, rng.permuted(np.tile(np.arange(k), (n, 1)), axis=1), axis=1)
+    return t, top, np.take_along_axis(t, top, axis=1).astype(dtype)
+
+
+def _dense_topk(t, top, student, tail):
+    """The top-k KL written from dense float64 distributions (independent of topk_kl_rows)."""
+    n, v = student.shape
+    logq = R.log_softmax_rows(student)
+    out = np.empty(n)
+    for i in range(n):
+        p = np.zeros(v)
+        p[top[i]] = np.exp(t[i, top[i]])
+        if tail == "renormalize":
+            out[i] = R.kl_rows((p / p.sum())[None], np.exp(logq[i])[None], "probs")[0]
+        else:
+            rest = np.ones(v, bool)
+            rest[top[i]] = False
+            pk = np.append(p[top[i]], max(0.0, 1 - p.sum()) if rest.any() else 0.0)
+            qk = np.append(np.exp(logq[i, top[i]]), np.exp(logq[i, rest]).sum())
+            out[i] = R.kl_rows(pk[None], qk[None], "probs")[0]
+    return out
+
+
+@pytest.mark.parametrize("tail", ["renormalize", "bucket"])
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_topk_reference_equals_the_dense_construction(tail, k, rng):
+    t, top, tk = _teacher(rng, 12, 97, k)
+    student = make_logits(rng, 12, 97, np.float64, edges=False)
+    np.testing.assert_allclose(R.topk_kl_rows(top, tk, student, tail), _dense_topk(t, top, student, tail),
+                               rtol=1e-10, atol=1e-13)
+
+
+@host
+@dtypes
+@pytest.mark.parametrize("tail", ["renormalize", "bucket"])
+@pytest.mark.parametrize("v,k", [(1, 1), (51, 5), (1271, 32), (1271, 1271), (50257, 64)])
+def test_topk_matches_reference(backend, dtype, tail, v, k, rng):
+    n = rows_for(v)
+    _, top, tk = _teacher(rng, n, v, k)
+    student = make_logits(rng, n, v, dtype)             # masked, NaN, +inf and extreme rows
+    tk = tk.astype(dtype)
+    if n > 3:
+        tk[3, 0] = np.nan                                  # a NaN teacher row
+        tk[2] = -np.inf                                    # an empty teacher row
+    got = fastdiv.topk_kl_div(top, tk, student, tail=tail, reduction="none", backend=backend)
+    assert got.dtype == dtype
+    assert_rows_close(got, R.topk_kl_rows(top, tk, student, tail), dtype, f"topk {tail}", kind="kl")
+
+
+@host
+@pytest.mark.parametrize("tail", ["renormalize", "bucket"])
+def test_topk_with_k_equal_v_is_the_dense_kl(backend, tail, rng):
+    v = 300
+    t, top, tk = _teacher(rng, 20, v, v)
+    student = make_logits(rng, 20, v, np.float64, edges=False)
+    got = fastdiv.topk_kl_div(top, tk, student, tail=tail, reduction="none", backend=backend)
+    np.testing.assert_allclose(got, R.kl_rows(t, student), rtol=1e-9, atol=1e-12)
+
+
+@host
+def test_topk_bucket_keeps_a_tiny_student_tail_exact(backend):
+    """The student's tail is summed from its own classes, not as 1 - sum(q_i) (which cancels)."""
+    v = 1000
+    student = np.full((1, v), -30.0)
+    student[0, :2] = [10.0, 9.0]
+    teacher = np.log(np.array([[0.6, 0.3]]))
+    got = fastdiv.topk_kl_div(np.array([[0, 1]]), teacher, student, tail="bucket", reduction="none",
+                              backend=backend)
+    mpmath = pytest.importorskip("mpmath", reason="mpmath is the high-precision oracle")
+    mpmath.mp.dps = 50
+    zs = [mpmath.mpf(10), mpmath.mpf(9)] + [mpmath.mpf(-30)] * (v - 2)
+    lse = mpmath.log(mpmath.fsum(mpmath.exp(z) for z in zs))
+    want = sum(mpmath.mpf(p) * (mpmath.log(p) - (z - lse)) for p, z in ((0.6, zs[0]), (0.3, zs[1])))
+    r = 1 - mpmath.mpf(0.6) - mpmath.mpf(0.3)
+    s = (v - 2) * mpmath.exp(zs[2] - lse)
+    want += r * (mpmath.log(r) - mpmath.log(s))
+    np.testing.assert_allclose(got, [float(want)], rtol=1e-12)
+
+
+def test_topk_masked_student_class_gives_inf():
+    student = np.array([[0.0, -np.inf, 1.0, 2.0]])
+    for backend in ALL_HOST:
+        for tail in ("renormalize", "bucket"):
+            got = fastdiv.topk_kl_div(np.array([[3, 1]]), np.log([[0.5, 0.2]]), student, tail=tail,
+                                      reduction="none", backend=backend)
+            assert got[0] == np.inf, (backend, tail)
+
+
+def test_topk_bad_input_names_the_argument():
+    z = np.zeros((2, 5))
+    ok_t = np.log(np.full((2, 2), 0.3))
+    with pytest.raises(ValueError, match="distinct"):
+        fastdiv.topk_kl_div(np.array([[1, 1], [0, 2]]), ok_t, z)
+    with pytest.raises(ValueError, match="teacher_indices"):
+        fastdiv.topk_kl_div(np.array([[1, 5], [0, 2]]), ok_t, z)
+    with pytest.raises(ValueError, match="teacher_indices"):
+        fastdiv.topk_kl_div(np.array([[1, -1], [0, 2]]), ok_t, z)
+    with pytest.raises(ValueError, match="teacher_logprobs"):
+        fastdiv.topk_kl_div(np.array([[1, 2], [0, 2]]), ok_t[:, :1], z)
+    with pytest.raises(ValueError, match="teacher_indices"):
+        fastdiv.topk_kl_div(np.array([[1, 2]]), ok_t[:1], z)
+    with pytest.raises(ValueError, match="k = 6"):
+        fastdiv.topk_kl_div(np.tile(np.arange(6), (2, 1)), np.zeros((2, 6)), z)
+    with pytest.raises(TypeError, match="teacher_indices"):
+        fastdiv.topk_kl_div(np.array([[1.0, 2.0], [0.0, 2.0]]), ok_t, z)
+    with pytest.raises(TypeError, match="teacher_logprobs"):
+        fastdiv.topk_kl_div(np.array([[1, 2], [0, 2]]), np.array([[1, 2], [0, 2]]), z)
+    with pytest.raises(ValueError, match="tail"):
+        fastdiv.topk_kl_div(np.array([[1, 2], [0, 2]]), ok_t, z, tail="drop")
+    with pytest.raises(ValueError, match="teacher_logprobs"):
+        fastdiv.topk_kl_div(np.array([[1, 2], [0, 2]]), np.log(np.full((2, 2), 0.8)), z, tail="bucket")
+    # renormalize only needs log-scores: unnormalized rows are fine
+    fastdiv.topk_kl_div(np.array([[1, 2], [0, 2]]), np.log(np.full((2, 2), 0.8)), z)
+
+
+# --------------------------------------------------------------------------- gaussian_kl
+
+
+def _gauss_mp(mu, lv, mu0, lv0):
+    mpmath = pytest.importorskip("mpmath", reason="mpmath is the high-precision oracle")
+    mpmath.mp.dps = 60
+    out = []
+    for row in zip(mu, lv, mu0, lv0):
+        acc = mpmath.mpf(0)
+        for m, l, m0, l0 in zip(*(map(mpmath.mpf, map(float, r)) for r in row)):
+            d = l - l0
+            acc += (mpmath.exp(d) - 1 - d + (m - m0) ** 2 * mpmath.exp(-l0)) / 2
+        out.append(float(acc))
+    return np.array(out)
+
+
+def test_gaussian_kl_matches_high_precision_including_extreme_logvar(rng):
+    n, d = 6, 7
+    mu = rng.standard_normal((n, d)) * 3
+    lv = rng.standard_normal((n, d)) * 2
+    lv[0] = [300.0, -300.0, 600.0, -700.0, 1e-9, -1e-9, 0.25]        # huge |logvar|, tiny d
+    mu0 = rng.standard_normal((n, d))
+    lv0 = lv + rng.choice([1e-12, -3e-8, 0.4, -2.0, 5.0], size=(n, d))  # d near 0 and not
+    lv0[1] = [300.0, -300.0, 600.0, -700.0, 1e-9, -1e-9, 0.25]
+    got = fastdiv.gaussian_kl(mu, lv, mu0, lv0, reduction="none")
+    np.testing.assert_allclose(got, _gauss_mp(mu, lv, mu0, lv0), rtol=1e-13)
+    # the default prior: a standard normal
+    got = fastdiv.gaussian_kl(mu[2:], lv[2:], reduction="none")
+    np.testing.assert_allclose(got, _gauss_mp(mu[2:], lv[2:], np.zeros((n - 2, d)), np.zeros((n - 2, d))), rtol=1e-13)
+
+
+def test_gaussian_kl_small_difference_keeps_relative_precision():
+    """d = logvar - logvar_prior tiny: exp(d) - 1 - d ~ d^2/2 must not cancel to 0 or noise."""
+    d = np.array([[1e-3, 1e-6, 1e-9, -1e-9]])
+    got = fastdiv.gaussian_kl(np.zeros_like(d), 500.0 + d, 0.0, 500.0, reduction="none")
+    np.testing.assert_allclose(got, _gauss_mp(np.zeros_like(d), 500.0 + d, np.zeros_like(d), np.full_like(d, 500.0)),
+                               rtol=1e-9)
+    assert got[0] > 0
+
+
+def test_gaussian_kl_shapes_dtypes_reductions_and_priors(rng):
+    mu = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    lv = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    per = fastdiv.gaussian_kl(mu, lv, reduction="none")
+    assert per.shape == (3, 4) and per.dtype == np.float32
+    assert np.isclose(fastdiv.gaussian_kl(mu, lv), per.mean(), rtol=1e-6)
+    assert np.isclose(fastdiv.gaussian_kl(mu, lv, reduction="sum"), per.sum(), rtol=1e-6)
+    mu0 = rng.standard_normal(5)                    # broadcast over rows
+    np.testing.assert_allclose(fastdiv.gaussian_kl(mu, lv, mu0, 0.5, reduction="none"),
+                               R.gaussian_kl_elements(mu, lv, np.broadcast_to(mu0, mu.shape), 0.5).sum(-1),
+                               rtol=1e-6)
+    assert fastdiv.gaussian_kl(mu[0, 0].astype(np.float64), lv[0, 0].astype(np.float64)).dtype == np.float64
+    t = mu.transpose(1, 0, 2)                       # non-contiguous input
+    np.testing.assert_allclose(fastdiv.gaussian_kl(t, lv.transpose(1, 0, 2), reduction="none"), per.T, rtol=1e-6)
+    assert fastdiv.gaussian_kl(np.zeros((2, 3)), np.full((2, 3), -np.inf), reduction="none")[0] == np.inf
+    assert np.isnan(fastdiv.gaussian_kl(np.array([[np.nan, 0.0]]), np.zeros((1, 2)), reduction="none")[0])
+
+
+def test_gaussian_kl_bad_input_names_the_argument():
+    z = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="mu and logvar"):
+        fastdiv.gaussian_kl(z, np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="logvar_prior"):
+        fastdiv.gaussian_kl(z, z, 0.0, np.zeros(4))
+    with pytest.raises(TypeError, match="mu_prior"):
+        fastdiv.gaussian_kl(z, z, "a")
+    with pytest.raises(TypeError, match="logvar"):
+        fastdiv.gaussian_kl(z, z.astype(int))
+    with pytest.raises(ValueError, match="reduction"):
+        fastdiv.gaussian_kl(z, z, reduction="batchmean")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def test_js_bad_input_names_the_argument():
+    x = np.zeros((2, 3))
+    for bad in (-0.1, 1.5, np.nan, "0.5", True):
+        with pytest.raises(ValueError, match="beta"):
+            fastdiv.js_div(x, x, beta=bad)
+    with pytest.raises(ValueError, match="p and q"):
+        fastdiv.js_div(x, np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="inputs"):
+        fastdiv.js_div(x, x, inputs="logprobs")
+    with pytest.raises(TypeError, match="q"):
+        fastdiv.js_div(x, x.astype(int))
+    with pytest.raises(ValueError, match="q"):
+        fastdiv.js_div(np.full((2, 3), 1 / 3), np.full((2, 3), 0.5), inputs="probs", validate=True)
+    assert abs(fastdiv.js_div(np.full((2, 3), 1 / 3), np.full((2, 3), 1 / 3), inputs="probs", validate=True)) < 1e-12
+
+
+# --------------------------------------------------------------------------- half-precision inputs
+
+HALF_BACKENDS = [b for b in ALL_HOST if b != "numpy"]
+
+
+@pytest.mark.parametrize("backend", HALF_BACKENDS)
+@pytest.mark.parametrize("half", HALF, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("v", [51, 1271, 50257])
+def test_half_inputs_match_the_float32_kernel_on_the_upcast_input(backend, half, v, rng):
+    """Converting a half to float32 is exact, so results match float32 on the upcast input."""
+    n = rows_for(v)
+    x = make_logits(rng, n, v, np.float32).astype(half)
+    z = make_logits(rng, n, v, np.float32).astype(half)
+    p = make_probs(rng, n, v, np.float32).astype(half)
+    t = rng.integers(0, v, n)
+    x32, z32, p32 = (a.astype(np.float32) for a in (x, z, p))
+    _, top, tk = _teacher(rng, n, v, min(v, 8))
+    tk = tk.astype(half)
+    cases = {
+        "lse": lambda a, b, c, k: fastdiv.logsumexp(a, backend=backend),
+        "entropy": lambda a, b, c, k: fastdiv.entropy(a, temperature=1.5, backend=backend),
+        "entropy_probs": lambda a, b, c, k: fastdiv.entropy(c, inputs="probs", backend=backend),
+        "kl": lambda a, b, c, k: fastdiv.kl_div(a, b, reduction="none", backend=backend),
+        "kl_probs": lambda a, b, c, k: fastdiv.kl_div(c, c[::-1].copy(), inputs="probs", reduction="none", backend=backend),
+        "js": lambda a, b, c, k: fastdiv.js_div(a, b, reduction="none", backend=backend),
+        "ce": lambda a, b, c, k: fastdiv.cross_entropy(a, t, reduction="none", label_smoothing=0.1, backend=backend),
+        "ce_plain": lambda a, b, c, k: fastdiv.cross_entropy(a, t, reduction="none", backend=backend),
+        "ce_soft": lambda a, b, c, k: fastdiv.cross_entropy(a, c, reduction="none", temperature=0.5, backend=backend),
+        "topk": lambda a, b, c, k: fastdiv.topk_kl_div(top, k, a, tail="bucket", reduction="none", backend=backend),
+    }
+    for name, f in cases.items():
+        got = f(x, z, p, tk)
+        want = f(x32, z32, p32, tk.astype(np.float32))
+        assert got.dtype == np.float32, name
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("backend", HALF_BACKENDS)
+def test_half_inputs_go_to_the_kernel_as_raw_bits(backend, rng, monkeypatch):
+    """No full-size upcast: contiguous half input reaches a HALF_INPUTS kernel as uint16/int16."""
+    if not _registry.half_inputs(backend):
+        pytest.skip(f"{backend} does not read half inputs directly (HALF_INPUTS)")
+    from fastdiv import api
+    seen = []
+    real = _registry.kernel
+
+    def spy(b, op):
+        k = real(b, op)
+        return lambda *a: (seen.append([x.dtype for x in a if isinstance(x, np.ndarray)]), k(*a))[1]
+
+    monkeypatch.setattr(api._registry, "kernel", spy)
+    for half in HALF:
+        x = make_logits(rng, 8, 300, np.float32).astype(half)
+        fastdiv.kl_div(x, x[::-1].copy(), backend=backend)
+        bits = np.uint16 if half == np.float16 else np.int16
+        assert seen[-1][:2] == [np.dtype(bits)] * 2
+        fastdiv.kl_div(x[:, ::2], x[:, 1::2], backend=backend)   # strided: blockwise float32
+        assert seen[-1][0] == np.float32
+
+
+# --------------------------------------------------------------------------- layouts and threads
+
+
+@host
+def test_non_contiguous_and_read_only_inputs(backend, rng):
+    base = make_logits(rng, 64, 301, np.float32, edges=False)
+    other = make_logits(rng, 64, 301, np.float32, edges=False)
+    x = base.reshape(4, 16, 301).transpose(1, 0, 2)         # leading axes not mergeable
+    z = np.asfortranarray(other).reshape(4, 16, 301).transpose(1, 0, 2)
+    z.flags.writeable = False
+    xc, zc = (np.ascontiguousarray(a).reshape(-1, 301) for a in (x, z))
+    got = fastdiv.js_div(x, z, beta=0.25, temperature=1.5, reduction="none", backend=backend)
+    assert got.shape == (16, 4)
+    assert_rows_close(got.reshape(-1), R.js_rows(xc / 1.5, zc / 1.5, 0.25), np.float32, "js layout", kind="kl")
+    _, top, tk = _teacher(rng, 64, 301, 7)
+    top3, tk3 = top.reshape(4, 16, 7).transpose(1, 0, 2), tk.astype(np.float32).reshape(4, 16, 7).transpose(1, 0, 2)
+    got = fastdiv.topk_kl_div(top3, tk3, x, tail="bucket", reduction="none", backend=backend)
+    want = R.topk_kl_rows(np.ascontiguousarray(top3).reshape(-1, 7), np.ascontiguousarray(tk3).reshape(-1, 7), xc, "bucket")
+    assert_rows_close(got.reshape(-1), want, np.float32, "topk layout", kind="kl")
+    half = x.astype(np.float16)                              # non-contiguous half: blockwise float32
+    assert_rows_close(fastdiv.js_div(half, z.astype(np.float16), reduction="none", backend=backend).reshape(-1),
+                      R.js_rows(np.ascontiguousarray(half).reshape(-1, 301), np.ascontiguousarray(z.astype(np.float16)).reshape(-1, 301)),
+                      np.float32, "js half layout", kind="kl")
+
+
+@pytest.mark.parametrize("backend", [b for b in ALL_HOST if b != "numpy"])
+def test_results_do_not_depend_on_the_thread_count(backend, rng):
+    x, z = _inputs(rng, 37, 3000, np.float32, "logits")
+    _, top, tk = _teacher(rng, 37, 3000, 9)
+    xh = x.astype(np.float16)
+    runs = []
+    for n in (1, 2):
+        with fastdiv.threads(n):
+            runs.append([fastdiv.js_div(x, z, reduction="none", backend=backend),
+                         fastdiv.js_div(x, z, temperature=3.0, reduction="none", backend=backend),
+                         fastdiv.topk_kl_div(top, tk.astype(np.float32), x, tail="bucket", reduction="none", backend=backend),
+                         fastdiv.entropy(xh, temperature=0.5, backend=backend)])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif("numba" not in ALL_HOST, reason="numba backend unavailable")
+@pytest.mark.parametrize("half", HALF, ids=lambda d: np.dtype(d).name)
+def test_numba_divergence_kernels_read_half_bits(half, rng):
+    """Contract v2 item 2 for the numba js / top-k kernels, called directly (the API hands half
+    bits to numba once its kernels module sets HALF_INPUTS): float32 results on the upcast."""
+    bits = np.uint16 if half == np.float16 else np.int16
+    x = make_logits(rng, 40, 700, np.float32).astype(half)
+    z = make_logits(rng, 40, 700, np.float32).astype(half)
+    p, q = (make_probs(rng, 40, 700, np.float32).astype(half) for _ in range(2))
+    _, top, tk = _teacher(rng, 40, 700, 9)
+    idx = np.sort(top, axis=1).astype(np.int64)
+    tk = tk.astype(half)
+    f32 = lambda a: a.astype(np.float32)  # noqa: E731
+    calls = {
+        "js_logits": lambda a, b: (a, b, 0.3, 0.5),
+        "js_log_probs": lambda a, b: (np.log(np.maximum(a.astype(np.float32), 1e-30)).astype(a.dtype), b, 0.3),
+        "js_probs": lambda a, b: (a, b, 0.7),
+        "topk_kl": lambda a, b: (idx, tk, a, 1),
+    }
+    for op, make in calls.items():
+        args = make(x, z) if op in ("js_logits", "topk_kl") else make(p, q)
+        kern = _registry.kernel("numba", op)
+        got, want = np.empty(40, np.float32), np.empty(40, np.float32)
+        kern(*[a.view(bits) if isinstance(a, np.ndarray) and a.dtype == half else a for a in args], got, 2)
+        kern(*[f32(a) if isinstance(a, np.ndarray) and a.dtype == half else a for a in args], want, 2)
+        # equal up to float32 rounding: LLVM may split a sum over vector lanes differently
+        # for 16-bit loads than for 32-bit ones
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6, err_msg=op)
+
+
+@pytest.mark.skipif("numba" not in ALL_HOST, reason="numba backend unavailable")
+def test_numba_half_loads_convert_exactly():
+    """simd.load, which the numba kernels read half inputs with: every float16 / bfloat16 bit
+    pattern widens to the float32 numpy / ml_dtypes give."""
+    from numba import njit
+
+    from fastdiv._numba.simd import load
+
+    @njit
+    def conv(a, out):
+        for i in range(a.shape[0]):
+            out[i] = load(a[i])
+
+    for bits, half in ((np.uint16, np.float16),) + (((np.int16, ml_dtypes.bfloat16),) if ml_dtypes else ()):
+        every = np.arange(1 << 16, dtype=np.uint16).view(bits)
+        out = np.empty(every.size, np.float32)
+        conv(every, out)
+        want = every.view(half).astype(np.float32)
+        nan = np.isnan(want)
+        np.testing.assert_array_equal(out.view(np.uint32)[~nan], want.view(np.uint32)[~nan])
+        assert np.isnan(out[nan]).all()
