@@ -234,8 +234,10 @@ def js_rows(p, q, beta=0.5, inputs="logits"):
     logq = _to_log_probs(q, inputs)
     pp = _f64(p) if inputs == "probs" else _probs(logp)
     pq = _f64(q) if inputs == "probs" else _probs(logq)
-    with np.errstate(invalid="ignore", over="ignore"):
-        logm = _log(beta * pp + (1.0 - beta) * pq)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        # log m in log space: beta * p underflows to 0 for a subnormal p > 0, and log m = -inf
+        # would turn that term into +inf.
+        logm = np.logaddexp(np.log(beta) + logp, np.log1p(-beta) + logq)
         out = beta * _sum_where_nonzero(pp, logp - logm) + (1.0 - beta) * _sum_where_nonzero(pq, logq - logm)
     return np.where(np.isnan(logq).any(axis=1) | np.isnan(logp).any(axis=1), np.nan, out)
 
