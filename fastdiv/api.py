@@ -493,8 +493,10 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
 # --------------------------------------------------------------------------- divergence family (issue 5)
 
 
-def js_div(p, q, *, beta=0.5, inputs="logits", temperature=1.0, reduction="mean", backend="auto",
-           validate=False):
+@_interop.native_arrays
+def js_div(p: ArrayLike, q: ArrayLike, *, beta: float = 0.5, inputs: Inputs = "logits",
+           temperature: float = 1.0, reduction: Reduction = "mean", backend: Backend = "auto",
+           validate: bool = False) -> Result:
     """Generalized Jensen-Shannon divergence over the last axis (nats).
 
     For ``0 < beta < 1``::
@@ -561,8 +563,9 @@ def js_div(p, q, *, beta=0.5, inputs="logits", temperature=1.0, reduction="mean"
     return _finish(per_row, arrays[0].shape[:-1], reduction, per_row.dtype)
 
 
-def topk_kl_div(teacher_indices, teacher_logprobs, student_logits, *, tail="renormalize",
-                reduction="mean", backend="auto"):
+@_interop.native_arrays
+def topk_kl_div(teacher_indices: ArrayLike, teacher_logprobs: ArrayLike, student_logits: ArrayLike, *,
+                tail: str = "renormalize", reduction: Reduction = "mean", backend: Backend = "auto") -> Result:
     """KL divergence ``D(P_teacher || Q_student)`` from a teacher stored as its top-k classes.
 
     Offline distillation datasets keep, per token, the teacher's k most likely classes and
@@ -633,7 +636,9 @@ def _real_array(name, a):
     return a
 
 
-def gaussian_kl(mu, logvar, mu_prior=0.0, logvar_prior=0.0, *, reduction="mean"):
+@_interop.native_arrays
+def gaussian_kl(mu: ArrayLike, logvar: ArrayLike, mu_prior: ArrayLike = 0.0, logvar_prior: ArrayLike = 0.0, *,
+                reduction: Reduction = "mean") -> Result:
     """KL divergence between diagonal Gaussians, summed over the last axis: the VAE latent term.
 
     ``KL(N(mu, diag(exp(logvar))) || N(mu_prior, diag(exp(logvar_prior))))``, per element::

@@ -77,6 +77,19 @@ def _kl(kind):
     )
 
 
+def _js(kind):
+    mk = {"logits": _logits, "probs": _probs, "log_probs": _log_probs}[kind]
+    return Fn(
+        f"js_div({kind})",
+        lambda a, backend, **kw: fastdiv.js_div(a["p"], a["q"], beta=0.3, inputs=kind, backend=backend, **kw),
+        lambda rng, lead, v, dt: {"p": mk(rng, lead, v, dt), "q": mk(rng, lead, v, dt)},
+        {"p": kind, "q": kind},
+        options={"inputs": "prob", "reduction": "batchmean", "beta": 1.5, "temperature": 0.0},
+        pos_inf={"p": np.nan, "q": np.nan} if kind == "logits" else {},
+        validate=True,
+    )
+
+
 def _ce_hard_args(rng, lead, v, dt):
     return {"logits": _logits(rng, lead, v, dt), "target": rng.integers(0, v, lead)}
 
@@ -89,6 +102,7 @@ FUNCTIONS = [
        all_masked={"x": -np.inf}, pos_inf={"x": np.inf}),
     _entropy("logits"), _entropy("log_probs"), _entropy("probs"),
     _kl("logits"), _kl("log_probs"), _kl("probs"),
+    _js("logits"), _js("probs"),
     Fn("cross_entropy(class indices)",
        lambda a, backend, **kw: fastdiv.cross_entropy(a["logits"], a["target"], backend=backend,
                                                       **{k: a[k] for k in ("weight",) if k in a}, **kw),
