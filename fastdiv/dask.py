@@ -102,8 +102,9 @@ def _out_dtype(*arrays):
 
 
 def _block(fn, kwargs, *blocks):
-    """Per-row values of one chunk of rows (the task each worker runs)."""
-    return np.asarray(fn(*blocks, **kwargs))
+    """Per-row values of one chunk of rows (the task each worker runs).  The class axis is
+    one chunk, which dask hands over as a one-block list (not concatenated: no copy)."""
+    return np.asarray(fn(*[b[0] if isinstance(b, list) else b for b in blocks], **kwargs))
 
 
 def _per_row(fn, arrays, dtype, kwargs, extra=()):
@@ -114,7 +115,7 @@ def _per_row(fn, arrays, dtype, kwargs, extra=()):
     ndim = arrays[0].ndim
     ind = tuple(range(ndim))
     args = [x for a in arrays for x in (a, ind)] + [x for e in extra for x in (e, ind[:-1])]
-    return da.blockwise(functools.partial(_block, fn, kwargs), ind[:-1], *args, dtype=dtype, concatenate=True,
+    return da.blockwise(functools.partial(_block, fn, kwargs), ind[:-1], *args, dtype=dtype, concatenate=False,
                         meta=np.empty((0,) * (ndim - 1), dtype))
 
 
@@ -182,8 +183,8 @@ def _state_task(xb, *rest, offset, has_target, k, ignore, backend):
     """Packed state of one block of classes [offset, offset + V_block) (runs on a worker)."""
     tb = rest[0] if has_target else None
     zb = rest[-1] if len(rest) > has_target else None
-    st = _states.row_state(xb, offset=offset, target=tb, topk=(k,), reference_shard=zb, ignore_index=ignore,
-                           backend=backend)
+    st = _states.row_state(xb, offset=offset, target=tb, topk=(k,) if k else (), reference_shard=zb,
+                           ignore_index=ignore, backend=backend)
     return _pack(st, _width(k, zb is not None))
 
 
@@ -206,13 +207,13 @@ def _finish_task(block, *, k, reference, dtype, v, fields, topk, kl_direction, z
     return out
 
 
-def _via_states(x, fields, *, target=None, reference=None, topk=(1,), ignore=-100, backend="auto",
+def _via_states(x, fields, *, target=None, reference=None, topk=(), k=0, ignore=-100, backend="auto",
                 kl_direction="ref||model", z_loss=0.0):
     """Lazy per-row ``{field: dask array}`` of ``fastdiv.states.finalize`` over the blocks of
-    ``x`` (any chunking of the class axis); float fields in ``x``'s compute dtype."""
+    ``x`` (any chunking of the class axis); float fields in ``x``'s compute dtype.  ``k``
+    top-k candidates are kept per row (0: none, and no extra pass over each block)."""
     nd = x.ndim
     ind = tuple(range(nd))
-    k = max(topk)
     has_ref = reference is not None
     if has_ref:
         reference = reference.rechunk(x.chunks)
@@ -481,8 +482,8 @@ def evaluate(logits: ArrayLike, target: ArrayLike, *, topk: int | tuple[int, ...
     Each (row chunk, vocabulary chunk) block is read once into a mergeable per-row state
     (:mod:`fastdiv.states`), the states are merged pairwise along the vocabulary and finished
     per row chunk.  Per-row values agree with ``fastdiv.evaluate`` to rounding, except
-    ``rank``, which is capped at ``max(topk)`` (the candidates a state keeps; top-k
-    accuracies are exact).  ``softcap`` is not offered here.
+    ``rank``, which is capped at ``max(topk)`` (the candidates a state keeps; 1 when
+    ``topk`` is empty); top-k accuracies are exact.  ``softcap`` is not offered here.
 
     Parameters
     ----------
@@ -523,6 +524,6 @@ def evaluate(logits: ArrayLike, target: ArrayLike, *, topk: int | tuple[int, ...
         fields += ["kl", "kl_model_ref", "kl_ref_model"]
     if z_coef:
         fields.append("z_loss")
-    rows = _via_states(logits, fields, target=target, reference=reference, topk=ks or (1,), ignore=ignore,
-                       backend=backend, kl_direction=kl_direction, z_loss=z_coef)
+    rows = _via_states(logits, fields, target=target, reference=reference, topk=ks, k=max(ks, default=1),
+                       ignore=ignore, backend=backend, kl_direction=kl_direction, z_loss=z_coef)
     return DaskEvaluation(rows, ks)

@@ -219,6 +219,9 @@ def test_vocab_split_evaluate_equals_in_memory_evaluate(one_thread):
     x, q, t = _split_data(dtype)
     x3, q3, t3 = x[:100].reshape(5, 20, -1), q[:100].reshape(5, 20, -1), t[:100].reshape(5, 20)
     want = fastdiv.evaluate(x3, t3, topk=(1, 3), reference=q3, z_loss=1e-3, kl_direction="model||ref")
+    no_topk = fdd.evaluate(da.from_array(x3, chunks=(2, 7, VOCAB_CHUNKS)), da.from_array(t3), topk=()).compute()
+    _agree(no_topk["nll"], want["nll"], dtype, "nll without topk")
+    assert set(no_topk.aggregates()) == {"count", "mean_nll", "perplexity", "mean_entropy"}
     for chunks in ((2, 7, VOCAB_CHUNKS), (5, 20, -1), (1, 20, (5,) * 10 + (1,))):    # 4, 1 and 11 chunks
         lazy = fdd.evaluate(da.from_array(x3, chunks=chunks), da.from_array(t3, chunks=(3, 20)), topk=(1, 3),
                             reference=da.from_array(q3, chunks=(5, 20, 10)), z_loss=1e-3, kl_direction="model||ref")
