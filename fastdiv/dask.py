@@ -55,6 +55,7 @@ except ImportError as exc:
     raise ImportError(f"fastdiv.dask needs dask: pip install 'fastdiv[dask]' ({exc})") from None
 
 from . import _checks, api
+from . import evaluation
 from . import states as _states
 from ._typing import ArrayLike, Backend, Inputs, Reduction
 
@@ -195,16 +196,29 @@ def _merge_task(left, right, *, k, reference, dtype, ranges):
     return _pack(merged, left.shape[-1])
 
 
+def _table(res, fields):
+    """The per-row ``fields`` of an Evaluation as one float64 array (lead..., len(fields))."""
+    first = np.asarray(res[fields[0]])
+    out = np.empty(first.shape + (len(fields),), np.float64)
+    for j, name in enumerate(fields):
+        out[..., j] = res[name]
+    return out
+
+
+def _evaluate_task(xb, tb, *rest, fields, kwargs):
+    """Per-row results of one row chunk with the class axis whole: in-memory evaluate."""
+    with warnings.catch_warnings():            # a chunk of ignored rows is normal here
+        warnings.filterwarnings("ignore", message="evaluate: every target", category=RuntimeWarning)
+        return _table(evaluation.evaluate(xb, tb, reference=rest[0] if rest else None, **kwargs), fields)
+
+
 def _finish_task(block, *, k, reference, dtype, v, fields, topk, kl_direction, z_loss):
     """Per-row results (lead..., len(fields)) in float64 from a state covering [0, v)."""
     st = _unpack(block, k, reference, dtype, 0, v)
     with warnings.catch_warnings():            # a chunk of ignored rows is normal here
         warnings.filterwarnings("ignore", message="evaluate: every target", category=RuntimeWarning)
         res = _states.finalize(st, topk=topk, kl_direction=kl_direction, z_loss=z_loss, n_classes=v)
-    out = np.empty(st.lead + (len(fields),), np.float64)
-    for j, name in enumerate(fields):
-        out[..., j] = res[name]
-    return out
+    return _table(res, fields)
 
 
 def _via_states(x, fields, *, target=None, reference=None, topk=(), k=0, ignore=-100, backend="auto",
@@ -247,6 +261,11 @@ def _via_states(x, fields, *, target=None, reference=None, topk=(), k=0, ignore=
     task = functools.partial(_finish_task, v=x.shape[-1], fields=tuple(fields), topk=tuple(topk),
                              kl_direction=kl_direction, z_loss=z_loss, **common)
     table = da.map_blocks(task, state, dtype=np.float64, chunks=state.chunks[:-1] + ((len(fields),),), meta=meta)
+    return _columns(table, fields, dtype)
+
+
+def _columns(table, fields, dtype):
+    """``{field: lazy per-row array}`` from a float64 table (lead..., len(fields))."""
     out = {}
     for j, name in enumerate(fields):
         col = table[..., j]
@@ -481,9 +500,12 @@ def evaluate(logits: ArrayLike, target: ArrayLike, *, topk: int | tuple[int, ...
 
     Each (row chunk, vocabulary chunk) block is read once into a mergeable per-row state
     (:mod:`fastdiv.states`), the states are merged pairwise along the vocabulary and finished
-    per row chunk.  Per-row values agree with ``fastdiv.evaluate`` to rounding, except
+    per row chunk; per-row values agree with ``fastdiv.evaluate`` to rounding, except
     ``rank``, which is capped at ``max(topk)`` (the candidates a state keeps; 1 when
-    ``topk`` is empty); top-k accuracies are exact.  ``softcap`` is not offered here.
+    ``topk`` is empty); top-k accuracies are exact.  With the class axis in one chunk (of
+    ``logits`` and ``reference``) each row chunk is one task of the in-memory
+    ``fastdiv.evaluate`` instead (bit-identical per-row values, exact ``rank``).  ``softcap``
+    is not offered here.
 
     Parameters
     ----------
@@ -524,6 +546,15 @@ def evaluate(logits: ArrayLike, target: ArrayLike, *, topk: int | tuple[int, ...
         fields += ["kl", "kl_model_ref", "kl_ref_model"]
     if z_coef:
         fields.append("z_loss")
-    rows = _via_states(logits, fields, target=target, reference=reference, topk=ks, k=max(ks, default=1),
-                       ignore=ignore, backend=backend, kl_direction=kl_direction, z_loss=z_coef)
+    if _split(logits, *([reference] if reference is not None else [])):
+        rows = _via_states(logits, fields, target=target, reference=reference, topk=ks, k=max(ks, default=1),
+                           ignore=ignore, backend=backend, kl_direction=kl_direction, z_loss=z_coef)
+    else:                                       # rows whole: in-memory evaluate per row chunk, exact rank
+        ind = tuple(range(logits.ndim))
+        args = [logits, ind, target, ind[:-1]] + ([reference, ind] if reference is not None else [])
+        kwargs = dict(topk=ks, kl_direction=kl_direction, ignore_index=ignore, z_loss=z_coef, backend=backend)
+        table = da.blockwise(functools.partial(_evaluate_task, fields=tuple(fields), kwargs=kwargs), ind, *args,
+                             dtype=np.float64, adjust_chunks={ind[-1]: len(fields)},
+                             meta=np.empty((0,) * logits.ndim, np.float64))
+        rows = _columns(table, fields, _out_dtype(logits, *([reference] if reference is not None else [])))
     return DaskEvaluation(rows, ks)
