@@ -14,7 +14,6 @@ import time
 import dask
 import dask.array as da
 import numba
-import numpy as np
 
 import fastdiv
 import fastdiv.dask
