@@ -252,8 +252,7 @@ def _via_states(x, fields, *, target=None, reference=None, topk=(), k=0, ignore=
         for i in range(0, len(level) - 1, 2):
             (sa, (a, mid)), (sb, (_, b)) = level[i], level[i + 1]
             task = functools.partial(_merge_task, ranges=(a, mid, b), **common)
-            nxt.append((da.map_blocks(task, sa, sb, dtype=np.float64, meta=meta),
-                        (a, b)))
+            nxt.append((da.map_blocks(task, sa, sb, dtype=np.float64, meta=meta), (a, b)))
         if len(level) % 2:
             nxt.append(level[-1])
         level = nxt
