@@ -6,10 +6,9 @@ the chunk size whatever the file size, and the result does not depend on the chu
 float64 rounding.
 
 Per-chunk work goes through :func:`make_meter` (the one place that decides how chunks become
-metrics): an object with ``update(logits, targets, reference=None)`` and ``compute()``
-returning a ``{name: float}`` mapping.  Today that is :class:`ChunkMeter`, built from the
-public functions; a one-pass ``fastdiv.evaluate`` with a streaming ``Evaluator`` meter of the
-same contract replaces it there.
+metrics): a :class:`FileMeter`, the streaming ``fastdiv.meters.Evaluator`` with the command's
+extra sums, so each chunk of logits (and of the reference) is read once, by
+``fastdiv.evaluate``, and ``compute()`` returns a ``{name: float}`` mapping.
 """
 from __future__ import annotations
 
@@ -17,11 +16,13 @@ import json
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
 from . import _checks, _registry, api
 from ._files import FileFormatError, open_rows
+from .meters import Evaluator
 
 BACKENDS = ("auto", "cython", "numba", "numpy", "cuda")
 
@@ -33,15 +34,17 @@ class EvalError(Exception):
 # --------------------------------------------------------------------------- the metrics
 
 
-class ChunkMeter:
-    """Dataset metrics accumulated over row chunks, in float64.
+class FileMeter(Evaluator):
+    """The command's metrics: :class:`fastdiv.meters.Evaluator` (one ``fastdiv.evaluate`` read
+    of each chunk, float64 sums across chunks) plus the sums only the command reports, taken
+    from the same per-chunk result.
 
     Every aggregate is over the rows whose target is not ``ignore_index`` ("tokens"):
 
     * ``mean_nll`` (the mean cross-entropy, nats) and ``perplexity = exp(mean_nll)``;
     * ``accuracy@k`` for each k: the target's rank ``1 + #{classes with a strictly larger
-      logit}`` is at most k (ties count in the target's favour) and its NLL is finite (a
-      masked target, or a row with NaN or +inf, is never correct);
+      logit}`` is at most k (ties count in the target's favour) and the row's softmax is
+      defined (a masked target, or a row with NaN or +inf, is never correct);
     * ``mean_entropy`` of the model's softmax, ``mean_logsumexp``;
     * with a reference: ``mean_kl = D(reference || model)`` (how far the model's distribution
       is from the reference's, the distillation direction) and ``mean_reverse_kl = D(model ||
@@ -52,57 +55,40 @@ class ChunkMeter:
     """
 
     def __init__(self, *, topk=(1, 5), ignore_index=-100, backend="auto", reference=False):
-        self.topk = tuple(int(k) for k in topk)
-        self.ignore_index = int(ignore_index)
-        self.backend = backend
+        super().__init__(topk=topk, kl_direction="ref||model", ignore_index=ignore_index, backend=backend)
         self.reference = bool(reference)
-        self.rows = 0
-        self.tokens = 0
-        self._sums = {name: 0.0 for name in self._summed()}
-
-    def _summed(self):
-        names = ["nll", "entropy", "logsumexp"] + [f"accuracy@{k}" for k in self.topk]
-        return names + (["kl", "reverse_kl"] if self.reference else [])
+        self._sums.update(rows=0.0, lse=0.0, reverse_kl=0.0)
 
     def update(self, logits, targets, reference=None):
         """Add a chunk: ``logits`` (rows, V), ``targets`` (rows,) int, ``reference`` like logits."""
-        counted = targets != self.ignore_index
-        b = self.backend
-        per_row = {
-            "nll": api.cross_entropy(logits, targets, reduction="none", ignore_index=self.ignore_index, backend=b),
-            "entropy": api.entropy(logits, reduction="none", backend=b),
-            "logsumexp": api.logsumexp(logits, backend=b),
-        }
-        if self.topk:
-            safe = np.where(counted, targets, 0)
-            target_logit = logits[np.arange(len(safe)), safe]
-            above = np.count_nonzero(logits > target_logit[:, None], axis=1)
-            finite = np.isfinite(per_row["nll"])
-            for k in self.topk:
-                per_row[f"accuracy@{k}"] = (above < k) & finite
-        if self.reference:
-            per_row["kl"] = api.kl_div(reference, logits, reduction="none", backend=b)
-            per_row["reverse_kl"] = api.kl_div(logits, reference, reduction="none", backend=b)
-        for name, values in per_row.items():
-            self._sums[name] += float(np.sum(values[counted], dtype=np.float64))
-        self.rows += len(targets)
-        self.tokens += int(np.count_nonzero(counted))
+        self._sums["rows"] += len(targets)
+        return super().update(logits, targets, reference)
+
+    def _add(self, res, with_reference):
+        super()._add(res, with_reference)
+        c = np.asarray(res.counted)
+        self._sums["lse"] += float(np.sum(np.asarray(res.lse, dtype=np.float64)[c]))
+        if with_reference:
+            self._sums["reverse_kl"] += float(np.sum(np.asarray(res.kl_model_ref, dtype=np.float64)[c]))
 
     def compute(self):
         """``{name: float}``: rows, tokens and the means described in the class docstring."""
-        n = self.tokens
-        mean = {name: (s / n if n else float("nan")) for name, s in self._sums.items()}
-        out = {"rows": self.rows, "tokens": n, "mean_nll": mean["nll"], "perplexity": float(np.exp(mean["nll"]))}
-        out.update({f"accuracy@{k}": mean[f"accuracy@{k}"] for k in self.topk})
-        out.update(mean_entropy=mean["entropy"], mean_logsumexp=mean["logsumexp"])
+        with warnings.catch_warnings():          # no tokens: the command prints its own note
+            warnings.simplefilter("ignore", RuntimeWarning)
+            base = super().compute()
+        s, n = self._sums, base["count"]
+        nan = float("nan")
+        out = {"rows": int(s["rows"]), "tokens": n, "mean_nll": base["mean_nll"], "perplexity": base["perplexity"]}
+        out.update({f"accuracy@{k}": base[f"accuracy@{k}"] for k in self.topk})
+        out.update(mean_entropy=base["mean_entropy"], mean_logsumexp=s["lse"] / n if n else nan)
         if self.reference:
-            out.update(mean_kl=mean["kl"], mean_reverse_kl=mean["reverse_kl"])
+            out.update(mean_kl=base.get("mean_kl", nan), mean_reverse_kl=s["reverse_kl"] / n if n else nan)
         return out
 
 
 def make_meter(*, topk, ignore_index, backend, reference):
     """The seam between the chunk loop and the metrics: an ``update``/``compute`` meter."""
-    return ChunkMeter(topk=topk, ignore_index=ignore_index, backend=backend, reference=reference)
+    return FileMeter(topk=topk, ignore_index=ignore_index, backend=backend, reference=reference)
 
 
 # --------------------------------------------------------------------------- progress

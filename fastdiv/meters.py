@@ -191,8 +191,13 @@ class Evaluator(_Meter):
         res = _quiet_evaluate(logits, target, topk=self.topk, reference=reference, kl_direction=self.kl_direction,
                               ignore_index=self.ignore_index, z_loss=self.z_loss, softcap=self.softcap,
                               backend=self.backend) if np.size(target) else None
-        if res is None or not res.count:
-            return self
+        if res is not None and res.count:
+            self._add(res, reference is not None)
+        return self
+
+    def _add(self, res, with_reference):
+        """Add the counted rows of one batch's :class:`fastdiv.Evaluation` to the sums (the
+        hook a subclass extends to keep more sums from the same single read)."""
         c = np.asarray(res.counted)
 
         def total(a):
@@ -203,12 +208,11 @@ class Evaluator(_Meter):
         self._sums["entropy"] += total(res.entropy)
         for k in self.topk:
             self._sums[f"correct@{k}"] += float(np.count_nonzero(np.asarray(res.correct[k])[c]))
-        if reference is not None:
+        if with_reference:
             self._sums["kl"] += total(res.kl)
             self._sums["kl_count"] += res.count
         if self.z_loss:
             self._sums["z_loss"] += total(res.z_loss)
-        return self
 
     def compute(self):
         s = self._sums

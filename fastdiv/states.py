@@ -79,7 +79,8 @@ def row_state(logits_shard, *, offset=0, target=None, topk=(1, 5), reference_sha
     target : array_like of int, shape ``logits_shard.shape[:-1]``, optional
         Global class indices (or ``ignore_index``); each shard is given the same targets.
     topk : int or sequence of int
-        Candidates kept per row: ``max(topk)``.
+        Candidates kept per row: ``max(topk)``; ``()`` keeps none (and skips their extra
+        pass over the block) when only lse, entropy, NLL and KL are wanted.
     reference_shard : array_like, shape of ``logits_shard``, optional
         The same columns of the reference logits.
     softcap : float > 0, optional
@@ -97,7 +98,7 @@ def row_state(logits_shard, *, offset=0, target=None, topk=(1, 5), reference_sha
     (True, 1.0)
     """
     ks = _checks.topk(topk)
-    big_k = max(ks)
+    big_k = max(ks, default=0)
     ignore = _checks.ignore_index(ignore_index)
     cap = _checks.softcap(softcap)
     if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
@@ -133,7 +134,7 @@ def row_state(logits_shard, *, offset=0, target=None, topk=(1, 5), reference_sha
             vals = np.take_along_axis(xb, idx, axis=1)
         top[r0:r1, :kk] = -np.sort(-vals.astype(np.float64), axis=1)
 
-    st, ix, dtype = run_state(backend, x, local, z, cap, per_block=candidates)
+    st, ix, dtype = run_state(backend, x, local, z, cap, per_block=candidates if big_k else None)
     has_t = local >= 0
     fields = dict(m=st[:, M].copy(), s=st[:, S].copy(), w=st[:, W].copy(),
                   xt=np.where(has_t, st[:, XT], np.nan), has_target=has_t, counted=counted,
@@ -232,7 +233,7 @@ def finalize(state, *, topk=(1, 5), kl_direction="ref||model", z_loss=0.0, n_cla
     True
     """
     ks = _checks.topk(topk)
-    if max(ks) > state.top_values.shape[1]:
+    if max(ks, default=0) > state.top_values.shape[1]:
         raise ValueError(f"topk={ks} needs {max(ks)} candidates; the states kept {state.top_values.shape[1]}")
     kl_direction = _checks.kl_direction(kl_direction)
     z_coef = _checks.z_loss(z_loss)

@@ -1,9 +1,11 @@
-"""fastdiv.dask: lazy results over row-chunked dask arrays equal the in-memory functions.
+"""fastdiv.dask: lazy results over chunked dask arrays equal the in-memory functions.
 
-Per-row values are computed by the same kernels on each chunk, so they are bit-identical;
-reductions add float64 partial sums across chunks, so they agree to float64 rounding (then
-rounded to the output dtype).  One test runs on a dask.distributed LocalCluster of two worker
-processes over arrays stored as chunked .npy files.
+Row-chunked arrays: per-row values are computed by the same kernels on each chunk, so they are
+bit-identical; reductions add float64 partial sums across chunks, so they agree to float64
+rounding (then rounded to the output dtype).  Vocabulary-chunked arrays go through the
+mergeable per-row states (fastdiv.states), so they agree to rounding (conftest's TOL).  One
+test runs on a dask.distributed LocalCluster of two worker processes over arrays stored as
+chunked .npy files, row- and vocabulary-split.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ da = pytest.importorskip("dask.array")
 
 import fastdiv  # noqa: E402
 import fastdiv.dask as fdd  # noqa: E402
+from conftest import TOL, assert_rows_close  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -129,10 +132,19 @@ def test_unknown_chunk_sizes():
 def test_errors_name_the_argument():
     x, q, t = _data()
     split = da.from_array(x, chunks=(16, 20))
-    with pytest.raises(ValueError, match=r"logits has its class \(last\) axis split into 3 chunks.*rechunk"):
-        fdd.cross_entropy(split, da.from_array(t))
-    with pytest.raises(ValueError, match="q has its class"):
-        fdd.kl_div(da.from_array(x), da.from_array(q, chunks=(16, 25)))
+    for kw, name in (({"weight": np.ones(x.shape[1])}, "weight"), ({"label_smoothing": 0.1}, "label_smoothing")):
+        with pytest.raises(ValueError, match=rf"{name}: .* class \(last\) axis is split.*rechunk"):
+            fdd.cross_entropy(split, da.from_array(t), **kw)
+    with pytest.raises(ValueError, match="target: a target of probabilities is not supported"):
+        fdd.cross_entropy(split, da.from_array(q, chunks=(16, 20)))
+    with pytest.raises(ValueError, match="inputs: inputs='probs' is not supported"):
+        fdd.kl_div(da.from_array(x), da.from_array(q, chunks=(16, 25)), inputs="probs")
+    with pytest.raises(ValueError, match="inputs: inputs='log_probs'"):
+        fdd.entropy(split, inputs="log_probs")
+    with pytest.raises(ValueError, match="target must have shape"):
+        fdd.evaluate(split, da.from_array(t[:-1]))
+    with pytest.raises(TypeError, match="integer class indices"):
+        fdd.evaluate(split, da.from_array(t.astype(np.float32)))
     with pytest.raises(ValueError, match="target of class indices must have shape"):
         fdd.cross_entropy(da.from_array(x), da.from_array(t[:-1]))
     with pytest.raises(TypeError, match="x must be a floating-point array"):
@@ -144,6 +156,95 @@ def test_errors_name_the_argument():
     lazy = fdd.cross_entropy(da.from_array(x, chunks=(16, -1)), da.from_array(bad, chunks=16))
     with pytest.raises(ValueError, match="target must be in"):        # data errors surface at compute()
         lazy.compute()
+    lazy = fdd.cross_entropy(split, da.from_array(bad, chunks=16))   # and on the vocabulary-split path
+    with pytest.raises(ValueError, match=r"target of row \d+ is >= 51"):
+        lazy.compute()
+
+
+# --------------------------------------------------------------------------- vocabulary-split arrays
+
+VOCAB_CHUNKS = (7, 20, 1, 23)             # uneven, a one-class chunk; V = 51
+
+
+def _split_data(dtype, seed=None):
+    x, q, t = _data(dtype=dtype, seed=seed)
+    x[:, 7:27] = -np.inf                   # the second vocabulary chunk entirely masked
+    q[:, 27:28] = -np.inf                  # and the third of q
+    x[11] = np.nan                         # a NaN row
+    t[40:50] = 50                          # targets in the last chunk
+    t[60:62] = 10                          # a target in the masked chunk
+    return x, q, t
+
+
+@pytest.fixture
+def one_thread():
+    """Many tiny blocks: one thread per task, as on dask.distributed workers (conftest restores)."""
+    fastdiv.set_num_threads(1)
+
+
+def _agree(got, want, dtype, what, kind="rel"):
+    assert np.asarray(got).dtype == np.asarray(want).dtype, what
+    assert_rows_close(got, want, dtype, what, kind)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vocab_split_functions_equal_the_in_memory_ones(dtype, one_thread):
+    x, q, t = _split_data(dtype)
+    dx = da.from_array(x, chunks=(16, VOCAB_CHUNKS))
+    dq = da.from_array(q, chunks=(33, 17))                       # other chunks: rechunked like dx
+    dt = da.from_array(t, chunks=23)
+    _agree(fdd.logsumexp(dx).compute(), fastdiv.logsumexp(x), dtype, "lse")
+    _agree(fdd.entropy(dx, reduction="none").compute(), fastdiv.entropy(x), dtype, "entropy")
+    _agree(fdd.kl_div(dx, dq, reduction="none").compute(), fastdiv.kl_div(x, q, reduction="none"), dtype, "kl",
+           kind="kl")
+    _agree(fdd.kl_div(dq, dx, reduction="none").compute(), fastdiv.kl_div(q, x, reduction="none"), dtype, "rkl",
+           kind="kl")
+    _agree(fdd.cross_entropy(dx, dt, reduction="none").compute(), fastdiv.cross_entropy(x, t, reduction="none"),
+           dtype, "ce")
+    ok = np.isfinite(fastdiv.cross_entropy(x, t, reduction="none"))
+    xs, ts = x[ok], t[ok]                                        # finite rows: the means are numbers
+    assert len(ts) > 50
+    dxs = da.from_array(xs, chunks=(16, VOCAB_CHUNKS))
+    for reduction in ("mean", "sum"):
+        _agree(fdd.cross_entropy(dxs, da.from_array(ts, chunks=16), reduction=reduction).compute(),
+               fastdiv.cross_entropy(xs, ts, reduction=reduction), dtype, reduction)
+        _agree(fdd.entropy(dxs, reduction=reduction).compute(), fastdiv.entropy(xs, reduction=reduction), dtype,
+               reduction)
+    ts[:] = -100
+    assert float(fdd.cross_entropy(dxs, da.from_array(ts, chunks=16)).compute()) == 0.0
+
+
+def test_vocab_split_evaluate_equals_in_memory_evaluate(one_thread):
+    dtype = np.float32
+    x, q, t = _split_data(dtype)
+    x3, q3, t3 = x[:100].reshape(5, 20, -1), q[:100].reshape(5, 20, -1), t[:100].reshape(5, 20)
+    want = fastdiv.evaluate(x3, t3, topk=(1, 3), reference=q3, z_loss=1e-3, kl_direction="model||ref")
+    no_topk = fdd.evaluate(da.from_array(x3, chunks=(2, 7, VOCAB_CHUNKS)), da.from_array(t3), topk=()).compute()
+    _agree(no_topk["nll"], want["nll"], dtype, "nll without topk")
+    assert set(no_topk.aggregates()) == {"count", "mean_nll", "perplexity", "mean_entropy"}
+    for chunks in ((2, 7, VOCAB_CHUNKS), (5, 20, -1), (1, 20, (5,) * 10 + (1,))):    # 4, 1 and 11 chunks
+        lazy = fdd.evaluate(da.from_array(x3, chunks=chunks), da.from_array(t3, chunks=(3, 20)), topk=(1, 3),
+                            reference=da.from_array(q3, chunks=(5, 20, 10 if chunks[-1] != -1 else -1)), z_loss=1e-3,
+                            kl_direction="model||ref")
+        assert isinstance(lazy["nll"], da.Array) and lazy["mean_nll"].ndim == 0
+        got = lazy.compute()
+        assert isinstance(got, fastdiv.Evaluation)
+        for key in ("nll", "lse", "entropy", "target_prob", "z_loss"):
+            _agree(got[key], want[key], dtype, key)
+        for key in ("kl", "kl_model_ref", "kl_ref_model"):
+            _agree(got[key], want[key], dtype, key, kind="kl")
+        for key in ("argmax", "counted", "correct@1", "correct@3"):
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+        if chunks[-1] == -1:                   # class axis whole: in-memory evaluate per row chunk
+            for key in ("nll", "lse", "entropy", "kl", "rank"):
+                np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+        else:                                  # states: rank capped at max(topk)
+            np.testing.assert_array_equal(got["rank"], np.minimum(want["rank"], 3))
+        agg = lazy.aggregates()
+        assert agg.keys() == want.aggregates().keys() and agg["count"] == want["count"]
+        for key, value in want.aggregates().items():
+            np.testing.assert_allclose(agg[key], value, rtol=TOL[dtype]["rtol"], err_msg=key)
+            np.testing.assert_allclose(got[key], value, rtol=TOL[dtype]["rtol"], err_msg=key)
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +280,17 @@ def test_local_cluster_of_two_processes_over_chunked_npy_files(tmp_path, cluster
     _close(kl, fastdiv.kl_div(q, x))
     _close(ent, fastdiv.entropy(x, reduction="sum"))
     np.testing.assert_array_equal(lse, fastdiv.logsumexp(x))
+    # the vocabulary split too: (row chunk, vocabulary chunk) states merged across the workers
+    ds, dqs = dx.rechunk((500, (400, 400, 471))), dq.rechunk((1000, 300))
+    ce, kl, lse = cluster_client.compute([fdd.cross_entropy(ds, dt), fdd.kl_div(dqs, ds), fdd.logsumexp(ds)],
+                                         sync=True)
+    np.testing.assert_allclose(ce, fastdiv.cross_entropy(x, t), rtol=TOL[np.float32]["rtol"])   # inf: row 9
+    np.testing.assert_allclose(kl, fastdiv.kl_div(q, x), rtol=TOL[np.float32]["kl"])
+    assert_rows_close(lse, fastdiv.logsumexp(x), np.float32, "lse")
+    agg = fdd.evaluate(ds, dt, reference=dqs).aggregates(scheduler=cluster_client)   # on the workers
+    want = fastdiv.evaluate(x, t, reference=q)
+    for key, value in want.aggregates().items():
+        np.testing.assert_allclose(agg[key], value, rtol=TOL[np.float32]["kl"], err_msg=key)
 
 
 def test_workers_run_fastdiv_on_one_thread_by_default(cluster_client):

@@ -186,3 +186,20 @@ def test_fuzz_random_shards(data):
         assert_rows_close(res[key], whole[key], np.float64, key, kind="kl" if key.startswith("kl") else "rel")
     for key in ("argmax", "correct@1", "correct@2"):
         np.testing.assert_array_equal(res[key], whole[key], err_msg=key)
+
+
+def test_states_without_topk_candidates(rng):
+    """topk=() keeps no candidates (no extra pass): lse, entropy, NLL and KL are unchanged."""
+    x = make_logits(rng, 30, 300, np.float64)
+    z = make_logits(rng, 30, 300, np.float64)
+    t = rng.integers(0, 300, 30)
+    for topk in ((), (1, 5)):
+        parts = [states.row_state(x[:, a:b], offset=a, target=t, topk=topk, reference_shard=z[:, a:b])
+                 for a, b in ((0, 100), (100, 101), (101, 300))]
+        res = states.finalize(functools.reduce(states.merge, parts), topk=(), n_classes=300)
+        assert parts[0].top_values.shape == (30, max(topk, default=0))
+        assert_rows_close(res.nll, fastdiv.cross_entropy(x, t, reduction="none"), np.float64, "nll")
+        assert_rows_close(res.entropy, fastdiv.entropy(x), np.float64, "entropy")
+        assert_rows_close(res.kl_ref_model, fastdiv.kl_div(z, x, reduction="none"), np.float64, "kl", kind="kl")
+    with pytest.raises(ValueError, match="needs 1 candidates"):
+        states.finalize(functools.reduce(states.merge, [states.row_state(x, target=t, topk=())]), topk=(1,))
