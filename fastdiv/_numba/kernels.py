@@ -630,79 +630,6 @@ def _row_sums(e, rows, v, s):
 
 
 @njit(**_INLINE)
-def _row_sums_w(flat, e, rows, v, scale, m, s, w):
-    """Entropy's per-row sums against each row's maximum m[r]: s[r] = sum e (in float64:
-    in float32 a confident row's largest term, close to 1, would swallow every term below
-    6e-8 of it) and w[r] = sum e (x - m), four rows interleaved as in _row_sums."""
-    zero = cast(0.0, e[0])
-    r = 0
-    while r + 4 <= rows:
-        x0 = flat[r * v:(r + 1) * v]
-        x1 = flat[(r + 1) * v:(r + 2) * v]
-        x2 = flat[(r + 2) * v:(r + 3) * v]
-        x3 = flat[(r + 3) * v:(r + 4) * v]
-        e0 = e[r * v:(r + 1) * v]
-        e1 = e[(r + 1) * v:(r + 2) * v]
-        e2 = e[(r + 2) * v:(r + 3) * v]
-        e3 = e[(r + 3) * v:(r + 4) * v]
-        m0, m1, m2, m3 = m[r], m[r + 1], m[r + 2], m[r + 3]
-        a0 = a1 = a2 = a3 = 0.0
-        b0 = b1 = b2 = b3 = zero
-        for j in range(v):
-            a0 += np.float64(e0[j])
-            a1 += np.float64(e1[j])
-            a2 += np.float64(e2[j])
-            a3 += np.float64(e3[j])
-            b0 += e0[j] * clamp_lo(load(x0[j]) * scale - m0)
-            b1 += e1[j] * clamp_lo(load(x1[j]) * scale - m1)
-            b2 += e2[j] * clamp_lo(load(x2[j]) * scale - m2)
-            b3 += e3[j] * clamp_lo(load(x3[j]) * scale - m3)
-        s[r], s[r + 1], s[r + 2], s[r + 3] = a0, a1, a2, a3
-        w[r], w[r + 1], w[r + 2], w[r + 3] = b0, b1, b2, b3
-        r += 4
-    while r < rows:
-        xr = flat[r * v:(r + 1) * v]
-        er = e[r * v:(r + 1) * v]
-        acc = 0.0
-        acw = zero
-        for j in range(v):
-            acc += np.float64(er[j])
-            acw += er[j] * clamp_lo(load(xr[j]) * scale - m[r])
-        s[r] = acc
-        w[r] = acw
-        r += 1
-
-
-@njit(**_INLINE)
-def _row_maxima(flat, rows, v, scale, m):
-    """m[r] = maximum of row r of the block, four rows interleaved as in _row_sums."""
-    r = 0
-    while r + 4 <= rows:
-        x0 = flat[r * v:(r + 1) * v]
-        x1 = flat[(r + 1) * v:(r + 2) * v]
-        x2 = flat[(r + 2) * v:(r + 3) * v]
-        x3 = flat[(r + 3) * v:(r + 4) * v]
-        b0 = load(x0[0]) * scale
-        b1 = load(x1[0]) * scale
-        b2 = load(x2[0]) * scale
-        b3 = load(x3[0]) * scale
-        for j in range(v):
-            b0 = maximum(b0, load(x0[j]) * scale)
-            b1 = maximum(b1, load(x1[j]) * scale)
-            b2 = maximum(b2, load(x2[j]) * scale)
-            b3 = maximum(b3, load(x3[j]) * scale)
-        m[r], m[r + 1], m[r + 2], m[r + 3] = b0, b1, b2, b3
-        r += 4
-    while r < rows:
-        xr = flat[r * v:(r + 1) * v]
-        bg = load(xr[0]) * scale
-        for j in range(v):
-            bg = maximum(bg, load(xr[j]) * scale)
-        m[r] = bg
-        r += 1
-
-
-@njit(**_INLINE)
 def _flat_max(flat, scale):
     m = load(flat[0]) * scale
     for k in range(flat.shape[0]):
@@ -780,6 +707,32 @@ def _small_lse(x, out, ce_target, ignore_index):
                 out[i] = _nll(mr, cr, rr, load(x[i, ce_target[i]])) if ce else _finish_lse(mr, cr, rr)
 
 
+@njit(**_INLINE)
+def _entropy_exact(xr, er, ref, sc):
+    """H of one short row from its exp values er = e^(x - ref) (in L1), relative to the row's
+    own maximum m: with b = e^(m - ref) (exactly the e value of the maxima), S = sum e / b =
+    c + r (in float64: a term near 1 swallows the small ones in float32) and W = sum e (x - m)
+    / b <= 0, so H = log1p(S - 1) - W / S adds two non-negative terms.  NaN when the row lies
+    far below ref (the caller then takes the general path)."""
+    mr = _chunk_max(xr, sc)
+    bm = exp_hot(clamp_lo(mr - ref))
+    if bm < SMALL_MIN_SUM:
+        return _NAN
+    acc_s = 0.0
+    acc_w = cast(0.0, ref)
+    for j in range(xr.shape[0]):
+        acc_s += np.float64(er[j])
+        acc_w += er[j] * clamp_lo(load(xr[j]) * sc - mr)
+    big_s = acc_s / np.float64(bm)
+    return np.log1p(big_s - 1.0) - np.float64(acc_w) / np.float64(bm) / big_s
+
+
+#: The block path's entropy log s - w / s (relative to the block maximum) carries an absolute
+#: error of about ENTROPY_EPS * (1 + |log s| + |w / s|) times the dtype's epsilon; a row whose
+#: entropy is not 1e5 times larger than that (a confident row) is recomputed by _entropy_exact.
+ENTROPY_EPS = 4.0
+
+
 @njit(**_JIT)
 def _small_entropy(x, scale, out):
     n, v = x.shape
@@ -792,27 +745,36 @@ def _small_entropy(x, scale, out):
         rows = i1 - i0
         flat = x[i0:i1].reshape(rows * v)
         sc = cast(scale, load(flat[0]))
+        eps = np.float64(np.finfo(sc).eps) * ENTROPY_EPS * 1e5
         e = np.empty(rows * v, dtype=out.dtype)
-        m = np.empty(rows, dtype=out.dtype)
+        s = np.empty(rows, dtype=out.dtype)
+        w = np.empty(rows, dtype=out.dtype)
         ref = _flat_max(flat, sc)
         exact = ref == ref and abs(ref) < _INF
-        s = np.empty(rows, dtype=np.float64)
-        w = np.empty(rows, dtype=out.dtype)
         if exact:
             _block_exp(flat, ref, sc, e)
-            _row_maxima(flat, rows, v, sc, m)
-            _row_sums_w(flat, e, rows, v, sc, m, s, w)
+            for r in range(rows):
+                er = e[r * v:(r + 1) * v]
+                xr = flat[r * v:(r + 1) * v]
+                acc_s = cast(0.0, ref)
+                acc_w = acc_s
+                for j in range(v):
+                    acc_s += er[j]
+                    acc_w += er[j] * clamp_lo(load(xr[j]) * sc - ref)
+                s[r] = acc_s
+                w[r] = acc_w
         for r in range(rows):
-            # Relative to the row's own maximum m: with b = e^(m - ref) (exactly the e value
-            # of the maxima), S = sum e / b = c + r and W = sum e (x - m) / b <= 0, so
-            # H = log1p(S - 1) - W / S adds two non-negative terms (no cancellation).
-            bm = exp_hot(clamp_lo(m[r] - ref)) if exact else cast(0.0, ref)
-            if bm < SMALL_MIN_SUM:
+            h = _NAN
+            if exact and s[r] >= SMALL_MIN_SUM:
+                ls = np.log(np.float64(s[r]))
+                ws = np.float64(w[r]) / np.float64(s[r])
+                h = ls - ws
+                if not h > eps * (1.0 + abs(ls) + abs(ws)):
+                    h = _entropy_exact(flat[r * v:(r + 1) * v], e[r * v:(r + 1) * v], ref, sc)
+            if h != h:
                 mr, cr, rr, wr = _row_state(x[i0 + r], sc)
-                out[i0 + r] = _finish_entropy(mr, cr, rr, wr)
-                continue
-            big_s = s[r] / np.float64(bm)
-            out[i0 + r] = np.log1p(big_s - 1.0) - np.float64(w[r]) / np.float64(bm) / big_s
+                h = _finish_entropy(mr, cr, rr, wr)
+            out[i0 + r] = h
 
 
 @njit(**_JIT)
