@@ -96,10 +96,11 @@ def test_memmap_over_4gib_in_bounded_memory(backend, memmap_over_4gib, tmp_path)
 
     path, rows, v, tpath, want_ce = memmap_over_4gib
     here = pathlib.Path(__file__).resolve().parent
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here.parent), str(here), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]))
     out = tmp_path / "out.npy"
     proc = subprocess.run([sys.executable, "-c", _MEMMAP_RUN, str(path), str(rows), str(v), backend, str(tpath), str(out)],
-                          capture_output=True, text=True, env=env, timeout=900)
+                          capture_output=True, text=True, env=env, timeout=900,
+                          cwd=str(here))     # not the repository root: import the installed fastdiv
     assert proc.returncode == 0, proc.stderr[-3000:]
     mem = json.loads(proc.stdout.strip().splitlines()[-1])
     assert_rows_close(np.load(out), want_ce, np.float32, "memmap cross-entropy")

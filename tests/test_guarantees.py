@@ -32,7 +32,7 @@ FN_IDS = [f.id for f in FUNCTIONS]
 
 def test_extra_memory_is_o_rows(tmp_path):
     rows, v = 1024, 8192
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, str(HERE / "memory_probe.py"), str(rows), str(v), str(tmp_path), *COMPILED],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -189,8 +189,9 @@ def test_numba_workqueue_layer_is_serialised_not_crashed():
     """numba's fallback threading layer aborts the process on concurrent parallel launches;
     fastdiv serialises its calls there, so 8 Python threads still get the right bits."""
     env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue",
-               PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", _WORKQUEUE], capture_output=True, text=True, env=env, timeout=600)
+               PYTHONPATH=os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", _WORKQUEUE], capture_output=True, text=True, env=env, timeout=600,
+                          cwd=HERE)          # not the repository root: import the installed fastdiv
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode, proc.stderr[-2000:])
 
 
