@@ -25,7 +25,7 @@ BACKENDS = ALL_HOST + (["cuda"] if _registry.unavailable_reason("cuda") is None 
 
 def _env(extra=None):
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
     env.update(extra or {})
     return env
 

@@ -96,7 +96,7 @@ def test_memmap_over_4gib_in_bounded_memory(backend, memmap_over_4gib, tmp_path)
 
     path, rows, v, tpath, want_ce = memmap_over_4gib
     here = pathlib.Path(__file__).resolve().parent
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(here), os.environ.get("PYTHONPATH")])))
     out = tmp_path / "out.npy"
     proc = subprocess.run([sys.executable, "-c", _MEMMAP_RUN, str(path), str(rows), str(v), backend, str(tpath), str(out)],
                           capture_output=True, text=True, env=env, timeout=900,
