@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .kernels import _row_state_t
+from .kernels import ROW_CHUNK, _row_state_t
 from .simd import FASTMATH, cast, clamp_lo, exp_hot, maximum, prefer_wide_vectors, prefetch
 
 CHUNK = 2048
@@ -59,12 +59,13 @@ def _max_prefetch(xc, ahead, a0):
 
 
 @njit(**_INLINE)
-def _locate(row, j0, m):
-    """The first index of m in the chunk starting at j0 (where the running maximum was last
-    raised): searched once per row (searching at each new maximum cost ~15 % at V = 50257)."""
+def _locate(row, j0, chunk, m):
+    """The first index of m in the chunk of ``chunk`` elements starting at j0 (where the
+    running maximum was last raised): searched once per row (searching at each new maximum
+    cost ~15 % at V = 50257)."""
     if not m > -_INF:
         return j0
-    return j0 + _first_index(row[j0:min(j0 + CHUNK, row.shape[0])], m)
+    return j0 + _first_index(row[j0:min(j0 + chunk, row.shape[0])], m)
 
 
 @njit(**_INLINE)
@@ -137,7 +138,7 @@ def _evaluate_x(x, target, st, ix):
         st[i, 1] = np.float64(c) + np.float64(r)     # float64 keeps a confident row's tiny r
         st[i, 2] = w
         st[i, 3] = xt
-        ix[i, 0] = _locate(row, jm, m)
+        ix[i, 0] = _locate(row, jm, ROW_CHUNK, m)
         ix[i, 1] = cnt
         ix[i, 2] = 0
 
@@ -225,7 +226,7 @@ def _evaluate_xz(x, z, target, st, ix):
         st[i, 5] = sz
         st[i, 6] = wxz
         st[i, 7] = wzx
-        ix[i, 0] = _locate(row, am, m)
+        ix[i, 0] = _locate(row, am, CHUNK, m)
         ix[i, 1] = cnt
         ix[i, 2] = (1 if miss_z > 0 else 0) + (2 if miss_x > 0 else 0)
 

@@ -3,12 +3,15 @@
 Inputs may be float32, float64 or half-precision bits (``HALF_INPUTS``: float16 as uint16,
 bfloat16 as int16); ``simd.load`` widens each element to the compute type as it is read.
 
-Per row, one pass over the data in chunks of ``CHUNK`` elements, against the exact running
+Per row, one pass over the data in chunks of ``ROW_CHUNK`` elements, against the exact running
 maximum ``m`` of the chunks before:
 
-1. the chunk's maximum and its exp-sums relative to ``m`` in one fused pass from memory;
-2. if the chunk's maximum exceeds ``m`` (rare after the first chunks: a new maximum), the
-   running sums are rescaled to it and the chunk is summed again, from L1.
+1. the chunk's exp-sums relative to ``m`` in one pass from memory, with a flag saying whether
+   any entry reached ``m`` (the loop keeps no running maximum: a NaN-propagating maximum costs
+   four vector instructions per 16 elements, the flag one);
+2. only if the flag is set (rare after the first chunks: a new maximum) the chunk's maximum is
+   taken from L1, the running sums are rescaled to it and, when several entries rose above
+   ``m``, the chunk is summed again, from L1.
 
 So every ``exp`` argument is ``<= 0`` (no overflow) and ``m`` is always the exact maximum of
 what was summed.  The state is ``(m, c, r, w)``: ``c`` entries equal to ``m`` (each
@@ -37,9 +40,14 @@ from .simd import FASTMATH, cast, clamp_lo, exp_hot, fence, fexp, flog, jump_lim
 #: Kernels read float16/bfloat16 inputs directly (see the module docstring).
 HALF_INPUTS = True
 
-CHUNK = 2048
-#: The cross-entropy's second-pass sums (weights times targets) run in float32 over this many
-#: terms, then add into float64 totals.
+#: Row chunk of _row_state_t: a new maximum costs a pass over its chunk from L1, so shorter
+#: chunks make those cheaper, longer ones make the per-chunk work rarer.
+ROW_CHUNK = 1024
+#: The KL kernel's chunk (two rows read at once).
+KL_CHUNK = 2048
+#: Sums of many terms of one sign (the cross-entropy's second pass, entropy and KL from
+#: probabilities) run in the compute type over this many terms, then add into float64 totals:
+#: one float32 total over ~1e5 near-equal terms drifts by ~1e-5 relative.
 SUM_CHUNK = 256
 _JIT = dict(parallel=True, fastmath=FASTMATH, cache=True, nogil=True)
 _INLINE = dict(inline="always", fastmath=FASTMATH)
@@ -72,33 +80,53 @@ def _prefetch_ahead(row, b0):
 
 
 @njit(**_INLINE)
-def _sums(row, j0, j1, ref, scale, xt):
-    """One pass over row[j0:j1] (times ``scale``) against ``ref``: (max, r, w, k, n) with
-    r = sum e and w = sum e*d over the entries below ref (e = exp(d), d = x - ref <= 0),
-    k = the number of entries at or above ref (they are left out of the sums: a term >= 1
-    in a float32 lane would swallow the small ones, and one far above ref overflows), and
-    n = the number of entries above xt (a target's rank; xt = +inf folds it away)."""
+def _count_ge(xc, scale, ref):
+    """The number of entries of xc (times ``scale``) at or above ref."""
     zero = cast(0.0, ref)
     one = cast(1.0, ref)
-    cm = load(row[j0]) * scale
+    k = zero
+    for j in range(xc.shape[0]):
+        k += one if load(xc[j]) * scale >= ref else zero
+    return k
+
+
+@njit(**_INLINE)
+def _sums(row, j0, j1, ref, scale, xt):
+    """One pass over row[j0:j1] (times ``scale``) against ``ref``: (top, r, w, k, n) with
+    r = sum e and w = sum e*d over the entries below ref (e = exp(d), d = x - ref <= 0),
+    k = the number of entries at or above ref (they are left out of the sums: a term >= 1
+    in a float32 lane would swallow the small ones, and one far above ref overflows),
+    n = the number of entries above xt (a target's rank; xt = +inf folds it away), and
+    top = the chunk's maximum when k > 0 or the chunk holds a NaN, else -inf.
+
+    The loop keeps neither a running maximum nor k: it sums the e of the entries at or
+    above ref into u (>= 1 each) and only when u > 0 (a new maximum or a tie, rare after
+    the first chunks) takes the maximum and k from L1.  A NaN fails ``x >= ref``, so it
+    enters r and poisons it; top then finds it."""
+    zero = cast(0.0, ref)
+    one = cast(1.0, ref)
     r = zero
     w = zero
-    k = zero
+    below = True                       # every entry below ref (NaN counts as not below)
     n = zero
     for b0 in range(j0, j1, SUB):
         _prefetch_ahead(row, b0)
         xs = row[b0:min(b0 + SUB, j1)]   # slice first: a run-time loop start would gather
         for j in range(xs.shape[0]):
             xj = load(xs[j]) * scale
-            cm = maximum(cm, xj)
             d = clamp_lo(xj - ref)
             e = exp_hot(d)
-            below = xj < ref
-            r += e if below else zero
-            w += e * d if below else zero
-            k += zero if below else one
+            lo = xj < ref               # not lo: at or above ref, or NaN
+            r += e if lo else zero
+            w += e * d if lo else zero
+            below &= lo
             n += one if xj > xt else zero
-    return cm, r, w, k, n
+    top = cast(-_INF, ref)
+    k = zero
+    if not below:
+        top = _chunk_max(row[j0:j1], scale)
+        k = _count_ge(row[j0:j1], scale, ref)
+    return top, r, w, k, n
 
 
 @njit(**_INLINE)
@@ -132,8 +160,8 @@ def _row_state_t(x, scale, xt):
     w = zero
     n = 0
     jm = 0
-    for j0 in range(0, v, CHUNK):
-        j1 = min(j0 + CHUNK, v)
+    for j0 in range(0, v, ROW_CHUNK):
+        j1 = min(j0 + ROW_CHUNK, v)
         if m > -_INF and m < _INF:      # fused pass against the running maximum
             cm, cr, cw, ck, cn = _sums(x, j0, j1, m, scale, xt)
             if cm <= m:                 # no new maximum; ck entries tie with m
@@ -243,10 +271,13 @@ def _entropy_probs(p, out):
         prefer_wide_vectors()
         row = p[i]
         zero = cast(0.0, load(row[0]))
-        acc = zero
-        for j in range(row.shape[0]):
-            pj = load(row[j])
-            acc += pj * flog(pj) if pj != 0 else zero
+        acc = 0.0                        # blocks of SUM_CHUNK terms, float64 total (see _ce_soft)
+        for j0 in range(0, row.shape[0], SUM_CHUNK):
+            part = zero
+            for j in range(j0, min(j0 + SUM_CHUNK, row.shape[0])):
+                pj = load(row[j])
+                part += pj * flog(pj) if pj != 0 else zero
+            acc += part
         out[i] = -acc
 
 
@@ -256,10 +287,13 @@ def _entropy_log_probs(lp, out):
         prefer_wide_vectors()
         row = lp[i]
         zero = cast(0.0, load(row[0]))
-        acc = zero
-        for j in range(row.shape[0]):
-            lj = load(row[j])
-            acc += fexp(lj) * lj if lj != -_INF else zero
+        acc = 0.0
+        for j0 in range(0, row.shape[0], SUM_CHUNK):
+            part = zero
+            for j in range(j0, min(j0 + SUM_CHUNK, row.shape[0])):
+                lj = load(row[j])
+                part += fexp(lj) * lj if lj != -_INF else zero
+            acc += part
         out[i] = -acc
 
 
@@ -329,8 +363,8 @@ def _kl_logits(x, z, scale, out):
         w = zero
         q_misses_p = False               # P has mass on a class Q masks -> D = +inf
         jump = jump_limit(zero)
-        for j0 in range(0, v, CHUNK):
-            j1 = min(j0 + CHUNK, v)
+        for j0 in range(0, v, KL_CHUNK):
+            j1 = min(j0 + KL_CHUNK, v)
             xc = xr[j0:j1]
             zc = zr[j0:j1]
             if abs(mx) < _INF and abs(mz) < _INF:
@@ -404,13 +438,16 @@ def _kl_probs(p, q, out):
         pr = p[i]
         qr = q[i]
         zero = cast(0.0, load(pr[0]))
-        acc = zero
+        acc = 0.0
         bad = zero
-        for j in range(pr.shape[0]):
-            pj = load(pr[j])
-            qj = load(qr[j])
-            acc += pj * (flog(pj) - flog(qj)) if pj != 0 else zero
-            bad += qj if qj != qj else zero   # NaN in Q poisons the row even where p = 0
+        for j0 in range(0, pr.shape[0], SUM_CHUNK):
+            part = zero
+            for j in range(j0, min(j0 + SUM_CHUNK, pr.shape[0])):
+                pj = load(pr[j])
+                qj = load(qr[j])
+                part += pj * (flog(pj) - flog(qj)) if pj != 0 else zero
+                bad += qj if qj != qj else zero   # NaN in Q poisons the row even where p = 0
+            acc += part
         out[i] = acc + bad
 
 
@@ -421,16 +458,19 @@ def _kl_log_probs(a, b, out):
         ar = a[i]
         br = b[i]
         zero = cast(0.0, load(ar[0]))
-        acc = zero
+        acc = 0.0
         bad = zero
-        for j in range(ar.shape[0]):
-            aj = load(ar[j])
-            bj = load(br[j])
-            d = aj - bj
-            # exp(a) may underflow to 0 for a finite a: a finite a against b = -inf is +inf
-            # (positive probability where Q has none), never 0 * inf = NaN.
-            acc += d if d == _INF else (fexp(aj) * d if aj != -_INF else zero)
-            bad += bj if bj != bj else zero   # NaN in Q poisons the row even where p = 0
+        for j0 in range(0, ar.shape[0], SUM_CHUNK):
+            part = zero
+            for j in range(j0, min(j0 + SUM_CHUNK, ar.shape[0])):
+                aj = load(ar[j])
+                bj = load(br[j])
+                d = aj - bj
+                # exp(a) may underflow to 0 for a finite a: a finite a against b = -inf is +inf
+                # (positive probability where Q has none), never 0 * inf = NaN.
+                part += d if d == _INF else (fexp(aj) * d if aj != -_INF else zero)
+                bad += bj if bj != bj else zero   # NaN in Q poisons the row even where p = 0
+            acc += part
         out[i] = acc + bad
 
 

@@ -97,6 +97,21 @@ def fence(typingctx, x):
 
 
 @intrinsic
+def fma(typingctx, a, b, c):
+    """``llvm.fma`` (a * b + c, one rounding) as an explicit call: fast-math reassociation
+    does not look through it, and it vectorises."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ty = args[0].type
+        fn = builder.module.declare_intrinsic("llvm.fma", [ty], ir.FunctionType(ty, [ty, ty, ty]))
+        return builder.call(fn, args)
+
+    return a(a, b, c), codegen
+
+
+@intrinsic
 def _int_bits_to_float(typingctx, bits):
     """Reinterpret int32 bits as float32 or int64 bits as float64 (a register move)."""
     if bits == types.int32:
@@ -214,22 +229,36 @@ LO_F32 = np.float32(-88.0)
 LO_F64 = -709.0
 
 
+#: k = round(t log2e) as fma(t, log2e, M) - M with M = 1.5 * 2^p (p = 23 / 52): the sum lands
+#: in [2^p, 2^(p+1)), where the spacing is 1, so it is rounded to an integer and its low bits
+#: are k itself: 2^k is those bits shifted into the exponent field (the bits of M shift out).
+#: Two uops instead of round + convert.  The fmas are explicit llvm.fma calls: reassociation
+#: would fold ``(t log2e + M) - M`` back into ``t log2e``, and distribute ``t - (y - M) ln2``
+#: into ``t - y ln2 + M ln2``, which rounds away r entirely.
+_ROUND_F32 = np.float32(12582912.0)
+_ROUND_F64 = 6755399441055744.0
+
+
 @njit(fastmath=FASTMATH)
 def exp_hot_f32(t):
-    k = np.floor(t * np.float32(_LOG2E) + np.float32(0.5))
-    r = t - k * _LN2_HI_F32 - k * _LN2_LO_F32
-    q = np.float32(0.008312524296343327)
-    q = q * r + np.float32(0.041890114545822144)
-    q = q * r + np.float32(0.16667114198207855)
-    q = q * r + np.float32(0.499992311000824)
-    p = (r * r) * q + r + np.float32(1.0)
-    return p * _int_bits_to_float(np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
+    y = fma(t, np.float32(_LOG2E), _ROUND_F32)
+    k = y - _ROUND_F32
+    r = fma(k, np.float32(-0.6931471805599453), t)  # one rounding: 2e-7 at |k| = 127
+    p = np.float32(0.008312524296343327)             # Horner: five fma
+    p = p * r + np.float32(0.041890114545822144)
+    p = p * r + np.float32(0.16667114198207855)
+    p = p * r + np.float32(0.499992311000824)
+    p = p * r + np.float32(1.0)
+    p = p * r + np.float32(1.0)
+    two_k = np.int32(np.int32(_float_bits_to_int(y) << np.int32(23)) + np.int32(127 << 23))
+    return p * _int_bits_to_float(two_k)
 
 
 @njit(fastmath=FASTMATH)
 def exp_hot_f64(t):
-    k = np.floor(t * _LOG2E + 0.5)
-    r = t - k * _LN2_HI_F64 - k * _LN2_LO_F64
+    y = fma(t, _LOG2E, _ROUND_F64)
+    k = y - _ROUND_F64
+    r = fma(k, -_LN2_LO_F64, fma(k, -_LN2_HI_F64, t))   # Cody-Waite: k * hi is exact
     p = 2.08767569878681e-09
     p = p * r + 2.505210838544172e-08
     p = p * r + 2.755731922398589e-07
@@ -243,7 +272,7 @@ def exp_hot_f64(t):
     p = p * r + 0.5
     p = p * r + 1.0
     p = p * r + 1.0
-    return p * _int_bits_to_float((np.int64(k) + np.int64(1023)) << np.int64(52))
+    return p * _int_bits_to_float((_float_bits_to_int(y) << np.int64(52)) + np.int64(1023 << 52))
 
 
 # ---------------------------------------------------------------------------------------
