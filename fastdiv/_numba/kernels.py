@@ -35,7 +35,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .simd import FASTMATH, cast, clamp_lo, exp_hot, fence, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch
+from .simd import FASTMATH, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch, sub_exact
 
 #: Kernels read float16/bfloat16 inputs directly (see the module docstring).
 HALF_INPUTS = True
@@ -311,14 +311,15 @@ def _exp_sum(row, j0, j1, ref, scale):
 
 @njit(**_INLINE)
 def _kl_sums(xr, zr, j0, j1, mx, mz, scale):
-    """One pass over [j0, j1) of both rows: maxima, sum e^dx, sum e^dz, sum e^dx (dx - dz)."""
+    """One pass over [j0, j1) of both rows: (inside, sum e^dx, sum e^dz, sum e^dx (dx - dz)),
+    inside = every x <= mx and every z <= mz (no NaN).  As in _sums, the loop keeps no
+    maxima: the caller takes them from L1 only when ``inside`` is false."""
     zero = cast(0.0, mx)
     tiny = cast(_TINY, mx)
-    cx = load(xr[j0]) * scale
-    cz = load(zr[j0]) * scale
     sx = zero
     sz = zero
     w = zero
+    inside = True
     for b0 in range(j0, j1, SUB):
         _prefetch_ahead(xr, b0)
         _prefetch_ahead(zr, b0)
@@ -328,19 +329,19 @@ def _kl_sums(xr, zr, j0, j1, mx, mz, scale):
         for j in range(xs.shape[0]):
             xj = load(xs[j]) * scale
             zj = load(zs[j]) * scale
-            cx = maximum(cx, xj)
-            cz = maximum(cz, zj)
-            # Not fenced (simd.fence): here it stops vectorisation (6x slower); the error left
-            # by reassociation stays within the float32 tolerance (2e-5 (1 + |KL|), tested).
-            dx = xj - mx
-            dz = zj - mz
+            inside &= xj <= mx
+            inside &= zj <= mz
+            dx = sub_exact(xj, mx)      # (x - mx) - (z - mz) as written: see simd.sub_exact
+            dz = sub_exact(zj, mz)
             ex = exp_hot(clamp_lo(dx))
             sx += ex
             sz += exp_hot(clamp_lo(dz))
             # p_j = 0 (x_j = -inf) contributes exactly 0; q_j = 0 < p_j contributes +inf
-            # even when e^dx underflowed to 0 (hence the floor at the smallest normal).
-            w += maximum(ex, tiny) * (dx - dz) if dx > -_INF else zero
-    return cx, cz, sx, sz, w
+            # even when e^dx underflowed to 0 (hence the floor at the smallest normal; an
+            # element-wise select, one instruction, where the NaN-propagating maximum is four).
+            exf = ex if ex > tiny else tiny
+            w += exf * (dx - dz) if dx > -_INF else zero
+    return inside, sx, sz, w
 
 
 @njit(**_JIT)
@@ -368,7 +369,14 @@ def _kl_logits(x, z, scale, out):
             xc = xr[j0:j1]
             zc = zr[j0:j1]
             if abs(mx) < _INF and abs(mz) < _INF:
-                cx, cz, csx, csz, cw = _kl_sums(xr, zr, j0, j1, mx, mz, sc)
+                inside, csx, csz, cw = _kl_sums(xr, zr, j0, j1, mx, mz, sc)
+                if inside:
+                    sx += csx
+                    sz += csz
+                    w += cw
+                    continue
+                cx = _chunk_max(xc, sc)
+                cz = _chunk_max(zc, sc)
                 if cx <= mx + jump and cz <= mz + jump:
                     sx += csx
                     sz += csz
@@ -417,7 +425,7 @@ def _kl_logits(x, z, scale, out):
                     q_misses_p = True
                 sx += _exp_sum(xr, j0, j1, mx, sc)
                 continue
-            _, _, csx, csz, cw = _kl_sums(xr, zr, j0, j1, mx, mz, sc)
+            _, csx, csz, cw = _kl_sums(xr, zr, j0, j1, mx, mz, sc)
             sx += csx
             sz += csz
             w += cw
@@ -614,6 +622,7 @@ def _ce_soft(x, p, weight, alpha, beta, scale, out):
 SMALL_V = 128            # vocabularies up to this size use the block path (V=256 was faster per row)
 SMALL_BLOCK = 8192       # elements per block: 32 KB of float32 scratch
 SMALL_MIN_SUM = 1e-20    # below this a row is redone exactly (terms flushed at ~1e-38)
+SMALL_GROUP = 16         # blocks per parallel task: its scratch rows are allocated once (~2 ns/row)
 
 
 @njit(**_INLINE)
@@ -623,19 +632,20 @@ def _block_exp(flat, ref, scale, e):
 
 
 @njit(**_INLINE)
-def _block_exp_max(allx, k0, k1, ref, e):
-    """e = exp(x - ref) over allx[k0:k1] and its maximum, in one pass from memory, with the
-    next sub-blocks prefetched (the whole array is contiguous, so 'next' crosses blocks)."""
-    m = load(allx[k0])
+def _block_exp_below(allx, k0, k1, ref, lim, e):
+    """e = exp(x - ref) over allx[k0:k1] in one pass from memory, with the next sub-blocks
+    prefetched (the whole array is contiguous, so 'next' crosses blocks); returns whether
+    every x <= lim (False for a NaN).  A flag, not a maximum: see _sums."""
+    ok = True
     for b0 in range(k0, k1, SUB):
         _prefetch_ahead(allx, b0)
         xs = allx[b0:min(b0 + SUB, k1)]
         es = e[b0 - k0:b0 - k0 + xs.shape[0]]
         for k in range(xs.shape[0]):
             xk = load(xs[k])
-            m = maximum(m, xk)
+            ok &= xk <= lim
             es[k] = exp_hot(clamp_lo(xk - ref))
-    return m
+    return ok
 
 
 @njit(**_INLINE)
@@ -687,54 +697,60 @@ def _small_lse(x, out, ce_target, ignore_index):
     n, v = x.shape
     bs = max(1, SMALL_BLOCK // v)
     nblocks = (n + bs - 1) // bs
+    ngroups = (nblocks + SMALL_GROUP - 1) // SMALL_GROUP
     ce = ce_target.shape[0] == n
     allx = x.reshape(n * v)
     one = cast(1.0, load(allx[0]))
     jump = jump_limit(one)
-    for b in prange(nblocks):
+    for g in prange(ngroups):
         prefer_wide_vectors()
-        i0 = b * bs
-        i1 = min(i0 + bs, n)
-        rows = i1 - i0
-        flat = allx[i0 * v:i1 * v]
-        e = np.empty(rows * v, dtype=out.dtype)
-        s = np.empty(rows, dtype=out.dtype)
-        skip = np.empty(rows if ce else 0, dtype=np.int64)
-        if ce:
-            for r in range(rows):
-                t = ce_target[i0 + r]
-                skip[r] = t if t != ignore_index else -1
-        # One pass: exp against a stale reference (the block's first element, when finite)
-        # while finding the block maximum; redone from L1 only if the maximum jumped past
-        # jump_limit (overflow risk).
-        ref = load(flat[0])
-        exact = ref == ref and abs(ref) < _INF
-        if exact:
-            bmax = _block_exp_max(allx, i0 * v, i1 * v, ref, e)
-            if not (bmax <= ref + jump):
-                ref = bmax
+        e = np.empty(bs * v, dtype=out.dtype)
+        s = np.empty(bs, dtype=out.dtype)
+        ls = np.empty(bs, dtype=np.float64)
+        for b in range(g * SMALL_GROUP, min((g + 1) * SMALL_GROUP, nblocks)):
+            i0 = b * bs
+            i1 = min(i0 + bs, n)
+            rows = i1 - i0
+            flat = allx[i0 * v:i1 * v]
+            # One pass: exp against a stale reference (the block's first element, when
+            # finite); redone from L1 against the block maximum only if some entry rose
+            # past jump_limit above it (overflow risk) or is NaN.
+            ref = load(flat[0])
+            exact = ref == ref and abs(ref) < _INF
+            if exact:
+                if not _block_exp_below(allx, i0 * v, i1 * v, ref, ref + jump, e):
+                    ref = _flat_max(flat, one)
+                    exact = ref == ref and abs(ref) < _INF
+                    if exact:
+                        _block_exp(flat, ref, one, e)
+            else:
+                ref = _flat_max(flat, one)
                 exact = ref == ref and abs(ref) < _INF
                 if exact:
                     _block_exp(flat, ref, one, e)
-        else:
-            ref = _flat_max(flat, one)
-            exact = ref == ref and abs(ref) < _INF
             if exact:
-                _block_exp(flat, ref, one, e)
-        if exact:
-            _row_sums(e, rows, v, s)
-        for r in range(rows):
-            i = i0 + r
-            if ce and skip[r] < 0:
-                out[i] = 0
-                continue
-            if exact and s[r] >= SMALL_MIN_SUM:
+                _row_sums(e, rows, v, s)
+                for r in range(rows):
+                    ls[r] = np.log(np.float64(s[r]))
                 if not ce:
-                    out[i] = np.float64(ref) + np.log(np.float64(s[r]))
+                    ref64 = np.float64(ref)
+                    for r in range(rows):
+                        out[i0 + r] = ref64 + ls[r]
+            for r in range(rows):
+                i = i0 + r
+                ok = exact and s[r] >= SMALL_MIN_SUM
+                if not ce:
+                    if not ok:
+                        mr, cr, rr, _ = _row_state(x[i], one)
+                        out[i] = _finish_lse(mr, cr, rr)
                     continue
-                t = skip[r]
-                et = e[r * v + t]
-                if et > 0.5 * s[r]:
+                t = ce_target[i]
+                if t == ignore_index:
+                    out[i] = 0
+                elif not ok:
+                    mr, cr, rr, _ = _row_state(x[i], one)
+                    out[i] = _nll(mr, cr, rr, load(x[i, t]))
+                elif e[r * v + t] > 0.5 * s[r]:
                     # A confident target (q_t > 1/2): -log q_t = log1p(rest / e_t), rest the sum
                     # of the other terms, summed again from L1 without e_t (in s a term near 1
                     # swallows the small ones): a tiny loss keeps its relative accuracy.
@@ -743,12 +759,9 @@ def _small_lse(x, out, ce_target, ignore_index):
                     rest = cast(0.0, ref)
                     for j in range(v):
                         rest += er[j] if j != t else cast(0.0, ref)
-                    out[i] = np.log1p(np.float64(rest) / np.float64(et))
+                    out[i] = np.log1p(np.float64(rest) / np.float64(er[t]))
                 else:
-                    out[i] = np.float64(ref - load(x[i, t])) + np.log(np.float64(s[r]))
-            else:
-                mr, cr, rr, _ = _row_state(x[i], one)
-                out[i] = _nll(mr, cr, rr, load(x[i, ce_target[i]])) if ce else _finish_lse(mr, cr, rr)
+                    out[i] = np.float64(ref - load(x[i, t])) + ls[r]
 
 
 @njit(**_INLINE)
@@ -796,17 +809,14 @@ def _small_entropy(x, scale, out):
         ref = _flat_max(flat, sc)
         exact = ref == ref and abs(ref) < _INF
         if exact:
-            _block_exp(flat, ref, sc, e)
-            for r in range(rows):
-                er = e[r * v:(r + 1) * v]
-                xr = flat[r * v:(r + 1) * v]
-                acc_s = cast(0.0, ref)
-                acc_w = acc_s
-                for j in range(v):
-                    acc_s += er[j]
-                    acc_w += er[j] * clamp_lo(load(xr[j]) * sc - ref)
-                s[r] = acc_s
-                w[r] = acc_w
+            ed = np.empty(rows * v, dtype=out.dtype)
+            for k in range(flat.shape[0]):      # flat, vectorised: e and e * d, d = x - ref
+                d = clamp_lo(load(flat[k]) * sc - ref)
+                ek = exp_hot(d)
+                e[k] = ek
+                ed[k] = ek * d
+            _row_sums(e, rows, v, s)
+            _row_sums(ed, rows, v, w)
         for r in range(rows):
             h = _NAN
             if exact and s[r] >= SMALL_MIN_SUM:
@@ -823,6 +833,8 @@ def _small_entropy(x, scale, out):
 
 @njit(**_JIT)
 def _small_kl(x, z, scale, out, fallback):
+    """KL per row in blocks (as _small_lse): one flat vectorised pass stores e^dx, e^dz and
+    the terms e^dx (dx - dz) (dx, dz relative to the block maxima), then short row sums."""
     n, v = x.shape
     bs = max(1, SMALL_BLOCK // v)
     nblocks = (n + bs - 1) // bs
@@ -834,35 +846,37 @@ def _small_kl(x, z, scale, out, fallback):
         fx = x[i0:i1].reshape(rows * v)
         fz = z[i0:i1].reshape(rows * v)
         sc = cast(scale, load(fx[0]))
-        ex = np.empty(rows * v, dtype=out.dtype)
-        ez = np.empty(rows * v, dtype=out.dtype)
         rx = _flat_max(fx, sc)
         rz = _flat_max(fz, sc)
-        zero = cast(0.0, rx)
-        tiny = cast(_TINY, rx)
         if not (rx == rx and rz == rz and abs(rx) < _INF and abs(rz) < _INF):
             for r in range(rows):
                 fallback[i0 + r] = True
             continue
-        _block_exp(fx, rx, sc, ex)
-        _block_exp(fz, rz, sc, ez)
+        zero = cast(0.0, rx)
+        tiny = cast(_TINY, rx)
+        ex = np.empty(rows * v, dtype=out.dtype)
+        ez = np.empty(rows * v, dtype=out.dtype)
+        wt = np.empty(rows * v, dtype=out.dtype)
+        for k in range(fx.shape[0]):
+            dx = sub_exact(load(fx[k]) * sc, rx)     # (x - rx) - (z - rz) as written
+            dz = sub_exact(load(fz[k]) * sc, rz)
+            exk = exp_hot(clamp_lo(dx))
+            ex[k] = exk
+            ez[k] = exp_hot(clamp_lo(dz))
+            # p = 0 contributes exactly 0; q = 0 < p contributes +inf even when e^dx underflowed
+            exf = exk if exk > tiny else tiny
+            wt[k] = exf * (dx - dz) if dx > -_INF else zero
+        sx = np.empty(rows, dtype=out.dtype)
+        sz = np.empty(rows, dtype=out.dtype)
+        w = np.empty(rows, dtype=out.dtype)
+        _row_sums(ex, rows, v, sx)
+        _row_sums(ez, rows, v, sz)
+        _row_sums(wt, rows, v, w)
         for r in range(rows):
-            xr = fx[r * v:(r + 1) * v]           # slice first: a run-time loop start would gather
-            zr = fz[r * v:(r + 1) * v]
-            exr = ex[r * v:(r + 1) * v]
-            ezr = ez[r * v:(r + 1) * v]
-            sx = zero
-            sz = zero
-            w = zero
-            for j in range(v):
-                dx = fence(load(xr[j]) * sc - rx)       # fenced: see simd.fence
-                sx += exr[j]
-                sz += ezr[j]
-                w += maximum(exr[j], tiny) * (dx - fence(load(zr[j]) * sc - rz)) if dx > -_INF else zero
-            if sx < SMALL_MIN_SUM or sz < SMALL_MIN_SUM or w == _INF:
+            if sx[r] < SMALL_MIN_SUM or sz[r] < SMALL_MIN_SUM or w[r] == _INF:
                 fallback[i0 + r] = True
             else:
-                out[i0 + r] = w / sx - np.log(sx) + np.log(sz)
+                out[i0 + r] = w[r] / sx[r] - np.log(sx[r]) + np.log(sz[r])
 
 
 # --------------------------------------------------------------------------- contract

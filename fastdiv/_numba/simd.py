@@ -80,20 +80,19 @@ def prefer_wide_vectors(typingctx):
 
 
 @intrinsic
-def fence(typingctx, x):
-    """``llvm.arithmetic.fence``: fast-math may not reassociate across it.  KL needs
-    (x - mx) - (z - mz) evaluated as written; with ``reassoc`` LLVM may regroup it as
-    ((x - mx) + mz) - z, which at |z| ~ 1e4 rounds away the whole difference (a KL of
-    2e-7 came out as 1e-4).  Free at run time: it emits no instruction."""
-    if not isinstance(x, types.Float):
+def sub_exact(typingctx, a, b):
+    """``a - b`` as an fsub without fast-math flags: reassociation may not regroup it with
+    the operations around it.  KL needs (x - mx) - (z - mz) evaluated as written; with
+    ``reassoc`` LLVM may regroup it as ((x - mx) + mz) - z, which at |z| ~ 1e4 rounds away
+    the whole difference (a KL of 2e-7 came out as 1e-4).  Unlike ``llvm.arithmetic.fence``
+    (which the loop vectoriser does not handle: 0.49 vs 0.22 ns/element) it vectorises."""
+    if not (isinstance(a, types.Float) and a == b):
         return None
 
     def codegen(context, builder, signature, args):
-        ty = args[0].type
-        fn = builder.module.declare_intrinsic("llvm.arithmetic.fence", [ty], ir.FunctionType(ty, [ty]))
-        return builder.call(fn, args)
+        return builder.fsub(args[0], args[1])
 
-    return x(x), codegen
+    return a(a, b), codegen
 
 
 @intrinsic
