@@ -19,11 +19,11 @@ from numba import njit, prange
 
 from numba.extending import overload
 
-from .simd import FASTMATH, _float_bits_to_int, _int_bits_to_float, cast, clamp_lo, exp_hot, fexp, flog, load, maximum, prefer_wide_vectors
+from .simd import FASTMATH, INLINE, JIT, _float_bits_to_int, _int_bits_to_float, cast, clamp_lo, exp_hot, fexp, flog, load, maximum, prefer_wide_vectors
 
 CHUNK = 2048
-_JIT = dict(parallel=True, fastmath=FASTMATH, cache=True, nogil=True)
-_INLINE = dict(inline="always", fastmath=FASTMATH)
+_JIT = JIT
+_INLINE = INLINE
 _INF = np.inf
 
 

@@ -37,11 +37,11 @@ import numpy as np
 from numba import njit, prange
 
 from .kernels import ROW_CHUNK, _row_state_t
-from .simd import FASTMATH, cast, clamp_lo, exp_hot, maximum, prefer_wide_vectors, prefetch
+from .simd import INLINE, JIT, cast, clamp_lo, exp_hot, maximum, prefer_wide_vectors, prefetch
 
 CHUNK = 2048
-_JIT = dict(parallel=True, fastmath=FASTMATH, cache=True, nogil=True)
-_INLINE = dict(inline="always", fastmath=FASTMATH)
+_JIT = JIT
+_INLINE = INLINE
 _INF = np.inf
 
 

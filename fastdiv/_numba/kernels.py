@@ -35,7 +35,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .simd import FASTMATH, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch, sub_exact
+from .simd import INLINE, JIT, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch, sub_exact
 
 #: Kernels read float16/bfloat16 inputs directly (see the module docstring).
 HALF_INPUTS = True
@@ -49,8 +49,8 @@ KL_CHUNK = 2048
 #: probabilities) run in the compute type over this many terms, then add into float64 totals:
 #: one float32 total over ~1e5 near-equal terms drifts by ~1e-5 relative.
 SUM_CHUNK = 256
-_JIT = dict(parallel=True, fastmath=FASTMATH, cache=True, nogil=True)
-_INLINE = dict(inline="always", fastmath=FASTMATH)
+_JIT = JIT
+_INLINE = INLINE
 _NAN = np.nan
 _INF = np.inf
 _TINY = 1.1754943508222875e-38     # smallest normal float32 (also a normal float64)
@@ -274,8 +274,9 @@ def _entropy_probs(p, out):
         acc = 0.0                        # blocks of SUM_CHUNK terms, float64 total (see _ce_soft)
         for j0 in range(0, row.shape[0], SUM_CHUNK):
             part = zero
-            for j in range(j0, min(j0 + SUM_CHUNK, row.shape[0])):
-                pj = load(row[j])
+            blk = row[j0:j0 + SUM_CHUNK]    # slice first: a run-time loop start would gather
+            for j in range(blk.shape[0]):
+                pj = load(blk[j])
                 part += pj * flog(pj) if pj != 0 else zero
             acc += part
         out[i] = -acc
@@ -290,8 +291,9 @@ def _entropy_log_probs(lp, out):
         acc = 0.0
         for j0 in range(0, row.shape[0], SUM_CHUNK):
             part = zero
-            for j in range(j0, min(j0 + SUM_CHUNK, row.shape[0])):
-                lj = load(row[j])
+            blk = row[j0:j0 + SUM_CHUNK]
+            for j in range(blk.shape[0]):
+                lj = load(blk[j])
                 part += fexp(lj) * lj if lj != -_INF else zero
             acc += part
         out[i] = -acc
@@ -450,9 +452,11 @@ def _kl_probs(p, q, out):
         bad = zero
         for j0 in range(0, pr.shape[0], SUM_CHUNK):
             part = zero
-            for j in range(j0, min(j0 + SUM_CHUNK, pr.shape[0])):
-                pj = load(pr[j])
-                qj = load(qr[j])
+            pb = pr[j0:j0 + SUM_CHUNK]
+            qb = qr[j0:j0 + SUM_CHUNK]
+            for j in range(pb.shape[0]):
+                pj = load(pb[j])
+                qj = load(qb[j])
                 part += pj * (flog(pj) - flog(qj)) if pj != 0 else zero
                 bad += qj if qj != qj else zero   # NaN in Q poisons the row even where p = 0
             acc += part
@@ -470,9 +474,11 @@ def _kl_log_probs(a, b, out):
         bad = zero
         for j0 in range(0, ar.shape[0], SUM_CHUNK):
             part = zero
-            for j in range(j0, min(j0 + SUM_CHUNK, ar.shape[0])):
-                aj = load(ar[j])
-                bj = load(br[j])
+            ab = ar[j0:j0 + SUM_CHUNK]
+            bb = br[j0:j0 + SUM_CHUNK]
+            for j in range(ab.shape[0]):
+                aj = load(ab[j])
+                bj = load(bb[j])
                 d = aj - bj
                 # exp(a) may underflow to 0 for a finite a: a finite a against b = -inf is +inf
                 # (positive probability where Q has none), never 0 * inf = NaN.
@@ -554,8 +560,10 @@ def _ce_hard(x, target, ignore_index, weight, eps, out):
                 gap64 = 0.0              # chunk sums, float64 total (as in _ce_soft)
                 for j0 in range(0, v, SUM_CHUNK):
                     gap = zero
-                    for j in range(j0, min(j0 + SUM_CHUNK, v)):
-                        gap += weight[j] * (m - load(row[j])) if weight[j] != 0 else zero
+                    wb = weight[j0:j0 + SUM_CHUNK]
+                    xb = row[j0:j0 + SUM_CHUNK]
+                    for j in range(xb.shape[0]):
+                        gap += wb[j] * (m - load(xb[j])) if wb[j] != 0 else zero
                     gap64 += gap
                 sm = big_w * logs + gap64
         # a zero-weight term (w_t = 0, or eps = 1) is exactly 0, never 0 * inf
@@ -598,10 +606,13 @@ def _ce_soft(x, p, weight, alpha, beta, scale, out):
         for j0 in range(0, v, SUM_CHUNK):
             gap = zero
             big_q = zero
-            for j in range(j0, min(j0 + SUM_CHUNK, v)):
-                wq = weight[j] * (a * load(prow[j]) + b)
+            wb = weight[j0:j0 + SUM_CHUNK]
+            pb = prow[j0:j0 + SUM_CHUNK]
+            xb = row[j0:j0 + SUM_CHUNK]
+            for j in range(xb.shape[0]):
+                wq = wb[j] * (a * load(pb[j]) + b)
                 big_q += wq
-                gap += wq * (m - load(row[j]) * sc) if wq != 0 else zero
+                gap += wq * (m - load(xb[j]) * sc) if wq != 0 else zero
             gap64 += gap
             q64 += big_q
         out[i] = q64 * _log_s(c, r) + gap64
@@ -730,8 +741,8 @@ def _small_lse(x, out, ce_target, ignore_index):
                     _block_exp(flat, ref, one, e)
             if exact:
                 _row_sums(e, rows, v, s)
-                for r in range(rows):
-                    ls[r] = np.log(np.float64(s[r]))
+                for r in range(rows):            # vectorised log (libm's is a scalar call)
+                    ls[r] = flog(np.float64(s[r]))
                 if not ce:
                     ref64 = np.float64(ref)
                     for r in range(rows):
@@ -793,7 +804,7 @@ ENTROPY_EPS = 4.0
 @njit(**_JIT)
 def _small_entropy(x, scale, out):
     n, v = x.shape
-    bs = max(1, SMALL_BLOCK // v)
+    bs = max(1, SMALL_BLOCK // (2 * v))   # two scratch rows besides the input
     nblocks = (n + bs - 1) // bs
     for b in prange(nblocks):
         prefer_wide_vectors()
@@ -817,14 +828,18 @@ def _small_entropy(x, scale, out):
                 ed[k] = ek * d
             _row_sums(e, rows, v, s)
             _row_sums(ed, rows, v, w)
-        for r in range(rows):
-            h = _NAN
-            if exact and s[r] >= SMALL_MIN_SUM:
-                ls = np.log(np.float64(s[r]))
+        hs = np.empty(rows, dtype=np.float64)
+        if exact:
+            for r in range(rows):               # vectorised: log, division, the accuracy test
+                ls = flog(np.float64(s[r]))
                 ws = np.float64(w[r]) / np.float64(s[r])
                 h = ls - ws
-                if not h > eps * (1.0 + abs(ls) + abs(ws)):
-                    h = _entropy_exact(flat[r * v:(r + 1) * v], e[r * v:(r + 1) * v], ref, sc)
+                ok = s[r] >= SMALL_MIN_SUM and h > eps * (1.0 + abs(ls) + abs(ws))
+                hs[r] = h if ok else _NAN
+        for r in range(rows):
+            h = hs[r] if exact else _NAN
+            if h != h and exact and s[r] >= SMALL_MIN_SUM:
+                h = _entropy_exact(flat[r * v:(r + 1) * v], e[r * v:(r + 1) * v], ref, sc)
             if h != h:
                 mr, cr, rr, wr = _row_state(x[i0 + r], sc)
                 h = _finish_entropy(mr, cr, rr, wr)
@@ -836,7 +851,7 @@ def _small_kl(x, z, scale, out, fallback):
     """KL per row in blocks (as _small_lse): one flat vectorised pass stores e^dx, e^dz and
     the terms e^dx (dx - dz) (dx, dz relative to the block maxima), then short row sums."""
     n, v = x.shape
-    bs = max(1, SMALL_BLOCK // v)
+    bs = max(1, SMALL_BLOCK // (2 * v))   # three scratch rows: keep them near L1
     nblocks = (n + bs - 1) // bs
     for b in prange(nblocks):
         prefer_wide_vectors()
@@ -872,11 +887,12 @@ def _small_kl(x, z, scale, out, fallback):
         _row_sums(ex, rows, v, sx)
         _row_sums(ez, rows, v, sz)
         _row_sums(wt, rows, v, w)
+        for r in range(rows):                   # vectorised: two logs and a division per row
+            sxr = np.float64(sx[r])
+            out[i0 + r] = np.float64(w[r]) / sxr - flog(sxr) + flog(np.float64(sz[r]))
         for r in range(rows):
             if sx[r] < SMALL_MIN_SUM or sz[r] < SMALL_MIN_SUM or w[r] == _INF:
                 fallback[i0 + r] = True
-            else:
-                out[i0 + r] = w[r] / sx[r] - np.log(sx[r]) + np.log(sz[r])
 
 
 # --------------------------------------------------------------------------- contract

@@ -23,6 +23,13 @@ from numba.extending import intrinsic, overload
 # contraction (FMA), no signed zeros and reciprocal approximations.  Never nnan/ninf.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
+#: numba's default error model ("python") tests every float division for a zero divisor to
+#: raise ZeroDivisionError: a branch that keeps any loop containing a division (every log)
+#: scalar -- 3.5 vs 0.36 ns per float32 log.  "numpy" gives IEEE results (inf, NaN) instead,
+#: which the kernels expect anyway.
+JIT = dict(parallel=True, fastmath=FASTMATH, cache=True, nogil=True, error_model="numpy")
+INLINE = dict(inline="always", fastmath=FASTMATH, error_model="numpy")
+
 
 @intrinsic
 def maximum(typingctx, a, b):
@@ -156,7 +163,7 @@ _LN2_HI_F64 = 0.6931471803691238              # 0x3FE62E42FEE00000
 _LN2_LO_F64 = 1.9082149292705877e-10
 
 
-@njit(fastmath=FASTMATH)
+@njit(fastmath=FASTMATH, error_model="numpy")
 def exp_f32(t):
     """``exp`` for float32, max relative error about 2e-7 (Cephes expf polynomial).
 
@@ -182,7 +189,7 @@ def exp_f32(t):
     return np.float32(np.inf) if t > np.float32(88.72283) else y
 
 
-@njit(fastmath=FASTMATH)
+@njit(fastmath=FASTMATH, error_model="numpy")
 def exp_f64(t):
     """``exp`` for float64: Taylor polynomial to r^12 on |r| <= ln2/2, relative error ~2e-16.
 
@@ -238,7 +245,7 @@ _ROUND_F32 = np.float32(12582912.0)
 _ROUND_F64 = 6755399441055744.0
 
 
-@njit(fastmath=FASTMATH)
+@njit(fastmath=FASTMATH, error_model="numpy")
 def exp_hot_f32(t):
     y = fma(t, np.float32(_LOG2E), _ROUND_F32)
     k = y - _ROUND_F32
@@ -253,7 +260,7 @@ def exp_hot_f32(t):
     return p * _int_bits_to_float(two_k)
 
 
-@njit(fastmath=FASTMATH)
+@njit(fastmath=FASTMATH, error_model="numpy")
 def exp_hot_f64(t):
     y = fma(t, _LOG2E, _ROUND_F64)
     k = y - _ROUND_F64
@@ -284,7 +291,7 @@ _LN2 = 0.6931471805599453
 _SQRT2 = 1.4142135623730951
 
 
-@njit(fastmath=FASTMATH)
+@njit(fastmath=FASTMATH, inline="always", error_model="numpy")
 def log_f32(x):
     """``log`` for float32, max relative error about 3e-7 away from x = 1 (abs 1e-7 near it)."""
     tiny = x < np.float32(1.1754944e-38)
@@ -310,7 +317,7 @@ def log_f32(x):
     return np.float32(np.nan) if not (x >= np.float32(0.0)) else y
 
 
-@njit(fastmath=FASTMATH)
+@njit(fastmath=FASTMATH, inline="always", error_model="numpy")
 def log_f64(x):
     """``log`` for float64, relative error about 2e-16."""
     tiny = x < 2.2250738585072014e-308
@@ -380,14 +387,14 @@ def exp_hot(t):  # pragma: no cover
     return math.exp(t)
 
 
-@njit(fastmath=FASTMATH)
+@njit(fastmath=FASTMATH, error_model="numpy")
 def _clamp_lo_f32(t):
     if t < LO_F32:
         return LO_F32
     return t
 
 
-@njit(fastmath=FASTMATH)
+@njit(fastmath=FASTMATH, error_model="numpy")
 def _clamp_lo_f64(t):
     if t < LO_F64:
         return LO_F64
