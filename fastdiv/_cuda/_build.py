@@ -250,6 +250,27 @@ def make_op(name, kind, has_w):
     def refs1(st):
         return (safe(st[0]), ZERO)
 
+    @_dj
+    def hard_nll(st, row, x, tgt, wgt, V, ign):
+        """The class-index part of cross-entropy from an lse state ``(m, s, ...)``:
+        ``(done, w_t, lse - x_t)``; when ``done`` the row's value is already decided and is
+        the second item (0 for an ignored row, NaN for a bad target or a NaN / +inf row)."""
+        t = tgt[row]
+        if t == ign:
+            return (True, ZERO, ZERO)
+        if t < 0 or t >= V:  # unvalidated device targets: NaN, never an out-of-bounds read
+            return (True, NAN, ZERO)
+        m = st[0]
+        s = st[1]
+        if s != s or m == INF:  # NaN / +inf rows: NaN whatever the weights
+            return (True, NAN, ZERO)
+        wt = acc(wgt[t]) if HAS_W else ONE
+        if m == NEG_INF:
+            nll = INF
+        else:
+            nll = (m - sload(x, int64(row) * V + t)) + LOG(s)   # (m - x_t) first: exact cancellation
+        return (False, wt, nll)
+
     op = Op()
     op.name = name
     op.PADX = NEG_INF
@@ -321,20 +342,9 @@ def make_op(name, kind, has_w):
 
             @_dj
             def finish(st, row, x, tgt, wgt, V, ign, p0, p1):
-                t = tgt[row]
-                if t == ign:
-                    return ZERO
-                if t < 0 or t >= V:  # unvalidated device targets: NaN, never an out-of-bounds read
-                    return NAN
-                m = st[0]
-                s = st[1]
-                if s != s or m == INF:  # NaN / +inf rows: NaN whatever the weights
-                    return NAN
-                wt = acc(wgt[t]) if HAS_W else ONE
-                if m == NEG_INF:
-                    nll = INF
-                else:
-                    nll = (m - sload(x, int64(row) * V + t)) + LOG(s)   # (m - x_t) first: exact cancellation
+                done, wt, nll = hard_nll(st, row, x, tgt, wgt, V, ign)
+                if done:
+                    return wt
                 a = ZERO if wt == ZERO else wt * nll
                 return a * (ONE - p0)   # no smoothing here: p0 = eps = 0
 
@@ -701,20 +711,9 @@ def make_op(name, kind, has_w):
             @_dj
             def finish(st, row, x, tgt, wgt, V, ign, p0, p1):
                 # p0 = eps, p1 = eps / V
-                t = tgt[row]
-                if t == ign:
-                    return ZERO
-                if t < 0 or t >= V:  # unvalidated device targets: NaN, never an out-of-bounds read
-                    return NAN
-                m = st[0]
-                s = st[1]
-                if s != s or m == INF:  # NaN / +inf rows: NaN whatever the weights
-                    return NAN
-                wt = acc(wgt[t]) if HAS_W else ONE
-                if m == NEG_INF:
-                    nll = INF
-                else:
-                    nll = (m - sload(x, int64(row) * V + t)) + LOG(s)   # (m - x_t) first: exact cancellation
+                done, wt, nll = hard_nll(st, row, x, tgt, wgt, V, ign)
+                if done:
+                    return wt
                 # a zero-weight term (w_t = 0, or eps = 1) is exactly 0, never 0 * inf
                 a = ZERO if (wt == ZERO or p0 >= ONE) else wt * nll * (ONE - p0)
                 return a + p1 * smooth(st)
