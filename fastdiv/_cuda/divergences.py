@@ -97,7 +97,6 @@ def _make(kind_name):
     fexp = D.exp_f64 if acc is np.float64 else D.exp_f32
     flog = D.log_any if acc is np.float64 else D.log_f32
     NEG_INF = acc(-np.inf)
-    INF = acc(np.inf)
     ZERO = acc(0.0)
 
     @_dj
