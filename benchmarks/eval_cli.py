@@ -8,33 +8,18 @@ cross-entropy alone on the same mapped array (what a one-pass evaluate would app
 """
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
 import tempfile
-import time
 
 import numpy as np
 
 import fastdiv
+from _common import parser, probe_line
 from fastdiv import _eval_cli, bench
 
 
-def _median_time(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", type=int, default=2048)
-    ap.add_argument("--vocab", type=int, default=50257)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap = parser(__doc__)
     ap.add_argument("--threads", type=int, help="threads for the compiled backends (default: all CPUs)")
     args = ap.parse_args()
     if args.threads:
@@ -49,10 +34,7 @@ def main():
     np.save(os.path.join(d, "t.npy"), t)
     lp, rp, tp = (os.path.join(d, f) for f in ("l.npy", "r.npy", "t.npy"))
     mapped = np.load(lp, mmap_mode="r")
-    gb = x.nbytes / 1e9
-    probe = _median_time(lambda: bench.probe(mapped), args.repeat)
-    print(f"{args.rows} x {args.vocab} float32 ({gb:.2f} GB), threads={fastdiv.get_num_threads()}, "
-          f"probe {gb / probe:.1f} GB/s (median of {args.repeat})")
+    gb, probe = probe_line(mapped, args, f"threads={fastdiv.get_num_threads()}")
     cases = {
         "eval --topk 1 5": lambda: _eval_cli.evaluate_files(lp, tp, topk=(1, 5)),
         "eval --topk (none)": lambda: _eval_cli.evaluate_files(lp, tp, topk=()),
@@ -60,7 +42,7 @@ def main():
         "cross_entropy alone (mapped)": lambda: fastdiv.cross_entropy(mapped, t),
     }
     for name, fn in cases.items():
-        sec = _median_time(fn, args.repeat)
+        sec = bench.median_time(fn, args.repeat)
         reads = 2 if "reference" in name else 1
         print(f"  {name:30s} {sec * 1e3:8.1f} ms  {reads * gb / sec:5.2f} GB/s of input  "
               f"{probe * reads / sec:6.1%} of probe")

@@ -69,6 +69,12 @@ def float_array(name: str, a: Any) -> np.ndarray:
     """A floating-point array with at least one axis and a non-empty last (class) axis."""
     a = as_array(name, a)
     compute_dtype(name, a.dtype)
+    return class_axis(name, a)
+
+
+def class_axis(name: str, a: Any) -> Any:
+    """``a`` (any array with ``ndim`` and ``shape``: numpy, dask) checked to have a non-empty
+    class (last) axis."""
     if a.ndim == 0:
         raise ValueError(f"{name} must have at least 1 dimension (the class axis), got a 0-d array")
     if a.shape[-1] == 0:

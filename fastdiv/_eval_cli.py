@@ -168,12 +168,16 @@ def _open(spec, role, row_ndim):
         raise EvalError(f"--{role}: cannot read {spec}: {exc.strerror or exc}") from None
 
 
-def _check_inputs(logits, targets, reference):
+def _check_float(role, src):
     try:
-        _checks.compute_dtype("logits", logits.dtype)
+        _checks.compute_dtype(role, src.dtype)
     except TypeError:
-        raise EvalError(f"--logits: {logits.label} has dtype {logits.dtype}; expected float16, bfloat16, "
+        raise EvalError(f"--{role}: {src.label} has dtype {src.dtype}; expected float16, bfloat16, "
                         "float32 or float64") from None
+
+
+def _check_inputs(logits, targets, reference):
+    _check_float("logits", logits)
     if len(logits.shape) < 1 or logits.shape[-1] < 1:
         raise EvalError(f"--logits: {logits.label} has shape {logits.shape}; expected (..., V) with V >= 1")
     if targets.dtype.kind not in "iu":
@@ -184,11 +188,7 @@ def _check_inputs(logits, targets, reference):
         raise EvalError(f"--targets: {targets.label} has shape {targets.shape}, but --logits {logits.label} has "
                         f"shape {logits.shape} ({logits.rows} rows): {what}; expected {lead} or ({logits.rows},)")
     if reference is not None:
-        try:
-            _checks.compute_dtype("reference", reference.dtype)
-        except TypeError:
-            raise EvalError(f"--reference: {reference.label} has dtype {reference.dtype}; expected float16, "
-                            "bfloat16, float32 or float64") from None
+        _check_float("reference", reference)
         if reference.shape != logits.shape:
             raise EvalError(f"--reference: {reference.label} has shape {reference.shape}; it must match --logits "
                             f"{logits.label} {logits.shape}")

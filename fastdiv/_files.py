@@ -27,6 +27,8 @@ from typing import Callable
 
 import numpy as np
 
+from . import _checks
+
 __all__ = ["FileFormatError", "RowSource", "open_rows"]
 
 
@@ -58,14 +60,6 @@ _SAFETENSORS_DTYPES = {
     "F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
     "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
 }
-
-
-def _bfloat16():
-    try:
-        import ml_dtypes
-    except ImportError:
-        return None
-    return np.dtype(ml_dtypes.bfloat16)
 
 
 def _split_spec(spec):
@@ -213,7 +207,7 @@ def _safetensors(path, name, row_ndim, role):
     entry = tensors[key]
     code = entry.get("dtype")
     if code == "BF16":
-        dtype = _bfloat16()
+        dtype = _checks._bfloat16()
         if dtype is None:
             raise FileFormatError(f"{label} is bfloat16; reading it needs the ml_dtypes package")
     elif code in _SAFETENSORS_DTYPES:

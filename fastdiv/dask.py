@@ -71,22 +71,13 @@ def _dask(name: str, a: object) -> da.Array:
         raise TypeError(f"{name} could not be made a dask array: {exc}") from None
 
 
-def _class_axis(name: str, a: da.Array) -> da.Array:
-    """``a`` checked to have a non-empty class (last) axis."""
-    if a.ndim == 0:
-        raise ValueError(f"{name} must have at least 1 dimension (the class axis), got a 0-d array")
-    if a.shape[-1] == 0:
-        raise ValueError(f"{name} has an empty class axis (shape {a.shape}); the last axis must have V >= 1")
-    return a
-
-
 def _split(*arrays: da.Array) -> bool:
     """Whether any array has its class axis in several chunks (the mergeable-states path)."""
     return any(len(a.chunks[-1]) > 1 for a in arrays)
 
 
 def _float(name: str, a: object) -> da.Array:
-    a = _class_axis(name, _dask(name, a))
+    a = _checks.class_axis(name, _dask(name, a))
     _checks.compute_dtype(name, a.dtype)
     return a
 

@@ -33,7 +33,8 @@ class Case:
     id: str
     #: ``run(backend)`` makes the call and returns its result.
     run: Callable
-    #: ("raises", exception types, argument name) or ("returns", check(result, backend)).
+    #: ("raises", exception types, argument name, words the message must contain or None)
+    #: or ("returns", check(result, backend)).
     expect: tuple
     #: a different documented outcome on the cuda backend (None: the same).
     on_cuda: tuple = None
@@ -56,8 +57,23 @@ def _with(args, **changes):
     return out
 
 
-def raises(exc, name):
-    return ("raises", exc, name)
+def raises(exc, name, says=None):
+    return ("raises", exc, name, says)
+
+
+#: how each option's invalid value is refused (options are validated once, in fastdiv._checks)
+OPTION_ERRORS = {
+    "inputs": (ValueError, "inputs must be one of"),
+    "reduction": (ValueError, "reduction must be one of"),
+    "label_smoothing": (ValueError, "label_smoothing must be a number in [0, 1]"),
+    "ignore_index": (TypeError, "ignore_index must be an integer"),
+    "beta": (ValueError, "beta must be a number in [0, 1]"),
+    "temperature": (ValueError, "temperature must be a positive finite number"),
+}
+
+#: how ``np.dtype.kind`` is worded in the "must be a floating-point array" error
+_DTYPE_WORDS = {"int": "integer", "bool": "boolean", "complex": "complex", "object": "object",
+                "str": "string", "bytes": "bytes", "datetime": "datetime64[s]"}
 
 
 def returns(check):
@@ -110,6 +126,7 @@ def _generic_cases(fn):
             return lambda b: fn.call(_with(good, **{name: value}), b, **pr)
 
         ragged = [[0.1, 0.2], [0.3]]
+        plain = name not in fn.indices_too             # a float argument and nothing else
         # Documented: on the device the float arguments of one call must share a dtype.
         mixed = raises(TypeError, name) if len(fn.arrays) > 1 else None
         wrong_dtype = {
@@ -119,14 +136,22 @@ def _generic_cases(fn):
             "datetime": np.zeros((N, V), "datetime64[s]"),
         }
         for dt, value in wrong_dtype.items():
-            # (an integer array where probabilities are expected may be read as class indices
-            # of the wrong shape: ValueError; any other: TypeError -- both name the argument)
-            cases.append(Case(f"{fn.id}: {name} {dt} dtype", bad(value), raises((TypeError, ValueError), name)))
+            if dt == "float128":
+                expect = raises(TypeError, name, f"{name} has dtype float128; fastdiv supports float16, bfloat16, float32 and float64")
+            elif plain:
+                expect = raises(TypeError, name, f"{name} must be a floating-point array, got {_DTYPE_WORDS[dt]} dtype")
+            else:
+                # (an integer array where probabilities are expected may be read as class
+                # indices of the wrong shape: ValueError; any other: TypeError)
+                expect = raises((TypeError, ValueError), name)
+            cases.append(Case(f"{fn.id}: {name} {dt} dtype", bad(value), expect))
+        no_axis = f"{name} must have at least 1 dimension" if plain else None
         cases += [
-            Case(f"{fn.id}: {name} 0-d", bad(np.float32(0.25)), raises(ValueError, name)),
-            Case(f"{fn.id}: {name} python scalar", bad(0.25), raises(ValueError, name)),
-            Case(f"{fn.id}: {name} V=0", bad(np.zeros((N, 0), np.float32)), raises(ValueError, name)),
-            Case(f"{fn.id}: {name} ragged list", bad(ragged), raises(TypeError, name)),
+            Case(f"{fn.id}: {name} 0-d", bad(np.float32(0.25)), raises(ValueError, name, no_axis)),
+            Case(f"{fn.id}: {name} python scalar", bad(0.25), raises(ValueError, name, no_axis)),
+            Case(f"{fn.id}: {name} V=0", bad(np.zeros((N, 0), np.float32)),
+                 raises(ValueError, name, f"{name} has an empty class axis" if plain else None)),
+            Case(f"{fn.id}: {name} ragged list", bad(ragged), raises(TypeError, name, f"{name} could not be converted")),
             Case(f"{fn.id}: {name} list of lists", bad(good[name].tolist()),
                  returns(same_as(fn, _with(good, **{name: good[name].astype(np.float64)}), pr, exact=False)),
                  on_cuda=mixed),
@@ -139,10 +164,12 @@ def _generic_cases(fn):
                  on_cuda=mixed),
         ]
         if len(fn.arrays) > 1:                             # shapes must agree with the others
+            same = ("float target (probabilities) must have the same shape" if fn.indices_too
+                    else f"{' and '.join(fn.arrays)} must have the same shape")
             cases += [
-                Case(f"{fn.id}: {name} extra axis", bad(good[name][None]), raises(ValueError, name)),
-                Case(f"{fn.id}: {name} one row short", bad(good[name][:-1]), raises(ValueError, name)),
-                Case(f"{fn.id}: {name} one class short", bad(good[name][:, :-1]), raises(ValueError, name)),
+                Case(f"{fn.id}: {name} extra axis", bad(good[name][None]), raises(ValueError, name, same)),
+                Case(f"{fn.id}: {name} one row short", bad(good[name][:-1]), raises(ValueError, name, same)),
+                Case(f"{fn.id}: {name} one class short", bad(good[name][:, :-1]), raises(ValueError, name, same)),
             ]
         nan_row = good[name].copy()
         nan_row[1, 2] = np.nan
@@ -168,10 +195,11 @@ def _generic_cases(fn):
     cases.append(Case(f"{fn.id}: zero rows", lambda b: fn.call(lead0, b, **pr),
                       returns(lambda r, b: _assert_close(r, np.zeros(0)))))
     for opt, value in fn.options.items():
-        exc = (TypeError, ValueError)
+        exc, says = OPTION_ERRORS[opt]
         cases.append(Case(f"{fn.id}: {opt}={value!r}", lambda b, o=opt, v=value: fn.call(good, b, **{o: v}),
-                          raises(exc, opt)))
-    cases.append(Case(f"{fn.id}: backend='tpu'", lambda b: fn.call(good, "tpu"), raises(ValueError, "backend")))
+                          raises(exc, opt, says)))
+    cases.append(Case(f"{fn.id}: backend='tpu'", lambda b: fn.call(good, "tpu"),
+                      raises(ValueError, "backend", "backend must be one of")))
     if fn.validate:
         cases.append(Case(f"{fn.id}: validate='yes'", lambda b: fn.call(good, b, validate="yes", **pr),
                           raises(TypeError, "validate")))
@@ -235,8 +263,8 @@ def _class_index_cases():
         return lambda r, b: _assert_close(r, R.cross_entropy_hard_rows(x, target, ignore, weight, eps))
 
     cases = [
-        Case("ce: target = V (one past the end)", ce(np.array([0, 1, 2, V])), raises(ValueError, "target")),
-        Case("ce: target = -1 (one before the start)", ce(np.array([-1, 1, 2, 3])), raises(ValueError, "target")),
+        Case("ce: target = V (one past the end)", ce(np.array([0, 1, 2, V])), raises(ValueError, "target", "target[3] = 5")),
+        Case("ce: target = -1 (one before the start)", ce(np.array([-1, 1, 2, 3])), raises(ValueError, "target", "target must be in [0, 5)")),
         Case("ce: target = -7 (negative, not ignore_index)", ce(np.array([0, -7, 2, 3])), raises(ValueError, "target")),
         Case("ce: target = -100 with ignore_index=-1", ce(np.array([0, -100, 2, 3]), ignore_index=-1), raises(ValueError, "target")),
         Case("ce: target 2**40", ce(np.array([0, 1, 2, 2**40])), raises(ValueError, "target")),
@@ -244,13 +272,14 @@ def _class_index_cases():
         Case("ce: target int8", ce_rows(t.astype(np.int8)), returns(ref_rows(t))),
         Case("ce: target uint16", ce_rows(t.astype(np.uint16)), returns(ref_rows(t))),
         Case("ce: target big-endian int64", ce_rows(t.astype(">i8")), returns(ref_rows(t))),
-        Case("ce: target float indices (probabilities expected)", ce(t.astype(np.float32)), raises(ValueError, "target")),
+        Case("ce: target float indices (probabilities expected)", ce(t.astype(np.float32)),
+             raises(ValueError, "target", "float target (probabilities) must have the same shape")),
         Case("ce: target integer array of logits' shape", ce(np.ones((N, V), np.int64)), raises(ValueError, "target")),
-        Case("ce: target bool", ce(np.ones(N, bool)), raises(TypeError, "target")),
+        Case("ce: target bool", ce(np.ones(N, bool)), raises(TypeError, "target", "boolean")),
         Case("ce: target complex", ce(t.astype(complex)), raises(TypeError, "target")),
-        Case("ce: target str", ce(np.array(list("abcd"))), raises(TypeError, "target")),
+        Case("ce: target str", ce(np.array(list("abcd"))), raises(TypeError, "target", "target must hold integer class indices")),
         Case("ce: target object", ce(np.array([0, 1, None, 3], dtype=object)), raises(TypeError, "target")),
-        Case("ce: target one short", ce(t[:3]), raises(ValueError, "target")),
+        Case("ce: target one short", ce(t[:3]), raises(ValueError, "target", "target of class indices must have shape")),
         Case("ce: target 2-D for 2-D logits", ce(t[:, None]), raises(ValueError, "target")),
         Case("ce: target python int for 2-D logits", ce(1), raises(ValueError, "target")),
         Case("ce: target python list", ce_rows([0, 1, 2, 3]), returns(ref_rows(t))),
@@ -261,17 +290,17 @@ def _class_index_cases():
         Case("ce: ignore_index inside [0, V)", ce_rows(t, ignore_index=2), returns(ref_rows(t, ignore=2))),
         Case("ce: every target ignored, mean", ce(np.full(N, -100)), returns(rows_equal(0.0))),
         Case("ce: every target ignored, sum", ce(np.full(N, -100), reduction="sum"), returns(rows_equal(0.0))),
-        Case("ce: ignore_index 1.5", ce(ignore_index=1.5), raises(TypeError, "ignore_index")),
+        Case("ce: ignore_index 1.5", ce(ignore_index=1.5), raises(TypeError, "ignore_index", "ignore_index must be an integer")),
         Case("ce: ignore_index '1'", ce(ignore_index="1"), raises(TypeError, "ignore_index")),
         Case("ce: ignore_index True", ce(ignore_index=True), raises(TypeError, "ignore_index")),
-        Case("ce: weight too short", ce(weight=np.ones(V - 1)), raises(ValueError, "weight")),
+        Case("ce: weight too short", ce(weight=np.ones(V - 1)), raises(ValueError, "weight", "weight must be a 1-D array of length V = 5")),
         Case("ce: weight too long", ce(weight=np.ones(V + 1)), raises(ValueError, "weight")),
-        Case("ce: weight 2-D", ce(weight=np.ones((V, 1))), raises(ValueError, "weight")),
+        Case("ce: weight 2-D", ce(weight=np.ones((V, 1))), raises(ValueError, "weight", "weight must be a 1-D array")),
         Case("ce: weight scalar", ce(weight=1.0), raises(ValueError, "weight")),
-        Case("ce: weight negative", ce(weight=np.array([1, 1, -1e-9, 1, 1.0])), raises(ValueError, "weight")),
-        Case("ce: weight NaN", ce(weight=np.array([1, 1, np.nan, 1, 1.0])), raises(ValueError, "weight")),
+        Case("ce: weight negative", ce(weight=np.array([1, 1, -1e-9, 1, 1.0])), raises(ValueError, "weight", "weight must be non-negative")),
+        Case("ce: weight NaN", ce(weight=np.array([1, 1, np.nan, 1, 1.0])), raises(ValueError, "weight", "weight must be finite")),
         Case("ce: weight inf", ce(weight=np.array([1, 1, np.inf, 1, 1.0])), raises(ValueError, "weight")),
-        Case("ce: weight str", ce(weight=np.array(list("abcde"))), raises(TypeError, "weight")),
+        Case("ce: weight str", ce(weight=np.array(list("abcde"))), raises(TypeError, "weight", "weight must be a real numeric array")),
         Case("ce: weight bool", ce(weight=np.ones(V, bool)), raises(TypeError, "weight")),
         Case("ce: weight complex", ce(weight=np.ones(V, complex)), raises(TypeError, "weight")),
         Case("ce: weight ragged", ce(weight=[[1.0], [1.0, 2.0]]), raises(TypeError, "weight")),
@@ -350,10 +379,12 @@ def run_case(case, backend):
             result = case.run(backend)
     except Exception as exc:                       # the outcome is judged below, whatever it is
         if kind == "raises" and isinstance(exc, expect[1]):
-            name = expect[2]
-            if re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", str(exc)):
-                return True, f"{type(exc).__name__}: {exc}"
-            return False, f"{type(exc).__name__} does not name {name!r}: {exc}"
+            name, says = expect[2], expect[3]
+            if not re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", str(exc)):
+                return False, f"{type(exc).__name__} does not name {name!r}: {exc}"
+            if says is not None and says not in str(exc):
+                return False, f"{type(exc).__name__} does not say {says!r}: {exc}"
+            return True, f"{type(exc).__name__}: {exc}"
         return False, f"unexpected {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}"
     if kind == "raises":
         return False, f"returned {result!r} instead of raising {expect[1]} naming {expect[2]!r}"

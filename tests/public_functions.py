@@ -48,12 +48,15 @@ class Fn:
     pos_inf: dict = field(default_factory=dict)
     #: takes ``validate=True`` (checks the arrays given as probabilities / log-probabilities).
     validate: bool = False
+    #: float arguments that also take integer class indices (cross-entropy's target): their
+    #: dtype and shape errors are worded for both readings.
+    indices_too: tuple = ()
 
 
 def _entropy(kind):
     return Fn(
         f"entropy({kind})",
-        lambda a, backend, **kw: fastdiv.entropy(a["p"], inputs=kind, backend=backend, **kw),
+        lambda a, backend, **kw: fastdiv.entropy(a["p"], backend=backend, **{"inputs": kind, **kw}),
         lambda rng, lead, v, dt: {"p": {"logits": _logits, "probs": _probs, "log_probs": _log_probs}[kind](rng, lead, v, dt)},
         {"p": kind},
         options={"inputs": "logit", "reduction": "avg"},
@@ -67,7 +70,7 @@ def _kl(kind):
     mk = {"logits": _logits, "probs": _probs, "log_probs": _log_probs}[kind]
     return Fn(
         f"kl_div({kind})",
-        lambda a, backend, **kw: fastdiv.kl_div(a["p"], a["q"], inputs=kind, backend=backend, **kw),
+        lambda a, backend, **kw: fastdiv.kl_div(a["p"], a["q"], backend=backend, **{"inputs": kind, **kw}),
         lambda rng, lead, v, dt: {"p": mk(rng, lead, v, dt), "q": mk(rng, lead, v, dt)},
         {"p": kind, "q": kind},
         options={"inputs": "prob", "reduction": "batchmean"},
@@ -81,7 +84,8 @@ def _js(kind):
     mk = {"logits": _logits, "probs": _probs, "log_probs": _log_probs}[kind]
     return Fn(
         f"js_div({kind})",
-        lambda a, backend, **kw: fastdiv.js_div(a["p"], a["q"], beta=0.3, inputs=kind, backend=backend, **kw),
+        lambda a, backend, **kw: fastdiv.js_div(a["p"], a["q"], backend=backend,
+                                               **{"beta": 0.3, "inputs": kind, **kw}),
         lambda rng, lead, v, dt: {"p": mk(rng, lead, v, dt), "q": mk(rng, lead, v, dt)},
         {"p": kind, "q": kind},
         options={"inputs": "prob", "reduction": "batchmean", "beta": 1.5, "temperature": 0.0},
@@ -116,7 +120,7 @@ FUNCTIONS = [
        {"logits": "logits", "target": "probs"},
        options={"reduction": "avg", "label_smoothing": -0.5},
        all_masked={"logits": np.inf}, pos_inf={"logits": np.nan},
-       validate=True),
+       validate=True, indices_too=("target",)),
 ]
 
 BY_ID = {f.id: f for f in FUNCTIONS}

@@ -5,24 +5,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
 import fastdiv
 
 from conftest import ALL_HOST
+from strategies import logit_pairs
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@st.composite
-def logit_pairs(draw, dtype=np.float64):
-    n = draw(st.integers(1, 6))
-    v = draw(st.sampled_from([1, 2, 3, 51, 300, 2500]))
-    scale = draw(st.sampled_from([1e-3, 1.0, 30.0, 1e4]))
-    elems = st.floats(-1.0, 1.0, allow_nan=False, width=64)
-    x = draw(arrays(np.float64, (n, v), elements=elems)) * scale
-    z = draw(arrays(np.float64, (n, v), elements=elems)) * scale
-    return x.astype(dtype), z.astype(dtype)
 
 
 def _close(a, b, tol):

@@ -250,6 +250,39 @@ def make_op(name, kind, has_w):
     def refs1(st):
         return (safe(st[0]), ZERO)
 
+    @_dj
+    def shift_sw(s, w, d):
+        # (s, w) = (sum e_j, sum e_j t_j) with t_j = x_j - m, moved to the max m - d (d <= 0):
+        # every e_j scales by exp(d), every t_j grows by d
+        f = fexp(d)
+        return (f * s, f * (w + d * s))
+
+    @_dj
+    def shift_su(s, U, C, d):
+        # (s, U) = (sum e_j, sum c_j t_j) with C = sum c_j, moved to the max m - d (d <= 0)
+        return (s * fexp(d), U + d * C)
+
+    @_dj
+    def hard_nll(st, row, x, tgt, wgt, V, ign):
+        """The class-index part of cross-entropy from an lse state ``(m, s, ...)``:
+        ``(done, w_t, lse - x_t)``; when ``done`` the row's value is already decided and is
+        the second item (0 for an ignored row, NaN for a bad target or a NaN / +inf row)."""
+        t = tgt[row]
+        if t == ign:
+            return (True, ZERO, ZERO)
+        if t < 0 or t >= V:  # unvalidated device targets: NaN, never an out-of-bounds read
+            return (True, NAN, ZERO)
+        m = st[0]
+        s = st[1]
+        if s != s or m == INF:  # NaN / +inf rows: NaN whatever the weights
+            return (True, NAN, ZERO)
+        wt = acc(wgt[t]) if HAS_W else ONE
+        if m == NEG_INF:
+            nll = INF
+        else:
+            nll = (m - sload(x, int64(row) * V + t)) + LOG(s)   # (m - x_t) first: exact cancellation
+        return (False, wt, nll)
+
     op = Op()
     op.name = name
     op.PADX = NEG_INF
@@ -321,20 +354,9 @@ def make_op(name, kind, has_w):
 
             @_dj
             def finish(st, row, x, tgt, wgt, V, ign, p0, p1):
-                t = tgt[row]
-                if t == ign:
-                    return ZERO
-                if t < 0 or t >= V:  # unvalidated device targets: NaN, never an out-of-bounds read
-                    return NAN
-                m = st[0]
-                s = st[1]
-                if s != s or m == INF:  # NaN / +inf rows: NaN whatever the weights
-                    return NAN
-                wt = acc(wgt[t]) if HAS_W else ONE
-                if m == NEG_INF:
-                    nll = INF
-                else:
-                    nll = (m - sload(x, int64(row) * V + t)) + LOG(s)   # (m - x_t) first: exact cancellation
+                done, wt, nll = hard_nll(st, row, x, tgt, wgt, V, ign)
+                if done:
+                    return wt
                 a = ZERO if wt == ZERO else wt * nll
                 return a * (ONE - p0)   # no smoothing here: p0 = eps = 0
 
@@ -358,10 +380,7 @@ def make_op(name, kind, has_w):
             w = st[2]
             if cx > m:
                 if m > NEG_INF:
-                    d = m - safe(cx)
-                    f = fexp(d)
-                    w = f * (w + d * s)
-                    s = f * s
+                    s, w = shift_sw(s, w, m - safe(cx))
                 m = cx
             return (m, s, w)
 
@@ -384,15 +403,9 @@ def make_op(name, kind, has_w):
             M = ma if ma > mb else mb
             Ms = safe(M)
             if ma > NEG_INF:
-                d = ma - Ms
-                f = fexp(d)
-                wa = f * (wa + d * sa)
-                sa = f * sa
+                sa, wa = shift_sw(sa, wa, ma - Ms)
             if mb > NEG_INF:
-                d = mb - Ms
-                f = fexp(d)
-                wb = f * (wb + d * sb)
-                sb = f * sb
+                sb, wb = shift_sw(sb, wb, mb - Ms)
             return (M, sa + sb, wa + wb)
 
         @_dj
@@ -432,10 +445,7 @@ def make_op(name, kind, has_w):
             sz = st[4]
             if cx > mx:
                 if mx > NEG_INF:
-                    d = mx - safe(cx)
-                    f = fexp(d)
-                    w = f * (w + d * sx)
-                    sx = f * sx
+                    sx, w = shift_sw(sx, w, mx - safe(cx))
                 mx = cx
             if cz > mz:
                 if mz > NEG_INF:
@@ -480,15 +490,9 @@ def make_op(name, kind, has_w):
             Mx = mxa if mxa > mxb else mxb
             Mxs = safe(Mx)
             if mxa > NEG_INF:
-                d = mxa - Mxs
-                f = fexp(d)
-                wa = f * (wa + d * sxa)
-                sxa = f * sxa
+                sxa, wa = shift_sw(sxa, wa, mxa - Mxs)
             if mxb > NEG_INF:
-                d = mxb - Mxs
-                f = fexp(d)
-                wb = f * (wb + d * sxb)
-                sxb = f * sxb
+                sxb, wb = shift_sw(sxb, wb, mxb - Mxs)
             return (Mx, sxa + sxb, wa + wb, Mz, sza + szb, fmax(a[5], b[5]))
 
         @_dj
@@ -628,9 +632,7 @@ def make_op(name, kind, has_w):
             U = st[3]
             if cx > m:
                 if m > NEG_INF:
-                    d = m - safe(cx)
-                    s = s * fexp(d)
-                    U = U + d * st[2]
+                    s, U = shift_su(s, U, st[2], m - safe(cx))
                 m = cx
             return (m, s, st[2], U, st[4], st[5])
 
@@ -655,13 +657,9 @@ def make_op(name, kind, has_w):
             M = ma if ma > mb else mb
             Ms = safe(M)
             if ma > NEG_INF:
-                d = ma - Ms
-                sa = sa * fexp(d)
-                Ua = Ua + d * a[2]
+                sa, Ua = shift_su(sa, Ua, a[2], ma - Ms)
             if mb > NEG_INF:
-                d = mb - Ms
-                sb = sb * fexp(d)
-                Ub = Ub + d * b[2]
+                sb, Ub = shift_su(sb, Ub, b[2], mb - Ms)
             return (M, sa + sb, a[2] + b[2], Ua + Ub, fmax(a[4], b[4]), fmin(a[5], b[5]))
 
         @_dj
@@ -701,20 +699,9 @@ def make_op(name, kind, has_w):
             @_dj
             def finish(st, row, x, tgt, wgt, V, ign, p0, p1):
                 # p0 = eps, p1 = eps / V
-                t = tgt[row]
-                if t == ign:
-                    return ZERO
-                if t < 0 or t >= V:  # unvalidated device targets: NaN, never an out-of-bounds read
-                    return NAN
-                m = st[0]
-                s = st[1]
-                if s != s or m == INF:  # NaN / +inf rows: NaN whatever the weights
-                    return NAN
-                wt = acc(wgt[t]) if HAS_W else ONE
-                if m == NEG_INF:
-                    nll = INF
-                else:
-                    nll = (m - sload(x, int64(row) * V + t)) + LOG(s)   # (m - x_t) first: exact cancellation
+                done, wt, nll = hard_nll(st, row, x, tgt, wgt, V, ign)
+                if done:
+                    return wt
                 # a zero-weight term (w_t = 0, or eps = 1) is exactly 0, never 0 * inf
                 a = ZERO if (wt == ZERO or p0 >= ONE) else wt * nll * (ONE - p0)
                 return a + p1 * smooth(st)

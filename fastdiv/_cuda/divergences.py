@@ -38,38 +38,42 @@ def _dj(fn):
     return _build._dj(fn)
 
 
-@_dj
-def _bsum(sh, v, tid, nt):
-    """Sum of v over the block (nt a power of two); every thread gets the result."""
-    sh[tid] = v
-    cuda.syncthreads()
-    s = nt // 2
-    while s > 0:
-        if tid < s:
-            sh[tid] += sh[tid + s]
+def _block_reduce(combine):
+    """``reduce(sh, v, tid, nt)``: ``combine`` folded over v of every thread of the block
+    (nt a power of two, a tree in shared memory); every thread gets the result."""
+
+    @_dj
+    def reduce(sh, v, tid, nt):
+        sh[tid] = v
         cuda.syncthreads()
-        s //= 2
-    r = sh[0]
-    cuda.syncthreads()
-    return r
+        s = nt // 2
+        while s > 0:
+            if tid < s:
+                sh[tid] = combine(sh[tid], sh[tid + s])
+            cuda.syncthreads()
+            s //= 2
+        r = sh[0]
+        cuda.syncthreads()
+        return r
+
+    return reduce
 
 
 @_dj
-def _bmax(sh, v, tid, nt):
-    """NaN-ignoring max of v over the block."""
-    sh[tid] = v
-    cuda.syncthreads()
-    s = nt // 2
-    while s > 0:
-        if tid < s:
-            o = sh[tid + s]
-            if o > sh[tid]:
-                sh[tid] = o
-        cuda.syncthreads()
-        s //= 2
-    r = sh[0]
-    cuda.syncthreads()
-    return r
+def _add(a, b):
+    return a + b
+
+
+@_dj
+def _larger(a, b):
+    """b where b > a, else a: a NaN never wins, so the max ignores NaN."""
+    return b if b > a else a
+
+
+#: sum over the block
+_bsum = _block_reduce(_add)
+#: NaN-ignoring max over the block
+_bmax = _block_reduce(_larger)
 
 
 @_dj
@@ -93,8 +97,18 @@ def _make(kind_name):
     fexp = D.exp_f64 if acc is np.float64 else D.exp_f32
     flog = D.log_any if acc is np.float64 else D.log_f32
     NEG_INF = acc(-np.inf)
-    INF = acc(np.inf)
     ZERO = acc(0.0)
+
+    @_dj
+    def js_terms(p, q, lp, lq, a):
+        """One class's JS terms a p (log p - log m) and (1 - a) q (log q - log m), m the
+        mixture, in float64; a zero probability's term is exactly 0, never 0 * -inf.  (Added
+        to the sum one after the other: 0.0 added to a sum that starts at +0.0 changes
+        nothing, so the sums are those of adding only the non-zero terms.)"""
+        lm = flog(acc(a) * p + acc(1.0 - a) * q)
+        tp = float64(acc(a) * p * (lp - lm)) if p != ZERO else 0.0
+        tq = float64(acc(1.0 - a) * q * (lq - lm)) if q != ZERO else 0.0
+        return (tp, tq)
 
     @cuda.jit
     def k_rows(x, z, w, idx, t, out, rows, V, K, op, sc, a, b, has_w):
@@ -156,11 +170,9 @@ def _make(kind_name):
                         lq = zv
                         p = fexp(lp)
                         q = fexp(lq)
-                    lm = flog(acc(a) * p + acc(1.0 - a) * q)
-                    if p != ZERO:
-                        s1 += float64(acc(a) * p * (lp - lm))
-                    if q != ZERO:
-                        s1 += float64(acc(1.0 - a) * q * (lq - lm))
+                    tp, tq = js_terms(p, q, lp, lq, a)
+                    s1 += tp
+                    s1 += tq
                     continue
                 tx = sload(x, base + j) * sca - shx
                 ex = fexp(tx)
@@ -197,11 +209,9 @@ def _make(kind_name):
                     lq = (sload(z, base + j) * sca - shz) - lsz
                     p = fexp(lp)
                     q = fexp(lq)
-                    lm = flog(acc(a) * p + acc(1.0 - a) * q)
-                    if p != ZERO:
-                        s2 += float64(acc(a) * p * (lp - lm))
-                    if q != ZERO:
-                        s2 += float64(acc(1.0 - a) * q * (lq - lm))
+                    tp, tq = js_terms(p, q, lp, lq, a)
+                    s2 += tp
+                    s2 += tq
                 s2 = _bsum(shd, s2, tid, nt)
             if tid != 0:
                 continue

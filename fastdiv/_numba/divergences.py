@@ -204,58 +204,46 @@ def _js_logits(x, z, beta, scale, out, scratch, nblocks):
             out[i] = _js_logits_row(xr, z[i], b, c, sc, tx, tz, ex, ez)
 
 
+@njit(**_INLINE)
+def _js_prob_row(xr, zr, beta, logs):
+    """JS of one row pair of probabilities (``logs`` False) or log-probabilities (``logs``
+    True, a compile-time constant: the branches on it fold away and both kernels keep one
+    straight vectorisable loop).  A zero probability contributes exactly 0, never
+    0 * (log 0 - lm); log p is taken only where p != 0."""
+    zero = cast(0.0, load(xr[0]))
+    b = cast(beta, load(xr[0]))
+    c = cast(1.0 - beta, load(xr[0]))
+    total = zero
+    v = xr.shape[0]
+    for c0 in range(0, v, CHUNK):
+        xs = xr[c0:min(c0 + CHUNK, v)]
+        zs = zr[c0:min(c0 + CHUNK, v)]
+        acc = zero
+        for j in range(xs.shape[0]):
+            u = load(xs[j])
+            w = load(zs[j])
+            p = fexp(u) if logs else u
+            q = fexp(w) if logs else w
+            lm = logpos(b * p + c * q)      # finite where it is 0: selected away
+            tp = b * p * ((u if logs else flog(p)) - lm) if p != zero else zero
+            tq = c * q * ((w if logs else flog(q)) - lm) if q != zero else zero
+            acc += tp + tq
+        total += acc
+    return total
+
+
 @njit(**_JIT)
 def _js_log_probs(x, z, beta, out):
     for i in prange(x.shape[0]):
         prefer_wide_vectors()
-        xr = x[i]
-        zr = z[i]
-        zero = cast(0.0, load(xr[0]))
-        b = cast(beta, load(xr[0]))
-        c = cast(1.0 - beta, load(xr[0]))
-        total = zero
-        v = xr.shape[0]
-        for c0 in range(0, v, CHUNK):
-            xs = xr[c0:min(c0 + CHUNK, v)]
-            zs = zr[c0:min(c0 + CHUNK, v)]
-            acc = zero
-            for j in range(xs.shape[0]):
-                lp = load(xs[j])
-                lq = load(zs[j])
-                p = fexp(lp)
-                q = fexp(lq)
-                lm = logpos(b * p + c * q)      # finite where it is 0: selected away
-                tp = b * p * (lp - lm) if p != zero else zero
-                tq = c * q * (lq - lm) if q != zero else zero
-                acc += tp + tq
-            total += acc
-        out[i] = total
+        out[i] = _js_prob_row(x[i], z[i], beta, True)
 
 
 @njit(**_JIT)
 def _js_probs(x, z, beta, out):
     for i in prange(x.shape[0]):
         prefer_wide_vectors()
-        xr = x[i]
-        zr = z[i]
-        zero = cast(0.0, load(xr[0]))
-        b = cast(beta, load(xr[0]))
-        c = cast(1.0 - beta, load(xr[0]))
-        total = zero
-        v = xr.shape[0]
-        for c0 in range(0, v, CHUNK):
-            xs = xr[c0:min(c0 + CHUNK, v)]
-            zs = zr[c0:min(c0 + CHUNK, v)]
-            acc = zero
-            for j in range(xs.shape[0]):
-                p = load(xs[j])
-                q = load(zs[j])
-                lm = logpos(b * p + c * q)      # finite where it is 0: selected away
-                tp = b * p * (flog(p) - lm) if p != zero else zero
-                tq = c * q * (flog(q) - lm) if q != zero else zero
-                acc += tp + tq
-            total += acc
-        out[i] = total
+        out[i] = _js_prob_row(x[i], z[i], beta, False)
 
 
 @njit(**_JIT)
