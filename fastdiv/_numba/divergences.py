@@ -19,7 +19,7 @@ from numba import njit, prange
 
 from numba.extending import overload
 
-from .simd import FASTMATH, INLINE, JIT, _float_bits_to_int, _int_bits_to_float, cast, clamp_lo, exp_hot, fexp, flog, load, maximum, prefer_wide_vectors
+from .simd import FASTMATH, INLINE, JIT, _float_bits_to_int, _int_bits_to_float, cast, clamp_lo, exp_hot, fexp, flog, load, maximum, prefer_wide_vectors, sub_exact
 
 CHUNK = 2048
 _JIT = JIT
@@ -120,16 +120,18 @@ def _sum_exp(row, j0, j1, m, sc):
 
 
 @njit(**_INLINE)
-def _js_logits_row(xr, zr, b, c, sc, tx, tz, ex, ez):
+def _js_logits_row(xr, zr, b, c, sc, ex, ez):
     """JS of softmax(sc x) and softmax(sc z) for one row pair, 2 exp + 1 log per element:
-    the maxima (the one read from memory); t = sc x - max and e = exp(t) into the scratch
-    rows with the sums of e; then the terms from the scratch rows (in L2) with
-    beta p = e beta / s and log p = t - log s, so no (x - max) - log s has to be fenced
-    against reassociation."""
+    the maxima (the one read from memory); e = exp(t), t = sc x - max, into the scratch rows
+    with the sums of e; then the terms from the rows and the scratch rows (in L2) with
+    beta p = e beta / s and log p = t - log s, t formed again by ``sub_exact`` so that
+    reassociation cannot regroup (sc x - max) - log s."""
     zero = cast(0.0, b)
+    one = cast(1.0, b)
     v = xr.shape[0]
-    mx = _max(xr, 0, v, load(xr[0]) * sc, sc)
-    mz = _max(zr, 0, v, load(zr[0]) * sc, sc)
+    # max(sc x) = sc max(x) for sc > 0 (rounding is monotonic): no multiply in this pass
+    mx = _max(xr, 0, v, load(xr[0]), one) * sc
+    mz = _max(zr, 0, v, load(zr[0]), one) * sc
     if mx != mx or mz != mz or mx == _INF or mz == _INF:     # NaN or +inf in a row
         return cast(np.nan, b)
     shx = mx if mx != -_INF else zero         # an all-masked row: every e is 0
@@ -140,19 +142,13 @@ def _js_logits_row(xr, zr, b, c, sc, tx, tz, ex, ez):
         c1 = min(c0 + CHUNK, v)
         xs = xr[c0:c1]
         zs = zr[c0:c1]
-        ts = tx[c0:c1]
-        us = tz[c0:c1]
         es = ex[c0:c1]
         fs = ez[c0:c1]
         ax = zero
         az = zero
         for j in range(xs.shape[0]):
-            t1 = load(xs[j]) * sc - shx
-            t2 = load(zs[j]) * sc - shz
-            e1 = exp_hot(clamp_lo(t1))     # t <= 0; a masked class gets exp(LO) ~ 1e-38, see lo
-            e2 = exp_hot(clamp_lo(t2))
-            ts[j] = t1
-            us[j] = t2
+            e1 = exp_hot(clamp_lo(load(xs[j]) * sc - shx))   # a masked class: exp(LO) = 0
+            e2 = exp_hot(clamp_lo(load(zs[j]) * sc - shz))
             es[j] = e1
             fs[j] = e2
             ax += e1
@@ -163,22 +159,22 @@ def _js_logits_row(xr, zr, b, c, sc, tx, tz, ex, ez):
     lsz = flog(sz) if mz != -_INF else zero
     fx = b / sx if mx != -_INF else zero
     fz = c / sz if mz != -_INF else zero
-    # log p clamped at the exp clamp LO: a masked class (e = exp(LO), p ~ 1e-38 / s) adds
-    # p (LO - log s - lm) ~ 1e-36, never 0 * -inf
+    # log p clamped at the exp clamp LO: a masked class (p = 0) adds 0 * (LO - ...) = 0,
+    # never 0 * -inf
     lo = clamp_lo(cast(-np.inf, b))
     total = zero
     for c0 in range(0, v, CHUNK):
         c1 = min(c0 + CHUNK, v)
-        ts = tx[c0:c1]
-        us = tz[c0:c1]
+        xs = xr[c0:c1]
+        zs = zr[c0:c1]
         es = ex[c0:c1]
         fs = ez[c0:c1]
         acc = zero
-        for j in range(ts.shape[0]):
+        for j in range(xs.shape[0]):
             bp = es[j] * fx
             cq = fs[j] * fz
-            lp = max(ts[j] - lsx, lo)
-            lq = max(us[j] - lsz, lo)
+            lp = max(sub_exact(load(xs[j]) * sc, shx) - lsx, lo)
+            lq = max(sub_exact(load(zs[j]) * sc, shz) - lsz, lo)
             lm = logpos(bp + cq)       # finite garbage where bp + cq = 0, multiplied by 0
             acc += bp * (lp - lm) + cq * (lq - lm)
         total += acc
@@ -192,16 +188,14 @@ def _js_logits(x, z, beta, scale, out, scratch, nblocks):
     rows = x.shape[0]
     for blk in prange(nblocks):
         prefer_wide_vectors()
-        tx = scratch[blk, 0]
-        tz = scratch[blk, 1]
-        ex = scratch[blk, 2]
-        ez = scratch[blk, 3]
+        ex = scratch[blk, 0]
+        ez = scratch[blk, 1]
         for i in range(rows * blk // nblocks, rows * (blk + 1) // nblocks):
             xr = x[i]
             b = cast(beta, load(xr[0]))
             c = cast(1.0 - beta, load(xr[0]))
             sc = cast(scale, load(xr[0]))
-            out[i] = _js_logits_row(xr, z[i], b, c, sc, tx, tz, ex, ez)
+            out[i] = _js_logits_row(xr, z[i], b, c, sc, ex, ez)
 
 
 @njit(**_INLINE)
@@ -352,7 +346,7 @@ def js_logits(x, z, beta, scale, out, nthreads):
     _guard(out, x, z)
     nblocks = max(1, min(int(nthreads), x.shape[0]))
     acc = np.float32 if x.dtype.itemsize == 2 else x.dtype             # half bits: float32
-    scratch = np.empty((nblocks, 4, x.shape[1]), dtype=acc)   # O(threads x V)
+    scratch = np.empty((nblocks, 2, x.shape[1]), dtype=acc)   # O(threads x V)
     with _threads(nthreads):
         _js_logits(x, z, float(beta), float(scale), out, scratch, nblocks)
 
