@@ -14,9 +14,10 @@ never pushes it out (optimistic ties, like ``torchmetrics``' ``top_k`` on distin
 and a row whose softmax is undefined (NaN or ``+inf`` logits) counts as a miss.
 
 Softcap: ``softcap=c`` replaces the logits by ``c * tanh(x / c)`` before anything else
-(Gemma), a masked class (``-inf``) staying masked.  It is applied by the API to blocks of
-about ``fastdiv.api.BLOCK_BYTES`` (O(block) extra memory, any backend) and costs a second
-pass over each block (from cache).
+(Gemma), a masked class (``-inf``) staying masked.  The API applies it once for every CPU
+backend: a compiled pass (``fastdiv._numba.softcap``) writes each block of rows into one
+reused cache-sized buffer, which the backend's kernel then reads from cache (O(block) extra
+memory).  On cuda a device pass does the same into a device buffer (``fastdiv._cuda.softcap``).
 """
 from __future__ import annotations
 
@@ -41,51 +42,51 @@ ARGMAX, COUNT, FLAGS = range(3)
 # --------------------------------------------------------------------------- kernel driver
 
 
-#: elements per piece of the softcap transform: its four passes then run in L2, not DRAM
-SOFTCAP_TILE = 16384
+#: bytes of soft-capped logits per kernel call, per thread: the transform writes a block, the
+#: kernel reads it back from L2 (2 MiB per core on the CI Xeon; half of it, as the kernel's own
+#: reads and the next rows' prefetches share it)
+SOFTCAP_BLOCK_BYTES = 1 << 20
 
 
-def apply_softcap(block, cap, dtype):
-    """``cap * tanh(block / cap)`` in ``dtype`` (a new C-contiguous array of the block's shape),
-    ``-inf`` kept.  Done in flat pieces of SOFTCAP_TILE elements, so that numpy's passes
-    (scale, tanh, scale back, restore the masked classes) re-read the piece from L2."""
+def apply_softcap(block, cap, dtype, out=None):
+    """``cap * tanh(block / cap)`` in ``dtype`` (semantics of ``fastdiv.reference.softcap_rows``:
+    ``-inf`` stays ``-inf``, NaN stays NaN, ``+inf`` becomes ``cap``), one compiled pass
+    (``fastdiv._numba.softcap``).  ``block``: 2-D, any strides; ``out``: a C-contiguous
+    ``dtype`` array of its shape to write into (a new one when None), returned."""
+    from ._numba.softcap import softcap_rows
+
     block = np.asarray(block)
-    out = np.empty(block.shape, dtype=dtype)
-    src = block.reshape(-1) if block.flags.c_contiguous else None
-    flat = out.reshape(-1)
-    if src is None:                                  # strided rows: convert row by row first
-        for i in range(block.shape[0]):
-            out[i] = block[i]
-        src = flat
-    inv, c = dtype.type(1.0 / cap), dtype.type(cap)
-    mask = np.empty(min(SOFTCAP_TILE, flat.size), dtype=bool)
-    for a in range(0, flat.size, SOFTCAP_TILE):
-        x, o = src[a:a + SOFTCAP_TILE], flat[a:a + SOFTCAP_TILE]
-        masked = np.equal(x, -np.inf, out=mask[:x.size])
-        np.multiply(x, inv, out=o, casting="unsafe")
-        np.tanh(o, out=o)
-        o *= c
-        np.copyto(o, -np.inf, where=masked)
+    if block.dtype != dtype:
+        block = block.astype(dtype)
+    if out is None:
+        out = np.empty(block.shape, dtype=dtype)
+    if block.size:
+        softcap_rows(block, dtype.type(1.0 / cap), dtype.type(cap), out)
     return out
 
 
 def run_blocks(arrays, dtype, softcap, fn):
     """Call ``fn(r0, r1, *blocks)`` over all rows of ``arrays`` (same leading shape), the
     first array soft-capped when ``softcap`` is set: C-contiguous native input goes whole
-    (no softcap) or in blocks of ``BLOCK_BYTES`` (softcap), so memory stays O(block)."""
+    (no softcap) or in blocks of ``BLOCK_BYTES`` (converted input), so memory stays O(block).
+    With ``softcap``, each block is transformed into one reused buffer of about
+    ``SOFTCAP_BLOCK_BYTES`` per thread, which the kernel then reads from cache: the logits
+    are still read once from memory."""
     nrows = int(np.prod(arrays[0].shape[:-1], dtype=np.int64))
     if nrows == 0:
         return
+    if softcap is None:
+        _api._run_rows(arrays, dtype, fn, nrows)
+        return
     v = arrays[0].shape[-1]
+    step = max(1, SOFTCAP_BLOCK_BYTES * _api.get_num_threads() // (v * dtype.itemsize))
+    buf = np.empty((min(step, nrows), v), dtype=dtype)
 
     def call(r0, r1, *blocks):
-        if softcap is None:
-            fn(r0, r1, *blocks)
-            return
-        step = _api._rows_per_block(v, 8)
         for a in range(0, r1 - r0, step):
             b = min(a + step, r1 - r0)
-            fn(r0 + a, r0 + b, apply_softcap(blocks[0][a:b], softcap, dtype), *[blk[a:b] for blk in blocks[1:]])
+            capped = apply_softcap(blocks[0][a:b], softcap, dtype, out=buf[:b - a])
+            fn(r0 + a, r0 + b, capped, *[blk[a:b] for blk in blocks[1:]])
 
     _api._run_rows(arrays, dtype, call, nrows)
 
