@@ -171,7 +171,9 @@ class Evaluation:
     (shape ``logits.shape[:-1]``, the input's float dtype) are attributes and keys too:
     ``nll``, ``lse``, ``entropy``, ``target_prob``, ``argmax``, ``rank``, ``counted``,
     ``correct[k]`` (``res["correct@k"]``), ``kl``, ``kl_model_ref``, ``kl_ref_model``,
-    ``z_loss``.  Target-dependent values of ignored rows are 0 (``correct`` False).
+    ``z_loss``.  Target-dependent values of ignored rows are 0 (``correct`` False).  On the
+    cuda backend with device logits the per-row arrays are device arrays of the logits'
+    library (torch tensor, CuPy array, numba device array).
     """
 
     def __init__(self, rows, aggregates, topk):
@@ -207,7 +209,7 @@ class Evaluation:
         return dict(self._agg)
 
     def __repr__(self):
-        parts = [f"rows={self._rows['nll'].size}"]
+        parts = [f"rows={int(np.prod(self._rows['nll'].shape))}"]
         for key, value in self._agg.items():
             parts.append(f"{key}={value}" if key == "count" else f"{key}={value:.6g}")
         return f"Evaluation({', '.join(parts)})"
@@ -292,7 +294,7 @@ def evaluate(logits: ArrayLike, target: ArrayLike, *, topk: int | Sequence[int] 
         Adds the per-row ``z_loss = coef * lse**2`` (PaLM's auxiliary loss) and its mean.
     softcap : float > 0, optional
         Logits become ``softcap * tanh(logits / softcap)`` first (masked classes stay masked).
-    backend : {"auto", "numba", "cython", "numpy"}
+    backend : {"auto", "numba", "cython", "numpy", "cuda"}
 
     Returns
     -------
@@ -300,7 +302,9 @@ def evaluate(logits: ArrayLike, target: ArrayLike, *, topk: int | Sequence[int] 
         ``res["mean_nll"]``, ``res["perplexity"]``, ``res["accuracy@k"]``,
         ``res["mean_entropy"]``, ``res["mean_kl"]``; per-row arrays ``res.nll`` etc.  With
         no counted row, the aggregates are NaN (with a RuntimeWarning).  The per-row arrays
-        are numpy arrays for host input of any library (torch and JAX CPU tensors included).
+        are numpy arrays for host input of any library (torch and JAX CPU tensors included);
+        for device logits (cuda backend) they are device arrays of the logits' library,
+        allocated by it on its current stream; the aggregates are Python numbers.
 
     Examples
     --------
@@ -333,16 +337,23 @@ def evaluate(logits: ArrayLike, target: ArrayLike, *, topk: int | Sequence[int] 
     return row_results(rows, lead, dtype, topk, counted, kl_direction, z_coef)
 
 
+#: bytes of the device buffer the soft-capped logits of a block of rows are written to
+SOFTCAP_DEVICE_BYTES = 64 << 20
+
+
 def _evaluate_cuda(logits, target, topk, reference, kl_direction, ignore, z_coef, cap):
     """evaluate on the device: the per-row state is computed there (inputs read in place,
     numpy input copied over) and brought to the host (O(rows), one synchronisation), where it
-    is finished like the CPU backends' states: the result holds numpy arrays."""
+    is finished like the CPU backends' states.  For device logits the per-row arrays go back
+    to the device in the caller's library (allocated by it, on its stream); aggregates are
+    Python numbers.  With ``softcap``, blocks of rows are soft-capped on the device into one
+    reused buffer of about ``SOFTCAP_DEVICE_BYTES`` (``fastdiv._cuda.softcap``), which the
+    evaluate kernel then reads."""
     from numba import cuda
 
     from ._cuda import interop
+    from ._cuda.softcap import softcap_rows
 
-    if cap is not None:
-        raise _registry.BackendUnavailable("softcap is not implemented on the cuda backend; use a CPU backend")
     call = _gpu._Call()
     xv = call.view("logits", logits)
     if call.bf16:
@@ -368,14 +379,34 @@ def _evaluate_cuda(logits, target, topk, reference, kl_direction, ignore, z_coef
         stream = call.ensure_stream()
         st_d = cuda.to_device(st, stream=stream)
         ix_d = cuda.to_device(ix, stream=stream)
-        _registry.kernel("cuda", "evaluate")(x2, z2, cuda.to_device(t, stream=stream), st_d, ix_d, None,
-                                             stream=stream)
+        t_d = cuda.to_device(t, stream=stream)
+        kern = _registry.kernel("cuda", "evaluate")
+        if cap is None:
+            kern(x2, z2, t_d, st_d, ix_d, None, stream=stream)
+        else:
+            step = max(1, min(rows, SOFTCAP_DEVICE_BYTES // (v * dtype.itemsize)))
+            _keep, buf = interop.empty_like_lib((step, v), dtype, call.tag, stream)
+            for r0 in range(0, rows, step):
+                r1 = min(r0 + step, rows)
+                xb = buf[:r1 - r0]
+                softcap_rows(x2[r0:r1], xb, cap, stream=stream)
+                zb = z2[r0:r1] if reference is not None else z2
+                kern(xb, zb, t_d[r0:r1], st_d[r0:r1], ix_d[r0:r1], None, stream=stream)
         st_d.copy_to_host(st, stream=stream)
         ix_d.copy_to_host(ix, stream=stream)
         stream.synchronize()
     kl = None if reference is None else (st[:, MZ], st[:, SZ], st[:, WXZ], st[:, WZX], ix[:, FLAGS])
     rows_ = finish_rows(st[:, M], st[:, S], st[:, W], st[:, XT], counted, ix[:, COUNT], ix[:, ARGMAX], topk, kl)
-    return row_results(rows_, lead, dtype, topk, counted, kl_direction, z_coef)
+    res = row_results(rows_, lead, dtype, topk, counted, kl_direction, z_coef)
+    if call.tag is None:                   # numpy in, numpy out
+        return res
+    on_device = {}
+    for key, a in res._rows.items():
+        host = np.ascontiguousarray(np.asarray(a).reshape(-1))
+        native, view = interop.empty_like_lib(host.shape, host.dtype, call.tag, call.ensure_stream())
+        view.copy_to_device(host, stream=call.ensure_stream())
+        on_device[key] = call.result(native, view, lead)
+    return Evaluation(on_device, res.aggregates(), topk)
 
 
 # --------------------------------------------------------------------------- cross_entropy options
