@@ -45,7 +45,7 @@ for _ in range(args.iters):
         t0 = time.perf_counter()
         f()
         times[k].append(time.perf_counter() - t0)
-print(f"threads={fastdiv.get_num_threads()} SOFTCAP_BLOCK_BYTES={evaluation.SOFTCAP_BLOCK_BYTES} "
+print(f"threads={fastdiv.get_num_threads()} SOFTCAP_BLOCK_BYTES={getattr(evaluation, 'SOFTCAP_BLOCK_BYTES', None)} "
       f"probe {statistics.median(probe) * 1e3:.1f} ms")
 for (b, op, cap) in fns:
     if cap is None:

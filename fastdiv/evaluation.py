@@ -15,9 +15,9 @@ and a row whose softmax is undefined (NaN or ``+inf`` logits) counts as a miss.
 
 Softcap: ``softcap=c`` replaces the logits by ``c * tanh(x / c)`` before anything else
 (Gemma), a masked class (``-inf``) staying masked.  The API applies it once for every CPU
-backend: a compiled pass (``fastdiv._numba.softcap``) writes each block of rows into one
-reused cache-sized buffer, which the backend's kernel then reads from cache (O(block) extra
-memory).  On cuda a device pass does the same into a device buffer (``fastdiv._cuda.softcap``).
+backend (:func:`run_blocks`): one worker per thread writes blocks of its rows through a
+compiled pass (``fastdiv._numba.softcap``) into a reused cache-sized buffer, which the
+backend's kernel then reads from cache (O(block) extra memory per thread).  On cuda a device pass does the same into a device buffer (``fastdiv._cuda.softcap``).
 """
 from __future__ import annotations
 
@@ -42,17 +42,19 @@ ARGMAX, COUNT, FLAGS = range(3)
 # --------------------------------------------------------------------------- kernel driver
 
 
-#: bytes of soft-capped logits per kernel call, per thread: the transform writes a block, the
-#: kernel reads it back from L2 (2 MiB per core on the CI Xeon; half of it, as the kernel's own
-#: reads and the next rows' prefetches share it)
+#: bytes of soft-capped logits per kernel call: each worker transforms a block of its rows,
+#: then its kernel call reads it back from L2 (2 MiB per core on the CI Xeon; half of it, as
+#: the transform's reads from memory share it)
 SOFTCAP_BLOCK_BYTES = 1 << 20
+
+_pools: dict = {}
 
 
 def apply_softcap(block, cap, dtype, out=None):
     """``cap * tanh(block / cap)`` in ``dtype`` (semantics of ``fastdiv.reference.softcap_rows``:
     ``-inf`` stays ``-inf``, NaN stays NaN, ``+inf`` becomes ``cap``), one compiled pass
-    (``fastdiv._numba.softcap``).  ``block``: 2-D, any strides; ``out``: a C-contiguous
-    ``dtype`` array of its shape to write into (a new one when None), returned."""
+    (``fastdiv._numba.softcap``, single-threaded).  ``block``: 2-D, any strides; ``out``: a
+    C-contiguous ``dtype`` array of its shape to write into (a new one when None), returned."""
     from ._numba.softcap import softcap_rows
 
     block = np.asarray(block)
@@ -65,13 +67,26 @@ def apply_softcap(block, cap, dtype, out=None):
     return out
 
 
+def _pool(n):
+    from concurrent.futures import ThreadPoolExecutor
+
+    if n not in _pools:
+        _pools[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="fastdiv-softcap")
+    return _pools[n]
+
+
 def run_blocks(arrays, dtype, softcap, fn):
     """Call ``fn(r0, r1, *blocks)`` over all rows of ``arrays`` (same leading shape), the
     first array soft-capped when ``softcap`` is set: C-contiguous native input goes whole
     (no softcap) or in blocks of ``BLOCK_BYTES`` (converted input), so memory stays O(block).
-    With ``softcap``, each block is transformed into one reused buffer of about
-    ``SOFTCAP_BLOCK_BYTES`` per thread, which the kernel then reads from cache: the logits
-    are still read once from memory."""
+
+    With ``softcap`` the rows are split into one contiguous share per thread, each run by a
+    worker thread that transforms ``SOFTCAP_BLOCK_BYTES`` of its rows at a time into its own
+    reused buffer and calls ``fn`` on it at once, single-threaded (``fastdiv.api``'s per-thread
+    thread count): the kernel reads the block back from that core's L2, so the logits are
+    still read once from memory, and the workers never wait for each other (one parallel
+    region per block and kernel would: on a busy machine each costs a scheduler time slice).
+    ``fn`` calls from different workers touch disjoint rows."""
     nrows = int(np.prod(arrays[0].shape[:-1], dtype=np.int64))
     if nrows == 0:
         return
@@ -79,14 +94,33 @@ def run_blocks(arrays, dtype, softcap, fn):
         _api._run_rows(arrays, dtype, fn, nrows)
         return
     v = arrays[0].shape[-1]
-    step = max(1, SOFTCAP_BLOCK_BYTES * _api.get_num_threads() // (v * dtype.itemsize))
-    buf = np.empty((min(step, nrows), v), dtype=dtype)
+    step = max(1, SOFTCAP_BLOCK_BYTES // (v * dtype.itemsize))
+    nthreads = _api.get_num_threads()
 
-    def call(r0, r1, *blocks):
-        for a in range(0, r1 - r0, step):
-            b = min(a + step, r1 - r0)
+    def share(r0, a0, a1, blocks):
+        buf = np.empty((min(step, a1 - a0), v), dtype=dtype)
+        for a in range(a0, a1, step):
+            b = min(a + step, a1)
             capped = apply_softcap(blocks[0][a:b], softcap, dtype, out=buf[:b - a])
             fn(r0 + a, r0 + b, capped, *[blk[a:b] for blk in blocks[1:]])
+
+    def worker(*args):
+        _api._thread_local.nthreads = 1
+        try:
+            share(*args)
+        finally:
+            _api._thread_local.nthreads = None
+
+    def call(r0, r1, *blocks):
+        n = r1 - r0
+        workers = min(nthreads, -(-n // step))
+        if workers <= 1:
+            share(r0, 0, n, blocks)
+            return
+        edges = [n * k // workers for k in range(workers + 1)]
+        jobs = [_pool(nthreads).submit(worker, r0, a0, a1, blocks) for a0, a1 in zip(edges[:-1], edges[1:])]
+        for job in jobs:
+            job.result()
 
     _api._run_rows(arrays, dtype, call, nrows)
 
