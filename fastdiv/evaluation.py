@@ -210,8 +210,9 @@ class Evaluation:
     library (torch tensor, CuPy array, numba device array).
     """
 
-    def __init__(self, rows, aggregates, topk):
+    def __init__(self, rows, aggregates, topk, host_rows=None):
         self._rows = rows
+        self._host_rows = rows if host_rows is None else host_rows
         self._agg = aggregates
         self.topk = tuple(topk)
         self.accuracy = {k: aggregates[f"accuracy@{k}"] for k in self.topk}
@@ -241,6 +242,11 @@ class Evaluation:
     def aggregates(self):
         """The dataset-level numbers as a plain dict."""
         return dict(self._agg)
+
+    def host(self, key):
+        """The per-row array ``key`` (``"nll"``, ``"correct@1"``, ...) as numpy: the array
+        itself for host input, the host copy it was made from for device results."""
+        return self._host_rows[key]
 
     def __repr__(self):
         parts = [f"rows={int(np.prod(self._rows['nll'].shape))}"]
@@ -440,7 +446,7 @@ def _evaluate_cuda(logits, target, topk, reference, kl_direction, ignore, z_coef
         native, view = interop.empty_like_lib(host.shape, host.dtype, call.tag, call.ensure_stream())
         view.copy_to_device(host, stream=call.ensure_stream())
         on_device[key] = call.result(native, view, lead)
-    return Evaluation(on_device, res.aggregates(), topk)
+    return Evaluation(on_device, res.aggregates(), topk, host_rows=res._rows)
 
 
 # --------------------------------------------------------------------------- cross_entropy options

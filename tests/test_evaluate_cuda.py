@@ -61,3 +61,23 @@ def test_evaluate_cuda_device_arrays_and_options(rng):
     assert isinstance(host.nll, np.ndarray)
     one = fastdiv.evaluate(cuda.to_device(x[0, 0]), np.int64(t[0, 1]), backend="cuda")   # 1-D logits
     assert is_device_array(one.nll)
+
+
+def test_meters_on_device_results(rng):
+    """The streaming meters read device results' host copies (Evaluation.host)."""
+    from numba import cuda
+
+    from fastdiv.meters import Evaluator, Perplexity
+
+    x = rng.standard_normal((6, 11)).astype(np.float32)
+    t = rng.integers(0, 11, 6)
+    t[1] = -100
+    dev, host = Evaluator(topk=(1, 3), z_loss=1e-2), Evaluator(topk=(1, 3), z_loss=1e-2, backend="numpy")
+    dev.update(cuda.to_device(x), t, reference=cuda.to_device(x[::-1].copy()))
+    host.update(x, t, reference=x[::-1].copy())
+    for key, value in host.compute().items():
+        assert dev.compute()[key] == pytest.approx(value, rel=1e-5), key
+    p = Perplexity().update(cuda.to_device(x), t)
+    assert p.compute() == pytest.approx(Perplexity(backend="numpy").update(x, t).compute(), rel=1e-5)
+    res = fastdiv.evaluate(cuda.to_device(x), t)
+    assert isinstance(res.host("nll"), np.ndarray) and is_device_array(res.nll)
