@@ -17,11 +17,14 @@ Softcap: ``softcap=c`` replaces the logits by ``c * tanh(x / c)`` before anythin
 (Gemma), a masked class (``-inf``) staying masked.  The API applies it once for every CPU
 backend (:func:`run_blocks`): one worker per thread writes blocks of its rows through a
 compiled pass (``fastdiv._numba.softcap``) into a reused cache-sized buffer, which the
-backend's kernel then reads from cache (O(block) extra memory per thread).  On cuda a device pass does the same into a device buffer (``fastdiv._cuda.softcap``).
+backend's kernel then reads from cache (O(block) extra memory per thread).  On cuda a device
+pass does the same into a device buffer (``fastdiv._cuda.softcap``).
 """
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import os
 import warnings
 from collections.abc import Sequence
 
@@ -68,11 +71,11 @@ def apply_softcap(block, cap, dtype, out=None):
 
 
 def _pool(n):
-    from concurrent.futures import ThreadPoolExecutor
-
-    if n not in _pools:
-        _pools[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="fastdiv-softcap")
-    return _pools[n]
+    """The softcap workers' thread pool (per process: a forked child gets its own)."""
+    key = (os.getpid(), n)
+    if key not in _pools:
+        _pools[key] = concurrent.futures.ThreadPoolExecutor(max_workers=n, thread_name_prefix="fastdiv-softcap")
+    return _pools[key]
 
 
 def run_blocks(arrays, dtype, softcap, fn):
@@ -119,6 +122,7 @@ def run_blocks(arrays, dtype, softcap, fn):
             return
         edges = [n * k // workers for k in range(workers + 1)]
         jobs = [_pool(nthreads).submit(worker, r0, a0, a1, blocks) for a0, a1 in zip(edges[:-1], edges[1:])]
+        concurrent.futures.wait(jobs)            # all done before an error is raised
         for job in jobs:
             job.result()
 

@@ -149,3 +149,32 @@ def test_cuda_softcap_transform(rng):
         want = R.softcap_rows(src.astype(np.float64), 8.0)
         assert np.array_equal(np.isnan(got), np.isnan(want))
         np.testing.assert_allclose(got, want.astype(dtype), rtol=2e-7 if dtype == np.float32 else 1e-15)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_softcap_workers_thread_count_invariant(backend, rng, monkeypatch):
+    """One worker per thread, each on its own rows: the same bits for any thread count, and
+    the caller's thread setting is left as it was."""
+    monkeypatch.setattr(fastdiv.evaluation, "SOFTCAP_BLOCK_BYTES", 4096)
+    x = make_logits(rng, 37, 300, np.float32, scale=20.0)
+    t = _targets(rng, x)
+    before = fastdiv.get_num_threads()
+    runs = []
+    for n in (1, 2, 3):
+        with fastdiv.threads(n):
+            res = fastdiv.evaluate(x, t, softcap=9.0, backend=backend)
+            assert fastdiv.get_num_threads() == n
+        runs.append(res)
+    assert fastdiv.get_num_threads() == before
+    for key in ("nll", "lse", "entropy", "rank", "argmax"):
+        for other in runs[1:]:
+            np.testing.assert_array_equal(other[key], runs[0][key], err_msg=key)
+
+
+def test_softcap_worker_error_propagates(monkeypatch):
+    def boom(*args):
+        raise RuntimeError("kernel failed")
+
+    monkeypatch.setattr(fastdiv.evaluation, "SOFTCAP_BLOCK_BYTES", 64)
+    with fastdiv.threads(2), pytest.raises(RuntimeError, match="kernel failed"):
+        fastdiv.evaluation.run_blocks([np.zeros((8, 4), np.float32)], np.dtype(np.float32), 2.0, boom)
