@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import warnings
 from typing import Iterator
 
@@ -54,6 +55,9 @@ def _default_threads():
 
 
 _nthreads = _default_threads()
+#: per-thread override of the kernels' thread count: fastdiv.evaluation's softcap workers each
+#: run their kernel calls single-threaded (``_thread_local.nthreads = 1``)
+_thread_local = threading.local()
 
 
 def set_num_threads(n: int) -> None:
@@ -87,7 +91,7 @@ def get_num_threads() -> int:
     >>> fastdiv.get_num_threads() >= 1
     True
     """
-    return _nthreads
+    return getattr(_thread_local, "nthreads", None) or _nthreads
 
 
 @contextlib.contextmanager

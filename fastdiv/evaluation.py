@@ -14,13 +14,17 @@ never pushes it out (optimistic ties, like ``torchmetrics``' ``top_k`` on distin
 and a row whose softmax is undefined (NaN or ``+inf`` logits) counts as a miss.
 
 Softcap: ``softcap=c`` replaces the logits by ``c * tanh(x / c)`` before anything else
-(Gemma), a masked class (``-inf``) staying masked.  It is applied by the API to blocks of
-about ``fastdiv.api.BLOCK_BYTES`` (O(block) extra memory, any backend) and costs a second
-pass over each block (from cache).
+(Gemma), a masked class (``-inf``) staying masked.  The API applies it once for every CPU
+backend (:func:`run_blocks`): one worker per thread writes blocks of its rows through a
+compiled pass (``fastdiv._numba.softcap``) into a reused cache-sized buffer, which the
+backend's kernel then reads from cache (O(block) extra memory per thread).  On cuda a device
+pass does the same into a device buffer (``fastdiv._cuda.softcap``).
 """
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import os
 import warnings
 from collections.abc import Sequence
 
@@ -41,51 +45,86 @@ ARGMAX, COUNT, FLAGS = range(3)
 # --------------------------------------------------------------------------- kernel driver
 
 
-#: elements per piece of the softcap transform: its four passes then run in L2, not DRAM
-SOFTCAP_TILE = 16384
+#: bytes of soft-capped logits per kernel call: each worker transforms a block of its rows,
+#: then its kernel call reads it back from L2 (2 MiB per core on the CI Xeon; half of it, as
+#: the transform's reads from memory share it)
+SOFTCAP_BLOCK_BYTES = 1 << 20
+
+_pools: dict = {}
 
 
-def apply_softcap(block, cap, dtype):
-    """``cap * tanh(block / cap)`` in ``dtype`` (a new C-contiguous array of the block's shape),
-    ``-inf`` kept.  Done in flat pieces of SOFTCAP_TILE elements, so that numpy's passes
-    (scale, tanh, scale back, restore the masked classes) re-read the piece from L2."""
+def apply_softcap(block, cap, dtype, out=None):
+    """``cap * tanh(block / cap)`` in ``dtype`` (semantics of ``fastdiv.reference.softcap_rows``:
+    ``-inf`` stays ``-inf``, NaN stays NaN, ``+inf`` becomes ``cap``), one compiled pass
+    (``fastdiv._numba.softcap``, single-threaded).  ``block``: 2-D, any strides; ``out``: a
+    C-contiguous ``dtype`` array of its shape to write into (a new one when None), returned."""
+    from ._numba.softcap import softcap_rows
+
     block = np.asarray(block)
-    out = np.empty(block.shape, dtype=dtype)
-    src = block.reshape(-1) if block.flags.c_contiguous else None
-    flat = out.reshape(-1)
-    if src is None:                                  # strided rows: convert row by row first
-        for i in range(block.shape[0]):
-            out[i] = block[i]
-        src = flat
-    inv, c = dtype.type(1.0 / cap), dtype.type(cap)
-    mask = np.empty(min(SOFTCAP_TILE, flat.size), dtype=bool)
-    for a in range(0, flat.size, SOFTCAP_TILE):
-        x, o = src[a:a + SOFTCAP_TILE], flat[a:a + SOFTCAP_TILE]
-        masked = np.equal(x, -np.inf, out=mask[:x.size])
-        np.multiply(x, inv, out=o, casting="unsafe")
-        np.tanh(o, out=o)
-        o *= c
-        np.copyto(o, -np.inf, where=masked)
+    if block.dtype != dtype:
+        block = block.astype(dtype)
+    if out is None:
+        out = np.empty(block.shape, dtype=dtype)
+    if block.size:
+        softcap_rows(block, dtype.type(1.0 / cap), dtype.type(cap), out)
     return out
+
+
+def _pool(n):
+    """The softcap workers' thread pool (per process: a forked child gets its own)."""
+    key = (os.getpid(), n)
+    if key not in _pools:
+        _pools[key] = concurrent.futures.ThreadPoolExecutor(max_workers=n, thread_name_prefix="fastdiv-softcap")
+    return _pools[key]
 
 
 def run_blocks(arrays, dtype, softcap, fn):
     """Call ``fn(r0, r1, *blocks)`` over all rows of ``arrays`` (same leading shape), the
     first array soft-capped when ``softcap`` is set: C-contiguous native input goes whole
-    (no softcap) or in blocks of ``BLOCK_BYTES`` (softcap), so memory stays O(block)."""
+    (no softcap) or in blocks of ``BLOCK_BYTES`` (converted input), so memory stays O(block).
+
+    With ``softcap`` the rows are split into one contiguous share per thread, each run by a
+    worker thread that transforms ``SOFTCAP_BLOCK_BYTES`` of its rows at a time into its own
+    reused buffer and calls ``fn`` on it at once, single-threaded (``fastdiv.api``'s per-thread
+    thread count): the kernel reads the block back from that core's L2, so the logits are
+    still read once from memory, and the workers never wait for each other (one parallel
+    region per block and kernel would: on a busy machine each costs a scheduler time slice).
+    ``fn`` calls from different workers touch disjoint rows."""
     nrows = int(np.prod(arrays[0].shape[:-1], dtype=np.int64))
     if nrows == 0:
         return
+    if softcap is None:
+        _api._run_rows(arrays, dtype, fn, nrows)
+        return
     v = arrays[0].shape[-1]
+    step = max(1, SOFTCAP_BLOCK_BYTES // (v * dtype.itemsize))
+    nthreads = _api.get_num_threads()
+
+    def share(r0, a0, a1, blocks):
+        buf = np.empty((min(step, a1 - a0), v), dtype=dtype)
+        for a in range(a0, a1, step):
+            b = min(a + step, a1)
+            capped = apply_softcap(blocks[0][a:b], softcap, dtype, out=buf[:b - a])
+            fn(r0 + a, r0 + b, capped, *[blk[a:b] for blk in blocks[1:]])
+
+    def worker(*args):
+        _api._thread_local.nthreads = 1
+        try:
+            share(*args)
+        finally:
+            _api._thread_local.nthreads = None
 
     def call(r0, r1, *blocks):
-        if softcap is None:
-            fn(r0, r1, *blocks)
+        n = r1 - r0
+        workers = min(nthreads, -(-n // step))
+        if workers <= 1:
+            share(r0, 0, n, blocks)
             return
-        step = _api._rows_per_block(v, 8)
-        for a in range(0, r1 - r0, step):
-            b = min(a + step, r1 - r0)
-            fn(r0 + a, r0 + b, apply_softcap(blocks[0][a:b], softcap, dtype), *[blk[a:b] for blk in blocks[1:]])
+        edges = [n * k // workers for k in range(workers + 1)]
+        jobs = [_pool(nthreads).submit(worker, r0, a0, a1, blocks) for a0, a1 in zip(edges[:-1], edges[1:])]
+        concurrent.futures.wait(jobs)            # all done before an error is raised
+        for job in jobs:
+            job.result()
 
     _api._run_rows(arrays, dtype, call, nrows)
 
@@ -170,11 +209,14 @@ class Evaluation:
     (shape ``logits.shape[:-1]``, the input's float dtype) are attributes and keys too:
     ``nll``, ``lse``, ``entropy``, ``target_prob``, ``argmax``, ``rank``, ``counted``,
     ``correct[k]`` (``res["correct@k"]``), ``kl``, ``kl_model_ref``, ``kl_ref_model``,
-    ``z_loss``.  Target-dependent values of ignored rows are 0 (``correct`` False).
+    ``z_loss``.  Target-dependent values of ignored rows are 0 (``correct`` False).  On the
+    cuda backend with device logits the per-row arrays are device arrays of the logits'
+    library (torch tensor, CuPy array, numba device array).
     """
 
-    def __init__(self, rows, aggregates, topk):
+    def __init__(self, rows, aggregates, topk, host_rows=None):
         self._rows = rows
+        self._host_rows = rows if host_rows is None else host_rows
         self._agg = aggregates
         self.topk = tuple(topk)
         self.accuracy = {k: aggregates[f"accuracy@{k}"] for k in self.topk}
@@ -205,8 +247,13 @@ class Evaluation:
         """The dataset-level numbers as a plain dict."""
         return dict(self._agg)
 
+    def host(self, key):
+        """The per-row array ``key`` (``"nll"``, ``"correct@1"``, ...) as numpy: the array
+        itself for host input, the host copy it was made from for device results."""
+        return self._host_rows[key]
+
     def __repr__(self):
-        parts = [f"rows={self._rows['nll'].size}"]
+        parts = [f"rows={int(np.prod(self._rows['nll'].shape))}"]
         for key, value in self._agg.items():
             parts.append(f"{key}={value}" if key == "count" else f"{key}={value:.6g}")
         return f"Evaluation({', '.join(parts)})"
@@ -291,7 +338,7 @@ def evaluate(logits: ArrayLike, target: ArrayLike, *, topk: int | Sequence[int] 
         Adds the per-row ``z_loss = coef * lse**2`` (PaLM's auxiliary loss) and its mean.
     softcap : float > 0, optional
         Logits become ``softcap * tanh(logits / softcap)`` first (masked classes stay masked).
-    backend : {"auto", "numba", "cython", "numpy"}
+    backend : {"auto", "numba", "cython", "numpy", "cuda"}
 
     Returns
     -------
@@ -299,7 +346,9 @@ def evaluate(logits: ArrayLike, target: ArrayLike, *, topk: int | Sequence[int] 
         ``res["mean_nll"]``, ``res["perplexity"]``, ``res["accuracy@k"]``,
         ``res["mean_entropy"]``, ``res["mean_kl"]``; per-row arrays ``res.nll`` etc.  With
         no counted row, the aggregates are NaN (with a RuntimeWarning).  The per-row arrays
-        are numpy arrays for host input of any library (torch and JAX CPU tensors included).
+        are numpy arrays for host input of any library (torch and JAX CPU tensors included);
+        for device logits (cuda backend) they are device arrays of the logits' library,
+        allocated by it on its current stream; the aggregates are Python numbers.
 
     Examples
     --------
@@ -332,16 +381,23 @@ def evaluate(logits: ArrayLike, target: ArrayLike, *, topk: int | Sequence[int] 
     return row_results(rows, lead, dtype, topk, counted, kl_direction, z_coef)
 
 
+#: bytes of the device buffer the soft-capped logits of a block of rows are written to
+SOFTCAP_DEVICE_BYTES = 64 << 20
+
+
 def _evaluate_cuda(logits, target, topk, reference, kl_direction, ignore, z_coef, cap):
     """evaluate on the device: the per-row state is computed there (inputs read in place,
     numpy input copied over) and brought to the host (O(rows), one synchronisation), where it
-    is finished like the CPU backends' states: the result holds numpy arrays."""
+    is finished like the CPU backends' states.  For device logits the per-row arrays go back
+    to the device in the caller's library (allocated by it, on its stream); aggregates are
+    Python numbers.  With ``softcap``, blocks of rows are soft-capped on the device into one
+    reused buffer of about ``SOFTCAP_DEVICE_BYTES`` (``fastdiv._cuda.softcap``), which the
+    evaluate kernel then reads."""
     from numba import cuda
 
     from ._cuda import interop
+    from ._cuda.softcap import softcap_rows
 
-    if cap is not None:
-        raise _registry.BackendUnavailable("softcap is not implemented on the cuda backend; use a CPU backend")
     call = _gpu._Call()
     xv = call.view("logits", logits)
     if call.bf16:
@@ -367,14 +423,34 @@ def _evaluate_cuda(logits, target, topk, reference, kl_direction, ignore, z_coef
         stream = call.ensure_stream()
         st_d = cuda.to_device(st, stream=stream)
         ix_d = cuda.to_device(ix, stream=stream)
-        _registry.kernel("cuda", "evaluate")(x2, z2, cuda.to_device(t, stream=stream), st_d, ix_d, None,
-                                             stream=stream)
+        t_d = cuda.to_device(t, stream=stream)
+        kern = _registry.kernel("cuda", "evaluate")
+        if cap is None:
+            kern(x2, z2, t_d, st_d, ix_d, None, stream=stream)
+        else:
+            step = max(1, min(rows, SOFTCAP_DEVICE_BYTES // (v * dtype.itemsize)))
+            _keep, buf = interop.empty_like_lib((step, v), dtype, call.tag, stream)
+            for r0 in range(0, rows, step):
+                r1 = min(r0 + step, rows)
+                xb = buf[:r1 - r0]
+                softcap_rows(x2[r0:r1], xb, cap, stream=stream)
+                zb = z2[r0:r1] if reference is not None else z2
+                kern(xb, zb, t_d[r0:r1], st_d[r0:r1], ix_d[r0:r1], None, stream=stream)
         st_d.copy_to_host(st, stream=stream)
         ix_d.copy_to_host(ix, stream=stream)
         stream.synchronize()
     kl = None if reference is None else (st[:, MZ], st[:, SZ], st[:, WXZ], st[:, WZX], ix[:, FLAGS])
     rows_ = finish_rows(st[:, M], st[:, S], st[:, W], st[:, XT], counted, ix[:, COUNT], ix[:, ARGMAX], topk, kl)
-    return row_results(rows_, lead, dtype, topk, counted, kl_direction, z_coef)
+    res = row_results(rows_, lead, dtype, topk, counted, kl_direction, z_coef)
+    if call.tag is None:                   # numpy in, numpy out
+        return res
+    on_device = {}
+    for key, a in res._rows.items():
+        host = np.ascontiguousarray(np.asarray(a).reshape(-1))
+        native, view = interop.empty_like_lib(host.shape, host.dtype, call.tag, call.ensure_stream())
+        view.copy_to_device(host, stream=call.ensure_stream())
+        on_device[key] = call.result(native, view, lead)
+    return Evaluation(on_device, res.aggregates(), topk, host_rows=res._rows)
 
 
 # --------------------------------------------------------------------------- cross_entropy options

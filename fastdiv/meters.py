@@ -147,7 +147,7 @@ class Perplexity(_Meter):
         res = _quiet_evaluate(logits, target, topk=(), ignore_index=self.ignore_index, softcap=self.softcap,
                               backend=self.backend) if np.size(target) else None
         if res is not None and res.count:
-            self._sums["nll"] += float(np.sum(np.asarray(res.nll, dtype=np.float64)))
+            self._sums["nll"] += float(np.sum(np.asarray(res.host("nll"), dtype=np.float64)))
             self._sums["count"] += res.count
         return self
 
@@ -198,21 +198,21 @@ class Evaluator(_Meter):
     def _add(self, res, with_reference):
         """Add the counted rows of one batch's :class:`fastdiv.Evaluation` to the sums (the
         hook a subclass extends to keep more sums from the same single read)."""
-        c = np.asarray(res.counted)
+        c = np.asarray(res.host("counted"))
 
-        def total(a):
-            return float(np.sum(np.asarray(a, dtype=np.float64)[c]))
+        def total(key):
+            return float(np.sum(np.asarray(res.host(key), dtype=np.float64)[c]))
 
         self._sums["count"] += res.count
-        self._sums["nll"] += total(res.nll)
-        self._sums["entropy"] += total(res.entropy)
+        self._sums["nll"] += total("nll")
+        self._sums["entropy"] += total("entropy")
         for k in self.topk:
-            self._sums[f"correct@{k}"] += float(np.count_nonzero(np.asarray(res.correct[k])[c]))
+            self._sums[f"correct@{k}"] += float(np.count_nonzero(np.asarray(res.host(f"correct@{k}"))[c]))
         if with_reference:
-            self._sums["kl"] += total(res.kl)
+            self._sums["kl"] += total("kl")
             self._sums["kl_count"] += res.count
         if self.z_loss:
-            self._sums["z_loss"] += total(res.z_loss)
+            self._sums["z_loss"] += total("z_loss")
 
     def compute(self):
         s = self._sums

@@ -7,6 +7,7 @@ import pytest
 
 import fastdiv
 from fastdiv import _registry
+from fastdiv._cuda.interop import is_device_array
 from fastdiv import reference as R
 
 from conftest import make_logits
@@ -48,5 +49,35 @@ def test_evaluate_cuda_device_arrays_and_options(rng):
     for key in ("mean_nll", "perplexity", "accuracy@1", "accuracy@5", "mean_entropy", "mean_z_loss"):
         np.testing.assert_allclose(res[key], want[key], rtol=1e-5, err_msg=key)
     assert res.nll.shape == (3, 4)
-    with pytest.raises(fastdiv.BackendUnavailable, match="softcap"):
-        fastdiv.evaluate(x, t, softcap=5.0, backend="cuda")
+    # device logits: per-row results stay on the device (numba in, numba out), aggregates are
+    # Python numbers
+    for key in ("nll", "lse", "entropy", "target_prob", "argmax", "rank", "counted", "correct@1", "z_loss"):
+        assert is_device_array(res[key]), key
+        np.testing.assert_allclose(res[key].copy_to_host(), want[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    assert isinstance(res.mean_nll, float) and isinstance(res.count, int)
+    assert is_device_array(res.correct[5])
+    assert "rows=12" in repr(res)
+    host = fastdiv.evaluate(x, t, backend="cuda")                        # numpy in, numpy out
+    assert isinstance(host.nll, np.ndarray)
+    one = fastdiv.evaluate(cuda.to_device(x[0, 0]), np.int64(t[0, 1]), backend="cuda")   # 1-D logits
+    assert is_device_array(one.nll)
+
+
+def test_meters_on_device_results(rng):
+    """The streaming meters read device results' host copies (Evaluation.host)."""
+    from numba import cuda
+
+    from fastdiv.meters import Evaluator, Perplexity
+
+    x = rng.standard_normal((6, 11)).astype(np.float32)
+    t = rng.integers(0, 11, 6)
+    t[1] = -100
+    dev, host = Evaluator(topk=(1, 3), z_loss=1e-2), Evaluator(topk=(1, 3), z_loss=1e-2, backend="numpy")
+    dev.update(cuda.to_device(x), t, reference=cuda.to_device(x[::-1].copy()))
+    host.update(x, t, reference=x[::-1].copy())
+    for key, value in host.compute().items():
+        assert dev.compute()[key] == pytest.approx(value, rel=1e-5), key
+    p = Perplexity().update(cuda.to_device(x), t)
+    assert p.compute() == pytest.approx(Perplexity(backend="numpy").update(x, t).compute(), rel=1e-5)
+    res = fastdiv.evaluate(cuda.to_device(x), t)
+    assert isinstance(res.host("nll"), np.ndarray) and is_device_array(res.nll)

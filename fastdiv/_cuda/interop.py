@@ -133,7 +133,8 @@ def empty_like_lib(shape, dtype, tag, stream=None):
         import torch
 
         tdt = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
-               np.dtype(np.int64): torch.int64, np.dtype(np.int32): torch.int32}[dtype]
+               np.dtype(np.int64): torch.int64, np.dtype(np.int32): torch.int32,
+               np.dtype(np.bool_): torch.bool}[dtype]
         t = torch.empty(shape, dtype=tdt, device=f"cuda:{tag.device}")
         return t, _as_cuda_array(t)
     if tag is not None and tag.lib == "cupy":
