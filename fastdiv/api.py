@@ -451,7 +451,10 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
             _validate(True, "probs", target=t_arr)          # (a device target: ValueError, host only)
     if backend == "cuda":
         if options:
-            raise _registry.BackendUnavailable("z_loss, softcap and return_lse are not implemented for cuda yet")
+            from .evaluation import cross_entropy_cuda_options
+
+            return cross_entropy_cuda_options(logits, target, reduction, ignore, weight, eps, z_coef, cap,
+                                              bool(return_lse))
         return _gpu.cross_entropy(logits, target, reduction, ignore, weight, eps, scale)
     if options:
         from .evaluation import cross_entropy_with_options

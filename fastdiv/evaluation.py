@@ -393,6 +393,25 @@ def _evaluate_cuda(logits, target, topk, reference, kl_direction, ignore, z_coef
     Python numbers.  With ``softcap``, blocks of rows are soft-capped on the device into one
     reused buffer of about ``SOFTCAP_DEVICE_BYTES`` (``fastdiv._cuda.softcap``), which the
     evaluate kernel then reads."""
+    call, res, lead = _evaluate_cuda_host(logits, target, topk, reference, kl_direction, ignore, z_coef, cap)
+    if call.tag is None:                   # numpy in, numpy out
+        return res
+    on_device = {key: _to_caller(call, a, lead) for key, a in res._rows.items()}
+    return Evaluation(on_device, res.aggregates(), topk, host_rows=res._rows)
+
+
+def _to_caller(call, a, shape):
+    """A host array (O(rows)) copied to the device as an array of the caller's library."""
+    from ._cuda import interop
+
+    host = np.ascontiguousarray(np.asarray(a).reshape(-1))
+    native, view = interop.empty_like_lib(host.shape, host.dtype, call.tag, call.ensure_stream())
+    view.copy_to_device(host, stream=call.ensure_stream())
+    return call.result(native, view, shape)
+
+
+def _evaluate_cuda_host(logits, target, topk, reference, kl_direction, ignore, z_coef, cap):
+    """_evaluate_cuda's device pass: (the call, the Evaluation with host arrays, lead shape)."""
     from numba import cuda
 
     from ._cuda import interop
@@ -441,16 +460,11 @@ def _evaluate_cuda(logits, target, topk, reference, kl_direction, ignore, z_coef
         stream.synchronize()
     kl = None if reference is None else (st[:, MZ], st[:, SZ], st[:, WXZ], st[:, WZX], ix[:, FLAGS])
     rows_ = finish_rows(st[:, M], st[:, S], st[:, W], st[:, XT], counted, ix[:, COUNT], ix[:, ARGMAX], topk, kl)
-    res = row_results(rows_, lead, dtype, topk, counted, kl_direction, z_coef)
-    if call.tag is None:                   # numpy in, numpy out
-        return res
-    on_device = {}
-    for key, a in res._rows.items():
-        host = np.ascontiguousarray(np.asarray(a).reshape(-1))
-        native, view = interop.empty_like_lib(host.shape, host.dtype, call.tag, call.ensure_stream())
-        view.copy_to_device(host, stream=call.ensure_stream())
-        on_device[key] = call.result(native, view, lead)
-    return Evaluation(on_device, res.aggregates(), topk, host_rows=res._rows)
+    with warnings.catch_warnings():        # cross_entropy's callers get no evaluate warning
+        if not topk:
+            warnings.simplefilter("ignore", RuntimeWarning)
+        res = row_results(rows_, lead, dtype, topk, counted, kl_direction, z_coef)
+    return call, res, lead
 
 
 # --------------------------------------------------------------------------- cross_entropy options
@@ -495,10 +509,7 @@ def cross_entropy_with_options(logits, target, reduction, ignore, weight, eps, b
     if not soft and eps == 0:
         st, ix, _ = run_state(backend, x, np.where(counted, t, -1), None, cap)
         rows = finish_rows(st[:, M], st[:, S], st[:, W], st[:, XT], counted, ix[:, COUNT], ix[:, ARGMAX], ())
-        nll, wt = rows["nll"], w[np.where(counted, t, 0)].astype(np.float64)
-        # as ce_hard: a zero-weight term is exactly 0, but NaN wins over a zero weight
-        loss = np.where(np.isnan(nll), np.nan, np.where(wt == 0, 0.0, wt * nll))
-        loss[~counted] = 0.0
+        loss = _hard_loss(rows["nll"], counted, t, w)
         lse = rows["lse"]
     else:
         def fn(r0, r1, xb, *rest):
@@ -511,9 +522,27 @@ def cross_entropy_with_options(logits, target, reduction, ignore, weight, eps, b
                 lse[r0:r1] = _api._per_row("lse", backend, [xb])
 
         run_blocks(arrays, dtype, cap, fn)
-    out = _reduce_loss(loss, lead, reduction, dtype, soft, weight, w, counted, t if not soft else None)
-    if not need_lse:
-        return out
+    return _ce_outputs(loss, lse, counted, lead, reduction, dtype, soft, weight, w, None if soft else t, z_coef,
+                       return_lse)
+
+
+def _hard_loss(nll, counted, t, w):
+    """w_t * nll per row as ce_hard forms it: a zero-weight term is exactly 0, but NaN wins
+    over a zero weight; ignored rows 0."""
+    wt = w[np.where(counted, t, 0)].astype(np.float64)
+    loss = np.where(np.isnan(nll), np.nan, np.where(wt == 0, 0.0, wt * nll))
+    loss[~counted] = 0.0
+    return loss
+
+
+def _ce_outputs(loss, lse, counted, lead, reduction, dtype, soft, weight, w, t, z_coef, return_lse, to=None):
+    """cross_entropy's result with the options from per-row float64 loss and lse; ``to``
+    converts each returned array (the cuda path: to the caller's library)."""
+    to = to or (lambda a, shape: a)
+    out = _reduce_loss(loss, lead, reduction, dtype, soft, weight, w, counted, t)
+    nrows = loss.shape[0]
+    if not (z_coef or return_lse):
+        return to(out, lead if reduction == "none" else ())
     with np.errstate(over="ignore", invalid="ignore"):
         z_rows = np.where(counted, z_coef * lse ** 2, 0.0) if z_coef else np.zeros(nrows)
     if reduction == "none":
@@ -527,8 +556,43 @@ def cross_entropy_with_options(logits, target, reduction, ignore, weight, eps, b
     lse_out = None
     if return_lse:
         lse_out = lse.reshape(lead).astype(dtype)
-        lse_out = lse_out[()] if lse_out.ndim == 0 else lse_out
-    return CrossEntropyOutput(out, z_out, lse_out)
+        lse_out = to(lse_out[()] if lse_out.ndim == 0 else lse_out, lead)
+    return CrossEntropyOutput(to(out, lead if reduction == "none" else ()), to(z_out, lead if reduction == "none" else ()),
+                              lse_out)
+
+
+def cross_entropy_cuda_options(logits, target, reduction, ignore, weight, eps, z_coef, cap, return_lse):
+    """``cross_entropy`` with ``z_loss`` / ``softcap`` / ``return_lse`` on cuda, for class-index
+    targets without label smoothing: the device evaluate pass (soft-capped on the device) gives
+    each row's nll and lse; the O(rows) finish runs on the host as on the CPU backends, and
+    for device logits every returned array goes back to the device in the caller's library."""
+    from . import _gpu
+    from ._cuda import interop
+
+    if eps != 0:
+        raise _registry.BackendUnavailable(
+            "on cuda, z_loss / softcap / return_lse take class-index targets without label_smoothing; "
+            "use a CPU backend for label smoothing with these options")
+
+    def host(a):                          # O(rows) / O(V) arrays only
+        return interop.to_device_view(_gpu._torch_contiguous(a))[0].copy_to_host() if interop.is_device_array(a) else a
+
+    tgt = _checks.as_array("target", host(target))
+    if tgt.dtype.kind == "f" or tgt.dtype == _checks._bfloat16():
+        raise _registry.BackendUnavailable(
+            "on cuda, z_loss / softcap / return_lse take class-index targets; use a CPU backend for "
+            "probability targets with these options")
+    call, res, lead = _evaluate_cuda_host(logits, tgt, (), None, "model||ref", ignore, 0.0, cap)
+    counted = np.asarray(res.host("counted")).reshape(-1)
+    v = int(tuple(logits.shape)[-1])
+    dtype = np.dtype(res.host("nll").dtype)
+    w = np.ones(v, dtype) if weight is None else _checks.class_weight(host(weight), v, dtype)
+    t = _checks.class_targets(tgt, lead, v, ignore)
+    nll = np.asarray(res.host("nll"), dtype=np.float64).reshape(-1)
+    lse = np.asarray(res.host("lse"), dtype=np.float64).reshape(-1)
+    loss = _hard_loss(nll, counted, t, w)
+    to = None if call.tag is None else (lambda a, shape: _to_caller(call, a, shape))
+    return _ce_outputs(loss, lse, counted, lead, reduction, dtype, False, weight, w, t, z_coef, return_lse, to)
 
 
 def _reduce_loss(loss, lead, reduction, dtype, soft, weight, w, counted, t):

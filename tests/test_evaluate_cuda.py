@@ -81,3 +81,37 @@ def test_meters_on_device_results(rng):
     assert p.compute() == pytest.approx(Perplexity(backend="numpy").update(x, t).compute(), rel=1e-5)
     res = fastdiv.evaluate(cuda.to_device(x), t)
     assert isinstance(res.host("nll"), np.ndarray) and is_device_array(res.nll)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cross_entropy_options_on_cuda(reduction, weighted, rng):
+    """z_loss / softcap / return_lse on cuda (class-index targets): the numpy reference's
+    numbers; device logits give device results."""
+    from numba import cuda
+
+    x = make_logits(rng, 12, 9, np.float32) * 4
+    t = rng.integers(0, 9, 12)
+    t[3] = -100
+    w = rng.uniform(0.5, 2.0, 9).astype(np.float32) if weighted else None
+    kw = dict(reduction=reduction, weight=w, z_loss=1e-3, softcap=5.0, return_lse=True)
+    got = fastdiv.cross_entropy(x, t, backend="cuda", **kw)
+    want = fastdiv.cross_entropy(x, t, backend="numpy", **kw)
+    for a, b, name in zip(got, want, ("loss", "z_loss", "lse")):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-6, err_msg=name)
+    dev = fastdiv.cross_entropy(cuda.to_device(x), cuda.to_device(t), **kw)      # auto -> cuda
+    for a, b, name in zip(dev, want, ("loss", "z_loss", "lse")):
+        assert is_device_array(a), name
+        np.testing.assert_allclose(a.copy_to_host().reshape(np.shape(b)), np.asarray(b), rtol=2e-5, atol=1e-6,
+                                   err_msg=name)
+    plain = fastdiv.cross_entropy(x, t, backend="cuda", reduction=reduction, weight=w, softcap=5.0)
+    np.testing.assert_allclose(np.asarray(plain), np.asarray(want.loss), rtol=2e-5, atol=1e-6)
+
+
+def test_cross_entropy_options_on_cuda_unsupported_combinations(rng):
+    x = make_logits(rng, 4, 5, np.float32)
+    with pytest.raises(_registry.BackendUnavailable, match="label_smoothing"):
+        fastdiv.cross_entropy(x, np.zeros(4, np.int64), label_smoothing=0.1, z_loss=1e-3, backend="cuda")
+    p = np.full((4, 5), 0.2, np.float32)
+    with pytest.raises(_registry.BackendUnavailable, match="class-index"):
+        fastdiv.cross_entropy(x, p, softcap=3.0, backend="cuda")
