@@ -201,16 +201,21 @@ static inline FD_M FI(fd_nonfinite)(FD_V v)
 #endif
 
 /* One vector of the s accumulation: t = x - shift <= 0.  x == shift: e == 1 exactly, counted
-   apart in the counter ak (see fd_cnt_add). */
+   apart in the counter ak (see fd_cnt_add).  `kr` (loop-invariant, in scope): whether the
+   segment can hold the shift at all.  A long row's chunk whose max is below the running max
+   (most chunks of a row) has no such entry: every lane is "rest", so the masked add is a
+   plain add and the count does not change -- the plain add gives the same bits, with two
+   vector instructions less per vector (the compare and the mask move). */
 #define FD_ACC_S(t, e, ak, ar, zero)                                                          \
     do {                                                                                      \
-        FD_M rest_ = FN(fd_ne)((t), (zero)); /* true for NaN: a NaN e enters ar */             \
-        (ar) = FN(fd_add_where)((ar), rest_, (e));                                            \
-        (ak) = FN(fd_cnt_add)((ak), rest_);                                                   \
+        if (kr) {                                                                             \
+            FD_M rest_ = FN(fd_ne)((t), (zero)); /* true for NaN: a NaN e enters ar */         \
+            (ar) = FN(fd_add_where)((ar), rest_, (e));                                        \
+            (ak) = FN(fd_cnt_add)((ak), rest_);                                               \
+        } else {                                                                              \
+            (ar) += (e);                                                                      \
+        }                                                                                     \
     } while (0)
-
-/* Loop over a row segment [0, n) in vectors: BODY runs with `j` (offset) and `xv`-style loads
-   done by the caller's macro; full vectors first (with prefetch), then one padded tail. */
 
 /* ========================================================================================== */
 /* lse                                                                                         */
@@ -243,6 +248,7 @@ static inline void FI(fd_lse_state)(const FD_TI *x, ptrdiff_t V, int scan_nan, F
             }
         }
         const FD_V sh = FN(fd_splat)(FI(fd_shift)(m));
+        const int kr = mc == m;
         FD_V ar = {0};
         FD_CNT ak = {0};
         ptrdiff_t j = 0;
@@ -270,6 +276,7 @@ static inline void FI(fd_lse_state)(const FD_TI *x, ptrdiff_t V, int scan_nan, F
 static inline void FI(fd_lse_state_block)(const FD_TI *x, ptrdiff_t V, int nrows, FD_T *m,
                                           FD_T *k, FD_T *r)
 {
+    const int kr = 1; /* each row holds its max (FD_ACC_S) */
     const ptrdiff_t q = V / FD_W * FD_W;
     const int nt = (int)(V - q);
     FD_V rowv[FD_W], cols[FD_W];
@@ -381,6 +388,7 @@ static double FI(fd_entropy_logits)(const FD_TI *x, ptrdiff_t V)
             m = mc;
         }
         const FD_V sh = FN(fd_splat)(FI(fd_shift)(m));
+        const int kr = mc == m;
         FD_V ar = {0}, aw = {0}, tc;
         FD_CNT ak = {0};
         ptrdiff_t j = 0;
@@ -406,6 +414,7 @@ static double FI(fd_entropy_logits)(const FD_TI *x, ptrdiff_t V)
 
 static void FI(fd_entropy_logits_block)(const FD_TI *x, ptrdiff_t V, int nrows, FD_T *out)
 {
+    const int kr = 1; /* each row holds its max (FD_ACC_S) */
     const ptrdiff_t q = V / FD_W * FD_W;
     const int nt = (int)(V - q);
     FD_V rowv[FD_W], roww[FD_W], cols[FD_W];
@@ -691,6 +700,7 @@ static double FI(fd_ce_hard)(const FD_TI *x, ptrdiff_t V, int64_t t, double wt, 
             m = mc;
         }
         const FD_V sh = FN(fd_splat)(FI(fd_shift)(m));
+        const int kr = mc == m;
         FD_V ar = {0}, au = {0}, aW = {0};
         FD_CNT ak = {0};
         ptrdiff_t j = 0;
@@ -716,6 +726,7 @@ static void FI(fd_ce_hard_block)(const FD_TI *x, ptrdiff_t V, int nrows, const i
                                  int64_t ignore_index, const FD_T *weight, double eps,
                                  FD_T *out)
 {
+    const int kr = 1; /* each row holds its max (FD_ACC_S) */
     FD_T m[FD_W] __attribute__((aligned(64))), k[FD_W] __attribute__((aligned(64)));
     FD_T r[FD_W] __attribute__((aligned(64))), u[FD_W] __attribute__((aligned(64)));
     double W = 0.0;
@@ -846,6 +857,7 @@ static double FI(fd_ce_soft)(const FD_TI *x, const FD_TI *p, const FD_T *w_, ptr
             m = mc;
         }
         const FD_V sh = FN(fd_splat)(FI(fd_shift)(m));
+        const int kr = mc == m;
         FD_V ar = {0}, au = {0}, aC = {0};
         FD_CNT ak = {0};
         ptrdiff_t j = 0;
@@ -873,6 +885,7 @@ static double FI(fd_ce_soft)(const FD_TI *x, const FD_TI *p, const FD_T *w_, ptr
 static void FI(fd_ce_soft_block)(const FD_TI *x, const FD_TI *p, const FD_T *w_, ptrdiff_t V,
                                  int nrows, double alpha_, double beta_, FD_T *out)
 {
+    const int kr = 1; /* each row holds its max (FD_ACC_S) */
     const FD_T alpha = (FD_T)alpha_, beta = (FD_T)beta_;
     const ptrdiff_t q = V / FD_W * FD_W;
     const int nt = (int)(V - q);
