@@ -155,7 +155,8 @@ def _extensions():
         sources=["fastdiv/_cython/_kernels.pyx"],
         include_dirs=[numpy.get_include(), "fastdiv/_cython"],
         depends=["fastdiv/_cython/_simd.h", "fastdiv/_cython/_rows.h", "fastdiv/_cython/_eval.h",
-                 "fastdiv/_cython/_eval_rows.h", "fastdiv/_cython/_div.h", "fastdiv/_cython/_div_rows.h"],
+                 "fastdiv/_cython/_eval_rows.h", "fastdiv/_cython/_div.h", "fastdiv/_cython/_div_rows.h",
+                 "fastdiv/_cython/_inst.h"],
         libraries=["m"] if os.name == "posix" else [],
     )
     return cythonize([ext], compiler_directives={"language_level": "3"})

@@ -1,10 +1,8 @@
-/* Divergence-family row kernels (issue 5): a template included twice by _div.h, with the
- * macros of _rows.h (FD_T, FD_V, FD_M, FD_W, FN).  No include guard on purpose.
+/* Divergence-family row kernels (issue 5): a template instantiated by _inst.h after _rows.h,
+ * with the same parameters (inputs FD_TI read through FI(fd_ld / fd_ldt / fd_at) and
+ * FI(fd_chunk2)).  No include guard on purpose.
  * Semantics: fastdiv/reference.py (js_rows, topk_kl_rows).
  */
-#define FD_NEG_INF ((FD_T)-INFINITY)
-#define FD_POS_INF ((FD_T)INFINITY)
-#define FD_CH ((ptrdiff_t)(FD_CHUNK_BYTES / sizeof(FD_T)))
 
 /* ========================================================================================== */
 /* Generalized Jensen-Shannon, 0 < beta < 1:                                                    */
@@ -38,7 +36,7 @@
         acc += tp_ + tq_;                                                                     \
     } while (0)
 
-static double FN(fd_js_pass)(const FD_T *x, const FD_T *z, ptrdiff_t V, int mode, double beta,
+static double FI(fd_js_pass)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, int mode, double beta,
                              FD_T shx_, FD_T lsx_, FD_T shz_, FD_T lsz_)
 {
     const FD_V bv = FN(fd_splat)((FD_T)beta), cv = FN(fd_splat)((FD_T)(1.0 - beta));
@@ -48,19 +46,19 @@ static double FN(fd_js_pass)(const FD_T *x, const FD_T *z, ptrdiff_t V, int mode
     const FD_T fill = mode == 2 ? (FD_T)0 : FD_NEG_INF; /* a class of probability 0 */
     double total = 0.0;
     for (ptrdiff_t j0 = 0; j0 < V; j0 += FD_CH) {
-        const FD_T *xc = x + j0, *zc = z + j0;
+        const FD_TI *xc = x + j0, *zc = z + j0;
         ptrdiff_t n = V - j0 < FD_CH ? V - j0 : FD_CH;
         FD_V acc = {0};
         ptrdiff_t j = 0;
         for (; j + FD_W <= n; j += FD_W) {
-            FD_PREFETCH(xc + j);
-            FD_PREFETCH(zc + j);
-            FD_V xv = FN(fd_load)(xc + j), zv = FN(fd_load)(zc + j);
+            FD_PFI(xc + j);
+            FD_PFI(zc + j);
+            FD_V xv = FI(fd_ld)(xc + j), zv = FI(fd_ld)(zc + j);
             FD_JS_STEP(xv, zv);
         }
         if (j < n) {
-            FD_V xv = FN(fd_load_tail)(xc + j, n - j, fill);
-            FD_V zv = FN(fd_load_tail)(zc + j, n - j, fill);
+            FD_V xv = FI(fd_ldt)(xc + j, n - j, fill);
+            FD_V zv = FI(fd_ldt)(zc + j, n - j, fill);
             FD_JS_STEP(xv, zv);
         }
         total += FN(fd_hsum)(acc);
@@ -75,36 +73,39 @@ static double FN(fd_js_pass)(const FD_T *x, const FD_T *z, ptrdiff_t V, int mode
    2. p = ex * exp(shift_c - max) / sx, lp = (x - max) - log sx (q likewise), and the terms.
    So each element costs 2 exp + 1 log, not 4 exp + 1 log.  ex <= 1 (shift_c >= x): no overflow.
    scratch: 2 V elements plus 2 per chunk. */
-static double FN(fd_js_logits)(const FD_T *x, const FD_T *z, ptrdiff_t V, double beta,
+static double FI(fd_js_logits)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, double beta,
                                FD_T *scratch)
 {
     const ptrdiff_t nch = (V + FD_CH - 1) / FD_CH;
     FD_T *ex = scratch, *ez = scratch + V, *shx_c = scratch + 2 * V, *shz_c = shx_c + nch;
     FD_T mx = FD_NEG_INF, mz = FD_NEG_INF;
     double sx = 0.0, sz = 0.0;
+    FD_CHUNK_BUF(xbuf);
+    FD_CHUNK_BUF(zbuf);
     for (ptrdiff_t c = 0; c < nch; c++) {
         const ptrdiff_t j0 = c * FD_CH, n = V - j0 < FD_CH ? V - j0 : FD_CH;
-        const FD_T *xc = x + j0, *zc = z + j0;
+        const FD_TI *xs = x + j0, *zs = z + j0;
+        const FD_T *xc, *zc;
         FD_T mcx, mcz;
-        FN(fd_chunk_max2)(xc, zc, n, &mcx, &mcz);
+        FI(fd_chunk2)(xs, zs, n, xbuf, zbuf, &mcx, &mcz, &xc, &zc);
         if (mcx == FD_POS_INF || mcz == FD_POS_INF) return NAN; /* softmax undefined */
         if (mcx > mx) {
-            sx *= FN(fd_rescale)(mx, mcx); /* keeps a NaN */
+            sx *= FI(fd_rescale)(mx, mcx); /* keeps a NaN */
             mx = mcx;
         }
         if (mcz > mz) {
-            sz *= FN(fd_rescale)(mz, mcz);
+            sz *= FI(fd_rescale)(mz, mcz);
             mz = mcz;
         }
-        const FD_T shx = FN(fd_shift)(mx), shz = FN(fd_shift)(mz);
+        const FD_T shx = FI(fd_shift)(mx), shz = FI(fd_shift)(mz);
         shx_c[c] = shx;
         shz_c[c] = shz;
         const FD_V shxv = FN(fd_splat)(shx), shzv = FN(fd_splat)(shz);
         FD_V asx = {0}, asz = {0};
         ptrdiff_t j = 0;
         for (; j + FD_W <= n; j += FD_W) {
-            FD_PREFETCH(xc + j);
-            FD_PREFETCH(zc + j);
+            FD_PFI(xs + j);
+            FD_PFI(zs + j);
             FD_V e1 = FN(fd_expz)(FN(fd_load)(xc + j) - shxv);
             FD_V e2 = FN(fd_expz)(FN(fd_load)(zc + j) - shzv);
             *(FD_V_U *)(ex + j0 + j) = e1;
@@ -124,7 +125,7 @@ static double FN(fd_js_logits)(const FD_T *x, const FD_T *z, ptrdiff_t V, double
     }
     if (isnan(sx) || isnan(sz)) return NAN; /* NaN in either row */
     /* an all-masked row: every p is 0 and every lp is -inf */
-    const FD_T shx = FN(fd_shift)(mx), shz = FN(fd_shift)(mz);
+    const FD_T shx = FI(fd_shift)(mx), shz = FI(fd_shift)(mz);
     const FD_T lsx = mx == FD_NEG_INF ? (FD_T)0 : (FD_T)log(sx);
     const FD_T lsz = mz == FD_NEG_INF ? (FD_T)0 : (FD_T)log(sz);
     const FD_V shxv = FN(fd_splat)(shx), shzv = FN(fd_splat)(shz);
@@ -149,12 +150,12 @@ static double FN(fd_js_logits)(const FD_T *x, const FD_T *z, ptrdiff_t V, double
         acc += bp_ * (lp_ - lm_) + cq_ * (lq_ - lm_);                                         \
     } while (0)
         for (; j + FD_W <= n; j += FD_W) {
-            FD_V xv = FN(fd_load)(x + j0 + j), zv = FN(fd_load)(z + j0 + j);
+            FD_V xv = FI(fd_ld)(x + j0 + j), zv = FI(fd_ld)(z + j0 + j);
             FD_JSL_STEP(xv, zv, FN(fd_load)(ex + j0 + j), FN(fd_load)(ez + j0 + j));
         }
         if (j < n) {
-            FD_V xv = FN(fd_load_tail)(x + j0 + j, n - j, FD_NEG_INF);
-            FD_V zv = FN(fd_load_tail)(z + j0 + j, n - j, FD_NEG_INF);
+            FD_V xv = FI(fd_ldt)(x + j0 + j, n - j, FD_NEG_INF);
+            FD_V zv = FI(fd_ldt)(z + j0 + j, n - j, FD_NEG_INF);
             FD_JSL_STEP(xv, zv, FN(fd_load_tail)(ex + j0 + j, n - j, (FD_T)0),
                         FN(fd_load_tail)(ez + j0 + j, n - j, (FD_T)0));
         }
@@ -165,19 +166,19 @@ static double FN(fd_js_logits)(const FD_T *x, const FD_T *z, ptrdiff_t V, double
 }
 
 /* Scratch elements fd_js_logits needs for a row of V. */
-static inline ptrdiff_t FN(fd_js_scratch)(ptrdiff_t V)
+static inline ptrdiff_t FI(fd_js_scratch)(ptrdiff_t V)
 {
     return 2 * V + 2 * ((V + FD_CH - 1) / FD_CH);
 }
 
-static double FN(fd_js_log_probs)(const FD_T *a, const FD_T *b, ptrdiff_t V, double beta)
+static double FI(fd_js_log_probs)(const FD_TI *a, const FD_TI *b, ptrdiff_t V, double beta)
 {
-    return FN(fd_js_pass)(a, b, V, 1, beta, 0, 0, 0, 0);
+    return FI(fd_js_pass)(a, b, V, 1, beta, 0, 0, 0, 0);
 }
 
-static double FN(fd_js_probs)(const FD_T *p, const FD_T *q, ptrdiff_t V, double beta)
+static double FI(fd_js_probs)(const FD_TI *p, const FD_TI *q, ptrdiff_t V, double beta)
 {
-    return FN(fd_js_pass)(p, q, V, 2, beta, 0, 0, 0, 0);
+    return FI(fd_js_pass)(p, q, V, 2, beta, 0, 0, 0, 0);
 }
 
 /* ========================================================================================== */
@@ -188,7 +189,7 @@ static double FN(fd_js_probs)(const FD_T *p, const FD_T *q, ptrdiff_t V, double 
 /* even when the student puts nearly all its mass on the listed classes (1 - sum q_i would      */
 /* cancel).  The k listed terms are computed in double.                                          */
 /* ========================================================================================== */
-static double FN(fd_topk_kl)(const FD_T *z, ptrdiff_t V, const int64_t *idx, const FD_T *t,
+static double FI(fd_topk_kl)(const FD_TI *z, ptrdiff_t V, const int64_t *idx, const FD_TI *t,
                              ptrdiff_t k, int bucket)
 {
     for (ptrdiff_t i = 0; i < k; i++) /* the API sorts and validates: never read out of bounds */
@@ -200,7 +201,7 @@ static double FN(fd_topk_kl)(const FD_T *z, ptrdiff_t V, const int64_t *idx, con
         if (b > a) {
             FD_T m;
             double kk, r;
-            FN(fd_lse_state)(z + a, b - a, 0, &m, &kk, &r);
+            FI(fd_lse_state)(z + a, b - a, 0, &m, &kk, &r);
             if (isnan(r) || m == FD_POS_INF) return NAN; /* NaN / +inf in the row */
             if (m != FD_NEG_INF) {
                 if ((double)m > M) {
@@ -215,7 +216,7 @@ static double FN(fd_topk_kl)(const FD_T *z, ptrdiff_t V, const int64_t *idx, con
     }
     double Mall = M;
     for (ptrdiff_t i = 0; i < k; i++) {
-        double zi = (double)z[idx[i]], ti = (double)t[i];
+        double zi = (double)FI(fd_at)(z, idx[i]), ti = (double)FI(fd_at)(t, i);
         if (isnan(zi) || zi == INFINITY || isnan(ti)) return NAN;
         if (zi > Mall) Mall = zi;
     }
@@ -223,23 +224,23 @@ static double FN(fd_topk_kl)(const FD_T *z, ptrdiff_t V, const int64_t *idx, con
     double ls = 0.0, lst = -INFINITY;
     if (Mall != -INFINITY) {
         double Sall = M == -INFINITY ? 0.0 : S * exp(M - Mall);
-        for (ptrdiff_t i = 0; i < k; i++) Sall += exp((double)z[idx[i]] - Mall);
+        for (ptrdiff_t i = 0; i < k; i++) Sall += exp((double)FI(fd_at)(z, idx[i]) - Mall);
         ls = log(Sall);
         /* in log space: the tail's probability may be below the smallest double (logits ~1e4) */
         if (M != -INFINITY) lst = ((M - Mall) + log(S)) - ls;
     }
-#define FD_LOGQ(i) (Mall == -INFINITY ? -INFINITY : ((double)z[idx[i]] - Mall) - ls)
+#define FD_LOGQ(i) (Mall == -INFINITY ? -INFINITY : ((double)FI(fd_at)(z, idx[i]) - Mall) - ls)
     double res = 0.0;
     if (!bucket) {
         double mt = -INFINITY, st = 0.0;
-        for (ptrdiff_t i = 0; i < k; i++) mt = (double)t[i] > mt ? (double)t[i] : mt;
+        for (ptrdiff_t i = 0; i < k; i++) mt = (double)FI(fd_at)(t, i) > mt ? (double)FI(fd_at)(t, i) : mt;
         if (mt == INFINITY) return NAN;
         if (mt == -INFINITY) return 0.0; /* empty teacher */
-        for (ptrdiff_t i = 0; i < k; i++) st += exp((double)t[i] - mt);
+        for (ptrdiff_t i = 0; i < k; i++) st += exp((double)FI(fd_at)(t, i) - mt);
         double lt = log(st);
         for (ptrdiff_t i = 0; i < k; i++) {
-            if ((double)t[i] == -INFINITY) continue; /* probability 0: exactly 0 */
-            double lpi = ((double)t[i] - mt) - lt, lqi = FD_LOGQ(i);
+            if ((double)FI(fd_at)(t, i) == -INFINITY) continue; /* probability 0: exactly 0 */
+            double lpi = ((double)FI(fd_at)(t, i) - mt) - lt, lqi = FD_LOGQ(i);
             if (lqi == -INFINITY) return INFINITY;  /* p > 0 where the student has q = 0 */
             res += exp(lpi) * (lpi - lqi);
         }
@@ -248,7 +249,7 @@ static double FN(fd_topk_kl)(const FD_T *z, ptrdiff_t V, const int64_t *idx, con
     double sp = 0.0;
     int inf = 0;
     for (ptrdiff_t i = 0; i < k; i++) {
-        double ti = (double)t[i];
+        double ti = (double)FI(fd_at)(t, i);
         if (ti == -INFINITY) continue;
         double pi = exp(ti), lqi = FD_LOGQ(i);
         sp += pi;
@@ -266,6 +267,3 @@ static double FN(fd_topk_kl)(const FD_T *z, ptrdiff_t V, const int64_t *idx, con
 }
 
 #undef FD_JS_STEP
-#undef FD_NEG_INF
-#undef FD_POS_INF
-#undef FD_CH

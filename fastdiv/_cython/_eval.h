@@ -20,39 +20,13 @@
  *   - entries equal to the shift (exp(0) = 1 exactly) are counted apart from the lane sums, as
  *     in _rows.h (see fd_log_kr): in a float32 lane holding 1.0 the terms of a confident row
  *     (below 6e-8) would round away, losing percents of a small NLL or entropy.
- * Template: included twice below with FD_T / FD_V / FD_M / FD_SUF / FD_W, like _rows.h.
+ * Template: _eval_rows.h, instantiated with _rows.h by _inst.h for native inputs.
  */
 #ifndef FASTDIV_EVAL_H
 #define FASTDIV_EVAL_H
 
 #include "_simd.h"
 
-#define FD_T float
-#define FD_V fd_vf
-#define FD_M fd_mf
-#define FD_CNT fd_cnt_f32
-#define FD_SUF f32
-#define FD_W FD_WF
-#include "_eval_rows.h"
-#undef FD_T
-#undef FD_V
-#undef FD_M
-#undef FD_CNT
-#undef FD_SUF
-#undef FD_W
-
-#define FD_T double
-#define FD_V fd_vd
-#define FD_M fd_md
-#define FD_CNT fd_cnt_f64
-#define FD_SUF f64
-#define FD_W FD_WD
-#include "_eval_rows.h"
-#undef FD_T
-#undef FD_V
-#undef FD_M
-#undef FD_CNT
-#undef FD_SUF
-#undef FD_W
+/* The row template _eval_rows.h is instantiated by _inst.h (f32 and f64). */
 
 #endif /* FASTDIV_EVAL_H */

@@ -1,23 +1,9 @@
-/* Template of _eval.h (no include guard on purpose): one row of the evaluate op. */
-
-#define FD_EV_CH ((ptrdiff_t)(FD_CHUNK_BYTES / sizeof(FD_T)))
-
-/* NaN-ignoring maximum of x[0..n); -inf when every entry is -inf or NaN. */
-static inline FD_T FN(fd_ev_max)(const FD_T *x, ptrdiff_t n)
-{
-    FD_V a0 = FN(fd_splat)((FD_T)-INFINITY), a1 = a0;
-    ptrdiff_t j = 0;
-    for (; j + 2 * FD_W <= n; j += 2 * FD_W) {
-        a0 = FN(fd_max)(a0, FN(fd_load)(x + j));
-        a1 = FN(fd_max)(a1, FN(fd_load)(x + j + FD_W));
-    }
-    for (; j + FD_W <= n; j += FD_W) a0 = FN(fd_max)(a0, FN(fd_load)(x + j));
-    if (j < n) a0 = FN(fd_max)(a0, FN(fd_load_tail)(x + j, n - j, (FD_T)-INFINITY));
-    return FN(fd_hmax)(FN(fd_max)(a0, a1));
-}
+/* Template of _eval.h, instantiated by _inst.h after _rows.h for native inputs (no include
+   guard on purpose): one row of the evaluate op.  Chunk maxima and the NaN scan are
+   _rows.h's fd_chunk and fd_has_nan. */
 
 /* First j with x[j] == v (0 if none): a vector compare per W entries, lanes only on a hit. */
-static ptrdiff_t FN(fd_ev_first)(const FD_T *x, ptrdiff_t n, FD_T v)
+static ptrdiff_t FI(fd_ev_first)(const FD_T *x, ptrdiff_t n, FD_T v)
 {
     const FD_V vv = FN(fd_splat)(v);
     ptrdiff_t j = 0;
@@ -25,13 +11,6 @@ static ptrdiff_t FN(fd_ev_first)(const FD_T *x, ptrdiff_t n, FD_T v)
         if (FN(fd_popcount)(FN(fd_eq)(FN(fd_load)(x + j), vv))) break;
     for (; j < n; j++)
         if (x[j] == v) return j;
-    return 0;
-}
-
-static int FN(fd_ev_has_nan)(const FD_T *x, ptrdiff_t n)
-{
-    for (ptrdiff_t j = 0; j < n; j++)
-        if (x[j] != x[j]) return 1;
     return 0;
 }
 
@@ -48,7 +27,7 @@ static int FN(fd_ev_has_nan)(const FD_T *x, ptrdiff_t n)
    cnt += #(x > xt).  kr: the chunk holds the current maximum, so entries equal to the shift
    are counted apart (FD_EV_ACC); other chunks have no such entry and take the cheaper sum
    (kr is a constant at each call: the branch is compiled away). */
-FD_INLINE void FN(fd_ev_sums1)(const FD_T *xc, ptrdiff_t n, FD_T sh, FD_T xt, double *s,
+FD_INLINE void FI(fd_ev_sums1)(const FD_T *xc, ptrdiff_t n, FD_T sh, FD_T xt, double *s,
                                double *w, int64_t *cnt, const int kr)
 {
     const FD_V shv = FN(fd_splat)(sh), xtv = FN(fd_splat)(xt), one = FN(fd_splat)((FD_T)1);
@@ -85,7 +64,7 @@ FD_INLINE void FN(fd_ev_sums1)(const FD_T *xc, ptrdiff_t n, FD_T sh, FD_T xt, do
 
 /* x and z: the sums of fd_ev_sums1, sz, the KL sums over entries where both are unmasked,
    and the counts of entries where exactly one of them is masked. */
-static inline void FN(fd_ev_sums2)(const FD_T *xc, const FD_T *zc, ptrdiff_t n, FD_T shx, FD_T shz,
+static inline void FI(fd_ev_sums2)(const FD_T *xc, const FD_T *zc, ptrdiff_t n, FD_T shx, FD_T shz,
                                    FD_T xt, double *acc, int64_t *cnt, int64_t *miss_z,
                                    int64_t *miss_x)
 {
@@ -131,7 +110,7 @@ static inline void FN(fd_ev_sums2)(const FD_T *xc, const FD_T *zc, ptrdiff_t n, 
 }
 
 /* One row; z == NULL: no reference.  t outside [0, V): no target. */
-static void FN(fd_eval_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_t t, double *st,
+static void FI(fd_eval_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_t t, double *st,
                             int64_t *ix)
 {
     const FD_T xt = (t >= 0 && t < V) ? x[t] : (FD_T)NAN;
@@ -140,20 +119,21 @@ static void FN(fd_eval_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_t t
     double acc[5] = {0, 0, 0, 0, 0};
     int64_t cnt = 0, am = 0, miss_z = 0, miss_x = 0;
     int x_inf = 0, x_nan = 0, z_inf = 0;
-    for (ptrdiff_t j0 = 0; j0 < V; j0 += FD_EV_CH) {
+    for (ptrdiff_t j0 = 0; j0 < V; j0 += FD_CH) {
         const FD_T *xc = x + j0, *zc = z ? z + j0 : NULL;
-        ptrdiff_t n = V - j0 < FD_EV_CH ? V - j0 : FD_EV_CH;
+        ptrdiff_t n = V - j0 < FD_CH ? V - j0 : FD_CH;
         if (x_inf) { /* settled: only a NaN changes the report */
-            x_nan |= FN(fd_ev_has_nan)(xc, n);
+            x_nan |= FI(fd_has_nan)(xc, n);
             continue;
         }
-        FD_T mc = FN(fd_ev_max)(xc, n);
+        FD_T mc;
+        FI(fd_chunk)(xc, n, NULL, &mc);
         if (mc > m) {
             am = j0; /* the chunk holding the first maximum; searched once, at the end */
             if (mc == (FD_T)INFINITY) {
                 x_inf = 1;
                 m = mc;
-                x_nan |= FN(fd_ev_has_nan)(xc, n);
+                x_nan |= FI(fd_has_nan)(xc, n);
                 continue;
             }
             /* the shift moves from m to mc (delta < 0): e^(x-m) scales by f = e^delta, every
@@ -171,7 +151,8 @@ static void FN(fd_eval_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_t t
             m = mc;
         }
         if (z && !z_inf) {
-            FD_T mzc = FN(fd_ev_max)(zc, n);
+            FD_T mzc;
+            FI(fd_chunk)(zc, n, NULL, &mzc);
             if (mzc > mz) {
                 if (mzc == (FD_T)INFINITY) {
                     z_inf = 1;
@@ -192,17 +173,17 @@ static void FN(fd_eval_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_t t
         const FD_T shx = m == (FD_T)-INFINITY ? (FD_T)0 : m;
         if (z && !z_inf) {
             const FD_T shz = mz == (FD_T)-INFINITY ? (FD_T)0 : mz;
-            FN(fd_ev_sums2)(xc, zc, n, shx, shz, xt, acc, &cnt, &miss_z, &miss_x);
+            FI(fd_ev_sums2)(xc, zc, n, shx, shz, xt, acc, &cnt, &miss_z, &miss_x);
         } else {
             if (mc == m)
-                FN(fd_ev_sums1)(xc, n, shx, xt, &acc[0], &acc[1], &cnt, 1);
+                FI(fd_ev_sums1)(xc, n, shx, xt, &acc[0], &acc[1], &cnt, 1);
             else
-                FN(fd_ev_sums1)(xc, n, shx, xt, &acc[0], &acc[1], &cnt, 0);
+                FI(fd_ev_sums1)(xc, n, shx, xt, &acc[0], &acc[1], &cnt, 0);
         }
     }
     if (acc[0] != acc[0]) x_nan = 1; /* exp(NaN - m) entered s */
     if (m > (FD_T)-INFINITY) /* (searching at each new maximum cost ~15 % at V = 50257) */
-        am += FN(fd_ev_first)(x + am, V - am < FD_EV_CH ? V - am : FD_EV_CH, m);
+        am += FI(fd_ev_first)(x + am, V - am < FD_CH ? V - am : FD_CH, m);
     st[0] = x_nan ? (double)NAN : (double)m;
     st[1] = acc[0];
     st[2] = acc[1];
@@ -219,5 +200,4 @@ static void FN(fd_eval_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_t t
     }
 }
 
-#undef FD_EV_CH
 #undef FD_EV_ACC

@@ -5,7 +5,8 @@ Implements the kernel contract of :mod:`fastdiv._registry`: every function takes
 2-D rows ``(rows, V)`` of one float dtype (float32 or float64; or, contract v2, half-precision
 bits as uint16 / int16 with a float32 ``out``), a 1-D ``out`` of that dtype and ``nthreads``,
 and writes one value per row.  The divergence family and the v2 entry points are at the end
-of this file (C code in ``_div.h`` / ``_div_rows.h``).  Work items (one row, or a block of 16 / 8
+of this file (C code in ``_div.h`` / ``_div_rows.h``; ``_inst.h`` instantiates the row templates
+once per input format: float32, float64, float16 bits, bfloat16 bits).  Work items (one row, or a block of 16 / 8
 short rows for V <= 2048 / 1024 floats / doubles with AVX-512) are split statically over
 OpenMP threads; each row is computed by one thread with a fixed summation order that depends
 on neither the thread count nor the row's position in the batch, so results are
@@ -280,9 +281,10 @@ def evaluate(const floating[:, ::1] x, const floating[:, ::1] z, const int64_t[:
 # Kernel contract v2 (issue 5): temperature (`scale` = 1/T on the logits), half-precision
 # inputs as raw bits, and the divergence family.  The names of the contract dispatch here:
 # native float32/float64 input with scale = 1 runs the kernels above unchanged (bit for bit);
-# scaled or half input runs the staged driver of _div.h (per-thread buffers of at most one
-# long row or one block of short rows per input, never a full-size copy), and the new
-# kernels (js_*, topk_kl) always run there.
+# everything else runs the driver of _div.h: half input read in place by the kernels of its
+# format (widened to float32 in their vector loads), scaled input through per-thread staging
+# buffers (at most one long row or one block of short rows per input, never a full-size
+# copy); the new kernels (js_*, topk_kl) always run there.
 # ============================================================================================
 import numpy as np
 

@@ -1,6 +1,7 @@
-/* Per-row kernels: a template included twice by _simd.h, with
- *   FD_T (float | double), FD_V (its 64-byte vector), FD_M (comparison mask), FD_W (lanes),
- *   FD_SUF (f32 | f64), FN(name) -> name_FD_SUF.
+/* Per-row kernels: a template instantiated by _inst.h once per input format (its parameters:
+ * FD_T, FD_TI, FD_V, FD_M, FD_W, FN, FI, FD_HALF, ...).  Inputs (FD_TI) are read only through
+ * the FI(fd_ld / fd_ldt / fd_gth / fd_at) functions of _simd.h and FI(fd_chunk); weights and
+ * results are in the working precision FD_T.
  * No include guard on purpose.
  *
  * Semantics are those of fastdiv/reference.py; comments say which case each select or branch
@@ -42,34 +43,80 @@
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-#define FD_NEG_INF ((FD_T)-INFINITY)
-#define FD_POS_INF ((FD_T)INFINITY)
-#define FD_CH ((ptrdiff_t)(FD_CHUNK_BYTES / sizeof(FD_T)))
-
 /* ========================================================================================== */
 /* shared pieces                                                                               */
 /* ========================================================================================== */
 
-/* NaN-ignoring max of x[0..n); -inf when every entry is -inf or NaN. */
-static inline FD_T FN(fd_chunk_max)(const FD_T *x, ptrdiff_t n)
+/* A chunk x[0..n) (n <= FD_CH) of a long row, read from memory once: its NaN-ignoring max
+   *mc (-inf when every entry is -inf or NaN), and the chunk as working-precision values for
+   the passes that follow (from L1).  Native inputs: x itself.  16-bit inputs: widened into
+   buf (FD_CH elements, see FD_CHUNK_BUF) on the way, so that the compute-bound passes over
+   the chunk read float32 and convert nothing; buf's lanes past n hold -inf and are never
+   read.  The max is exact, so it is the float32 kernel's on the upcast chunk. */
+static inline const FD_T *FI(fd_chunk)(const FD_TI *x, ptrdiff_t n, FD_T *buf, FD_T *mc)
 {
     FD_V a0 = FN(fd_splat)(FD_NEG_INF), a1 = a0;
     ptrdiff_t j = 0;
+#if FD_HALF
+    for (; j + 2 * FD_W <= n; j += 2 * FD_W) {
+        FD_V v0 = FI(fd_ld)(x + j), v1 = FI(fd_ld)(x + j + FD_W);
+        *(FD_V *)(buf + j) = v0;
+        *(FD_V *)(buf + j + FD_W) = v1;
+        a0 = FN(fd_max)(a0, v0);
+        a1 = FN(fd_max)(a1, v1);
+    }
+    for (; j + FD_W <= n; j += FD_W) {
+        FD_V v = FI(fd_ld)(x + j);
+        *(FD_V *)(buf + j) = v;
+        a0 = FN(fd_max)(a0, v);
+    }
+    if (j < n) {
+        FD_V v = FI(fd_ldt)(x + j, n - j, FD_NEG_INF);
+        *(FD_V *)(buf + j) = v;
+        a0 = FN(fd_max)(a0, v);
+    }
+    *mc = FN(fd_hmax)(FN(fd_max)(a0, a1));
+    return buf;
+#else
+    (void)buf;
     for (; j + 2 * FD_W <= n; j += 2 * FD_W) {
         a0 = FN(fd_max)(a0, FN(fd_load)(x + j));
         a1 = FN(fd_max)(a1, FN(fd_load)(x + j + FD_W));
     }
     for (; j + FD_W <= n; j += FD_W) a0 = FN(fd_max)(a0, FN(fd_load)(x + j));
     if (j < n) a0 = FN(fd_max)(a0, FN(fd_load_tail)(x + j, n - j, FD_NEG_INF));
-    return FN(fd_hmax)(FN(fd_max)(a0, a1));
+    *mc = FN(fd_hmax)(FN(fd_max)(a0, a1));
+    return x;
+#endif
 }
 
 /* The same for two arrays at once (one pass over both rows of a chunk). */
-static inline void FN(fd_chunk_max2)(const FD_T *x, const FD_T *z, ptrdiff_t n, FD_T *mx,
-                                     FD_T *mz)
+static inline void FI(fd_chunk2)(const FD_TI *x, const FD_TI *z, ptrdiff_t n, FD_T *bx,
+                                 FD_T *bz, FD_T *mx, FD_T *mz, const FD_T **xc,
+                                 const FD_T **zc)
 {
     FD_V a = FN(fd_splat)(FD_NEG_INF), b = a;
     ptrdiff_t j = 0;
+#if FD_HALF
+    for (; j + FD_W <= n; j += FD_W) {
+        FD_V u = FI(fd_ld)(x + j), v = FI(fd_ld)(z + j);
+        *(FD_V *)(bx + j) = u;
+        *(FD_V *)(bz + j) = v;
+        a = FN(fd_max)(a, u);
+        b = FN(fd_max)(b, v);
+    }
+    if (j < n) {
+        FD_V u = FI(fd_ldt)(x + j, n - j, FD_NEG_INF), v = FI(fd_ldt)(z + j, n - j, FD_NEG_INF);
+        *(FD_V *)(bx + j) = u;
+        *(FD_V *)(bz + j) = v;
+        a = FN(fd_max)(a, u);
+        b = FN(fd_max)(b, v);
+    }
+    *xc = bx;
+    *zc = bz;
+#else
+    (void)bx;
+    (void)bz;
     for (; j + FD_W <= n; j += FD_W) {
         a = FN(fd_max)(a, FN(fd_load)(x + j));
         b = FN(fd_max)(b, FN(fd_load)(z + j));
@@ -78,22 +125,27 @@ static inline void FN(fd_chunk_max2)(const FD_T *x, const FD_T *z, ptrdiff_t n, 
         a = FN(fd_max)(a, FN(fd_load_tail)(x + j, n - j, FD_NEG_INF));
         b = FN(fd_max)(b, FN(fd_load_tail)(z + j, n - j, FD_NEG_INF));
     }
+    *xc = x;
+    *zc = z;
+#endif
     *mx = FN(fd_hmax)(a);
     *mz = FN(fd_hmax)(b);
 }
 
 /* Rare path (rows containing +inf): does x[0..n) contain a NaN? */
-static int FN(fd_has_nan)(const FD_T *x, ptrdiff_t n)
+static int FI(fd_has_nan)(const FD_TI *x, ptrdiff_t n)
 {
-    for (ptrdiff_t j = 0; j < n; j++)
-        if (x[j] != x[j]) return 1;
+    for (ptrdiff_t j = 0; j < n; j++) {
+        FD_T v = FI(fd_at)(x, j);
+        if (v != v) return 1;
+    }
     return 0;
 }
 
-static inline FD_T FN(fd_shift)(FD_T m) { return m == FD_NEG_INF ? (FD_T)0 : m; }
+static inline FD_T FI(fd_shift)(FD_T m) { return m == FD_NEG_INF ? (FD_T)0 : m; }
 
 /* Rescale factor exp(m - mc) for mc > m; 0 when m = -inf (without a libm call). */
-static inline double FN(fd_rescale)(FD_T m, FD_T mc)
+static inline double FI(fd_rescale)(FD_T m, FD_T mc)
 {
     return m == FD_NEG_INF ? 0.0 : exp((double)m - (double)mc);
 }
@@ -109,26 +161,26 @@ static inline double FN(fd_rescale)(FD_T m, FD_T mc)
 #define FD_PREFETCH_NEXT(p) __builtin_prefetch((p) + FD_W * V, 0, 3)
 
 /* Row maxima of a block (lane i = row i; NaN-ignoring), the gathered tail columns in cols. */
-static inline FD_V FN(fd_block_max)(const FD_T *x, ptrdiff_t V, int nrows, ptrdiff_t q, int nt,
+static inline FD_V FI(fd_block_max)(const FD_TI *x, ptrdiff_t V, int nrows, ptrdiff_t q, int nt,
                                     FD_IDX idx, FD_V *rowv, FD_V *cols)
 {
     FD_V mt = FN(fd_splat)(FD_NEG_INF);
     for (int j = 0; j < nt; j++) {
-        cols[j] = FN(fd_gather)(x + q + j, idx);
+        cols[j] = FI(fd_gth)(x + q + j, idx, q + j);
         mt = FN(fd_max)(mt, cols[j]);
     }
     if (q == 0) return mt;
     for (int i = 0; i < FD_W; i++) {
-        const FD_T *p = FD_ROW(x, i);
-        FD_V a = FN(fd_load)(p);
-        for (ptrdiff_t j = FD_W; j < q; j += FD_W) a = FN(fd_max)(a, FN(fd_load)(p + j));
+        const FD_TI *p = FD_ROW(x, i);
+        FD_V a = FI(fd_ld)(p);
+        for (ptrdiff_t j = FD_W; j < q; j += FD_W) a = FN(fd_max)(a, FI(fd_ld)(p + j));
         rowv[i] = a;
     }
     return FN(fd_max)(FN(fd_tmax)(rowv), mt);
 }
 
 /* Shifts of a block's rows from their maxima: the max, or 0 when it is -inf or +inf. */
-static inline FD_V FN(fd_block_shift)(FD_V mc)
+static inline FD_V FI(fd_block_shift)(FD_V mc)
 {
     FD_M inf = FN(fd_eq)(FN(fd_abs)(mc), FN(fd_splat)(FD_POS_INF));
     return FN(fd_sel)(inf, (FD_V){0}, mc);
@@ -138,27 +190,32 @@ static inline FD_V FN(fd_block_shift)(FD_V mc)
 /* Vector finish of the block drivers (AVX-512 builds): log s = log(k + r) for W rows at once
    with log1p's precision (libm's log1p was a quarter of the time of a C51 row).  Lanes with
    special values (non-finite max, NaN, ...) are redone by the scalar finish. */
-static inline FD_V FN(fd_vlog_kr)(FD_V k, FD_V r)
+static inline FD_V FI(fd_vlog_kr)(FD_V k, FD_V r)
 {
     return FN(fd_log)(k) + FN(fd_vlog1p)(r / k);
 }
-static inline FD_M FN(fd_nonfinite)(FD_V v)
+static inline FD_M FI(fd_nonfinite)(FD_V v)
 {
     return ~FN(fd_lt)(FN(fd_abs)(v), FN(fd_splat)((FD_T)INFINITY)); /* +-inf or NaN */
 }
 #endif
 
 /* One vector of the s accumulation: t = x - shift <= 0.  x == shift: e == 1 exactly, counted
-   apart in the counter ak (see fd_cnt_add). */
+   apart in the counter ak (see fd_cnt_add).  `kr` (loop-invariant, in scope): whether the
+   segment can hold the shift at all.  A long row's chunk whose max is below the running max
+   (most chunks of a row) has no such entry: every lane is "rest", so the masked add is a
+   plain add and the count does not change -- the plain add gives the same bits, with two
+   vector instructions less per vector (the compare and the mask move). */
 #define FD_ACC_S(t, e, ak, ar, zero)                                                          \
     do {                                                                                      \
-        FD_M rest_ = FN(fd_ne)((t), (zero)); /* true for NaN: a NaN e enters ar */             \
-        (ar) = FN(fd_add_where)((ar), rest_, (e));                                            \
-        (ak) = FN(fd_cnt_add)((ak), rest_);                                                   \
+        if (kr) {                                                                             \
+            FD_M rest_ = FN(fd_ne)((t), (zero)); /* true for NaN: a NaN e enters ar */         \
+            (ar) = FN(fd_add_where)((ar), rest_, (e));                                        \
+            (ak) = FN(fd_cnt_add)((ak), rest_);                                               \
+        } else {                                                                              \
+            (ar) += (e);                                                                      \
+        }                                                                                     \
     } while (0)
-
-/* Loop over a row segment [0, n) in vectors: BODY runs with `j` (offset) and `xv`-style loads
-   done by the caller's macro; full vectors first (with prefetch), then one padded tail. */
 
 /* ========================================================================================== */
 /* lse                                                                                         */
@@ -166,34 +223,37 @@ static inline FD_M FN(fd_nonfinite)(FD_V v)
 
 /* The (m, k, r) state of a long row.  When m = +inf: r = NaN if the row has a NaN (only looked
    for when scan_nan), else r = +inf. */
-static inline void FN(fd_lse_state)(const FD_T *x, ptrdiff_t V, int scan_nan, FD_T *m_out,
+static inline void FI(fd_lse_state)(const FD_TI *x, ptrdiff_t V, int scan_nan, FD_T *m_out,
                                     double *k_out, double *r_out)
 {
     FD_T m = FD_NEG_INF;
     double k = 0.0, r = 0.0;
     const FD_V zero = {0};
+    FD_CHUNK_BUF(xbuf);
     for (ptrdiff_t j0 = 0; j0 < V; j0 += FD_CH) {
-        const FD_T *xc = x + j0;
+        const FD_TI *xs = x + j0;
         ptrdiff_t n = V - j0 < FD_CH ? V - j0 : FD_CH;
-        FD_T mc = FN(fd_chunk_max)(xc, n);
+        FD_T mc;
+        const FD_T *xc = FI(fd_chunk)(xs, n, xbuf, &mc);
         if (mc > m) {
-            r = (r + k) * FN(fd_rescale)(m, mc); /* a NaN in r survives the * 0 */
+            r = (r + k) * FI(fd_rescale)(m, mc); /* a NaN in r survives the * 0 */
             k = 0.0;
             m = mc;
             if (m == FD_POS_INF) {
-                int nan = isnan(r) || (scan_nan && FN(fd_has_nan)(xc, V - j0));
+                int nan = isnan(r) || (scan_nan && FI(fd_has_nan)(xs, V - j0));
                 *m_out = m;
                 *k_out = 0.0;
                 *r_out = nan ? NAN : INFINITY;
                 return;
             }
         }
-        const FD_V sh = FN(fd_splat)(FN(fd_shift)(m));
+        const FD_V sh = FN(fd_splat)(FI(fd_shift)(m));
+        const int kr = mc == m;
         FD_V ar = {0};
         FD_CNT ak = {0};
         ptrdiff_t j = 0;
         for (; j + FD_W <= n; j += FD_W) {
-            FD_PREFETCH_1(xc + j);
+            FD_PFI_1(xs + j);
             FD_V t = FN(fd_load)(xc + j) - sh;
             FD_V e = FN(fd_expz)(t);
             FD_ACC_S(t, e, ak, ar, zero);
@@ -213,29 +273,30 @@ static inline void FN(fd_lse_state)(const FD_T *x, ptrdiff_t V, int scan_nan, FD
 
 /* The same state for FD_W short rows (rows >= nrows alias row 0).  A row with max +inf gets
    r = NaN if it has a NaN, else +inf, as above. */
-static inline void FN(fd_lse_state_block)(const FD_T *x, ptrdiff_t V, int nrows, FD_T *m,
+static inline void FI(fd_lse_state_block)(const FD_TI *x, ptrdiff_t V, int nrows, FD_T *m,
                                           FD_T *k, FD_T *r)
 {
+    const int kr = 1; /* each row holds its max (FD_ACC_S) */
     const ptrdiff_t q = V / FD_W * FD_W;
     const int nt = (int)(V - q);
     FD_V rowv[FD_W], cols[FD_W];
     FD_T sh[FD_W] __attribute__((aligned(64))), kq[FD_W] __attribute__((aligned(64)));
     const FD_V zero = {0};
-    FD_V mc = FN(fd_block_max)(x, V, nrows, q, nt, FN(fd_block_idx)(V, nrows), rowv, cols);
-    FD_V shv = FN(fd_block_shift)(mc);
+    FD_V mc = FI(fd_block_max)(x, V, nrows, q, nt, FN(fd_block_idx)(V, nrows), rowv, cols);
+    FD_V shv = FI(fd_block_shift)(mc);
     *(FD_V *)m = mc;
     *(FD_V *)sh = shv;
     FD_V rv = zero;
     *(FD_V *)kq = zero;
     if (q) {
         for (int i = 0; i < FD_W; i++) {
-            const FD_T *p = FD_ROW(x, i);
+            const FD_TI *p = FD_ROW(x, i);
             const FD_V s = FN(fd_splat)(sh[i]);
             FD_V ar = {0};
             FD_CNT ak = {0};
             for (ptrdiff_t j = 0; j < q; j += FD_W) {
                 FD_PREFETCH_NEXT(p + j);
-                FD_V t = FN(fd_load)(p + j) - s;
+                FD_V t = FI(fd_ld)(p + j) - s;
                 FD_V e = FN(fd_expz)(t);
                 FD_ACC_S(t, e, ak, ar, zero);
             }
@@ -256,10 +317,10 @@ static inline void FN(fd_lse_state_block)(const FD_T *x, ptrdiff_t V, int nrows,
     *(FD_V *)r = rv;
     *(FD_V *)k = kv;
     for (int i = 0; i < FD_W; i++)
-        if (m[i] == FD_POS_INF) r[i] = FN(fd_has_nan)(FD_ROW(x, i), V) ? (FD_T)NAN : FD_POS_INF;
+        if (m[i] == FD_POS_INF) r[i] = FI(fd_has_nan)(FD_ROW(x, i), V) ? (FD_T)NAN : FD_POS_INF;
 }
 
-static inline double FN(fd_lse_finish)(FD_T m, double k, double r)
+static inline double FI(fd_lse_finish)(FD_T m, double k, double r)
 {
     if (isnan(r)) return NAN;              /* NaN anywhere in the row */
     if (m == FD_POS_INF) return INFINITY;
@@ -267,28 +328,28 @@ static inline double FN(fd_lse_finish)(FD_T m, double k, double r)
     return (double)m + fd_log_kr(k, r);
 }
 
-static double FN(fd_lse)(const FD_T *x, ptrdiff_t V)
+static double FI(fd_lse)(const FD_TI *x, ptrdiff_t V)
 {
     FD_T m;
     double k, r;
-    FN(fd_lse_state)(x, V, 1, &m, &k, &r);
-    return FN(fd_lse_finish)(m, k, r);
+    FI(fd_lse_state)(x, V, 1, &m, &k, &r);
+    return FI(fd_lse_finish)(m, k, r);
 }
 
-static void FN(fd_lse_block)(const FD_T *x, ptrdiff_t V, int nrows, FD_T *out)
+static void FI(fd_lse_block)(const FD_TI *x, ptrdiff_t V, int nrows, FD_T *out)
 {
     FD_T m[FD_W] __attribute__((aligned(64))), k[FD_W] __attribute__((aligned(64)));
     FD_T r[FD_W] __attribute__((aligned(64)));
-    FN(fd_lse_state_block)(x, V, nrows, m, k, r);
+    FI(fd_lse_state_block)(x, V, nrows, m, k, r);
 #if FD_AVX512
     FD_T res[FD_W] __attribute__((aligned(64)));
     FD_V mv = *(FD_V *)m, rv = *(FD_V *)r;
-    *(FD_V *)res = mv + FN(fd_vlog_kr)(*(FD_V *)k, rv);
-    unsigned special = (unsigned)(FN(fd_nonfinite)(mv) | FN(fd_isnan)(rv));
+    *(FD_V *)res = mv + FI(fd_vlog_kr)(*(FD_V *)k, rv);
+    unsigned special = (unsigned)(FI(fd_nonfinite)(mv) | FN(fd_isnan)(rv));
     for (int i = 0; i < nrows; i++)
-        out[i] = (special >> i) & 1 ? (FD_T)FN(fd_lse_finish)(m[i], k[i], r[i]) : res[i];
+        out[i] = (special >> i) & 1 ? (FD_T)FI(fd_lse_finish)(m[i], k[i], r[i]) : res[i];
 #else
-    for (int i = 0; i < nrows; i++) out[i] = (FD_T)FN(fd_lse_finish)(m[i], k[i], r[i]);
+    for (int i = 0; i < nrows; i++) out[i] = (FD_T)FI(fd_lse_finish)(m[i], k[i], r[i]);
 #endif
 }
 
@@ -296,22 +357,24 @@ static void FN(fd_lse_block)(const FD_T *x, ptrdiff_t V, int nrows, FD_T *out)
 /* entropy from logits: H = log s - w/s, w = sum e_j d_j, e_j = exp(d_j), d_j = x_j - m <= 0. */
 /* Both terms are >= 0: no cancellation.  When m grows by -delta: w -> c (w + delta s).        */
 /* ========================================================================================== */
-static inline double FN(fd_entropy_finish)(FD_T m, double k, double r, double w)
+static inline double FI(fd_entropy_finish)(FD_T m, double k, double r, double w)
 {
     if (isnan(r) || m == FD_POS_INF) return NAN; /* NaN in the row / softmax undefined */
     if (m == FD_NEG_INF) return 0.0;             /* empty support */
     return fd_log_kr(k, r) - w / (k + r);
 }
 
-static double FN(fd_entropy_logits)(const FD_T *x, ptrdiff_t V)
+static double FI(fd_entropy_logits)(const FD_TI *x, ptrdiff_t V)
 {
     FD_T m = FD_NEG_INF;
     double k = 0.0, r = 0.0, w = 0.0;
     const FD_V zero = {0};
+    FD_CHUNK_BUF(xbuf);
     for (ptrdiff_t j0 = 0; j0 < V; j0 += FD_CH) {
-        const FD_T *xc = x + j0;
+        const FD_TI *xs = x + j0;
         ptrdiff_t n = V - j0 < FD_CH ? V - j0 : FD_CH;
-        FD_T mc = FN(fd_chunk_max)(xc, n);
+        FD_T mc;
+        const FD_T *xc = FI(fd_chunk)(xs, n, xbuf, &mc);
         if (mc > m) {
             if (mc == FD_POS_INF) return NAN; /* softmax undefined (inf/inf) */
             if (m == FD_NEG_INF) {
@@ -324,12 +387,13 @@ static double FN(fd_entropy_logits)(const FD_T *x, ptrdiff_t V)
             }
             m = mc;
         }
-        const FD_V sh = FN(fd_splat)(FN(fd_shift)(m));
+        const FD_V sh = FN(fd_splat)(FI(fd_shift)(m));
+        const int kr = mc == m;
         FD_V ar = {0}, aw = {0}, tc;
         FD_CNT ak = {0};
         ptrdiff_t j = 0;
         for (; j + FD_W <= n; j += FD_W) {
-            FD_PREFETCH_1(xc + j);
+            FD_PFI_1(xs + j);
             FD_V t = FN(fd_load)(xc + j) - sh;
             FD_V e = FN(fd_expn)(t, &tc);
             FD_ACC_S(t, e, ak, ar, zero);
@@ -345,11 +409,12 @@ static double FN(fd_entropy_logits)(const FD_T *x, ptrdiff_t V)
         k += FN(fd_cnt_total)(ak);
         w += FN(fd_hsum)(aw);
     }
-    return FN(fd_entropy_finish)(m, k, r, w);
+    return FI(fd_entropy_finish)(m, k, r, w);
 }
 
-static void FN(fd_entropy_logits_block)(const FD_T *x, ptrdiff_t V, int nrows, FD_T *out)
+static void FI(fd_entropy_logits_block)(const FD_TI *x, ptrdiff_t V, int nrows, FD_T *out)
 {
+    const int kr = 1; /* each row holds its max (FD_ACC_S) */
     const ptrdiff_t q = V / FD_W * FD_W;
     const int nt = (int)(V - q);
     FD_V rowv[FD_W], roww[FD_W], cols[FD_W];
@@ -357,21 +422,21 @@ static void FN(fd_entropy_logits_block)(const FD_T *x, ptrdiff_t V, int nrows, F
     FD_T r[FD_W] __attribute__((aligned(64))), w[FD_W] __attribute__((aligned(64)));
     FD_T k[FD_W] __attribute__((aligned(64)));
     const FD_V zero = {0};
-    FD_V mc = FN(fd_block_max)(x, V, nrows, q, nt, FN(fd_block_idx)(V, nrows), rowv, cols);
-    FD_V shv = FN(fd_block_shift)(mc);
+    FD_V mc = FI(fd_block_max)(x, V, nrows, q, nt, FN(fd_block_idx)(V, nrows), rowv, cols);
+    FD_V shv = FI(fd_block_shift)(mc);
     *(FD_V *)m = mc;
     *(FD_V *)sh = shv;
     FD_V rv = zero, wv = zero;
     *(FD_V *)k = zero;
     if (q) {
         for (int i = 0; i < FD_W; i++) {
-            const FD_T *p = FD_ROW(x, i);
+            const FD_TI *p = FD_ROW(x, i);
             const FD_V s = FN(fd_splat)(sh[i]);
             FD_V ar = {0}, aw = {0}, tc;
             FD_CNT ak = {0};
             for (ptrdiff_t j = 0; j < q; j += FD_W) {
                 FD_PREFETCH_NEXT(p + j);
-                FD_V t = FN(fd_load)(p + j) - s;
+                FD_V t = FI(fd_ld)(p + j) - s;
                 FD_V e = FN(fd_expn)(t, &tc);
                 FD_ACC_S(t, e, ak, ar, zero);
                 aw += e * tc;
@@ -399,12 +464,12 @@ static void FN(fd_entropy_logits_block)(const FD_T *x, ptrdiff_t V, int nrows, F
 #if FD_AVX512
     FD_T res[FD_W] __attribute__((aligned(64)));
     FD_V fm = *(FD_V *)m, fk = *(FD_V *)k, fr = *(FD_V *)r;
-    *(FD_V *)res = FN(fd_vlog_kr)(fk, fr) - *(FD_V *)w / (fk + fr);
-    unsigned special = (unsigned)(FN(fd_nonfinite)(fm) | FN(fd_isnan)(fr));
+    *(FD_V *)res = FI(fd_vlog_kr)(fk, fr) - *(FD_V *)w / (fk + fr);
+    unsigned special = (unsigned)(FI(fd_nonfinite)(fm) | FN(fd_isnan)(fr));
     for (int i = 0; i < nrows; i++)
-        out[i] = (special >> i) & 1 ? (FD_T)FN(fd_entropy_finish)(m[i], k[i], r[i], w[i]) : res[i];
+        out[i] = (special >> i) & 1 ? (FD_T)FI(fd_entropy_finish)(m[i], k[i], r[i], w[i]) : res[i];
 #else
-    for (int i = 0; i < nrows; i++) out[i] = (FD_T)FN(fd_entropy_finish)(m[i], k[i], r[i], w[i]);
+    for (int i = 0; i < nrows; i++) out[i] = (FD_T)FI(fd_entropy_finish)(m[i], k[i], r[i], w[i]);
 #endif
 }
 
@@ -415,7 +480,7 @@ static void FN(fd_entropy_logits_block)(const FD_T *x, ptrdiff_t V, int nrows, F
 /* Terms with z_j = -inf are kept out of w; instead mxz = max of x_j over them: any finite      */
 /* x_j there has positive probability (even if exp() underflows), so D = +inf (reference.py).  */
 /* ========================================================================================== */
-static inline double FN(fd_kl_finish)(FD_T mx, FD_T mz, double sx, double sz, double w, FD_T mxz)
+static inline double FI(fd_kl_finish)(FD_T mx, FD_T mz, double sx, double sz, double w, FD_T mxz)
 {
     if (isnan(sx) || isnan(sz)) return NAN;               /* NaN in either row */
     if (mx == FD_POS_INF || mz == FD_POS_INF) return NAN; /* softmax undefined */
@@ -431,7 +496,7 @@ static inline double FN(fd_kl_finish)(FD_T mx, FD_T mz, double sx, double sz, do
            which loses all the digits of d when z ~ 1e4 (a KL of 1e-6 came out -9e-5) */    \
         FD_V dz_ = FD_VBARRIER((zv) - shz);                                                   \
         FD_V ex_ = FN(fd_expn)((xv) - shx, &tcx);                                             \
-        FD_V ez_ = FN(fd_expn)(dz_, &tcz);                                                    \
+        FD_V ez_ = FN(fd_expz)(dz_); /* same bits as fd_expn, without the clamp */         \
         asx += ex_;                                                                           \
         asz += ez_;                                                                           \
         FD_M zmask_ = FN(fd_eq)((zv), ninf);                                                  \
@@ -440,17 +505,20 @@ static inline double FN(fd_kl_finish)(FD_T mx, FD_T mz, double sx, double sz, do
         amxz = FN(fd_max_where)(amxz, zmask_, (xv));                                          \
     } while (0)
 
-static double FN(fd_kl_logits)(const FD_T *x, const FD_T *z, ptrdiff_t V)
+static double FI(fd_kl_logits)(const FD_TI *x, const FD_TI *z, ptrdiff_t V)
 {
     FD_T mx = FD_NEG_INF, mz = FD_NEG_INF;
     double sx = 0.0, sz = 0.0, w = 0.0;
     const FD_V ninf = FN(fd_splat)(FD_NEG_INF);
     FD_V amxz = ninf;
+    FD_CHUNK_BUF(xbuf);
+    FD_CHUNK_BUF(zbuf);
     for (ptrdiff_t j0 = 0; j0 < V; j0 += FD_CH) {
-        const FD_T *xc = x + j0, *zc = z + j0;
+        const FD_TI *xs = x + j0, *zs = z + j0;
         ptrdiff_t n = V - j0 < FD_CH ? V - j0 : FD_CH;
         FD_T mcx, mcz;
-        FN(fd_chunk_max2)(xc, zc, n, &mcx, &mcz);
+        const FD_T *xc, *zc;
+        FI(fd_chunk2)(xs, zs, n, xbuf, zbuf, &mcx, &mcz, &xc, &zc);
         if (mcx == FD_POS_INF || mcz == FD_POS_INF) return NAN; /* softmax undefined */
         if (mcx > mx) {
             if (mx == FD_NEG_INF) {
@@ -477,12 +545,12 @@ static double FN(fd_kl_logits)(const FD_T *x, const FD_T *z, ptrdiff_t V)
             }
             mz = mcz;
         }
-        const FD_V shx = FN(fd_splat)(FN(fd_shift)(mx)), shz = FN(fd_splat)(FN(fd_shift)(mz));
-        FD_V asx = {0}, asz = {0}, aw = {0}, tcx, tcz;
+        const FD_V shx = FN(fd_splat)(FI(fd_shift)(mx)), shz = FN(fd_splat)(FI(fd_shift)(mz));
+        FD_V asx = {0}, asz = {0}, aw = {0}, tcx;
         ptrdiff_t j = 0;
         for (; j + FD_W <= n; j += FD_W) {
-            FD_PREFETCH(xc + j);
-            FD_PREFETCH(zc + j);
+            FD_PFI(xs + j);
+            FD_PFI(zs + j);
             FD_V xv = FN(fd_load)(xc + j), zv = FN(fd_load)(zc + j);
             FD_KL_STEP(xv, zv);
         }
@@ -495,10 +563,10 @@ static double FN(fd_kl_logits)(const FD_T *x, const FD_T *z, ptrdiff_t V)
         sz += FN(fd_hsum)(asz);
         w += FN(fd_hsum)(aw);
     }
-    return FN(fd_kl_finish)(mx, mz, sx, sz, w, FN(fd_hmax)(amxz));
+    return FI(fd_kl_finish)(mx, mz, sx, sz, w, FN(fd_hmax)(amxz));
 }
 
-static void FN(fd_kl_logits_block)(const FD_T *x, const FD_T *z, ptrdiff_t V, int nrows,
+static void FI(fd_kl_logits_block)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, int nrows,
                                    FD_T *out)
 {
     const ptrdiff_t q = V / FD_W * FD_W;
@@ -510,9 +578,9 @@ static void FN(fd_kl_logits_block)(const FD_T *x, const FD_T *z, ptrdiff_t V, in
     FD_T sx[FD_W] __attribute__((aligned(64))), sz[FD_W] __attribute__((aligned(64)));
     FD_T w[FD_W] __attribute__((aligned(64))), mxz[FD_W] __attribute__((aligned(64)));
     const FD_V ninf = FN(fd_splat)(FD_NEG_INF);
-    FD_V mcx = FN(fd_block_max)(x, V, nrows, q, nt, idx, rx, cx);
-    FD_V mcz = FN(fd_block_max)(z, V, nrows, q, nt, idx, rz, cz);
-    FD_V shxv = FN(fd_block_shift)(mcx), shzv = FN(fd_block_shift)(mcz);
+    FD_V mcx = FI(fd_block_max)(x, V, nrows, q, nt, idx, rx, cx);
+    FD_V mcz = FI(fd_block_max)(z, V, nrows, q, nt, idx, rz, cz);
+    FD_V shxv = FI(fd_block_shift)(mcx), shzv = FI(fd_block_shift)(mcz);
     *(FD_V *)mx = mcx;
     *(FD_V *)mz = mcz;
     *(FD_V *)shxs = shxv;
@@ -520,13 +588,13 @@ static void FN(fd_kl_logits_block)(const FD_T *x, const FD_T *z, ptrdiff_t V, in
     FD_V sxv = {0}, szv = {0}, wv = {0}, mxzv = ninf;
     if (q) {
         for (int i = 0; i < FD_W; i++) {
-            const FD_T *px = FD_ROW(x, i), *pz = FD_ROW(z, i);
+            const FD_TI *px = FD_ROW(x, i), *pz = FD_ROW(z, i);
             const FD_V shx = FN(fd_splat)(shxs[i]), shz = FN(fd_splat)(shzs[i]);
-            FD_V asx = {0}, asz = {0}, aw = {0}, amxz = ninf, tcx, tcz;
+            FD_V asx = {0}, asz = {0}, aw = {0}, amxz = ninf, tcx;
             for (ptrdiff_t j = 0; j < q; j += FD_W) {
                 FD_PREFETCH_NEXT(px + j);
                 FD_PREFETCH_NEXT(pz + j);
-                FD_V xv = FN(fd_load)(px + j), zv = FN(fd_load)(pz + j);
+                FD_V xv = FI(fd_ld)(px + j), zv = FI(fd_ld)(pz + j);
                 FD_KL_STEP(xv, zv);
             }
             rx[i] = asx;
@@ -542,7 +610,7 @@ static void FN(fd_kl_logits_block)(const FD_T *x, const FD_T *z, ptrdiff_t V, in
     {
         /* tail columns: FD_KL_STEP on row-lane vectors with the per-lane shifts */
         const FD_V shx = shxv, shz = shzv;
-        FD_V asx = sxv, asz = szv, aw = wv, amxz = mxzv, tcx, tcz;
+        FD_V asx = sxv, asz = szv, aw = wv, amxz = mxzv, tcx;
         for (int j = 0; j < nt; j++) FD_KL_STEP(cx[j], cz[j]);
         *(FD_V *)sx = asx;
         *(FD_V *)sz = asz;
@@ -553,16 +621,16 @@ static void FN(fd_kl_logits_block)(const FD_T *x, const FD_T *z, ptrdiff_t V, in
     FD_T res[FD_W] __attribute__((aligned(64)));
     FD_V fsx = *(FD_V *)sx, fsz = *(FD_V *)sz;
     *(FD_V *)res = *(FD_V *)w / fsx - FN(fd_log)(fsx) + FN(fd_log)(fsz);
-    unsigned special = (unsigned)(FN(fd_nonfinite)(*(FD_V *)mx) | FN(fd_nonfinite)(*(FD_V *)mz) |
+    unsigned special = (unsigned)(FI(fd_nonfinite)(*(FD_V *)mx) | FI(fd_nonfinite)(*(FD_V *)mz) |
                                   FN(fd_isnan)(fsx) | FN(fd_isnan)(fsz) |
                                   FN(fd_gt)(*(FD_V *)mxz, ninf));
     for (int i = 0; i < nrows; i++)
         out[i] = (special >> i) & 1
-                     ? (FD_T)FN(fd_kl_finish)(mx[i], mz[i], sx[i], sz[i], w[i], mxz[i])
+                     ? (FD_T)FI(fd_kl_finish)(mx[i], mz[i], sx[i], sz[i], w[i], mxz[i])
                      : res[i];
 #else
     for (int i = 0; i < nrows; i++)
-        out[i] = (FD_T)FN(fd_kl_finish)(mx[i], mz[i], sx[i], sz[i], w[i], mxz[i]);
+        out[i] = (FD_T)FI(fd_kl_finish)(mx[i], mz[i], sx[i], sz[i], w[i], mxz[i]);
 #endif
 }
 
@@ -575,7 +643,7 @@ static void FN(fd_kl_logits_block)(const FD_T *x, const FD_T *z, ptrdiff_t V, in
 /* A row with NaN or +inf logits is NaN whatever the weights (reference.py); an ignored row is */
 /* 0 and is not read (the caller checks ignore_index).                                          */
 /* ========================================================================================== */
-static inline double FN(fd_ce_hard_finish)(FD_T m, double k, double r, FD_T xt, double wt,
+static inline double FI(fd_ce_hard_finish)(FD_T m, double k, double r, FD_T xt, double wt,
                                            double eps, double u, double W, ptrdiff_t V)
 {
     if (isnan(r) || m == FD_POS_INF) return NAN;
@@ -601,39 +669,43 @@ static inline double FN(fd_ce_hard_finish)(FD_T m, double k, double r, FD_T xt, 
     } while (0)
 
 /* wt = w[t], read by the caller before the rows are streamed (see fd_ce_hard_prep). */
-static double FN(fd_ce_hard)(const FD_T *x, ptrdiff_t V, int64_t t, double wt, const FD_T *wt_,
+static double FI(fd_ce_hard)(const FD_TI *x, ptrdiff_t V, int64_t t, double wt, const FD_T *wt_,
                              double eps)
 {
     if (t < 0 || t >= V) return NAN; /* the API validates targets; never read out of bounds */
     FD_T m;
     double k, r;
     if (!(eps > 0.0)) {
-        FN(fd_lse_state)(x, V, 0, &m, &k, &r);
-        return FN(fd_ce_hard_finish)(m, k, r, x[t], wt, eps, 0.0, 0.0, V); /* x[t]: in L2 */
+        FI(fd_lse_state)(x, V, 0, &m, &k, &r);
+        return FI(fd_ce_hard_finish)(m, k, r, FI(fd_at)(x, t), wt, eps, 0.0, 0.0, V); /* x[t]: in L2 */
     }
     m = FD_NEG_INF;
     k = 0.0;
     r = 0.0;
     double u = 0.0, Wb = 0.0;
     const FD_V zero = {0};
+    FD_CHUNK_BUF(xbuf);
     for (ptrdiff_t j0 = 0; j0 < V; j0 += FD_CH) {
-        const FD_T *xc = x + j0, *wc = wt_ + j0;
+        const FD_TI *xs = x + j0;
+        const FD_T *wc = wt_ + j0;
         ptrdiff_t n = V - j0 < FD_CH ? V - j0 : FD_CH;
-        FD_T mc = FN(fd_chunk_max)(xc, n);
+        FD_T mc;
+        const FD_T *xc = FI(fd_chunk)(xs, n, xbuf, &mc);
         if (mc > m) {
             if (mc == FD_POS_INF) return NAN; /* log-softmax undefined */
             /* While m was -inf every x so far was -inf: u already holds sum w_j * inf. */
             if (m != FD_NEG_INF) u += Wb * ((double)mc - (double)m);
-            r = (r + k) * FN(fd_rescale)(m, mc);
+            r = (r + k) * FI(fd_rescale)(m, mc);
             k = 0.0;
             m = mc;
         }
-        const FD_V sh = FN(fd_splat)(FN(fd_shift)(m));
+        const FD_V sh = FN(fd_splat)(FI(fd_shift)(m));
+        const int kr = mc == m;
         FD_V ar = {0}, au = {0}, aW = {0};
         FD_CNT ak = {0};
         ptrdiff_t j = 0;
         for (; j + FD_W <= n; j += FD_W) {
-            FD_PREFETCH_1(xc + j);
+            FD_PFI_1(xs + j);
             FD_V tv = FN(fd_load)(xc + j) - sh, wv = FN(fd_load)(wc + j);
             FD_CE_STEP(tv, wv, aW);
         }
@@ -647,18 +719,19 @@ static double FN(fd_ce_hard)(const FD_T *x, ptrdiff_t V, int64_t t, double wt, c
         u += FN(fd_hsum)(au);
         Wb += FN(fd_hsum)(aW);
     }
-    return FN(fd_ce_hard_finish)(m, k, r, x[t], wt, eps, u, Wb, V);
+    return FI(fd_ce_hard_finish)(m, k, r, FI(fd_at)(x, t), wt, eps, u, Wb, V);
 }
 
-static void FN(fd_ce_hard_block)(const FD_T *x, ptrdiff_t V, int nrows, const int64_t *target,
+static void FI(fd_ce_hard_block)(const FD_TI *x, ptrdiff_t V, int nrows, const int64_t *target,
                                  int64_t ignore_index, const FD_T *weight, double eps,
                                  FD_T *out)
 {
+    const int kr = 1; /* each row holds its max (FD_ACC_S) */
     FD_T m[FD_W] __attribute__((aligned(64))), k[FD_W] __attribute__((aligned(64)));
     FD_T r[FD_W] __attribute__((aligned(64))), u[FD_W] __attribute__((aligned(64)));
     double W = 0.0;
     if (!(eps > 0.0)) {
-        FN(fd_lse_state_block)(x, V, nrows, m, k, r);
+        FI(fd_lse_state_block)(x, V, nrows, m, k, r);
     } else {
         const ptrdiff_t q = V / FD_W * FD_W;
         const int nt = (int)(V - q);
@@ -669,21 +742,21 @@ static void FN(fd_ce_hard_block)(const FD_T *x, ptrdiff_t V, int nrows, const in
         for (; j + FD_W <= V; j += FD_W) aWs += FN(fd_load)(weight + j);
         if (j < V) aWs += FN(fd_load_tail)(weight + j, V - j, (FD_T)0);
         W = FN(fd_hsum)(aWs);
-        FD_V mc = FN(fd_block_max)(x, V, nrows, q, nt, FN(fd_block_idx)(V, nrows), rowv, cols);
-        FD_V shv = FN(fd_block_shift)(mc);
+        FD_V mc = FI(fd_block_max)(x, V, nrows, q, nt, FN(fd_block_idx)(V, nrows), rowv, cols);
+        FD_V shv = FI(fd_block_shift)(mc);
         *(FD_V *)m = mc;
         *(FD_V *)sh = shv;
         FD_V rv = zero, uv = zero;
         *(FD_V *)k = zero;
         if (q) {
             for (int i = 0; i < FD_W; i++) {
-                const FD_T *p = FD_ROW(x, i);
+                const FD_TI *p = FD_ROW(x, i);
                 const FD_V s = FN(fd_splat)(sh[i]);
                 FD_V ar = {0}, au = {0}, unused = {0};
                 FD_CNT ak = {0};
                 for (j = 0; j < q; j += FD_W) {
                     FD_PREFETCH_NEXT(p + j);
-                    FD_V tv = FN(fd_load)(p + j) - s, wv = FN(fd_load)(weight + j);
+                    FD_V tv = FI(fd_ld)(p + j) - s, wv = FN(fd_load)(weight + j);
                     FD_CE_STEP(tv, wv, unused);
                 }
                 (void)unused;
@@ -712,14 +785,14 @@ static void FN(fd_ce_hard_block)(const FD_T *x, ptrdiff_t V, int nrows, const in
     FD_T res[FD_W] __attribute__((aligned(64)));
     FD_V xtv, wtv;
     unsigned valid;
-    FN(fd_target_gather)(x, weight, target, nrows, V, ignore_index, &xtv, &wtv, &valid);
+    FI(fd_tgather)(x, weight, target, nrows, V, ignore_index, &xtv, &wtv, &valid);
     unsigned special = ~valid;
     FD_V mv = *(FD_V *)m, rv = *(FD_V *)r;
-    FD_V L = FN(fd_vlog_kr)(*(FD_V *)k, rv);
+    FD_V L = FI(fd_vlog_kr)(*(FD_V *)k, rv);
     FD_V loss = wtv * (FD_VBARRIER(mv - xtv) + L) * (FD_T)(1.0 - eps);
     if (eps > 0.0) loss += (FD_T)(eps / (double)V) * (*(FD_V *)u + (FD_T)W * L);
     *(FD_V *)res = loss;
-    special |= (unsigned)(FN(fd_nonfinite)(mv) | FN(fd_isnan)(rv) |
+    special |= (unsigned)(FI(fd_nonfinite)(mv) | FN(fd_isnan)(rv) |
                           FN(fd_eq)(xtv, FN(fd_splat)(FD_NEG_INF)) |
                           FN(fd_eq)(wtv, (FD_V){0}));
     for (int i = 0; i < nrows; i++) {
@@ -736,7 +809,7 @@ static void FN(fd_ce_hard_block)(const FD_T *x, ptrdiff_t V, int nrows, const in
         else if (t < 0 || t >= V)
             out[i] = (FD_T)NAN;
         else
-            out[i] = (FD_T)FN(fd_ce_hard_finish)(m[i], k[i], r[i], x[i * V + t], weight[t], eps,
+            out[i] = (FD_T)FI(fd_ce_hard_finish)(m[i], k[i], r[i], FI(fd_at)(x, i * V + t), weight[t], eps,
                                                  eps > 0.0 ? u[i] : 0.0, W, V);
     }
 }
@@ -746,7 +819,7 @@ static void FN(fd_ce_hard_block)(const FD_T *x, ptrdiff_t V, int nrows, const in
 /*   = u + C log s, u = sum c_j (m - x_j), C = sum c_j (u relative to the running max).         */
 /* A row with NaN or +inf logits is NaN whatever the targets (reference.py).                    */
 /* ========================================================================================== */
-static inline double FN(fd_ce_soft_finish)(FD_T m, double k, double r, double u, double C)
+static inline double FI(fd_ce_soft_finish)(FD_T m, double k, double r, double u, double C)
 {
     if (isnan(r) || m == FD_POS_INF) return NAN; /* NaN / +inf in the row; NaN in p, w is in u */
     if (m == FD_NEG_INF) return u;               /* all masked: sum c_j (+inf), 0 if all c = 0 */
@@ -762,38 +835,42 @@ static inline double FN(fd_ce_soft_finish)(FD_T m, double k, double r, double u,
         aC += c_;                                                                             \
     } while (0)
 
-static double FN(fd_ce_soft)(const FD_T *x, const FD_T *p, const FD_T *w_, ptrdiff_t V,
+static double FI(fd_ce_soft)(const FD_TI *x, const FD_TI *p, const FD_T *w_, ptrdiff_t V,
                              double alpha_, double beta_)
 {
     const FD_T alpha = (FD_T)alpha_, beta = (FD_T)beta_;
     FD_T m = FD_NEG_INF;
     double k = 0.0, r = 0.0, u = 0.0, C = 0.0;
     const FD_V zero = {0};
+    FD_CHUNK_BUF(xbuf);
     for (ptrdiff_t j0 = 0; j0 < V; j0 += FD_CH) {
-        const FD_T *xc = x + j0, *pc = p + j0, *wc = w_ + j0;
+        const FD_TI *xs = x + j0, *pc = p + j0;
+        const FD_T *wc = w_ + j0;
         ptrdiff_t n = V - j0 < FD_CH ? V - j0 : FD_CH;
-        FD_T mc = FN(fd_chunk_max)(xc, n);
+        FD_T mc;
+        const FD_T *xc = FI(fd_chunk)(xs, n, xbuf, &mc);
         if (mc > m) {
             if (mc == FD_POS_INF) return NAN; /* log-softmax undefined */
             if (m != FD_NEG_INF) u += C * ((double)mc - (double)m);
-            r = (r + k) * FN(fd_rescale)(m, mc);
+            r = (r + k) * FI(fd_rescale)(m, mc);
             k = 0.0;
             m = mc;
         }
-        const FD_V sh = FN(fd_splat)(FN(fd_shift)(m));
+        const FD_V sh = FN(fd_splat)(FI(fd_shift)(m));
+        const int kr = mc == m;
         FD_V ar = {0}, au = {0}, aC = {0};
         FD_CNT ak = {0};
         ptrdiff_t j = 0;
         for (; j + FD_W <= n; j += FD_W) {
-            FD_PREFETCH(xc + j);
-            FD_PREFETCH(pc + j);
-            FD_V tv = FN(fd_load)(xc + j) - sh, pv = FN(fd_load)(pc + j);
+            FD_PFI(xs + j);
+            FD_PFI(pc + j);
+            FD_V tv = FN(fd_load)(xc + j) - sh, pv = FI(fd_ld)(pc + j);
             FD_V wv = FN(fd_load)(wc + j);
             FD_CES_STEP(tv, pv, wv);
         }
         if (j < n) {
             FD_V tv = FN(fd_load_tail)(xc + j, n - j, FD_NEG_INF) - sh;
-            FD_V pv = FN(fd_load_tail)(pc + j, n - j, (FD_T)0);
+            FD_V pv = FI(fd_ldt)(pc + j, n - j, (FD_T)0);
             FD_V wv = FN(fd_load_tail)(wc + j, n - j, (FD_T)0);
             FD_CES_STEP(tv, pv, wv);
         }
@@ -802,12 +879,13 @@ static double FN(fd_ce_soft)(const FD_T *x, const FD_T *p, const FD_T *w_, ptrdi
         u += FN(fd_hsum)(au);
         C += FN(fd_hsum)(aC);
     }
-    return FN(fd_ce_soft_finish)(m, k, r, u, C);
+    return FI(fd_ce_soft_finish)(m, k, r, u, C);
 }
 
-static void FN(fd_ce_soft_block)(const FD_T *x, const FD_T *p, const FD_T *w_, ptrdiff_t V,
+static void FI(fd_ce_soft_block)(const FD_TI *x, const FD_TI *p, const FD_T *w_, ptrdiff_t V,
                                  int nrows, double alpha_, double beta_, FD_T *out)
 {
+    const int kr = 1; /* each row holds its max (FD_ACC_S) */
     const FD_T alpha = (FD_T)alpha_, beta = (FD_T)beta_;
     const ptrdiff_t q = V / FD_W * FD_W;
     const int nt = (int)(V - q);
@@ -817,22 +895,22 @@ static void FN(fd_ce_soft_block)(const FD_T *x, const FD_T *p, const FD_T *w_, p
     FD_T r[FD_W] __attribute__((aligned(64))), u[FD_W] __attribute__((aligned(64)));
     FD_T C[FD_W] __attribute__((aligned(64))), k[FD_W] __attribute__((aligned(64)));
     const FD_V zero = {0};
-    FD_V mc = FN(fd_block_max)(x, V, nrows, q, nt, idx, rowv, cols);
-    FD_V shv = FN(fd_block_shift)(mc);
+    FD_V mc = FI(fd_block_max)(x, V, nrows, q, nt, idx, rowv, cols);
+    FD_V shv = FI(fd_block_shift)(mc);
     *(FD_V *)m = mc;
     *(FD_V *)sh = shv;
     FD_V rv = zero, uv = zero, Cv = zero;
     *(FD_V *)k = zero;
     if (q) {
         for (int i = 0; i < FD_W; i++) {
-            const FD_T *px = FD_ROW(x, i), *pp = FD_ROW(p, i);
+            const FD_TI *px = FD_ROW(x, i), *pp = FD_ROW(p, i);
             const FD_V s = FN(fd_splat)(sh[i]);
             FD_V ar = {0}, au = {0}, aC = {0};
             FD_CNT ak = {0};
             for (ptrdiff_t j = 0; j < q; j += FD_W) {
                 FD_PREFETCH_NEXT(px + j);
                 FD_PREFETCH_NEXT(pp + j);
-                FD_V tv = FN(fd_load)(px + j) - s, pv = FN(fd_load)(pp + j);
+                FD_V tv = FI(fd_ld)(px + j) - s, pv = FI(fd_ld)(pp + j);
                 FD_V wv = FN(fd_load)(w_ + j);
                 FD_CES_STEP(tv, pv, wv);
             }
@@ -848,7 +926,7 @@ static void FN(fd_ce_soft_block)(const FD_T *x, const FD_T *p, const FD_T *w_, p
     FD_V kv = *(FD_V *)k;
     const FD_V one = FN(fd_splat)((FD_T)1);
     for (int j = 0; j < nt; j++) {
-        FD_V t = cols[j] - shv, pv = FN(fd_gather)(p + q + j, idx);
+        FD_V t = cols[j] - shv, pv = FI(fd_gth)(p + q + j, idx, q + j);
         FD_V c = FN(fd_splat)(w_[q + j]) * (alpha * pv + beta);
         FD_V e = FN(fd_expz)(t);
         FD_M top = FN(fd_eq)(t, zero);
@@ -864,13 +942,13 @@ static void FN(fd_ce_soft_block)(const FD_T *x, const FD_T *p, const FD_T *w_, p
 #if FD_AVX512
     FD_T res[FD_W] __attribute__((aligned(64)));
     FD_V fm = *(FD_V *)m, fr = *(FD_V *)r;
-    *(FD_V *)res = *(FD_V *)u + *(FD_V *)C * FN(fd_vlog_kr)(*(FD_V *)k, fr);
-    unsigned special = (unsigned)(FN(fd_nonfinite)(fm) | FN(fd_isnan)(fr));
+    *(FD_V *)res = *(FD_V *)u + *(FD_V *)C * FI(fd_vlog_kr)(*(FD_V *)k, fr);
+    unsigned special = (unsigned)(FI(fd_nonfinite)(fm) | FN(fd_isnan)(fr));
     for (int i = 0; i < nrows; i++)
-        out[i] = (special >> i) & 1 ? (FD_T)FN(fd_ce_soft_finish)(m[i], k[i], r[i], u[i], C[i])
+        out[i] = (special >> i) & 1 ? (FD_T)FI(fd_ce_soft_finish)(m[i], k[i], r[i], u[i], C[i])
                                     : res[i];
 #else
-    for (int i = 0; i < nrows; i++) out[i] = (FD_T)FN(fd_ce_soft_finish)(m[i], k[i], r[i], u[i], C[i]);
+    for (int i = 0; i < nrows; i++) out[i] = (FD_T)FI(fd_ce_soft_finish)(m[i], k[i], r[i], u[i], C[i]);
 #endif
 }
 
@@ -881,21 +959,21 @@ static void FN(fd_ce_soft_block)(const FD_T *x, const FD_T *p, const FD_T *w_, p
 
 /* -sum exp(l) l.  e * tc with tc = l clamped to [LO, HI]: l = -inf gives 0 * LO = 0,
    l = +inf gives inf * HI = inf (the reference's -inf result); NaN stays NaN. */
-static double FN(fd_entropy_log_probs)(const FD_T *l, ptrdiff_t V)
+static double FI(fd_entropy_log_probs)(const FD_TI *l, ptrdiff_t V)
 {
     double acc_total = 0.0;
     for (ptrdiff_t j0 = 0; j0 < V; j0 += FD_CH) {
-        const FD_T *lc = l + j0;
+        const FD_TI *lc = l + j0;
         ptrdiff_t n = V - j0 < FD_CH ? V - j0 : FD_CH;
         FD_V acc = {0}, tc;
         ptrdiff_t j = 0;
         for (; j + FD_W <= n; j += FD_W) {
-            FD_PREFETCH_1(lc + j);
-            FD_V e = FN(fd_exp)(FN(fd_load)(lc + j), &tc);
+            FD_PFI_1(lc + j);
+            FD_V e = FN(fd_exp)(FI(fd_ld)(lc + j), &tc);
             acc += e * tc;
         }
         if (j < n) {
-            FD_V e = FN(fd_exp)(FN(fd_load_tail)(lc + j, n - j, FD_NEG_INF), &tc);
+            FD_V e = FN(fd_exp)(FI(fd_ldt)(lc + j, n - j, FD_NEG_INF), &tc);
             acc += e * tc;
         }
         acc_total += FN(fd_hsum)(acc);
@@ -904,22 +982,22 @@ static double FN(fd_entropy_log_probs)(const FD_T *l, ptrdiff_t V)
 }
 
 /* -sum p log p with 0 log 0 = 0 (p < 0 gives NaN, p = +inf gives -inf, as the reference). */
-static double FN(fd_entropy_probs)(const FD_T *p, ptrdiff_t V)
+static double FI(fd_entropy_probs)(const FD_TI *p, ptrdiff_t V)
 {
     double acc_total = 0.0;
     const FD_V zero = {0};
     for (ptrdiff_t j0 = 0; j0 < V; j0 += FD_CH) {
-        const FD_T *pc = p + j0;
+        const FD_TI *pc = p + j0;
         ptrdiff_t n = V - j0 < FD_CH ? V - j0 : FD_CH;
         FD_V acc = {0};
         ptrdiff_t j = 0;
         for (; j + FD_W <= n; j += FD_W) {
-            FD_PREFETCH_1(pc + j);
-            FD_V pv = FN(fd_load)(pc + j);
+            FD_PFI_1(pc + j);
+            FD_V pv = FI(fd_ld)(pc + j);
             acc = FN(fd_add_unless)(acc, FN(fd_eq)(pv, zero), pv * FN(fd_log)(pv));
         }
         if (j < n) {
-            FD_V pv = FN(fd_load_tail)(pc + j, n - j, (FD_T)0);
+            FD_V pv = FI(fd_ldt)(pc + j, n - j, (FD_T)0);
             acc = FN(fd_add_unless)(acc, FN(fd_eq)(pv, zero), pv * FN(fd_log)(pv));
         }
         acc_total += FN(fd_hsum)(acc);
@@ -941,25 +1019,25 @@ static double FN(fd_entropy_probs)(const FD_T *p, ptrdiff_t V)
         acc += FN(fd_sel)(FN(fd_lt)((av), thr), low_, term_);                                 \
     } while (0)
 
-static double FN(fd_kl_log_probs)(const FD_T *a, const FD_T *b, ptrdiff_t V)
+static double FI(fd_kl_log_probs)(const FD_TI *a, const FD_TI *b, ptrdiff_t V)
 {
     double acc_total = 0.0;
     const FD_V thr = FN(fd_splat)((FD_T)FD_LOG_DENORM_MIN), zero = {0};
     const FD_V inf = FN(fd_splat)(FD_POS_INF);
     for (ptrdiff_t j0 = 0; j0 < V; j0 += FD_CH) {
-        const FD_T *ac = a + j0, *bc = b + j0;
+        const FD_TI *ac = a + j0, *bc = b + j0;
         ptrdiff_t n = V - j0 < FD_CH ? V - j0 : FD_CH;
         FD_V acc = {0}, tc;
         ptrdiff_t j = 0;
         for (; j + FD_W <= n; j += FD_W) {
-            FD_PREFETCH(ac + j);
-            FD_PREFETCH(bc + j);
-            FD_V av = FN(fd_load)(ac + j), bv = FN(fd_load)(bc + j);
+            FD_PFI(ac + j);
+            FD_PFI(bc + j);
+            FD_V av = FI(fd_ld)(ac + j), bv = FI(fd_ld)(bc + j);
             FD_KLLP_STEP(av, bv);
         }
         if (j < n) {
-            FD_V av = FN(fd_load_tail)(ac + j, n - j, FD_NEG_INF);
-            FD_V bv = FN(fd_load_tail)(bc + j, n - j, (FD_T)0);
+            FD_V av = FI(fd_ldt)(ac + j, n - j, FD_NEG_INF);
+            FD_V bv = FI(fd_ldt)(bc + j, n - j, (FD_T)0);
             FD_KLLP_STEP(av, bv);
         }
         acc_total += FN(fd_hsum)(acc);
@@ -977,24 +1055,24 @@ static double FN(fd_kl_log_probs)(const FD_T *a, const FD_T *b, ptrdiff_t V)
         acc += FN(fd_sel)(FN(fd_eq)((pv), zero), none_, term_);                               \
     } while (0)
 
-static double FN(fd_kl_probs)(const FD_T *p, const FD_T *q, ptrdiff_t V)
+static double FI(fd_kl_probs)(const FD_TI *p, const FD_TI *q, ptrdiff_t V)
 {
     double acc_total = 0.0;
     const FD_V zero = {0};
     for (ptrdiff_t j0 = 0; j0 < V; j0 += FD_CH) {
-        const FD_T *pc = p + j0, *qc = q + j0;
+        const FD_TI *pc = p + j0, *qc = q + j0;
         ptrdiff_t n = V - j0 < FD_CH ? V - j0 : FD_CH;
         FD_V acc = {0};
         ptrdiff_t j = 0;
         for (; j + FD_W <= n; j += FD_W) {
-            FD_PREFETCH(pc + j);
-            FD_PREFETCH(qc + j);
-            FD_V pv = FN(fd_load)(pc + j), qv = FN(fd_load)(qc + j);
+            FD_PFI(pc + j);
+            FD_PFI(qc + j);
+            FD_V pv = FI(fd_ld)(pc + j), qv = FI(fd_ld)(qc + j);
             FD_KLP_STEP(pv, qv);
         }
         if (j < n) {
-            FD_V pv = FN(fd_load_tail)(pc + j, n - j, (FD_T)0);
-            FD_V qv = FN(fd_load_tail)(qc + j, n - j, (FD_T)1);
+            FD_V pv = FI(fd_ldt)(pc + j, n - j, (FD_T)0);
+            FD_V qv = FI(fd_ldt)(qc + j, n - j, (FD_T)1);
             FD_KLP_STEP(pv, qv);
         }
         acc_total += FN(fd_hsum)(acc);
@@ -1006,65 +1084,66 @@ static double FN(fd_kl_probs)(const FD_T *p, const FD_T *q, ptrdiff_t V)
 /* Work items for the Cython prange: a block of FD_W rows when V <= FD_BLOCK_V, else one row.  */
 /* ========================================================================================== */
 #define FD_BLOCK_V ((ptrdiff_t)(FD_CHUNK_BYTES / sizeof(FD_T)))
-static inline ptrdiff_t FN(fd_items)(ptrdiff_t rows, ptrdiff_t V)
+static inline ptrdiff_t FI(fd_items)(ptrdiff_t rows, ptrdiff_t V)
 {
     return V <= FD_BLOCK_V ? (rows + FD_W - 1) / FD_W : rows;
 }
 #define FD_ITEM_BLOCK(it, rows) ptrdiff_t r0 = (it) * FD_W; \
     int nb = (int)((rows) - r0 < FD_W ? (rows) - r0 : FD_W)
 
-static void FN(fd_lse_item)(const FD_T *x, ptrdiff_t rows, ptrdiff_t V, ptrdiff_t it, FD_T *out)
+static void FI(fd_lse_item)(const FD_TI *x, ptrdiff_t rows, ptrdiff_t V, ptrdiff_t it, FD_T *out)
 {
     if (V <= FD_BLOCK_V) {
         FD_ITEM_BLOCK(it, rows);
-        FN(fd_lse_block)(x + r0 * V, V, nb, out + r0);
+        FI(fd_lse_block)(x + r0 * V, V, nb, out + r0);
     } else {
-        out[it] = (FD_T)FN(fd_lse)(x + it * V, V);
+        out[it] = (FD_T)FI(fd_lse)(x + it * V, V);
     }
 }
 
-static void FN(fd_entropy_logits_item)(const FD_T *x, ptrdiff_t rows, ptrdiff_t V, ptrdiff_t it,
+static void FI(fd_entropy_logits_item)(const FD_TI *x, ptrdiff_t rows, ptrdiff_t V, ptrdiff_t it,
                                        FD_T *out)
 {
     if (V <= FD_BLOCK_V) {
         FD_ITEM_BLOCK(it, rows);
-        FN(fd_entropy_logits_block)(x + r0 * V, V, nb, out + r0);
+        FI(fd_entropy_logits_block)(x + r0 * V, V, nb, out + r0);
     } else {
-        out[it] = (FD_T)FN(fd_entropy_logits)(x + it * V, V);
+        out[it] = (FD_T)FI(fd_entropy_logits)(x + it * V, V);
     }
 }
 
-static void FN(fd_kl_logits_item)(const FD_T *x, const FD_T *z, ptrdiff_t rows, ptrdiff_t V,
+static void FI(fd_kl_logits_item)(const FD_TI *x, const FD_TI *z, ptrdiff_t rows, ptrdiff_t V,
                                   ptrdiff_t it, FD_T *out)
 {
     if (V <= FD_BLOCK_V) {
         FD_ITEM_BLOCK(it, rows);
-        FN(fd_kl_logits_block)(x + r0 * V, z + r0 * V, V, nb, out + r0);
+        FI(fd_kl_logits_block)(x + r0 * V, z + r0 * V, V, nb, out + r0);
     } else {
-        out[it] = (FD_T)FN(fd_kl_logits)(x + it * V, z + it * V, V);
+        out[it] = (FD_T)FI(fd_kl_logits)(x + it * V, z + it * V, V);
     }
 }
 
-static void FN(fd_ce_hard_item)(const FD_T *x, ptrdiff_t rows, ptrdiff_t V, ptrdiff_t it,
+static void FI(fd_ce_hard_item)(const FD_TI *x, ptrdiff_t rows, ptrdiff_t V, ptrdiff_t it,
                                 const int64_t *target, int64_t ignore_index, const FD_T *weight,
                                 double eps, FD_T *out)
 {
     if (V <= FD_BLOCK_V) {
         FD_ITEM_BLOCK(it, rows);
-        FN(fd_ce_hard_block)(x + r0 * V, V, nb, target + r0, ignore_index, weight, eps, out + r0);
+        FI(fd_ce_hard_block)(x + r0 * V, V, nb, target + r0, ignore_index, weight, eps, out + r0);
     } else {
         int64_t t = target[it];
         double wt = (double)out[it]; /* w[t], from fd_ce_hard_prep */
         out[it] = t == ignore_index ? (FD_T)0
-                                    : (FD_T)FN(fd_ce_hard)(x + it * V, V, t, wt, weight, eps);
+                                    : (FD_T)FI(fd_ce_hard)(x + it * V, V, t, wt, weight, eps);
     }
 }
 
+#if !FD_HALF /* weights are in the working precision: the f32 version serves 16-bit inputs */
 /* Long rows: out[i] = w[target[i]] before the row pass (the kernel then reads it from out,
    sequentially).  Reading w[t] at the end of each row instead cost ~1-2 us per row at
    V = 50257 with random targets (15% of the pass): a cache miss to the weight vector,
    evicted by the streamed rows, waits behind the streams' traffic and stalls the core.  */
-static void FN(fd_ce_hard_prep)(ptrdiff_t rows, ptrdiff_t V, const int64_t *target,
+static void FI(fd_ce_hard_prep)(ptrdiff_t rows, ptrdiff_t V, const int64_t *target,
                                 int64_t ignore_index, const FD_T *weight, FD_T *out)
 {
     if (V <= FD_BLOCK_V) return; /* the block driver reads w[t] from L1 */
@@ -1073,23 +1152,21 @@ static void FN(fd_ce_hard_prep)(ptrdiff_t rows, ptrdiff_t V, const int64_t *targ
         out[i] = (t != ignore_index && t >= 0 && t < V) ? weight[t] : (FD_T)0;
     }
 }
+#endif
 
-static void FN(fd_ce_soft_item)(const FD_T *x, const FD_T *p, const FD_T *w, ptrdiff_t rows,
+static void FI(fd_ce_soft_item)(const FD_TI *x, const FD_TI *p, const FD_T *w, ptrdiff_t rows,
                                 ptrdiff_t V, ptrdiff_t it, double alpha, double beta, FD_T *out)
 {
     if (V <= FD_BLOCK_V) {
         FD_ITEM_BLOCK(it, rows);
-        FN(fd_ce_soft_block)(x + r0 * V, p + r0 * V, w, V, nb, alpha, beta, out + r0);
+        FI(fd_ce_soft_block)(x + r0 * V, p + r0 * V, w, V, nb, alpha, beta, out + r0);
     } else {
-        out[it] = (FD_T)FN(fd_ce_soft)(x + it * V, p + it * V, w, V, alpha, beta);
+        out[it] = (FD_T)FI(fd_ce_soft)(x + it * V, p + it * V, w, V, alpha, beta);
     }
 }
 #undef FD_ITEM_BLOCK
 #undef FD_BLOCK_V
 
-#undef FD_NEG_INF
-#undef FD_POS_INF
-#undef FD_CH
 #undef FD_ROW
 #undef FD_PREFETCH_NEXT
 #undef FD_ACC_S

@@ -122,7 +122,7 @@ static const char fd_simd_isa[] = "generic";
 #endif
 #define FD_WD (FD_VBYTES / 8) /* double lanes */
 
-#if FD_AVX512
+#if defined(__SSE2__) /* AVX-512 kernels; F16C / AVX2 half-precision loads */
 #include <immintrin.h>
 #endif
 
@@ -795,43 +795,227 @@ FD_INLINE fd_vd fd_vlog1p_f64(fd_vd u)
    log-probability kernels so that float32 inputs match the reference's zero set. */
 #define FD_LOG_DENORM_MIN (-745.13321910194122)
 
+/* log x for x > 0 finite and normal, without the special-value selects of fd_log (10 % of
+   the JS pass).  For x = 0 or subnormal the result is finite garbage; the JS pass multiplies
+   it by a probability that is 0 or below 1e-37 there.  Same polynomials as fd_log. */
+FD_INLINE fd_vf fd_logpos_f32(fd_vf x)
+{
+    fd_vu ix = (fd_vu)x + (0x3f800000u - 0x3f3504f3u);
+    fd_vf kf = __builtin_convertvector((fd_vi)(ix >> 23) - 127, fd_vf);
+    fd_vf f = (fd_vf)((ix & 0x007fffffu) + 0x3f3504f3u) - 1.0f;
+    fd_vf z = f * f;
+    fd_vf y = 7.0376836292E-2f * f - 1.1514610310E-1f;
+    y = y * f + 1.1676998740E-1f;
+    y = y * f - 1.2420140846E-1f;
+    y = y * f + 1.4249322787E-1f;
+    y = y * f - 1.6668057665E-1f;
+    y = y * f + 2.0000714765E-1f;
+    y = y * f - 2.4999993993E-1f;
+    y = y * f + 3.3333331174E-1f;
+    y = y * f * z - 0.5f * z;
+    return kf * (float)FD_LN2 + (f + y);
+}
+
+FD_INLINE fd_vd fd_logpos_f64(fd_vd x)
+{
+    fd_vq ix = (fd_vq)x + (0x3ff0000000000000ull - 0x3fe6a09e667f3bcdull);
+    fd_vd kf = __builtin_convertvector((fd_vl)(ix >> 52) - 1023, fd_vd);
+    fd_vd f = (fd_vd)((ix & 0x000fffffffffffffull) + 0x3fe6a09e667f3bcdull) - 1.0;
+    fd_vd s = f / (2.0 + f);
+    fd_vd z = s * s, w = z * z;
+    fd_vd t1 = w * (3.999999999940941908e-01 +
+                    w * (2.222219843214978396e-01 + w * 1.531383769920937332e-01));
+    fd_vd t2 = z * (6.666666666666735130e-01 +
+                    w * (2.857142874366239149e-01 +
+                         w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)));
+    fd_vd hfsq = 0.5 * f * f;
+    return kf * FD_LN2 + (f - (hfsq - s * (hfsq + t1 + t2)));
+}
+
 /* ------------------------------------------------------------------------------------------ */
-/* Per-row kernels, instantiated for float (f32) and double (f64).                             */
+/* Reading the inputs.  The row templates read their float inputs only through these, named   */
+/* by the input suffix (f32, f64; h16: IEEE binary16 bits, b16: bfloat16 bits):                 */
+/*   fd_ld_S(p)            one vector of the working precision from W inputs;                  */
+/*   fd_ldt_S(p, n, fill)  the n < W trailing inputs, the other lanes = fill;                   */
+/*   fd_gth_S(p, idx, c)   a block's column (lane i = p[idx_i]; c: p's column in its row);      */
+/*   fd_at_S(p, i)         one input as a scalar;                                               */
+/*   fd_tgather_S          the hard-label CE block's target logits and weights (AVX-512).       */
+/* Half inputs are widened to float32 inside the vector loads, so the arithmetic and its        */
+/* results are those of the float32 kernels on the upcast input (the widening is exact), while  */
+/* memory traffic is that of the 16-bit input.                                                   */
+/* ------------------------------------------------------------------------------------------ */
+static inline float fd_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
+    if (e == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13); /* inf, NaN (payload kept) */
+    } else if (e == 0) {
+        float f = (float)man * 0x1p-24f; /* zero and subnormals: man * 2^-24, exact */
+        return sign ? -f : f;
+    } else {
+        bits = sign | ((e + 112u) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline float fd_bf16_to_f32(uint16_t b)
+{
+    uint32_t bits = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+FD_INLINE fd_vf fd_ld_f32(const float *p) { return fd_load_f32(p); }
+FD_INLINE fd_vd fd_ld_f64(const double *p) { return fd_load_f64(p); }
+FD_INLINE fd_vf fd_ldt_f32(const float *p, ptrdiff_t n, float fill) { return fd_load_tail_f32(p, n, fill); }
+FD_INLINE fd_vd fd_ldt_f64(const double *p, ptrdiff_t n, double fill) { return fd_load_tail_f64(p, n, fill); }
+FD_INLINE fd_vf fd_gth_f32(const float *p, fd_idx_f32 idx, ptrdiff_t c) { (void)c; return fd_gather_f32(p, idx); }
+FD_INLINE fd_vd fd_gth_f64(const double *p, fd_idx_f64 idx, ptrdiff_t c) { (void)c; return fd_gather_f64(p, idx); }
+FD_INLINE float fd_at_f32(const float *p, ptrdiff_t i) { return p[i]; }
+FD_INLINE double fd_at_f64(const double *p, ptrdiff_t i) { return p[i]; }
+
+/* W 16-bit inputs (unaligned) */
+typedef uint16_t fd_vh_u __attribute__((vector_size(FD_VBYTES / 2), aligned(2), may_alias));
+
+FD_INLINE fd_vf fd_ld_b16(const uint16_t *p)
+{
+    /* bfloat16 bits are the top half of the float32's: zero-extend and shift (vpmovzxwd from
+       memory + vpslld; the generic conversion compiles to split 128-bit halves) */
+#if FD_AVX512
+    return (fd_vf)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16);
+#elif FD_VBYTES == 32 && defined(__AVX2__)
+    return (fd_vf)_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16);
+#else
+    return (fd_vf)(__builtin_convertvector(*(const fd_vh_u *)p, fd_vu) << 16);
+#endif
+}
+
+FD_INLINE fd_vf fd_ld_h16(const uint16_t *p)
+{
+#if FD_AVX512
+    return (fd_vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+#elif FD_VBYTES == 32 && defined(__F16C__)
+    return (fd_vf)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#else
+    /* exact without F16C: the magnitude bits moved to float32's places give the value times
+       2^-112 (subnormal halves included), one multiply rescales it; exponent 31 (inf, NaN)
+       gets float32's all-ones exponent, the payload kept */
+    fd_vu u = __builtin_convertvector(*(const fd_vh_u *)p, fd_vu);
+    fd_vu em = (u & 0x7fffu) << 13;
+    fd_vu f = (fd_vu)((fd_vf)em * 0x1p112f);
+    f |= (fd_vu)(em >= (0x7c00u << 13)) & 0x7f800000u;
+    return (fd_vf)(f | ((u & 0x8000u) << 16));
+#endif
+}
+
+FD_INLINE float fd_at_h16(const uint16_t *p, ptrdiff_t i) { return fd_f16_to_f32(p[i]); }
+FD_INLINE float fd_at_b16(const uint16_t *p, ptrdiff_t i) { return fd_bf16_to_f32(p[i]); }
+
+/* Tails: the n < W inputs copied into a zeroed vector, widened, then the fill (a row tail
+   is read once per row or chunk: no need for masked 16-bit loads). */
+#define FD_LDT_HALF(S)                                                                         \
+    FD_INLINE fd_vf fd_ldt_##S(const uint16_t *p, ptrdiff_t n, float fill)                     \
+    {                                                                                          \
+        uint16_t b[FD_WF] __attribute__((aligned(FD_VBYTES / 2))) = {0};                       \
+        memcpy(b, p, (size_t)n * 2);                                                           \
+        fd_vf v = fd_ld_##S(b);                                                                \
+        for (int l = (int)n; l < FD_WF; l++) v[l] = fill;                                      \
+        return v;                                                                              \
+    }
+FD_LDT_HALF(h16)
+FD_LDT_HALF(b16)
+#undef FD_LDT_HALF
+
+#if FD_AVX512
+/* Columns of 16-bit inputs by a 32-bit gather that ends at the wanted element (its high
+   half): it reads the element before it, which exists when the column c is not the row's
+   first; column 0 is read lane by lane. */
+FD_INLINE fd_vf fd_gth_b16(const uint16_t *p, fd_idx_f32 idx, ptrdiff_t c)
+{
+    if (c == 0) {
+        fd_vf v;
+        int o[16] __attribute__((aligned(64)));
+        _mm512_store_si512((__m512i *)o, idx);
+        for (int i = 0; i < 16; i++) v[i] = fd_bf16_to_f32(p[o[i]]);
+        return v;
+    }
+    __m512i g = _mm512_i32gather_epi32(idx, (const void *)(p - 1), 2);
+    return (fd_vf)_mm512_and_si512(g, _mm512_set1_epi32((int)0xffff0000u));
+}
+FD_INLINE fd_vf fd_gth_h16(const uint16_t *p, fd_idx_f32 idx, ptrdiff_t c)
+{
+    if (c == 0) {
+        fd_vf v;
+        int o[16] __attribute__((aligned(64)));
+        _mm512_store_si512((__m512i *)o, idx);
+        for (int i = 0; i < 16; i++) v[i] = fd_f16_to_f32(p[o[i]]);
+        return v;
+    }
+    __m512i g = _mm512_i32gather_epi32(idx, (const void *)(p - 1), 2);
+    return (fd_vf)_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g, 16)));
+}
+#else
+FD_INLINE fd_vf fd_gth_b16(const uint16_t *p, fd_idx_f32 idx, ptrdiff_t c)
+{
+    (void)c;
+    fd_vf v;
+    for (int i = 0; i < FD_WF; i++) v[i] = fd_bf16_to_f32(p[idx.o[i]]);
+    return v;
+}
+FD_INLINE fd_vf fd_gth_h16(const uint16_t *p, fd_idx_f32 idx, ptrdiff_t c)
+{
+    (void)c;
+    fd_vf v;
+    for (int i = 0; i < FD_WF; i++) v[i] = fd_f16_to_f32(p[idx.o[i]]);
+    return v;
+}
+#endif
+
+#if FD_AVX512
+#define fd_tgather_f32 fd_target_gather_f32
+#define fd_tgather_f64 fd_target_gather_f64
+/* The hard-label CE block's x[i V + t_i] and w[t_i] for 16-bit x, lane by lane (once per
+   block of 16 rows). */
+#define FD_TGATHER_HALF(S)                                                                     \
+    FD_INLINE void fd_tgather_##S(const uint16_t *x, const float *w, const int64_t *target,     \
+                                  int nrows, ptrdiff_t V, int64_t ignore, fd_vf *xt, fd_vf *wt, \
+                                  unsigned *valid)                                              \
+    {                                                                                          \
+        fd_vf a = {0}, b = {0};                                                                \
+        unsigned ok = 0;                                                                       \
+        for (int i = 0; i < nrows; i++) {                                                      \
+            int64_t t = target[i];                                                             \
+            if (t == ignore || t < 0 || t >= V) continue;                                      \
+            a[i] = fd_at_##S(x, i * V + t);                                                    \
+            b[i] = w[t];                                                                       \
+            ok |= 1u << i;                                                                     \
+        }                                                                                      \
+        *xt = a;                                                                               \
+        *wt = b;                                                                               \
+        *valid = ok;                                                                           \
+    }
+FD_TGATHER_HALF(h16)
+FD_TGATHER_HALF(b16)
+#undef FD_TGATHER_HALF
+#endif
+
+/* ------------------------------------------------------------------------------------------ */
+/* Row kernels: the templates _rows.h, _div_rows.h and _eval_rows.h instantiated by _inst.h    */
+/* for each input format: f32, f64 (native), h16, b16 (16-bit inputs, float32 arithmetic).     */
 /* ------------------------------------------------------------------------------------------ */
 #define FD_CAT_(a, b) a##_##b
 #define FD_CAT(a, b) FD_CAT_(a, b)
-#define FN(name) FD_CAT(name, FD_SUF)
 
-#define FD_T float
-#define FD_V fd_vf
-#define FD_M fd_mf
-#define FD_IDX fd_idx_f32
-#define FD_CNT fd_cnt_f32
-#define FD_SUF f32
-#define FD_W FD_WF
-#include "_rows.h"
-#undef FD_T
-#undef FD_V
-#undef FD_M
-#undef FD_IDX
-#undef FD_CNT
-#undef FD_SUF
-#undef FD_W
-
-#define FD_T double
-#define FD_V fd_vd
-#define FD_M fd_md
-#define FD_IDX fd_idx_f64
-#define FD_CNT fd_cnt_f64
-#define FD_SUF f64
-#define FD_W FD_WD
-#include "_rows.h"
-#undef FD_T
-#undef FD_V
-#undef FD_M
-#undef FD_IDX
-#undef FD_CNT
-#undef FD_SUF
-#undef FD_W
+#define FD_INST 0
+#include "_inst.h"
+#define FD_INST 1
+#include "_inst.h"
+#define FD_INST 2
+#include "_inst.h"
+#define FD_INST 3
+#include "_inst.h"
 
 #endif /* FASTDIV_SIMD_H */
