@@ -35,7 +35,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .simd import INLINE, JIT, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch, sub_exact
+from .simd import INLINE, JIT, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch, scale_of, sub_exact
 
 #: Kernels read float16/bfloat16 inputs directly (see the module docstring).
 HALF_INPUTS = True
@@ -150,7 +150,7 @@ def _row_state_t(x, scale, xt):
     a row with every entry masked.
     """
     v = x.shape[0]
-    scale = cast(scale, load(x[0]))     # a float64 scale must not widen float32 arithmetic
+    scale = scale_of(scale, load(x[0]))   # a float64 scale must not widen float32 arithmetic
     xt = cast(xt, scale)
     zero = cast(0.0, scale)
     one = cast(1.0, scale)
@@ -357,7 +357,7 @@ def _kl_logits(x, z, scale, out):
         xr = x[i]
         zr = z[i]
         v = xr.shape[0]
-        sc = cast(scale, load(xr[0]))
+        sc = scale_of(scale, load(xr[0]))
         zero = cast(0.0, sc)
         mx = load(xr[0]) * sc
         mz = load(zr[0]) * sc
@@ -938,6 +938,11 @@ def _small(x):
     return x.shape[1] <= SMALL_V
 
 
+def _scale_arg(scale):
+    """None for 1 (see simd.scale_of: the unscaled kernels skip the multiply), else a float."""
+    return None if scale == 1.0 else float(scale)
+
+
 def lse(x, out, nthreads):
     _guard(out, x)
     with _threads(nthreads):
@@ -953,7 +958,7 @@ def entropy_logits(x, scale, out, nthreads):
         if _small(x):
             _small_entropy(x, float(scale), out)
         else:
-            _entropy_logits(x, float(scale), out)
+            _entropy_logits(x, _scale_arg(scale), out)
 
 
 def entropy_probs(p, out, nthreads):
@@ -973,14 +978,14 @@ def kl_logits(x, z, scale, out, nthreads):
     scale = float(scale)
     with _threads(nthreads):
         if not _small(x):
-            _kl_logits(x, z, scale, out)
+            _kl_logits(x, z, _scale_arg(scale), out)
             return
         redo = np.zeros(x.shape[0], dtype=np.bool_)
         _small_kl(x, z, scale, out, redo)
         if redo.any():                      # rare: NaN/inf blocks, masked or far-below rows
             idx = np.flatnonzero(redo)
             part = np.empty(idx.size, dtype=out.dtype)
-            _kl_logits(np.ascontiguousarray(x[idx]), np.ascontiguousarray(z[idx]), scale, part)
+            _kl_logits(np.ascontiguousarray(x[idx]), np.ascontiguousarray(z[idx]), _scale_arg(scale), part)
             out[idx] = part
 
 

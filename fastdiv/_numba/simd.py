@@ -434,6 +434,20 @@ def _ov_cast(c, like):
     return None
 
 
+def scale_of(scale, like):  # pragma: no cover - replaced by the overload inside jitted code
+    return 1.0 if scale is None else scale
+
+
+@overload(scale_of)
+def _ov_scale_of(scale, like):
+    """A kernel's logit scale (1 / temperature) in the type of ``like``; ``None`` means 1 and
+    is a compile-time constant, so the common unscaled call multiplies by nothing (a run-time
+    1.0 costs a multiply per element: ~5 % of the KL loop)."""
+    if isinstance(scale, types.NoneType):
+        return lambda scale, like: cast(1.0, like)
+    return lambda scale, like: cast(scale, like)
+
+
 def jump_limit(like):  # pragma: no cover
     return 60.0
 
