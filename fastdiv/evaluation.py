@@ -540,19 +540,9 @@ def _ce_outputs(loss, lse, counted, lead, reduction, dtype, soft, weight, w, t, 
     converts each returned array (the cuda path: to the caller's library)."""
     to = to or (lambda a, shape: a)
     out = _reduce_loss(loss, lead, reduction, dtype, soft, weight, w, counted, t)
-    nrows = loss.shape[0]
     if not (z_coef or return_lse):
         return to(out, lead if reduction == "none" else ())
-    with np.errstate(over="ignore", invalid="ignore"):
-        z_rows = np.where(counted, z_coef * lse ** 2, 0.0) if z_coef else np.zeros(nrows)
-    if reduction == "none":
-        z_out = z_rows.reshape(lead).astype(dtype)
-        z_out = z_out[()] if z_out.ndim == 0 else z_out
-    elif reduction == "sum":
-        z_out = dtype.type(np.sum(z_rows))
-    else:
-        n = int(np.count_nonzero(counted))
-        z_out = dtype.type(np.sum(z_rows) / n) if n else dtype.type(0.0)
+    z_out = _z_loss(z_coef, lse, counted, lead, reduction, dtype)
     lse_out = None
     if return_lse:
         lse_out = lse.reshape(lead).astype(dtype)
@@ -561,38 +551,79 @@ def _ce_outputs(loss, lse, counted, lead, reduction, dtype, soft, weight, w, t, 
                               lse_out)
 
 
-def cross_entropy_cuda_options(logits, target, reduction, ignore, weight, eps, z_coef, cap, return_lse):
-    """``cross_entropy`` with ``z_loss`` / ``softcap`` / ``return_lse`` on cuda, for class-index
-    targets without label smoothing: the device evaluate pass (soft-capped on the device) gives
-    each row's nll and lse; the O(rows) finish runs on the host as on the CPU backends, and
-    for device logits every returned array goes back to the device in the caller's library."""
+def _host_copy(a):
+    """A device array's host copy (O(rows) or O(V) arrays only); anything else unchanged."""
     from . import _gpu
     from ._cuda import interop
 
-    if eps != 0:
-        raise _registry.BackendUnavailable(
-            "on cuda, z_loss / softcap / return_lse take class-index targets without label_smoothing; "
-            "use a CPU backend for label smoothing with these options")
+    return interop.to_device_view(_gpu._torch_contiguous(a))[0].copy_to_host() if interop.is_device_array(a) else a
 
-    def host(a):                          # O(rows) / O(V) arrays only
-        return interop.to_device_view(_gpu._torch_contiguous(a))[0].copy_to_host() if interop.is_device_array(a) else a
 
-    tgt = _checks.as_array("target", host(target))
-    if tgt.dtype.kind == "f" or tgt.dtype == _checks._bfloat16():
-        raise _registry.BackendUnavailable(
-            "on cuda, z_loss / softcap / return_lse take class-index targets; use a CPU backend for "
-            "probability targets with these options")
+def cross_entropy_cuda_options(logits, target, reduction, ignore, weight, eps, z_coef, cap, return_lse):
+    """``cross_entropy`` with ``z_loss`` / ``softcap`` / ``return_lse`` on cuda.  Class-index
+    targets without label smoothing: the device evaluate pass (soft-capped on the device) gives
+    each row's nll and lse; the O(rows) finish runs on the host as on the CPU backends, and
+    for device logits every returned array goes back to the device in the caller's library.
+    Probability targets or label smoothing (without softcap): _cross_entropy_cuda_two_reads."""
+    from ._cuda import interop
+
+    soft = interop.is_device_array(target) and str(getattr(target, "dtype", "")).split(".")[-1] in (
+        "float16", "bfloat16", "float32", "float64")
+    tgt = target if soft else _checks.as_array("target", _host_copy(target))
+    soft = soft or tgt.dtype.kind == "f" or tgt.dtype == _checks._bfloat16()
+    if soft or eps != 0:
+        if cap is not None:
+            raise _registry.BackendUnavailable(
+                "on cuda, softcap takes class-index targets without label_smoothing; use a CPU backend for "
+                "probability targets or label smoothing with softcap")
+        return _cross_entropy_cuda_two_reads(logits, target, reduction, ignore, weight, eps, z_coef, return_lse)
     call, res, lead = _evaluate_cuda_host(logits, tgt, (), None, "model||ref", ignore, 0.0, cap)
     counted = np.asarray(res.host("counted")).reshape(-1)
     v = int(tuple(logits.shape)[-1])
     dtype = np.dtype(res.host("nll").dtype)
-    w = np.ones(v, dtype) if weight is None else _checks.class_weight(host(weight), v, dtype)
+    w = np.ones(v, dtype) if weight is None else _checks.class_weight(_host_copy(weight), v, dtype)
     t = _checks.class_targets(tgt, lead, v, ignore)
     nll = np.asarray(res.host("nll"), dtype=np.float64).reshape(-1)
     lse = np.asarray(res.host("lse"), dtype=np.float64).reshape(-1)
     loss = _hard_loss(nll, counted, t, w)
     to = None if call.tag is None else (lambda a, shape: _to_caller(call, a, shape))
     return _ce_outputs(loss, lse, counted, lead, reduction, dtype, False, weight, w, t, z_coef, return_lse, to)
+
+
+def _cross_entropy_cuda_two_reads(logits, target, reduction, ignore, weight, eps, z_coef, return_lse):
+    """z_loss / return_lse on cuda for probability targets or label smoothing: the loss from the
+    cuda cross-entropy kernel (every core option, reduced on the device) and the per-row lse
+    from the cuda logsumexp kernel -- two reads of the logits; the z-loss is finished from the
+    lse's O(rows) host copy and goes back to the device like the other results."""
+    from . import _gpu
+
+    loss = _gpu.cross_entropy(logits, target, reduction, ignore, weight, eps)
+    lse = _gpu.per_row_op("lse", [("x", logits)], "none")
+    call = _gpu._Call()
+    call.view("logits", logits)
+    lse_host = np.asarray(_host_copy(lse))
+    lead = lse_host.shape
+    t_host = np.asarray(_host_copy(target))
+    counted = t_host.reshape(lead) != ignore if t_host.dtype.kind in "iu" else np.ones(lead, dtype=bool)
+    z_out = _z_loss(z_coef, lse_host.astype(np.float64).reshape(-1), counted.reshape(-1), lead, reduction,
+                    np.dtype(lse_host.dtype))
+    if call.tag is not None:
+        z_out = _to_caller(call, z_out, lead if reduction == "none" else ())
+    return CrossEntropyOutput(loss, z_out, lse if return_lse else None)
+
+
+def _z_loss(z_coef, lse, counted, lead, reduction, dtype):
+    """The z-loss ``z_coef * lse**2`` of the counted rows (0 elsewhere), reduced like the loss
+    (``"mean"``: over the counted rows, unweighted)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        z_rows = np.where(counted, z_coef * lse ** 2, 0.0) if z_coef else np.zeros(lse.shape[0])
+    if reduction == "none":
+        z_out = z_rows.reshape(lead).astype(dtype)
+        return z_out[()] if z_out.ndim == 0 else z_out
+    if reduction == "sum":
+        return dtype.type(np.sum(z_rows))
+    n = int(np.count_nonzero(counted))
+    return dtype.type(np.sum(z_rows) / n) if n else dtype.type(0.0)
 
 
 def _reduce_loss(loss, lead, reduction, dtype, soft, weight, w, counted, t):

@@ -108,10 +108,30 @@ def test_cross_entropy_options_on_cuda(reduction, weighted, rng):
     np.testing.assert_allclose(np.asarray(plain), np.asarray(want.loss), rtol=2e-5, atol=1e-6)
 
 
-def test_cross_entropy_options_on_cuda_unsupported_combinations(rng):
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_cross_entropy_options_on_cuda_with_smoothing_or_soft_targets(reduction, rng):
+    """z_loss / return_lse with label smoothing or probability targets on cuda (two reads)."""
+    from numba import cuda
+
+    x = make_logits(rng, 10, 7, np.float32) * 3
+    t = rng.integers(0, 7, 10)
+    t[2] = -100
+    p = rng.dirichlet(np.ones(7), 10).astype(np.float32)
+    for target, kw in ((t, dict(label_smoothing=0.1)), (p, {})):
+        kw = dict(kw, reduction=reduction, z_loss=1e-3, return_lse=True)
+        want = fastdiv.cross_entropy(x, target, backend="numpy", **kw)
+        for logits, tt in ((x, target), (cuda.to_device(x), cuda.to_device(target))):
+            got = fastdiv.cross_entropy(logits, tt, backend="cuda", **kw)
+            for a, b, name in zip(got, want, ("loss", "z_loss", "lse")):
+                a = a.copy_to_host() if is_device_array(a) else a
+                np.testing.assert_allclose(np.asarray(a).reshape(np.shape(b)), np.asarray(b), rtol=2e-5, atol=1e-6,
+                                           err_msg=name)
+
+
+def test_cross_entropy_softcap_on_cuda_needs_class_indices(rng):
     x = make_logits(rng, 4, 5, np.float32)
     with pytest.raises(_registry.BackendUnavailable, match="label_smoothing"):
-        fastdiv.cross_entropy(x, np.zeros(4, np.int64), label_smoothing=0.1, z_loss=1e-3, backend="cuda")
+        fastdiv.cross_entropy(x, np.zeros(4, np.int64), label_smoothing=0.1, softcap=3.0, backend="cuda")
     p = np.full((4, 5), 0.2, np.float32)
-    with pytest.raises(_registry.BackendUnavailable, match="class-index"):
+    with pytest.raises(_registry.BackendUnavailable, match="probability targets"):
         fastdiv.cross_entropy(x, p, softcap=3.0, backend="cuda")
