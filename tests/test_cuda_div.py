@@ -44,7 +44,8 @@ def test_temperature_on_the_three_logit_kernels(dtype, v, rng):
     x, z = make_logits(rng, 12, v, dtype), make_logits(rng, 12, v, dtype)
     p = make_probs(rng, 12, v, dtype)
     T = 1.7
-    xs, zs = x.astype(np.float64) / T, z.astype(np.float64) / T
+    inv = x.dtype.type(1.0 / T)                 # scaled in the input's precision, as the kernels
+    xs, zs = (x * inv).astype(np.float64), (z * inv).astype(np.float64)
     assert_rows_close(fastdiv.entropy(x, temperature=T, **CUDA), R.entropy_rows(xs), dtype, "entropy T")
     assert_rows_close(fastdiv.kl_div(x, z, temperature=T, reduction="none", **CUDA), R.kl_rows(xs, zs), dtype,
                       "kl T", kind="kl")

@@ -717,16 +717,12 @@ FD_INLINE fd_vd fd_exp_f64(fd_vd t, fd_vd *tc_out)
 /*   scaled by 2^23 / 2^52); log x = k ln2 + log(m).  Special values by selects:               */
 /*   log(0) = -inf, log(x < 0) = NaN, log(+inf) = +inf, log(NaN) = NaN.                         */
 /* ------------------------------------------------------------------------------------------ */
-FD_INLINE fd_vf fd_log_f32(fd_vf x)
+/* log(1 + f) for f = m - 1, m in [sqrt(1/2), sqrt(2)): the mantissa part of fd_log and
+   fd_logpos.  float: Cephes logf, log(1+f) = f - z/2 + f z P(f), z = f^2, relative error
+   ~1e-7.  double: fdlibm, log(1+f) = f - hfsq + s (hfsq + R(s^2)), s = f / (2 + f). */
+FD_INLINE fd_vf fd_log_mant_f32(fd_vf f)
 {
-    fd_mf small = fd_lt_f32(x, fd_splat_f32(1.17549435e-38f)); /* below FLT_MIN, 0, negative */
-    fd_vf xs = fd_sel_f32(small, x * 8388608.0f, x);              /* denormals: scale by 2^23 */
-    fd_vu ix = (fd_vu)xs + (0x3f800000u - 0x3f3504f3u);
-    fd_vf kf = __builtin_convertvector((fd_vi)(ix >> 23) - 127, fd_vf);
-    kf = fd_sel_f32(small, kf - 23.0f, kf);
-    fd_vf f = (fd_vf)((ix & 0x007fffffu) + 0x3f3504f3u) - 1.0f; /* m - 1 in [-0.293, 0.414) */
     fd_vf z = f * f;
-    /* Cephes logf: log(1+f) = f - z/2 + f*z*P(f), relative error ~1e-7. */
     fd_vf y = 7.0376836292E-2f * f - 1.1514610310E-1f;
     y = y * f + 1.1676998740E-1f;
     y = y * f - 1.2420140846E-1f;
@@ -736,7 +732,31 @@ FD_INLINE fd_vf fd_log_f32(fd_vf x)
     y = y * f - 2.4999993993E-1f;
     y = y * f + 3.3333331174E-1f;
     y = y * f * z - 0.5f * z;
-    fd_vf res = kf * (float)FD_LN2 + (f + y);
+    return f + y;
+}
+
+FD_INLINE fd_vd fd_log_mant_f64(fd_vd f)
+{
+    fd_vd s = f / (2.0 + f);
+    fd_vd z = s * s, w = z * z;
+    fd_vd t1 = w * (3.999999999940941908e-01 +
+                    w * (2.222219843214978396e-01 + w * 1.531383769920937332e-01));
+    fd_vd t2 = z * (6.666666666666735130e-01 +
+                    w * (2.857142874366239149e-01 +
+                         w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)));
+    fd_vd hfsq = 0.5 * f * f;
+    return f - (hfsq - s * (hfsq + (t1 + t2)));
+}
+
+FD_INLINE fd_vf fd_log_f32(fd_vf x)
+{
+    fd_mf small = fd_lt_f32(x, fd_splat_f32(1.17549435e-38f)); /* below FLT_MIN, 0, negative */
+    fd_vf xs = fd_sel_f32(small, x * 8388608.0f, x);              /* denormals: scale by 2^23 */
+    fd_vu ix = (fd_vu)xs + (0x3f800000u - 0x3f3504f3u);
+    fd_vf kf = __builtin_convertvector((fd_vi)(ix >> 23) - 127, fd_vf);
+    kf = fd_sel_f32(small, kf - 23.0f, kf);
+    fd_vf f = (fd_vf)((ix & 0x007fffffu) + 0x3f3504f3u) - 1.0f; /* m - 1 in [-0.293, 0.414) */
+    fd_vf res = kf * (float)FD_LN2 + fd_log_mant_f32(f);
     /* x in (0, inf): res; else log(0) = -inf, log(+inf) = +inf, log(<0) = NaN, log(NaN) = NaN */
     fd_mf ok = fd_gt_f32(x, (fd_vf){0}) & fd_lt_f32(x, fd_splat_f32(INFINITY));
     fd_vf special = fd_sel_f32(fd_eq_f32(x, (fd_vf){0}), fd_splat_f32(-INFINITY),
@@ -752,17 +772,7 @@ FD_INLINE fd_vd fd_log_f64(fd_vd x)
     fd_vd kf = __builtin_convertvector((fd_vl)(ix >> 52) - 1023, fd_vd);
     kf = fd_sel_f64(small, kf - 52.0, kf);
     fd_vd f = (fd_vd)((ix & 0x000fffffffffffffull) + 0x3fe6a09e667f3bcdull) - 1.0;
-    /* fdlibm: log(1+f) = f - hfsq + s*(hfsq + R(s^2)), s = f/(2+f). */
-    fd_vd s = f / (2.0 + f);
-    fd_vd z = s * s, w = z * z;
-    fd_vd t1 = w * (3.999999999940941908e-01 +
-                    w * (2.222219843214978396e-01 + w * 1.531383769920937332e-01));
-    fd_vd t2 = z * (6.666666666666735130e-01 +
-                    w * (2.857142874366239149e-01 +
-                         w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)));
-    fd_vd R = t1 + t2;
-    fd_vd hfsq = 0.5 * f * f;
-    fd_vd res = kf * FD_LN2 + (f - (hfsq - s * (hfsq + R)));
+    fd_vd res = kf * FD_LN2 + fd_log_mant_f64(f);
     fd_md ok = fd_gt_f64(x, (fd_vd){0}) & fd_lt_f64(x, fd_splat_f64(INFINITY));
     fd_vd special = fd_sel_f64(fd_eq_f64(x, (fd_vd){0}), fd_splat_f64(-INFINITY),
                                fd_sel_f64(fd_lt_f64(x, (fd_vd){0}), fd_splat_f64(NAN), x));
@@ -803,17 +813,7 @@ FD_INLINE fd_vf fd_logpos_f32(fd_vf x)
     fd_vu ix = (fd_vu)x + (0x3f800000u - 0x3f3504f3u);
     fd_vf kf = __builtin_convertvector((fd_vi)(ix >> 23) - 127, fd_vf);
     fd_vf f = (fd_vf)((ix & 0x007fffffu) + 0x3f3504f3u) - 1.0f;
-    fd_vf z = f * f;
-    fd_vf y = 7.0376836292E-2f * f - 1.1514610310E-1f;
-    y = y * f + 1.1676998740E-1f;
-    y = y * f - 1.2420140846E-1f;
-    y = y * f + 1.4249322787E-1f;
-    y = y * f - 1.6668057665E-1f;
-    y = y * f + 2.0000714765E-1f;
-    y = y * f - 2.4999993993E-1f;
-    y = y * f + 3.3333331174E-1f;
-    y = y * f * z - 0.5f * z;
-    return kf * (float)FD_LN2 + (f + y);
+    return kf * (float)FD_LN2 + fd_log_mant_f32(f);
 }
 
 FD_INLINE fd_vd fd_logpos_f64(fd_vd x)
@@ -821,15 +821,7 @@ FD_INLINE fd_vd fd_logpos_f64(fd_vd x)
     fd_vq ix = (fd_vq)x + (0x3ff0000000000000ull - 0x3fe6a09e667f3bcdull);
     fd_vd kf = __builtin_convertvector((fd_vl)(ix >> 52) - 1023, fd_vd);
     fd_vd f = (fd_vd)((ix & 0x000fffffffffffffull) + 0x3fe6a09e667f3bcdull) - 1.0;
-    fd_vd s = f / (2.0 + f);
-    fd_vd z = s * s, w = z * z;
-    fd_vd t1 = w * (3.999999999940941908e-01 +
-                    w * (2.222219843214978396e-01 + w * 1.531383769920937332e-01));
-    fd_vd t2 = z * (6.666666666666735130e-01 +
-                    w * (2.857142874366239149e-01 +
-                         w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)));
-    fd_vd hfsq = 0.5 * f * f;
-    return kf * FD_LN2 + (f - (hfsq - s * (hfsq + t1 + t2)));
+    return kf * FD_LN2 + fd_log_mant_f64(f);
 }
 
 /* ------------------------------------------------------------------------------------------ */
