@@ -186,7 +186,10 @@ def test_z_loss_and_return_lse(backend, reduction, rng):
     plain = fastdiv.cross_entropy(x, t, reduction=reduction, weight=w, backend=backend)
     out = fastdiv.cross_entropy(x, t, reduction=reduction, weight=w, z_loss=1e-4, return_lse=True, backend=backend)
     assert isinstance(out, fastdiv.CrossEntropyOutput)
-    np.testing.assert_allclose(out.loss, plain, rtol=1e-12, equal_nan=True)
+    # atol: the evaluate state keeps s = c + r in float64, so a loss below ~1e-16 (row 9's
+    # +80 jump when it is the target: 7.8e-35) comes out as 0 where the plain kernel keeps it
+    # through log1p -- a known limit of that path (README), 1e-34 in absolute terms
+    np.testing.assert_allclose(out.loss, plain, rtol=1e-12, atol=1e-15, equal_nan=True)
     lse = R.logsumexp_rows(x)
     assert_rows_close(out.lse, lse, np.float64, "lse")
     counted = t != -100
