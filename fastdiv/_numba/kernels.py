@@ -72,18 +72,15 @@ PREFETCH_BYTES = 4096
 
 
 @njit(**_INLINE)
-def _prefetch_ahead(row, b0):
-    step = 64 // row.itemsize
-    p0 = b0 + PREFETCH_BYTES // row.itemsize
-    for k in range(p0, min(p0 + SUB, row.shape[0]), step):
-        prefetch(row, k)
-
-
-@njit(**_INLINE)
 def _prefetch_span(a, k0, n):
     """Prefetch the cache lines of a[k0:k0 + n] (clipped to the array) into L2."""
     for k in range(k0, min(k0 + n, a.shape[0]), 64 // a.itemsize):
         prefetch(a, k)
+
+
+@njit(**_INLINE)
+def _prefetch_ahead(row, b0):
+    _prefetch_span(row, b0 + PREFETCH_BYTES // row.itemsize, SUB)
 
 
 @njit(**_INLINE)
@@ -106,10 +103,10 @@ def _sums(row, j0, j1, ref, scale, xt):
     n = the number of entries above xt (a target's rank; xt = +inf folds it away), and
     top = the chunk's maximum when k > 0 or the chunk holds a NaN, else -inf.
 
-    The loop keeps neither a running maximum nor k: it sums the e of the entries at or
-    above ref into u (>= 1 each) and only when u > 0 (a new maximum or a tie, rare after
-    the first chunks) takes the maximum and k from L1.  A NaN fails ``x >= ref``, so it
-    enters r and poisons it; top then finds it."""
+    The loop keeps neither a running maximum nor k: a flag says whether every entry was
+    below ref (one mask AND per vector, sharing the compare of the masked sums), and only
+    when it is not (a new maximum, a tie or a NaN, rare after the first chunks) are the
+    maximum and k taken from L1.  A NaN is not below ref, so top finds it."""
     zero = cast(0.0, ref)
     one = cast(1.0, ref)
     r = zero
