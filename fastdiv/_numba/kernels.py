@@ -35,7 +35,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .simd import INLINE, JIT, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch, scale_of, sub_exact
+from .simd import INLINE, JIT, KL_SUB, SUB, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch_ahead, prefetch_span, scale_of, sub_exact
 
 #: Kernels read float16/bfloat16 inputs directly (see the module docstring).
 HALF_INPUTS = True
@@ -62,25 +62,6 @@ def _chunk_max(xc, scale):
     for j in range(xc.shape[0]):
         m = maximum(m, load(xc[j]) * scale)
     return m
-
-
-#: The fused loops work on sub-blocks of SUB elements and, before each, ask for the
-#: sub-block PREFETCH_BYTES ahead: one prefetch per 64-byte line, spread through the
-#: computation instead of in bursts (a burst stalls on the core's few fill buffers).
-SUB = 512
-PREFETCH_BYTES = 4096
-
-
-@njit(**_INLINE)
-def _prefetch_span(a, k0, n):
-    """Prefetch the cache lines of a[k0:k0 + n] (clipped to the array) into L2."""
-    for k in range(k0, min(k0 + n, a.shape[0]), 64 // a.itemsize):
-        prefetch(a, k)
-
-
-@njit(**_INLINE)
-def _prefetch_ahead(row, b0):
-    _prefetch_span(row, b0 + PREFETCH_BYTES // row.itemsize, SUB)
 
 
 @njit(**_INLINE)
@@ -114,7 +95,7 @@ def _sums(row, j0, j1, ref, scale, xt):
     below = True                       # every entry below ref (NaN counts as not below)
     n = zero
     for b0 in range(j0, j1, SUB):
-        _prefetch_ahead(row, b0)
+        prefetch_ahead(row, b0, SUB)
         xs = row[b0:min(b0 + SUB, j1)]   # slice first: a run-time loop start would gather
         for j in range(xs.shape[0]):
             xj = load(xs[j]) * scale
@@ -326,10 +307,10 @@ def _kl_sums(xr, zr, j0, j1, mx, mz, scale):
     sz = zero
     w = zero
     inside = True
-    for b0 in range(j0, j1, SUB):
-        _prefetch_ahead(xr, b0)
-        _prefetch_ahead(zr, b0)
-        b1 = min(b0 + SUB, j1)
+    for b0 in range(j0, j1, KL_SUB):
+        prefetch_ahead(xr, b0, KL_SUB)
+        prefetch_ahead(zr, b0, KL_SUB)
+        b1 = min(b0 + KL_SUB, j1)
         xs = xr[b0:b1]
         zs = zr[b0:b1]
         for j in range(xs.shape[0]):
@@ -653,7 +634,7 @@ def _block_exp_below(allx, k0, k1, ref, lim, e):
     every x <= lim (False for a NaN).  A flag, not a maximum: see _sums."""
     ok = True
     for b0 in range(k0, k1, SUB):
-        _prefetch_ahead(allx, b0)
+        prefetch_ahead(allx, b0, SUB)
         xs = allx[b0:min(b0 + SUB, k1)]
         es = e[b0 - k0:b0 - k0 + xs.shape[0]]
         for k in range(xs.shape[0]):
@@ -831,7 +812,7 @@ def _small_entropy(x, scale, out):
             # memory traffic overlaps this compute-bound pass
             nxt = i1 * v
             for b0 in range(0, flat.shape[0], SUB):
-                _prefetch_span(allx, nxt + b0, SUB)
+                prefetch_span(allx, nxt + b0, SUB)
                 fs = flat[b0:b0 + SUB]
                 es = e[b0:b0 + SUB]
                 eds = ed[b0:b0 + SUB]
@@ -869,8 +850,8 @@ def _kl_block_terms(allx, allz, k0, k1, sc, rx, rz, limx, limz, ex, ez, wt):
     tiny = cast(_TINY, rx)
     inside = True
     for b0 in range(k0, k1, SUB):
-        _prefetch_ahead(allx, b0)
-        _prefetch_ahead(allz, b0)
+        prefetch_ahead(allx, b0, SUB)
+        prefetch_ahead(allz, b0, SUB)
         b1 = min(b0 + SUB, k1)
         xs = allx[b0:b1]
         zs = allz[b0:b1]
