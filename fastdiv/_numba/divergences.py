@@ -19,7 +19,7 @@ from numba import njit, prange
 
 from numba.extending import overload
 
-from .simd import FASTMATH, INLINE, JIT, _float_bits_to_int, _int_bits_to_float, cast, clamp_lo, exp_hot, fexp, flog, load, maximum, prefer_wide_vectors, sub_exact
+from .simd import FASTMATH, INLINE, JIT, KL_SUB, _float_bits_to_int, _int_bits_to_float, cast, clamp_lo, exp_hot, fexp, flog, load, maximum, prefer_wide_vectors, prefetch_ahead, sub_exact
 
 CHUNK = 2048
 _JIT = JIT
@@ -119,83 +119,167 @@ def _sum_exp(row, j0, j1, m, sc):
     return total
 
 
+#: Chunk of the JS first pass: the unit of a redo when a chunk holds a new maximum, and of
+#: the per-chunk shift recorded for the second pass (8 KB of a float32 row pair, in L1).
+JS_CHUNK = 1024
+
+
 @njit(**_INLINE)
-def _js_logits_row(xr, zr, b, c, sc, ex, ez):
-    """JS of softmax(sc x) and softmax(sc z) for one row pair, 2 exp + 1 log per element:
-    the maxima (the one read from memory); e = exp(t), t = sc x - max, into the scratch rows
-    with the sums of e; then the terms from the rows and the scratch rows (in L2) with
-    beta p = e beta / s and log p = t - log s, t formed again by ``sub_exact`` so that
-    reassociation cannot regroup (sc x - max) - log s."""
+def _exps_into(xs, es, r):
+    """es = exp(xs - r): (sum es, every xs <= r).  One array per loop: both rows'
+    exponentials in one loop ran out of vector registers (spills)."""
+    acc = cast(0.0, r)
+    inside = True
+    for j in range(xs.shape[0]):
+        xj = load(xs[j])
+        inside &= xj <= r
+        e = exp_hot(clamp_lo(xj - r))     # a masked class: exp(LO) = 0
+        es[j] = e
+        acc += e
+    return acc, inside
+
+
+@njit(**_INLINE)
+def _js_exps(xr, zr, j0, j1, rx, rz, ex, ez):
+    """e = exp(x - rx) and f = exp(z - rz) over [j0, j1) into the scratch rows:
+    (inside, sum e, sum f), inside = every x <= rx and z <= rz (a NaN is not)."""
+    zero = cast(0.0, rx)
+    ax = zero
+    az = zero
+    inside = True
+    for b0 in range(j0, j1, KL_SUB):
+        prefetch_ahead(xr, b0, KL_SUB)
+        prefetch_ahead(zr, b0, KL_SUB)
+        b1 = min(b0 + KL_SUB, j1)
+        a, ix = _exps_into(xr[b0:b1], ex[b0:b1], rx)
+        c, iz = _exps_into(zr[b0:b1], ez[b0:b1], rz)
+        ax += a
+        az += c
+        inside &= ix and iz
+    return inside, ax, az
+
+
+@njit(**_INLINE)
+def _js_logits_row(xr, zr, b, c, ex, ez, refs):
+    """JS of softmax(x) and softmax(z) for one row pair, 2 exp + 1 log per element, in two
+    passes.
+
+    First pass, the one read from memory: chunk by chunk, e = exp(x - r) against the
+    running maximum r (as kernels._sums: no maximum kept in the loop, only a flag that
+    every entry was at most r); e goes to the scratch row and r to ``refs``.  A chunk that
+    holds a new maximum (rare after the first chunks), a NaN or +inf takes its maxima from
+    L1 and is exponentiated again against them; the running sums move to the new maximum
+    by a scalar factor.  While every entry so far is masked (-inf) the shift is 0 and every
+    e is 0.
+
+    Second pass, from L2: p = e beta e^(r - max) / s, one factor per chunk, and
+    log p = (x - max) - log s, both subtractions by ``sub_exact``: instcombine turns
+    (a - b) - c into a - (b + c) when the outer one may reassociate, and b + c rounds to
+    the grid of |x| (log p off by 2e-4 at x ~ 5e3); then the terms with one log of m."""
     zero = cast(0.0, b)
     one = cast(1.0, b)
+    ninf = cast(-_INF, b)
     v = xr.shape[0]
-    # max(sc x) = sc max(x) for sc > 0 (rounding is monotonic): no multiply in this pass
-    mx = _max(xr, 0, v, load(xr[0]), one) * sc
-    mz = _max(zr, 0, v, load(zr[0]), one) * sc
-    if mx != mx or mz != mz or mx == _INF or mz == _INF:     # NaN or +inf in a row
-        return cast(np.nan, b)
-    shx = mx if mx != -_INF else zero         # an all-masked row: every e is 0
-    shz = mz if mz != -_INF else zero
+    mx = ninf
+    mz = ninf
     sx = zero
     sz = zero
-    for c0 in range(0, v, CHUNK):
-        c1 = min(c0 + CHUNK, v)
-        xs = xr[c0:c1]
-        zs = zr[c0:c1]
-        es = ex[c0:c1]
-        fs = ez[c0:c1]
-        ax = zero
-        az = zero
-        for j in range(xs.shape[0]):
-            e1 = exp_hot(clamp_lo(load(xs[j]) * sc - shx))   # a masked class: exp(LO) = 0
-            e2 = exp_hot(clamp_lo(load(zs[j]) * sc - shz))
-            es[j] = e1
-            fs[j] = e2
-            ax += e1
-            az += e2
+    for j0 in range(0, v, JS_CHUNK):
+        j1 = min(j0 + JS_CHUNK, v)
+        k = j0 // JS_CHUNK
+        if mx > ninf and mz > ninf:
+            inside, ax, az = _js_exps(xr, zr, j0, j1, mx, mz, ex, ez)
+            if inside:
+                refs[0, k] = mx
+                refs[1, k] = mz
+                sx += ax
+                sz += az
+                continue
+        cx = _max(xr, j0, j1, cast(load(xr[j0]), b), one)     # NaN-propagating
+        cz = _max(zr, j0, j1, cast(load(zr[j0]), b), one)
+        if cx != cx or cz != cz or cx == _INF or cz == _INF:     # NaN or +inf in a row
+            return cast(np.nan, b)
+        if cx > mx:
+            if mx > ninf:
+                sx *= exp_hot(clamp_lo(mx - cx))
+            mx = cx
+        if cz > mz:
+            if mz > ninf:
+                sz *= exp_hot(clamp_lo(mz - cz))
+            mz = cz
+        rx = mx if mx > ninf else zero
+        rz = mz if mz > ninf else zero
+        _, ax, az = _js_exps(xr, zr, j0, j1, rx, rz, ex, ez)
+        refs[0, k] = rx
+        refs[1, k] = rz
         sx += ax
         sz += az
-    lsx = flog(sx) if mx != -_INF else zero
-    lsz = flog(sz) if mz != -_INF else zero
-    fx = b / sx if mx != -_INF else zero
-    fz = c / sz if mz != -_INF else zero
+    shx = mx if mx > ninf else zero           # an all-masked row: every e is 0
+    shz = mz if mz > ninf else zero
+    # every constant of the terms loop cast to the working type: one float64 operand (a
+    # python float, or flog's result) widened the whole float32 loop to float64 (1.3 ns/pair)
+    lsx = cast(flog(sx), b) if mx > ninf else zero
+    lsz = cast(flog(sz), b) if mz > ninf else zero
+    gx = b / sx if mx > ninf else zero
+    gz = c / sz if mz > ninf else zero
     # log p clamped at the exp clamp LO: a masked class (p = 0) adds 0 * (LO - ...) = 0,
     # never 0 * -inf
-    lo = clamp_lo(cast(-np.inf, b))
+    lo = cast(clamp_lo(ninf), b)
     total = zero
-    for c0 in range(0, v, CHUNK):
-        c1 = min(c0 + CHUNK, v)
-        xs = xr[c0:c1]
-        zs = zr[c0:c1]
-        es = ex[c0:c1]
-        fs = ez[c0:c1]
+    for j0 in range(0, v, JS_CHUNK):
+        j1 = min(j0 + JS_CHUNK, v)
+        k = j0 // JS_CHUNK
+        # refs <= the final maximum, except the 0 of chunks that were all masked (their e
+        # are 0): min keeps that factor finite
+        fx = gx * exp_hot(clamp_lo(min(refs[0, k] - shx, zero)))
+        fz = gz * exp_hot(clamp_lo(min(refs[1, k] - shz, zero)))
+        xs = xr[j0:j1]
+        zs = zr[j0:j1]
+        es = ex[j0:j1]
+        fs = ez[j0:j1]
         acc = zero
         for j in range(xs.shape[0]):
             bp = es[j] * fx
             cq = fs[j] * fz
-            lp = max(sub_exact(load(xs[j]) * sc, shx) - lsx, lo)
-            lq = max(sub_exact(load(zs[j]) * sc, shz) - lsz, lo)
+            lp = max(sub_exact(sub_exact(load(xs[j]), shx), lsx), lo)
+            lq = max(sub_exact(sub_exact(load(zs[j]), shz), lsz), lo)
             lm = logpos(bp + cq)       # finite garbage where bp + cq = 0, multiplied by 0
             acc += bp * (lp - lm) + cq * (lq - lm)
         total += acc
     return total
 
 
+@njit(**_INLINE)
+def _scaled_into(row, dst, sc):
+    """dst = sc * row, rounded to the working type by the store.  Both passes of
+    _js_logits_row then read the same sc x: a product formed in each pass is not the same
+    number, because LLVM contracts sc * x - r into one fma (the unrounded product) whatever
+    the instruction flags -- on a row's own maximum that gave exp(-1.7e-4), not 1, at
+    sc x ~ 5e3 (JS off by 1e-4)."""
+    for j in range(row.shape[0]):
+        dst[j] = load(row[j]) * sc
+
+
 @njit(**_JIT)
-def _js_logits(x, z, beta, scale, out, scratch, nblocks):
-    """Rows split statically into nblocks (one scratch pair each); a row's value does not
-    depend on the split."""
+def _js_logits(x, z, beta, scale, out, scratch, refs, nblocks):
+    """Rows split statically into nblocks (one set of scratch rows each); a row's value
+    does not depend on the split.  scale None: unscaled logits, read in place."""
     rows = x.shape[0]
     for blk in prange(nblocks):
         prefer_wide_vectors()
         ex = scratch[blk, 0]
         ez = scratch[blk, 1]
         for i in range(rows * blk // nblocks, rows * (blk + 1) // nblocks):
-            xr = x[i]
-            b = cast(beta, load(xr[0]))
-            c = cast(1.0 - beta, load(xr[0]))
-            sc = cast(scale, load(xr[0]))
-            out[i] = _js_logits_row(xr, z[i], b, c, sc, ex, ez)
+            b = cast(beta, load(x[i, 0]))
+            c = cast(1.0 - beta, b)
+            if scale is None:
+                out[i] = _js_logits_row(x[i], z[i], b, c, ex, ez, refs[blk])
+            else:
+                xs = scratch[blk, 2]
+                zs = scratch[blk, 3]
+                _scaled_into(x[i], xs, cast(scale, b))
+                _scaled_into(z[i], zs, cast(scale, b))
+                out[i] = _js_logits_row(xs, zs, b, c, ex, ez, refs[blk])
 
 
 @njit(**_INLINE)
@@ -346,9 +430,12 @@ def js_logits(x, z, beta, scale, out, nthreads):
     _guard(out, x, z)
     nblocks = max(1, min(int(nthreads), x.shape[0]))
     acc = np.float32 if x.dtype.itemsize == 2 else x.dtype             # half bits: float32
-    scratch = np.empty((nblocks, 2, x.shape[1]), dtype=acc)   # O(threads x V)
+    scaled = float(scale) != 1.0
+    # per thread: the exponentials, and the scaled rows when scaled: O(threads x V)
+    scratch = np.empty((nblocks, 4 if scaled else 2, x.shape[1]), dtype=acc)
+    refs = np.empty((nblocks, 2, -(-x.shape[1] // JS_CHUNK)), dtype=acc)
     with _threads(nthreads):
-        _js_logits(x, z, float(beta), float(scale), out, scratch, nblocks)
+        _js_logits(x, z, float(beta), float(scale) if scaled else None, out, scratch, refs, nblocks)
 
 
 def js_log_probs(a, b, beta, out, nthreads):
