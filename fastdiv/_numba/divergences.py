@@ -114,7 +114,7 @@ def _sum_exp(row, j0, j1, m, sc):
         xs = row[c0:min(c0 + CHUNK, j1)]
         acc = cast(0.0, m)
         for j in range(xs.shape[0]):
-            acc += fexp(load(xs[j]) * sc - m)
+            acc += fexp(sub_exact(load(xs[j]) * sc, m))
         total += acc
     return total
 

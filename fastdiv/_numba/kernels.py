@@ -99,7 +99,7 @@ def _sums(row, j0, j1, ref, scale, xt):
         xs = row[b0:min(b0 + SUB, j1)]   # slice first: a run-time loop start would gather
         for j in range(xs.shape[0]):
             xj = load(xs[j]) * scale
-            d = clamp_lo(xj - ref)
+            d = clamp_lo(sub_exact(xj, ref))   # no fma with the scale: see simd.sub_exact
             e = exp_hot(d)
             lo = xj < ref               # not lo: at or above ref, or NaN
             r += e if lo else zero
@@ -292,7 +292,7 @@ def _exp_sum(row, j0, j1, ref, scale):
     """sum exp(x - ref) over row[j0:j1] (times ``scale``), every x <= ref."""
     acc = cast(0.0, ref)
     for j in range(j0, j1):
-        acc += exp_hot(clamp_lo(load(row[j]) * scale - ref))
+        acc += exp_hot(clamp_lo(sub_exact(load(row[j]) * scale, ref)))
     return acc
 
 
@@ -597,7 +597,7 @@ def _ce_soft(x, p, weight, alpha, beta, scale, out):
             for j in range(xb.shape[0]):
                 wq = wb[j] * (a * load(pb[j]) + b)
                 big_q += wq
-                gap += wq * (m - load(xb[j]) * sc) if wq != 0 else zero
+                gap += wq * sub_exact(m, load(xb[j]) * sc) if wq != 0 else zero
             gap64 += gap
             q64 += big_q
         out[i] = q64 * _log_s(c, r) + gap64
@@ -624,7 +624,7 @@ SMALL_GROUP = 16         # blocks per parallel task: its scratch rows are alloca
 @njit(**_INLINE)
 def _block_exp(flat, ref, scale, e):
     for k in range(flat.shape[0]):
-        e[k] = exp_hot(clamp_lo(load(flat[k]) * scale - ref))
+        e[k] = exp_hot(clamp_lo(sub_exact(load(flat[k]) * scale, ref)))
 
 
 @njit(**_INLINE)
@@ -775,7 +775,7 @@ def _entropy_exact(xr, er, ref, sc):
     acc_w = cast(0.0, ref)
     for j in range(xr.shape[0]):
         acc_s += np.float64(er[j])
-        acc_w += er[j] * clamp_lo(load(xr[j]) * sc - mr)
+        acc_w += er[j] * clamp_lo(sub_exact(load(xr[j]) * sc, mr))
     big_s = acc_s / np.float64(bm)
     return np.log1p(big_s - 1.0) - np.float64(acc_w) / np.float64(bm) / big_s
 
@@ -817,7 +817,7 @@ def _small_entropy(x, scale, out):
                 es = e[b0:b0 + SUB]
                 eds = ed[b0:b0 + SUB]
                 for k in range(fs.shape[0]):
-                    d = clamp_lo(load(fs[k]) * sc - ref)
+                    d = clamp_lo(sub_exact(load(fs[k]) * sc, ref))
                     ek = exp_hot(d)
                     es[k] = ek
                     eds[k] = ek * d
