@@ -97,24 +97,23 @@ def _guard(out, x, z):
 
 
 @njit(**_INLINE)
-def _max(row, j0, j1, m, sc):
-    """max(m, sc * row[j0:j1]), NaN-propagating (sc > 0: the max of the scaled values is
-    the scaled max, rounding being monotonic)."""
+def _max(row, j0, j1, m):
+    """max(m, row[j0:j1]), NaN-propagating."""
     xs = row[j0:j1]
     for j in range(xs.shape[0]):
-        m = maximum(m, load(xs[j]) * sc)
+        m = maximum(m, load(xs[j]))
     return m
 
 
 @njit(**_INLINE)
-def _sum_exp(row, j0, j1, m, sc):
-    """sum exp(sc * row[j0:j1] - m) (m finite and >= every term), chunk by chunk."""
+def _sum_exp(row, j0, j1, m):
+    """sum exp(row[j0:j1] - m) (m finite and >= every term), chunk by chunk."""
     total = cast(0.0, m)
     for c0 in range(j0, j1, CHUNK):
         xs = row[c0:min(c0 + CHUNK, j1)]
         acc = cast(0.0, m)
         for j in range(xs.shape[0]):
-            acc += fexp(sub_exact(load(xs[j]) * sc, m))
+            acc += fexp(load(xs[j]) - m)
         total += acc
     return total
 
@@ -177,7 +176,6 @@ def _js_logits_row(xr, zr, b, c, ex, ez, refs):
     (a - b) - c into a - (b + c) when the outer one may reassociate, and b + c rounds to
     the grid of |x| (log p off by 2e-4 at x ~ 5e3); then the terms with one log of m."""
     zero = cast(0.0, b)
-    one = cast(1.0, b)
     ninf = cast(-_INF, b)
     v = xr.shape[0]
     mx = ninf
@@ -195,8 +193,8 @@ def _js_logits_row(xr, zr, b, c, ex, ez, refs):
                 sx += ax
                 sz += az
                 continue
-        cx = _max(xr, j0, j1, cast(load(xr[j0]), b), one)     # NaN-propagating
-        cz = _max(zr, j0, j1, cast(load(zr[j0]), b), one)
+        cx = _max(xr, j0, j1, cast(load(xr[j0]), b))     # NaN-propagating
+        cz = _max(zr, j0, j1, cast(load(zr[j0]), b))
         if cx != cx or cz != cz or cx == _INF or cz == _INF:     # NaN or +inf in a row
             return cast(np.nan, b)
         if cx > mx:
@@ -333,7 +331,6 @@ def _topk(idx, t, z, bucket, out):
         ir = idx[i]
         tr = t[i]
         v = zr.shape[0]
-        one = cast(1.0, load(zr[0]))
         ok = True
         for a in range(k):                # the API sorts and validates: never read out of bounds
             if ir[a] < 0 or ir[a] >= v or (a > 0 and ir[a] <= ir[a - 1]):
@@ -347,7 +344,7 @@ def _topk(idx, t, z, bucket, out):
         for a in range(k + 1):
             j1 = ir[a] if a < k else v
             if j1 > j0:
-                mt = maximum(mt, np.float64(_max(zr, j0, j1, load(zr[j0]), one)))
+                mt = maximum(mt, np.float64(_max(zr, j0, j1, load(zr[j0]))))
             j0 = j1 + 1
         bad = mt != mt or mt == _INF
         mall = mt
@@ -366,7 +363,7 @@ def _topk(idx, t, z, bucket, out):
             for a in range(k + 1):
                 j1 = ir[a] if a < k else v
                 if j1 > j0:
-                    st += np.float64(_sum_exp(zr, j0, j1, cast(mt, load(zr[0])), one))
+                    st += np.float64(_sum_exp(zr, j0, j1, cast(mt, load(zr[0]))))
                 j0 = j1 + 1
         # log q_i = (z_i - mall) - ls; lst = log of the student's tail probability
         ls = 0.0
