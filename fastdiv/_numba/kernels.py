@@ -849,10 +849,10 @@ def _kl_block_terms(allx, allz, k0, k1, sc, rx, rz, limx, limz, ex, ez, wt):
     zero = cast(0.0, rx)
     tiny = cast(_TINY, rx)
     inside = True
-    for b0 in range(k0, k1, SUB):
-        prefetch_ahead(allx, b0, SUB)
-        prefetch_ahead(allz, b0, SUB)
-        b1 = min(b0 + SUB, k1)
+    for b0 in range(k0, k1, KL_SUB):
+        prefetch_ahead(allx, b0, KL_SUB)
+        prefetch_ahead(allz, b0, KL_SUB)
+        b1 = min(b0 + KL_SUB, k1)
         xs = allx[b0:b1]
         zs = allz[b0:b1]
         exs = ex[b0 - k0:b1 - k0]
