@@ -129,6 +129,35 @@ def test_stale_reference_paths(backend, v, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("v", [7, 51])
+def test_many_blocks_of_shifting_scale(backend, dtype, v, rng):
+    """The short-row kernels work in blocks of rows (several groups of blocks here) and sum a
+    block against a reference carried over from the block before (numba entropy: the previous
+    block's maximum): blocks whose level jumps up or down, by a little or by 1e4, whole blocks
+    masked or poisoned, and the edge rows scattered among them."""
+    n = 3000
+    level = np.repeat(rng.choice([0.0, 1.5, -3.0, 3.9, 30.0, -200.0, 1e4], size=n // 37 + 1), 37)[:n]
+    x = rng.standard_normal((n, v)) * 3 + level[:, None]
+    x[800:1000] = -np.inf                                       # a masked stretch over whole blocks
+    x[1500:1503, 0] = np.nan                                    # a NaN at the start of a block
+    x[2100] = np.inf
+    edges = make_logits(rng, 10, v, np.float64)
+    x[rng.choice(n, 10, replace=False)] = edges
+    x = x.astype(dtype)
+    z = np.roll(x, 1, axis=0)
+    t = rng.integers(0, v, n)
+    for temp in (1.0, 0.5):
+        assert_rows_close(fastdiv.entropy(x, temperature=temp, backend=backend),
+                          R.entropy_rows(x.astype(np.float64) / temp), dtype, f"entropy T={temp}")
+        assert_rows_close(fastdiv.kl_div(x, z, temperature=temp, reduction="none", backend=backend),
+                          R.kl_rows(x.astype(np.float64) / temp, z.astype(np.float64) / temp),
+                          dtype, f"kl T={temp}", kind="kl")
+    assert_rows_close(fastdiv.logsumexp(x, backend=backend), R.logsumexp_rows(x), dtype, "lse")
+    assert_rows_close(fastdiv.cross_entropy(x, t, reduction="none", backend=backend),
+                      R.cross_entropy_hard_rows(x, t), dtype, "ce")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_kl_of_nearly_equal_large_logits(backend, dtype, rng):
     """Regression: fast-math reassociation once turned (x - mx) - (z - mz) into
     (x + mz) - (z + mx) ... at |x| ~ 1e4, making a KL of 1e-6 come out as -9e-5."""
