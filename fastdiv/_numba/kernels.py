@@ -823,11 +823,11 @@ def _small_entropy(x, scale, out):
     bs = max(1, SMALL_BLOCK // (2 * v))   # two scratch rows besides the input
     nblocks = (n + bs - 1) // bs
     ngroups = (nblocks + SMALL_GROUP - 1) // SMALL_GROUP
-    sc = scale_of(scale, load(allx[0]))   # None: 1, folded (see simd.scale_of)
-    eps = np.float64(np.finfo(sc).eps) * ENTROPY_EPS * 1e5
-    slack = cast(ENTROPY_REF_SLACK, sc)
     for g in prange(ngroups):
         prefer_wide_vectors()
+        sc = scale_of(scale, load(allx[0]))   # None: 1, folded (see simd.scale_of)
+        eps = np.float64(np.finfo(sc).eps) * ENTROPY_EPS * 1e5
+        slack = cast(ENTROPY_REF_SLACK, sc)
         e = np.empty(bs * v, dtype=out.dtype)
         ed = np.empty(bs * v, dtype=out.dtype)
         s = np.empty(bs, dtype=out.dtype)
