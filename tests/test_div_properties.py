@@ -51,13 +51,19 @@ def test_js_beta_limits_are_the_kls(backend, pair):
 @SETTINGS
 @given(pair=logit_pairs(max_rows=5), t=st.sampled_from([0.25, 0.5, 2.0, 4.0]))
 def test_temperature_is_a_power_of_two_logit_scale(backend, pair, t):
-    """With T a power of two, x / T is exact, so tempering equals scaling the logits first."""
+    """With T a power of two, x / T is exact, so tempering equals scaling the logits first.
+
+    Equal to 2 ulp, not bit for bit: a tempered call runs another compiled specialisation
+    than an untempered one (numba JS scales each row into scratch first), and fast-math lets
+    the compiler order their sums differently.  One CI run saw numba js_div differ by 1 ulp
+    (benchmarks/NOTES.md, session 5); any real scaling error is many ulp.
+    """
     x, z = pair
     np.testing.assert_array_equal(fastdiv.entropy(x, temperature=1.0, backend=backend), fastdiv.entropy(x, backend=backend))
     for f in (lambda a, b, **k: fastdiv.kl_div(a, b, reduction="none", **k, backend=backend),
               lambda a, b, **k: fastdiv.js_div(a, b, beta=0.3, reduction="none", **k, backend=backend),
               lambda a, b, **k: fastdiv.entropy(a, **k, backend=backend)):
-        np.testing.assert_array_equal(f(x, z, temperature=t), f(x / t, z / t))
+        np.testing.assert_array_max_ulp(f(x, z, temperature=t), f(x / t, z / t), maxulp=2)
 
 
 @pytest.mark.parametrize("backend", ALL_HOST)
