@@ -35,7 +35,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .simd import INLINE, JIT, KL_SUB, SUB, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch_ahead, scale_of, sub_exact
+from .simd import _LN2, INLINE, JIT, KL_SUB, SUB, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch_ahead, scale_of, sub_exact
 
 #: Kernels read float16/bfloat16 inputs directly (see the module docstring).
 HALF_INPUTS = True
@@ -728,36 +728,36 @@ def _small_lse(x, out, ce_target, ignore_index):
                 _row_sums(e, rows, v, s)
                 for r in range(rows):            # vectorised log (libm's is a scalar call)
                     ls[r] = flog(np.float64(s[r]))
-                if not ce:
-                    ref64 = np.float64(ref)
-                    for r in range(rows):
+            if not ce:
+                ref64 = np.float64(ref)
+                for r in range(rows):
+                    if exact and s[r] >= SMALL_MIN_SUM:
                         out[i0 + r] = ref64 + ls[r]
+                    else:
+                        mr, cr, rr, _ = _row_state(x[i0 + r], one)
+                        out[i0 + r] = _finish_lse(mr, cr, rr)
+                continue
             for r in range(rows):
                 i = i0 + r
-                ok = exact and s[r] >= SMALL_MIN_SUM
-                if not ce:
-                    if not ok:
-                        mr, cr, rr, _ = _row_state(x[i], one)
-                        out[i] = _finish_lse(mr, cr, rr)
-                    continue
                 t = ce_target[i]
                 if t == ignore_index:
                     out[i] = 0
-                elif not ok:
+                elif not (exact and s[r] >= SMALL_MIN_SUM):
                     mr, cr, rr, _ = _row_state(x[i], one)
                     out[i] = _nll(mr, cr, rr, load(x[i, t]))
-                elif e[r * v + t] > 0.5 * s[r]:
-                    # A confident target (q_t > 1/2): -log q_t = log1p(rest / e_t), rest the sum
-                    # of the other terms, summed again from L1 without e_t (in s a term near 1
-                    # swallows the small ones): a tiny loss keeps its relative accuracy.
-                    # Otherwise the loss is above log 2 and (ref - x_t) + log s is accurate.
-                    er = e[r * v:(r + 1) * v]
-                    rest = cast(0.0, ref)
-                    for j in range(v):
-                        rest += er[j] if j != t else cast(0.0, ref)
-                    out[i] = np.log1p(np.float64(rest) / np.float64(er[t]))
                 else:
-                    out[i] = np.float64(ref - load(x[i, t])) + ls[r]
+                    loss = np.float64(ref - load(flat[r * v + t])) + ls[r]
+                    if loss < _LN2:
+                        # A confident target (q_t > 1/2, to rounding): -log q_t = log1p(rest /
+                        # e_t), rest the sum of the other terms, summed again from L1 without
+                        # e_t (in s a term near 1 swallows the small ones): a tiny loss keeps its
+                        # relative accuracy.  Above log 2, (ref - x_t) + log s is accurate.
+                        er = e[r * v:(r + 1) * v]
+                        rest = cast(0.0, ref)
+                        for j in range(v):
+                            rest += er[j] if j != t else cast(0.0, ref)
+                        loss = np.log1p(np.float64(rest) / np.float64(er[t]))
+                    out[i] = loss
 
 
 @njit(**_INLINE)
