@@ -221,3 +221,16 @@ def test_near_one_hot_rows_keep_relative_accuracy(backend, rng):
                            R.cross_entropy_hard_rows(x, t))):
             worst = max(worst, float(np.max(np.abs(got - want) / np.abs(want))))
     assert worst <= 1e-5, worst
+
+
+@pytest.mark.parametrize("v", [51, 1000])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_of_offset_float64_logits(backend, v, smoothing, rng):
+    """(m - x_t) + log s with both large: the subtraction must come first.  numba's fast-math
+    once regrouped it as (m + log s) - x_t, which rounds log s to the grid of |m|: 1e-7
+    relative at an offset of 1e10, 0 instead of log V for a row of -1e30."""
+    x = rng.standard_normal((16, v)) + 1e10
+    x[0] = -1e30
+    t = rng.integers(0, v, 16)
+    assert_rows_close(fastdiv.cross_entropy(x, t, label_smoothing=smoothing, reduction="none", backend=backend),
+                      R.cross_entropy_hard_rows(x, t, label_smoothing=smoothing), np.float64, "ce")

@@ -226,7 +226,7 @@ def _nll(m, c, r, xt):
         return _NAN
     if m == -_INF:
         return _INF
-    return np.float64(m - xt) + _log_s(c, r)
+    return np.float64(sub_exact(m, xt)) + _log_s(c, r)
 
 
 @njit(**_JIT)
@@ -302,7 +302,6 @@ def _kl_sums(xr, zr, j0, j1, mx, mz, scale):
     inside = every x <= mx and every z <= mz (no NaN).  As in _sums, the loop keeps no
     maxima: the caller takes them from L1 only when ``inside`` is false."""
     zero = cast(0.0, mx)
-    tiny = cast(_TINY, mx)
     sx = zero
     sz = zero
     w = zero
@@ -323,12 +322,35 @@ def _kl_sums(xr, zr, j0, j1, mx, mz, scale):
             ex = exp_hot(clamp_lo(dx))
             sx += ex
             sz += exp_hot(clamp_lo(dz))
-            # p_j = 0 (x_j = -inf) contributes exactly 0; q_j = 0 < p_j contributes +inf
-            # even when e^dx underflowed to 0 (hence the floor at the smallest normal; an
-            # element-wise select, one instruction, where the NaN-propagating maximum is four).
-            exf = ex if ex > tiny else tiny
-            w += exf * (dx - dz) if dx > -_INF else zero
+            # p_j = 0 (x_j = -inf) contributes exactly 0.  q_j = 0 < p_j (z_j = -inf)
+            # contributes +inf, or NaN (0 * inf) where e^dx underflowed: the finish reads a
+            # NaN w as +inf.  (A floor on e^dx would keep +inf but add floor * (dx - dz),
+            # which is 0.25 at |dx - dz| ~ 2e37.)
+            w += ex * (dx - dz) if dx > -_INF else zero
     return inside, sx, sz, w
+
+
+@njit(**_INLINE)
+def _kl_raise_x(w, sx, mx, cx):
+    """(w, sx) moved from the x reference mx to cx > mx: with delta = mx - cx (exact in
+    float64), e^dx scales by e^delta and every dx shifts by delta: w -> e^delta (w + delta sx).
+    A w of +inf or NaN (Q misses P) stays; e^delta = 0 (a raise past the exp range) leaves
+    (0, 0), never 0 * (delta sx = -inf)."""
+    delta = np.float64(mx) - np.float64(cx)
+    f = np.exp(delta)
+    if not w < _INF:
+        return w, f * sx
+    if f == 0:
+        return 0.0, 0.0
+    return f * (w + delta * sx), f * sx
+
+
+@njit(**_INLINE)
+def _kl_raise_z(w, sx, sz, mz, cz):
+    """(w, sz) moved from the z reference mz to cz > mz: every dz shifts by delta = mz - cz
+    (exact in float64), so w -> w - delta sx and sz -> e^delta sz."""
+    delta = np.float64(mz) - np.float64(cz)
+    return w - delta * sx, sz * np.exp(delta)
 
 
 @njit(**_JIT)
@@ -343,14 +365,13 @@ def _kl_logits(x, z, scale, out):
         zr = z[i]
         v = xr.shape[0]
         sc = scale_of(scale, load(xr[0]))
-        zero = cast(0.0, sc)
         mx = load(xr[0]) * sc
         mz = load(zr[0]) * sc
-        sx = zero
-        sz = zero
-        w = zero
+        sx = 0.0                         # row totals of the chunk sums in float64: a float32
+        sz = 0.0                         # total of 1 + small chunk sums rounds the small ones
+        w = 0.0
         q_misses_p = False               # P has mass on a class Q masks -> D = +inf
-        jump = jump_limit(zero)
+        jump = jump_limit(sc)
         for j0 in range(0, v, KL_CHUNK):
             j1 = min(j0 + KL_CHUNK, v)
             xc = xr[j0:j1]
@@ -365,19 +386,21 @@ def _kl_logits(x, z, scale, out):
                 cx = _chunk_max(xc, sc)
                 cz = _chunk_max(zc, sc)
                 if cx <= mx + jump and cz <= mz + jump:
+                    # Keep the chunk's sums against the stale references and move the totals
+                    # to the new maxima in float64.  The rounding of the chunk's largest e
+                    # (e^(cx - mx), not exactly 1) stays in w / sx - log sx + log sz: up to
+                    # ~1e-7 absolute in float32 on a peaked row (torch's float32 log_softmax
+                    # route: 1e-7..1e-11; it was 2e-6 with float32 totals and rescales).
+                    # Summing such chunks again from L1 against the maxima (exact 1s:
+                    # 1e-8..1e-12) cost 15-19 % (benchmarks/NOTES.md, session 6).
                     sx += csx
                     sz += csz
                     w += cw
                     if cx > mx:
-                        delta = mx - cx
-                        f = exp_hot(clamp_lo(delta))
-                        w = f * (w + delta * sx) if w < _INF else w      # Q misses P: stays +inf (f may be 0)
-                        sx = f * sx
+                        w, sx = _kl_raise_x(w, sx, mx, cx)
                         mx = cx
                     if cz > mz:
-                        delta = mz - cz
-                        sz = sz * exp_hot(clamp_lo(delta))
-                        w = w - delta * sx
+                        w, sz = _kl_raise_z(w, sx, sz, mz, cz)
                         mz = cz
                     continue
             # Rare path: a reference is -inf/+inf/NaN, or a chunk jumped far above it.
@@ -392,16 +415,11 @@ def _kl_logits(x, z, scale, out):
                 continue                 # only a NaN can change the answer now
             if cx > mx:
                 if mx > -_INF:
-                    delta = mx - cx
-                    f = exp_hot(clamp_lo(delta))
-                    w = f * (w + delta * sx) if w < _INF else w      # Q misses P: stays +inf (f may be 0)
-                    sx = f * sx
+                    w, sx = _kl_raise_x(w, sx, mx, cx)
                 mx = cx
             if cz > mz:
                 if mz > -_INF:
-                    delta = mz - cz
-                    sz = sz * exp_hot(clamp_lo(delta))
-                    w = w - delta * sx
+                    w, sz = _kl_raise_z(w, sx, sz, mz, cz)
                 mz = cz
             if mx == -_INF:              # P has no mass yet: only Q's normaliser
                 if mz > -_INF:
@@ -420,7 +438,7 @@ def _kl_logits(x, z, scale, out):
             out[i] = _NAN
         elif mx == -_INF:
             out[i] = 0
-        elif mz == -_INF or q_misses_p or w == _INF:
+        elif mz == -_INF or q_misses_p or not w < _INF:     # w NaN: see _kl_sums
             out[i] = _INF
         else:
             out[i] = w / sx - np.log(sx) + np.log(sz)
@@ -496,7 +514,7 @@ def _weighted_nll(m, ls, xt, wt):
     endings: NaN/+inf -> NaN (even with w_t = 0), all masked -> +inf; w_t = 0 gives 0."""
     if m != m or m == _INF:
         return _NAN
-    nll = _INF if m == -_INF else np.float64(m - xt) + ls
+    nll = _INF if m == -_INF else np.float64(sub_exact(m, xt)) + ls
     return 0.0 if wt == 0 else wt * nll
 
 
@@ -538,7 +556,7 @@ def _ce_hard(x, target, ignore_index, weight, eps, out):
             sm = _INF if big_w > 0 else 0.0
         else:
             logs = _log_s(c, r)
-            nll = np.float64(m - xt) + logs
+            nll = np.float64(sub_exact(m, xt)) + logs
             sm = 0.0
             if eps > 0:
                 zero = cast(0.0, m)
@@ -746,7 +764,7 @@ def _small_lse(x, out, ce_target, ignore_index):
                     mr, cr, rr, _ = _row_state(x[i], one)
                     out[i] = _nll(mr, cr, rr, load(x[i, t]))
                 else:
-                    loss = np.float64(ref - load(flat[r * v + t])) + ls[r]
+                    loss = np.float64(sub_exact(ref, load(flat[r * v + t]))) + ls[r]
                     if loss < _LN2:
                         # A confident target (q_t > 1/2, to rounding): -log q_t = log1p(rest /
                         # e_t), rest the sum of the other terms, summed again from L1 without
@@ -879,7 +897,6 @@ def _kl_block_terms(allx, allz, k0, k1, sc, rx, rz, limx, limz, ex, ez, wt):
     dz = sc z - rz) in one vectorised pass from memory, the next sub-blocks prefetched (as in
     _block_exp_below); returns whether every sc x <= limx and sc z <= limz (no NaN)."""
     zero = cast(0.0, rx)
-    tiny = cast(_TINY, rx)
     inside = True
     for b0 in range(k0, k1, KL_SUB):
         prefetch_ahead(allx, b0, KL_SUB)
@@ -900,9 +917,9 @@ def _kl_block_terms(allx, allz, k0, k1, sc, rx, rz, limx, limz, ex, ez, wt):
             exk = exp_hot(clamp_lo(dx))
             exs[k] = exk
             ezs[k] = exp_hot(clamp_lo(dz))
-            # p = 0 contributes exactly 0; q = 0 < p contributes +inf even when e^dx underflowed
-            exf = exk if exk > tiny else tiny
-            wts[k] = exf * (dx - dz) if dx > -_INF else zero
+            # p = 0 contributes exactly 0; q = 0 < p contributes +inf, or NaN where e^dx
+            # underflowed (the row is then redone by _kl_logits): as in _kl_sums
+            wts[k] = exk * (dx - dz) if dx > -_INF else zero
     return inside
 
 
@@ -954,7 +971,7 @@ def _small_kl(x, z, scale, out, fallback):
             sxr = np.float64(sx[r])
             out[i0 + r] = np.float64(w[r]) / sxr - flog(sxr) + flog(np.float64(sz[r]))
         for r in range(rows):
-            if sx[r] < SMALL_MIN_SUM or sz[r] < SMALL_MIN_SUM or w[r] == _INF:
+            if sx[r] < SMALL_MIN_SUM or sz[r] < SMALL_MIN_SUM or not w[r] < _INF:
                 fallback[i0 + r] = True
 
 
