@@ -87,16 +87,19 @@ def same_shape(name_a, a, name_b, b):
         raise ValueError(f"{name_a} and {name_b} must have the same shape, got {a.shape} and {b.shape}")
 
 
-def reduction(value):
-    if value not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {value!r}")
+def _choice(name, value, options):
+    """value, one of the strings ``options`` (an array's ``in`` would compare elementwise)."""
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")
     return value
+
+
+def reduction(value):
+    return _choice("reduction", value, REDUCTIONS)
 
 
 def input_kind(value):
-    if value not in INPUT_KINDS:
-        raise ValueError(f"inputs must be one of {INPUT_KINDS}, got {value!r}")
-    return value
+    return _choice("inputs", value, INPUT_KINDS)
 
 
 def label_smoothing(value):
@@ -108,11 +111,27 @@ def label_smoothing(value):
 def ignore_index(value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"ignore_index must be an integer, got {value!r}")
+    if not -2**63 <= int(value) < 2**63:              # the kernels compare it as int64
+        raise ValueError(f"ignore_index must fit in int64, got {value!r}")
     return int(value)
 
 
-def class_targets(target, lead_shape, v, ignore):
-    """Integer class indices of shape ``lead_shape``, each in ``[0, V)`` or equal to ``ignore``."""
+def class_targets(target, lead_shape, v, ignore, *, count_ignored=False):
+    """Integer class indices of shape ``lead_shape``, each in ``[0, V)`` or equal to ``ignore``.
+
+    With ``count_ignored``, returns ``(t, number of entries equal to ignore)``: a mean over the
+    counted rows needs it, and the range found here usually shows it is 0 without a pass.
+    """
+    t, lo, hi = _class_targets(target, lead_shape, v, ignore)
+    if not count_ignored:
+        return t
+    if not lo <= ignore <= hi:           # (lo, hi) = (0, -1) when t is empty
+        return t, 0
+    return t, int(np.count_nonzero(t == ignore))
+
+
+def _class_targets(target, lead_shape, v, ignore):
+    """(t as contiguous int64, min t, max t), after the checks of class_targets."""
     if target.dtype.kind == "b":
         raise TypeError("target must hold integer class indices (or float probabilities), got a boolean array")
     if target.dtype.kind not in "iu":
@@ -124,10 +143,10 @@ def class_targets(target, lead_shape, v, ignore):
     if target.dtype.kind == "u" and target.dtype.itemsize == 8 and t.size and (t < 0).any():
         raise ValueError("target has values too large for int64")
     if not t.size:
-        return t
+        return t, 0, -1
     lo, hi = int(t.min()), int(t.max())          # two passes, no temporaries: the common case
     if hi < v and (lo >= 0 or (lo == ignore and not np.any(t[t < 0] != ignore))):
-        return t
+        return t, lo, hi
     bad = ((t < 0) | (t >= v)) & (t != ignore)
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
@@ -135,7 +154,7 @@ def class_targets(target, lead_shape, v, ignore):
         raise ValueError(
             f"target must be in [0, {v}) or equal to ignore_index={ignore}; "
             f"target[{where}] = {int(t[k])} ({int(bad.sum())} invalid value(s))")
-    return t
+    return t, lo, hi
 
 
 def class_weight(weight, v, dtype):
@@ -254,9 +273,7 @@ KL_DIRECTIONS = ("ref||model", "model||ref")
 
 
 def kl_direction(value):
-    if value not in KL_DIRECTIONS:
-        raise ValueError(f"kl_direction must be one of {KL_DIRECTIONS}, got {value!r}")
-    return value
+    return _choice("kl_direction", value, KL_DIRECTIONS)
 
 # --------------------------------------------------------------------------- divergence family (issue 5)
 
@@ -296,9 +313,7 @@ def beta(value):
 
 
 def tail(value):
-    if value not in TAILS:
-        raise ValueError(f"tail must be one of {TAILS}, got {value!r}")
-    return value
+    return _choice("tail", value, TAILS)
 
 
 def topk_teacher(indices, logprobs, lead_shape, v, tail_mode):

@@ -481,17 +481,16 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
     if scale != 1.0:
         raise ValueError(f"temperature applies to soft (probability) targets; with class indices it must be 1.0, "
                          f"got {temperature!r}")
-    t = _checks.class_targets(target, lead, v, ignore)
+    t, n_ignored = _checks.class_targets(target, lead, v, ignore, count_ignored=True)
     dtype = _out_dtype(logits)
     w = np.ones(v, dtype) if weight is None else _checks.class_weight(weight, v, dtype)
     per_row = _per_row("ce_hard", backend, [logits], scalars=(ignore, eps), extra=(t, w))
     if reduction != "mean":
         return _finish(per_row, lead, reduction, per_row.dtype)
-    counted = t != ignore
     if weight is None:
-        denom = float(np.count_nonzero(counted))
+        denom = float(t.size - n_ignored)
     else:
-        denom = float(np.sum(w[t[counted]], dtype=np.float64))
+        denom = float(np.sum(w[t[t != ignore]] if n_ignored else w[t], dtype=np.float64))
     if denom == 0:
         return dtype.type(0.0)
     return dtype.type(np.sum(per_row, dtype=np.float64) / denom)
@@ -685,13 +684,16 @@ def gaussian_kl(mu: ArrayLike, logvar: ArrayLike, mu_prior: ArrayLike = 0.0, log
     logvar = _checks.float_array("logvar", logvar)
     _checks.same_shape("mu", mu, "logvar", logvar)
     priors = []
+    wide = False           # a float64 prior array widens the result, a Python float does not (NEP 50)
     for name, a in (("mu_prior", mu_prior), ("logvar_prior", logvar_prior)):
+        weak = type(a) in (int, float)
         a = _real_array(name, a)
+        wide = wide or (not weak and a.dtype == np.float64)
         try:
             priors.append(np.broadcast_to(a, mu.shape))
         except ValueError:
             raise ValueError(f"{name} of shape {a.shape} does not broadcast to mu's shape {mu.shape}") from None
-    dtype = _out_dtype(mu, logvar)
+    dtype = np.dtype(np.float64) if wide else _out_dtype(mu, logvar)
     lead, v = mu.shape[:-1], mu.shape[-1]
     nrows = int(np.prod(lead, dtype=np.int64))
     arrays = [a.reshape(1, v) if not lead else a for a in (mu, logvar, *priors)]

@@ -293,6 +293,16 @@ def _class_index_cases():
         Case("ce: ignore_index 1.5", ce(ignore_index=1.5), raises(TypeError, "ignore_index", "ignore_index must be an integer")),
         Case("ce: ignore_index '1'", ce(ignore_index="1"), raises(TypeError, "ignore_index")),
         Case("ce: ignore_index True", ce(ignore_index=True), raises(TypeError, "ignore_index")),
+        Case("ce: ignore_index past int64", ce(ignore_index=2**70),
+             raises(ValueError, "ignore_index", "ignore_index must fit in int64")),
+        Case("ce: reduction an array", ce(reduction=np.array(["mean", "sum"])),
+             raises(ValueError, "reduction", "reduction must be one of")),
+        # the mean divides by the rows not ignored (counted only when ignore_index lies in the targets' range)
+        Case("ce: ignore_index inside [0, V), mean", ce(t, ignore_index=2),
+             returns(lambda r, b: _assert_close(r, np.mean(R.cross_entropy_hard_rows(x, t, 2)[t != 2])))),
+        Case("ce: ignore_index inside [0, V), weighted mean", ce(t, ignore_index=1, weight=w),
+             returns(lambda r, b: _assert_close(
+                 r, np.sum(R.cross_entropy_hard_rows(x, t, 1, w)) / np.sum(w[t[t != 1]])))),
         Case("ce: weight too short", ce(weight=np.ones(V - 1)), raises(ValueError, "weight", "weight must be a 1-D array of length V = 5")),
         Case("ce: weight too long", ce(weight=np.ones(V + 1)), raises(ValueError, "weight")),
         Case("ce: weight 2-D", ce(weight=np.ones((V, 1))), raises(ValueError, "weight", "weight must be a 1-D array")),
