@@ -334,6 +334,8 @@ def test_gaussian_kl_shapes_dtypes_reductions_and_priors(rng):
                                R.gaussian_kl_elements(mu, lv, np.broadcast_to(mu0, mu.shape), 0.5).sum(-1),
                                rtol=1e-6)
     assert fastdiv.gaussian_kl(mu[0, 0].astype(np.float64), lv[0, 0].astype(np.float64)).dtype == np.float64
+    assert fastdiv.gaussian_kl(mu, lv, np.zeros(5)).dtype == np.float64       # a float64 prior array widens
+    assert fastdiv.gaussian_kl(mu, lv, 0.5, 1.0).dtype == np.float32          # a Python float does not
     t = mu.transpose(1, 0, 2)                       # non-contiguous input
     np.testing.assert_allclose(fastdiv.gaussian_kl(t, lv.transpose(1, 0, 2), reduction="none"), per.T, rtol=1e-6)
     assert fastdiv.gaussian_kl(np.zeros((2, 3)), np.full((2, 3), -np.inf), reduction="none")[0] == np.inf
