@@ -1015,7 +1015,10 @@ _NO_TARGET = np.zeros(0, dtype=np.int64)
 
 
 def _small(x):
-    return x.shape[1] <= SMALL_V
+    """The block path (one shift per block of rows) for 1 < V <= SMALL_V.  V = 1 takes the row
+    path, whose shift is the row's own entry: lse = x, KL = 0 exactly (the block path's
+    shared shift left ~1e-6 of rounding in both)."""
+    return 1 < x.shape[1] <= SMALL_V
 
 
 def _scale_arg(scale):
