@@ -53,7 +53,6 @@ _JIT = JIT
 _INLINE = INLINE
 _NAN = np.nan
 _INF = np.inf
-_TINY = 1.1754943508222875e-38     # smallest normal float32 (also a normal float64)
 
 
 @njit(**_INLINE)
