@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import platform
 import statistics
 import sys
 import time
@@ -141,6 +142,79 @@ def interleaved_ratio(kernel, reference, repeat=9):
         tr.append(t1 - t0)
         tk.append(t2 - t1)
     return statistics.median(tk) / statistics.median(tr), statistics.median(tk), statistics.median(tr)
+
+
+def _batch(fn, k):
+    t0 = time.perf_counter()
+    for _ in range(k):
+        fn()
+    return (time.perf_counter() - t0) / k
+
+
+def best_batch_ratio(kernel, reference, repeat=15, batch_s=2e-3):
+    """Kernel time / reference time for work that stays in cache: each is timed in batches
+    of calls lasting about ``batch_s``, the batches alternating ``repeat`` times, and the
+    fastest batch of each is kept.  In cache the work is bound by the core, and on a shared
+    machine interference (preemption, a neighbour's cache traffic, a migrated thread) only
+    ever adds time, so the minimum is the figure that does not swing with the machine.
+
+    Returns ``(ratio, kernel seconds per call, reference seconds per call)``."""
+    kernel()
+    reference()
+    kk = max(1, round(batch_s / max(_batch(kernel, 3), 1e-7)))
+    kr = max(1, round(batch_s / max(_batch(reference, 3), 1e-7)))
+    tk, tr = [], []
+    for _ in range(repeat):
+        tr.append(_batch(reference, kr))
+        tk.append(_batch(kernel, kk))
+    return min(tk) / min(tr), min(tk), min(tr)
+
+
+def _read(path):
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def cpu_identity():
+    """What the regression gate keys its baselines by: the CPU's vendor, model name, family
+    and model, the vector instruction set the kernels are compiled for, and the per-core L2 and
+    shared L3 sizes.  ``key`` is one readable line of these; the rest is recorded beside it."""
+    fields = {}
+    text = _read("/proc/cpuinfo") or ""
+    for line in text.split("\n\n")[0].splitlines():
+        name, _, value = line.partition(":")
+        fields[name.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    try:
+        from llvmlite import binding as llvm
+
+        llvm_cpu = llvm.get_host_cpu_name()
+        flags |= {f for f, on in llvm.get_host_cpu_features().items() if on}
+    except Exception:          # llvmlite missing: /proc/cpuinfo's flags only
+        llvm_cpu = None
+    isa = next((name for name, need in (("avx512", "avx512f"), ("avx2", "avx2"), ("sse4.2", "sse4_2"), ("neon", "neon"))
+                if need in flags), platform.machine())
+    caches = {}
+    for index in range(8):
+        base = f"/sys/devices/system/cpu/cpu0/cache/index{index}/"
+        level, kind, size = _read(base + "level"), _read(base + "type"), _read(base + "size")
+        if level in ("2", "3") and kind in ("Unified", "Data") and size:
+            caches[f"L{level}"] = size
+    info = {
+        "vendor": fields.get("vendor_id") or platform.machine(),
+        "model_name": fields.get("model name") or platform.processor() or "unknown",
+        "family_model": f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}",
+        "llvm_cpu": llvm_cpu,
+        "isa": isa,
+        "L2_per_core": caches.get("L2", "?"),
+        "L3": caches.get("L3", "?"),
+    }
+    info["key"] = (f"{info['vendor']} {info['model_name']} (family/model {info['family_model']}), {isa}, "
+                   f"L2 {info['L2_per_core']}, L3 {info['L3']}")
+    return info
 
 
 def nbytes(op, x):

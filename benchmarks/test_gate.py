@@ -1,0 +1,57 @@
+"""The regression gate's verdict logic (benchmarks/gate.py), on made-up figures: no timing here."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import gate  # noqa: E402
+
+CPU = {"key": "CPU A", "vendor": "A"}
+KERNELS = [f"{b}/{op}/V50257/float32/1t" for b in ("numba", "cython") for op in ("logsumexp", "entropy", "kl_div")]
+
+
+def figures(scale=None):
+    scale = scale or {}
+    return {k: {"kernel_over_probe": 3.0 * scale.get(k, 1.0), "ns_per_element": 0.3} for k in KERNELS}
+
+
+def machines(key="CPU A", value=3.0):
+    return {key: {"recorded": {"date": "2026-12-05", "commit": "0" * 40},
+                  "figures": {k: {"kernel_over_probe": value} for k in KERNELS}}}
+
+
+def test_own_baseline_passes_noise_and_fails_a_slower_kernel():
+    assert gate.compare(figures({KERNELS[0]: 1.2}), machines(), CPU, 1.35, 1.6) == []
+    failures = gate.compare(figures({KERNELS[2]: 2.0}), machines(), CPU, 1.35, 1.6)
+    assert len(failures) == 1 and failures[0].startswith(KERNELS[2])
+
+
+def test_unknown_cpu_divides_out_its_speed_but_not_one_kernel_slowing():
+    other = {**machines("CPU B", 2.0), **machines("CPU C", 2.5)}      # loosest: 2.5
+    # a CPU uniformly 1.8x slower than the loosest known one passes ...
+    assert gate.compare(figures({k: 1.5 for k in KERNELS}), other, CPU, 1.35, 1.6) == []
+    # ... and a 2x slowdown of one kernel on it fails, naming that kernel only
+    slow = {k: 1.5 for k in KERNELS}
+    slow[KERNELS[4]] = 3.0
+    failures = gate.compare(figures(slow), other, CPU, 1.35, 1.6)
+    assert len(failures) == 1 and failures[0].startswith(KERNELS[4])
+
+
+def test_update_rewrites_only_this_cpus_entry(tmp_path):
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps({"format": 2, "machines": machines("CPU B", 2.0)}))
+    gate.update(str(path), figures(), {"key": "CPU A", "vendor": "A"}, ["--update"])
+    saved = gate.load(str(path))
+    assert set(saved) == {"CPU A", "CPU B"}
+    assert saved["CPU B"]["figures"][KERNELS[0]]["kernel_over_probe"] == 2.0
+    assert saved["CPU A"]["figures"][KERNELS[0]]["kernel_over_probe"] == 3.0
+    assert saved["CPU A"]["cpu"] == {"vendor": "A"} and saved["CPU A"]["recorded"]["command"].endswith("--update")
+
+
+def test_the_committed_baseline_describes_its_cpus():
+    for key, entry in gate.load(gate.BASELINE).items():
+        assert {"vendor", "model_name", "isa", "L2_per_core", "L3"} <= set(entry["cpu"]), key
+        assert {"date", "commit", "command"} <= set(entry["recorded"]), key
