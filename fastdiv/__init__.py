@@ -1,7 +1,7 @@
 """fastdiv: cross-entropy, KL divergence, entropy and log-sum-exp over large vocabularies,
 in one read of the logits, with identical semantics on every backend.
 
-Public names only; see ``fastdiv.api`` for the implementation and README.md for semantics.
+Public names only; see ``fastdiv.api`` for the implementation and docs/semantics.rst for semantics.
 """
 from .api import (
     cross_entropy,

@@ -98,6 +98,11 @@ def get_num_threads() -> int:
 def threads(n: int) -> Iterator[None]:
     """Context manager: ``with fastdiv.threads(1): ...`` runs the block with ``n`` threads.
 
+    Parameters
+    ----------
+    n : int
+        A positive number of threads; the previous count is restored on exit.
+
     Examples
     --------
     >>> import numpy as np, fastdiv
@@ -278,6 +283,9 @@ def logsumexp(x: ArrayLike, *, backend: Backend = "auto") -> Result:
     x : array_like, shape (..., V)
         float16, bfloat16, float32 or float64 values.  ``-inf`` entries are masked classes.
     backend : {"auto", "numba", "cython", "numpy", "cuda"}
+        ``"auto"`` picks cython, then numba, then numpy for host arrays and cuda for device
+        arrays; the environment variable ``FASTDIV_BACKEND`` overrides it.  A named backend
+        that cannot run raises :class:`BackendUnavailable` saying why.
 
     Returns
     -------
@@ -308,6 +316,8 @@ def entropy(p: ArrayLike, *, inputs: Inputs = "logits", reduction: Reduction = "
     p : array_like, shape (..., V)
         The distribution, given as ``inputs``: ``"logits"`` (softmax taken), ``"log_probs"``
         or ``"probs"`` (taken literally, not renormalised; ``0 log 0 = 0``).
+    inputs : {"logits", "log_probs", "probs"}
+        How ``p`` is given (above).
     reduction : {"none", "mean", "sum"}
         ``"none"`` keeps one value per row (shape ``p.shape[:-1]``).
     temperature : float, positive and finite
@@ -318,6 +328,8 @@ def entropy(p: ArrayLike, *, inputs: Inputs = "logits", reduction: Reduction = "
         summing to 1 within 1e-4 (1e-2 for 16-bit inputs); log-probabilities free of NaN and
         +inf with a logsumexp within the same of 0 (``ValueError`` naming the argument and
         row).  Off by default: it reads the input once more.  Host arrays only.
+    backend : {"auto", "numba", "cython", "numpy", "cuda"}
+        As in :func:`logsumexp`.
 
     Examples
     --------
@@ -351,6 +363,8 @@ def kl_div(p: ArrayLike, q: ArrayLike, *, inputs: Inputs = "logits", reduction: 
     ----------
     p, q : array_like, same shape (..., V)
         Both given as ``inputs``: ``"logits"``, ``"log_probs"`` or ``"probs"``.
+    inputs : {"logits", "log_probs", "probs"}
+        How ``p`` and ``q`` are given (log-probabilities and probabilities literally).
     reduction : {"none", "mean", "sum"}
         ``"mean"`` averages over rows (torch's ``"batchmean"`` for 2-D input).
     temperature : float, positive and finite
@@ -360,6 +374,8 @@ def kl_div(p: ArrayLike, q: ArrayLike, *, inputs: Inputs = "logits", reduction: 
         values, not gradients).  Only for ``inputs="logits"``.
     validate : bool
         Check first that each row of ``p`` and ``q`` is a distribution, as in :func:`entropy`.
+    backend : {"auto", "numba", "cython", "numpy", "cuda"}
+        As in :func:`logsumexp`.
 
     Examples
     --------
@@ -427,6 +443,8 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
         masked.  Applied block by block (O(block) extra memory).
     return_lse : bool
         Also return the per-row log-sum-exp (of the soft-capped logits) as ``.lse``.
+    backend : {"auto", "numba", "cython", "numpy", "cuda"}
+        As in :func:`logsumexp`.
 
     Examples
     --------
@@ -524,12 +542,16 @@ def js_div(p: ArrayLike, q: ArrayLike, *, beta: float = 0.5, inputs: Inputs = "l
         Both given as ``inputs``: ``"logits"``, ``"log_probs"`` or ``"probs"`` (the latter two
         taken literally).
     beta : float in [0, 1]
+    inputs : {"logits", "log_probs", "probs"}
+        How ``p`` and ``q`` are given (above).
     temperature : float, positive and finite
         Both logit arrays are divided by ``T`` before the softmax; no ``T**2`` factor (fastdiv
         computes values, not gradients).  Only for ``inputs="logits"``.
     reduction : {"mean", "sum", "none"}
     validate : bool
         Check first that each row of ``p`` and ``q`` is a distribution, as in :func:`entropy`.
+    backend : {"auto", "numba", "cython", "numpy", "cuda"}
+        As in :func:`logsumexp`.
 
     Notes
     -----
@@ -600,6 +622,8 @@ def topk_kl_div(teacher_indices: ArrayLike, teacher_logprobs: ArrayLike, student
     student_logits : array_like, shape (..., V)
     tail : {"renormalize", "bucket"}
     reduction : {"mean", "sum", "none"}
+    backend : {"auto", "numba", "cython", "numpy", "cuda"}
+        As in :func:`logsumexp`.
 
     Notes
     -----

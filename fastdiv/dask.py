@@ -271,6 +271,12 @@ def _columns(table, fields, dtype):
 def logsumexp(x: ArrayLike, *, backend: Backend = "auto") -> da.Array:
     """Lazy :func:`fastdiv.logsumexp` of a dask array (any row and class chunks): one value per row.
 
+    Parameters
+    ----------
+    x : dask array, shape (..., V)
+    backend : {"auto", "numba", "cython", "numpy", "cuda"}
+        The backend each task runs, as in :func:`fastdiv.logsumexp`.
+
     Examples
     --------
     >>> import numpy as np, dask.array as da, fastdiv.dask
@@ -287,6 +293,14 @@ def logsumexp(x: ArrayLike, *, backend: Backend = "auto") -> da.Array:
 def entropy(p: ArrayLike, *, inputs: Inputs = "logits", reduction: Reduction = "none",
             backend: Backend = "auto") -> da.Array:
     """Lazy :func:`fastdiv.entropy` of a dask array (any row and class chunks; split class axis: logits only).
+
+    Parameters
+    ----------
+    p : dask array, shape (..., V)
+    inputs, reduction
+        As in :func:`fastdiv.entropy`.
+    backend : {"auto", "numba", "cython", "numpy", "cuda"}
+        The backend each task runs, as in :func:`fastdiv.logsumexp`.
 
     Examples
     --------
@@ -313,6 +327,14 @@ def kl_div(p: ArrayLike, q: ArrayLike, *, inputs: Inputs = "logits", reduction: 
 
     Their row chunks may differ (they are aligned); ``"mean"`` averages over rows.  With a
     class axis split into chunks (``inputs="logits"`` only), ``q`` is rechunked like ``p``.
+
+    Parameters
+    ----------
+    p, q : dask arrays, same shape (..., V)
+    inputs, reduction
+        As in :func:`fastdiv.kl_div`.
+    backend : {"auto", "numba", "cython", "numpy", "cuda"}
+        The backend each task runs, as in :func:`fastdiv.logsumexp`.
 
     Examples
     --------
@@ -359,6 +381,16 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
     target is not ``ignore_index``, across all chunks, and 0.0 when that is 0.  With the
     class axis of ``logits`` split into chunks: class indices only, no ``weight`` or
     ``label_smoothing`` (a ValueError names the argument).
+
+    Parameters
+    ----------
+    logits : dask array, shape (..., V)
+    target : dask array
+        Class indices of shape ``logits.shape[:-1]`` or probabilities of the shape of ``logits``.
+    reduction, ignore_index, weight, label_smoothing
+        As in :func:`fastdiv.cross_entropy`.
+    backend : {"auto", "numba", "cython", "numpy", "cuda"}
+        The backend each task runs, as in :func:`fastdiv.logsumexp`.
 
     Examples
     --------
@@ -430,6 +462,13 @@ class DaskEvaluation:
     0-d dask arrays (float64 sums over the counted rows, divided once; NaN with no counted
     row).  ``aggregates()`` computes only those (per-row values stay on the workers);
     ``compute()`` brings everything to memory as a :class:`fastdiv.Evaluation`.
+
+    Parameters
+    ----------
+    rows : dict
+        The per-row dask arrays by key (built by :func:`evaluate`).
+    topk : tuple of int
+        The ``k`` of the ``correct@k`` / ``accuracy@k`` keys.
     """
 
     def __init__(self, rows, topk):
@@ -463,14 +502,26 @@ class DaskEvaluation:
         return list(self._agg) + list(self._rows)
 
     def aggregates(self, **compute_kwargs):
-        """The dataset-level numbers as a dict of Python numbers (one ``dask.compute``)."""
+        """The dataset-level numbers as a dict of Python numbers (one ``dask.compute``).
+
+        Parameters
+        ----------
+        **compute_kwargs
+            Passed to ``dask.compute`` (``scheduler=...``).
+        """
         import dask
 
         values = dask.compute(self._agg, **compute_kwargs)[0]
         return {key: int(v) if key == "count" else float(v) for key, v in values.items()}
 
     def compute(self, **compute_kwargs):
-        """Everything in memory: a :class:`fastdiv.Evaluation` (one ``dask.compute``)."""
+        """Everything in memory: a :class:`fastdiv.Evaluation` (one ``dask.compute``).
+
+        Parameters
+        ----------
+        **compute_kwargs
+            Passed to ``dask.compute`` (``scheduler=...``).
+        """
         import dask
 
         from .evaluation import Evaluation

@@ -248,8 +248,14 @@ class Evaluation:
         return dict(self._agg)
 
     def host(self, key):
-        """The per-row array ``key`` (``"nll"``, ``"correct@1"``, ...) as numpy: the array
-        itself for host input, the host copy it was made from for device results."""
+        """The per-row array ``key`` as numpy: the array itself for host input, the host copy
+        it was made from for device results.
+
+        Parameters
+        ----------
+        key : str
+            A per-row key: ``"nll"``, ``"correct@1"``, ...
+        """
         return self._host_rows[key]
 
     def __repr__(self):

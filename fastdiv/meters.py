@@ -43,7 +43,13 @@ class _Meter:
         return self
 
     def merge(self, other):
-        """Add the batches ``other`` has seen (a meter of the same class and settings); returns self."""
+        """Add the batches ``other`` has seen (a meter of the same class and settings); returns self.
+
+        Parameters
+        ----------
+        other : meter
+            A meter of the same class and settings (``ValueError`` otherwise).
+        """
         if type(other) is not type(self) or other._settings() != self._settings():
             raise ValueError(f"cannot merge {other!r} into {self!r}: different meter or settings")
         for k, value in other._sums.items():
@@ -80,6 +86,11 @@ class CrossEntropyMeter(_Meter):
     average over rows.
 
     ``update(logits, target)`` takes a batch; ``compute()`` returns the mean over all batches.
+
+    Parameters
+    ----------
+    ignore_index, weight, label_smoothing, softcap, backend
+        As in :func:`fastdiv.cross_entropy`.
 
     Examples
     --------
@@ -125,6 +136,11 @@ class CrossEntropyMeter(_Meter):
 class Perplexity(_Meter):
     """Running perplexity ``exp(sum nll / count)`` over the non-ignored rows of every batch.
 
+    Parameters
+    ----------
+    ignore_index, softcap, backend
+        As in :func:`fastdiv.evaluate`.
+
     Examples
     --------
     >>> import numpy as np
@@ -162,6 +178,11 @@ class Evaluator(_Meter):
     ``mean_entropy`` and (when references were given) ``mean_kl``, ``mean_z_loss``.
 
     The mean KL is over the counted rows of the batches that came with a reference.
+
+    Parameters
+    ----------
+    topk, kl_direction, ignore_index, z_loss, softcap, backend
+        As in :func:`fastdiv.evaluate`.
 
     Examples
     --------

@@ -5,7 +5,7 @@ row.  They are written for clarity, not speed: they materialise ``log_softmax`` 
 several passes.  The API layer (``fastdiv.api``) owns validation, reshaping, reductions
 and options; these functions only define the per-row mathematics and its edge cases.
 
-Edge-case semantics (shared by every backend, documented in README "Semantics"):
+Edge-case semantics (shared by every backend, documented in docs/semantics.rst):
 
 * ``-inf`` logit: a masked class, probability exactly 0.  Terms with zero probability
   (or zero weight) contribute exactly 0 -- never ``0 * inf = NaN``.

@@ -83,8 +83,12 @@ def row_state(logits_shard, *, offset=0, target=None, topk=(1, 5), reference_sha
         pass over the block) when only lse, entropy, NLL and KL are wanted.
     reference_shard : array_like, shape of ``logits_shard``, optional
         The same columns of the reference logits.
+    ignore_index : int
+        Rows with this target are not counted (as in :func:`fastdiv.evaluate`).
     softcap : float > 0, optional
         As in :func:`fastdiv.evaluate` (applied to ``logits_shard`` only).
+    backend : {"auto", "numba", "cython", "numpy"}
+        A CPU backend (``"cuda"`` raises :class:`fastdiv.BackendUnavailable`).
 
     Examples
     --------
@@ -165,6 +169,12 @@ def _combine(fa, fb, a, b):
 def merge(a, b):
     """The state of the union of two disjoint class ranges (see the module docstring).
 
+    Parameters
+    ----------
+    a, b : RowState
+        States of the same rows, targets and ``topk``, over class ranges that do not overlap
+        (``ValueError`` otherwise).
+
     Examples
     --------
     >>> import numpy as np
@@ -221,6 +231,16 @@ def finalize(state, *, topk=(1, 5), kl_direction="ref||model", z_loss=0.0, n_cla
     Raises ValueError when the merged ranges leave a gap (or do not start at 0, or do not
     end at ``n_classes`` when given), or when a counted row's target lies in no range.
     ``rank`` of the result is capped at ``K = max(topk)`` of the states.
+
+    Parameters
+    ----------
+    state : RowState
+        Merged states covering ``[0, V)``.
+    topk, kl_direction, z_loss
+        As in :func:`fastdiv.evaluate`; ``max(topk)`` must not exceed the candidates the
+        states kept.
+    n_classes : int, optional
+        ``V``: checks that the states cover exactly ``[0, n_classes)``.
 
     Examples
     --------

@@ -56,7 +56,7 @@ def test_temperature_is_a_power_of_two_logit_scale(backend, pair, t):
     Equal to 2 ulp, not bit for bit: a tempered call runs another compiled specialisation
     than an untempered one (numba JS scales each row into scratch first), and fast-math lets
     the compiler order their sums differently.  One CI run saw numba js_div differ by 1 ulp
-    (benchmarks/NOTES.md, session 5); any real scaling error is many ulp.
+    (benchmarks/NOTES.md, 2026-11-24 21:10 UTC, at 85f3ddf); any real scaling error is many ulp.
     """
     x, z = pair
     np.testing.assert_array_equal(fastdiv.entropy(x, temperature=1.0, backend=backend), fastdiv.entropy(x, backend=backend))

@@ -188,7 +188,7 @@ def test_z_loss_and_return_lse(backend, reduction, rng):
     assert isinstance(out, fastdiv.CrossEntropyOutput)
     # atol: the evaluate state keeps s = c + r in float64, so a loss below ~1e-16 (row 9's
     # +80 jump when it is the target: 7.8e-35) comes out as 0 where the plain kernel keeps it
-    # through log1p -- a known limit of that path (README), 1e-34 in absolute terms
+    # through log1p -- a known limit of that path (docs/semantics.rst), 1e-34 in absolute terms
     np.testing.assert_allclose(out.loss, plain, rtol=1e-12, atol=1e-15, equal_nan=True)
     lse = R.logsumexp_rows(x)
     assert_rows_close(out.lse, lse, np.float64, "lse")

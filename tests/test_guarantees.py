@@ -1,4 +1,4 @@
-"""README "Guarantees", for every function of the table (tests/public_functions.py):
+"""docs/guarantees.rst, for every function of the table (tests/public_functions.py):
 
 * extra memory is O(rows), not O(rows x V) -- measured in a subprocess (tracemalloc for numpy
   allocations, the peak resident set for everything), for native, converted and file-backed
@@ -142,7 +142,7 @@ def test_bit_identical_for_any_thread_count_and_repeated_calls(fn, backend):
 @pytest.mark.parametrize("backend", COMPILED)
 def test_eight_python_threads_at_once_get_the_same_bits(backend):
     """Every function from 8 Python threads at once (the compiled backends are thread-safe;
-    numba's workqueue threading layer is serialised by fastdiv, see README "Guarantees")."""
+    numba's workqueue threading layer is serialised by fastdiv, see docs/guarantees.rst)."""
     work = []
     for i, fn in enumerate(FUNCTIONS):
         args = fn.make(np.random.default_rng(20 + i), (64,), 1500, np.float32)

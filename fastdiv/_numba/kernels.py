@@ -391,7 +391,7 @@ def _kl_logits(x, z, scale, out):
                     # ~1e-7 absolute in float32 on a peaked row (torch's float32 log_softmax
                     # route: 1e-7..1e-11; it was 2e-6 with float32 totals and rescales).
                     # Summing such chunks again from L1 against the maxima (exact 1s:
-                    # 1e-8..1e-12) cost 15-19 % (benchmarks/NOTES.md, session 6).
+                    # 1e-8..1e-12) cost 15-19 % (benchmarks/NOTES.md, 2026-11-24 23:30 UTC).
                     sx += csx
                     sz += csz
                     w += cw
