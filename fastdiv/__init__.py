@@ -17,6 +17,7 @@ from .api import (
 )
 from ._config import show_config
 from .evaluation import CrossEntropyOutput, Evaluation, evaluate
+from .compare import Comparison, compare
 from . import meters, states
 from ._registry import BackendUnavailable, available_backends
 
@@ -30,6 +31,8 @@ __all__ = [
     "evaluate",
     "Evaluation",
     "CrossEntropyOutput",
+    "compare",
+    "Comparison",
     "meters",
     "states",
     "js_div",

@@ -1,0 +1,334 @@
+"""``fastdiv.compare``: how far a model's output distribution moved from a base model's.
+
+For regression checks of a quantized model against its base, a new kernel or runtime against
+the old one, a fine-tune against its parent.  The statistics follow llama.cpp's perplexity
+tool in KL-divergence mode (``--kl-divergence``), so numbers can be compared with its output.
+
+Per row (from fastdiv's public functions, with their rules for masked classes and NaN):
+
+* ``kld`` = D(base ‖ model) and ``reverse_kld`` = D(model ‖ base)
+  (:func:`fastdiv.evaluate` with ``reference=base``: its ``kl_ref_model`` / ``kl_model_ref``);
+* ``js``: the Jensen–Shannon divergence, beta = 0.5 (:func:`fastdiv.js_div`);
+* with targets: ``nll_base`` / ``nll_model`` and ``p_base`` / ``p_model`` of the target
+  (:func:`fastdiv.evaluate`'s ``nll`` and ``target_prob``), ``delta_p = p_model - p_base``;
+* ``same_top1``: the two argmaxes (:func:`fastdiv.evaluate`'s ``argmax``) are equal;
+* ``top{k}`` for each k of ``topk`` above 1: the base's top-1 class is within the model's
+  top k -- :func:`fastdiv.evaluate` of the model with the base's argmax as target: ``rank <
+  k``, ``rank`` counting the classes with a strictly larger logit (ties in its favour);
+* ``base_top1_prob``: the base's probability of its own top-1 class, ``exp(x[argmax] -
+  lse)`` from the base's ``lse`` and one gathered logit per row.
+
+Rows whose target is ``ignore_index`` are left out of everything (per-row arrays hold the
+counted rows only; ``row`` gives their flat indices in the input).
+
+Aggregates, over the counted rows (``n`` of them), with llama.cpp's definitions:
+
+* ``mean`` and ``se = sqrt((E[x^2] - mean^2) / (n - 1))`` (the variance is computed from the
+  kept values as ``mean((x - mean)^2)``, the same number without the cancellation), NaN for
+  ``n < 2``;
+* ``quantiles`` by numpy.quantile's default linear interpolation: exact, from the kept
+  per-row values;
+* ``delta_p``: ``rms = sqrt(E[dp^2])`` and ``rms_se = se(dp^2) / (2 rms)`` (first-order error
+  propagation, as llama.cpp);
+* ``same_top1``: ``mean`` = p and the binomial ``se = sqrt(p (1 - p) / (n - 1))``;
+* ``ppl``: ``base`` / ``model`` = exp(mean NLL); ``ln_ratio`` = mean(NLL_model - NLL_base)
+  and its paired ``ln_ratio_se = sqrt(se_m^2 + se_b^2 - 2 cov)``, ``cov = (E[nll_m nll_b] -
+  E[nll_m] E[nll_b]) / (n - 1)`` (equal to the se of the per-row differences, which is how it
+  is computed); ``ratio = exp(ln_ratio)``, ``ratio_se = ratio * ln_ratio_se``; ``diff = model
+  - base``, ``diff_se = sqrt((model se_m)^2 + (base se_b)^2 - 2 model base cov)``;
+  ``nll_correlation``: Pearson's r of the two NLLs;
+* ``kld_by_confidence``: the mean KLD over the rows whose ``base_top1_prob`` falls in
+  ``[i/10, (i+1)/10)`` for i = 0..9 (1.0 in the last bucket); NaN for an empty bucket.
+
+NaN: a row whose base or model logits hold NaN has NaN KLD, JS and NLL; it stays counted, so
+every aggregate it enters is NaN (nothing is dropped silently; ``fastdiv compare --fail-if``
+fails a condition whose value is NaN).  A NaN base row has no top-1 class: it agrees with no
+model row and falls in no confidence bucket.  Masked classes (``-inf``) follow
+:func:`fastdiv.evaluate`: a class the model masks but the base does not makes KLD ``inf``.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import _checks
+from .api import js_div
+from .evaluation import evaluate
+from ._typing import ArrayLike, Backend
+
+__all__ = ["compare", "Comparison"]
+
+#: percentiles reported for kld, reverse_kld and js
+QUANTILES = (0, 0.1, 1, 5, 10, 50, 90, 95, 99, 99.9, 100)
+#: percentiles reported for delta_p
+DELTA_P_QUANTILES = (0, 0.1, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9, 100)
+#: buckets of the base's top-1 probability for kld_by_confidence
+CONFIDENCE_BUCKETS = 10
+#: float64 per-row columns (those of targets only with targets)
+FLOAT_COLUMNS = ("kld", "reverse_kld", "js", "base_top1_prob")
+TARGET_COLUMNS = ("nll_base", "nll_model", "p_base", "p_model")
+
+
+def _quiet(fn, *args, **kwargs):
+    """A call without evaluate's all-ignored warning: compare decides what is counted."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="evaluate: every target", category=RuntimeWarning)
+        return fn(*args, **kwargs)
+
+
+def _flat(res, key):
+    return np.asarray(res.host(key), dtype=np.float64).reshape(-1)
+
+
+def per_row(base, logits, target=None, *, ignore_index=-100, topk=(1, 5), backend="auto"):
+    """The per-row columns of the counted rows: ``(columns, rows)``, ``rows`` the number of input
+    rows.  ``columns`` maps a name of the module docstring (and ``row``, ``same_top1``,
+    ``top{k}``) to a 1-D array over the counted rows."""
+    b = _checks.float_array("base", base)
+    x = _checks.float_array("logits", logits)
+    if b.shape != x.shape:
+        what = "vocabulary sizes differ" if b.shape[-1] != x.shape[-1] else "row shapes differ"
+        raise ValueError(f"base and logits must have the same shape, got base {b.shape} and logits {x.shape} "
+                         f"({what})")
+    ignore = _checks.ignore_index(ignore_index)
+    ks = _checks.topk(topk)
+    lead, v = x.shape[:-1], x.shape[-1]
+    nrows = int(np.prod(lead, dtype=np.int64))
+    if target is None:
+        t = np.full(nrows, -1, dtype=np.int64)
+        counted = np.ones(nrows, dtype=bool)
+        ignore_eval = -1
+    else:
+        t = _checks.class_targets(_checks.as_array("target", target), lead, v, ignore)
+        counted = t != ignore
+        ignore_eval = ignore
+    t_nd = t.reshape(lead)
+
+    # the base: its targets' nll / probability, its argmax and lse
+    rb = _quiet(evaluate, b, t_nd, topk=(), ignore_index=ignore_eval, backend=backend)
+    arg_b = np.asarray(rb.host("argmax")).reshape(-1).astype(np.int64)
+    lse_b = _flat(rb, "lse")
+    has_top1 = arg_b >= 0
+    top_logit = np.full(nrows, np.nan)
+    if has_top1.any():
+        idx = np.flatnonzero(has_top1)
+        top_logit[idx] = np.asarray(b[(*np.unravel_index(idx, lead), arg_b[idx])], dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        base_top1 = np.where(has_top1, np.exp(top_logit - lse_b), np.nan)
+
+    # the model against the base: KL both ways, its targets' nll / probability, its argmax
+    rm = _quiet(evaluate, x, t_nd, topk=(), reference=b, ignore_index=ignore_eval, backend=backend)
+    arg_m = np.asarray(rm.host("argmax")).reshape(-1).astype(np.int64)
+
+    cols = {"row": np.flatnonzero(counted).astype(np.int64)}
+    cols["kld"] = _flat(rm, "kl_ref_model")[counted]
+    cols["reverse_kld"] = _flat(rm, "kl_model_ref")[counted]
+    cols["js"] = np.asarray(js_div(b, x, beta=0.5, reduction="none", backend=backend),
+                            dtype=np.float64).reshape(-1)[counted]
+    cols["base_top1_prob"] = base_top1[counted]
+    cols["same_top1"] = (has_top1 & (arg_m == arg_b))[counted]
+    if any(k > 1 for k in ks):
+        # the base's top-1 class as the model's target: within the model's top k iff rank < k
+        rk = _quiet(evaluate, x, np.where(has_top1, arg_b, -1).reshape(lead), topk=tuple(k for k in ks if k > 1),
+                    ignore_index=-1, backend=backend)
+        for k in ks:
+            if k > 1:
+                cols[f"top{k}"] = np.asarray(rk.host(f"correct@{k}")).reshape(-1)[counted]
+    if target is not None:
+        cols["nll_base"] = _flat(rb, "nll")[counted]
+        cols["nll_model"] = _flat(rm, "nll")[counted]
+        cols["p_base"] = _flat(rb, "target_prob")[counted]
+        cols["p_model"] = _flat(rm, "target_prob")[counted]
+    return cols, nrows
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def _mean(x):
+    return float(np.mean(x)) if x.size else math.nan
+
+
+def _se(x):
+    """sqrt((E[x^2] - mean^2) / (n - 1)), the variance taken about the mean (no cancellation)."""
+    n = x.size
+    if n < 2:
+        return math.nan
+    with np.errstate(invalid="ignore", over="ignore"):
+        return float(np.sqrt(np.mean((x - np.mean(x)) ** 2) / (n - 1)))
+
+
+def _quantiles(x, qs):
+    if not x.size:
+        return {f"{q:g}": math.nan for q in qs}
+    values = np.quantile(x, np.asarray(qs, dtype=np.float64) / 100.0)
+    return {f"{q:g}": float(val) for q, val in zip(qs, values)}
+
+
+def _summary(x, qs=QUANTILES):
+    return {"mean": _mean(x), "se": _se(x), "quantiles": _quantiles(x, qs)}
+
+
+def _exp(a):
+    return math.exp(a) if a < 709.78 or a != a else math.inf
+
+
+def _ppl(nll_b, nll_m):
+    n = nll_b.size
+    nan = math.nan
+    mb, mm = _mean(nll_b), _mean(nll_m)
+    se_b, se_m = _se(nll_b), _se(nll_m)
+    out = {"base": _exp(mb), "model": _exp(mm)}
+    d = nll_m - nll_b
+    ln_ratio = _mean(d)
+    ln_ratio_se = _se(d)                                  # = sqrt(se_m^2 + se_b^2 - 2 cov)
+    with np.errstate(invalid="ignore", over="ignore"):
+        cov = (float(np.mean((nll_m - mm) * (nll_b - mb))) / (n - 1)) if n >= 2 else nan
+        corr = cov / (se_m * se_b) if n >= 2 and se_m * se_b > 0 else nan
+        var_diff = (out["model"] * se_m) ** 2 + (out["base"] * se_b) ** 2 - 2 * out["model"] * out["base"] * cov
+    out.update(ln_ratio=ln_ratio, ln_ratio_se=ln_ratio_se, ratio=_exp(ln_ratio),
+               ratio_se=_exp(ln_ratio) * ln_ratio_se, diff=out["model"] - out["base"],
+               diff_se=math.sqrt(max(var_diff, 0.0)) if var_diff == var_diff else nan, nll_correlation=corr)
+    return out
+
+
+def _by_confidence(kld, p_top1):
+    """Mean KLD per bucket [i/10, (i+1)/10) of the base's top-1 probability (1.0 in the last)."""
+    ok = ~np.isnan(p_top1)
+    bucket = np.minimum((p_top1[ok] * CONFIDENCE_BUCKETS).astype(np.int64), CONFIDENCE_BUCKETS - 1)
+    sums = np.bincount(bucket, weights=kld[ok], minlength=CONFIDENCE_BUCKETS)
+    counts = np.bincount(bucket, minlength=CONFIDENCE_BUCKETS)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return [float(m) for m in means], counts
+
+
+# --------------------------------------------------------------------------- the result
+
+
+class Comparison:
+    """Per-row values and aggregates of :func:`compare` (and of ``meters.Comparator``).
+
+    Per-row arrays (1-D, float64 or bool, over the counted rows): ``row`` (flat index in the
+    input), ``kld``, ``reverse_kld``, ``js``, ``base_top1_prob``, ``same_top1``, ``topk[k]``
+    for each k > 1 and, with targets, ``nll_base``, ``nll_model``, ``p_base``, ``p_model``,
+    ``delta_p`` (None without targets).  Aggregates: :meth:`to_dict` (and ``rows``,
+    ``count``).
+    """
+
+    def __init__(self, columns, rows, topk, with_target):
+        self.columns = columns
+        self.rows = int(rows)
+        self.count = int(columns["row"].size)
+        self.topk_values = tuple(k for k in topk if k > 1)
+        self.with_target = bool(with_target)
+        self.topk = {k: columns[f"top{k}"] for k in self.topk_values}
+        self.delta_p = columns["p_model"] - columns["p_base"] if with_target else None
+        self._dict = None
+
+    def __getattr__(self, name):
+        if name.startswith("_") or name == "columns":
+            raise AttributeError(name)
+        if name in self.columns:
+            return self.columns[name]
+        if name in TARGET_COLUMNS:
+            return None
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def to_dict(self):
+        """The aggregates as a JSON-ready dict (keys in the module docstring; floats may be NaN;
+        ``ppl`` and ``delta_p`` are None without targets)."""
+        if self._dict is None:
+            self._dict = self._aggregates()
+        return self._dict
+
+    def _aggregates(self):
+        c = self.columns
+        if self.count == 0:
+            warnings.warn("compare: no counted row (every target is ignore_index, or no rows); the statistics are NaN",
+                          RuntimeWarning, stacklevel=3)
+        out = {"rows": self.rows, "count": self.count}
+        for key in ("kld", "reverse_kld", "js"):
+            out[key] = _summary(c[key])
+        if self.with_target:
+            dp = self.delta_p
+            summary = _summary(dp, DELTA_P_QUANTILES)
+            sq = dp * dp
+            rms = math.sqrt(_mean(sq)) if sq.size else math.nan
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rms_se = _se(sq) / (2 * rms) if rms > 0 else math.nan
+            out["delta_p"] = {"mean": summary["mean"], "se": summary["se"], "rms": rms, "rms_se": rms_se,
+                              "quantiles": summary["quantiles"]}
+        else:
+            out["delta_p"] = None
+        p = _mean(c["same_top1"].astype(np.float64))
+        n = self.count
+        out["same_top1"] = {"mean": p, "se": math.sqrt(p * (1 - p) / (n - 1)) if n >= 2 else math.nan}
+        out["topk_agreement"] = {str(k): _mean(c[f"top{k}"].astype(np.float64)) for k in self.topk_values}
+        out["ppl"] = _ppl(c["nll_base"], c["nll_model"]) if self.with_target else None
+        out["kld_by_confidence"] = _by_confidence(c["kld"], c["base_top1_prob"])[0]
+        return out
+
+    def kld_by_confidence_counts(self):
+        """The number of rows in each bucket of ``kld_by_confidence``."""
+        return [int(k) for k in _by_confidence(self.columns["kld"], self.columns["base_top1_prob"])[1]]
+
+    def worst(self, n):
+        """Indices into the per-row arrays of the ``n`` rows with the largest KLD, largest first
+        (NaN first: a NaN row is the worst)."""
+        kld = self.columns["kld"]
+        key = np.where(np.isnan(kld), np.inf, kld)
+        order = np.argsort(-key, kind="stable")
+        return order[:max(0, int(n))]
+
+    def __repr__(self):
+        d = self.to_dict()
+        ppl = "" if d["ppl"] is None else f", ppl_ratio={d['ppl']['ratio']:.6g}"
+        return (f"Comparison(rows={self.rows}, count={self.count}, kld={d['kld']['mean']:.6g}"
+                f"±{d['kld']['se']:.2g}, same_top1={d['same_top1']['mean']:.6g}{ppl})")
+
+
+def compare(base: ArrayLike, logits: ArrayLike, target: ArrayLike | None = None, *, ignore_index: int = -100,
+            topk: int | Sequence[int] = (1, 5), backend: Backend = "auto") -> Comparison:
+    """How far ``logits``' distributions are from ``base``'s: KL both ways, JS, top-1 agreement,
+    top-k agreement, and with targets the perplexity ratio and the target's probability shift,
+    with llama.cpp's standard errors and exact quantiles (see ``fastdiv.compare``'s module
+    docstring for every definition).
+
+    Parameters
+    ----------
+    base : array_like, shape (..., V)
+        The base (reference) model's logits: float16, bfloat16, float32 or float64.
+    logits : array_like, shape of ``base``
+        The compared model's logits.
+    target : array_like of int, shape ``base.shape[:-1]``, optional
+        Class indices in ``[0, V)`` or ``ignore_index``; without it, every row is counted and
+        ``ppl`` and ``delta_p`` are None.
+    ignore_index : int
+        Rows with this target are left out of everything.
+    topk : int or sequence of int
+        For each k > 1, ``topk_agreement[k]``: the share of rows whose base top-1 class is
+        within the model's top k (k = 1 is ``same_top1``).
+    backend : {"auto", "numba", "cython", "numpy"}
+        As in :func:`fastdiv.evaluate` (host arrays).
+
+    Returns
+    -------
+    Comparison
+        Per-row arrays over the counted rows and, from ``to_dict()``, the aggregates.
+
+    Examples
+    --------
+    >>> import numpy as np, fastdiv
+    >>> rng = np.random.default_rng(0)
+    >>> base = rng.standard_normal((64, 100)); model = base + 0.1 * rng.standard_normal((64, 100))
+    >>> res = fastdiv.compare(base, model, rng.integers(0, 100, 64))
+    >>> stats = res.to_dict()
+    >>> 0 < stats["kld"]["mean"] < 0.01 and stats["ppl"]["ratio"] > 0
+    True
+    """
+    cols, rows = per_row(base, logits, target, ignore_index=ignore_index, topk=topk, backend=backend)
+    return Comparison(cols, rows, _checks.topk(topk), target is not None)
