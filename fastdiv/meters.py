@@ -21,9 +21,10 @@ import numpy as np
 
 from . import _checks
 from .api import cross_entropy
+from .compare import Comparison, per_row
 from .evaluation import evaluate
 
-__all__ = ["CrossEntropyMeter", "Perplexity", "Evaluator"]
+__all__ = ["CrossEntropyMeter", "Perplexity", "Evaluator", "Comparator"]
 
 
 def _quiet_evaluate(*args, **kwargs):
@@ -249,3 +250,107 @@ class Evaluator(_Meter):
         if self.z_loss:
             out["mean_z_loss"] = s["z_loss"] / n if n else float("nan")
         return out
+
+
+class Comparator:
+    """Streams :func:`fastdiv.compare` over batches: ``update(base, logits, target=None)``,
+    ``compute()`` -> :class:`fastdiv.Comparison`, equal to one ``compare`` call over the
+    concatenated rows (``row`` indices count the rows of every batch in order; ``merge``
+    appends the other comparator's rows after this one's).
+
+    Quantiles are exact, so the per-row values of the counted rows are kept: 8 float64 columns
+    and the row index (72 bytes) plus one byte for top-1 agreement and one per k > 1 of
+    ``topk`` -- 74 bytes per counted row with the default ``topk=(1, 5)``, 76 MB per million
+    tokens.  Either every batch has targets or none has (``ValueError`` otherwise).
+
+    Parameters
+    ----------
+    ignore_index, topk, backend
+        As in :func:`fastdiv.compare`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastdiv
+    >>> rng = np.random.default_rng(0)
+    >>> base = rng.standard_normal((10, 50)); model = base + 0.1 * rng.standard_normal((10, 50))
+    >>> c = Comparator()
+    >>> _ = c.update(base[:4], model[:4]).update(base[4:], model[4:])
+    >>> c.compute().to_dict()["kld"] == fastdiv.compare(base, model).to_dict()["kld"]
+    True
+    """
+
+    def __init__(self, *, ignore_index=-100, topk=(1, 5), backend="auto"):
+        self.ignore_index = _checks.ignore_index(ignore_index)
+        self.topk = _checks.topk(topk)
+        self.backend = backend
+        self.reset()
+
+    def _settings(self):
+        return (self.ignore_index, self.topk)
+
+    def reset(self):
+        """Forget every batch seen."""
+        self._chunks = []
+        self._rows = 0
+        self._with_target = None
+        return self
+
+    def _check_targets(self, with_target):
+        if self._with_target is not None and with_target is not None and self._with_target != with_target:
+            raise ValueError("Comparator: every batch must come with targets, or none; "
+                             f"this one {'has' if with_target else 'has none'}, earlier ones "
+                             f"{'had' if self._with_target else 'had none'}")
+
+    def update(self, base, logits, target=None):
+        """Add a batch (arguments as :func:`fastdiv.compare`'s); returns self."""
+        self._check_targets(target is not None)
+        cols, rows = per_row(base, logits, target, ignore_index=self.ignore_index, topk=self.topk,
+                             backend=self.backend)
+        cols["row"] = cols["row"] + self._rows
+        self._chunks.append(cols)
+        self._rows += rows
+        self._with_target = target is not None
+        return self
+
+    def merge(self, other):
+        """Append the batches ``other`` has seen after this one's (same settings); returns self.
+
+        Parameters
+        ----------
+        other : Comparator
+            A comparator with the same ``ignore_index`` and ``topk`` (``ValueError`` otherwise).
+        """
+        if type(other) is not type(self) or other._settings() != self._settings():
+            raise ValueError(f"cannot merge {other!r} into {self!r}: different meter or settings")
+        self._check_targets(other._with_target)
+        for cols in other._chunks:
+            shifted = dict(cols)
+            shifted["row"] = cols["row"] + self._rows
+            self._chunks.append(shifted)
+        self._rows += other._rows
+        if other._with_target is not None:
+            self._with_target = other._with_target
+        return self
+
+    def compute(self):
+        """The :class:`fastdiv.Comparison` of every row seen."""
+        with_target = bool(self._with_target)
+        keys = ["row", "kld", "reverse_kld", "js", "base_top1_prob", "same_top1"]
+        keys += [f"top{k}" for k in self.topk if k > 1]
+        if with_target:
+            keys += ["nll_base", "nll_model", "p_base", "p_model"]
+        empty = {"row": np.int64, "same_top1": bool}
+        cols = {}
+        for key in keys:
+            parts = [c[key] for c in self._chunks]
+            dtype = empty.get(key, bool if key.startswith("top") else np.float64)
+            cols[key] = np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+        return Comparison(cols, self._rows, self.topk, with_target)
+
+    def nbytes(self):
+        """Bytes held by the kept per-row values."""
+        return sum(a.nbytes for c in self._chunks for a in c.values())
+
+    def __repr__(self):
+        return (f"Comparator(rows={self._rows}, counted={sum(c['row'].size for c in self._chunks)}, "
+                f"topk={self.topk}, ignore_index={self.ignore_index})")
