@@ -11,7 +11,8 @@ import pytest
 
 import fastdiv
 
-MODULES = ["fastdiv.api", "fastdiv._registry", "fastdiv._config", "fastdiv._files", "fastdiv.dask"]
+MODULES = ["fastdiv.api", "fastdiv._registry", "fastdiv._config", "fastdiv._files", "fastdiv.dask", "fastdiv.compare",
+           "fastdiv.meters"]
 OPTIONAL = {"fastdiv.dask": "dask"}
 
 
