@@ -4,6 +4,7 @@
 example and prints the values and each backend's throughput next to the numpy reference.
 ``fastdiv config`` prints ``fastdiv.show_config()``.
 ``fastdiv eval`` computes evaluation metrics over array files (``fastdiv._eval_cli``).
+``fastdiv compare`` compares a model's logits with a base's, with CI gates (``fastdiv._compare_cli``).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 
 import numpy as np
 
-from . import _eval_cli, _registry, api
+from . import _compare_cli, _eval_cli, _registry, api
 from ._config import show_config
 
 
@@ -151,10 +152,13 @@ def main(argv=None):
     p_bench.add_argument("--json", metavar="FILE", help="write the measurements as JSON")
     p_bench.add_argument("--plot", metavar="FILE.png", help="plot GB/s against V (needs matplotlib)")
     _eval_cli.add_parser(sub)
+    _compare_cli.add_parser(sub)
     args = parser.parse_args(argv)
 
     if args.command == "eval":
         return _eval_cli.run(args)
+    if args.command == "compare":
+        return _compare_cli.run(args)
 
     if args.command == "bench":
         from . import bench
