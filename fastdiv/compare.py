@@ -278,7 +278,13 @@ class Comparison:
 
     def worst(self, n):
         """Indices into the per-row arrays of the ``n`` rows with the largest KLD, largest first
-        (NaN first: a NaN row is the worst)."""
+        (NaN first: a NaN row is the worst).
+
+        Parameters
+        ----------
+        n : int
+            How many rows (all of them when ``n`` exceeds the count).
+        """
         kld = self.columns["kld"]
         key = np.where(np.isnan(kld), np.inf, kld)
         order = np.argsort(-key, kind="stable")

@@ -302,7 +302,15 @@ class Comparator:
                              f"{'had' if self._with_target else 'had none'}")
 
     def update(self, base, logits, target=None):
-        """Add a batch (arguments as :func:`fastdiv.compare`'s); returns self."""
+        """Add a batch; returns self.
+
+        Parameters
+        ----------
+        base, logits : array_like, same shape (..., V)
+            The base's and the compared model's logits, as in :func:`fastdiv.compare`.
+        target : array_like of int, optional
+            Class indices of shape ``base.shape[:-1]`` or ``ignore_index``.
+        """
         self._check_targets(target is not None)
         cols, rows = per_row(base, logits, target, ignore_index=self.ignore_index, topk=self.topk,
                              backend=self.backend)
