@@ -54,7 +54,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _checks
+from . import _checks, _interop, _registry
 from .api import js_div
 from .evaluation import evaluate
 from ._typing import ArrayLike, Backend
@@ -87,6 +87,11 @@ def per_row(base, logits, target=None, *, ignore_index=-100, topk=(1, 5), backen
     """The per-row columns of the counted rows: ``(columns, rows)``, ``rows`` the number of input
     rows.  ``columns`` maps a name of the module docstring (and ``row``, ``same_top1``,
     ``top{k}``) to a 1-D array over the counted rows."""
+    from ._cuda.interop import is_device_array
+
+    if backend == "cuda" or is_device_array(base) or is_device_array(logits):
+        raise _registry.BackendUnavailable(
+            "compare runs on the CPU backends (numba, cython, numpy) in this version; copy device arrays to the host")
     b = _checks.float_array("base", base)
     x = _checks.float_array("logits", logits)
     if b.shape != x.shape:
@@ -297,6 +302,7 @@ class Comparison:
                 f"±{d['kld']['se']:.2g}, same_top1={d['same_top1']['mean']:.6g}{ppl})")
 
 
+@_interop.native_arrays
 def compare(base: ArrayLike, logits: ArrayLike, target: ArrayLike | None = None, *, ignore_index: int = -100,
             topk: int | Sequence[int] = (1, 5), backend: Backend = "auto") -> Comparison:
     """How far ``logits``' distributions are from ``base``'s: KL both ways, JS, top-1 agreement,
@@ -319,7 +325,8 @@ def compare(base: ArrayLike, logits: ArrayLike, target: ArrayLike | None = None,
         For each k > 1, ``topk_agreement[k]``: the share of rows whose base top-1 class is
         within the model's top k (k = 1 is ``same_top1``).
     backend : {"auto", "numba", "cython", "numpy"}
-        As in :func:`fastdiv.evaluate` (host arrays).
+        As in :func:`fastdiv.evaluate`, host arrays only (numpy, memory maps, torch and JAX CPU
+        arrays); device arrays and ``"cuda"`` raise ``BackendUnavailable`` in this version.
 
     Returns
     -------

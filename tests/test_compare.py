@@ -248,6 +248,24 @@ def test_mismatched_shapes_name_the_argument():
         fastdiv.compare(np.zeros((2, 3), dtype=np.int64), model[:2, :3])
     with pytest.raises(ValueError, match="topk"):
         fastdiv.compare(base, model, topk=(0,))
+    with pytest.raises(fastdiv.BackendUnavailable, match="CPU backends"):
+        fastdiv.compare(base, model, backend="cuda")
+    with pytest.raises(ValueError, match="backend"):
+        fastdiv.compare(base, model, backend="gpu")
+
+
+def test_torch_and_jax_cpu_inputs():
+    base, model, target = data(rows=40, seed=9, dtype=np.float32)
+    want = json.dumps(fastdiv.compare(base, model, target).to_dict())
+    torch = pytest.importorskip("torch")
+    got = fastdiv.compare(torch.from_numpy(base), torch.from_numpy(model), torch.from_numpy(target))
+    assert json.dumps(got.to_dict()) == want and isinstance(got.kld, np.ndarray)
+    try:
+        import jax.numpy as jnp
+    except ImportError:
+        return
+    got = fastdiv.compare(jnp.asarray(base), jnp.asarray(model), jnp.asarray(target))
+    assert json.dumps(got.to_dict()) == want
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
