@@ -27,7 +27,7 @@ Aggregates, over the counted rows (``n`` of them), with llama.cpp's definitions:
   kept values as ``mean((x - mean)^2)``, the same number without the cancellation), NaN for
   ``n < 2``;
 * ``quantiles`` by numpy.quantile's default linear interpolation: exact, from the kept
-  per-row values;
+  per-row values (an infinite KLD gives infinite upper quantiles where numpy would give NaN);
 * ``delta_p``: ``rms = sqrt(E[dp^2])`` and ``rms_se = se(dp^2) / (2 rms)`` (first-order error
   propagation, as llama.cpp);
 * ``same_top1``: ``mean`` = p and the binomial ``se = sqrt(p (1 - p) / (n - 1))``;
@@ -167,9 +167,23 @@ def _se(x):
 
 
 def _quantiles(x, qs):
-    if not x.size:
+    """numpy.quantile's default (linear between the order statistics at ``h = (n - 1) q``, with
+    its rounding), except that an order statistic hit exactly, or two equal ones, is returned
+    as is: numpy gives NaN there when the values are infinite (``inf * 0``), where the median
+    of ``[1, 2, inf]`` is 2 and the maximum is ``inf``.  Any NaN makes every quantile NaN."""
+    if not x.size or np.isnan(x).any():
         return {f"{q:g}": math.nan for q in qs}
-    values = np.quantile(x, np.asarray(qs, dtype=np.float64) / 100.0)
+    s = np.sort(x)
+    h = (s.size - 1) * (np.asarray(qs, dtype=np.float64) / 100.0)
+    lo = np.floor(h).astype(np.int64)
+    hi = np.minimum(lo + 1, s.size - 1)
+    t = h - lo
+    a, b = s[lo], s[hi]
+    with np.errstate(invalid="ignore"):
+        diff = b - a
+        values = np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)
+    values = np.where(b == np.inf, np.inf, np.where(a == -np.inf, -np.inf, values))   # between x and +-inf
+    values = np.where((t == 0) | (a == b), a, values)
     return {f"{q:g}": float(val) for q, val in zip(qs, values)}
 
 

@@ -329,3 +329,29 @@ def test_empty_comparator_warns():
         warnings.simplefilter("always")
         d = Comparator().compute().to_dict()
     assert d["count"] == 0 and any("no counted row" in str(x.message) for x in w)
+
+
+def test_quantiles_are_numpys_and_handle_infinite_values():
+    from fastdiv.compare import QUANTILES, _quantiles
+
+    rng = np.random.default_rng(10)
+    for n in (1, 2, 3, 10, 1001):
+        x = rng.standard_normal(n) ** 3
+        got = _quantiles(x, QUANTILES)
+        assert list(got.values()) == list(np.quantile(x, np.array(QUANTILES) / 100))   # bit for bit
+    got = _quantiles(np.array([1.0, 2.0, np.inf]), (0, 50, 75, 100))
+    assert got == {"0": 1.0, "50": 2.0, "75": np.inf, "100": np.inf}
+    assert math.isnan(_quantiles(np.array([1.0, np.nan]), (0,))["0"])
+
+
+def test_a_class_only_the_model_masks_makes_kld_infinite():
+    base, model, target = data(rows=20, seed=11)
+    model = model.copy()
+    model[4, :] = -np.inf
+    model[4, 0] = 0.0                                  # the model puts all its mass on class 0
+    target[:] = 0
+    res = fastdiv.compare(base, model, target)
+    d = res.to_dict()
+    assert res.kld[4] == np.inf and np.isfinite(res.reverse_kld[4])
+    assert d["kld"]["mean"] == np.inf and d["kld"]["quantiles"]["100"] == np.inf
+    assert np.isfinite(d["kld"]["quantiles"]["50"]) and res.worst(1)[0] == 4
