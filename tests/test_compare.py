@@ -315,6 +315,7 @@ def test_comparator_batches_and_merges_equal_one_pass(backend):
 def test_comparator_without_targets_and_mixed_batches():
     base, model, target = data(rows=40, seed=8)
     c = Comparator(topk=(1, 3)).update(base[:10], model[:10]).update(base[10:], model[10:])
+    assert c.nbytes() == 40 * (5 * 8 + 2)                     # 42 bytes per row without targets
     assert json.dumps(c.compute().to_dict()) == json.dumps(fastdiv.compare(base, model, topk=(1, 3)).to_dict())
     with pytest.raises(ValueError, match="targets"):
         c.update(base, model, target)

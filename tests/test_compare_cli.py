@@ -160,3 +160,24 @@ def test_lookup_paths():
     with pytest.raises(KeyError):
         _compare_cli.lookup(doc, ["kld", "quantiles", "50"])
     assert _compare_cli.parse_gate(" ppl.ratio>=1.5e-2 ") == (["ppl", "ratio"], ">=", 0.015)
+
+
+def test_npz_members_and_bfloat16_safetensors(tmp_path):
+    from test_cli import _write_safetensors
+
+    b, m, t = _data(tmp_path, rows=90, v=64, seed=2)
+    want = _compare_cli.json_safe(fastdiv.compare(b, m, t).to_dict())
+    np.savez(tmp_path / "d.npz", base=b, logits=m, targets=t)
+    js = tmp_path / "o.json"
+    npz = str(tmp_path / "d.npz")
+    assert cli.main(["compare", "--base", npz, "--logits", npz, "--targets", npz, "--json", str(js),
+                     "--chunk-mb", "0.01"]) == 0
+    assert json.loads(js.read_text()) == want
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bb, mb = b.astype(ml_dtypes.bfloat16), m.astype(ml_dtypes.bfloat16)
+    _write_safetensors(tmp_path / "h.safetensors", {"base": bb, "model": mb, "targets": t})
+    st = str(tmp_path / "h.safetensors")
+    assert cli.main(["compare", "--base", st, "--logits", st + ":model", "--targets", st, "--json", str(js)]) == 0
+    got = json.loads(js.read_text())
+    assert got == _compare_cli.json_safe(fastdiv.compare(bb, mb, t).to_dict())
+    assert got["kld"]["mean"] == pytest.approx(want["kld"]["mean"], rel=0.05)
