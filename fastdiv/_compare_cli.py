@@ -3,7 +3,7 @@
 The files are read like ``fastdiv eval`` reads them (``fastdiv._files``, memory-mapped, row
 chunks of ``--chunk-mb``), each chunk pair going to ``fastdiv.meters.Comparator``; the report
 is :meth:`fastdiv.Comparison.to_dict`, printed as llama.cpp's perplexity tool prints its KL
-statistics, and optionally written as JSON and Markdown.
+statistics, and optionally written as JSON, Markdown and a plot (matplotlib).
 
 ``--fail-if "PATH OP NUMBER"`` gates on the JSON: ``PATH`` is a dotted path into it (``kld.mean``,
 ``ppl.ratio``, ``kld.quantiles.99.9``, ``topk_agreement.5``, ``kld_by_confidence.9``), ``OP``
@@ -277,6 +277,81 @@ def markdown_report(d, info, worst=None, failed=None):
     return "\n".join(lines) + "\n"
 
 
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise OptionError("--plot needs matplotlib: pip install matplotlib (or the plot extra)") from None
+    return plt
+
+
+def plot(res: Comparison, d, info, path):
+    """Histograms and quantile curves of KLD and delta-p, and the mean KLD by the base's top-1
+    probability, in one PNG (needs matplotlib)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    kld = res.kld[np.isfinite(res.kld)]
+
+    def quantile_curve(ax, values, name, log):
+        s = np.sort(values)
+        ax.plot(np.linspace(0, 100, s.size) if s.size > 1 else [50] * s.size, s)
+        if log and (s > 0).any():
+            ax.set_yscale("log")
+        ax.set_xlabel("percentile of rows")
+        ax.set_ylabel(name)
+        ax.grid(True, alpha=0.3)
+
+    pos = kld[kld > 0]
+    if pos.size:
+        axes[0][0].hist(np.log10(pos), bins=60)
+    axes[0][0].set_xlabel("log10 KLD(base ‖ model)")
+    axes[0][0].set_ylabel("rows")
+    axes[0][0].set_title(f"KLD: mean {_f(d['kld']['mean'], '.4g')} ± {_f(d['kld']['se'], '.2g')}", fontsize=10)
+    quantile_curve(axes[0][1], kld, "KLD", log=True)
+    axes[0][1].set_title("KLD quantiles", fontsize=10)
+    means, counts = d["kld_by_confidence"], res.kld_by_confidence_counts()
+    centers = np.arange(10) / 10 + 0.05
+    axes[0][2].bar(centers, [m if m == m else 0.0 for m in means], width=0.09)
+    for c, n in zip(centers, counts):
+        axes[0][2].annotate(str(n), (c, 0), ha="center", va="bottom", fontsize=7)
+    axes[0][2].set_xlabel("base top-1 probability")
+    axes[0][2].set_ylabel("mean KLD")
+    axes[0][2].set_title("KLD by base confidence (rows per bucket)", fontsize=10)
+    if res.delta_p is not None:
+        dp = res.delta_p[np.isfinite(res.delta_p)]
+        axes[1][0].hist(dp, bins=60)
+        axes[1][0].set_yscale("log")
+        axes[1][0].set_xlabel("Δp = p_model(target) - p_base(target)")
+        axes[1][0].set_ylabel("rows")
+        dpd = d["delta_p"]
+        axes[1][0].set_title(f"Δp: mean {_f(dpd['mean'], '.3g')}, RMS {_f(dpd['rms'], '.3g')}", fontsize=10)
+        quantile_curve(axes[1][1], dp, "Δp", log=False)
+        axes[1][1].set_title("Δp quantiles", fontsize=10)
+    else:
+        for ax in axes[1][:2]:
+            ax.text(0.5, 0.5, "Δp needs --targets", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+    axes[1][2].set_axis_off()
+    lines = [f"rows {d['rows']}, counted {d['count']}",
+             f"same top-1 {_f(100 * d['same_top1']['mean'], '.3f')} ± {_f(100 * d['same_top1']['se'], '.2g')} %"]
+    lines += [f"base top-1 in top {k}: {_f(100 * v, '.3f')} %" for k, v in d["topk_agreement"].items()]
+    if d["ppl"] is not None:
+        lines.append(f"PPL ratio {_f(d['ppl']['ratio'], '.5g')} ± {_f(d['ppl']['ratio_se'], '.2g')}")
+    lines.append(f"JS {_f(d['js']['mean'], '.4g')}, reverse KLD {_f(d['reverse_kld']['mean'], '.4g')}")
+    axes[1][2].text(0.0, 1.0, "\n".join(lines), va="top", family="monospace", fontsize=9,
+                    transform=axes[1][2].transAxes)
+    fig.suptitle(f"{info['logits']} against {info['base']}", fontsize=11)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as exc:
+        raise EvalError(f"cannot write --plot {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
+
+
 def json_safe(x):
     """NaN and infinities as null (strict JSON), recursively."""
     if isinstance(x, dict):
@@ -302,7 +377,8 @@ def add_parser(sub):
                     ".safetensors; FILE:NAME names an array), memory-mapped and read in chunks. Rows whose target is "
                     "--ignore-index are left out. --fail-if \"PATH OP NUMBER\" gates on the JSON report (PATH dotted, "
                     "e.g. kld.mean, ppl.ratio, kld.quantiles.99.9, topk_agreement.5; OP one of <, <=, >, >=); a NaN or "
-                    "null value fails. Exit status: 0 pass, 1 bad input, 2 bad options, 3 a gate failed.")
+                    "null value fails. Exit status: 0 pass, 1 bad input, 2 bad options (--plot without matplotlib "
+                    "included), 3 a gate failed.")
     p.add_argument("--base", required=True, metavar="FILE[:NAME]", help="the base model's logits, shape (..., V)")
     p.add_argument("--logits", required=True, metavar="FILE[:NAME]", help="the compared model's logits, same shape")
     p.add_argument("--targets", metavar="FILE[:NAME]",
@@ -315,6 +391,8 @@ def add_parser(sub):
     p.add_argument("--chunk-mb", type=float, default=64.0, help="base + logits bytes per chunk, in MB (default 64)")
     p.add_argument("--json", metavar="OUT.json", help="write the report as JSON (NaN as null)")
     p.add_argument("--markdown", metavar="OUT.md", help="write a Markdown summary (for a CI job's summary page)")
+    p.add_argument("--plot", metavar="OUT.png",
+                   help="histograms and quantile curves of KLD and delta-p, KLD by base confidence (needs matplotlib)")
     p.add_argument("--worst", type=int, default=0, metavar="N", help="list the N rows with the largest KLD")
     p.add_argument("--fail-if", action="append", default=[], metavar="EXPR",
                    help='exit 3 if EXPR holds, e.g. "kld.mean > 0.01" (repeatable)')
@@ -339,6 +417,8 @@ def run(args):
             raise OptionError(f"--topk values must be distinct and >= 1, got {args.topk}")
         if args.chunk_mb <= 0 or (args.threads is not None and args.threads < 1) or args.worst < 0:
             raise OptionError("--chunk-mb and --threads must be positive, --worst >= 0")
+        if args.plot:
+            _pyplot()
         gates = [(expr, parse_gate(expr)) for expr in args.fail_if]
         check_gate_paths(gates, _template(args.targets is not None, tuple(args.topk)))
     except OptionError as exc:
@@ -366,6 +446,8 @@ def run(args):
             _write(args.json, json.dumps(json_safe(d), indent=2) + os.linesep, "--json")
         if args.markdown:
             _write(args.markdown, markdown_report(d, info, worst, failed if gates else None), "--markdown")
+        if args.plot:
+            plot(res, d, info, args.plot)
     except EvalError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 1

@@ -180,3 +180,23 @@ def test_npz_members_and_bfloat16_safetensors(tmp_path):
     got = json.loads(js.read_text())
     assert got == _compare_cli.json_safe(fastdiv.compare(bb, mb, t).to_dict())
     assert got["kld"]["mean"] == pytest.approx(want["kld"]["mean"], rel=0.05)
+
+
+def test_plot(tmp_path, monkeypatch):
+    _data(tmp_path)
+    png = tmp_path / "p.png"
+    if _has_matplotlib():
+        assert _run(tmp_path, "--plot", str(png)) == 0 and png.stat().st_size > 10000
+        assert _run(tmp_path, "--plot", str(tmp_path / "q.png"), targets=False) == 0
+        assert _run(tmp_path, "--plot", str(tmp_path / "no_dir" / "p.png")) == 1
+    monkeypatch.setitem(sys.modules, "matplotlib", None)            # as if not installed
+    assert _run(tmp_path, "--plot", str(tmp_path / "r.png")) == 2
+    assert not (tmp_path / "r.png").exists()
+
+
+def _has_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
