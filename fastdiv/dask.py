@@ -59,7 +59,7 @@ from . import evaluation
 from . import states as _states
 from ._typing import ArrayLike, Backend, Inputs, Reduction
 
-__all__ = ["logsumexp", "entropy", "kl_div", "cross_entropy", "evaluate", "DaskEvaluation"]
+__all__ = ["logsumexp", "entropy", "kl_div", "cross_entropy", "evaluate", "DaskEvaluation", "compare"]
 
 
 def _dask(name: str, a: object) -> da.Array:
@@ -599,3 +599,88 @@ def evaluate(logits: ArrayLike, target: ArrayLike, *, topk: int | tuple[int, ...
                              meta=np.empty((0,) * logits.ndim, np.float64))
         rows = _columns(table, fields, _out_dtype(logits, *([reference] if reference is not None else [])))
     return DaskEvaluation(rows, ks)
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def _compare_task(bb, xb, tb, *, ignore, topk, backend):
+    """One chunk of rows as a ``meters.Comparator`` (its per-row values, picklable)."""
+    from .meters import Comparator
+
+    return Comparator(ignore_index=ignore, topk=topk, backend=backend).update(bb, xb, tb)
+
+
+def _compare_gather(parts, *, ignore, topk, backend, with_target):
+    """The chunks' comparators merged in row order, computed."""
+    from .meters import Comparator
+
+    total = Comparator(ignore_index=ignore, topk=topk, backend=backend)
+    total._with_target = with_target
+    for part in parts:
+        total.merge(part)
+    return total.compute()
+
+
+def compare(base: ArrayLike, logits: ArrayLike, target: ArrayLike | None = None, *, ignore_index: int = -100,
+            topk: int | tuple[int, ...] = (1, 5), backend: Backend = "auto"):
+    """Lazy :func:`fastdiv.compare` of dask arrays chunked along rows.
+
+    Each chunk of rows is one task of the in-memory comparison (``meters.Comparator``: one
+    task reads its base and logits chunks); the chunks' per-row values are gathered in row
+    order into one :class:`fastdiv.Comparison` (74 bytes per counted row, see
+    ``meters.Comparator``), so the result equals ``fastdiv.compare`` on the whole arrays.
+    The class axis must be one chunk (``x.rechunk({-1: -1})``): KLD, JS and the top-k
+    agreement need each row whole.
+
+    Parameters
+    ----------
+    base, logits : dask array, same shape (..., V)
+        ``logits`` is rechunked like ``base`` if its chunks differ.
+    target : dask array of int, shape ``base.shape[:-1]``, optional
+    ignore_index, topk, backend
+        As in :func:`fastdiv.compare`.
+
+    Returns
+    -------
+    dask.delayed.Delayed
+        ``.compute()`` gives the :class:`fastdiv.Comparison`.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, fastdiv, fastdiv.dask
+    >>> rng = np.random.default_rng(0)
+    >>> b = rng.standard_normal((100, 30)); m = b + 0.1 * rng.standard_normal((100, 30))
+    >>> lazy = fastdiv.dask.compare(da.from_array(b, chunks=(40, -1)), da.from_array(m, chunks=(40, -1)))
+    >>> lazy.compute().to_dict()["kld"] == fastdiv.compare(b, m).to_dict()["kld"]
+    True
+    """
+    import dask
+
+    ks = _checks.topk(topk)
+    ignore = _checks.ignore_index(ignore_index)
+    b = _float("base", base)
+    x = _float("logits", logits)
+    if b.shape != x.shape:
+        raise ValueError(f"base and logits must have the same shape, got base {b.shape} and logits {x.shape}")
+    if _split(b, x):
+        raise ValueError("base and logits: dask.compare reads each row whole; rechunk the class (last) axis into "
+                         "one chunk with x.rechunk({-1: -1})")
+    v = b.shape[-1]
+    b2 = b.reshape(-1, v)
+    x2 = x.reshape(-1, v).rechunk(b2.chunks)
+    blocks_b, blocks_x = b2.to_delayed().ravel(), x2.to_delayed().ravel()
+    if target is None:
+        blocks_t = [None] * len(blocks_b)
+    else:
+        t = _dask("target", target)
+        if t.dtype.kind not in "iu":
+            raise TypeError(f"target must hold integer class indices, got dtype {t.dtype}")
+        if t.shape != b.shape[:-1]:
+            raise ValueError(f"target must have shape base.shape[:-1] = {b.shape[:-1]}, got {t.shape}")
+        blocks_t = t.reshape(-1).rechunk((b2.chunks[0],)).to_delayed().ravel()
+    task = dask.delayed(functools.partial(_compare_task, ignore=ignore, topk=ks, backend=backend), pure=True)
+    parts = [task(bb, xb, tb) for bb, xb, tb in zip(blocks_b, blocks_x, blocks_t)]
+    gather = functools.partial(_compare_gather, ignore=ignore, topk=ks, backend=backend,
+                               with_target=target is not None)
+    return dask.delayed(gather, pure=True)(parts)

@@ -356,3 +356,24 @@ def test_a_class_only_the_model_masks_makes_kld_infinite():
     assert res.kld[4] == np.inf and np.isfinite(res.reverse_kld[4])
     assert d["kld"]["mean"] == np.inf and d["kld"]["quantiles"]["100"] == np.inf
     assert np.isfinite(d["kld"]["quantiles"]["50"]) and res.worst(1)[0] == 4
+
+
+def test_dask_compare_equals_in_memory():
+    da = pytest.importorskip("dask.array")
+    import fastdiv.dask
+
+    base, model, target = data(rows=120, seed=12)
+    b3, m3, t3 = base.reshape(4, 30, -1), model.reshape(4, 30, -1), target.reshape(4, 30)
+    want = fastdiv.compare(base, model, target)
+    got = fastdiv.dask.compare(da.from_array(b3, chunks=(1, 13, -1)), da.from_array(m3, chunks=(2, 30, -1)),
+                               da.from_array(t3, chunks=(3, 7))).compute()
+    assert json.dumps(got.to_dict()) == json.dumps(want.to_dict())
+    np.testing.assert_array_equal(got.row, want.row)
+    got = fastdiv.dask.compare(da.from_array(base, chunks=(50, -1)), model, topk=(1, 3)).compute()
+    assert json.dumps(got.to_dict()) == json.dumps(fastdiv.compare(base, model, topk=(1, 3)).to_dict())
+    with pytest.raises(ValueError, match=r"rechunk"):
+        fastdiv.dask.compare(da.from_array(base, chunks=(50, 20)), model)
+    with pytest.raises(ValueError, match="base and logits"):
+        fastdiv.dask.compare(da.from_array(base), model[:, :-1])
+    with pytest.raises(ValueError, match="target"):
+        fastdiv.dask.compare(da.from_array(base), model, target[:-1])
