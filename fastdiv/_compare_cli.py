@@ -141,7 +141,7 @@ def compare_files(base_spec, logits_spec, targets_spec=None, *, topk=(1, 5), ign
     meter = Comparator(ignore_index=ignore_index, topk=topk, backend=backend)
     bar = Progress(logits.rows, bytes_per_row, progress)
     t0 = time.perf_counter()
-    for r0 in range(0, logits.rows, step):
+    for r0 in range(0, max(logits.rows, 1), step):       # an empty file is one empty chunk
         r1 = min(r0 + step, logits.rows)
         t = None
         if targets is not None:
@@ -154,8 +154,6 @@ def compare_files(base_spec, logits_spec, targets_spec=None, *, topk=(1, 5), ign
     info = {"base": base.label, "logits": logits.label, "targets": targets.label if targets else None,
             "shape": list(logits.shape), "dtype": str(logits.dtype), "backend": _registry.resolve(backend),
             "seconds": seconds, "GB/s": logits.rows * bytes_per_row / max(seconds, 1e-9) / 1e9}
-    if logits.rows == 0:
-        meter._with_target = targets is not None
     return meter.compute(), info
 
 

@@ -611,13 +611,12 @@ def _compare_task(bb, xb, tb, *, ignore, topk, backend):
     return Comparator(ignore_index=ignore, topk=topk, backend=backend).update(bb, xb, tb)
 
 
-def _compare_gather(parts, *, ignore, topk, backend, with_target):
+def _compare_gather(parts, *, ignore, topk, backend):
     """The chunks' comparators merged in row order, computed."""
     from .meters import Comparator
 
     total = Comparator(ignore_index=ignore, topk=topk, backend=backend)
-    total._with_target = with_target
-    for part in parts:
+    for part in parts:                      # at least one: an empty array is one empty chunk
         total.merge(part)
     return total.compute()
 
@@ -681,6 +680,5 @@ def compare(base: ArrayLike, logits: ArrayLike, target: ArrayLike | None = None,
         blocks_t = t.reshape(-1).rechunk((b2.chunks[0],)).to_delayed().ravel()
     task = dask.delayed(functools.partial(_compare_task, ignore=ignore, topk=ks, backend=backend), pure=True)
     parts = [task(bb, xb, tb) for bb, xb, tb in zip(blocks_b, blocks_x, blocks_t)]
-    gather = functools.partial(_compare_gather, ignore=ignore, topk=ks, backend=backend,
-                               with_target=target is not None)
+    gather = functools.partial(_compare_gather, ignore=ignore, topk=ks, backend=backend)
     return dask.delayed(gather, pure=True)(parts)

@@ -371,6 +371,8 @@ def test_dask_compare_equals_in_memory():
     np.testing.assert_array_equal(got.row, want.row)
     got = fastdiv.dask.compare(da.from_array(base, chunks=(50, -1)), model, topk=(1, 3)).compute()
     assert json.dumps(got.to_dict()) == json.dumps(fastdiv.compare(base, model, topk=(1, 3)).to_dict())
+    empty = fastdiv.dask.compare(da.zeros((0, 5), chunks=(10, -1)), da.zeros((0, 5)), da.zeros(0, dtype=int))
+    assert empty.compute().with_target and empty.compute().rows == 0
     with pytest.raises(ValueError, match=r"rechunk"):
         fastdiv.dask.compare(da.from_array(base, chunks=(50, 20)), model)
     with pytest.raises(ValueError, match="base and logits"):

@@ -200,3 +200,16 @@ def _has_matplotlib():
     except ImportError:
         return False
     return True
+
+
+def test_empty_files(tmp_path, capsys):
+    np.save(tmp_path / "b.npy", np.zeros((0, 7), np.float32))
+    np.save(tmp_path / "m.npy", np.zeros((0, 7), np.float32))
+    np.save(tmp_path / "t.npy", np.zeros(0, np.int64))
+    js = tmp_path / "o.json"
+    assert _run(tmp_path, "--json", str(js)) == 0
+    d = json.loads(js.read_text())
+    assert d["rows"] == 0 and d["count"] == 0 and d["kld"]["mean"] is None and d["ppl"] == {
+        k: None for k in d["ppl"]}
+    assert "no row counted" in capsys.readouterr().err
+    assert _run(tmp_path, "--fail-if", "kld.mean > 1") == 3                 # nothing measured: the gate fails
