@@ -26,7 +26,8 @@ import warnings
 
 import numpy as np
 
-from . import _registry, api
+from . import _compact, _registry, api
+from ._files import open_rows, FileFormatError
 from ._eval_cli import BACKENDS, EvalError, Progress, _check_float, _check_targets, _open
 from .compare import Comparison, _se, compare
 from .meters import Comparator
@@ -114,35 +115,79 @@ def _template(with_target, topk):
 # --------------------------------------------------------------------------- the run
 
 
-def compare_files(base_spec, logits_spec, targets_spec=None, *, topk=(1, 5), ignore_index=-100, backend="auto",
-                  chunk_bytes=64 << 20, progress=False):
-    """The chunk loop: ``(Comparison, info dict)``.  Raises :class:`EvalError` on bad input."""
-    base = _open(base_spec, "base", 1)
-    logits = _open(logits_spec, "logits", 1)
-    targets = _open(targets_spec, "targets", 0) if targets_spec else None
-    _check_float("base", base)
+def _check_target_file(targets, logits):
+    if targets.dtype.kind not in "iu":
+        raise EvalError(f"--targets: {targets.label} has dtype {targets.dtype}; expected integer class indices")
+    if targets.shape != logits.shape[:-1] and targets.shape != (logits.rows,):
+        raise EvalError(f"--targets: {targets.label} has shape {targets.shape}, but --logits {logits.label} has "
+                        f"shape {logits.shape} ({logits.rows} rows); expected {logits.shape[:-1]} or "
+                        f"({logits.rows},)")
+
+
+def _check_logits_file(logits):
     _check_float("logits", logits)
     if len(logits.shape) < 1 or logits.shape[-1] < 1:
         raise EvalError(f"--logits: {logits.label} has shape {logits.shape}; expected (..., V) with V >= 1")
-    if base.shape != logits.shape:
-        what = "vocabulary sizes differ" if base.shape[-1:] != logits.shape[-1:] else "row counts differ"
-        raise EvalError(f"--base: {base.label} has shape {base.shape}, but --logits {logits.label} has shape "
-                        f"{logits.shape}: {what}")
+
+
+def _open_compact(path, meta, logits):
+    """A compact reference's tensors as row sources, checked against ``logits``."""
+    names = ["topk_indices", "topk_logprobs", "tail_logprob"]
+    if meta.get("targets") == "1":
+        names += ["targets", "target_logprob"]
+    try:
+        srcs = {n: open_rows(f"{path}:{n}", role="base", row_ndim=1 if n.startswith("topk") else 0) for n in names}
+    except FileFormatError as exc:
+        raise EvalError(f"--base: {exc}") from None
+    v = int(meta["vocab"])
+    rows = srcs["topk_indices"].rows
+    if v != logits.shape[-1] or rows != logits.rows:
+        what = "vocabulary sizes differ" if v != logits.shape[-1] else "row counts differ"
+        raise EvalError(f"--base: {path} is a compact reference of {rows} rows over {v} classes, but --logits "
+                        f"{logits.label} has shape {logits.shape}: {what}")
+    return srcs
+
+
+def compare_files(base_spec, logits_spec, targets_spec=None, *, topk=(1, 5), ignore_index=-100, backend="auto",
+                  chunk_bytes=64 << 20, progress=False):
+    """The chunk loop: ``(Comparison, info dict)``.  Raises :class:`EvalError` on bad input.
+
+    ``base_spec`` may be a compact reference (``fastdiv reference``): its rows then come with
+    their targets, and KLD, reverse KLD and JS are the coarse-grained lower bounds."""
+    logits = _open(logits_spec, "logits", 1)
+    _check_logits_file(logits)
+    meta = _compact.read_metadata(base_spec)
+    compact = None
+    if meta is not None:
+        compact = _open_compact(base_spec, meta, logits)
+        ignore_index = int(meta["ignore_index"])
+        base = None
+    else:
+        base = _open(base_spec, "base", 1)
+        _check_float("base", base)
+        if base.shape != logits.shape:
+            what = "vocabulary sizes differ" if base.shape[-1:] != logits.shape[-1:] else "row counts differ"
+            raise EvalError(f"--base: {base.label} has shape {base.shape}, but --logits {logits.label} has shape "
+                            f"{logits.shape}: {what}")
+    targets = _open(targets_spec, "targets", 0) if targets_spec else None
     if targets is not None:
-        if targets.dtype.kind not in "iu":
-            raise EvalError(f"--targets: {targets.label} has dtype {targets.dtype}; expected integer class indices")
-        if targets.shape != logits.shape[:-1] and targets.shape != (logits.rows,):
-            raise EvalError(f"--targets: {targets.label} has shape {targets.shape}, but --logits {logits.label} has "
-                            f"shape {logits.shape} ({logits.rows} rows); expected {logits.shape[:-1]} or "
-                            f"({logits.rows},)")
+        _check_target_file(targets, logits)
     v = logits.shape[-1]
-    bytes_per_row = logits.row_bytes + base.row_bytes
+    bytes_per_row = logits.row_bytes + (base.row_bytes if base is not None else
+                                         sum(src.row_bytes for src in compact.values()))
     step = max(1, int(chunk_bytes // max(1, bytes_per_row)))
     meter = Comparator(ignore_index=ignore_index, topk=topk, backend=backend)
     bar = Progress(logits.rows, bytes_per_row, progress)
     t0 = time.perf_counter()
     for r0 in range(0, max(logits.rows, 1), step):       # an empty file is one empty chunk
         r1 = min(r0 + step, logits.rows)
+        if compact is not None:
+            x = np.asarray(logits.read(r0, r1)).reshape(r1 - r0, v)
+            ref = {n: np.asarray(src.read(r0, r1)) for n, src in compact.items()}
+            cols, rows = _compact.per_row(ref, x, ignore_index=ignore_index, topk=topk, backend=backend)
+            meter._add(cols, rows, "targets" in ref)
+            bar.update(r1)
+            continue
         t = None
         if targets is not None:
             t = np.asarray(targets.read(r0, r1)).astype(np.int64, copy=False)
@@ -151,7 +196,8 @@ def compare_files(base_spec, logits_spec, targets_spec=None, *, topk=(1, 5), ign
         bar.update(r1)
     bar.update(logits.rows, final=True)
     seconds = time.perf_counter() - t0
-    info = {"base": base.label, "logits": logits.label, "targets": targets.label if targets else None,
+    info = {"base": base.label if base is not None else base_spec, "compact": compact is not None,
+            "logits": logits.label, "targets": targets.label if targets else None,
             "shape": list(logits.shape), "dtype": str(logits.dtype), "backend": _registry.resolve(backend),
             "seconds": seconds, "GB/s": logits.rows * bytes_per_row / max(seconds, 1e-9) / 1e9}
     return meter.compute(), info
@@ -175,6 +221,9 @@ def text_report(res: Comparison, d, info):
     shape = " x ".join(str(s) for s in info["shape"])
     lines.append(f"fastdiv compare: {info['logits']} against {info['base']} ({shape} {info['dtype']}), "
                  f"{d['count']} of {d['rows']} rows counted, backend {info['backend']}, {info['seconds']:.2f} s")
+    if info.get("compact"):
+        lines.append("(a compact reference: KLD, reverse KLD and JS are those of the top-K + tail distributions, "
+                     "lower bounds of the full ones; the rest is exact)")
     if d["ppl"] is not None:
         p = d["ppl"]
         se_m, se_b = _se(res.nll_model), _se(res.nll_base)
@@ -399,6 +448,84 @@ def add_parser(sub):
     return p
 
 
+def add_reference_parser(sub):
+    """Register ``fastdiv reference`` on the ``argparse`` sub-command set ``sub``."""
+    p = sub.add_parser(
+        "reference", help="store a base model's logits compactly (top-K classes per row) for fastdiv compare",
+        description="Writes a compact reference of --logits for fastdiv compare --base: per row the K most probable "
+                    "classes and their log-probabilities, the log of the remaining mass and, with --targets, the "
+                    "targets and their log-probabilities (exact even outside the top K), as safetensors (12 K + 8 "
+                    "bytes per row, + 16 with targets). Compared against it, same_top1, top-k agreement, delta_p "
+                    "and the perplexities are exact; KLD, reverse KLD and JS are those of the top-K + tail "
+                    "distributions, lower bounds of the full ones (exact for K >= V - 1). Exit status: 0 on success, "
+                    "1 for bad input, 2 for bad options.")
+    p.add_argument("--logits", required=True, metavar="FILE[:NAME]", help="the base model's logits, shape (..., V)")
+    p.add_argument("--targets", metavar="FILE[:NAME]", help="integer class indices, shape logits.shape[:-1] (or flat)")
+    p.add_argument("--topk", type=int, default=64, metavar="K", help="classes kept per row (default 64)")
+    p.add_argument("--out", required=True, metavar="REF.safetensors", help="the file to write")
+    p.add_argument("--ignore-index", type=int, default=-100, help="target value of rows left out (default -100)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="fastdiv backend (default auto)")
+    p.add_argument("--threads", type=int, help="threads for the compiled CPU backends (default: all CPUs)")
+    p.add_argument("--chunk-mb", type=float, default=64.0, help="logits bytes per chunk, in MB (default 64)")
+    p.add_argument("--progress", action="store_true",
+                   help="show the progress bar even when stderr is not a terminal (it is shown on a terminal)")
+    return p
+
+
+def run_reference(args):
+    """``fastdiv reference`` with parsed ``args``; returns the exit status."""
+    name = "fastdiv reference"
+    if args.topk < 1 or args.chunk_mb <= 0 or (args.threads is not None and args.threads < 1):
+        print(f"{name}: error: --topk, --chunk-mb and --threads must be positive", file=sys.stderr)
+        return 2
+    if os.path.splitext(args.out)[1].lower() != ".safetensors":
+        print(f"{name}: error: --out must name a .safetensors file, got {args.out}", file=sys.stderr)
+        return 2
+    writer = None
+    try:
+        if args.threads is not None:
+            api.set_num_threads(args.threads)
+        logits = _open(args.logits, "logits", 1)
+        _check_logits_file(logits)
+        targets = _open(args.targets, "targets", 0) if args.targets else None
+        if targets is not None:
+            _check_target_file(targets, logits)
+        v = logits.shape[-1]
+        step = max(1, int(args.chunk_mb * 1e6 // max(1, logits.row_bytes)))
+        try:
+            writer = _compact.Writer(args.out, logits.rows, v, args.topk, targets is not None, args.ignore_index)
+        except OSError as exc:
+            raise EvalError(f"cannot write --out {args.out}: {exc.strerror or exc}") from None
+        bar = Progress(logits.rows, logits.row_bytes, args.progress or sys.stderr.isatty())
+        for r0 in range(0, logits.rows, step):
+            r1 = min(r0 + step, logits.rows)
+            t = None
+            if targets is not None:
+                t = np.asarray(targets.read(r0, r1)).astype(np.int64, copy=False)
+                _check_targets(t, r0, v, args.ignore_index, targets.label)
+            x = np.asarray(logits.read(r0, r1)).reshape(r1 - r0, v)
+            writer.write(r0, _compact.build(x, t, args.topk, args.ignore_index, args.backend))
+            bar.update(r1)
+        bar.update(logits.rows, final=True)
+        writer.close()
+        writer = None
+    except EvalError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 1
+    except (_registry.BackendUnavailable, ValueError, TypeError, OSError) as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if writer is not None:                  # a failed run leaves no half-written reference
+            writer.close()
+            os.remove(args.out)
+    size = os.path.getsize(args.out)
+    dense = logits.rows * v * 4
+    print(f"{name}: {args.out}: {logits.rows} rows, top {min(args.topk, v)} of {v} classes, {size / 1e6:.3f} MB "
+          f"({dense / max(size, 1):.0f}x smaller than float32 logits)")
+    return 0
+
+
 def _write(path, text, what):
     try:
         with open(path, "w") as f:
@@ -417,8 +544,13 @@ def run(args):
             raise OptionError("--chunk-mb and --threads must be positive, --worst >= 0")
         if args.plot:
             _pyplot()
+        meta = _compact.read_metadata(args.base)
+        if meta is not None and args.targets:
+            raise OptionError(f"--targets: {args.base} is a compact reference, which holds its own targets; "
+                              "leave --targets out")
+        with_target = args.targets is not None if meta is None else meta.get("targets") == "1"
         gates = [(expr, parse_gate(expr)) for expr in args.fail_if]
-        check_gate_paths(gates, _template(args.targets is not None, tuple(args.topk)))
+        check_gate_paths(gates, _template(with_target, tuple(args.topk)))
     except OptionError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 2

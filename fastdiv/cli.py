@@ -4,7 +4,8 @@
 example and prints the values and each backend's throughput next to the numpy reference.
 ``fastdiv config`` prints ``fastdiv.show_config()``.
 ``fastdiv eval`` computes evaluation metrics over array files (``fastdiv._eval_cli``).
-``fastdiv compare`` compares a model's logits with a base's, with CI gates (``fastdiv._compare_cli``).
+``fastdiv compare`` compares a model's logits with a base's, with CI gates, and ``fastdiv reference``
+stores a base compactly for it (``fastdiv._compare_cli``).
 """
 from __future__ import annotations
 
@@ -153,12 +154,15 @@ def main(argv=None):
     p_bench.add_argument("--plot", metavar="FILE.png", help="plot GB/s against V (needs matplotlib)")
     _eval_cli.add_parser(sub)
     _compare_cli.add_parser(sub)
+    _compare_cli.add_reference_parser(sub)
     args = parser.parse_args(argv)
 
     if args.command == "eval":
         return _eval_cli.run(args)
     if args.command == "compare":
         return _compare_cli.run(args)
+    if args.command == "reference":
+        return _compare_cli.run_reference(args)
 
     if args.command == "bench":
         from . import bench

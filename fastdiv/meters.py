@@ -315,10 +315,16 @@ class Comparator:
         self._check_targets(target is not None)
         cols, rows = per_row(base, logits, target, ignore_index=self.ignore_index, topk=self.topk,
                              backend=self.backend)
+        return self._add(cols, rows, target is not None)
+
+    def _add(self, cols, rows, with_target):
+        """Append a batch's per-row columns (``fastdiv.compare.per_row``'s, or a compact
+        reference's from ``fastdiv._compact.per_row``)."""
+        self._check_targets(with_target)
         cols["row"] = cols["row"] + self._rows
         self._chunks.append(cols)
         self._rows += rows
-        self._with_target = target is not None
+        self._with_target = with_target
         return self
 
     def merge(self, other):

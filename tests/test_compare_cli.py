@@ -213,3 +213,90 @@ def test_empty_files(tmp_path, capsys):
         k: None for k in d["ppl"]}
     assert "no row counted" in capsys.readouterr().err
     assert _run(tmp_path, "--fail-if", "kld.mean > 1") == 3                 # nothing measured: the gate fails
+
+
+# --------------------------------------------------------------------------- compact references
+
+
+def _compact_compare(ref, m, topk=(1, 5)):
+    from fastdiv import _compact
+    from fastdiv.compare import Comparison
+
+    cols, rows = _compact.per_row(ref, m, ignore_index=-100, topk=topk, backend="auto")
+    return Comparison(cols, rows, topk, "targets" in ref)
+
+
+def test_compact_reference_is_exact_where_the_issue_says_and_a_lower_bound_elsewhere():
+    from fastdiv import _compact
+
+    rng = np.random.default_rng(3)
+    v = 60
+    b = rng.standard_normal((150, v)) * rng.uniform(0.5, 5, (150, 1))
+    m = b + 0.5 * rng.standard_normal((150, v))
+    b[4, :20] = -np.inf                                   # masked classes in the base
+    t = rng.integers(20, v, 150)
+    t[::9] = -100
+    dense = fastdiv.compare(b, m, t)
+    for k in (v, v - 1):                                  # a tail of at most one class: exact
+        got = _compact_compare(_compact.build(b, t, k, -100), m)
+        for key in ("kld", "reverse_kld", "js", "nll_base", "p_base", "base_top1_prob"):
+            np.testing.assert_allclose(getattr(got, key), getattr(dense, key), rtol=1e-9, atol=1e-13, err_msg=key)
+    for k in (1, 5, 20):
+        got = _compact_compare(_compact.build(b, t, k, -100), m)
+        for key in ("kld", "reverse_kld", "js"):          # data processing: coarse-graining lowers them
+            assert np.all(getattr(got, key) <= getattr(dense, key) + 1e-12), (k, key)
+        assert np.mean(got.kld) < np.mean(dense.kld)
+        np.testing.assert_array_equal(got.same_top1, dense.same_top1)
+        np.testing.assert_array_equal(got.topk[5], dense.topk[5])
+        np.testing.assert_allclose(got.delta_p, dense.delta_p, rtol=1e-12, atol=1e-15)
+        assert got.to_dict()["ppl"] == pytest.approx(dense.to_dict()["ppl"], rel=1e-12)
+    noref = _compact_compare(_compact.build(b, None, 5, -100), m)
+    assert noref.to_dict()["ppl"] is None and noref.count == 150
+
+
+def test_reference_command_and_compare_from_it(tmp_path, capsys):
+    b, m, t = _data(tmp_path, rows=300, v=120, seed=4)
+    ref = str(tmp_path / "ref.safetensors")
+    assert cli.main(["reference", "--logits", str(tmp_path / "b.npy"), "--targets", str(tmp_path / "t.npy"),
+                     "--topk", "16", "--out", ref, "--chunk-mb", "0.01"]) == 0
+    assert "smaller than float32 logits" in capsys.readouterr().out
+    js, jd = tmp_path / "c.json", tmp_path / "d.json"
+    assert cli.main(["compare", "--base", ref, "--logits", str(tmp_path / "m.npy"), "--json", str(js),
+                     "--chunk-mb", "0.02", "--fail-if", "ppl.ratio > 100"]) == 0
+    assert "a compact reference" in capsys.readouterr().out
+    assert _run(tmp_path, "--json", str(jd)) == 0
+    c, d = json.loads(js.read_text()), json.loads(jd.read_text())
+    assert c["same_top1"] == d["same_top1"] and c["topk_agreement"] == d["topk_agreement"]
+    assert c["ppl"] == pytest.approx(d["ppl"], rel=1e-6) and c["count"] == d["count"] == int(np.sum(t != -100))
+    assert c["delta_p"]["mean"] == pytest.approx(d["delta_p"]["mean"], rel=1e-4, abs=1e-9)
+    assert 0 < c["kld"]["mean"] < d["kld"]["mean"]
+    # without targets; exit codes
+    assert cli.main(["reference", "--logits", str(tmp_path / "b.npy"), "--out", ref]) == 0
+    assert cli.main(["compare", "--base", ref, "--logits", str(tmp_path / "m.npy"), "--json", str(js)]) == 0
+    assert json.loads(js.read_text())["ppl"] is None
+    capsys.readouterr()
+    assert cli.main(["compare", "--base", ref, "--logits", str(tmp_path / "m.npy"), "--fail-if", "ppl.ratio > 1"]) == 2
+    assert cli.main(["compare", "--base", ref, "--logits", str(tmp_path / "m.npy"), "--targets",
+                     str(tmp_path / "t.npy")]) == 2
+    np.save(tmp_path / "narrow.npy", m[:, :-1])
+    assert cli.main(["compare", "--base", ref, "--logits", str(tmp_path / "narrow.npy")]) == 1
+    assert "vocabulary sizes differ" in capsys.readouterr().err
+    assert cli.main(["reference", "--logits", str(tmp_path / "b.npy"), "--out", str(tmp_path / "r.npy")]) == 2
+    assert cli.main(["reference", "--logits", str(tmp_path / "b.npy"), "--out", ref, "--topk", "0"]) == 2
+    bad = t.copy()
+    bad[5] = 999
+    np.save(tmp_path / "bad.npy", bad)
+    out = tmp_path / "bad.safetensors"
+    assert cli.main(["reference", "--logits", str(tmp_path / "b.npy"), "--targets", str(tmp_path / "bad.npy"),
+                     "--out", str(out)]) == 1
+    assert "row 5 has class 999" in capsys.readouterr().err and not out.exists()
+
+
+def test_reference_is_over_100x_smaller_at_k64_v32000(tmp_path):
+    rng = np.random.default_rng(5)
+    np.save(tmp_path / "b.npy", rng.standard_normal((16, 32000), dtype=np.float32))
+    np.save(tmp_path / "t.npy", rng.integers(0, 32000, 16))
+    ref = tmp_path / "ref.safetensors"
+    assert cli.main(["reference", "--logits", str(tmp_path / "b.npy"), "--targets", str(tmp_path / "t.npy"),
+                     "--out", str(ref)]) == 0
+    assert 16 * 32000 * 4 / ref.stat().st_size >= 100
