@@ -452,7 +452,7 @@ def add_reference_parser(sub):
     """Register ``fastdiv reference`` on the ``argparse`` sub-command set ``sub``."""
     p = sub.add_parser(
         "reference", help="store a base model's logits compactly (top-K classes per row) for fastdiv compare",
-        description="Writes a compact reference of --logits for fastdiv compare --base: per row the K most probable "
+        description="Writes a compact reference of --logits, the base that fastdiv compare then reads: per row the K most probable "
                     "classes and their log-probabilities, the log of the remaining mass and, with --targets, the "
                     "targets and their log-probabilities (exact even outside the top K), as safetensors (12 K + 8 "
                     "bytes per row, + 16 with targets). Compared against it, same_top1, top-k agreement, delta_p "

@@ -140,7 +140,7 @@ def test_readme_api_table_names_every_public_function_with_all_its_options():
 
 def test_readme_api_table_lists_every_cli_option():
     table = README.read_text().split("## Public API", 1)[1].split("\n## ", 1)[0]
-    for command in ("demo", "config", "bench", "eval", "compare"):
+    for command in ("demo", "config", "bench", "eval", "compare", "reference"):
         row = [r for r in table.splitlines() if r.startswith(f"| `fastdiv {command}") or
                (command == "demo" and r.startswith("| `fastdiv [demo]"))]
         assert row, f"README's API table has no row for fastdiv {command}"
