@@ -67,8 +67,7 @@ QUANTILES = (0, 0.1, 1, 5, 10, 50, 90, 95, 99, 99.9, 100)
 DELTA_P_QUANTILES = (0, 0.1, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9, 100)
 #: buckets of the base's top-1 probability for kld_by_confidence
 CONFIDENCE_BUCKETS = 10
-#: float64 per-row columns (those of targets only with targets)
-FLOAT_COLUMNS = ("kld", "reverse_kld", "js", "base_top1_prob")
+#: the per-row columns that exist only with targets
 TARGET_COLUMNS = ("nll_base", "nll_model", "p_base", "p_model")
 
 
