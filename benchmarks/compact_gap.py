@@ -18,7 +18,7 @@ import numpy as np
 import fastdiv
 from fastdiv import _compact
 from fastdiv.cli import make_example
-from fastdiv.compare import Comparison
+from fastdiv.comparison import Comparison
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--rows", type=int, default=256)

@@ -17,7 +17,7 @@ from .api import (
 )
 from ._config import show_config
 from .evaluation import CrossEntropyOutput, Evaluation, evaluate
-from .compare import Comparison, compare
+from .comparison import Comparison, compare
 from . import meters, states
 from ._registry import BackendUnavailable, available_backends
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import _checks
 from .api import logsumexp
-from .compare import _quiet
+from .comparison import _quiet
 from .evaluation import evaluate
 
 #: the safetensors metadata tag of a compact reference
@@ -63,7 +63,7 @@ def build(base, target, k, ignore_index, backend="auto"):
 
 
 def per_row(ref, logits, *, ignore_index, topk, backend):
-    """compare's per-row columns (``fastdiv.compare.per_row``'s) from a chunk of a reference
+    """compare's per-row columns (``fastdiv.comparison.per_row``'s) from a chunk of a reference
     (``ref``: its tensors for these rows) and the model's logits; the model's side comes from
     ``fastdiv.evaluate`` and ``fastdiv.logsumexp``, like the dense path's."""
     x = _checks.float_array("logits", logits)

@@ -29,7 +29,7 @@ import numpy as np
 from . import _compact, _registry, api
 from ._files import open_rows, FileFormatError
 from ._eval_cli import BACKENDS, EvalError, Progress, _check_float, _check_targets, _open
-from .compare import Comparison, _se, compare
+from .comparison import Comparison, _se, compare
 from .meters import Comparator
 
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import _checks
 from .api import cross_entropy
-from .compare import Comparison, per_row
+from .comparison import Comparison, per_row
 from .evaluation import evaluate
 
 __all__ = ["CrossEntropyMeter", "Perplexity", "Evaluator", "Comparator"]
@@ -318,7 +318,7 @@ class Comparator:
         return self._add(cols, rows, target is not None)
 
     def _add(self, cols, rows, with_target):
-        """Append a batch's per-row columns (``fastdiv.compare.per_row``'s, or a compact
+        """Append a batch's per-row columns (``fastdiv.comparison.per_row``'s, or a compact
         reference's from ``fastdiv._compact.per_row``)."""
         self._check_targets(with_target)
         cols["row"] = cols["row"] + self._rows

@@ -333,7 +333,7 @@ def test_empty_comparator_warns():
 
 
 def test_quantiles_are_numpys_and_handle_infinite_values():
-    from fastdiv.compare import QUANTILES, _quantiles
+    from fastdiv.comparison import QUANTILES, _quantiles
 
     rng = np.random.default_rng(10)
     for n in (1, 2, 3, 10, 1001):

@@ -220,7 +220,7 @@ def test_empty_files(tmp_path, capsys):
 
 def _compact_compare(ref, m, topk=(1, 5)):
     from fastdiv import _compact
-    from fastdiv.compare import Comparison
+    from fastdiv.comparison import Comparison
 
     cols, rows = _compact.per_row(ref, m, ignore_index=-100, topk=topk, backend="auto")
     return Comparison(cols, rows, topk, "targets" in ref)

@@ -11,7 +11,7 @@ import pytest
 
 import fastdiv
 
-MODULES = ["fastdiv.api", "fastdiv._registry", "fastdiv._config", "fastdiv._files", "fastdiv.dask", "fastdiv.compare",
+MODULES = ["fastdiv.api", "fastdiv._registry", "fastdiv._config", "fastdiv._files", "fastdiv.dask", "fastdiv.comparison",
            "fastdiv.meters"]
 OPTIONAL = {"fastdiv.dask": "dask"}
 

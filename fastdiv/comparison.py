@@ -1,4 +1,4 @@
-"""``fastdiv.compare``: how far a model's output distribution moved from a base model's.
+"""``fastdiv.compare`` (module ``fastdiv.comparison``, as ``evaluate`` lives in ``fastdiv.evaluation``): how far a model's output distribution moved from a base model's.
 
 For regression checks of a quantized model against its base, a new kernel or runtime against
 the old one, a fine-tune against its parent.  The statistics follow llama.cpp's perplexity
