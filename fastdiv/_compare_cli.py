@@ -28,7 +28,7 @@ import numpy as np
 
 from . import _compact, _registry, api
 from ._files import open_rows, FileFormatError
-from ._eval_cli import BACKENDS, EvalError, Progress, _check_float, _check_targets, _open
+from ._eval_cli import EvalError, add_run_options, Progress, _check_float, _check_targets, _open
 from .comparison import Comparison, _se, compare
 from .meters import Comparator
 
@@ -432,10 +432,7 @@ def add_parser(sub):
                    help="integer class indices, shape logits.shape[:-1] (or flat): adds perplexity and delta-p")
     p.add_argument("--topk", nargs="*", type=int, default=[1, 5], metavar="K",
                    help="k values: the share of rows whose base top-1 is in the model's top k (default: 1 5)")
-    p.add_argument("--ignore-index", type=int, default=-100, help="target value of rows left out (default -100)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help="fastdiv backend (default auto)")
-    p.add_argument("--threads", type=int, help="threads for the compiled CPU backends (default: all CPUs)")
-    p.add_argument("--chunk-mb", type=float, default=64.0, help="base + logits bytes per chunk, in MB (default 64)")
+    add_run_options(p, "base + logits")
     p.add_argument("--json", metavar="OUT.json", help="write the report as JSON (NaN as null)")
     p.add_argument("--markdown", metavar="OUT.md", help="write a Markdown summary (for a CI job's summary page)")
     p.add_argument("--plot", metavar="OUT.png",
@@ -443,8 +440,6 @@ def add_parser(sub):
     p.add_argument("--worst", type=int, default=0, metavar="N", help="list the N rows with the largest KLD")
     p.add_argument("--fail-if", action="append", default=[], metavar="EXPR",
                    help='exit 3 if EXPR holds, e.g. "kld.mean > 0.01" (repeatable)')
-    p.add_argument("--progress", action="store_true",
-                   help="show the progress bar even when stderr is not a terminal (it is shown on a terminal)")
     return p
 
 
@@ -463,12 +458,7 @@ def add_reference_parser(sub):
     p.add_argument("--targets", metavar="FILE[:NAME]", help="integer class indices, shape logits.shape[:-1] (or flat)")
     p.add_argument("--topk", type=int, default=64, metavar="K", help="classes kept per row (default 64)")
     p.add_argument("--out", required=True, metavar="REF.safetensors", help="the file to write")
-    p.add_argument("--ignore-index", type=int, default=-100, help="target value of rows left out (default -100)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help="fastdiv backend (default auto)")
-    p.add_argument("--threads", type=int, help="threads for the compiled CPU backends (default: all CPUs)")
-    p.add_argument("--chunk-mb", type=float, default=64.0, help="logits bytes per chunk, in MB (default 64)")
-    p.add_argument("--progress", action="store_true",
-                   help="show the progress bar even when stderr is not a terminal (it is shown on a terminal)")
+    add_run_options(p, "logits")
     return p
 
 

@@ -149,14 +149,21 @@ def add_parser(sub):
     p.add_argument("--reference", metavar="FILE[:NAME]", help="a reference model's logits, same shape as --logits")
     p.add_argument("--topk", nargs="*", type=int, default=[1, 5], metavar="K",
                    help="k values for top-k accuracy (default: 1 5; --topk alone: no top-k)")
+    add_run_options(p, "logits (+ reference)")
+    p.add_argument("--json", metavar="OUT.json", help="also write the metrics and inputs as JSON")
+    return p
+
+
+def add_run_options(p, chunk_of):
+    """The options every file-reading command shares (eval, compare, reference): the ignored
+    target value, the backend, threads, the chunk size (``chunk_of``: what a chunk holds) and
+    the progress bar."""
     p.add_argument("--ignore-index", type=int, default=-100, help="target value of rows left out (padding; default -100)")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="fastdiv backend (default auto)")
     p.add_argument("--threads", type=int, help="threads for the compiled CPU backends (default: all CPUs)")
-    p.add_argument("--chunk-mb", type=float, default=64.0, help="logits (+ reference) bytes per chunk, in MB (default 64)")
-    p.add_argument("--json", metavar="OUT.json", help="also write the metrics and inputs as JSON")
+    p.add_argument("--chunk-mb", type=float, default=64.0, help=f"{chunk_of} bytes per chunk, in MB (default 64)")
     p.add_argument("--progress", action="store_true",
                    help="show the progress bar even when stderr is not a terminal (it is shown on a terminal)")
-    return p
 
 
 def _open(spec, role, row_ndim):
