@@ -11,7 +11,7 @@ import pytest
 
 import fastdiv
 
-MODULES = ["fastdiv.api", "fastdiv._registry", "fastdiv._config", "fastdiv._files", "fastdiv.dask"]
+MODULES = ["fastdiv.api", "fastdiv.execute", "fastdiv._registry", "fastdiv._config", "fastdiv._files", "fastdiv.dask"]
 OPTIONAL = {"fastdiv.dask": "dask"}
 
 
