@@ -18,30 +18,30 @@ import numpy as np
 
 import fastdiv
 from fastdiv import bench as B
-from fastdiv import evaluation
+from fastdiv import execute
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--iters", type=int, default=21)
 ap.add_argument("--threads", type=int, default=None)
-ap.add_argument("--block-kib", type=int, default=None, help="fastdiv.evaluation.SOFTCAP_BLOCK_BYTES / 1024")
+ap.add_argument("--block-kib", type=int, default=None, help="fastdiv.execute.SOFTCAP_BLOCK_BYTES / 1024")
 args = ap.parse_args()
 if args.threads:
     fastdiv.set_num_threads(args.threads)
 if args.block_kib:
-    evaluation.SOFTCAP_BLOCK_BYTES = args.block_kib << 10
+    execute.SOFTCAP_BLOCK_BYTES = args.block_kib << 10
 x, z, t = B.inputs(2048, 50257, "float32")
 fns = {}
 for b in B.available_backends():
     for cap in (None, 30.0):
         fns[(b, "evaluate", cap)] = lambda b=b, cap=cap: fastdiv.evaluate(x, t, topk=(1, 5), softcap=cap, backend=b)
         fns[(b, "cross_entropy", cap)] = lambda b=b, cap=cap: fastdiv.cross_entropy(x, t, softcap=cap, backend=b)
-buf = np.empty((max(1, evaluation.SOFTCAP_BLOCK_BYTES // (x.shape[1] * 4)), x.shape[1]), np.float32)
+buf = np.empty((max(1, execute.SOFTCAP_BLOCK_BYTES // (x.shape[1] * 4)), x.shape[1]), np.float32)
 
 
 def transform():
     step = buf.shape[0]
     for a in range(0, x.shape[0], step):
-        evaluation.apply_softcap(x[a:a + step], 30.0, np.dtype(np.float32), out=buf[:min(step, x.shape[0] - a)])
+        execute.apply_softcap(x[a:a + step], 30.0, np.dtype(np.float32), out=buf[:min(step, x.shape[0] - a)])
 
 
 fns[("-", "transform", None)] = transform
@@ -57,7 +57,7 @@ for _ in range(args.iters):
         t0 = time.perf_counter()
         f()
         times[k].append(time.perf_counter() - t0)
-print(f"threads={fastdiv.get_num_threads()} SOFTCAP_BLOCK_BYTES={getattr(evaluation, 'SOFTCAP_BLOCK_BYTES', None)} "
+print(f"threads={fastdiv.get_num_threads()} SOFTCAP_BLOCK_BYTES={execute.SOFTCAP_BLOCK_BYTES} "
       f"probe {statistics.median(probe) * 1e3:.1f} ms, transform alone (1 thread) "
       f"{statistics.median(times[('-', 'transform', None)]) * 1e3:.1f} ms")
 for (b, op, cap) in fns:

@@ -1,16 +1,15 @@
-"""Input validation.  Every error names the argument and says what was wrong.
+"""Checks of array arguments and of the data in them.  Every error names the argument.
 
-Nothing reaches a compiled kernel (which skips bounds checks) without passing here.
+Nothing reaches a compiled kernel (which skips bounds checks) without passing here.  Scalar
+options (reduction, ignore_index, temperature, ...) are ``fastdiv.plan``'s, and so is whether
+an array lives on a device (decided before anything here runs); the data of array options
+(class weights, targets) is checked here, where it is read.
 """
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
-
-REDUCTIONS = ("none", "mean", "sum")
-INPUT_KINDS = ("logits", "log_probs", "probs")
 
 #: dtypes the compiled kernels read directly; everything else float is converted in blocks.
 NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
@@ -44,10 +43,6 @@ def as_array(name: str, a: Any) -> np.ndarray:
     """``a`` as a numpy array without copying when it already is one (lists are converted)."""
     if isinstance(a, np.ndarray):
         return a
-    from ._cuda.interop import is_device_array
-
-    if is_device_array(a):
-        raise TypeError(f"{name} is a CUDA array; use backend='cuda' (or 'auto')")
     if hasattr(a, "detach") and hasattr(a, "numpy"):          # a torch CPU tensor
         if getattr(getattr(a, "device", None), "type", "cpu") != "cpu":
             raise TypeError(f"{name} is a tensor on {a.device}; use backend='cuda' (or 'auto')")
@@ -82,38 +77,42 @@ def class_axis(name: str, a: Any) -> Any:
     return a
 
 
+def probability_target(target, logits_shape, *, check_dtype=True):
+    """A target of probabilities (soft labels), as an array: a float dtype fastdiv reads
+    (float16, bfloat16, float32, float64; not checked again for a device view, whose reader
+    checked it) and the logits' shape."""
+    if check_dtype:
+        compute_dtype("target", target.dtype)
+    if tuple(target.shape) != tuple(logits_shape):
+        raise ValueError(
+            f"float target (probabilities) must have the same shape as logits {tuple(logits_shape)}, got "
+            f"{tuple(target.shape)}; class indices must be an integer array")
+
+
+def class_weight(weight, v, dtype):
+    """Host class weights as a contiguous array of the compute ``dtype``: any real dtype
+    (bfloat16 included, as torch and Liger take it), ``V`` finite, non-negative numbers."""
+    w = as_array("weight", weight)
+    if w.dtype.kind not in "fiu" and w.dtype != _bfloat16():
+        raise TypeError(f"weight must be a real numeric array, got dtype {w.dtype}")
+    weight_shape(w.shape, v)
+    w = np.ascontiguousarray(w, dtype=dtype)
+    if not np.isfinite(w).all():
+        raise ValueError("weight must be finite; it contains NaN or inf")
+    if (w < 0).any():
+        raise ValueError(f"weight must be non-negative; weight[{int(np.flatnonzero(w < 0)[0])}] < 0")
+    return w
+
+
+def weight_shape(shape, v):
+    if len(shape) != 1 or shape[0] != v:
+        raise ValueError(f"weight must be a 1-D array of length V = {v} (one weight per class), got shape "
+                         f"{tuple(shape)}")
+
+
 def same_shape(name_a, a, name_b, b):
     if a.shape != b.shape:
         raise ValueError(f"{name_a} and {name_b} must have the same shape, got {a.shape} and {b.shape}")
-
-
-def _choice(name, value, options):
-    """value, one of the strings ``options`` (an array's ``in`` would compare elementwise)."""
-    if not isinstance(value, str) or value not in options:
-        raise ValueError(f"{name} must be one of {options}, got {value!r}")
-    return value
-
-
-def reduction(value):
-    return _choice("reduction", value, REDUCTIONS)
-
-
-def input_kind(value):
-    return _choice("inputs", value, INPUT_KINDS)
-
-
-def label_smoothing(value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"label_smoothing must be a number in [0, 1], got {value!r}")
-    return float(value)
-
-
-def ignore_index(value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"ignore_index must be an integer, got {value!r}")
-    if not -2**63 <= int(value) < 2**63:              # the kernels compare it as int64
-        raise ValueError(f"ignore_index must fit in int64, got {value!r}")
-    return int(value)
 
 
 def class_targets(target, lead_shape, v, ignore, *, count_ignored=False):
@@ -157,30 +156,9 @@ def _class_targets(target, lead_shape, v, ignore):
     return t, lo, hi
 
 
-def class_weight(weight, v, dtype):
-    """A non-negative, finite weight per class, as a contiguous array of the compute dtype."""
-    w = as_array("weight", weight)
-    if w.dtype.kind not in "fiu" or w.dtype.kind == "b":
-        raise TypeError(f"weight must be a real numeric array, got dtype {w.dtype}")
-    if w.ndim != 1 or w.shape[0] != v:
-        raise ValueError(f"weight must be a 1-D array of length V = {v} (one weight per class), got shape {w.shape}")
-    w = np.ascontiguousarray(w, dtype=dtype)
-    if not np.isfinite(w).all():
-        raise ValueError("weight must be finite; it contains NaN or inf")
-    if (w < 0).any():
-        raise ValueError(f"weight must be non-negative; weight[{int(np.flatnonzero(w < 0)[0])}] < 0")
-    return w
-
-
 #: ``validate=True``: how far a row of probabilities may sum from 1 (16-bit inputs carry ~3
 #: significant digits; float32/float64 allow for probabilities normalised in float32).
 PROB_SUM_TOL = {2: 1e-2, 4: 1e-4, 8: 1e-4}
-
-
-def validate_flag(value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"validate must be True or False, got {value!r}")
-    return bool(value)
 
 
 def distribution(name, a, kind):
@@ -225,61 +203,6 @@ def distribution(name, a, kind):
                 f"{name} (validate=True, inputs={kind!r}) must hold one distribution per row; "
                 f"row [{where}] has {what} (tolerance {tol:g} on row sums)")
 
-def probabilities(name, a, v):
-    """``validate=True`` check: entries in [0, 1] (NaN-free) and rows summing to 1 within tolerance."""
-    a64 = np.asarray(a, dtype=np.float64).reshape(-1, v)
-    if np.isnan(a64).any():
-        raise ValueError(f"{name} contains NaN")
-    if (a64 < 0).any() or (a64 > 1).any():
-        raise ValueError(f"{name} must hold probabilities in [0, 1]")
-    tol = 1e-3 if np.dtype(a.dtype).itemsize <= 2 else (1e-5 if a.dtype == np.float32 else 1e-9) * max(1.0, v ** 0.5)
-    sums = a64.sum(axis=1)
-    off = np.abs(sums - 1.0) > tol
-    if off.any():
-        k = int(np.flatnonzero(off)[0])
-        raise ValueError(f"{name} rows must sum to 1; row {k} sums to {sums[k]!r}")
-
-
-def topk(value):
-    """A tuple of distinct positive integers (``topk=5`` is ``(5,)``), in the order given."""
-    ks = (value,) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
-    try:
-        ks = tuple(ks)
-    except TypeError:
-        raise TypeError(f"topk must be a positive integer or a sequence of them, got {value!r}") from None
-    for k in ks:
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-            raise ValueError(f"topk must hold positive integers, got {value!r}")
-    if len(set(ks)) != len(ks):
-        raise ValueError(f"topk must not repeat a value, got {value!r}")
-    return tuple(int(k) for k in ks)
-
-
-def z_loss(value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) < float("inf"):
-        raise ValueError(f"z_loss must be a finite number >= 0 (the coefficient of lse**2), got {value!r}")
-    return float(value)
-
-
-def softcap(value):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) < float("inf"):
-        raise ValueError(f"softcap must be None or a finite number > 0, got {value!r}")
-    return float(value)
-
-
-KL_DIRECTIONS = ("ref||model", "model||ref")
-
-
-def kl_direction(value):
-    return _choice("kl_direction", value, KL_DIRECTIONS)
-
-# --------------------------------------------------------------------------- divergence family (issue 5)
-
-TAILS = ("renormalize", "bucket")
-
-
 def half_bits_dtype(dtype):
     """The integer view dtype of a half-precision float ``dtype``, or None if it is not half."""
     dtype = np.dtype(dtype)
@@ -288,32 +211,6 @@ def half_bits_dtype(dtype):
     if dtype == _bfloat16():
         return np.dtype(np.int16)
     return None
-
-
-def temperature(value, inputs="logits"):
-    """A positive finite temperature; only logits can be tempered (it divides them)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"temperature must be a positive finite number, got {value!r}")
-    t = float(value)
-    if not (np.isfinite(t) and t > 0.0):
-        raise ValueError(f"temperature must be a positive finite number, got {value!r}")
-    if t != 1.0 and inputs != "logits":
-        raise ValueError(f"temperature divides logits; with inputs={inputs!r} it must be 1.0, got {value!r}")
-    scale = 1.0 / t
-    if not (np.isfinite(scale) and scale > 0.0):      # a subnormal temperature overflows 1/T
-        raise ValueError(f"temperature={value!r} is too small: 1/temperature is not a finite number")
-    return scale
-
-
-def beta(value):
-    """The generalized Jensen-Shannon skew, a number in [0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"beta must be a number in [0, 1], got {value!r}")
-    return float(value)
-
-
-def tail(value):
-    return _choice("tail", value, TAILS)
 
 
 def topk_teacher(indices, logprobs, lead_shape, v, tail_mode):

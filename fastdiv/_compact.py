@@ -22,7 +22,7 @@ import struct
 
 import numpy as np
 
-from . import _checks
+from . import _checks, plan as _plan
 from .api import logsumexp
 from .comparison import _quiet
 from .evaluation import evaluate
@@ -74,7 +74,7 @@ def per_row(ref, logits, *, ignore_index, topk, backend):
     lp = np.asarray(ref["topk_logprobs"], dtype=np.float64)
     tail_p = np.asarray(ref["tail_logprob"], dtype=np.float64)
     with_target = "targets" in ref
-    ks = _checks.topk(topk)
+    ks = _plan.compare(ignore_index=ignore_index, topk=topk, backend=backend).topk
     if with_target:
         t = np.asarray(ref["targets"], dtype=np.int64)
         counted = t != ignore_index

@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from . import _checks, _registry, api
+from . import _checks, _registry, api, reduce
 from ._files import FileFormatError, open_rows
 from .meters import Evaluator
 
@@ -67,9 +67,9 @@ class FileMeter(Evaluator):
     def _add(self, res, with_reference):
         super()._add(res, with_reference)
         c = np.asarray(res.counted)
-        self._sums["lse"] += float(np.sum(np.asarray(res.lse, dtype=np.float64)[c]))
+        self._sums["lse"] += reduce.counted_sum(res.lse, c)
         if with_reference:
-            self._sums["reverse_kl"] += float(np.sum(np.asarray(res.kl_model_ref, dtype=np.float64)[c]))
+            self._sums["reverse_kl"] += reduce.counted_sum(res.kl_model_ref, c)
 
     def compute(self):
         """``{name: float}``: rows, tokens and the means described in the class docstring."""
@@ -80,9 +80,9 @@ class FileMeter(Evaluator):
         nan = float("nan")
         out = {"rows": int(s["rows"]), "tokens": n, "mean_nll": base["mean_nll"], "perplexity": base["perplexity"]}
         out.update({f"accuracy@{k}": base[f"accuracy@{k}"] for k in self.topk})
-        out.update(mean_entropy=base["mean_entropy"], mean_logsumexp=s["lse"] / n if n else nan)
+        out.update(mean_entropy=base["mean_entropy"], mean_logsumexp=reduce.mean_of(s["lse"], n))
         if self.reference:
-            out.update(mean_kl=base.get("mean_kl", nan), mean_reverse_kl=s["reverse_kl"] / n if n else nan)
+            out.update(mean_kl=base.get("mean_kl", nan), mean_reverse_kl=reduce.mean_of(s["reverse_kl"], n))
         return out
 
 

@@ -10,17 +10,19 @@ What the host path validates from the data itself (targets in range, weights fin
 non-negative) would need a device-to-host synchronisation here, so on device arrays it is
 not checked: a target outside ``[0, V)`` (other than ``ignore_index``) gives NaN for its row
 and is never read out of bounds.  Host-side targets and weights are validated as usual.
+
+Options come from a ``fastdiv.plan.Plan`` and every reduction is ``fastdiv.reduce``'s (on the
+device for device results, on the host for what ``evaluate``'s state brings back).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from . import _checks
+from . import _checks, _state, reduce
 from ._cuda import interop
 
-
-def any_on_device(*objs):
-    return any(o is not None and interop.is_device_array(o) for o in objs)
+#: bytes of the device buffer the soft-capped logits of a block of rows are written to
+SOFTCAP_DEVICE_BYTES = 64 << 20
 
 
 def _torch_contiguous(a):
@@ -105,27 +107,18 @@ def _acc_dtype(views, bf16):
     return np.dtype(np.float64) if any(np.dtype(v.dtype) == np.float64 for v in views) else np.dtype(np.float32)
 
 
-def _finish(call, out_native, out_view, lead, reduction, *, target=None, ignore_index=-100, weight=None,
-            ce_mean=False):
+def _finish(call, out_native, out_view, lead, reduction, *, target=None, ignore_index=-100, weight=None):
+    """Per-row device results reduced on the device (``fastdiv.reduce.on_device``)."""
     if reduction == "none":
         return call.result(out_native, out_view, lead)
-    k = call.k
-    stream = call.ensure_stream()
-    dtype = np.dtype(out_view.dtype)
-    red_native, red_view = call.empty(1, dtype)
-    if reduction == "sum":
-        k.device_sum(out_view, red_view, stream=stream)
-    elif ce_mean:
-        k.device_mean(out_view, target, ignore_index, weight, red_view, stream=stream, empty=0.0)
-    else:
-        k.device_mean(out_view, None, ignore_index, None, red_view, stream=stream, empty=float("nan"))
+    red_native, red_view = call.empty(1, np.dtype(out_view.dtype))
+    reduce.on_device(call.k, out_view, reduction, red_view, call.ensure_stream(), target=target,
+                     ignore_index=ignore_index, weight=weight)
     return call.result(red_native, red_view, ())
 
 
-def per_row_op(op, named_arrays, reduction, scalars=()):
-    """logsumexp / entropy / kl_div / js_div on the device (``named_arrays``: [(name, array), ...]).
-
-    ``scalars``: the contract's scalars after the arrays (``scale`` for logits ops, ``beta``)."""
+def per_row_op(plan, named_arrays):
+    """logsumexp / entropy / kl_div / js_div on the device (``named_arrays``: [(name, array), ...])."""
     call = _Call()
     views = [call.view(name, a) for name, a in named_arrays]
     shapes = {tuple(v.shape) for v in views}
@@ -140,54 +133,46 @@ def per_row_op(op, named_arrays, reduction, scalars=()):
         flat.append(f)
     out_native, out_view = call.empty(flat[0].shape[0], _acc_dtype(views, call.bf16))
     if flat[0].shape[0]:
-        getattr(call.k, op)(*flat, *scalars, out_view, None, stream=call.ensure_stream(), bf16=call.bf16 or None)
-    return _finish(call, out_native, out_view, lead, reduction)
+        getattr(call.k, plan.op)(*flat, *plan.scalars(int(flat[0].shape[1])), out_view, None,
+                                 stream=call.ensure_stream(), bf16=call.bf16 or None)
+    return _finish(call, out_native, out_view, lead, plan.reduction)
 
 
-def cross_entropy(logits, target, reduction, ignore_index, weight, eps, scale=1.0):
-    call = _Call()
-    x = call.view("logits", logits)
-    x2, lead = _rows_view(x, "logits")
-    rows, v = (int(d) for d in x2.shape)
-    acc = _acc_dtype([x], call.bf16)
-    w_view = None
-    if weight is not None:
-        if interop.is_device_array(weight):
-            w_view = call.view("weight", weight)
-            if w_view.ndim != 1 or w_view.shape[0] != v:
-                raise ValueError(f"weight must be a 1-D array of length V = {v} (one weight per class), "
-                                 f"got shape {tuple(w_view.shape)}")
-            if np.dtype(w_view.dtype) != acc:
-                raise TypeError(f"a device weight must have the compute dtype {acc}, got {w_view.dtype}")
-        else:
-            from numba import cuda
+def _weight(call, plan, v, acc):
+    """The plan's class weights as a device array of the compute dtype ``acc`` (None without
+    weights: the kernels then take their unweighted path).  Host weights are checked and
+    converted by the plan; a torch or CuPy device array of another float dtype (bfloat16
+    included) is converted on the device."""
+    weight = plan.weight
+    if weight is None:
+        return None
+    if interop.is_device_array(weight):
+        if np.dtype(acc) != _device_dtype(weight):
+            if interop._is_torch(weight) and weight.is_floating_point():
+                import torch
 
-            w_view = cuda.to_device(_checks.class_weight(weight, v, acc))
+                weight = weight.detach().to({4: torch.float32, 8: torch.float64}[np.dtype(acc).itemsize])
+            elif interop._is_cupy(weight) and np.dtype(weight.dtype).kind == "f":
+                weight = weight.astype(acc)
+        w_view = call.view("weight", weight)
+        _checks.weight_shape(tuple(w_view.shape), v)
+        if np.dtype(w_view.dtype) != acc:
+            raise TypeError(f"a device weight must have the compute dtype {acc}, got {w_view.dtype}")
+        return w_view
+    from numba import cuda
 
-    t_is_float = False
-    if interop.is_device_array(target):
-        tv, _ = interop.to_device_view(_torch_contiguous(target))
-        t_is_float = np.dtype(tv.dtype).kind == "f" or (interop._is_torch(target) and target.is_floating_point())
-    else:
-        t_host = _checks.as_array("target", target)
-        t_is_float = t_host.dtype.kind == "f"
+    return cuda.to_device(plan.class_weight(v, acc))
 
-    out_native, out_view = call.empty(rows, acc)
-    stream = call.ensure_stream()
-    if t_is_float:                                       # probabilities: soft targets
-        p = call.view("target", target)
-        if tuple(p.shape) != tuple(x.shape):
-            raise ValueError(f"float target (probabilities) must have the same shape as logits {tuple(x.shape)}, "
-                             f"got {tuple(p.shape)}; class indices must be an integer array")
-        if np.dtype(p.dtype) != np.dtype(x.dtype):
-            raise TypeError("on the device, target probabilities must have the dtype of logits")
-        p2, _ = _rows_view(p, "target")
-        if rows:
-            call.k.ce_soft(x2, p2, w_view, 1.0 - eps, eps / v, scale, out_view, None, stream=stream,
-                           bf16=call.bf16 or None)
-        # ce_mean without a target: the mean over rows, 0.0 for no rows (as on the host)
-        return _finish(call, out_native, out_view, lead, reduction, ce_mean=True)
 
+def _device_dtype(a):
+    if interop._is_torch(a):
+        return {"torch.float32": np.dtype(np.float32), "torch.float64": np.dtype(np.float64)}.get(str(a.dtype))
+    return np.dtype(a.dtype)
+
+
+def _device_targets(call, plan, target, lead, rows, v):
+    """Class indices as a device int64[rows]: device targets read in place (not checked: no
+    synchronisation), host targets checked and copied over."""
     if interop.is_device_array(target):
         t = target
         if interop._is_torch(t):
@@ -204,17 +189,167 @@ def cross_entropy(logits, target, reduction, ignore_index, weight, eps, scale=1.
         tv = tv.reshape(rows) if rows else tv
         if np.dtype(tv.dtype) != np.int64:
             raise TypeError(f"device class indices must be int64 (or a torch integer tensor), got {tv.dtype}")
-    else:
-        from numba import cuda
+        return tv
+    from numba import cuda
 
-        tv = cuda.to_device(_checks.class_targets(t_host, lead, v, ignore_index))
+    return cuda.to_device(_checks.class_targets(_checks.as_array("target", target), lead, v, plan.ignore_index))
+
+
+def cross_entropy(plan, logits, target):
+    """``cross_entropy`` on the device (no options), reduced on the device."""
+    call = _Call()
+    x = call.view("logits", logits)
+    x2, lead = _rows_view(x, "logits")
+    rows, v = (int(d) for d in x2.shape)
+    acc = _acc_dtype([x], call.bf16)
+    w_view = _weight(call, plan, v, acc)
+    out_native, out_view = call.empty(rows, acc)
+    stream = call.ensure_stream()
+    if plan.target == "probs":                           # soft targets: the mean is over rows
+        p = call.view("target", target)
+        _checks.probability_target(p, tuple(x.shape), check_dtype=False)
+        if np.dtype(p.dtype) != np.dtype(x.dtype):
+            raise TypeError("on the device, target probabilities must have the dtype of logits")
+        p2, _ = _rows_view(p, "target")
+        if rows:
+            call.k.ce_soft(x2, p2, w_view, *plan.scalars(v), out_view, None, stream=stream, bf16=call.bf16 or None)
+        return _finish(call, out_native, out_view, lead, plan.reduction)
+    tv = _device_targets(call, plan, target, lead, rows, v)
     if rows:
-        call.k.ce_hard(x2, tv, ignore_index, w_view, eps, out_view, None, stream=stream, bf16=call.bf16 or None)
-    return _finish(call, out_native, out_view, lead, reduction, target=tv, ignore_index=ignore_index,
-                   weight=w_view, ce_mean=True)
+        ignore, eps = plan.scalars(v)
+        call.k.ce_hard(x2, tv, ignore, w_view, eps, out_view, None, stream=stream, bf16=call.bf16 or None)
+    return _finish(call, out_native, out_view, lead, plan.reduction, target=tv, ignore_index=plan.ignore_index,
+                   weight=w_view)
 
 
-def topk_kl(teacher_indices, teacher_logprobs, student_logits, tail, reduction):
+def evaluate_state(plan, logits, target, reference=None):
+    """The evaluate kernel's state of every row, computed on the device (inputs read in place,
+    numpy input copied over; with ``plan.softcap`` blocks of rows soft-capped on the device
+    into one reused buffer of about ``SOFTCAP_DEVICE_BYTES``, ``fastdiv._cuda.softcap``) and
+    brought to the host (O(rows), one synchronisation).
+
+    Returns ``(call, st, ix, t, counted, lead, dtype)``: ``t`` the checked int64 targets (a
+    device target is copied to the host for it) and ``counted = t != ignore_index``."""
+    from numba import cuda
+
+    from . import _registry
+    from ._cuda.softcap import softcap_rows
+
+    call = _Call()
+    xv = call.view("logits", logits)
+    if call.bf16:
+        raise TypeError("evaluate on cuda reads float16, float32 or float64 logits; convert bfloat16 first")
+    x2, lead = _rows_view(xv, "logits")
+    rows, v = (int(d) for d in x2.shape)
+    z2 = x2[:0]
+    if reference is not None:
+        zv = call.view("reference", reference)
+        if tuple(zv.shape) != tuple(xv.shape) or np.dtype(zv.dtype) != np.dtype(xv.dtype) or call.bf16:
+            raise ValueError(f"reference must have the shape and dtype of logits {tuple(xv.shape)} {xv.dtype}, "
+                             f"got {tuple(zv.shape)} {zv.dtype}")
+        z2, _ = _rows_view(zv, "reference")
+    t_host = host_copy(target)
+    t = _checks.class_targets(_checks.as_array("target", t_host), lead, v, plan.ignore_index)
+    counted = t != plan.ignore_index
+    local = np.where(counted, t, -1)
+    dtype = np.dtype(np.float64) if np.dtype(xv.dtype) == np.float64 else np.dtype(np.float32)
+    st = np.full((rows, 8), np.nan)
+    ix = np.zeros((rows, 3), dtype=np.int64)
+    if rows:
+        stream = call.ensure_stream()
+        st_d = cuda.to_device(st, stream=stream)
+        ix_d = cuda.to_device(ix, stream=stream)
+        t_d = cuda.to_device(local, stream=stream)
+        kern = _registry.kernel("cuda", "evaluate")
+        if plan.softcap is None:
+            kern(x2, z2, t_d, st_d, ix_d, None, stream=stream)
+        else:
+            step = max(1, min(rows, SOFTCAP_DEVICE_BYTES // (v * dtype.itemsize)))
+            _keep, buf = interop.empty_like_lib((step, v), dtype, call.tag, stream)
+            for r0 in range(0, rows, step):
+                r1 = min(r0 + step, rows)
+                xb = buf[:r1 - r0]
+                softcap_rows(x2[r0:r1], xb, plan.softcap, stream=stream)
+                zb = z2[r0:r1] if reference is not None else z2
+                kern(xb, zb, t_d[r0:r1], st_d[r0:r1], ix_d[r0:r1], None, stream=stream)
+        st_d.copy_to_host(st, stream=stream)
+        ix_d.copy_to_host(ix, stream=stream)
+        stream.synchronize()
+    return call, st, ix, t, counted, lead, dtype
+
+
+def to_caller(call, a, shape):
+    """A host array (O(rows)) copied to the device as an array of the caller's library."""
+    host = np.ascontiguousarray(np.asarray(a).reshape(-1))
+    native, view = interop.empty_like_lib(host.shape, host.dtype, call.tag, call.ensure_stream())
+    view.copy_to_device(host, stream=call.ensure_stream())
+    return call.result(native, view, shape)
+
+
+def host_copy(a):
+    """A device array's host copy (O(rows) or O(V) arrays only); anything else unchanged."""
+    return interop.to_device_view(_torch_contiguous(a))[0].copy_to_host() if interop.is_device_array(a) else a
+
+
+def cross_entropy_with_options(plan, logits, target):
+    """``cross_entropy`` with ``z_loss`` / ``softcap`` / ``return_lse`` on cuda.  Class-index
+    targets without label smoothing: the device evaluate pass (soft-capped on the device) gives
+    each row's nll and lse; the O(rows) finish runs on the host as on the CPU backends, and
+    for device logits every returned array goes back to the device in the caller's library.
+    Probability targets or label smoothing (without softcap): :func:`_cross_entropy_two_reads`."""
+    if plan.target == "probs" or plan.smoothing != 0:
+        if plan.softcap is not None:
+            from ._registry import BackendUnavailable
+
+            raise BackendUnavailable(
+                "on cuda, softcap takes class-index targets without label_smoothing; use a CPU backend for "
+                "probability targets or label smoothing with softcap")
+        return _cross_entropy_two_reads(plan, logits, target)
+    call, st, ix, t, counted, lead, dtype = evaluate_state(plan, logits, target)
+    v = int(tuple(logits.shape)[-1])
+    w = _host_weights(plan).class_weight(v, dtype)
+    res = _state.finish_state(st, ix, counted, (), False)
+    loss = _state.hard_loss(res["nll"], counted, t, w)
+    to = None if call.tag is None else (lambda a, shape: to_caller(call, a, shape))
+    return reduce.cross_entropy_output(plan, loss, res["lse"], counted, lead, dtype, t, w, to)
+
+
+def _host_weights(plan):
+    """The plan with its weights brought to the host (an O(V) copy of device weights)."""
+    import dataclasses
+
+    return plan if plan.weight is None else dataclasses.replace(plan, weight=host_copy(plan.weight))
+
+
+def _cross_entropy_two_reads(plan, logits, target):
+    """z_loss / return_lse on cuda for probability targets or label smoothing: the loss from the
+    cuda cross-entropy kernel (every core option, reduced on the device) and the per-row lse
+    from the cuda logsumexp kernel -- two reads of the logits; the z-loss is finished from the
+    lse's O(rows) host copy and goes back to the device like the other results."""
+    import dataclasses
+
+    loss = cross_entropy(plan, logits, target)
+    lse = per_row_op(dataclasses.replace(plan, op="lse", reduction="none"), [("x", logits)])
+    call = _Call()
+    call.view("logits", logits)
+    lse_host = np.asarray(host_copy(lse))
+    lead = lse_host.shape
+    if plan.target == "indices":
+        counted = np.asarray(host_copy(target)).reshape(lead) != plan.ignore_index
+    else:
+        counted = np.ones(lead, dtype=bool)
+    z_rows = reduce.z_loss_rows(plan.z_loss, lse_host.astype(np.float64).reshape(-1), counted.reshape(-1))
+    dtype = np.dtype(lse_host.dtype)
+    if plan.reduction == "none":
+        z_out = reduce.rows(z_rows, lead, dtype)
+    else:
+        z_out = reduce.finish(z_rows, lead, plan.reduction, dtype, int(np.count_nonzero(counted)))
+    if call.tag is not None:
+        z_out = to_caller(call, z_out, lead if plan.reduction == "none" else ())
+    return reduce.CrossEntropyOutput(loss, z_out, lse if plan.return_lse else None)
+
+
+def topk_kl(plan, teacher_indices, teacher_logprobs, student_logits):
     """topk_kl_div on the device.  Host (numpy) teacher arrays are validated and sorted as on
     the host path, then copied over; torch CUDA teacher tensors are sorted on the device (no
     synchronisation, so not validated: a row with a repeated or out-of-range class gives NaN)."""
@@ -242,7 +377,7 @@ def topk_kl(teacher_indices, teacher_logprobs, student_logits, tail, reduction):
         idx = _checks.as_array("teacher_indices", teacher_indices)
         t = _checks.as_array("teacher_logprobs", teacher_logprobs)
         _checks.compute_dtype("teacher_logprobs", t.dtype)
-        idx, t = _checks.topk_teacher(idx, t, lead, v, tail)
+        idx, t = _checks.topk_teacher(idx, t, lead, v, plan.tail)
         if call.bf16:
             t = t.astype(_checks._bfloat16()).view(np.int16)
         else:
@@ -251,6 +386,6 @@ def topk_kl(teacher_indices, teacher_logprobs, student_logits, tail, reduction):
         tv = cuda.to_device(np.ascontiguousarray(t))
     out_native, out_view = call.empty(rows, _acc_dtype([z], call.bf16))
     if rows:
-        call.k.topk_kl(iv, tv, z2, int(tail == "bucket"), out_view, None, stream=call.ensure_stream(),
+        call.k.topk_kl(iv, tv, z2, *plan.scalars(v), out_view, None, stream=call.ensure_stream(),
                        bf16=call.bf16 or None)
-    return _finish(call, out_native, out_view, lead, reduction)
+    return _finish(call, out_native, out_view, lead, plan.reduction)

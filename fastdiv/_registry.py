@@ -24,9 +24,26 @@ the thread count.  Semantics are those of ``fastdiv.reference`` (see its docstri
         out[i] = sum_j w_j * q_j * (lse - x_j) with q_j = alpha * p_j + beta, x = scale * logits
         (label smoothing is alpha = 1 - eps, beta = eps / V).
     evaluate(x, z, target, st, ix, nthreads)
-        the mergeable per-row state of ``fastdiv.evaluate`` (z: reference logits, or 0 rows;
-        target outside [0, V): none); st float64[rows, 8], ix int64[rows, 3]; contract in
-        fastdiv/_numba/evaluate.py.
+        the mergeable per-row state of ``fastdiv.evaluate``, ``fastdiv.states`` and
+        ``cross_entropy``'s options.  ``x``: logits; ``z``: reference logits of the same shape
+        and dtype, or an array with 0 rows for "no reference"; ``target``: int64[rows], a
+        class index, or any value outside [0, V) for "no target in this row" (ignored rows, or
+        a vocabulary shard that does not hold the target).  Writes per row, in float64
+        ``st[i, :8]`` (columns named in ``fastdiv._state``)::
+
+            m    = max x                (NaN-propagating; +inf for a row with +inf and no NaN)
+            s    = sum e^(x - m)        w = sum e^(x - m) (x - m)     (entropy = log s - w / s)
+            xt   = x[t]                 (NaN when there is no target)
+            mz, sz                       as m, s for z
+            wxz  = sum_{x_j > -inf} e^(x_j - m) ((x_j - m) - (z_j - mz))
+            wzx  = sum_{z_j > -inf} e^(z_j - mz) ((z_j - mz) - (x_j - m))
+
+        and in int64 ``ix[i, :3]``: the first index of the maximum of x (meaningful only for
+        a finite m), the number of j with ``x_j > xt``, and flags: 1 = some ``x_j > -inf``
+        where ``z_j = -inf``, 2 = some ``z_j > -inf`` where ``x_j = -inf`` (a KL of +inf).
+        While a maximum is ``-inf`` its sums use the shift 0 (never ``-inf - -inf``);
+        ``fastdiv._state.finish_rows`` turns the state into results with the row endings of
+        ``fastdiv.reference``.  Columns of z are left untouched without a reference.
 
 Divergence family (contract v2, issue 5).  ``scale = 1 / temperature`` (positive, finite)
 multiplies every logit before anything else; ``scale = 1.0`` gives today's results bit for bit.
@@ -64,7 +81,7 @@ OPS = (
     "kl_probs",
     "ce_hard",
     "ce_soft",
-    "evaluate",     # the mergeable per-row state of fastdiv.evaluate (fastdiv/_numba/evaluate.py)
+    "evaluate",     # the mergeable per-row state of fastdiv.evaluate (contract above)
     "js_logits",
     "js_log_probs",
     "js_probs",
@@ -77,9 +94,9 @@ CPU_BACKENDS = ("cython", "numba")
 BACKENDS = ("numba", "cython", "cuda", "numpy")
 
 _MODULES = {
-    "numba": "fastdiv._numba.kernels",
+    "numba": "fastdiv._numba.ops",
     "cython": "fastdiv._cython._kernels",
-    "cuda": "fastdiv._cuda.kernels",
+    "cuda": "fastdiv._cuda.ops",
     "numpy": "fastdiv._reference_kernels",
 }
 

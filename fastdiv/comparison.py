@@ -54,7 +54,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _checks, _interop, _registry
+from . import _checks, _interop, plan as _plan
 from .api import js_div
 from .evaluation import evaluate
 from ._typing import ArrayLike, Backend
@@ -86,19 +86,14 @@ def per_row(base, logits, target=None, *, ignore_index=-100, topk=(1, 5), backen
     """The per-row columns of the counted rows: ``(columns, rows)``, ``rows`` the number of input
     rows.  ``columns`` maps a name of the module docstring (and ``row``, ``same_top1``,
     ``top{k}``) to a 1-D array over the counted rows."""
-    from ._cuda.interop import is_device_array
-
-    if backend == "cuda" or is_device_array(base) or is_device_array(logits):
-        raise _registry.BackendUnavailable(
-            "compare runs on the CPU backends (numba, cython, numpy) in this version; copy device arrays to the host")
+    plan = _plan.compare(ignore_index=ignore_index, topk=topk, backend=backend, base=base, logits=logits)
+    ignore, ks, backend = plan.ignore_index, plan.topk, plan.backend
     b = _checks.float_array("base", base)
     x = _checks.float_array("logits", logits)
     if b.shape != x.shape:
         what = "vocabulary sizes differ" if b.shape[-1] != x.shape[-1] else "row shapes differ"
         raise ValueError(f"base and logits must have the same shape, got base {b.shape} and logits {x.shape} "
                          f"({what})")
-    ignore = _checks.ignore_index(ignore_index)
-    ks = _checks.topk(topk)
     lead, v = x.shape[:-1], x.shape[-1]
     nrows = int(np.prod(lead, dtype=np.int64))
     if target is None:
@@ -356,5 +351,6 @@ def compare(base: ArrayLike, logits: ArrayLike, target: ArrayLike | None = None,
     >>> 0 < stats["kld"]["mean"] < 0.01 and stats["ppl"]["ratio"] > 0
     True
     """
-    cols, rows = per_row(base, logits, target, ignore_index=ignore_index, topk=topk, backend=backend)
-    return Comparison(cols, rows, _checks.topk(topk), target is not None)
+    plan = _plan.compare(ignore_index=ignore_index, topk=topk, backend=backend, base=base, logits=logits)
+    cols, rows = per_row(base, logits, target, ignore_index=plan.ignore_index, topk=plan.topk, backend=plan.backend)
+    return Comparison(cols, rows, plan.topk, target is not None)

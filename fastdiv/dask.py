@@ -6,7 +6,8 @@ rows and, optionally, along the class axis (the vocabulary), and return lazy res
 for ``reduction="none"``, a 0-d array for ``"mean"`` / ``"sum"``; ``evaluate`` returns a
 :class:`DaskEvaluation`.  Reductions add per-row values in float64 across chunks and divide
 once, with exactly the in-memory denominators (cross-entropy's weighted mean over the rows
-whose target is not ``ignore_index``; 0.0 when every target is ignored), so results equal the
+whose target is not ``ignore_index``; NaN when every target is ignored, ``fastdiv.reduce``'s
+rule), so results equal the
 in-memory functions' up to float64 summation order.
 
 Class axis in one chunk: each chunk of rows is computed by the in-memory function on one
@@ -44,7 +45,6 @@ True
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 
 import numpy as np
@@ -54,8 +54,7 @@ try:
 except ImportError as exc:
     raise ImportError(f"fastdiv.dask needs dask: pip install 'fastdiv[dask]' ({exc})") from None
 
-from . import _checks, api
-from . import evaluation
+from . import _checks, api, evaluation, execute, plan as _plan, reduce
 from . import states as _states
 from ._typing import ArrayLike, Backend, Inputs, Reduction
 
@@ -88,9 +87,7 @@ def _unsupported_split(name: str, what: str) -> ValueError:
                       f"x.rechunk({{-1: -1}})")
 
 
-def _out_dtype(*arrays):
-    return np.dtype(np.float64) if any(_checks.compute_dtype("x", a.dtype) == np.float64 for a in arrays) \
-        else np.dtype(np.float32)
+_out_dtype = execute.out_dtype
 
 
 def _block(fn, kwargs, *blocks):
@@ -111,24 +108,8 @@ def _per_row(fn, arrays, dtype, kwargs, extra=()):
                         meta=np.empty((0,) * (ndim - 1), dtype))
 
 
-def _count(per_row):
-    n = per_row.size
-    if isinstance(n, float) and math.isnan(n):      # unknown chunk sizes: count at compute time
-        return da.ones_like(per_row, dtype=np.int64).sum()
-    return n
-
-
-def _reduce(per_row, reduction, dtype):
-    if reduction == "none":
-        return per_row
-    total = per_row.sum(dtype=np.float64)
-    if reduction == "sum":
-        return total.astype(dtype)
-    n = _count(per_row)
-    if isinstance(n, int) and n == 0:
-        warnings.warn("mean of an empty batch is NaN", RuntimeWarning, stacklevel=3)
-        return da.from_array(np.array(np.nan, dtype))
-    return (total / n).astype(dtype)
+def _reduce(per_row, reduction, dtype, denominator=None):
+    return reduce.lazy_finish(per_row, reduction, dtype, da, denominator)
 
 
 # --------------------------------------------------------------------------- vocabulary-split arrays
@@ -187,6 +168,10 @@ def _merge_task(left, right, *, k, reference, dtype, ranges):
     return _pack(merged, left.shape[-1])
 
 
+#: the start of the empty-mean warning, silenced in tasks (a chunk of ignored rows is normal)
+_EMPTY = reduce.EMPTY_MESSAGE.split(" (")[0]
+
+
 def _table(res, fields):
     """The per-row ``fields`` of an Evaluation as one float64 array (lead..., len(fields))."""
     first = np.asarray(res[fields[0]])
@@ -199,7 +184,7 @@ def _table(res, fields):
 def _evaluate_task(xb, tb, *rest, fields, kwargs):
     """Per-row results of one row chunk with the class axis whole: in-memory evaluate."""
     with warnings.catch_warnings():            # a chunk of ignored rows is normal here
-        warnings.filterwarnings("ignore", message="evaluate: every target", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message=_EMPTY, category=RuntimeWarning)
         return _table(evaluation.evaluate(xb, tb, reference=rest[0] if rest else None, **kwargs), fields)
 
 
@@ -207,7 +192,7 @@ def _finish_task(block, *, k, reference, dtype, v, fields, topk, kl_direction, z
     """Per-row results (lead..., len(fields)) in float64 from a state covering [0, v)."""
     st = _unpack(block, k, reference, dtype, 0, v)
     with warnings.catch_warnings():            # a chunk of ignored rows is normal here
-        warnings.filterwarnings("ignore", message="evaluate: every target", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message=_EMPTY, category=RuntimeWarning)
         res = _states.finalize(st, topk=topk, kl_direction=kl_direction, z_loss=z_loss, n_classes=v)
     return _table(res, fields)
 
@@ -309,8 +294,9 @@ def entropy(p: ArrayLike, *, inputs: Inputs = "logits", reduction: Reduction = "
     >>> round(float(fastdiv.dask.entropy(p, reduction="mean").compute()), 6)
     1.386294
     """
-    kind = _checks.input_kind(inputs)
-    reduction = _checks.reduction(reduction)
+    plan = _plan.entropy(inputs=inputs, reduction=reduction, temperature=1.0, backend=backend, validate=False, p=p,
+                         resolve=False)
+    kind, reduction = plan.inputs, plan.reduction
     p = _float("p", p)
     dtype = _out_dtype(p)
     if _split(p):
@@ -344,8 +330,9 @@ def kl_div(p: ArrayLike, q: ArrayLike, *, inputs: Inputs = "logits", reduction: 
     >>> round(float(fastdiv.dask.kl_div(p, q, inputs="probs").compute()), 6)
     0.510826
     """
-    kind = _checks.input_kind(inputs)
-    reduction = _checks.reduction(reduction)
+    plan = _plan.kl_div(inputs=inputs, reduction=reduction, temperature=1.0, backend=backend, validate=False, p=p,
+                        q=q, resolve=False)
+    kind, reduction = plan.inputs, plan.reduction
     p, q = _float("p", p), _float("q", q)
     _checks.same_shape("p", p, "q", q)
     dtype = _out_dtype(p, q)
@@ -360,7 +347,8 @@ def kl_div(p: ArrayLike, q: ArrayLike, *, inputs: Inputs = "logits", reduction: 
 
 
 def _target_weight(t, w, ignore):
-    """Per row: the denominator share of cross-entropy's mean (``w[t]``, or 1; 0 if ignored)."""
+    """Per row: the denominator share of cross-entropy's mean (``w[t]``, or 1; 0 if ignored),
+    so that the sum over chunks is ``fastdiv.reduce.ce_denominator``."""
     counted = t != ignore
     if w is None:
         return counted.astype(np.float64)
@@ -378,7 +366,7 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
     probabilities (shape ``logits.shape``), chunked along rows like ``logits`` or not (the
     chunks are aligned).  ``weight`` is a small in-memory array, sent to every task.
     ``"mean"`` for class indices is ``sum(loss) / sum(weight[target])`` over the rows whose
-    target is not ``ignore_index``, across all chunks, and 0.0 when that is 0.  With the
+    target is not ``ignore_index``, across all chunks, and NaN when that is 0.  With the
     class axis of ``logits`` split into chunks: class indices only, no ``weight`` or
     ``label_smoothing`` (a ValueError names the argument).
 
@@ -400,18 +388,16 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
     >>> round(float(fastdiv.dask.cross_entropy(logits, target).compute()), 6)
     0.239545
     """
-    reduction = _checks.reduction(reduction)
-    ignore = _checks.ignore_index(ignore_index)
-    eps = _checks.label_smoothing(label_smoothing)
+    plan = _plan.cross_entropy(reduction=reduction, ignore_index=ignore_index, weight=weight,
+                               label_smoothing=label_smoothing, temperature=1.0, backend=backend, validate=False,
+                               z_loss=0.0, softcap=None, return_lse=False, logits=logits, target=target, resolve=False)
+    reduction, ignore, eps = plan.reduction, plan.ignore_index, plan.smoothing
     logits = _float("logits", logits)
     target = _dask("target", target)
     lead, v = logits.shape[:-1], logits.shape[-1]
     kw = {"ignore_index": ignore, "label_smoothing": eps, "backend": backend, "reduction": "none"}
-    if target.dtype.kind == "f" or target.dtype == _checks._bfloat16():
-        if target.shape != logits.shape:
-            raise ValueError(
-                f"float target (probabilities) must have the same shape as logits {logits.shape}, got {target.shape}; "
-                "class indices must be an integer array")
+    if plan.target == "probs":
+        _checks.probability_target(target, logits.shape)
         if _split(logits, target):
             raise _unsupported_split("target", "a target of probabilities")
         dtype = _out_dtype(logits, target)
@@ -436,10 +422,7 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
         per_row = _per_row(api.cross_entropy, [logits], dtype, dict(kw, weight=w), extra=[target])
     if reduction != "mean":
         return _reduce(per_row, reduction, dtype)
-    total = per_row.sum(dtype=np.float64)
-    denom = da.map_blocks(_target_weight, target, w, ignore, dtype=np.float64).sum()
-    safe = da.where(denom == 0, 1.0, denom)
-    return da.where(denom == 0, 0.0, total / safe).astype(dtype)
+    return _reduce(per_row, reduction, dtype, da.map_blocks(_target_weight, target, w, ignore, dtype=np.float64).sum())
 
 
 def _computed(a):
@@ -474,23 +457,7 @@ class DaskEvaluation:
     def __init__(self, rows, topk):
         self._rows = rows
         self.topk = tuple(topk)
-        counted = rows["counted"]
-        n = counted.sum(dtype=np.int64)
-        safe = da.maximum(n, 1)
-
-        def mean(a):
-            return da.where(n > 0, da.where(counted, a, 0).sum(dtype=np.float64) / safe, np.nan)
-
-        agg = {"count": n, "mean_nll": mean(rows["nll"])}
-        agg["perplexity"] = da.exp(agg["mean_nll"])
-        for k in self.topk:
-            agg[f"accuracy@{k}"] = mean(rows[f"correct@{k}"])
-        agg["mean_entropy"] = mean(rows["entropy"])
-        if "kl" in rows:
-            agg["mean_kl"] = mean(rows["kl"])
-        if "z_loss" in rows:
-            agg["mean_z_loss"] = mean(rows["z_loss"])
-        self._agg = agg
+        self._agg = reduce.lazy_means(rows, self.topk, da)
 
     def __getitem__(self, key):
         for table in (self._agg, self._rows):
@@ -570,10 +537,10 @@ def evaluate(logits: ArrayLike, target: ArrayLike, *, topk: int | tuple[int, ...
     >>> bool(np.isclose(agg["mean_nll"], fastdiv.evaluate(x, t).mean_nll, rtol=1e-12))
     True
     """
-    ks = _checks.topk(topk)
-    ignore = _checks.ignore_index(ignore_index)
-    kl_direction = _checks.kl_direction(kl_direction)
-    z_coef = _checks.z_loss(z_loss)
+    plan = _plan.evaluate(topk=topk, kl_direction=kl_direction, ignore_index=ignore_index, z_loss=z_loss,
+                          softcap=None, backend=backend, logits=logits, target=target, reference=reference,
+                          resolve=False)
+    ks, ignore, kl_direction, z_coef = plan.topk, plan.ignore_index, plan.kl_direction, plan.z_loss
     logits = _float("logits", logits)
     target = _dask("target", target)
     if target.dtype.kind not in "iu":
@@ -656,8 +623,8 @@ def compare(base: ArrayLike, logits: ArrayLike, target: ArrayLike | None = None,
     """
     import dask
 
-    ks = _checks.topk(topk)
-    ignore = _checks.ignore_index(ignore_index)
+    plan = _plan.compare(ignore_index=ignore_index, topk=topk, backend=backend, resolve=False)
+    ks, ignore = plan.topk, plan.ignore_index
     b = _float("base", base)
     x = _float("logits", logits)
     if b.shape != x.shape:

@@ -14,12 +14,11 @@ True
 """
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
 
-from . import _checks
+from . import _checks, _gpu, execute, plan as _plan, reduce
 from .api import cross_entropy
 from .comparison import Comparison, per_row
 from .evaluation import evaluate
@@ -27,12 +26,19 @@ from .evaluation import evaluate
 __all__ = ["CrossEntropyMeter", "Perplexity", "Evaluator", "Comparator"]
 
 
-def _quiet_evaluate(*args, **kwargs):
-    """evaluate() without its all-ignored warning: a batch of padding is normal in a stream
+def _quiet(fn, *args, **kwargs):
+    """``fn`` without the empty-mean warning: a batch of padding is normal in a stream
     (``compute()`` warns if no counted row was seen at all)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="evaluate: every target", category=RuntimeWarning)
-        return evaluate(*args, **kwargs)
+        warnings.filterwarnings("ignore", message=reduce.EMPTY_MESSAGE.split(" (")[0], category=RuntimeWarning)
+        return fn(*args, **kwargs)
+
+
+def _batch_sums(res, topk):
+    """``fastdiv.reduce.sums`` of one batch's :class:`fastdiv.Evaluation` (its per-row values
+    as returned, on the host)."""
+    keys = ["nll", "entropy"] + [f"correct@{k}" for k in topk] + [k for k in ("kl", "z_loss") if k in res]
+    return reduce.sums({k: np.asarray(res.host(k)) for k in keys}, np.asarray(res.host("counted")), topk)
 
 
 class _Meter:
@@ -73,12 +79,6 @@ class _Meter:
     def __repr__(self):
         return f"{type(self).__name__}({', '.join(f'{k}={v:.6g}' for k, v in self._sums.items())})"
 
-    @staticmethod
-    def _ratio(num, den, what):
-        if den == 0:
-            warnings.warn(f"{what}: no (counted) rows seen; the result is NaN", RuntimeWarning, stacklevel=3)
-            return float("nan")
-        return num / den
 
 
 class CrossEntropyMeter(_Meter):
@@ -104,10 +104,12 @@ class CrossEntropyMeter(_Meter):
     """
 
     def __init__(self, *, ignore_index=-100, weight=None, label_smoothing=0.0, softcap=None, backend="auto"):
-        self.ignore_index = _checks.ignore_index(ignore_index)
-        self.weight = None if weight is None else np.asarray(weight, dtype=np.float64).copy()
-        self.label_smoothing = _checks.label_smoothing(label_smoothing)
-        self.softcap = _checks.softcap(softcap)
+        settings = _plan.meter(ignore_index=ignore_index, label_smoothing=label_smoothing, softcap=softcap,
+                               backend=backend)
+        self.ignore_index = settings.ignore_index
+        self.weight = None if weight is None else np.array(_checks.as_array("weight", weight), dtype=np.float64)
+        self.label_smoothing = settings.smoothing
+        self.softcap = settings.softcap
         self.backend = backend
         self._sums = {"loss": 0.0, "denominator": 0.0}
 
@@ -116,22 +118,22 @@ class CrossEntropyMeter(_Meter):
         return (self.ignore_index, w, self.label_smoothing, self.softcap)
 
     def update(self, logits, target):
-        per_row = cross_entropy(logits, target, reduction="none", ignore_index=self.ignore_index,
-                                weight=self.weight, label_smoothing=self.label_smoothing, softcap=self.softcap,
-                                backend=self.backend)
-        t = _checks.as_array("target", target)
-        if t.dtype.kind not in "iu":            # probabilities: cross_entropy's mean is over rows
-            den = float(np.size(per_row))
-        else:
-            t = t.reshape(-1)
-            counted = t != self.ignore_index
-            den = float(np.count_nonzero(counted)) if self.weight is None else float(np.sum(self.weight[t[counted]]))
-        self._sums["loss"] += float(np.sum(np.asarray(per_row, dtype=np.float64)))
+        kw = dict(ignore_index=self.ignore_index, weight=self.weight, label_smoothing=self.label_smoothing,
+                  softcap=self.softcap, backend=self.backend)
+        plan = _plan.cross_entropy(reduction="none", temperature=1.0, validate=False, z_loss=0.0, return_lse=False,
+                                   logits=logits, target=target, **kw)
+        per_row = _gpu.host_copy(cross_entropy(logits, target, reduction="none", **kw))
+        t = w = None
+        if plan.target == "indices":
+            t = np.asarray(_gpu.host_copy(target))
+            w = plan.class_weight(int(np.shape(logits)[-1]), execute.out_dtype(np.asarray(per_row)))
+        loss, den = reduce.cross_entropy_sums(plan, per_row, t, w)
+        self._sums["loss"] += loss
         self._sums["denominator"] += den
         return self
 
     def compute(self):
-        return self._ratio(self._sums["loss"], self._sums["denominator"], "CrossEntropyMeter")
+        return float(reduce.ratio(self._sums["loss"], self._sums["denominator"]))
 
 
 class Perplexity(_Meter):
@@ -152,8 +154,9 @@ class Perplexity(_Meter):
     """
 
     def __init__(self, *, ignore_index=-100, softcap=None, backend="auto"):
-        self.ignore_index = _checks.ignore_index(ignore_index)
-        self.softcap = _checks.softcap(softcap)
+        settings = _plan.meter(ignore_index=ignore_index, softcap=softcap, backend=backend)
+        self.ignore_index = settings.ignore_index
+        self.softcap = settings.softcap
         self.backend = backend
         self._sums = {"nll": 0.0, "count": 0.0}
 
@@ -161,16 +164,16 @@ class Perplexity(_Meter):
         return (self.ignore_index, self.softcap)
 
     def update(self, logits, target):
-        res = _quiet_evaluate(logits, target, topk=(), ignore_index=self.ignore_index, softcap=self.softcap,
-                              backend=self.backend) if np.size(target) else None
+        res = _quiet(evaluate, logits, target, topk=(), ignore_index=self.ignore_index, softcap=self.softcap,
+                     backend=self.backend) if np.size(target) else None
         if res is not None and res.count:
-            self._sums["nll"] += float(np.sum(np.asarray(res.host("nll"), dtype=np.float64)))
-            self._sums["count"] += res.count
+            batch = _batch_sums(res, ())
+            self._sums["nll"] += batch["nll"]
+            self._sums["count"] += batch["count"]
         return self
 
     def compute(self):
-        mean = self._ratio(self._sums["nll"], self._sums["count"], "Perplexity")
-        return math.exp(mean) if mean < 709.78 or mean != mean else math.inf
+        return reduce.perplexity(reduce.ratio(self._sums["nll"], self._sums["count"]))
 
 
 class Evaluator(_Meter):
@@ -197,11 +200,13 @@ class Evaluator(_Meter):
 
     def __init__(self, *, topk=(1, 5), kl_direction="ref||model", ignore_index=-100, z_loss=0.0, softcap=None,
                  backend="auto"):
-        self.topk = _checks.topk(topk)
-        self.kl_direction = _checks.kl_direction(kl_direction)
-        self.ignore_index = _checks.ignore_index(ignore_index)
-        self.z_loss = _checks.z_loss(z_loss)
-        self.softcap = _checks.softcap(softcap)
+        settings = _plan.meter(topk=topk, kl_direction=kl_direction, ignore_index=ignore_index, z_loss=z_loss,
+                               softcap=softcap, backend=backend)
+        self.topk = settings.topk
+        self.kl_direction = settings.kl_direction
+        self.ignore_index = settings.ignore_index
+        self.z_loss = settings.z_loss
+        self.softcap = settings.softcap
         self.backend = backend
         keys = ["count", "nll", "entropy", "kl", "kl_count", "z_loss"] + [f"correct@{k}" for k in self.topk]
         self._sums = {k: 0.0 for k in keys}
@@ -210,9 +215,9 @@ class Evaluator(_Meter):
         return (self.topk, self.kl_direction, self.ignore_index, self.z_loss, self.softcap)
 
     def update(self, logits, target, reference=None):
-        res = _quiet_evaluate(logits, target, topk=self.topk, reference=reference, kl_direction=self.kl_direction,
-                              ignore_index=self.ignore_index, z_loss=self.z_loss, softcap=self.softcap,
-                              backend=self.backend) if np.size(target) else None
+        res = _quiet(evaluate, logits, target, topk=self.topk, reference=reference, kl_direction=self.kl_direction,
+                     ignore_index=self.ignore_index, z_loss=self.z_loss, softcap=self.softcap,
+                     backend=self.backend) if np.size(target) else None
         if res is not None and res.count:
             self._add(res, reference is not None)
         return self
@@ -220,36 +225,14 @@ class Evaluator(_Meter):
     def _add(self, res, with_reference):
         """Add the counted rows of one batch's :class:`fastdiv.Evaluation` to the sums (the
         hook a subclass extends to keep more sums from the same single read)."""
-        c = np.asarray(res.host("counted"))
-
-        def total(key):
-            return float(np.sum(np.asarray(res.host(key), dtype=np.float64)[c]))
-
-        self._sums["count"] += res.count
-        self._sums["nll"] += total("nll")
-        self._sums["entropy"] += total("entropy")
-        for k in self.topk:
-            self._sums[f"correct@{k}"] += float(np.count_nonzero(np.asarray(res.host(f"correct@{k}"))[c]))
+        for key, value in _batch_sums(res, self.topk).items():
+            self._sums[key] += value
         if with_reference:
-            self._sums["kl"] += total("kl")
             self._sums["kl_count"] += res.count
-        if self.z_loss:
-            self._sums["z_loss"] += total("z_loss")
 
     def compute(self):
-        s = self._sums
-        n = s["count"]
-        mean_nll = self._ratio(s["nll"], n, "Evaluator")
-        out = {"count": int(n), "mean_nll": mean_nll,
-               "perplexity": math.exp(mean_nll) if mean_nll < 709.78 or mean_nll != mean_nll else math.inf}
-        for k in self.topk:
-            out[f"accuracy@{k}"] = s[f"correct@{k}"] / n if n else float("nan")
-        out["mean_entropy"] = s["entropy"] / n if n else float("nan")
-        if s["kl_count"]:
-            out["mean_kl"] = s["kl"] / s["kl_count"]
-        if self.z_loss:
-            out["mean_z_loss"] = s["z_loss"] / n if n else float("nan")
-        return out
+        s = {k: v for k, v in self._sums.items() if k != "z_loss" or self.z_loss}
+        return reduce.means(s, kl_count=s["kl_count"])
 
 
 class Comparator:
@@ -281,9 +264,8 @@ class Comparator:
     """
 
     def __init__(self, *, ignore_index=-100, topk=(1, 5), backend="auto"):
-        self.ignore_index = _checks.ignore_index(ignore_index)
-        self.topk = _checks.topk(topk)
-        self.backend = backend
+        settings = _plan.compare(ignore_index=ignore_index, topk=topk, backend=backend, resolve=False)
+        self.ignore_index, self.topk, self.backend = settings.ignore_index, settings.topk, backend
         self.reset()
 
     def _settings(self):

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _checks, _registry
-from .evaluation import ARGMAX, FLAGS, M, MZ, S, SZ, W, WXZ, WZX, XT, finish_rows, row_results, run_state
+from . import _checks, execute, plan as _plan
+from ._state import ARGMAX, FLAGS, M, MZ, S, SZ, W, WXZ, WZX, XT, finish_rows
+from .evaluation import row_results
 
 __all__ = ["RowState", "row_state", "merge", "finalize"]
 
@@ -101,16 +102,10 @@ def row_state(logits_shard, *, offset=0, target=None, topk=(1, 5), reference_sha
     >>> bool(np.isclose(res.lse[0], fastdiv.logsumexp(x)[0])), res["accuracy@2"]
     (True, 1.0)
     """
-    ks = _checks.topk(topk)
+    plan = _plan.row_state(topk=topk, ignore_index=ignore_index, softcap=softcap, offset=offset, backend=backend,
+                           logits_shard=logits_shard, reference_shard=reference_shard)
+    ks, ignore, offset = plan.topk, plan.ignore_index, plan.offset
     big_k = max(ks, default=0)
-    ignore = _checks.ignore_index(ignore_index)
-    cap = _checks.softcap(softcap)
-    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
-        raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
-    offset = int(offset)
-    backend = _registry.resolve(backend)
-    if backend == "cuda":
-        raise _registry.BackendUnavailable("row_state runs on the CPU backends")
     x = _checks.float_array("logits_shard", logits_shard)
     z = None
     if reference_shard is not None:
@@ -138,7 +133,8 @@ def row_state(logits_shard, *, offset=0, target=None, topk=(1, 5), reference_sha
             vals = np.take_along_axis(xb, idx, axis=1)
         top[r0:r1, :kk] = -np.sort(-vals.astype(np.float64), axis=1)
 
-    st, ix, dtype = run_state(backend, x, local, z, cap, per_block=candidates if big_k else None)
+    st, ix, dtype = execute.run_state(plan.backend, x, local, z, plan.softcap,
+                                      per_block=candidates if big_k else None)
     has_t = local >= 0
     fields = dict(m=st[:, M].copy(), s=st[:, S].copy(), w=st[:, W].copy(),
                   xt=np.where(has_t, st[:, XT], np.nan), has_target=has_t, counted=counted,
@@ -252,11 +248,10 @@ def finalize(state, *, topk=(1, 5), kl_direction="ref||model", z_loss=0.0, n_cla
     >>> bool(np.allclose(res.nll, fastdiv.cross_entropy(x, t, reduction="none")))
     True
     """
-    ks = _checks.topk(topk)
+    plan = _plan.finalize(topk=topk, kl_direction=kl_direction, z_loss=z_loss)
+    ks = plan.topk
     if max(ks, default=0) > state.top_values.shape[1]:
         raise ValueError(f"topk={ks} needs {max(ks)} candidates; the states kept {state.top_values.shape[1]}")
-    kl_direction = _checks.kl_direction(kl_direction)
-    z_coef = _checks.z_loss(z_loss)
     pos = 0
     for start, stop in state.ranges:
         if start != pos:
@@ -273,4 +268,4 @@ def finalize(state, *, topk=(1, 5), kl_direction="ref||model", z_loss=0.0, n_cla
     if state.has_reference:
         kl = (state.mz, state.sz, state.wxz, state.wzx, state.flags)
     rows = finish_rows(state.m, state.s, state.w, state.xt, state.counted, rank, state.argmax, ks, kl)
-    return row_results(rows, state.lead, np.dtype(state.dtype), ks, state.counted, kl_direction, z_coef)
+    return row_results(rows, state.lead, np.dtype(state.dtype), ks, state.counted, plan.kl_direction, plan.z_loss)

@@ -21,11 +21,11 @@ import numpy as np
 
 import fastdiv
 import rss
-from fastdiv import _chunks, api
+from fastdiv import _chunks, execute
 from public_functions import FUNCTIONS
 
 #: Small conversion blocks, so that O(1) blocks and O(rows x V) copies are far apart.
-api.BLOCK_BYTES = 256 << 10
+execute.BLOCK_BYTES = 256 << 10
 _chunks.CHUNK_BYTES = 256 << 10
 
 VARIANTS = {

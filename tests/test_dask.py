@@ -71,7 +71,7 @@ def test_cross_entropy_every_target_ignored_and_lazy_weight():
     t[:] = -100
     got = fdd.cross_entropy(da.from_array(x, chunks=(30, -1)), da.from_array(t, chunks=30),
                             weight=da.ones(x.shape[1], chunks=10))
-    assert float(got.compute()) == 0.0
+    assert np.isnan(float(got.compute()))                # NaN, as in memory (torch's rule)
 
 
 def test_cross_entropy_soft_targets_and_leading_axes():
@@ -211,7 +211,7 @@ def test_vocab_split_functions_equal_the_in_memory_ones(dtype, one_thread):
         _agree(fdd.entropy(dxs, reduction=reduction).compute(), fastdiv.entropy(xs, reduction=reduction), dtype,
                reduction)
     ts[:] = -100
-    assert float(fdd.cross_entropy(dxs, da.from_array(ts, chunks=16)).compute()) == 0.0
+    assert np.isnan(float(fdd.cross_entropy(dxs, da.from_array(ts, chunks=16)).compute()))
 
 
 def test_vocab_split_evaluate_equals_in_memory_evaluate(one_thread):

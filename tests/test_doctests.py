@@ -11,8 +11,8 @@ import pytest
 
 import fastdiv
 
-MODULES = ["fastdiv.api", "fastdiv._registry", "fastdiv._config", "fastdiv._files", "fastdiv.dask", "fastdiv.comparison",
-           "fastdiv.meters"]
+MODULES = ["fastdiv.api", "fastdiv.execute", "fastdiv._registry", "fastdiv._config", "fastdiv._files", "fastdiv.dask",
+           "fastdiv.comparison", "fastdiv.meters"]
 OPTIONAL = {"fastdiv.dask": "dask"}
 
 

@@ -10,7 +10,7 @@ import fastdiv
 from fastdiv import _registry
 from fastdiv._cuda.interop import is_device_array
 from fastdiv import reference as R
-from fastdiv.evaluation import apply_softcap
+from fastdiv.execute import apply_softcap
 
 from conftest import assert_rows_close, backend_params, make_logits
 from test_evaluate import _check_rows, _targets
@@ -82,7 +82,7 @@ def test_evaluate_softcap_blocks_and_options(backend, v, rng, monkeypatch):
     """Several transform blocks (a small SOFTCAP_BLOCK_BYTES), extreme logits, masked and NaN
     rows, a non-contiguous read-only input, a reference, z_loss: against the reference on the
     soft-capped logits."""
-    monkeypatch.setattr(fastdiv.evaluation, "SOFTCAP_BLOCK_BYTES", 2048)
+    monkeypatch.setattr(fastdiv.execute, "SOFTCAP_BLOCK_BYTES", 2048)
     n = 30
     x = make_logits(rng, n, v, np.float32, scale=40.0)
     x[4, 0] = 1e4
@@ -117,7 +117,7 @@ def test_evaluate_softcap_cuda(dtype, rng, monkeypatch):
     monkeypatch.setattr(E, "BLOCK", 4)
     monkeypatch.setattr(S, "BLOCK", 32)
     n, v = 14, 13
-    monkeypatch.setattr(fastdiv.evaluation, "SOFTCAP_DEVICE_BYTES", 5 * v * np.dtype(dtype).itemsize)  # 3 blocks
+    monkeypatch.setattr(fastdiv._gpu, "SOFTCAP_DEVICE_BYTES", 5 * v * np.dtype(dtype).itemsize)  # 3 blocks
     x = make_logits(rng, n, v, dtype, scale=20.0)
     x[4, 0] = 1e4
     z = make_logits(rng, n, v, dtype)[::-1].copy()
@@ -155,7 +155,7 @@ def test_cuda_softcap_transform(rng):
 def test_softcap_workers_thread_count_invariant(backend, rng, monkeypatch):
     """One worker per thread, each on its own rows: the same bits for any thread count, and
     the caller's thread setting is left as it was."""
-    monkeypatch.setattr(fastdiv.evaluation, "SOFTCAP_BLOCK_BYTES", 4096)
+    monkeypatch.setattr(fastdiv.execute, "SOFTCAP_BLOCK_BYTES", 4096)
     x = make_logits(rng, 37, 300, np.float32, scale=20.0)
     t = _targets(rng, x)
     before = fastdiv.get_num_threads()
@@ -175,6 +175,6 @@ def test_softcap_worker_error_propagates(monkeypatch):
     def boom(*args):
         raise RuntimeError("kernel failed")
 
-    monkeypatch.setattr(fastdiv.evaluation, "SOFTCAP_BLOCK_BYTES", 64)
+    monkeypatch.setattr(fastdiv.execute, "SOFTCAP_BLOCK_BYTES", 64)
     with fastdiv.threads(2), pytest.raises(RuntimeError, match="kernel failed"):
-        fastdiv.evaluation.run_blocks([np.zeros((8, 4), np.float32)], np.dtype(np.float32), 2.0, boom)
+        fastdiv.execute.run_blocks([np.zeros((8, 4), np.float32)], np.dtype(np.float32), 2.0, boom)

@@ -1,4 +1,4 @@
-"""CUDA kernel of the ``evaluate`` op (contract: ``fastdiv/_numba/evaluate.py``).
+"""CUDA kernel of the ``evaluate`` op (contract: ``fastdiv._registry``).
 
 One block of ``BLOCK`` threads per row.  Each thread walks the columns ``tid, tid + BLOCK,
 ...`` keeping an online state in float64 (max, scaled sums, count of logits above the target's,

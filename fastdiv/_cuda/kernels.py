@@ -503,7 +503,6 @@ def device_mean(values, target=None, ignore_index=-100, weight=None, out=None, *
     (torch's weighted-mean rule for cross-entropy).  A zero denominator gives ``empty``.
     """
     return _reduce(values, target, ignore_index, weight, out, stream, True, empty)
-from .evaluate import evaluate  # noqa: E402,F401  (the evaluate op, fastdiv/_cuda/evaluate.py)
 
 
 # ------------------------------------------------------- divergence family (issue 5)

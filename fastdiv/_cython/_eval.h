@@ -1,4 +1,4 @@
-/* fastdiv Cython backend: the `evaluate` op (contract: fastdiv/_numba/evaluate.py).
+/* fastdiv Cython backend: the `evaluate` op (contract: fastdiv/_registry.py).
  *
  * Per row, in one read of the logits x (and of the reference z): the state
  *   st = (m, s, w, xt, mz, sz, wxz, wzx)   (float64)

@@ -261,7 +261,7 @@ cdef extern from "_eval.h" nogil:
 
 def evaluate(const floating[:, ::1] x, const floating[:, ::1] z, const int64_t[::1] target,
              double[:, ::1] st, int64_t[:, ::1] ix, int nthreads):
-    """The evaluate state per row (contract: fastdiv/_numba/evaluate.py); z with 0 rows: none."""
+    """The evaluate state per row (contract: fastdiv/_registry.py); z with 0 rows: none."""
     cdef Py_ssize_t i, rows = x.shape[0], V = x.shape[1]
     cdef int nt = _check(rows, V, st.shape[0], nthreads)
     cdef bint has_ref = z.shape[0] != 0

@@ -2,7 +2,7 @@
 
 The contract is ``fastdiv._registry``'s (js_logits, js_log_probs, js_probs, topk_kl);
 semantics are ``fastdiv.reference.js_rows`` / ``topk_kl_rows``.  Built on the vectorisable
-math of ``simd.py``; re-exported by ``kernels.py``.
+math of ``simd.py``; gathered with the other ops by ``ops.py``.
 
 Inputs may be float32, float64 or half-precision bits (``HALF_INPUTS`` of ``kernels.py``:
 float16 as uint16, bfloat16 as int16), widened by ``simd.load`` as they are read.
@@ -80,8 +80,7 @@ def _ov_logpos(x):
 
 
 def _threads(n):
-    """kernels.py's thread setting for one call (imported late: kernels.py re-exports this
-    module at its end, so either may be imported first)."""
+    """kernels.py's thread setting for one call."""
     from .kernels import _threads as threads
 
     return threads(n)

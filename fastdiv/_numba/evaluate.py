@@ -1,27 +1,6 @@
 """numba kernel of the ``evaluate`` op: the mergeable per-row state in one read of the row(s).
 
-Contract (``fastdiv._registry``, op ``evaluate``)::
-
-    evaluate(x, z, target, st, ix, nthreads)
-
-``x``: logits ``(rows, V)``; ``z``: reference logits of the same shape and dtype, or an array
-with 0 rows for "no reference"; ``target``: int64[rows], a class index, or any value outside
-``[0, V)`` for "no target in this row" (ignored rows, or a vocabulary shard that does not hold
-the target).  Writes per row, in float64 ``st[i, :8]``::
-
-    m    = max x                (NaN-propagating; +inf for a row with +inf and no NaN)
-    s    = sum e^(x - m)        w = sum e^(x - m) (x - m)         (entropy = log s - w / s)
-    xt   = x[t]                 (NaN when there is no target)
-    mz, sz                       as m, s for z
-    wxz  = sum_{x_j > -inf} e^(x_j - m) ((x_j - m) - (z_j - mz))
-    wzx  = sum_{z_j > -inf} e^(z_j - mz) ((z_j - mz) - (x_j - m))
-
-and in int64 ``ix[i, :3]``: the first index of the maximum of x (meaningful only for a
-finite m), the number of j with ``x_j > xt``, and flags: 1 = some ``x_j > -inf`` where
-``z_j = -inf``, 2 = some ``z_j > -inf`` where ``x_j = -inf`` (a KL of +inf).  While a maximum
-is ``-inf`` its sums use the shift 0 (never ``-inf - -inf``); the finish (in
-``fastdiv.evaluation``) turns the state into results with the row endings of
-``fastdiv.reference``.  Columns of z are left untouched without a reference.
+Contract (inputs, the state's columns, row endings): ``fastdiv._registry``, op ``evaluate``.
 
 Without a reference the row pass is numba's ``_row_state_t`` (fastdiv/_numba/kernels.py: the
 exact running maximum, its copies kept out of the lane sums, the target's rank counted in the
@@ -36,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .kernels import ROW_CHUNK, _row_state_t
+from .kernels import ROW_CHUNK, _row_state_t, _threads
 from .simd import INLINE, JIT, cast, clamp_lo, exp_hot, maximum, prefer_wide_vectors, prefetch
 
 CHUNK = 2048
@@ -238,8 +217,6 @@ def evaluate(x, z, target, st, ix, nthreads):
         raise ValueError(f"evaluate: z must have 0 rows or x's shape {x.shape} and dtype, got {z.shape}, {z.dtype}")
     if target.shape != (n,) or st.shape != (n, 8) or ix.shape != (n, 3):
         raise ValueError(f"evaluate: target must have shape ({n},), st ({n}, 8), ix ({n}, 3)")
-    from .kernels import _threads           # lazily: kernels.py imports this module at its end
-
     with _threads(nthreads):
         if z.shape[0]:
             _evaluate_xz(x, z, target, st, ix)

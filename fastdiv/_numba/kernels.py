@@ -1111,5 +1111,3 @@ def ce_soft(x, p, weight, alpha, beta, scale, out, nthreads):
 def max_threads():
     """Threads numba may use in this process (``NUMBA_NUM_THREADS``)."""
     return numba.config.NUMBA_NUM_THREADS
-from .evaluate import evaluate  # noqa: E402,F401  (the evaluate op, fastdiv/_numba/evaluate.py)
-from .divergences import js_log_probs, js_logits, js_probs, topk_kl  # noqa: E402,F401  (issue 5)

@@ -1,0 +1,72 @@
+"""The ``evaluate`` kernel's per-row state and how it becomes per-row results.
+
+The kernel (registry op ``evaluate``, contract in ``fastdiv/_registry.py``) writes per row a
+float64 state ``st[:, 8]`` and an int64 companion ``ix[:, 3]`` (columns below);
+:func:`finish_rows` turns states into per-row results with the row endings of
+``fastdiv.reference``, once for every backend, for ``cross_entropy``'s options, for
+``evaluate`` and for merged vocabulary shards (``fastdiv.states``).
+
+Top-k and ties: ``rank`` is the number of classes whose logit is *strictly* greater than the
+target's, and the target is within the top k iff ``rank < k``: a class tied with the target
+never pushes it out.  A masked target (``-inf``) is never within the top k, and a row whose
+softmax is undefined (NaN or ``+inf`` logits) counts as a miss.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: columns of the float64 state the evaluate kernel writes
+M, S, W, XT, MZ, SZ, WXZ, WZX = range(8)
+#: columns of its int64 companion
+ARGMAX, COUNT, FLAGS = range(3)
+
+
+def finish_rows(m, s, w, xt, counted, rank, argmax, topk, kl=None):
+    """Per-row float64 results from state columns, with the row endings of fastdiv.reference.
+
+    ``kl``: ``(mz, sz, wxz, wzx, flags)`` when there is a reference."""
+    out = {}
+    with np.errstate(all="ignore"):
+        bad = np.isnan(m) | (m == np.inf)         # softmax undefined
+        masked = m == -np.inf                     # every class masked
+        fin = ~bad & ~masked
+        logs = np.log(np.where(fin, s, 1.0))
+        out["lse"] = np.where(fin, m + logs, m)
+        out["entropy"] = np.where(bad, np.nan, np.where(masked, 0.0, logs - w / np.where(fin, s, 1.0)))
+        nll = np.where(bad, np.nan, np.where(masked, np.inf, (m - xt) + logs))
+        out["nll"] = np.where(counted, nll, 0.0)
+        out["target_prob"] = np.where(counted, np.exp(-out["nll"]), 0.0)
+        out["argmax"] = np.where(fin | (m == np.inf), argmax, -1)
+        out["rank"] = np.where(counted, np.where(bad, -1, rank), 0)
+        valid = counted & fin & (xt > -np.inf)
+        for k in topk:
+            out[f"correct@{k}"] = valid & (rank < k)
+        if kl is not None:
+            mz, sz, wxz, wzx, flags = kl
+            bad_any = bad | np.isnan(mz) | (mz == np.inf)
+            masked_z = mz == -np.inf
+            fin_z = ~bad_any & ~masked_z
+            logsz = np.log(np.where(fin_z, sz, 1.0))
+            d_mr = wxz / np.where(fin, s, 1.0) - logs + logsz          # D(model || ref)
+            d_mr = np.where(masked, 0.0, np.where(masked_z | (flags & 1 > 0), np.inf, d_mr))
+            d_rm = wzx / np.where(fin_z, sz, 1.0) - logsz + logs       # D(ref || model)
+            d_rm = np.where(masked_z, 0.0, np.where(masked | (flags & 2 > 0), np.inf, d_rm))
+            out["kl_model_ref"] = np.where(bad_any, np.nan, d_mr)
+            out["kl_ref_model"] = np.where(bad_any, np.nan, d_rm)
+    return out
+
+
+def finish_state(st, ix, counted, topk, reference):
+    """:func:`finish_rows` of the kernel's whole ``(st, ix)`` (``reference``: whether it
+    computed the KL columns)."""
+    kl = (st[:, MZ], st[:, SZ], st[:, WXZ], st[:, WZX], ix[:, FLAGS]) if reference else None
+    return finish_rows(st[:, M], st[:, S], st[:, W], st[:, XT], counted, ix[:, COUNT], ix[:, ARGMAX], topk, kl)
+
+
+def hard_loss(nll, counted, t, w):
+    """``w[t] * nll`` per row as ``ce_hard`` forms it: a zero-weight term is exactly 0, but NaN
+    wins over a zero weight; ignored rows 0."""
+    wt = w[np.where(counted, t, 0)].astype(np.float64)
+    loss = np.where(np.isnan(nll), np.nan, np.where(wt == 0, 0.0, wt * nll))
+    loss[~counted] = 0.0
+    return loss

@@ -1,0 +1,439 @@
+"""Running a plan's kernels over the rows of host arrays (the CPU backends).
+
+Inputs of any shape ``(..., V)`` are viewed as 2-D ``(rows, V)`` without copying and handed to
+the backend's per-row kernels (``fastdiv._registry``): whole when C-contiguous and of the
+kernel's dtype, else converted block by block (``BLOCK_BYTES``; file-backed inputs in
+``fastdiv._chunks.CHUNK_BYTES`` chunks whose pages are released), so extra memory stays
+O(block).  The softcap pre-pass, the evaluate state and the thread count live here too.
+Options come from a ``fastdiv.plan.Plan``; the per-row results go to ``fastdiv.reduce``.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import os
+import threading
+import warnings
+from typing import Iterator
+
+import numpy as np
+
+from . import _checks, _chunks, _registry, _state
+
+#: Rows are handed to a kernel in blocks of about this many bytes when an input must be
+#: converted (dtype, byte order, non-contiguous rows); contiguous native input goes whole.
+BLOCK_BYTES = 8 << 20
+
+#: bytes of soft-capped logits per kernel call: each worker transforms a block of its rows,
+#: then its kernel call reads it back from L2 (2 MiB per core on the CI Xeon; half of it, as
+#: the transform's reads from memory share it)
+SOFTCAP_BLOCK_BYTES = 1 << 20
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def _default_threads():
+    for var in ("FASTDIV_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value:
+            try:
+                return max(1, int(value.split(",")[0]))
+            except ValueError:
+                warnings.warn(f"ignoring {var}={value!r}: not an integer", RuntimeWarning, stacklevel=3)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_nthreads = _default_threads()
+#: per-thread override of the kernels' thread count: the softcap workers (run_blocks) each
+#: run their kernel calls single-threaded (``_thread_local.nthreads = 1``)
+_thread_local = threading.local()
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads both compiled CPU backends use (results do not depend on it).
+
+    Parameters
+    ----------
+    n : int
+        A positive number of threads.
+
+    Examples
+    --------
+    >>> import fastdiv
+    >>> old = fastdiv.get_num_threads()
+    >>> fastdiv.set_num_threads(1); fastdiv.get_num_threads()
+    1
+    >>> fastdiv.set_num_threads(old)
+    """
+    global _nthreads
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    _nthreads = int(n)
+
+
+def get_num_threads() -> int:
+    """The number of threads the compiled CPU backends use.
+
+    Examples
+    --------
+    >>> import fastdiv
+    >>> fastdiv.get_num_threads() >= 1
+    True
+    """
+    return getattr(_thread_local, "nthreads", None) or _nthreads
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Context manager: ``with fastdiv.threads(1): ...`` runs the block with ``n`` threads.
+
+    Parameters
+    ----------
+    n : int
+        A positive number of threads; the previous count is restored on exit.
+
+    Examples
+    --------
+    >>> import numpy as np, fastdiv
+    >>> with fastdiv.threads(1):
+    ...     float(fastdiv.logsumexp(np.zeros(4)))   # log 4
+    1.3862943611198906
+    """
+    old = get_num_threads()
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        set_num_threads(old)
+
+
+# --------------------------------------------------------------------------- row plumbing
+
+
+def _row_blocks(a):
+    """Yield ``(start_row, 2-D (rows, V) view)`` covering ``a`` in C row order, never copying.
+
+    A view whose rows are not C-contiguous is yielded as-is; ``prepare`` copies it block
+    by block.  Arrays whose leading axes cannot be merged without a copy are split along
+    their first axis.
+    """
+    v = a.shape[-1]
+    flat = a.view()
+    try:
+        flat.shape = (-1, v)
+    except AttributeError:        # leading axes not mergeable: recurse on the first one
+        inner = int(np.prod(a.shape[1:-1], dtype=np.int64))
+        for k in range(a.shape[0]):
+            for start, block in _row_blocks(a[k]):
+                yield k * inner + start, block
+        return
+    yield 0, flat
+
+
+def prepare(block, dtype):
+    """A C-contiguous array of ``dtype`` with the values of ``block`` (a copy only if needed)."""
+    if block.dtype == dtype and block.flags.c_contiguous:
+        return block
+    return np.ascontiguousarray(block, dtype=dtype)
+
+
+def rows_per_block(v, itemsize):
+    return max(1, BLOCK_BYTES // max(1, v * itemsize))
+
+
+def nrows(a):
+    return int(np.prod(a.shape[:-1], dtype=np.int64))
+
+
+def run_rows(arrays, dtype, call, n):
+    """Run ``call(start, stop, *prepared_blocks)`` over all ``n`` rows of the same-shape ``arrays``.
+
+    Native C-contiguous inputs go to the kernel in one call; otherwise blocks of
+    ``BLOCK_BYTES`` are converted (dtype, byte order, strides) and processed in turn, so
+    the extra memory is O(block), never O(rows x V).  File-backed inputs (np.memmap) go
+    in chunks of ``_chunks.CHUNK_BYTES`` whose pages are released after each chunk.
+    """
+    v = arrays[0].shape[-1]
+    per_array = [list(_row_blocks(a)) for a in arrays]
+    # The arrays may split into different row ranges (one contiguous, one transposed):
+    # walk the common refinement of all their block boundaries.
+    edges = sorted({n, *(start for blocks in per_array for start, _ in blocks)})
+    for a, b in zip(edges[:-1], edges[1:]):
+        blocks = []
+        for parts in per_array:
+            start, block = next((s, blk) for s, blk in reversed(parts) if s <= a)
+            blocks.append(block[a - start:b - start])
+        native = all(blk.dtype == dtype and blk.flags.c_contiguous for blk in blocks)
+        mapped = [_chunks.mapping(blk) for blk in blocks]
+        if native and all(m is None for m in mapped):
+            call(a, b, *blocks)
+            continue
+        # Converted inputs go in BLOCK_BYTES blocks; file-backed ones (see fastdiv._chunks)
+        # in CHUNK_BYTES chunks (fewer, larger kernel calls over a slow source) whose pages
+        # are released after use, so RSS stays bounded.
+        itemsize = max(dtype.itemsize, max(blk.dtype.itemsize for blk in blocks))
+        if any(m is not None for m in mapped):
+            step = _chunks.rows_per_chunk(v, itemsize, _chunks.CHUNK_BYTES)
+        else:
+            step = rows_per_block(v, itemsize)
+        for r0 in range(a, b, step):
+            r1 = min(r0 + step, b)
+            parts = [blk[r0 - a:r1 - a] for blk in blocks]
+            call(r0, r1, *[prepare(part, dtype) for part in parts])
+            for part, m in zip(parts, mapped):
+                _chunks.release(part, m)
+
+
+def out_dtype(*arrays):
+    """The compute dtype of a call: float64 if any float input is float64, else float32."""
+    dts = [_checks.compute_dtype(f"arg{i}", a.dtype) for i, a in enumerate(arrays)]
+    return np.dtype(np.float64) if any(d == np.float64 for d in dts) else np.dtype(np.float32)
+
+
+def _half_bits(backend, arrays):
+    """The raw-bits dtype (uint16 / int16) in which to hand ``arrays`` to ``backend`` whole, or
+    None: only when its kernels read half inputs (HALF_INPUTS) and every array has the same
+    half dtype and is C-contiguous (contract v2 item 2).  Otherwise the rows are converted to
+    float32 in blocks of BLOCK_BYTES."""
+    bits = _checks.half_bits_dtype(arrays[0].dtype)
+    if bits is None or not _registry.half_inputs(backend):
+        return None
+    if any(a.dtype != arrays[0].dtype or not a.flags.c_contiguous for a in arrays):
+        return None
+    return bits
+
+
+def per_row(op, backend, arrays, *, scalars=(), extra=None):
+    """Per-row results (1-D, C order over the leading axes) of kernel ``op`` on ``arrays``.
+
+    ``scalars`` follow the float arrays in the kernel's signature (``_registry``)."""
+    n = nrows(arrays[0])
+    dtype = out_dtype(*arrays)
+    out = np.empty(n, dtype=dtype)
+    if n == 0:
+        return out
+    kern = _registry.kernel(backend, op)
+    nthreads = get_num_threads()
+
+    def call(r0, r1, *blocks):
+        if op == "ce_hard":
+            target, weight = extra
+            kern(blocks[0], target[r0:r1], scalars[0], weight, scalars[1], out[r0:r1], nthreads)
+        elif op == "ce_soft":
+            (weight,) = extra
+            kern(blocks[0], blocks[1], weight, *scalars, out[r0:r1], nthreads)
+        elif op == "topk_kl":                    # arrays = [student logits, teacher log-probs]
+            (idx,) = extra
+            kern(idx[r0:r1], blocks[1], blocks[0], *scalars, out[r0:r1], nthreads)
+        else:
+            kern(*blocks, *scalars, out[r0:r1], nthreads)
+
+    bits = _half_bits(backend, arrays)
+    if bits is not None:
+        arrays, dtype = [a.view(bits) for a in arrays], bits
+    run_rows(arrays, dtype, call, n)
+    return out
+
+
+def rows(plan, arrays):
+    """Per-row results of ``plan.op`` (a kernel with float arrays and scalars only) on host
+    ``arrays`` of one shape (``fastdiv.plan``: scalars, argument order)."""
+    return per_row(plan.op, plan.backend, arrays, scalars=plan.scalars(arrays[0].shape[-1]))
+
+
+# --------------------------------------------------------------------------- softcap
+
+
+_pools: dict = {}
+
+
+def apply_softcap(block, cap, dtype, out=None):
+    """``cap * tanh(block / cap)`` in ``dtype`` (semantics of ``fastdiv.reference.softcap_rows``:
+    ``-inf`` stays ``-inf``, NaN stays NaN, ``+inf`` becomes ``cap``), one compiled pass
+    (``fastdiv._numba.softcap``, single-threaded).  ``block``: 2-D, any strides; ``out``: a
+    C-contiguous ``dtype`` array of its shape to write into (a new one when None), returned."""
+    from ._numba.softcap import softcap_rows
+
+    block = np.asarray(block)
+    if block.dtype != dtype:
+        block = block.astype(dtype)
+    if out is None:
+        out = np.empty(block.shape, dtype=dtype)
+    if block.size:
+        softcap_rows(block, dtype.type(1.0 / cap), dtype.type(cap), out)
+    return out
+
+
+def _pool(n):
+    """The softcap workers' thread pool (per process: a forked child gets its own)."""
+    key = (os.getpid(), n)
+    if key not in _pools:
+        _pools[key] = concurrent.futures.ThreadPoolExecutor(max_workers=n, thread_name_prefix="fastdiv-softcap")
+    return _pools[key]
+
+
+def run_blocks(arrays, dtype, softcap, fn):
+    """Call ``fn(r0, r1, *blocks)`` over all rows of ``arrays`` (same leading shape), the
+    first array soft-capped when ``softcap`` is set: C-contiguous native input goes whole
+    (no softcap) or in blocks of ``BLOCK_BYTES`` (converted input), so memory stays O(block).
+
+    With ``softcap`` the rows are split into one contiguous share per thread, each run by a
+    worker thread that transforms ``SOFTCAP_BLOCK_BYTES`` of its rows at a time into its own
+    reused buffer and calls ``fn`` on it at once, single-threaded (the per-thread thread
+    count): the kernel reads the block back from that core's L2, so the logits are still
+    read once from memory, and the workers never wait for each other (one parallel region
+    per block and kernel would: on a busy machine each costs a scheduler time slice).
+    ``fn`` calls from different workers touch disjoint rows."""
+    n = nrows(arrays[0])
+    if n == 0:
+        return
+    if softcap is None:
+        run_rows(arrays, dtype, fn, n)
+        return
+    v = arrays[0].shape[-1]
+    step = max(1, SOFTCAP_BLOCK_BYTES // (v * dtype.itemsize))
+    nthreads = get_num_threads()
+
+    def share(r0, a0, a1, blocks):
+        buf = np.empty((min(step, a1 - a0), v), dtype=dtype)
+        for a in range(a0, a1, step):
+            b = min(a + step, a1)
+            capped = apply_softcap(blocks[0][a:b], softcap, dtype, out=buf[:b - a])
+            fn(r0 + a, r0 + b, capped, *[blk[a:b] for blk in blocks[1:]])
+
+    def worker(*args):
+        _thread_local.nthreads = 1
+        try:
+            share(*args)
+        finally:
+            _thread_local.nthreads = None
+
+    def call(r0, r1, *blocks):
+        rows_ = r1 - r0
+        workers = min(nthreads, -(-rows_ // step))
+        if workers <= 1:
+            share(r0, 0, rows_, blocks)
+            return
+        edges = [rows_ * k // workers for k in range(workers + 1)]
+        jobs = [_pool(nthreads).submit(worker, r0, a0, a1, blocks) for a0, a1 in zip(edges[:-1], edges[1:])]
+        concurrent.futures.wait(jobs)            # all done before an error is raised
+        for job in jobs:
+            job.result()
+
+    run_rows(arrays, dtype, call, n)
+
+
+# --------------------------------------------------------------------------- the evaluate state
+
+
+def run_state(backend, x, target, reference=None, softcap=None, per_block=None):
+    """The evaluate state of every row: ``(st float64[rows, 8], ix int64[rows, 3], dtype)``.
+
+    ``target``: int64[rows]; values outside ``[0, V)`` mean "no target in this row".
+    ``per_block(r0, r1, xblock)`` is also called on each (soft-capped) block, for callers that
+    need something more from the same block while it is in cache (top-k candidates)."""
+    arrays = [x] if reference is None else [x, reference]
+    dtype = out_dtype(*arrays)
+    n = nrows(x)
+    st = np.full((n, 8), np.nan)
+    ix = np.zeros((n, 3), dtype=np.int64)
+    if n == 0:
+        return st, ix, dtype
+    kern = _registry.kernel(backend, "evaluate")
+    nthreads = get_num_threads()
+    no_ref = np.empty((0, x.shape[-1]), dtype=dtype)
+
+    def fn(r0, r1, xb, *rest):
+        xb = prepare(xb, dtype)
+        zb = prepare(rest[0], dtype) if rest else no_ref
+        kern(xb, zb, target[r0:r1], st[r0:r1], ix[r0:r1], nthreads)
+        if per_block is not None:
+            per_block(r0, r1, xb)
+
+    run_blocks(arrays, dtype, softcap, fn)
+    return st, ix, dtype
+
+
+def state_targets(plan, target, lead, v):
+    """Validated int64 class indices ``t`` and ``counted = t != ignore_index``, with the
+    evaluate kernel's targets ``local`` (an ignored row gets -1: "no target")."""
+    t = _checks.class_targets(_checks.as_array("target", target), lead, v, plan.ignore_index)
+    counted = t != plan.ignore_index
+    return t, counted, np.where(counted, t, -1)
+
+
+# --------------------------------------------------------------------------- cross-entropy
+
+
+#: cross-entropy's per-row values on the host, for ``fastdiv.reduce``: ``loss`` (and ``lse``
+#: with the options) per row, ``t`` int64 targets (class indices) or None, ``counted`` rows
+#: (None when not formed), ``n_ignored`` (None when unknown), ``w`` the class weights in the
+#: compute ``dtype``
+CERows = collections.namedtuple("CERows", "loss lse t counted n_ignored w lead dtype")
+
+
+def cross_entropy(plan, logits, target):
+    """``cross_entropy``'s per-row values on a CPU backend (no options: one kernel call)."""
+    logits = _checks.float_array("logits", logits)
+    target = _checks.as_array("target", target)
+    lead, v = logits.shape[:-1], logits.shape[-1]
+    if plan.target == "probs":
+        _checks.probability_target(target, logits.shape)
+        dtype = out_dtype(logits, target)
+        w = plan.class_weight(v, dtype)
+        loss = per_row("ce_soft", plan.backend, [logits, target], scalars=plan.scalars(v), extra=(w,))
+        return CERows(loss, None, None, None, None, w, lead, dtype)
+    t, n_ignored = _checks.class_targets(target, lead, v, plan.ignore_index, count_ignored=True)
+    dtype = out_dtype(logits)
+    w = plan.class_weight(v, dtype)
+    loss = per_row("ce_hard", plan.backend, [logits], scalars=plan.scalars(v), extra=(t, w))
+    return CERows(loss, None, t, None, n_ignored, w, lead, dtype)
+
+
+def cross_entropy_with_options(plan, logits, target):
+    """``cross_entropy`` with ``z_loss`` / ``softcap`` / ``return_lse``: float64 per-row loss and lse.
+
+    Class indices without label smoothing: one read through the evaluate kernel (the loss is
+    ``w_t * nll``).  Otherwise the loss kernel and, when needed, the lse kernel run block by
+    block (the second read of each block comes from cache when soft-capping, else from memory)."""
+    x = _checks.float_array("logits", logits)
+    tgt = _checks.as_array("target", target)
+    lead, v = x.shape[:-1], x.shape[-1]
+    n = nrows(x)
+    need_lse = bool(plan.z_loss) or plan.return_lse
+    soft = plan.target == "probs"
+    if soft:
+        _checks.probability_target(tgt, x.shape)
+        dtype = out_dtype(x, tgt)
+        counted = np.ones(n, dtype=bool)
+        t, arrays = None, [x, tgt]
+    else:
+        t, counted, local = state_targets(plan, tgt, lead, v)
+        dtype = out_dtype(x)
+        arrays = [x]
+    w = plan.class_weight(v, dtype)
+    loss = np.zeros(n, dtype=np.float64)
+    lse = np.zeros(n, dtype=np.float64)
+    if not soft and plan.smoothing == 0:
+        st, ix, _ = run_state(plan.backend, x, local, None, plan.softcap)
+        res = _state.finish_state(st, ix, counted, (), False)
+        loss = _state.hard_loss(res["nll"], counted, t, w)
+        lse = res["lse"]
+    else:
+        scalars = plan.scalars(v)
+
+        def fn(r0, r1, xb, *rest):
+            if soft:
+                loss[r0:r1] = per_row("ce_soft", plan.backend, [xb, rest[0]], scalars=scalars, extra=(w,))
+            else:
+                loss[r0:r1] = per_row("ce_hard", plan.backend, [xb], scalars=scalars, extra=(t[r0:r1], w))
+            if need_lse:
+                lse[r0:r1] = per_row("lse", plan.backend, [xb])
+
+        run_blocks(arrays, dtype, plan.softcap, fn)
+    return CERows(loss, lse, t, counted, None, w, lead, dtype)
