@@ -48,7 +48,7 @@ CrossEntropyOutput = collections.namedtuple("CrossEntropyOutput", ["loss", "z_lo
 
 def warn_empty():
     """Warn that a mean is empty, at the first caller outside fastdiv."""
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = os.path.dirname(os.path.abspath(__file__)) + os.sep
     frame, level = sys._getframe(0), 1
     while frame is not None and frame.f_code.co_filename.startswith(here):
         frame, level = frame.f_back, level + 1
