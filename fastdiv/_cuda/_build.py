@@ -284,9 +284,31 @@ def make_op(name, kind, has_w):
         # exactly exp(0) = 1): a row dominated by its max keeps its tiny r ([0, -40]: 4e-18)
         return LOG(k) + math.log1p(r / k)
 
+    # The normaliser log s of an lse state: (m, k, r) for lse / ce_hard (log_kr keeps a tiny r),
+    # (m, s, ...) for the smoothing / soft-target state.  NaN when the row has a NaN.
+    if name in ("lse", "ce_hard"):
+
+        @_dj
+        def log_s(st):
+            return log_kr(st[1], st[2])
+
+        @_dj
+        def has_nan(st):
+            return st[2] != st[2]
+
+    else:
+
+        @_dj
+        def log_s(st):
+            return LOG(st[1])
+
+        @_dj
+        def has_nan(st):
+            return st[1] != st[1]
+
     @_dj
     def hard_nll(st, row, x, tgt, wgt, V, ign):
-        """The class-index part of cross-entropy from an lse state ``(m, s, ...)``:
+        """The class-index part of cross-entropy from an lse state ``(m, ...)``:
         ``(done, w_t, lse - x_t)``; when ``done`` the row's value is already decided and is
         the second item (0 for an ignored row, NaN for a bad target or a NaN / +inf row)."""
         t = tgt[row]
@@ -295,15 +317,13 @@ def make_op(name, kind, has_w):
         if t < 0 or t >= V:  # unvalidated device targets: NaN, never an out-of-bounds read
             return (True, NAN, ZERO)
         m = st[0]
-        r = st[2]
-        if r != r or m == INF:  # NaN / +inf rows: NaN whatever the weights
+        if has_nan(st) or m == INF:  # NaN / +inf rows: NaN whatever the weights
             return (True, NAN, ZERO)
         wt = acc(wgt[t]) if HAS_W else ONE
         if m == NEG_INF:
             nll = INF
         else:
-            # (m - x_t) first: exact cancellation; log s = log(k + r) keeps a tiny r
-            nll = (m - sload(x, int64(row) * V + t)) + log_kr(st[1], r)
+            nll = (m - sload(x, int64(row) * V + t)) + log_s(st)   # (m - x_t) first: exact cancellation
         return (False, wt, nll)
 
 
