@@ -170,7 +170,7 @@ def cross_entropy(logits, target, reduction, ignore_index, weight, eps, scale=1.
         t_is_float = np.dtype(tv.dtype).kind == "f" or (interop._is_torch(target) and target.is_floating_point())
     else:
         t_host = _checks.as_array("target", target)
-        t_is_float = t_host.dtype.kind == "f"
+        t_is_float = t_host.dtype.kind == "f" or t_host.dtype == _checks._bfloat16()   # as on the host
 
     out_native, out_view = call.empty(rows, acc)
     stream = call.ensure_stream()
