@@ -36,7 +36,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .simd import _LN2, INLINE, JIT, KL_SUB, SUB, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch_ahead, add_exact, is_f64, rel_entr, scale_of, sub_exact, two_diff
+from .simd import _LN2, INLINE, JIT, KL_SUB, SUB, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch_ahead, add_exact, is_f64, log_parts_f64, rel_entr, scale_of, sub_exact, two_diff
 
 #: Kernels read float16/bfloat16 inputs directly (see the module docstring).
 HALF_INPUTS = True
@@ -820,6 +820,7 @@ def _small_lse(x, out, ce_target, ignore_index):
         e = np.empty(bs * v, dtype=out.dtype)
         s = np.empty(bs, dtype=out.dtype)
         ls = np.empty(bs, dtype=np.float64)
+        lo = np.empty(bs, dtype=np.float64)
         for b in range(g * SMALL_GROUP, min((g + 1) * SMALL_GROUP, nblocks)):
             i0 = b * bs
             i1 = min(i0 + bs, n)
@@ -843,17 +844,26 @@ def _small_lse(x, out, ce_target, ignore_index):
                     _block_exp(flat, ref, one, e)
             if exact:
                 _row_sums(e, rows, v, s)
-                for r in range(rows):            # vectorised log (libm's is a scalar call)
-                    ls[r] = flog(np.float64(s[r]))
+                if ce:
+                    for r in range(rows):        # vectorised log (libm's is a scalar call)
+                        ls[r] = flog(np.float64(s[r]))
+                else:
+                    for r in range(rows):        # log s = ls + lo, see below
+                        ls[r], lo[r] = log_parts_f64(np.float64(s[r]))
             if not ce:
-                # ref + log s carries the rounding of s as an absolute error (a few ulp of 1 in
-                # the input's precision): a result below 1 in magnitude (a row dominated by its
-                # maximum near 0: [0, -40] is 4e-18, not 0) is redone on the row path, whose
-                # m + log c + log1p(r / c) is a few ulp of itself when m >= 0
+                # ref + log s carries absolute errors: the rounding of s (a few ulp of 1 in the
+                # input's precision) and of each x - ref before its exp (eps |x - ref|, i.e.
+                # about eps |log s|).  A result below 1 or below |log s| / 2 in magnitude (a row
+                # dominated by its maximum near 0: [0, -40] is 4e-18, not 0; a row far from the
+                # block's reference: 16 ulp) is redone on the row path, whose m + log c +
+                # log1p(r / c) is a few ulp of itself when m >= 0 (measured: <= 3.5 ulp, float32
+                # and float64; typical logits, lse > 2 and the reference a logit of the block, are
+                # never redone).  log s comes in two parts, (ref + e ln2_hi) + (e ln2_lo + log m):
+                # ref + log s would add log s's own rounding (12 ulp at lse 2.8, ref = -40).
                 ref64 = np.float64(ref)
                 for r in range(rows):
-                    res = ref64 + ls[r]
-                    if exact and s[r] >= SMALL_MIN_SUM and abs(res) >= 1.0:
+                    res = add_exact(add_exact(ref64, ls[r]), lo[r])
+                    if exact and s[r] >= SMALL_MIN_SUM and abs(res) >= max(1.0, 0.5 * abs(ls[r])):
                         out[i0 + r] = res
                     else:
                         mr, cr, rr, _ = _row_state(x[i0 + r], one)

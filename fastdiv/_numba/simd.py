@@ -402,6 +402,32 @@ def log_f64(x):
     return np.nan if not (x >= 0.0) else y
 
 
+@njit(fastmath=FASTMATH, inline="always", error_model="numpy")
+def log_parts_f64(x):
+    """``log x`` of a float64 ``x > 0`` (normal) as ``(hi, lo)``: ``hi = e ln2_hi`` exact (ln2_hi
+    has 32 significant bits, e 11), ``lo = e ln2_lo + log m`` small, m in (sqrt(1/2), sqrt(2)].
+    ``(r + hi) + lo`` then rounds ``r + log x`` about once, where ``r + log x`` would add the
+    rounding of a large log x (``r`` far below the result: a shared reference)."""
+    m, e = _mant_exp_f64(x)
+    f = (m - 1.0) / (m + 1.0)
+    f2 = f * f
+    s = 1.0 / 25.0
+    s = s * f2 + 1.0 / 23.0
+    s = s * f2 + 1.0 / 21.0
+    s = s * f2 + 1.0 / 19.0
+    s = s * f2 + 1.0 / 17.0
+    s = s * f2 + 1.0 / 15.0
+    s = s * f2 + 1.0 / 13.0
+    s = s * f2 + 1.0 / 11.0
+    s = s * f2 + 1.0 / 9.0
+    s = s * f2 + 1.0 / 7.0
+    s = s * f2 + 1.0 / 5.0
+    s = s * f2 + 1.0 / 3.0
+    s = s * f2 + 1.0
+    ef = np.float64(e)
+    return ef * _LN2_HI_F64, fma(ef, _LN2_LO_F64, 2.0 * f * s)
+
+
 # ---------------------------------------------------------------------------------------
 # log(p / q) for p, q > 0, without forming p / q (which overflows or underflows for far-apart
 # p and q) and without subtracting log p - log q (which cancels for nearly equal p and q: a
