@@ -37,14 +37,32 @@ def _f64(a):
     return np.asarray(a, dtype=np.float64)
 
 
-def logsumexp_rows(x):
-    """``log(sum(exp(x)))`` per row, stable: ``m + log(sum(exp(x - m)))`` with ``m = max(x)``."""
-    x = _f64(x)
+def _max_count_rest(x):
+    """Per row: the maximum m (NaN-propagating), the number c of entries equal to it and the sum r
+    of ``exp(x - m)`` over the others, so that ``sum exp(x - m) = c + r`` with ``c >= 1`` exact.
+    (Rows whose maximum is not finite give placeholders: the callers replace their results.)"""
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        m = np.max(x, axis=1)                        # NaN-propagating
+        m = np.max(x, axis=1)
         m_safe = np.where(np.isfinite(m), m, 0.0)    # never compute -inf - -inf
-        s = np.sum(np.exp(x - m_safe[:, None]), axis=1)
-        lse = m_safe + np.log(s)
+        top = x == m_safe[:, None]
+        c = np.maximum(np.sum(top, axis=1), 1)
+        r = np.sum(np.where(top, 0.0, np.exp(x - m_safe[:, None])), axis=1)
+    return m, m_safe, c, r
+
+
+def _log_s(c, r):
+    """``log(c + r)`` as ``log c + log1p(r / c)``: a tiny r (a row dominated by its maximum) keeps
+    its relative precision, where ``log(1 + r)`` would round it away below 1.1e-16."""
+    return np.log(c) + np.log1p(r / c)
+
+
+def logsumexp_rows(x):
+    """``log(sum(exp(x)))`` per row, stable: ``m + log(c + r)`` with ``m = max(x)``, c the number of
+    entries equal to m and r the sum of ``exp(x - m)`` over the others (see ``_log_s``)."""
+    x = _f64(x)
+    m, m_safe, c, r = _max_count_rest(x)
+    with np.errstate(invalid="ignore"):
+        lse = m_safe + _log_s(c, r)
     lse = np.where(m == -np.inf, -np.inf, lse)
     lse = np.where(m == np.inf, np.inf, lse)
     return np.where(np.isnan(m), np.nan, lse)
@@ -56,14 +74,11 @@ def log_softmax_rows(x):
     Formed as ``(x - m) - log(s)``, not ``x - (m + log s)``: with logits near 1e4 the latter
     rounds every log-probability at the scale of 1e4 (1e-12 absolute in float64)."""
     x = _f64(x)
-    lse = logsumexp_rows(x)
+    m, m_safe, c, r = _max_count_rest(x)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        m = np.max(x, axis=1)
-        m_safe = np.where(np.isfinite(m), m, 0.0)
-        log_s = np.log(np.sum(np.exp(x - m_safe[:, None]), axis=1))
-        out = (x - m_safe[:, None]) - log_s[:, None]
-    out[lse == -np.inf] = -np.inf
-    out[~np.isfinite(lse) & (lse != -np.inf)] = np.nan
+        out = (x - m_safe[:, None]) - _log_s(c, r)[:, None]
+    out[m == -np.inf] = -np.inf
+    out[(m == np.inf) | np.isnan(m)] = np.nan
     return out
 
 
@@ -100,10 +115,93 @@ def _probs(logp):
 
 
 def entropy_rows(p, inputs="logits"):
-    """``H(P) = -sum p log p`` per row, with ``0 log 0 = 0``."""
+    """``H(P) = -sum p log p`` per row, with ``0 log 0 = 0``.
+
+    Probabilities are taken literally, term by term ``scipy.special.entr``: a negative p (outside
+    the domain) makes its row ``-inf``, as does ``p = +inf``; NaN gives NaN."""
+    if inputs == "probs":
+        p = _f64(p)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), np.where(p < 0, np.inf, 0.0 * p))
+        return -np.sum(plogp, axis=1)
     logp = _to_log_probs(p, inputs)
-    probs = _f64(p) if inputs == "probs" else _probs(logp)
-    return -_sum_where_nonzero(probs, logp)
+    return -_sum_where_nonzero(_probs(logp), logp)
+
+
+def rel_entr(p, q):
+    """Elementwise ``p log(p / q)`` with ``scipy.special.rel_entr``'s rules: 0 where ``p = 0 <= q``,
+    ``+inf`` where p or q is negative (outside the domain) or ``p > 0 = q``, NaN for NaN.
+
+    The log-ratio is ``log1p((p - q) / q)`` where ``q / 2 <= p <= 2 q`` (there ``p - q`` is exact,
+    Sterbenz), so nearly equal p and q keep their relative precision where ``log p - log q``
+    would cancel to a few digits; elsewhere it is ``log p - log q`` (``p / q`` may overflow)."""
+    p, q = _f64(p), _f64(q)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        near = (q <= 2 * p) & (p <= 2 * q)
+        ratio = np.where(near, np.log1p((p - q) / np.where(near, q, 1.0)), np.log(np.abs(p)) - np.log(np.abs(q)))
+        t = np.where((p > 0) & (q > 0), p * ratio, np.where((p == 0) & (q >= 0), 0.0, np.inf))
+    return np.where(np.isnan(p) | np.isnan(q), np.nan, t)
+
+
+def _two_diff(a, b):
+    """``(s, e)`` with ``s = fl(a - b)`` and ``a - b = s + e`` exactly (Knuth's TwoSum), finite a, b."""
+    s = a - b
+    bv = s - a
+    e = (a - (s - bv)) + (-b - bv)
+    return s, e
+
+
+#: phi(b) = b e^b - e^b + 1 = sum_{k >= 2} (k - 1) b^k / k!  (the series, |b| < 1: 22 terms, below 1e-18)
+_PHI = [(k - 1) / float(np.prod(np.arange(1, k + 1, dtype=np.float64))) for k in range(2, 24)]
+
+
+def _phi(b):
+    """``phi(b) = b e^b - expm1(b) >= 0`` for ``|b| < 1`` by its series (no cancellation)."""
+    acc = np.zeros_like(b)
+    for c in reversed(_PHI):
+        acc = acc * b + c
+    return acc * b * b
+
+
+def _kl_logits_rows(x, z):
+    """``D(softmax(x) || softmax(z))`` per row in a form that does not cancel.
+
+    With ``a_j = log p_j - log q_j + c`` (``a_j = (x_j - z_j) - (mx - mz)``, both differences
+    formed exactly) and any shift k, ``b = a - k``, ``nu = E_q[expm1(b)]``:
+    ``D = (E_q[phi(b)] - psi(nu)) / (1 + nu)``, ``phi(b) = b e^b - e^b + 1 >= 0`` (the terms of
+    ``sum_j q_j (r_j log r_j - r_j + 1)``, r = p / q), ``psi(nu) = (1 + nu) log1p(nu) - nu``.
+    Every phi term is >= 0, so nearly equal P and Q keep the result's relative precision where
+    ``E_p[log p - log q]`` as a sum of signed terms cancels to ~1e-16 absolute.  k is a first
+    estimate of ``log E_q[e^a]``, which makes nu and psi(nu) ~ 1e-16 and ~1e-32."""
+    x, z = _f64(x), _f64(z)
+    logq = log_softmax_rows(z)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        mx = np.max(x, axis=1)
+        mz = np.max(z, axis=1)
+        fin = np.isfinite(x) & np.isfinite(z) & (np.isfinite(mx) & np.isfinite(mz))[:, None]
+        s1, e1 = _two_diff(np.where(fin, x, 0.0), np.where(fin, z, 0.0))
+        s2, e2 = _two_diff(np.where(np.isfinite(mx), mx, 0.0), np.where(np.isfinite(mz), mz, 0.0))
+        a = np.where(fin, (s1 - s2[:, None]) + (e1 - e2[:, None]), (x - z) - (mx - mz)[:, None])
+        has_q = logq > -np.inf
+        q = np.exp(logq)
+        k = logsumexp_rows(np.where(has_q, a + logq, -np.inf))
+        k = np.where(np.isfinite(k), k, 0.0)
+        for _ in range(2):
+            b = a - k[:, None]
+            small = np.abs(b) < 1
+            bs = np.where(small, b, 0.0)
+            qe = np.exp(logq + b)                       # q e^b = p e^(c - k), without overflow
+            nu_terms = np.where(small, q * np.expm1(bs), qe - q)
+            phi = np.where(small, q * _phi(bs), np.where(b == -np.inf, q, qe * (b - 1.0) + q))
+            nu = np.sum(np.where(has_q, nu_terms, 0.0), axis=1)
+            big_phi = np.sum(np.where(has_q, phi, 0.0), axis=1)
+            psi = np.where(np.abs(nu) < 1e-5, nu * nu * (0.5 - nu / 6 + nu * nu / 12), (1 + nu) * np.log1p(nu) - nu)
+            d = (big_phi - psi) / (1 + nu)
+            # E_q[phi(b)] and psi(nu) share ~nu^2 / 2: a D far below nu^2 is redone from k = c
+            if not np.any(psi > 1e-3 * d):
+                break
+            k = k + np.where(psi > 1e-3 * d, np.log1p(nu), 0.0)
+        return d
 
 
 def kl_rows(p, q, inputs="logits"):
@@ -111,13 +209,26 @@ def kl_rows(p, q, inputs="logits"):
 
     "p > 0" is decided exactly, not after rounding: a finite logit (or log-probability) has
     positive probability even when exp() underflows (a logit 800 below the row maximum), so
-    it meets a masked class of Q with ``+inf``, as the mathematics says."""
+    it meets a masked class of Q with ``+inf``, as the mathematics says.  Probabilities are
+    taken literally, term by term ``rel_entr`` (negative values give ``+inf``); logits go
+    through ``_kl_logits_rows``, which keeps nearly equal distributions' relative precision."""
+    if inputs == "probs":
+        return np.sum(rel_entr(p, q), axis=1)
     logp = _to_log_probs(p, inputs)
     logq = _to_log_probs(q, inputs)
-    probs = _f64(p) if inputs == "probs" else _probs(logp)
-    has_mass = probs > 0 if inputs == "probs" else logp > -np.inf
-    with np.errstate(invalid="ignore"):
-        out = _sum_where_nonzero(np.where(has_mass, probs, 0.0), logp - logq)
+    has_mass = logp > -np.inf
+    with np.errstate(invalid="ignore", over="ignore"):
+        pp = np.where(has_mass, _probs(logp), 0.0)
+        out = _sum_where_nonzero(pp, logp - logq)
+    if inputs == "logits":
+        # The sum of signed terms p (log p - log q) cancels to ~1e-16 L absolute (L: the size
+        # of its terms); where that is not far below D, the form without cancellation.  (That
+        # one forms a_j - k, which rounds at the scale of |a|: worse for a large D between
+        # rows far apart, e.g. 2e-12 relative at D ~ 5e4.)
+        with np.errstate(invalid="ignore", over="ignore"):
+            size = 1.0 + _sum_where_nonzero(pp, np.abs(logp) + np.abs(np.where(has_mass, logq, 0.0)))
+        out = np.where(out < 1e-3 * size, _kl_logits_rows(p, q), out)
+        out = np.where(np.all(~has_mass, axis=1), 0.0, out)         # P has empty support
     out = np.where((has_mass & (logq == -np.inf)).any(axis=1), np.inf, out)
     # NaN in P or Q poisons the row (in Q even where P has no mass on it).
     return np.where(np.isnan(logq).any(axis=1) | np.isnan(logp).any(axis=1), np.nan, out)
@@ -225,6 +336,8 @@ def js_rows(p, q, beta=0.5, inputs="logits"):
     probability is 0, and ``m >= beta p > 0`` wherever ``p > 0`` (so the result is finite).
     ``beta = 0`` gives ``D(P||Q)`` and ``beta = 1`` gives ``D(Q||P)``: the limits of the
     divergence divided by ``beta (1 - beta)`` (Liger's convention).  NaN in either row: NaN.
+    Probabilities are taken literally; a negative one (outside the domain) gives ``+inf``, the
+    ``rel_entr`` value of its term, as in ``kl_rows``.
     """
     if beta == 0.0:
         return kl_rows(p, q, inputs)
@@ -239,6 +352,9 @@ def js_rows(p, q, beta=0.5, inputs="logits"):
         # would turn that term into +inf.
         logm = np.logaddexp(np.log(beta) + logp, np.log1p(-beta) + logq)
         out = beta * _sum_where_nonzero(pp, logp - logm) + (1.0 - beta) * _sum_where_nonzero(pq, logq - logm)
+    if inputs == "probs":
+        out = np.where(((pp < 0) | (pq < 0)).any(axis=1), np.inf, out)
+        return np.where((np.isnan(pp) | np.isnan(pq) | (pp == np.inf) | (pq == np.inf)).any(axis=1), np.nan, out)
     return np.where(np.isnan(logq).any(axis=1) | np.isnan(logp).any(axis=1), np.nan, out)
 
 

@@ -39,6 +39,9 @@ from numba import cuda, float32, float64, int64, uint64
 
 from . import _device as D
 
+#: float64 KL from logits: rows whose one-pass KL is below this times the size of the terms it
+#: subtracts are recomputed without cancellation (fastdiv/_numba/kernels.py, KL_EXACT_BELOW)
+KL_EXACT_BELOW = 1e-3
 #: values per lane in the small-V kernel (compiled in; ``SMALL_MAX_V = 32 * SMALL_K``)
 SMALL_K = 8
 #: 16-byte loads in flight per thread while the tile kernel stages rows in shared memory
@@ -187,6 +190,19 @@ def _state_helpers(ns):
         def load(a, i):
             return (a[i, 0], a[i, 1], a[i, 2], a[i, 3], a[i, 4], a[i, 5])
 
+    elif ns == 7:
+
+        @_dj
+        def shfl(st, off):
+            return (
+                sh(st[0], off), sh(st[1], off), sh(st[2], off), sh(st[3], off),
+                sh(st[4], off), sh(st[5], off), sh(st[6], off),
+            )
+
+        @_dj
+        def load(a, i):
+            return (a[i, 0], a[i, 1], a[i, 2], a[i, 3], a[i, 4], a[i, 5], a[i, 6])
+
     else:  # pragma: no cover
         raise ValueError(ns)
 
@@ -263,8 +279,36 @@ def make_op(name, kind, has_w):
         return (s * fexp(d), U + d * C)
 
     @_dj
+    def log_kr(k, r):
+        # log(k + r) as log k + log1p(r / k), k >= 1 the entries equal to the max (each
+        # exactly exp(0) = 1): a row dominated by its max keeps its tiny r ([0, -40]: 4e-18)
+        return LOG(k) + math.log1p(r / k)
+
+    # The normaliser log s of an lse state: (m, k, r) for lse / ce_hard (log_kr keeps a tiny r),
+    # (m, s, ...) for the smoothing / soft-target state.  NaN when the row has a NaN.
+    if name in ("lse", "ce_hard"):
+
+        @_dj
+        def log_s(st):
+            return log_kr(st[1], st[2])
+
+        @_dj
+        def has_nan(st):
+            return st[2] != st[2]
+
+    else:
+
+        @_dj
+        def log_s(st):
+            return LOG(st[1])
+
+        @_dj
+        def has_nan(st):
+            return st[1] != st[1]
+
+    @_dj
     def hard_nll(st, row, x, tgt, wgt, V, ign):
-        """The class-index part of cross-entropy from an lse state ``(m, s, ...)``:
+        """The class-index part of cross-entropy from an lse state ``(m, ...)``:
         ``(done, w_t, lse - x_t)``; when ``done`` the row's value is already decided and is
         the second item (0 for an ignored row, NaN for a bad target or a NaN / +inf row)."""
         t = tgt[row]
@@ -273,15 +317,15 @@ def make_op(name, kind, has_w):
         if t < 0 or t >= V:  # unvalidated device targets: NaN, never an out-of-bounds read
             return (True, NAN, ZERO)
         m = st[0]
-        s = st[1]
-        if s != s or m == INF:  # NaN / +inf rows: NaN whatever the weights
+        if has_nan(st) or m == INF:  # NaN / +inf rows: NaN whatever the weights
             return (True, NAN, ZERO)
         wt = acc(wgt[t]) if HAS_W else ONE
         if m == NEG_INF:
             nll = INF
         else:
-            nll = (m - sload(x, int64(row) * V + t)) + LOG(s)   # (m - x_t) first: exact cancellation
+            nll = (m - sload(x, int64(row) * V + t)) + log_s(st)   # (m - x_t) first: exact cancellation
         return (False, wt, nll)
+
 
     op = Op()
     op.name = name
@@ -291,63 +335,75 @@ def make_op(name, kind, has_w):
 
     # ---------------------------------------------------------------- log-sum-exp
     if name in ("lse", "ce_hard"):
-        op.NS, op.NMAX = 2, 1
+        # state (m, k, r): sum exp(x - m) = k + r, k the entries equal to the reference m
+        # (each exactly exp(0) = 1) counted apart from the sum r of the others, so that a row
+        # dominated by its max keeps r's relative precision (see log_kr)
+        op.NS, op.NMAX = 3, 1
 
         @_dj
         def init():
-            return (NEG_INF, ZERO)
+            return (NEG_INF, ZERO, ZERO)
 
         @_dj
         def seed(mx, mz):
-            return (mx, ZERO)
+            return (mx, ZERO, ZERO)
 
         @_dj
         def pre(st, cx, cz):
             m = st[0]
-            s = st[1]
+            k = st[1]
+            r = st[2]
             if cx > m:
                 if m > NEG_INF:
-                    s = s * fexp(m - safe(cx))
+                    r = (k + r) * fexp(m - safe(cx))
+                    k = ZERO
                 m = cx
-            return (m, s)
+            return (m, k, r)
 
         refs = refs1
 
         @_dj
         def elem(st, r, x, z, j, wgt, jend, p0, p1):
-            return (st[0], st[1] + fexp(x - r[0]))
+            t = x - r[0]
+            if t == ZERO:
+                return (st[0], st[1] + ONE, st[2])
+            return (st[0], st[1], st[2] + fexp(t))   # NaN enters r
 
         @_dj
         def merge(a, b):
             ma = a[0]
-            sa = a[1]
+            ka = a[1]
+            ra = a[2]
             mb = b[0]
-            sb = b[1]
+            kb = b[1]
+            rb = b[2]
             M = ma if ma > mb else mb
             Ms = safe(M)
-            if ma > NEG_INF:
-                sa = sa * fexp(ma - Ms)
-            if mb > NEG_INF:
-                sb = sb * fexp(mb - Ms)
-            return (M, sa + sb)
+            if ma > NEG_INF and ma < M:
+                ra = (ka + ra) * fexp(ma - Ms)
+                ka = ZERO
+            if mb > NEG_INF and mb < M:
+                rb = (kb + rb) * fexp(mb - Ms)
+                kb = ZERO
+            return (M, ka + kb, ra + rb)
 
         @_dj
         def add(a, b):
-            return (a[0], a[1] + b[1])
+            return (a[0], a[1] + b[1], a[2] + b[2])
 
         if name == "lse":
 
             @_dj
             def finish(st, row, x, tgt, wgt, V, ign, p0, p1):
                 m = st[0]
-                s = st[1]
-                if s != s:
+                r = st[2]
+                if r != r:
                     return NAN
                 if m == INF:
                     return INF
                 if m == NEG_INF:
                     return NEG_INF
-                return m + LOG(s)
+                return m + log_kr(st[1], r)
 
         else:  # hard-label CE without label smoothing: lse and x[t] only
             op.USES_TARGET = True
@@ -425,24 +481,54 @@ def make_op(name, kind, has_w):
 
     # ------------------------------------------------------------------ KL (logits)
     elif name == "kl_logits":
-        op.NS, op.NMAX, op.NIN = 6, 2, 2
+        # state (mx, sx, w, mz, sz, vm[, mv]); float64 adds mv, how far this state's references
+        # rose while sums were carried (the rescales' error, see finish)
+        F64 = acc is np.float64
+        op.NS, op.NMAX, op.NIN = (7 if F64 else 6), 2, 2
 
-        @_dj
-        def init():
-            return (NEG_INF, ZERO, ZERO, NEG_INF, ZERO, NEG_INF)
+        if F64:
 
-        @_dj
-        def seed(mx, mz):
-            return (mx, ZERO, ZERO, mz, ZERO, NEG_INF)
+            @_dj
+            def init():
+                return (NEG_INF, ZERO, ZERO, NEG_INF, ZERO, NEG_INF, ZERO)
+
+            @_dj
+            def seed(mx, mz):
+                return (mx, ZERO, ZERO, mz, ZERO, NEG_INF, ZERO)
+
+            @_dj
+            def moved(st, mx, mz):
+                # st's moves plus those to the references (mx, mz)
+                mv = st[6]
+                if st[0] > NEG_INF and mx > st[0]:
+                    mv += mx - st[0]
+                if st[3] > NEG_INF and mz > st[3]:
+                    mv += mz - st[3]
+                return mv
+
+        else:
+
+            @_dj
+            def init():
+                return (NEG_INF, ZERO, ZERO, NEG_INF, ZERO, NEG_INF)
+
+            @_dj
+            def seed(mx, mz):
+                return (mx, ZERO, ZERO, mz, ZERO, NEG_INF)
+
+            @_dj
+            def moved(st, mx, mz):
+                return ZERO
 
         @_dj
         def pre(st, cx, cz):
-            # state (mx, sx, w, mz, sz, vm); w = sum_j ex_j ((x_j - mx) - (z_j - mz))
+            # w = sum_j ex_j ((x_j - mx) - (z_j - mz))
             mx = st[0]
             sx = st[1]
             w = st[2]
             mz = st[3]
             sz = st[4]
+            mv = moved(st, cx, cz)
             if cx > mx:
                 if mx > NEG_INF:
                     sx, w = shift_sw(sx, w, mx - safe(cx))
@@ -453,6 +539,8 @@ def make_op(name, kind, has_w):
                     sz = sz * fexp(mz - nz)
                     w = w + (nz - mz) * sx
                 mz = cz
+            if F64:
+                return (mx, sx, w, mz, sz, st[5], mv)
             return (mx, sx, w, mz, sz, st[5])
 
         @_dj
@@ -465,6 +553,9 @@ def make_op(name, kind, has_w):
             tz = z - r[1]
             ex = fexp(tx)
             d = tx - tz  # +inf: P has mass where Q has none
+            if F64:
+                return (st[0], st[1] + ex, st[2] + ex * fmax(d, NEG_BIG), st[3], st[4] + fexp(tz), fmax(st[5], d),
+                        st[6])
             return (st[0], st[1] + ex, st[2] + ex * fmax(d, NEG_BIG), st[3], st[4] + fexp(tz), fmax(st[5], d))
 
         @_dj
@@ -493,10 +584,16 @@ def make_op(name, kind, has_w):
                 sxa, wa = shift_sw(sxa, wa, mxa - Mxs)
             if mxb > NEG_INF:
                 sxb, wb = shift_sw(sxb, wb, mxb - Mxs)
+            if F64:
+                # the larger of the two states' moves (each carries its own sums' error)
+                mv = fmax(moved(a, Mx, Mz), moved(b, Mx, Mz))
+                return (Mx, sxa + sxb, wa + wb, Mz, sza + szb, fmax(a[5], b[5]), mv)
             return (Mx, sxa + sxb, wa + wb, Mz, sza + szb, fmax(a[5], b[5]))
 
         @_dj
         def add(a, b):
+            if F64:
+                return (a[0], a[1] + b[1], a[2] + b[2], a[3], a[4] + b[4], fmax(a[5], b[5]), fmax(a[6], b[6]))
             return (a[0], a[1] + b[1], a[2] + b[2], a[3], a[4] + b[4], fmax(a[5], b[5]))
 
         @_dj
@@ -513,7 +610,18 @@ def make_op(name, kind, has_w):
                 return ZERO
             if vm == INF or mz == NEG_INF:
                 return INF
-            return w / sx - LOG(sx) + LOG(sz)
+            wsx = w / sx
+            lsx = LOG(sx)
+            lsz = LOG(sz)
+            d = wsx - lsx + lsz
+            if F64:
+                # the one pass subtracts terms of order L and carries a few eps L; a KL below
+                # KL_EXACT_BELOW L (nearly equal rows) is marked -inf (never a KL) for
+                # divergences' exact pass (kernels.kl_logits), as the CPU backends redo it
+                L = ONE + abs(wsx) + acc(2.0) * (abs(lsx) + abs(lsz)) + st[6]
+                if d < acc(KL_EXACT_BELOW) * L:
+                    return NEG_INF
+            return d
 
     # ------------------------------------------------- literal sums (probs / log_probs)
     elif name in ("entropy_log_probs", "entropy_probs", "kl_log_probs", "kl_probs"):
@@ -554,7 +662,11 @@ def make_op(name, kind, has_w):
 
             @_dj
             def elem(st, r, x, z, j, wgt, jend, p0, p1):
-                return (st[0] + (x * flog(x) if x != ZERO else ZERO),)
+                # term by term scipy.special.entr: 0 log 0 = 0; p < 0 (outside the domain) is
+                # entr = -inf, i.e. +inf in sum p log p; NaN stays NaN
+                if x > ZERO:
+                    return (st[0] + x * flog(x),)
+                return (st[0] + (ZERO if x == ZERO else (INF if x < ZERO else x)),)
 
         elif name == "kl_log_probs":
             op.PADZ = ZERO
@@ -573,11 +685,32 @@ def make_op(name, kind, has_w):
             op.PADX = ZERO
             op.PADZ = ONE
 
+            TINY = acc(np.finfo(acc).tiny)
+            HALF = acc(0.5)
+            TWO = acc(2.0)
+
             @_dj
             def elem(st, r, x, z, j, wgt, jend, p0, p1):
-                lq = flog(z)
-                t = x * (flog(x) - lq) if x != ZERO else ZERO
-                return (st[0] + (t if lq == lq else lq),)  # q < 0 or NaN poisons the row
+                # term by term scipy.special.rel_entr: 0 where p = 0 <= q; +inf where p or q is
+                # negative (outside the domain) or p > 0 = q; NaN for NaN (even where p = 0).
+                # log(p / q) is log1p((p - q) / q) where p / q is in [1/2, 2] (p - q exact:
+                # nearly equal p and q keep the term's relative precision, where log p - log q
+                # cancels), log(p / q) elsewhere, log p - log q where p / q over/underflows
+                if x != x or z != z:
+                    return (st[0] + (x + z),)
+                if x > ZERO and z > ZERO:
+                    if x == INF or z == INF:
+                        t = NAN if (x == INF and z == INF) else (INF if x == INF else NEG_INF)
+                    else:
+                        rr = x / z
+                        if rr >= HALF and rr <= TWO:
+                            t = x * math.log1p((x - z) / z)
+                        elif rr >= TINY and rr < INF:
+                            t = x * LOG(rr)
+                        else:
+                            t = x * (LOG(x) - LOG(z))
+                    return (st[0] + t,)
+                return (st[0] + (ZERO if (x == ZERO and z >= ZERO) else INF),)
 
         if name.startswith("entropy"):
 

@@ -27,7 +27,11 @@ DIV_BLOCK = 128
 #: most blocks launched (rows are grid-strided beyond)
 DIV_GRID = 65536
 
-OP_ENTROPY, OP_KL, OP_CE_SOFT, OP_JS_LOGITS, OP_JS_LOG_PROBS, OP_JS_PROBS, OP_TOPK = range(7)
+OP_ENTROPY, OP_KL, OP_CE_SOFT, OP_JS_LOGITS, OP_JS_LOG_PROBS, OP_JS_PROBS, OP_TOPK, OP_KL_EXACT = range(8)
+#: float64 KL from logits below this times the size L of the terms the one pass subtracts is
+#: recomputed without cancellation (see _build.KL_EXACT_BELOW; OP_KL_EXACT redoes only the rows
+#: that the tuned kernels of _build marked -inf)
+KL_EXACT_BELOW = _build.KL_EXACT_BELOW
 _SH = 1024
 
 _lock = threading.Lock()
@@ -77,6 +81,30 @@ _bmax = _block_reduce(_larger)
 
 
 @_dj
+def _two_diff(a, b):
+    """(s, e): s = fl(a - b) and a - b = s + e exactly (TwoSum; finite a, b)."""
+    s = a - b
+    bv = s - a
+    return s, (a - (s - bv)) - (b + bv)
+
+
+#: 1/k!, k = 0..22: the series of expm1 and of phi(b) = b e^b - e^b + 1 (|b| < 1)
+_INV_FACT = tuple(1.0 / math.factorial(k) for k in range(23))
+
+
+@_dj
+def _expm1_phi(b):
+    """(expm1(b), phi(b)) for |b| < 1 by their series: no cancellation for small b."""
+    e = 0.0
+    f = 0.0
+    for k in range(19, 0, -1):
+        e = e * b + _INV_FACT[k]
+    for k in range(22, 1, -1):
+        f = f * b + (k - 1) * _INV_FACT[k]
+    return e * b, f * b * b
+
+
+@_dj
 def _listed(idx, r0, k, j):
     """Whether column j is among the sorted classes idx[r0:r0 + k] (binary search)."""
     lo = int64(0)
@@ -98,6 +126,39 @@ def _make(kind_name):
     flog = D.log_any if acc is np.float64 else D.log_f32
     NEG_INF = acc(-np.inf)
     ZERO = acc(0.0)
+    F64 = acc is np.float64
+
+    @_dj
+    def kl_exact_sums(x, z, base, V, tid, nt, sca, mx, mz, k):
+        """This thread's share of (sum q_j, sum q_j expm1(b_j), sum q_j phi(b_j)) times sz,
+        b_j = ((x_j - z_j) - (mx - mz)) - k: the terms of D(P || Q) = sum_j q_j phi(log r_j),
+        r = p / q, each >= 0 (fastdiv/_numba/kernels.py, _kl_exact)."""
+        dm, dme = _two_diff(mx, mz)
+        s = 0.0
+        nu = 0.0
+        ph = 0.0
+        for j in range(tid, V, nt):
+            xj = float64(sload(x, base + j) * sca)
+            zj = float64(sload(z, base + j) * sca)
+            if zj == -math.inf:
+                continue
+            ez = math.exp(zj - mz)
+            s += ez
+            if xj == -math.inf:
+                nu -= ez
+                ph += ez
+                continue
+            d1, d1e = _two_diff(xj, zj)
+            b = ((d1 - dm) + (d1e - dme)) - k
+            if abs(b) < 1.0:
+                e1, f1 = _expm1_phi(b)
+                nu += ez * e1
+                ph += ez * f1
+            else:
+                qe = math.exp((xj - mx) - k)
+                nu += qe - ez
+                ph += qe * (b - 1.0) + ez
+        return s, nu, ph
 
     @_dj
     def js_terms(p, q, lp, lq, a):
@@ -116,7 +177,14 @@ def _make(kind_name):
         tid = cuda.threadIdx.x
         nt = cuda.blockDim.x
         sca = acc(sc)
+        if op == OP_KL_EXACT:
+            op = OP_KL
+            redo_only = True                 # only the rows the tuned kernels marked -inf
+        else:
+            redo_only = False
         for row in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
+            if redo_only and out[row] != -math.inf:
+                continue
             base = row * V
             r0 = row * K
             # ---- pass A: maxima (NaN-ignoring) and NaN counts
@@ -163,6 +231,14 @@ def _make(kind_name):
                     if op == OP_JS_PROBS:
                         p = xv
                         q = zv
+                        # outside the domain: a negative p or q is rel_entr's +inf (as kl_div);
+                        # an infinite one makes m infinite too: NaN, as NaN itself
+                        if p != p or q != q or p == math.inf or q == math.inf:
+                            s1 += math.nan
+                            continue
+                        if p < ZERO or q < ZERO:
+                            s1 += math.inf
+                            continue
                         lp = flog(p)
                         lq = flog(q)
                     else:
@@ -200,6 +276,27 @@ def _make(kind_name):
             s1 = _bsum(shd, s1, tid, nt)
             s2 = _bsum(shd, s2, tid, nt)
             mxz = _bmax(shd, mxz, tid, nt)
+            # ---- pass C (float64 KL of nearly equal rows): D without cancellation
+            kl_d = math.nan
+            if F64 and op == OP_KL and nan == 0 and MX > -math.inf and MX < math.inf and MZ < math.inf \
+                    and mxz == -math.inf:
+                lsx = math.log(sx)
+                lsz = math.log(sz)
+                kl_d = s1 / sx - lsx + lsz
+                scale_l = 1.0 + abs(s1 / sx) + 2.0 * (abs(lsx) + abs(lsz))
+                if redo_only or kl_d < KL_EXACT_BELOW * scale_l:
+                    k = lsx - lsz
+                    for _ in range(2):
+                        es, nu, ph = kl_exact_sums(x, z, base, V, tid, nt, sca, MX, MZ, k)
+                        es = _bsum(shd, es, tid, nt)
+                        nu = _bsum(shd, nu, tid, nt) / es
+                        ph = _bsum(shd, ph, tid, nt) / es
+                        psi = nu * nu * (0.5 - nu / 6.0 + nu * nu / 12.0) if abs(nu) < 1e-5 else \
+                            (1.0 + nu) * math.log1p(nu) - nu
+                        kl_d = (ph - psi) / (1.0 + nu)
+                        if not psi > 1e-3 * kl_d:      # see _numba/kernels.py, _kl_exact
+                            break
+                        k += math.log1p(nu)
             # ---- pass C (JS from logits): the terms
             if op == OP_JS_LOGITS:
                 lsx = acc(math.log(sx)) if MX > -math.inf else ZERO
@@ -226,6 +323,8 @@ def _make(kind_name):
                     res = 0.0
                 elif mxz != -math.inf:
                     res = math.inf
+                elif F64:
+                    res = kl_d
                 else:
                     res = s1 / sx - math.log(sx) + math.log(sz)
             elif op == OP_CE_SOFT:

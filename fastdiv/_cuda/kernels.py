@@ -420,7 +420,12 @@ def kl_logits(x, z, scale, out, nthreads=None, *, stream=None, bf16=None):
     """out[i] = D(softmax(scale * x[i]) || softmax(scale * z[i])), one read of both rows."""
     if scale != 1.0:
         return _run_div("kl", x, z, out, stream, bf16, sc=scale)
-    return _run("kl_logits", x, z, None, None, out, 0, 0.0, 0.0, stream, bf16)
+    out = _run("kl_logits", x, z, None, None, out, 0, 0.0, 0.0, stream, bf16)
+    if _kind(_dev(x, "x").dtype, bf16, "x") == "f64":
+        # float64 rows of nearly equal distributions, marked -inf by the tuned kernel, are
+        # recomputed without cancellation (one block per marked row; others return at once)
+        _run_div("kl_exact", x, z, out, stream, bf16)
+    return out
 
 
 def kl_log_probs(a, b, out, nthreads=None, *, stream=None, bf16=None):
@@ -550,7 +555,8 @@ def _run_div(op, x, z, out, stream, bf16, *, sc=1.0, a=0.0, b=0.0, weight=None, 
         if w.ndim != 1 or w.shape[0] != V or np.dtype(w.dtype) != np.dtype(acc):
             raise ValueError(f"weight must be a {np.dtype(acc)} array of shape ({V},)")
     opcode = {"entropy": DV.OP_ENTROPY, "kl": DV.OP_KL, "ce_soft": DV.OP_CE_SOFT, "js_logits": DV.OP_JS_LOGITS,
-              "js_log_probs": DV.OP_JS_LOG_PROBS, "js_probs": DV.OP_JS_PROBS, "topk": DV.OP_TOPK}[op]
+              "js_log_probs": DV.OP_JS_LOG_PROBS, "js_probs": DV.OP_JS_PROBS, "topk": DV.OP_TOPK,
+              "kl_exact": DV.OP_KL_EXACT}[op]
     DV.launch(opcode, kind, xf, zf, w if w is not None else _dummy(acc), weight is not None, idxf, tf, out, rows,
               V, K, float(sc), float(a), float(b), 0 if stream is None else stream)
     return out

@@ -33,7 +33,15 @@
         FD_V lm_ = FN(fd_log)(bv * p_ + cv * q_);                                             \
         FD_V tp_ = FN(fd_sel)(FN(fd_eq)(p_, zero), zero, bv * p_ * (lp_ - lm_));              \
         FD_V tq_ = FN(fd_sel)(FN(fd_eq)(q_, zero), zero, cv * q_ * (lq_ - lm_));              \
-        acc += tp_ + tq_;                                                                     \
+        FD_V t_ = tp_ + tq_;                                                                  \
+        if (mode == 2) {                                                                      \
+            /* outside the domain: a negative p or q is rel_entr's +inf (as kl_div); an        \
+               infinite one makes m infinite too: NaN, as NaN itself */                      \
+            t_ = FN(fd_sel)(FN(fd_lt)(p_, zero) | FN(fd_lt)(q_, zero), inf, t_);              \
+            t_ = FN(fd_sel)(FN(fd_isnan)(p_) | FN(fd_isnan)(q_) | FN(fd_eq)(p_, inf) |         \
+                                FN(fd_eq)(q_, inf), nanv, t_);                                \
+        }                                                                                     \
+        acc += t_;                                                                            \
     } while (0)
 
 static double FI(fd_js_pass)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, int mode, double beta,
@@ -42,7 +50,7 @@ static double FI(fd_js_pass)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, int mo
     const FD_V bv = FN(fd_splat)((FD_T)beta), cv = FN(fd_splat)((FD_T)(1.0 - beta));
     const FD_V shx = FN(fd_splat)(shx_), lsx = FN(fd_splat)(lsx_);
     const FD_V shz = FN(fd_splat)(shz_), lsz = FN(fd_splat)(lsz_);
-    const FD_V zero = {0};
+    const FD_V zero = {0}, inf = FN(fd_splat)(FD_POS_INF), nanv = FN(fd_splat)((FD_T)NAN);
     const FD_T fill = mode == 2 ? (FD_T)0 : FD_NEG_INF; /* a class of probability 0 */
     double total = 0.0;
     for (ptrdiff_t j0 = 0; j0 < V; j0 += FD_CH) {

@@ -480,13 +480,68 @@ static void FI(fd_entropy_logits_block)(const FD_TI *x, ptrdiff_t V, int nrows, 
 /* Terms with z_j = -inf are kept out of w; instead mxz = max of x_j over them: any finite      */
 /* x_j there has positive probability (even if exp() underflows), so D = +inf (reference.py).  */
 /* ========================================================================================== */
-static inline double FI(fd_kl_finish)(FD_T mx, FD_T mz, double sx, double sz, double w, FD_T mxz)
+/* float64 rows whose KL is too small for the one pass (see FD_KL_EXACT_BELOW): D recomputed
+   from the rows (exact maxima mx, mz) without cancellation, in one more pass from cache.
+   With a_j = (x_j - z_j) - (mx - mz) = log p_j - log q_j + c (both differences carried exactly
+   by TwoSum), b_j = a_j - k (k: the one-pass estimate of c = log(sx / sz)) and
+   nu = E_q[expm1(b)]:  D = (E_q[phi(b)] - psi(nu)) / (1 + nu),  phi(b) = b e^b - e^b + 1 >= 0,
+   psi(nu) = (1 + nu) log1p(nu) - nu ~ nu^2 / 2.  E_q[phi(b)] sums terms >= 0 (the terms
+   q (r log r - r + 1), r = p / q, of D), so D keeps its relative precision; q_j e^b_j is formed
+   as exp((x_j - mx) - k).  E_q[phi] and psi share ~nu^2 / 2, nu ~ k - c ~ 1e-16: a D below
+   ~1e-33 gets a second pass from k + log1p(nu) = c. */
+static double FI(fd_kl_exact)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, double mx, double mz,
+                              double k)
+{
+    double dme, dm = fd_two_diff(mx, mz, &dme), d = 0.0;
+    for (int it = 0; it < 2; it++) {
+        double s = 0.0, nu = 0.0, phi = 0.0;
+        for (ptrdiff_t j = 0; j < V; j++) {
+            double xj = (double)FI(fd_at)(x, j), zj = (double)FI(fd_at)(z, j);
+            if (zj == -INFINITY) continue; /* q_j = 0 (then p_j = 0 too, or D is +inf) */
+            double ez = exp(zj - mz);
+            s += ez;
+            if (xj == -INFINITY) { /* p_j = 0: phi(-inf) = 1, expm1(-inf) = -1 */
+                nu -= ez;
+                phi += ez;
+                continue;
+            }
+            double d1e, d1 = fd_two_diff(xj, zj, &d1e);
+            double a = FD_VBARRIER(d1 - dm) + FD_VBARRIER(d1e - dme);
+            double b = FD_VBARRIER(a - k);
+            if (fabs(b) < 1.0) {
+                double e1, ph;
+                fd_expm1_phi(b, &e1, &ph);
+                nu += ez * e1;
+                phi += ez * ph;
+            } else {
+                double qe = exp(FD_VBARRIER(xj - mx) - k);
+                nu += qe - ez;
+                phi += qe * (b - 1.0) + ez;
+            }
+        }
+        nu /= s;
+        phi /= s;
+        double psi = fabs(nu) < 1e-5 ? nu * nu * (0.5 - nu / 6.0 + nu * nu / 12.0)
+                                     : (1.0 + nu) * log1p(nu) - nu;
+        d = (phi - psi) / (1.0 + nu);
+        if (!(psi > 1e-3 * d)) break;
+        k += log1p(nu);
+    }
+    return d;
+}
+
+/* moved: how far the references rose while sums were carried (the rescales' error) */
+static inline double FI(fd_kl_finish)(FD_T mx, FD_T mz, double sx, double sz, double w, FD_T mxz,
+                                      double moved, const FD_TI *x, const FD_TI *z, ptrdiff_t V)
 {
     if (isnan(sx) || isnan(sz)) return NAN;               /* NaN in either row */
     if (mx == FD_POS_INF || mz == FD_POS_INF) return NAN; /* softmax undefined */
     if (mx == FD_NEG_INF) return 0.0;                     /* P has empty support */
     if (mxz != FD_NEG_INF) return INFINITY; /* some p_j > 0 where q_j = 0 (covers Q all masked) */
-    return w / sx - log(sx) + log(sz);
+    double wsx = w / sx, lsx = log(sx), lsz = log(sz), d = wsx - lsx + lsz;
+    if (sizeof(FD_T) == 8 && d < FD_KL_EXACT_BELOW * fd_kl_scale(wsx, lsx, lsz, moved))
+        return FI(fd_kl_exact)(x, z, V, (double)mx, (double)mz, lsx - lsz);
+    return d;
 }
 
 /* The KL accumulation over one segment [0, n) of both rows (shifts shx, shz). */
@@ -508,7 +563,7 @@ static inline double FI(fd_kl_finish)(FD_T mx, FD_T mz, double sx, double sz, do
 static double FI(fd_kl_logits)(const FD_TI *x, const FD_TI *z, ptrdiff_t V)
 {
     FD_T mx = FD_NEG_INF, mz = FD_NEG_INF;
-    double sx = 0.0, sz = 0.0, w = 0.0;
+    double sx = 0.0, sz = 0.0, w = 0.0, moved = 0.0;
     const FD_V ninf = FN(fd_splat)(FD_NEG_INF);
     FD_V amxz = ninf;
     FD_CHUNK_BUF(xbuf);
@@ -528,6 +583,7 @@ static double FI(fd_kl_logits)(const FD_TI *x, const FD_TI *z, ptrdiff_t V)
                 double delta = (double)mx - (double)mcx, c = exp(delta);
                 w = c * (w + delta * sx);
                 sx *= c;
+                moved -= delta;
             }
             mx = mcx;
         }
@@ -542,6 +598,7 @@ static double FI(fd_kl_logits)(const FD_TI *x, const FD_TI *z, ptrdiff_t V)
                 double delta = (double)mz - (double)mcz;
                 w -= delta * sx;
                 sz *= exp(delta);
+                moved -= delta;
             }
             mz = mcz;
         }
@@ -563,7 +620,7 @@ static double FI(fd_kl_logits)(const FD_TI *x, const FD_TI *z, ptrdiff_t V)
         sz += FN(fd_hsum)(asz);
         w += FN(fd_hsum)(aw);
     }
-    return FI(fd_kl_finish)(mx, mz, sx, sz, w, FN(fd_hmax)(amxz));
+    return FI(fd_kl_finish)(mx, mz, sx, sz, w, FN(fd_hmax)(amxz), moved, x, z, V);
 }
 
 static void FI(fd_kl_logits_block)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, int nrows,
@@ -620,17 +677,25 @@ static void FI(fd_kl_logits_block)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, 
 #if FD_AVX512
     FD_T res[FD_W] __attribute__((aligned(64)));
     FD_V fsx = *(FD_V *)sx, fsz = *(FD_V *)sz;
-    *(FD_V *)res = *(FD_V *)w / fsx - FN(fd_log)(fsx) + FN(fd_log)(fsz);
+    FD_V wsx = *(FD_V *)w / fsx, lsx = FN(fd_log)(fsx), lsz = FN(fd_log)(fsz);
+    *(FD_V *)res = wsx - lsx + lsz;
     unsigned special = (unsigned)(FI(fd_nonfinite)(*(FD_V *)mx) | FI(fd_nonfinite)(*(FD_V *)mz) |
                                   FN(fd_isnan)(fsx) | FN(fd_isnan)(fsz) |
                                   FN(fd_gt)(*(FD_V *)mxz, ninf));
+    if (sizeof(FD_T) == 8) { /* float64: a KL too small for the one pass (FD_KL_EXACT_BELOW) */
+        const FD_V one = FN(fd_splat)((FD_T)1);
+        FD_V scale = one + FN(fd_abs)(wsx) + (FD_T)2 * (FN(fd_abs)(lsx) + FN(fd_abs)(lsz));
+        special |= (unsigned)FN(fd_lt)(*(FD_V *)res, (FD_T)FD_KL_EXACT_BELOW * scale);
+    }
     for (int i = 0; i < nrows; i++)
         out[i] = (special >> i) & 1
-                     ? (FD_T)FI(fd_kl_finish)(mx[i], mz[i], sx[i], sz[i], w[i], mxz[i])
+                     ? (FD_T)FI(fd_kl_finish)(mx[i], mz[i], sx[i], sz[i], w[i], mxz[i], 0.0,
+                                              FD_ROW(x, i), FD_ROW(z, i), V)
                      : res[i];
 #else
     for (int i = 0; i < nrows; i++)
-        out[i] = (FD_T)FI(fd_kl_finish)(mx[i], mz[i], sx[i], sz[i], w[i], mxz[i]);
+        out[i] = (FD_T)FI(fd_kl_finish)(mx[i], mz[i], sx[i], sz[i], w[i], mxz[i], 0.0,
+                                        FD_ROW(x, i), FD_ROW(z, i), V);
 #endif
 }
 
@@ -981,11 +1046,13 @@ static double FI(fd_entropy_log_probs)(const FD_TI *l, ptrdiff_t V)
     return -acc_total;
 }
 
-/* -sum p log p with 0 log 0 = 0 (p < 0 gives NaN, p = +inf gives -inf, as the reference). */
+/* -sum p log p with 0 log 0 = 0, term by term scipy.special.entr: p < 0 (outside the domain)
+   is entr = -inf (+inf in the sum of p log p), p = +inf gives -inf, NaN stays NaN. */
+#define FD_PLOGP(pv) FN(fd_sel)(FN(fd_lt)((pv), zero), inf, (pv) * FN(fd_log)(pv))
 static double FI(fd_entropy_probs)(const FD_TI *p, ptrdiff_t V)
 {
     double acc_total = 0.0;
-    const FD_V zero = {0};
+    const FD_V zero = {0}, inf = FN(fd_splat)(FD_POS_INF);
     for (ptrdiff_t j0 = 0; j0 < V; j0 += FD_CH) {
         const FD_TI *pc = p + j0;
         ptrdiff_t n = V - j0 < FD_CH ? V - j0 : FD_CH;
@@ -994,16 +1061,17 @@ static double FI(fd_entropy_probs)(const FD_TI *p, ptrdiff_t V)
         for (; j + FD_W <= n; j += FD_W) {
             FD_PFI_1(pc + j);
             FD_V pv = FI(fd_ld)(pc + j);
-            acc = FN(fd_add_unless)(acc, FN(fd_eq)(pv, zero), pv * FN(fd_log)(pv));
+            acc = FN(fd_add_unless)(acc, FN(fd_eq)(pv, zero), FD_PLOGP(pv));
         }
         if (j < n) {
             FD_V pv = FI(fd_ldt)(pc + j, n - j, (FD_T)0);
-            acc = FN(fd_add_unless)(acc, FN(fd_eq)(pv, zero), pv * FN(fd_log)(pv));
+            acc = FN(fd_add_unless)(acc, FN(fd_eq)(pv, zero), FD_PLOGP(pv));
         }
         acc_total += FN(fd_hsum)(acc);
     }
     return -acc_total;
 }
+#undef FD_PLOGP
 
 /* sum exp(a) (a - b).  A term is 0 when exp(a) underflows (a < log(smallest denormal)),
    except that a finite a against b = -inf is +inf (positive probability where Q has none,
@@ -1045,20 +1113,26 @@ static double FI(fd_kl_log_probs)(const FD_TI *a, const FD_TI *b, ptrdiff_t V)
     return acc_total;
 }
 
-/* sum p (log p - log q); 0 where p = 0; the row is NaN if log q is NaN anywhere (q NaN or
-   q < 0), as the reference. */
+/* sum rel_entr(p, q), term by term scipy.special.rel_entr: p log(p / q) for p, q > 0, with
+   log(p / q) from fd_logratio (nearly equal p and q keep the term's relative precision);
+   0 where p = 0 <= q; +inf where p or q is negative (outside the domain) or p > 0 = q;
+   p = +inf: +inf, q = +inf: -inf, both: NaN; a NaN in p or q (even where p = 0): NaN. */
 #define FD_KLP_STEP(pv, qv)                                                                   \
     do {                                                                                      \
-        FD_V lq_ = FN(fd_log)(qv);                                                            \
-        FD_V term_ = (pv) * (FN(fd_log)(pv) - lq_);                                           \
-        FD_V none_ = FN(fd_sel)(FN(fd_isnan)(lq_), lq_, zero);                                \
-        acc += FN(fd_sel)(FN(fd_eq)((pv), zero), none_, term_);                               \
+        FD_V lr_ = FN(fd_logratio)((pv), (qv));                                               \
+        lr_ = FN(fd_sel)(FN(fd_eq)((pv), inf), inf, lr_);                                     \
+        lr_ = FN(fd_sel)(FN(fd_eq)((qv), inf), ninf, lr_);                                    \
+        FD_V o_ = FN(fd_sel)(FN(fd_eq)((pv), zero) & ~FN(fd_lt)((qv), zero), zero, inf);       \
+        o_ = FN(fd_sel)(FN(fd_gt)((pv), zero) & FN(fd_gt)((qv), zero), (pv) * lr_, o_);        \
+        acc += FN(fd_sel)(FN(fd_isnan)(pv) | FN(fd_isnan)(qv) |                               \
+                              (FN(fd_eq)((pv), inf) & FN(fd_eq)((qv), inf)), nanv, o_);        \
     } while (0)
 
 static double FI(fd_kl_probs)(const FD_TI *p, const FD_TI *q, ptrdiff_t V)
 {
     double acc_total = 0.0;
-    const FD_V zero = {0};
+    const FD_V zero = {0}, inf = FN(fd_splat)(FD_POS_INF), ninf = FN(fd_splat)(FD_NEG_INF);
+    const FD_V nanv = FN(fd_splat)((FD_T)NAN);
     for (ptrdiff_t j0 = 0; j0 < V; j0 += FD_CH) {
         const FD_TI *pc = p + j0, *qc = q + j0;
         ptrdiff_t n = V - j0 < FD_CH ? V - j0 : FD_CH;

@@ -540,6 +540,46 @@ FD_INLINE double fd_log_kr(double k, double r)
     return k == 1.0 ? log1p(r) : log(k) + log1p(r / k);
 }
 
+/* float64 KL from logits (see fd_kl_exact in _rows.h): the one-pass D = w/sx - log sx + log sz
+   subtracts terms of order L = 1 + |w/sx| + 2 (|log sx| + |log sz|) + (how far the references
+   rose while sums were carried), and its absolute error stays below a few eps L; a row with
+   D < FD_KL_EXACT_BELOW * L is recomputed without cancellation, which keeps the one-pass
+   results within 1e-12 relative (measured: < 1e-13). */
+#define FD_KL_EXACT_BELOW 1e-3
+FD_INLINE double fd_kl_scale(double wsx, double lsx, double lsz, double moved)
+{
+    return 1.0 + fabs(wsx) + 2.0 * (fabs(lsx) + fabs(lsz)) + moved;
+}
+
+/* (s, e) with s = fl(a - b) and a - b = s + e exactly (TwoSum), fenced against the
+   -fassociative-math that would fold e to 0. */
+FD_INLINE double fd_two_diff(double a, double b, double *e)
+{
+    double s = FD_VBARRIER(a - b);
+    double bv = FD_VBARRIER(s - a);
+    double t = FD_VBARRIER(s - bv);
+    *e = FD_VBARRIER(a - t) - FD_VBARRIER(b + bv);
+    return s;
+}
+
+/* expm1(b) and phi(b) = b e^b - e^b + 1 (>= 0) for |b| < 1 by their series (truncated below
+   1e-17 relative): no cancellation for small b, where (b - 1) expm1(b) + b cancels to eps/b. */
+FD_INLINE void fd_expm1_phi(double b, double *e1, double *ph)
+{
+    double e = 0.0, f = 0.0;
+    /* Horner from the top: e = sum_{k>=1} b^(k-1) / k!, f = sum_{k>=2} (k-1) b^(k-2) / k! */
+    static const double inv_fact[23] = {
+        1.0, 1.0, 0.5, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040, 1.0 / 40320,
+        1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0,
+        1.0 / 87178291200.0, 1.0 / 1307674368000.0, 1.0 / 20922789888000.0,
+        1.0 / 355687428096000.0, 1.0 / 6402373705728000.0, 1.0 / 121645100408832000.0,
+        1.0 / 2432902008176640000.0, 1.0 / 51090942171709440000.0, 1.0 / 1124000727777607680000.0};
+    for (int k = 19; k >= 1; k--) e = e * b + inv_fact[k];
+    for (int k = 22; k >= 2; k--) f = f * b + (k - 1) * inv_fact[k];
+    *e1 = e * b;
+    *ph = f * b * b;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* exp                                                                                          */
 /*   k = round(t / ln2), r = t - k ln2 in [-ln2/2, ln2/2], exp(t) = 2^k * P(r).                */
@@ -822,6 +862,49 @@ FD_INLINE fd_vd fd_logpos_f64(fd_vd x)
     fd_vd kf = __builtin_convertvector((fd_vl)(ix >> 52) - 1023, fd_vd);
     fd_vd f = (fd_vd)((ix & 0x000fffffffffffffull) + 0x3fe6a09e667f3bcdull) - 1.0;
     return kf * FD_LN2 + fd_log_mant_f64(f);
+}
+
+/* log(p / q) for p, q > 0, without forming p / q (it overflows or underflows for far-apart p
+   and q) and without log p - log q (it cancels for nearly equal p and q: a KL term p log(p/q)
+   of 1e-14 came out with 1e-3 relative error).  With the mantissas mp, mq in [sqrt(1/2),
+   sqrt(2)) of fd_log and one of them halved or doubled so that mp / mq lies in [sqrt(1/2),
+   sqrt(2)]: log(p / q) = (kp - kq) ln2 + log(1 + u), u = (mp - mq) / mq in [-0.293, 0.414],
+   the range of fd_log_mant.  mp - mq is exact (Sterbenz: mp / mq is within [1/2, 2]), so u
+   carries one rounding and log(p / q) a few ulp of itself; when kp != kq the two terms do not
+   cancel (|(kp - kq) ln2| >= ln2 > 2 |log(1 + u)|).  p or q zero, infinite, negative or NaN:
+   finite garbage (the callers select those terms). */
+FD_INLINE fd_vf fd_logratio_f32(fd_vf p, fd_vf q)
+{
+    const fd_vf tiny = fd_splat_f32(1.17549435e-38f);
+    fd_mf sp = fd_lt_f32(p, tiny), sq = fd_lt_f32(q, tiny);       /* subnormals: scale by 2^23 */
+    fd_vu ip = (fd_vu)fd_sel_f32(sp, p * 8388608.0f, p) + (0x3f800000u - 0x3f3504f3u);
+    fd_vu iq = (fd_vu)fd_sel_f32(sq, q * 8388608.0f, q) + (0x3f800000u - 0x3f3504f3u);
+    fd_vf kf = __builtin_convertvector((fd_vi)(ip >> 23) - (fd_vi)(iq >> 23), fd_vf);
+    kf = fd_sel_f32(sp, kf - 23.0f, kf);
+    kf = fd_sel_f32(sq, kf + 23.0f, kf);
+    fd_vf mp = (fd_vf)((ip & 0x007fffffu) + 0x3f3504f3u);
+    fd_vf mq = (fd_vf)((iq & 0x007fffffu) + 0x3f3504f3u);
+    fd_mf hi = fd_gt_f32(mp, mq * 1.41421356f), lo = fd_gt_f32(mq, mp * 1.41421356f);
+    mp = fd_sel_f32(hi, mp * 0.5f, fd_sel_f32(lo, mp * 2.0f, mp));
+    kf = fd_sel_f32(hi, kf + 1.0f, fd_sel_f32(lo, kf - 1.0f, kf));
+    return kf * (float)FD_LN2 + fd_log_mant_f32(FD_VBARRIER(mp - mq) / mq);
+}
+
+FD_INLINE fd_vd fd_logratio_f64(fd_vd p, fd_vd q)
+{
+    const fd_vd tiny = fd_splat_f64(2.2250738585072014e-308);
+    fd_md sp = fd_lt_f64(p, tiny), sq = fd_lt_f64(q, tiny);       /* subnormals: scale by 2^52 */
+    fd_vq ip = (fd_vq)fd_sel_f64(sp, p * 4503599627370496.0, p) + (0x3ff0000000000000ull - 0x3fe6a09e667f3bcdull);
+    fd_vq iq = (fd_vq)fd_sel_f64(sq, q * 4503599627370496.0, q) + (0x3ff0000000000000ull - 0x3fe6a09e667f3bcdull);
+    fd_vd kf = __builtin_convertvector((fd_vl)(ip >> 52) - (fd_vl)(iq >> 52), fd_vd);
+    kf = fd_sel_f64(sp, kf - 52.0, kf);
+    kf = fd_sel_f64(sq, kf + 52.0, kf);
+    fd_vd mp = (fd_vd)((ip & 0x000fffffffffffffull) + 0x3fe6a09e667f3bcdull);
+    fd_vd mq = (fd_vd)((iq & 0x000fffffffffffffull) + 0x3fe6a09e667f3bcdull);
+    fd_md hi = fd_gt_f64(mp, mq * 1.4142135623730951), lo = fd_gt_f64(mq, mp * 1.4142135623730951);
+    mp = fd_sel_f64(hi, mp * 0.5, fd_sel_f64(lo, mp * 2.0, mp));
+    kf = fd_sel_f64(hi, kf + 1.0, fd_sel_f64(lo, kf - 1.0, kf));
+    return kf * FD_LN2 + fd_log_mant_f64(FD_VBARRIER(mp - mq) / mq);
 }
 
 /* ------------------------------------------------------------------------------------------ */

@@ -286,6 +286,8 @@ def _js_prob_row(xr, zr, beta, logs):
     straight vectorisable loop).  A zero probability contributes exactly 0, never
     0 * (log 0 - lm); log p is taken only where p != 0."""
     zero = cast(0.0, load(xr[0]))
+    inf = cast(np.inf, zero)
+    nan = cast(np.nan, zero)
     b = cast(beta, load(xr[0]))
     c = cast(1.0 - beta, load(xr[0]))
     total = zero
@@ -302,7 +304,13 @@ def _js_prob_row(xr, zr, beta, logs):
             lm = logpos(b * p + c * q)      # finite where it is 0: selected away
             tp = b * p * ((u if logs else flog(p)) - lm) if p != zero else zero
             tq = c * q * ((w if logs else flog(q)) - lm) if q != zero else zero
-            acc += tp + tq
+            t = tp + tq
+            if not logs:
+                # outside the domain: a negative p or q is rel_entr's +inf (as in kl_div); an
+                # infinite one makes M infinite too: NaN, like NaN itself
+                t = t if (p >= zero and q >= zero) else (inf if (p == p and q == q) else p + q)
+                t = nan if (p == inf or q == inf) else t
+            acc += t
         total += acc
     return total
 

@@ -29,13 +29,14 @@ documented in ``fastdiv.reference``.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 
 import numba
 import numpy as np
 from numba import njit, prange
 
-from .simd import _LN2, INLINE, JIT, KL_SUB, SUB, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch_ahead, scale_of, sub_exact
+from .simd import _LN2, INLINE, JIT, KL_SUB, SUB, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch_ahead, add_exact, is_f64, log_parts_f64, rel_entr, scale_of, sub_exact, two_diff
 
 #: Kernels read float16/bfloat16 inputs directly (see the module docstring).
 HALF_INPUTS = True
@@ -261,7 +262,9 @@ def _entropy_probs(p, out):
             blk = row[j0:j0 + SUM_CHUNK]    # slice first: a run-time loop start would gather
             for j in range(blk.shape[0]):
                 pj = load(blk[j])
-                part += pj * flog(pj) if pj != 0 else zero
+                # -p log p term by term scipy.special.entr: 0 log 0 = 0, and a negative p
+                # (outside the domain) is entr = -inf, here +inf in sum p log p; NaN stays NaN
+                part += pj * flog(pj) if pj > zero else (zero if pj == zero else -pj * _INF)
             acc += part
         out[i] = -acc
 
@@ -352,6 +355,100 @@ def _kl_raise_z(w, sx, sz, mz, cz):
     return w - delta * sx, sz * np.exp(delta)
 
 
+#: float64 KL from logits: the one-pass ``D = w / sx - log sx + log sz`` subtracts terms of
+#: order ``L = 1 + |w / sx| + |log sx| + |log sz|`` and carries an absolute error of a few eps L
+#: (~1e-15 L).  A row with ``D < KL_EXACT_BELOW * L`` (nearly equal P and Q: D ~ |P - Q|^2) is
+#: recomputed by _kl_exact, which keeps D's relative precision; 1e-3 keeps the one-pass result
+#: within 1e-12 relative elsewhere (measured: its error stays below 6 eps L).  float32 rows keep
+#: the one pass: their absolute error ~1e-7 L is the dtype's (pass float64 for a tiny KL).
+KL_EXACT_BELOW = 1e-3
+
+#: 1/k!, k = 1..19 (expm1's series), and (k - 1)/k!, k = 2..22 (phi's): |b| < 1 keeps the
+#: truncation below 1e-17 relative
+_EXPM1_C = np.array([1.0 / math.factorial(k) for k in range(1, 20)])
+_PHI_C = np.array([(k - 1.0) / math.factorial(k) for k in range(2, 23)])
+
+
+@njit(**_INLINE)
+def _expm1_phi_series(b):
+    """``(expm1(b), phi(b))`` for |b| < 1, ``phi(b) = b e^b - e^b + 1`` (>= 0), by their series:
+    no cancellation for small b (``(b - 1) expm1(b) + b`` would cancel to eps / b)."""
+    e = 0.0
+    for k in range(_EXPM1_C.shape[0] - 1, -1, -1):
+        e = e * b + _EXPM1_C[k]
+    ph = 0.0
+    for k in range(_PHI_C.shape[0] - 1, -1, -1):
+        ph = ph * b + _PHI_C[k]
+    return e * b, ph * b * b
+
+
+@njit(**_INLINE)
+def _kl_exact(xr, zr, scale, mx, mz, k):
+    """D(P || Q) of one float64 row pair (logits times ``scale``, exact maxima mx, mz) in a
+    form without cancellation, one more pass over both rows (from cache).
+
+    With ``a_j = (x_j - z_j) - (mx - mz)`` (= log p_j - log q_j + c; the two differences are
+    carried exactly by TwoSum, so a_j is a few ulp of itself however far x and z are apart),
+    ``b_j = a_j - k`` (k: the one-pass estimate of c = log(sx / sz)),
+    ``nu = E_q[expm1(b)]``: ``D = (E_q[phi(b)] - psi(nu)) / (1 + nu)`` with
+    ``psi(nu) = (1 + nu) log1p(nu) - nu ~ nu^2 / 2`` (~1e-32 here).  E_q[phi(b)] sums terms >= 0
+    (the terms ``q (r log r - r + 1)``, r = p / q, of D), so D keeps its relative precision
+    down to the rounding of its inputs.  ``q_j e^b_j`` is formed as ``exp((x_j - mx) - k)``."""
+    sc = scale_of(scale, load(xr[0]))
+    mx = np.float64(mx)
+    mz = np.float64(mz)
+    dm, dme = two_diff(mx, mz)
+    zero = 0.0
+    d = 0.0
+    for _ in range(2):
+        s = 0.0
+        nu = 0.0
+        big_phi = 0.0
+        for j in range(xr.shape[0]):
+            xj = np.float64(load(xr[j]) * sc)
+            zj = np.float64(load(zr[j]) * sc)
+            ez = exp_hot(clamp_lo(sub_exact(zj, mz)))
+            d1, d1e = two_diff(xj, zj)
+            a = add_exact(sub_exact(d1, dm), sub_exact(d1e, dme))   # d1 - dm: exact where a is small
+            a = a if (xj > -_INF and zj > -_INF) else sub_exact(d1, dm)   # masked: +-inf
+            b = sub_exact(a, k)
+            small = abs(b) < 1.0
+            e1, ph = _expm1_phi_series(b if small else zero)
+            qe = exp_hot(clamp_lo(sub_exact(sub_exact(xj, mx), k)))
+            live = zj > -_INF                        # q_j > 0 (x_j = z_j = -inf: no term)
+            s += ez
+            nu += (ez * e1 if small else qe - ez) if live else zero
+            big_phi += (ez * ph if small else (ez if xj == -_INF else qe * (b - 1.0) + ez)) if live else zero
+        nu = nu / s
+        big_phi = big_phi / s
+        psi = nu * nu * (0.5 - nu / 6.0 + nu * nu / 12.0) if abs(nu) < 1e-5 else (1.0 + nu) * np.log1p(nu) - nu
+        d = (big_phi - psi) / (1.0 + nu)
+        # E_q[phi(b)] and psi(nu) share ~nu^2 / 2, nu ~ k - c: with k off by 1e-16, a D below
+        # ~1e-33 would lose digits to it.  Then one more pass from k + log1p(nu) = c.
+        if not psi > 1e-3 * d:
+            break
+        k = k + np.log1p(nu)
+    return d
+
+
+@njit(**_INLINE)
+def _kl_finish(w, sx, sz, moved, like):
+    """(D, needs_exact): the one-pass KL from its float64 sums, and whether the row (float64
+    when ``like`` is) must be redone by _kl_exact (see KL_EXACT_BELOW); ``moved``: how far the
+    references rose while sums were carried (their rescales add to the error)."""
+    wsx = w / sx
+    lsx = np.log(sx)
+    lsz = np.log(sz)
+    d = wsx - lsx + lsz
+    return d, is_f64(like) and d < KL_EXACT_BELOW * _kl_scale(wsx, lsx, lsz, moved)
+
+
+@njit(**_INLINE)
+def _kl_scale(wsx, lsx, lsz, moved):
+    """The size L of the terms the one-pass KL subtracts: its absolute error is a few eps L."""
+    return 1.0 + abs(wsx) + 2.0 * (abs(lsx) + abs(lsz)) + moved
+
+
 @njit(**_JIT)
 def _kl_logits(x, z, scale, out):
     # D = w / sx - log sx + log sz with w = sum e^dx (dx - dz), dx = x - mx, dz = z - mz:
@@ -366,6 +463,8 @@ def _kl_logits(x, z, scale, out):
         sc = scale_of(scale, load(xr[0]))
         mx = load(xr[0]) * sc
         mz = load(zr[0]) * sc
+        x0 = mx
+        z0 = mz
         sx = 0.0                         # row totals of the chunk sums in float64: a float32
         sz = 0.0                         # total of 1 + small chunk sums rounds the small ones
         w = 0.0
@@ -440,7 +539,9 @@ def _kl_logits(x, z, scale, out):
         elif mz == -_INF or q_misses_p or not w < _INF:     # w NaN: see _kl_sums
             out[i] = _INF
         else:
-            out[i] = w / sx - np.log(sx) + np.log(sz)
+            moved = ((mx - x0) if x0 > -_INF else 0.0) + ((mz - z0) if z0 > -_INF else 0.0)
+            d, redo = _kl_finish(w, sx, sz, np.float64(moved), mx)
+            out[i] = _kl_exact(xr, zr, scale, mx, mz, np.log(sx) - np.log(sz)) if redo else d
 
 
 @njit(**_JIT)
@@ -451,18 +552,17 @@ def _kl_probs(p, q, out):
         qr = q[i]
         zero = cast(0.0, load(pr[0]))
         acc = 0.0
-        bad = zero
         for j0 in range(0, pr.shape[0], SUM_CHUNK):
             part = zero
             pb = pr[j0:j0 + SUM_CHUNK]
             qb = qr[j0:j0 + SUM_CHUNK]
             for j in range(pb.shape[0]):
-                pj = load(pb[j])
-                qj = load(qb[j])
-                part += pj * (flog(pj) - flog(qj)) if pj != 0 else zero
-                bad += qj if qj != qj else zero   # NaN in Q poisons the row even where p = 0
+                # simd.rel_entr: log(p / q) from the mantissas, so nearly equal p and q keep
+                # the term's relative precision; scipy's values outside the domain; NaN in Q
+                # poisons the row even where p = 0
+                part += rel_entr(load(pb[j]), load(qb[j]))
             acc += part
-        out[i] = acc + bad
+        out[i] = acc
 
 
 @njit(**_JIT)
@@ -720,6 +820,7 @@ def _small_lse(x, out, ce_target, ignore_index):
         e = np.empty(bs * v, dtype=out.dtype)
         s = np.empty(bs, dtype=out.dtype)
         ls = np.empty(bs, dtype=np.float64)
+        lo = np.empty(bs, dtype=np.float64)
         for b in range(g * SMALL_GROUP, min((g + 1) * SMALL_GROUP, nblocks)):
             i0 = b * bs
             i1 = min(i0 + bs, n)
@@ -743,13 +844,27 @@ def _small_lse(x, out, ce_target, ignore_index):
                     _block_exp(flat, ref, one, e)
             if exact:
                 _row_sums(e, rows, v, s)
-                for r in range(rows):            # vectorised log (libm's is a scalar call)
-                    ls[r] = flog(np.float64(s[r]))
+                if ce:
+                    for r in range(rows):        # vectorised log (libm's is a scalar call)
+                        ls[r] = flog(np.float64(s[r]))
+                else:
+                    for r in range(rows):        # log s = ls + lo, see below
+                        ls[r], lo[r] = log_parts_f64(np.float64(s[r]))
             if not ce:
+                # ref + log s carries absolute errors: the rounding of s (a few ulp of 1 in the
+                # input's precision) and of each x - ref before its exp (eps |x - ref|, i.e.
+                # about eps |log s|).  A result below 1 or below |log s| / 2 in magnitude (a row
+                # dominated by its maximum near 0: [0, -40] is 4e-18, not 0; a row far from the
+                # block's reference: 16 ulp) is redone on the row path, whose m + log c +
+                # log1p(r / c) is a few ulp of itself when m >= 0 (measured: <= 3.5 ulp, float32
+                # and float64; typical logits, lse > 2 and the reference a logit of the block, are
+                # never redone).  log s comes in two parts, (ref + e ln2_hi) + (e ln2_lo + log m):
+                # ref + log s would add log s's own rounding (12 ulp at lse 2.8, ref = -40).
                 ref64 = np.float64(ref)
                 for r in range(rows):
-                    if exact and s[r] >= SMALL_MIN_SUM:
-                        out[i0 + r] = ref64 + ls[r]
+                    res = add_exact(add_exact(ref64, ls[r]), lo[r])
+                    if exact and s[r] >= SMALL_MIN_SUM and abs(res) >= max(1.0, 0.5 * abs(ls[r])):
+                        out[i0 + r] = res
                     else:
                         mr, cr, rr, _ = _row_state(x[i0 + r], one)
                         out[i0 + r] = _finish_lse(mr, cr, rr)
@@ -966,11 +1081,19 @@ def _small_kl(x, z, scale, out, fallback):
         _row_sums(ex, rows, v, sx)
         _row_sums(ez, rows, v, sz)
         _row_sums(wt, rows, v, w)
+        tight = np.empty(rows, dtype=np.bool_)
         for r in range(rows):                   # vectorised: two logs and a division per row
             sxr = np.float64(sx[r])
-            out[i0 + r] = np.float64(w[r]) / sxr - flog(sxr) + flog(np.float64(sz[r]))
+            wsx = np.float64(w[r]) / sxr
+            lsx = flog(sxr)
+            lsz = flog(np.float64(sz[r]))
+            d = wsx - lsx + lsz
+            out[i0 + r] = d
+            # float64: a KL too small for the one pass's absolute error goes to the row path,
+            # which redoes it exactly (see KL_EXACT_BELOW); a constant False for float32
+            tight[r] = is_f64(rx) and d < KL_EXACT_BELOW * _kl_scale(wsx, lsx, lsz, 0.0)
         for r in range(rows):
-            if sx[r] < SMALL_MIN_SUM or sz[r] < SMALL_MIN_SUM or not w[r] < _INF:
+            if sx[r] < SMALL_MIN_SUM or sz[r] < SMALL_MIN_SUM or not w[r] < _INF or tight[r]:
                 fallback[i0 + r] = True
 
 

@@ -133,6 +133,28 @@ def sub_exact(typingctx, a, b):
 
 
 @intrinsic
+def add_exact(typingctx, a, b):
+    """``a + b`` as an fadd that may neither reassociate nor contract (see sub_exact)."""
+    if not (isinstance(a, types.Float) and a == b):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fadd(args[0], args[1], flags=("nsz",))
+
+    return a(a, b), codegen
+
+
+@njit(fastmath=FASTMATH, inline="always", error_model="numpy")
+def two_diff(a, b):
+    """``(s, e)`` with ``s = fl(a - b)`` and ``a - b = s + e`` exactly (Knuth's TwoSum, finite
+    a and b), every operation fenced against reassociation, which would fold e to 0."""
+    s = sub_exact(a, b)
+    bv = sub_exact(s, a)                   # -b, as rounded into s
+    e = sub_exact(sub_exact(a, sub_exact(s, bv)), add_exact(b, bv))
+    return s, e
+
+
+@intrinsic
 def fma(typingctx, a, b, c):
     """``llvm.fma`` (a * b + c, one rounding) as an explicit call: fast-math reassociation
     does not look through it, and it vectorises."""
@@ -380,6 +402,123 @@ def log_f64(x):
     return np.nan if not (x >= 0.0) else y
 
 
+@njit(fastmath=FASTMATH, inline="always", error_model="numpy")
+def log_parts_f64(x):
+    """``log x`` of a float64 ``x > 0`` (normal) as ``(hi, lo)``: ``hi = e ln2_hi`` exact (ln2_hi
+    has 32 significant bits, e 11), ``lo = e ln2_lo + log m`` small, m in (sqrt(1/2), sqrt(2)].
+    ``(r + hi) + lo`` then rounds ``r + log x`` about once, where ``r + log x`` would add the
+    rounding of a large log x (``r`` far below the result: a shared reference)."""
+    m, e = _mant_exp_f64(x)
+    f = (m - 1.0) / (m + 1.0)
+    f2 = f * f
+    s = 1.0 / 25.0
+    s = s * f2 + 1.0 / 23.0
+    s = s * f2 + 1.0 / 21.0
+    s = s * f2 + 1.0 / 19.0
+    s = s * f2 + 1.0 / 17.0
+    s = s * f2 + 1.0 / 15.0
+    s = s * f2 + 1.0 / 13.0
+    s = s * f2 + 1.0 / 11.0
+    s = s * f2 + 1.0 / 9.0
+    s = s * f2 + 1.0 / 7.0
+    s = s * f2 + 1.0 / 5.0
+    s = s * f2 + 1.0 / 3.0
+    s = s * f2 + 1.0
+    ef = np.float64(e)
+    return ef * _LN2_HI_F64, fma(ef, _LN2_LO_F64, 2.0 * f * s)
+
+
+# ---------------------------------------------------------------------------------------
+# log(p / q) for p, q > 0, without forming p / q (which overflows or underflows for far-apart
+# p and q) and without subtracting log p - log q (which cancels for nearly equal p and q: a
+# KL term p log(p/q) of 1e-14 came out with 1e-3 relative error).  With p = 2^ep mp and
+# q = 2^eq mq, the mantissas in (sqrt(1/2), sqrt(2)] as in log_f32 / log_f64 and then one of
+# them halved or doubled so that mp / mq lies in [sqrt(1/2), sqrt(2)]:
+#     log(p / q) = (ep - eq) ln2 + 2 atanh(f),   f = (mp - mq) / (mp + mq),  |f| <= 0.1716,
+# the series of log_f32 / log_f64.  mp - mq is exact (Sterbenz: their ratio is within [1/2, 2]),
+# so f carries two roundings and log(p / q) a few ulp of itself; when ep != eq the two terms
+# do not cancel (|(ep - eq) ln2| >= ln2 > 2 |atanh(f)|).  p or q zero, infinite, negative or
+# NaN: finite garbage (the caller selects the term's value for those).
+# ---------------------------------------------------------------------------------------
+
+
+@njit(fastmath=FASTMATH, inline="always", error_model="numpy")
+def _mant_exp_f32(x):
+    tiny = x < np.float32(1.1754944e-38)
+    xs = x * np.float32(8388608.0) if tiny else x          # * 2^23
+    bits = _float_bits_to_int(xs)
+    e = np.int32(((bits >> np.int32(23)) & np.int32(0xFF)) - np.int32(127))
+    m = _int_bits_to_float(np.int32((bits & np.int32(0x7FFFFF)) | np.int32(0x3F800000)))
+    big = m > np.float32(_SQRT2)
+    m = m * np.float32(0.5) if big else m
+    e = np.int32(e + np.int32(1)) if big else e
+    e = np.int32(e - np.int32(23)) if tiny else e
+    return m, e
+
+
+@njit(fastmath=FASTMATH, inline="always", error_model="numpy")
+def _mant_exp_f64(x):
+    tiny = x < 2.2250738585072014e-308
+    xs = x * 4503599627370496.0 if tiny else x             # * 2^52
+    bits = _float_bits_to_int(xs)
+    e = ((bits >> np.int64(52)) & np.int64(0x7FF)) - np.int64(1023)
+    m = _int_bits_to_float((bits & np.int64(0xFFFFFFFFFFFFF)) | np.int64(0x3FF0000000000000))
+    big = m > _SQRT2
+    m = m * 0.5 if big else m
+    e = e + np.int64(1) if big else e
+    e = e - np.int64(52) if tiny else e
+    return m, e
+
+
+@njit(fastmath=FASTMATH, inline="always", error_model="numpy")
+def log_ratio_f32(p, q):
+    """``log(p / q)`` for float32 p, q > 0 (see above): a few ulp of the result."""
+    mp, ep = _mant_exp_f32(p)
+    mq, eq = _mant_exp_f32(q)
+    hi = mp > np.float32(_SQRT2) * mq
+    lo = mq > np.float32(_SQRT2) * mp
+    mp = mp * np.float32(0.5) if hi else (mp * np.float32(2.0) if lo else mp)
+    e = np.int32(ep - eq)
+    e = np.int32(e + np.int32(1)) if hi else (np.int32(e - np.int32(1)) if lo else e)
+    f = sub_exact(mp, mq) / (mp + mq)
+    f2 = f * f
+    s = np.float32(1.0 / 11.0)
+    s = s * f2 + np.float32(1.0 / 9.0)
+    s = s * f2 + np.float32(1.0 / 7.0)
+    s = s * f2 + np.float32(1.0 / 5.0)
+    s = s * f2 + np.float32(1.0 / 3.0)
+    s = s * f2 + np.float32(1.0)
+    return np.float32(2.0) * f * s + np.float32(e) * np.float32(_LN2)
+
+
+@njit(fastmath=FASTMATH, inline="always", error_model="numpy")
+def log_ratio_f64(p, q):
+    """``log(p / q)`` for float64 p, q > 0 (see above): a few ulp of the result."""
+    mp, ep = _mant_exp_f64(p)
+    mq, eq = _mant_exp_f64(q)
+    hi = mp > _SQRT2 * mq
+    lo = mq > _SQRT2 * mp
+    mp = mp * 0.5 if hi else (mp * 2.0 if lo else mp)
+    e = ep - eq
+    e = e + np.int64(1) if hi else (e - np.int64(1) if lo else e)
+    f = sub_exact(mp, mq) / (mp + mq)
+    f2 = f * f
+    s = 1.0 / 25.0
+    s = s * f2 + 1.0 / 23.0
+    s = s * f2 + 1.0 / 21.0
+    s = s * f2 + 1.0 / 19.0
+    s = s * f2 + 1.0 / 17.0
+    s = s * f2 + 1.0 / 15.0
+    s = s * f2 + 1.0 / 13.0
+    s = s * f2 + 1.0 / 11.0
+    s = s * f2 + 1.0 / 9.0
+    s = s * f2 + 1.0 / 7.0
+    s = s * f2 + 1.0 / 5.0
+    s = s * f2 + 1.0 / 3.0
+    s = s * f2 + 1.0
+    return 2.0 * f * s + np.float64(e) * _LN2
+
+
 # Type-dispatching names used by the kernels: the overload picks the float32 or float64
 # implementation at compile time from the argument type.
 
@@ -406,6 +545,46 @@ def _ov_flog(x):
         return lambda x: log_f32(x)
     if x == types.float64:
         return lambda x: log_f64(x)
+    return None
+
+
+def flogratio(p, q):  # pragma: no cover
+    return math.log(p) - math.log(q)
+
+
+@overload(flogratio, fastmath=FASTMATH)
+def _ov_flogratio(p, q):
+    if p == types.float32 and q == types.float32:
+        return lambda p, q: log_ratio_f32(p, q)
+    if p == types.float64 and q == types.float64:
+        return lambda p, q: log_ratio_f64(p, q)
+    return None
+
+
+def rel_entr(p, q):  # pragma: no cover
+    return p * (math.log(p) - math.log(q))
+
+
+@overload(rel_entr, fastmath=FASTMATH)
+def _ov_rel_entr(p, q):
+    """One term ``p log(p / q)`` of a KL from probabilities, with ``scipy.special.rel_entr``'s
+    rules: 0 where ``p = 0 <= q``; ``+inf`` where p or q is negative (outside the domain) or
+    ``p > 0 = q``; NaN if p or q is NaN; ``p = +inf`` gives +inf, ``q = +inf`` -inf (both: NaN).
+    Branch-free (selects), so it vectorises."""
+    if isinstance(p, types.Float) and p == q:
+        def impl(p, q):
+            zero = cast(0.0, p)
+            inf = cast(np.inf, p)
+            lr = flogratio(p, q)
+            lr = inf if (p == inf or q == zero) else lr
+            lr = -inf if q == inf else lr
+            t = p * lr
+            t = cast(np.nan, p) if (p == inf and q == inf) else t
+            out = zero if p == zero else inf                # p = 0: 0 unless q < 0 (below)
+            out = inf if q < zero else out
+            out = t if (p > zero and q > zero) else out
+            return out if (p == p and q == q) else p + q    # NaN in either: NaN
+        return impl
     return None
 
 
@@ -462,6 +641,17 @@ def _ov_cast(c, like):
     if like == types.float64:
         return lambda c, like: np.float64(c)
     return None
+
+
+def is_f64(like):  # pragma: no cover - replaced by the overload inside jitted code
+    return isinstance(like, (float, np.float64))
+
+
+@overload(is_f64)
+def _ov_is_f64(like):
+    """Whether ``like`` is a float64: a compile-time constant, so a branch on it costs nothing."""
+    flag = like == types.float64
+    return lambda like: flag
 
 
 def scale_of(scale, like):  # pragma: no cover - replaced by the overload inside jitted code
