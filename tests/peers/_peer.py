@@ -6,7 +6,7 @@ dtypes drawn again with a seeded numpy generator); the test code is fastdiv's ow
 values are the peer's literal ones where it has them, else a float64 numpy implementation of the
 peer's documented formula written here (``torch_*`` below), and torch itself as a second oracle
 when it is installed.  Deliberate differences are listed, with their reasons, in
-docs/semantics_peers.md; each has a test in test_differences.py.
+docs/peers.rst; each has a test in test_differences.py.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Accuracy relative to the result, on cases built to be near zero, against mpmath (issue 18).
 
-The guarantees tested here (stated in docs/semantics_peers.md, "Accuracy near zero"):
+The guarantees tested here (stated in docs/peers.rst, "Accuracy near zero"):
 
 * logsumexp: within 4 ulp of the correctly rounded value whenever the row's maximum m is >= 0
   (no cancellation between m and log sum exp(x - m)); rows dominated by their maximum near 0

@@ -1,6 +1,6 @@
 """fastdiv's behaviour at each deliberate difference from scipy, PyTorch and Liger-Kernel.
 
-One test per row of docs/semantics_peers.md ("Deliberate differences", D1-D15), on every backend;
+One test per row of docs/peers.rst ("Deliberate differences", D1-D15), on every backend;
 the ported suites (test_scipy.py, test_torch.py, test_liger.py) go through these differences
 where a peer case meets one.
 """

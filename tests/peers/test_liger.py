@@ -9,7 +9,7 @@ count run (2 rows of at most 64 classes in the simulated GPU).  Expected values:
 semantics (Liger's own reference modules ``CrossEntropyWithZLoss`` and ``JSD``) in float64, and
 torch itself when installed.  Gradient checks have no counterpart: fastdiv computes values.
 Deliberate differences (z-loss reported apart from the loss, no labels / ignore_index in js_div,
-argmax of ignored rows, ...) are in docs/semantics_peers.md and tested in test_differences.py.
+argmax of ignored rows, ...) are in docs/peers.rst and tested in test_differences.py.
 """
 from __future__ import annotations
 

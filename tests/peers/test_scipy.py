@@ -5,7 +5,7 @@ for its expected value); tolerances are scipy's: ``xp_assert_close``'s default r
 ``4 sqrt(eps)`` (5.96e-8 in float64, 1.38e-3 in float32), ``assert_func_equal`` and the softmax
 tests use 1e-13.  Where fastdiv's API differs (no ``b=`` weights, no ``axis=``, floats only,
 probabilities taken literally) the case goes through the documented mapping; the differences
-themselves are tested in test_differences.py (docs/semantics_peers.md).
+themselves are tested in test_differences.py (docs/peers.rst).
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ Expected values: torch's documented formulas in float64 (``_peer.torch_cross_ent
 ``torch_kl_div``) on the same (dtype-rounded) inputs, and torch itself when installed; the
 tolerance is torch.testing's default for the input dtype.  torch's class axis is 1; fastdiv's is
 the last (``_peer.class_last``).  Deliberate differences (negative class weights refused, kl_div's
-reductions, no nll_loss, errors as ValueError/TypeError, ...) are in docs/semantics_peers.md and
+reductions, no nll_loss, errors as ValueError/TypeError, ...) are in docs/peers.rst and
 tested in test_differences.py; here such cases check the refusal and then the rest of the case.
 """
 from __future__ import annotations
@@ -62,7 +62,7 @@ def check_ce(backend, x, target, dtype, what, weight=None, **opts):
     xt = class_last(x)
     tt = class_last(target) if probs else np.asarray(target)
     if weight is not None and np.any(np.asarray(weight, dtype=np.float64) < 0):
-        # torch takes negative class weights; fastdiv refuses them (docs/semantics_peers.md, D3)
+        # torch takes negative class weights; fastdiv refuses them (docs/peers.rst, D3)
         with pytest.raises(REFUSED, match="weight"):
             fastdiv.cross_entropy(xt, tt, weight=weight, backend=backend, **opts)
         weight = np.abs(weight)
@@ -159,7 +159,7 @@ def nll_samples(rng, dtype):
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_opinfo_nll_loss(backend, dtype):
-    """fastdiv has no nll_loss (docs/semantics_peers.md, D5): its cross_entropy of log-probabilities
+    """fastdiv has no nll_loss (docs/peers.rst, D5): its cross_entropy of log-probabilities
     is nll_loss of them.  torch's samples draw arbitrary values as the 'log-probabilities'; they are
     normalised with log_softmax first, and nll_loss is evaluated on the same normalised values."""
     rng = np.random.default_rng(8860)
@@ -190,7 +190,7 @@ def test_opinfo_kl_div(backend, dtype):
 
     kl_div(input=log q, target=p) is fastdiv.kl_div(p, q) (mathematical order); fastdiv's
     ``inputs`` applies to both, so a probability target enters as its log.  Reductions map as
-    docs/semantics_peers.md D6 says: torch's "batchmean" is fastdiv's "mean" for 2-D input (and
+    docs/peers.rst D6 says: torch's "batchmean" is fastdiv's "mean" for 2-D input (and
     sum / V for 1-D input), torch's "mean" is fastdiv's sum over the number of elements, torch's
     elementwise "none" sums over the class axis to fastdiv's per-row "none"."""
     rng = np.random.default_rng(9813)
