@@ -1,26 +1,35 @@
-"""pytest-benchmark suite: every public op x backend x regime x dtype, with peers.
+"""pytest-benchmark suite: every benchmark row of the case table (tests/cases.py, ``bench``) x
+backend x regime x dtype, with peers.
 
 Plain ``pytest`` runs each benchmark once on a tiny slice of rows (a smoke test: the suite
 stays runnable).  For real figures::
 
-    pytest benchmarks/ --benchmark-enable --benchmark-only -k "V50257 and float32"
-    pytest benchmarks/ --benchmark-enable --benchmark-autosave      # then --benchmark-compare
+    pytest benchmarks/ -m "" --benchmark-enable --benchmark-only -k "V50257 and float32"
+    pytest benchmarks/ -m "" --benchmark-enable --benchmark-autosave      # then --benchmark-compare
 
 Each fastdiv result records in ``extra_info``: bytes read, GB/s, the fraction of the
-same-run read-bandwidth probe over the same bytes, and the speed-up over every installed
-peer (numpy reference, scipy, torch CPU), all measured in this process.  Groups are
-``op/regime/dtype`` so pytest-benchmark's tables compare like with like.
+same-run read-bandwidth probe over the same bytes, the speed-up over every installed peer
+(numpy reference, scipy, torch CPU) and, for 16-bit inputs, over float32 of the same shape,
+all measured in this process.  Groups are ``op/regime/dtype`` so pytest-benchmark's tables
+compare like with like.  Which cells README's test command smoke-tests: ``cases.fast``.
 """
 from __future__ import annotations
 
 import functools
+import pathlib
+import sys
 
 import numpy as np
 import pytest
 
 from fastdiv import bench as _bench
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+import cases as C  # noqa: E402
+
 SMOKE_ROWS = 4
+BENCH = [c for c in C.CASES if c.bench]
+DTYPES = [d.name for d in C.DTYPES]
 
 
 @pytest.fixture(scope="session")
@@ -30,71 +39,94 @@ def smoke(request):
     return bool(cfg.getoption("benchmark_disable", True)) and not cfg.getoption("benchmark_enable", False)
 
 
-def _data(regime, dtype, smoke):
+@functools.lru_cache(maxsize=2)
+def _args(case_id, regime, dtype, smoke):
+    """The case's arguments (seeded, no edge rows) at the regime's shape."""
     rows, v = _bench.REGIMES[regime]
-    return _bench.inputs(SMOKE_ROWS if smoke else rows, v, dtype)
+    case = C.BY_ID[case_id]
+    return case.args(np.random.default_rng(0), (SMOKE_ROWS if smoke else rows,), v, dtype, edges=False)
+
+
+def _arrays(case, args):
+    return [args[k] for k in case.arrays]
+
+
+def _peer_inputs(case, args):
+    """(x, z, t) for fastdiv.bench's peers: the first and second float arrays, the targets
+    (an ignored target as class 0: not every peer has ignore_index; class 0 without targets)."""
+    arrays = _arrays(case, args)
+    t = args.get("target", np.zeros(arrays[0].shape[0], np.int64))
+    return arrays[0], arrays[-1], np.where(t < 0, 0, t)
 
 
 @functools.lru_cache(maxsize=None)
-def _reference_times(op, regime, dtype):
-    """Same-run medians of the probe and of each peer (computed once per op/regime/dtype)."""
-    rows, v = _bench.REGIMES[regime]
-    x, z, t = _bench.inputs(rows, v, dtype)
-    arrays = (x, z) if op == "kl_div" else (x,)
-    out = {"probe": _bench.median_time(lambda: _bench.probe(*arrays), repeat=9)}
+def _reference_times(case_id, regime, dtype):
+    """Same-run medians of the probe and of each peer (computed once per row/regime/dtype)."""
+    case = C.BY_ID[case_id]
+    args = _args(case_id, regime, dtype, False)
+    out = {"probe": _bench.median_time(lambda: _bench.probe(*_arrays(case, args)), repeat=9)}
+    if case.bench not in _bench.OPS:
+        return out
+    rows, _ = _bench.REGIMES[regime]
+    x, z, t = _peer_inputs(case, args)
     for peer in ("numpy", "scipy", "torch"):
-        if dtype == "float16" and peer != "numpy":
+        if dtype != "float32" and peer != "numpy":
             continue
-        fn = _bench.peer_call(peer, op, x, z, t)
+        fn = _bench.peer_call(peer, case.bench, x, z, t)
         if fn is None:
             continue
         # The numpy reference materialises rows x V float64 temporaries: time it on a
         # slice of rows and scale (it is linear in rows).
         if peer in ("numpy", "scipy") and rows > 256:
-            k = 256 if v >= 1024 else 8192
-            fn_s = _bench.peer_call(peer, op, x[:k], z[:k], t[:k])
+            k = 256 if x.shape[1] >= 1024 else 8192
+            fn_s = _bench.peer_call(peer, case.bench, x[:k], z[:k], t[:k])
             out[peer] = _bench.median_time(fn_s, repeat=1, warmup=0) * rows / k
         else:
             out[peer] = _bench.median_time(fn, repeat=3)
     return out
 
 
-CASES = [(op, regime, dtype) for regime in _bench.REGIMES for op in _bench.OPS for dtype in _bench.DTYPES]
+CELLS = [(case, regime, dtype) for case in BENCH for regime in _bench.REGIMES for dtype in DTYPES]
 
 
 @pytest.mark.parametrize("backend", _bench.available_backends())
-@pytest.mark.parametrize("op,regime,dtype", CASES, ids=["/".join(c) for c in CASES])
-def test_fastdiv(benchmark, backend, op, regime, dtype, smoke):
-    x, z, t = _data(regime, dtype, smoke)
-    benchmark.group = f"{op}/{regime}/{dtype}"
-    fn = _bench.fastdiv_call(op, backend, x, z, t)
+@pytest.mark.parametrize("case,regime,dtype", CELLS, ids=[f"{c.id}/{r}/{d}" for c, r, d in CELLS])
+def test_fastdiv(benchmark, backend, case, regime, dtype, smoke):
+    args = _args(case.id, regime, dtype, smoke)
+    benchmark.group = f"{case.id}/{regime}/{dtype}"
+    fn = lambda: case.call(args, backend)  # noqa: E731
     fn()                                        # compile outside the timing
     result = benchmark(fn)
-    assert np.all(np.isfinite(result))
+    if case.check is None:
+        assert np.all(np.isfinite(result))
     if smoke:
         return
     median = benchmark.stats.stats.median
-    ref = _reference_times(op, regime, dtype)
-    nbytes = _bench.nbytes(op, x)
-    benchmark.extra_info.update({
-        "bytes": nbytes,
-        "GB/s": round(nbytes / median / 1e9, 2),
-        "fraction_of_probe": round(ref["probe"] / median, 3),
-        **{f"speedup_vs_{peer}": round(t_ / median, 2) for peer, t_ in ref.items() if peer != "probe"},
-    })
+    ref = _reference_times(case.id, regime, dtype)
+    nbytes = sum(a.nbytes for a in _arrays(case, args))
+    info = {"bytes": nbytes, "GB/s": round(nbytes / median / 1e9, 2),
+            "fraction_of_probe": round(ref["probe"] / median, 3),
+            **{f"speedup_vs_{peer}": round(t_ / median, 2) for peer, t_ in ref.items() if peer != "probe"}}
+    if np.dtype(dtype).itemsize == 2:
+        args32 = _args(case.id, regime, "float32", False)
+        info["speedup_vs_float32"] = round(_bench.median_time(lambda: case.call(args32, backend), repeat=5) / median, 2)
+    benchmark.extra_info.update(info)
+
+
+PEER_CELLS = [(case, regime) for case in BENCH if case.bench in _bench.OPS for regime in _bench.REGIMES]
 
 
 @pytest.mark.parametrize("peer", ["probe", "numpy", "scipy", "torch"])
-@pytest.mark.parametrize("op,regime,dtype", [c for c in CASES if c[2] == "float32"],
-                         ids=["/".join(c) for c in CASES if c[2] == "float32"])
-def test_peer(benchmark, peer, op, regime, dtype, smoke):
-    x, z, t = _data(regime, dtype, smoke)
-    benchmark.group = f"{op}/{regime}/{dtype}"
+@pytest.mark.parametrize("case,regime", PEER_CELLS, ids=[f"{c.id}/{r}/float32" for c, r in PEER_CELLS])
+def test_peer(benchmark, peer, case, regime, smoke):
+    args = _args(case.id, regime, "float32", smoke)
+    x, z, t = _peer_inputs(case, args)
+    benchmark.group = f"{case.id}/{regime}/float32"
     if peer == "probe":
-        arrays = (x, z) if op == "kl_div" else (x,)
+        arrays = _arrays(case, args)
         fn = lambda: _bench.probe(*arrays)  # noqa: E731
     else:
-        fn = _bench.peer_call(peer, op, x, z, t)
+        fn = _bench.peer_call(peer, case.bench, x, z, t)
         if fn is None:
             pytest.skip(f"{peer} is not installed")
         if peer == "numpy" and not smoke:
@@ -102,86 +134,4 @@ def test_peer(benchmark, peer, op, regime, dtype, smoke):
                         "its speed-up is recorded in the fastdiv entries' extra_info")
     fn()
     benchmark.pedantic(fn, rounds=1 if smoke else 5, iterations=1)
-    benchmark.extra_info["bytes"] = _bench.nbytes(op, x)
-
-
-# --------------------------------------------------------------------------- evaluate (issue 6)
-
-EVAL_REGIMES = ("V50257", "V128256")
-
-
-@pytest.mark.parametrize("backend", _bench.available_backends())
-@pytest.mark.parametrize("regime", EVAL_REGIMES)
-def test_evaluate(benchmark, backend, regime, smoke):
-    """fastdiv.evaluate with topk=(1, 5) (NLL, lse, entropy, argmax, top-1/top-5) in float32,
-    as a fraction of the same-run probe and of cross_entropy alone."""
-    import fastdiv
-
-    x, z, t = _data(regime, "float32", smoke)
-    benchmark.group = f"evaluate/{regime}/float32"
-    fn = lambda: fastdiv.evaluate(x, t, topk=(1, 5), backend=backend)  # noqa: E731
-    fn()
-    res = benchmark(fn)
-    assert 0 <= res["accuracy@5"] <= 1
-    if smoke:
-        return
-    median = benchmark.stats.stats.median
-    probe = _bench.median_time(lambda: _bench.probe(x), repeat=9)
-    ce = _bench.median_time(lambda: fastdiv.cross_entropy(x, t, backend=backend), repeat=5)
-    benchmark.extra_info.update({"bytes": x.nbytes, "GB/s": round(x.nbytes / median / 1e9, 2),
-                                 "fraction_of_probe": round(probe / median, 3),
-                                 "time_vs_cross_entropy": round(median / ce, 3)})
-
-
-# --------------------------------------------------------------------------- divergence family (issue 5)
-
-#: (case, input dtype): js_div and reverse KL from two logit arrays, and half-precision inputs
-#: (float16 / bfloat16) of logsumexp, KL and JS, each compared with float32 of the same shape.
-DIV_CASES = [("js_div", "float32"), ("kl_div_reverse", "float32")] + [
-    (op, half) for op in ("logsumexp", "kl_div", "js_div") for half in ("float16", "bfloat16")]
-
-
-def _div_inputs(dtype, smoke):
-    rows, v = _bench.REGIMES["V50257"]
-    x, z, t = _bench.inputs(SMOKE_ROWS if smoke else rows, v, "float32")
-    if dtype == "float32":
-        return x, z
-    import ml_dtypes
-
-    half = np.float16 if dtype == "float16" else ml_dtypes.bfloat16
-    return x.astype(half), z.astype(half)
-
-
-def _div_call(case, backend, x, z):
-    import fastdiv
-
-    return {
-        "js_div": lambda: fastdiv.js_div(x, z, backend=backend),
-        "kl_div": lambda: fastdiv.kl_div(x, z, backend=backend),
-        "kl_div_reverse": lambda: fastdiv.kl_div(z, x, backend=backend),
-        "logsumexp": lambda: fastdiv.logsumexp(x, backend=backend),
-    }[case]
-
-
-@pytest.mark.parametrize("backend", _bench.available_backends())
-@pytest.mark.parametrize("case,dtype", DIV_CASES, ids=["/".join(c) for c in DIV_CASES])
-def test_divergence_family(benchmark, backend, case, dtype, smoke):
-    """extra_info: the fraction of the same-run probe over the same bytes, and for half input
-    the speed-up over float32 of the same shape (issue 5: js_div >= 60 % of the probe at
-    2048 x 50257; half input >= 1.6x faster than float32)."""
-    x, z = _div_inputs(dtype, smoke)
-    benchmark.group = f"div/{case}/V50257/{dtype}"
-    fn = _div_call(case, backend, x, z)
-    fn()
-    result = benchmark(fn)
-    assert np.all(np.isfinite(result))
-    if smoke:
-        return
-    median = benchmark.stats.stats.median
-    arrays = (x,) if case == "logsumexp" else (x, z)
-    probe = _bench.median_time(lambda: _bench.probe(*arrays), repeat=9)
-    info = {"bytes": sum(a.nbytes for a in arrays), "fraction_of_probe": round(probe / median, 3)}
-    if dtype != "float32":
-        x32, z32 = _div_inputs("float32", smoke)
-        info["speedup_vs_float32"] = round(_bench.median_time(_div_call(case, backend, x32, z32), repeat=5) / median, 2)
-    benchmark.extra_info.update(info)
+    benchmark.extra_info["bytes"] = sum(a.nbytes for a in _arrays(case, args))

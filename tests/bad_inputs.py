@@ -1,9 +1,9 @@
 """The bad-input matrix: every case either raises ValueError/TypeError whose message names the
 offending argument, or returns the documented result.
 
-Cases are generated from the function table (tests/public_functions.py) -- a new public
-function gets every generic case by adding its row there -- plus the cases specific to class
-indices, class weights and ``validate=True``.  tests/test_bad_inputs.py runs all cases of one
+Cases are generated from the rows of the case table with ``bad_inputs=True`` (tests/cases.py,
+``FUNCTIONS``) -- a new public function gets every generic case by adding its row there --
+plus the cases specific to class indices, class weights and ``validate=True``.  tests/test_bad_inputs.py runs all cases of one
 backend in one subprocess (this file is its ``__main__``), so a crash (a signal, an abort, a
 non-zero exit) fails the case that was running instead of killing the test run:
 
@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 import fastdiv
-from public_functions import FUNCTIONS
+from cases import FUNCTIONS, small_cuda_blocks
 
 N, V = 4, 5
 
@@ -38,6 +38,8 @@ class Case:
     expect: tuple
     #: a different documented outcome on the cuda backend (None: the same).
     on_cuda: tuple = None
+    #: the dtype the kernels run in (the tier of the case on each backend: cases.fast)
+    dtype: str = "float32"
 
     def expected(self, backend):
         return self.on_cuda if backend == "cuda" and self.on_cuda is not None else self.expect
@@ -48,7 +50,7 @@ def _rng(seed=0):
 
 
 def _good(fn, lead=(N,), v=V, dtype=np.float32, seed=0):
-    return fn.make(_rng(seed), lead, v, dtype)
+    return fn.good(_rng(seed), lead, v, dtype)
 
 
 def _with(args, **changes):
@@ -154,14 +156,14 @@ def _generic_cases(fn):
             Case(f"{fn.id}: {name} ragged list", bad(ragged), raises(TypeError, name, f"{name} could not be converted")),
             Case(f"{fn.id}: {name} list of lists", bad(good[name].tolist()),
                  returns(same_as(fn, _with(good, **{name: good[name].astype(np.float64)}), pr, exact=False)),
-                 on_cuda=mixed),
+                 on_cuda=mixed, dtype="float64"),
             Case(f"{fn.id}: {name} big-endian", bad(good[name].astype(">f4")),
                  returns(same_as(fn, good, pr, exact=True))),
             Case(f"{fn.id}: {name} non-contiguous", bad(np.repeat(good[name], 2, axis=-1)[..., ::2]),
                  returns(same_as(fn, good, pr, exact=True))),
             Case(f"{fn.id}: {name} float16", bad(good[name].astype(np.float16)),
                  returns(same_as(fn, _with(good, **{name: good[name].astype(np.float16)}), pr)),
-                 on_cuda=mixed),
+                 on_cuda=mixed, dtype="float32" if len(fn.arrays) > 1 else "float16"),
         ]
         if len(fn.arrays) > 1:                             # shapes must agree with the others
             same = ("float target (probabilities) must have the same shape" if fn.indices_too
@@ -194,7 +196,7 @@ def _generic_cases(fn):
     lead0 = {n: (a[:0] if isinstance(a, np.ndarray) and a.ndim >= 1 else a) for n, a in good.items()}
     cases.append(Case(f"{fn.id}: zero rows", lambda b: fn.call(lead0, b, **pr),
                       returns(lambda r, b: _assert_close(r, np.zeros(0)))))
-    for opt, value in fn.options.items():
+    for opt, value in fn.invalid.items():
         exc, says = OPTION_ERRORS[opt]
         cases.append(Case(f"{fn.id}: {opt}={value!r}", lambda b, o=opt, v=value: fn.call(good, b, **{o: v}),
                           raises(exc, opt, says)))
@@ -241,7 +243,8 @@ def _validate_cases(fn, good):
             mixed = raises(TypeError, name) if what == "float16" and len(fn.arrays) > 1 else None
             cases.append(Case(f"{fn.id}: validate=True, {name} {what} (within tolerance)",
                               lambda b, args=args: fn.call(args, b, validate=True, **pr),
-                              returns(same_as(fn, args, pr, exact=True)), on_cuda=mixed))
+                              returns(same_as(fn, args, pr, exact=True)), on_cuda=mixed,
+                              dtype="float16" if what == "float16" and len(fn.arrays) == 1 else "float32"))
     return cases
 
 
@@ -407,6 +410,8 @@ def run_case(case, backend):
 
 def main(argv):
     backend, wanted = argv[0], set(argv[1:])
+    if backend == "cuda":
+        small_cuda_blocks(setattr)          # the simulator: a few Python threads per block
     crash_at = os.environ.get("FASTDIV_SELFTEST_CRASH_AT")     # the harness's own test
     for case in all_cases():
         if wanted and case.id not in wanted:

@@ -1,11 +1,11 @@
 """Run in a subprocess by tests/test_guarantees.py: the peak extra memory of every function
-of the table (tests/public_functions.py), every compiled backend, for inputs that need no
+of the table (tests/cases.py, ``FUNCTIONS``), on compiled backends, for inputs that need no
 conversion and for inputs that do (float16, non-contiguous, big-endian).
 
 Prints one JSON line per call: numpy allocations at their peak (tracemalloc) and the peak
 growth of the process's resident set (rss.py), both beyond the inputs themselves.
 
-    python tests/memory_probe.py ROWS V TMPDIR BACKEND [BACKEND ...]
+    python tests/memory_probe.py ROWS V TMPDIR VARIANT[,VARIANT...] BACKEND [BACKEND ...]
 
 The "memmap" variant writes the inputs to files in TMPDIR and maps them read-only: their
 pages must be released chunk by chunk (fastdiv._chunks), so the RSS stays bounded too.
@@ -22,7 +22,7 @@ import numpy as np
 import fastdiv
 import rss
 from fastdiv import _chunks, execute
-from public_functions import FUNCTIONS
+from cases import FUNCTIONS
 
 #: Small conversion blocks, so that O(1) blocks and O(rows x V) copies are far apart.
 execute.BLOCK_BYTES = 256 << 10
@@ -42,15 +42,16 @@ def _memmap(a, tmpdir):
     return np.memmap(path, a.dtype, "r", shape=a.shape)
 
 
-def main(rows, v, tmpdir, backends):
+def main(rows, v, tmpdir, variants, backends):
     VARIANTS["memmap"] = lambda a: _memmap(a, tmpdir)
     # One thread: memory does not depend on it, and small blocks on a loaded 2-core machine
     # would otherwise wait at a thread barrier in every kernel call.
     fastdiv.set_num_threads(1)
     rng = np.random.default_rng(0)
     for fn in FUNCTIONS:
-        good = fn.make(rng, (rows,), v, np.float32)
-        for variant, change in VARIANTS.items():
+        good = fn.good(rng, (rows,), v, np.float32)
+        for variant in variants:
+            change = VARIANTS[variant]
             args = {k: (change(a) if k in fn.arrays else a) for k, a in good.items()}
             small = {k: a[:3] for k, a in args.items()}
             for backend in backends:
@@ -72,4 +73,4 @@ def main(rows, v, tmpdir, backends):
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4:])
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4].split(","), sys.argv[5:])

@@ -1,7 +1,8 @@
 """The bad-input matrix (cases in tests/bad_inputs.py) on every backend, each backend's cases
 in one subprocess: a crash is a failure of the case that was running, not of the test run.
 
-The subprocesses of all backends run at once when the first case is collected; a backend
+The subprocesses of all backends run at once when the first case runs, each over the cases
+this session selected (the fast tier, or ``-m slow``: tests/cases.py, ``fast``); a backend
 whose process dies is restarted after the case that killed it, so one crash hides nothing."""
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import sys
 
 import pytest
 
+import cases
 from bad_inputs import all_cases
 from conftest import ALL_HOST
 from fastdiv import _registry
@@ -56,10 +58,11 @@ def _collect(proc, results):
 
 
 def run_matrix(backends, ids, extra_env=None):
-    """{backend: {case id: (ok, message)}} with every backend's cases in subprocesses."""
+    """{backend: {case id: (ok, message)}} with every backend's cases in subprocesses (``ids``:
+    a list for every backend, or a dict of lists per backend)."""
     env = _env(extra_env)
     results = {b: {} for b in backends}
-    todo = {b: list(ids) for b in backends}
+    todo = {b: list(ids[b] if isinstance(ids, dict) else ids) for b in backends}
     while any(todo.values()):
         procs = {b: _start(b, todo[b], env) for b in backends if todo[b]}
         for b, proc in procs.items():
@@ -74,20 +77,33 @@ def run_matrix(backends, ids, extra_env=None):
 _RESULTS = {}
 
 
-def _results(backend):
+def _results(backend, session):
+    """The results of the cases this session runs (the tier selected: ``-m``, ``-k``), every
+    backend's subprocess started at once at the first of them."""
     if not _RESULTS:
-        _RESULTS.update(run_matrix(BACKENDS, [c.id for c in CASES]))
-    return _RESULTS[backend]
+        wanted = {}
+        for item in session.items:
+            if getattr(item, "originalname", None) == "test_bad_input" and item.module.__name__ == __name__:
+                params = item.callspec.params
+                wanted.setdefault(params["backend"], []).append(params["case_id"])
+        _RESULTS.update(run_matrix(list(wanted), wanted))
+    return _RESULTS.get(backend, {})
+
+
+def _params():
+    for backend in BACKENDS:
+        for case in CASES:
+            marks = [] if cases.fast(backend, case.dtype) else [pytest.mark.slow]
+            yield pytest.param(backend, case.id, marks=marks, id=f"{case.id}-{backend}")
 
 
 def test_matrix_size():
     assert len(CASES) >= 40
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case_id", [c.id for c in CASES])
-def test_bad_input(backend, case_id):
-    ok, msg = _results(backend).get(case_id, (False, "no result: the subprocess never reached this case"))
+@pytest.mark.parametrize("backend,case_id", list(_params()))
+def test_bad_input(backend, case_id, request):
+    ok, msg = _results(backend, request.session).get(case_id, (False, "no result: the subprocess never reached this case"))
     assert ok, f"[{backend}] {case_id}: {msg}"
 
 

@@ -1,11 +1,13 @@
-"""The cuda backend (fastdiv/_cuda) against the float64 reference, op by op.
+"""The cuda backend's kernels (fastdiv/_cuda) called directly on device arrays: the launch
+paths the case table does not reach (misaligned rows, rows split over blocks, unroll
+variants, many tiles), int32 and ignored targets, streams, argument errors, the device
+reductions and interop.  Every op against the reference on each launch shape, through the
+public API: tests/test_cases.py (``test_case_cuda``).
 
 Runs on a GPU, or on the CPU in numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``); skipped
 with the reason when neither is available.  In the simulator the block sizes are patched
 small so multi-warp, multi-block, split-row and misaligned (scalar-load) paths all run on
-tiny shapes.  Every test draws fresh random inputs (seeded per test) and puts the edge rows
-of ``fastdiv.reference`` (masked classes, all ``-inf``, rows starting with ``-inf``, NaN,
-``+inf``, large offsets) into the same matrices.
+tiny shapes.
 """
 from __future__ import annotations
 
@@ -139,9 +141,7 @@ def check(got, want, kind, what=""):
     np.testing.assert_allclose(got, want, equal_nan=True, err_msg=what, **tol(kind))
 
 
-# Launch configurations: how each V is mapped to a kernel shape in these tests.
-# (name, patches) -- patches apply to module knobs for the duration of the test.
-SMALL_KNOBS = dict(SMALL_BLOCK=32, GROUP_BLOCK=64, BLOCK=64, RED_BLOCK=32, RED_CHUNK=64, TILE_ROWS=32)
+from cases import SMALL_KNOBS  # noqa: E402  (the launch knobs patched small, shared with tests/test_cases.py)
 
 
 @pytest.fixture
@@ -164,188 +164,6 @@ V_CASES = {
     "67-block": (67, {"SMALL_MAX_V": 64, "GROUP_MAX_V": 64, "TILE_MAX_V": 0}, "block"),
     "300": (300, {}, "group"),
 }
-
-KINDS_ALL = ["f32", "f64", "f16", "bf16"]
-
-
-def _cases():
-    out = []
-    for case in V_CASES:
-        for kind in KINDS_ALL:
-            # keep the simulator run short; the GPU run covers every combination
-            if SIM and kind in ("f16", "bf16") and case in ("1", "67-block", "51-small"):
-                continue
-            if SIM and kind == "f64" and case in ("67-block", "51-small"):
-                continue
-            out.append((case, kind))
-    return out
-
-
-CASES = _cases()
-
-
-# ------------------------------------------------------------------- one op, one call
-
-
-def setup_case(case, knobs):
-    V, extra, mode = V_CASES[case]
-    knobs(**extra)
-    assert K.launch_plan(9, V)[0] == mode
-    return V
-
-
-def run_logits_op(op, case, kind, knobs, rows=9):
-    V = setup_case(case, knobs)
-    rng = _rng(op, case, kind)
-    x = edge_logits(rng, rows, V)
-    dx, hx = device_input(x, kind)
-    out = out_for(rows, kind)
-    getattr(K, op)(dx, *((1.0,) if op == "entropy_logits" else ()), out, 1)
-    return out.copy_to_host(), hx
-
-
-@pytest.mark.parametrize("case,kind", CASES)
-def test_lse(case, kind, knobs):
-    got, hx = run_logits_op("lse", case, kind, knobs)
-    check(got, R.logsumexp_rows(hx), kind, "lse")
-
-
-@pytest.mark.parametrize("case,kind", CASES)
-def test_entropy_logits(case, kind, knobs):
-    got, hx = run_logits_op("entropy_logits", case, kind, knobs)
-    check(got, R.entropy_rows(hx, "logits"), kind, "entropy_logits")
-
-
-def _log_probs(rng, rows, V):
-    x = edge_logits(rng, rows, V)
-    return R.log_softmax_rows(x)
-
-
-@pytest.mark.parametrize("case,kind", CASES)
-def test_entropy_log_probs_and_probs(case, kind, knobs):
-    V = setup_case(case, knobs)
-    rng = _rng("ent-lp", case, kind)
-    rows = 9
-    lp = _log_probs(rng, rows, V)
-    d, h = device_input(lp, kind)
-    out = out_for(rows, kind)
-    K.entropy_log_probs(d, out, 1)
-    check(out.copy_to_host(), R.entropy_rows(h, "log_probs"), kind, "entropy_log_probs")
-    with np.errstate(over="ignore"):
-        p = np.exp(lp)
-    p[2, :] = 0.0  # an all-zero row
-    p[3, 0] = -0.5 if V > 1 else p[3, 0]  # a negative probability -> NaN
-    d, h = device_input(p, kind)
-    out = out_for(rows, kind)
-    K.entropy_probs(d, out, 1)
-    check(out.copy_to_host(), R.entropy_rows(h, "probs"), kind, "entropy_probs")
-
-
-def _pair(rng, rows, V):
-    x = edge_logits(rng, rows, V)
-    z = edge_logits(rng, rows, V)
-    # mix the edge rows so every (P edge, Q edge) kind meets a few others
-    perm = np.roll(np.arange(rows), 2)
-    z = z[perm]
-    z[rows - 1] = x[rows - 1] + 0.1 * rng.standard_normal(V)  # a close pair: small KL
-    return x, z
-
-
-@pytest.mark.parametrize("case,kind", CASES)
-def test_kl_logits(case, kind, knobs):
-    V = setup_case(case, knobs)
-    rng = _rng("kl", case, kind)
-    rows = 11
-    x, z = _pair(rng, rows, V)
-    dx, hx = device_input(x, kind)
-    dz, hz = device_input(z, kind)
-    out = out_for(rows, kind)
-    K.kl_logits(dx, dz, 1.0, out, 1)
-    check(out.copy_to_host(), R.kl_rows(hx, hz, "logits"), kind, "kl_logits")
-
-
-@pytest.mark.parametrize("case,kind", CASES)
-def test_kl_log_probs_and_probs(case, kind, knobs):
-    V = setup_case(case, knobs)
-    rng = _rng("kl-lp", case, kind)
-    rows = 11
-    x, z = _pair(rng, rows, V)
-    a, b = R.log_softmax_rows(x), R.log_softmax_rows(z)
-    da, ha = device_input(a, kind)
-    db, hb = device_input(b, kind)
-    out = out_for(rows, kind)
-    K.kl_log_probs(da, db, out, 1)
-    check(out.copy_to_host(), R.kl_rows(ha, hb, "log_probs"), kind, "kl_log_probs")
-    with np.errstate(over="ignore"):
-        p, q = np.exp(a), np.exp(b)
-    if V > 1:
-        q[0, 0] = -0.25  # negative q -> NaN even where p = 0
-        p[0, 0] = 0.0
-    da, ha = device_input(p, kind)
-    db, hb = device_input(q, kind)
-    out = out_for(rows, kind)
-    K.kl_probs(da, db, out, 1)
-    check(out.copy_to_host(), R.kl_rows(ha, hb, "probs"), kind, "kl_probs")
-
-
-def _targets(rng, x, ignore_index):
-    rows, V = x.shape
-    t = rng.integers(0, V, rows)
-    t[1 % rows] = ignore_index
-    # a target on a masked class (row 1 has masks; use row 0 of a fresh mask)
-    if rows > 8 and V > 1:
-        x[8, 0] = -np.inf
-        t[8] = 0
-    return t
-
-
-@pytest.mark.parametrize("case,kind", CASES)
-@pytest.mark.parametrize("eps,weighted", [(0.0, False), (0.1, True)])
-def test_ce_hard(case, kind, eps, weighted, knobs):
-    V = setup_case(case, knobs)
-    rng = _rng("ce", case, kind, eps, weighted)
-    rows = 10
-    x = edge_logits(rng, rows, V)
-    t = _targets(rng, x, -100)
-    w = None
-    if weighted:
-        w = rng.random(V) + 0.5
-        w[rng.random(V) < 0.3] = 0.0
-        w[t[0]] = 0.0  # zero weight on row 0's target
-    dx, hx = device_input(x, kind)
-    wacc = np.float64 if kind == "f64" else np.float32
-    dw = cuda.to_device(w.astype(wacc)) if weighted else None
-    out = out_for(rows, kind)
-    K.ce_hard(dx, cuda.to_device(t), -100, dw, eps, out, 1)
-    want = R.cross_entropy_hard_rows(hx, t, -100, None if w is None else w.astype(wacc), eps)
-    check(out.copy_to_host(), want, kind, f"ce_hard eps={eps} weighted={weighted}")
-
-
-@pytest.mark.parametrize("case,kind", CASES)
-@pytest.mark.parametrize("eps,weighted", [(0.0, True), (0.2, False)])
-def test_ce_soft(case, kind, eps, weighted, knobs):
-    V = setup_case(case, knobs)
-    rng = _rng("soft", case, kind, eps, weighted)
-    rows = 10
-    x = edge_logits(rng, rows, V)
-    with np.errstate(over="ignore"):
-        p = np.exp(R.log_softmax_rows(edge_logits(rng, rows, V)[np.roll(np.arange(rows), 3)]))
-    p[rows - 1] = np.exp(R.log_softmax_rows(rng.standard_normal((1, V))))[0]
-    p[rows - 1, rng.random(V) < 0.5] = 0.0  # zero target mass on some classes
-    x[rows - 1, p[rows - 1] == 0] = -np.inf  # ... exactly where the logits are masked
-    w = None
-    if weighted:
-        w = rng.random(V) + 0.5
-        w[rng.random(V) < 0.3] = 0.0
-    dx, hx = device_input(x, kind)
-    dp, hp = device_input(p, kind)
-    wacc = np.float64 if kind == "f64" else np.float32
-    dw = cuda.to_device(w.astype(wacc)) if weighted else None
-    out = out_for(rows, kind)
-    K.ce_soft(dx, dp, dw, 1.0 - eps, eps / V, 1.0, out, 1)
-    want = R.cross_entropy_soft_rows(hx, hp, None if w is None else w.astype(wacc), eps)
-    check(out.copy_to_host(), want, kind, f"ce_soft eps={eps} weighted={weighted}")
-
 
 # --------------------------------------------------------------- launch-path coverage
 

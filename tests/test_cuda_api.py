@@ -1,6 +1,7 @@
-"""The public API on the cuda backend: same options, reductions and edge semantics as the
-host backends.  Runs in numba's CUDA simulator without a GPU (tiny shapes, small blocks so
-the multi-warp and multi-block paths run); on a GPU it also covers torch CUDA tensors."""
+"""The public API on the cuda backend: reductions, result types, device arrays in and out,
+bad input, torch CUDA tensors (per-row values of every case: tests/test_cases.py).  Runs in
+numba's CUDA simulator without a GPU (tiny shapes, small blocks so the multi-warp and
+multi-block paths run); on a GPU it also covers torch CUDA tensors."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,8 @@ import fastdiv
 from fastdiv import _registry
 from fastdiv import reference as R
 
-from conftest import assert_rows_close, make_logits, make_probs
+from cases import SMALL_KNOBS
+from conftest import assert_rows_close, make_logits
 
 WHY = _registry.unavailable_reason("cuda")
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(WHY is not None, reason=str(WHY))]
@@ -19,33 +21,12 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(WHY is not None, reason=str(W
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
     from fastdiv._cuda import kernels as K
-    for name, value in dict(SMALL_BLOCK=32, GROUP_BLOCK=64, BLOCK=64, RED_BLOCK=32, RED_CHUNK=64, TILE_ROWS=32).items():
+    for name, value in SMALL_KNOBS.items():
         monkeypatch.setattr(K, name, value)
 
 
 def _host(a):
     return a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
-
-
-@pytest.mark.parametrize("v", [1, 37, 300])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_host_arrays_on_cuda_match_reference(v, dtype, rng):
-    n = 12
-    x = make_logits(rng, n, v, dtype)
-    z = make_logits(rng, n, v, dtype)[::-1].copy()
-    p = make_probs(rng, n, v, dtype)
-    t = rng.integers(0, v, n)
-    t[[2, 11]] = -100
-    w = rng.uniform(0.1, 2.0, v)
-    assert_rows_close(fastdiv.logsumexp(x, backend="cuda"), R.logsumexp_rows(x), dtype, "lse")
-    assert_rows_close(fastdiv.entropy(x, backend="cuda"), R.entropy_rows(x), dtype, "entropy")
-    assert_rows_close(fastdiv.kl_div(x, z, reduction="none", backend="cuda"), R.kl_rows(x, z), dtype, "kl", kind="kl")
-    assert_rows_close(fastdiv.kl_div(p, p[::-1].copy(), inputs="probs", reduction="none", backend="cuda"),
-                      R.kl_rows(p, p[::-1], "probs"), dtype, "kl probs", kind="kl")
-    assert_rows_close(fastdiv.cross_entropy(x, t, reduction="none", weight=w, label_smoothing=0.1, backend="cuda"),
-                      R.cross_entropy_hard_rows(x, t, -100, w.astype(dtype), 0.1), dtype, "ce")
-    assert_rows_close(fastdiv.cross_entropy(x, p, reduction="none", backend="cuda"),
-                      R.cross_entropy_soft_rows(x, p), dtype, "soft ce")
 
 
 def test_reductions_and_result_types(rng):

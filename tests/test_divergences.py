@@ -1,7 +1,6 @@
-"""The divergence family (issue 5): js_div, topk_kl_div, gaussian_kl, temperature, half inputs.
-
-Every backend against the float64 reference on fresh random inputs with the awkward rows of
-``make_logits`` (masked, NaN, +inf, extreme), plus the properties the issue names.
+"""The divergence family (issue 5): js_div, topk_kl_div, gaussian_kl, temperature, half inputs:
+the properties the issue names, the high-precision checks, bad input and the half-precision
+plumbing.  Every backend against the float64 reference on random inputs: tests/test_cases.py.
 """
 from __future__ import annotations
 
@@ -12,7 +11,8 @@ import fastdiv
 from fastdiv import _registry
 from fastdiv import reference as R
 
-from conftest import ALL_HOST, V_SHAPES, assert_rows_close, make_logits, make_probs, rows_for
+from cases import teacher as _teacher
+from conftest import ALL_HOST, backend_params, make_logits, make_probs
 
 try:
     import ml_dtypes
@@ -20,6 +20,8 @@ except ImportError:  # bfloat16 cases are skipped without it
     ml_dtypes = None
 
 host = pytest.mark.parametrize("backend", ALL_HOST)
+#: tests on float64 inputs: numba's float64 specializations are compiled in the slow tier only
+host64 = pytest.mark.parametrize("backend", backend_params(ALL_HOST, dtype=np.float64))
 dtypes = pytest.mark.parametrize("dtype", [np.float32, np.float64])
 HALF = [np.float16] + ([ml_dtypes.bfloat16] if ml_dtypes is not None else [])
 
@@ -38,21 +40,7 @@ def _inputs(rng, n, v, dtype, inputs):
 # --------------------------------------------------------------------------- js_div
 
 
-@host
-@dtypes
-@pytest.mark.parametrize("v", V_SHAPES)
-@pytest.mark.parametrize("inputs", ["logits", "log_probs", "probs"])
-@pytest.mark.parametrize("beta", [0.5, 0.1, 0.9])
-def test_js_matches_reference(backend, dtype, v, inputs, beta, rng):
-    if v > 100_000 and (inputs != "logits" or beta != 0.5):
-        pytest.skip("the largest vocabulary once per backend and dtype (time)")
-    x, z = _inputs(rng, rows_for(v), v, dtype, inputs)
-    got = fastdiv.js_div(x, z, beta=beta, inputs=inputs, reduction="none", backend=backend)
-    assert got.dtype == dtype
-    assert_rows_close(got, R.js_rows(x, z, beta, inputs), dtype, f"js {inputs} beta={beta}", kind="kl")
-
-
-@host
+@host64
 @pytest.mark.parametrize("inputs", ["logits", "probs"])
 def test_js_symmetric_bounded_and_skew_swaps(backend, inputs, rng):
     x, z = _inputs(rng, 40, 257, np.float64, inputs)
@@ -67,14 +55,14 @@ def test_js_symmetric_bounded_and_skew_swaps(backend, inputs, rng):
     np.testing.assert_allclose(c, d, rtol=1e-12, atol=1e-14)
 
 
-def test_js_of_disjoint_supports_is_log2():
+@host64
+def test_js_of_disjoint_supports_is_log2(backend):
     p = np.array([[0.5, 0.5, 0.0, 0.0]])
     q = np.array([[0.0, 0.0, 0.25, 0.75]])
-    for backend in ALL_HOST:
-        assert np.isclose(fastdiv.js_div(p, q, inputs="probs", backend=backend), np.log(2), rtol=1e-6)
+    assert np.isclose(fastdiv.js_div(p, q, inputs="probs", backend=backend), np.log(2), rtol=1e-6)
 
 
-@host
+@host64
 def test_js_beta_endpoints_are_the_two_kls(backend, rng):
     x, z = _inputs(rng, 40, 300, np.float64, "logits")
     fwd = fastdiv.kl_div(x, z, reduction="none", backend=backend)
@@ -91,11 +79,36 @@ def test_js_endpoints_are_limits_of_the_normalised_divergence(rng):
         np.testing.assert_allclose(got, want, rtol=1e-4)
 
 
-@host
-def test_reverse_kl_is_the_swapped_call(backend, rng):
-    x, z = _inputs(rng, 40, 1271, np.float32, "logits")
-    assert_rows_close(fastdiv.kl_div(z, x, reduction="none", backend=backend), R.kl_rows(z, x),
-                      np.float32, "reverse kl", kind="kl")
+SUBNORMAL_JS = ("known limit of the Cython JS kernel from probabilities: where q = 0 and p is one of float32's "
+                "smallest subnormals, beta * p underflows to 0 and the term p log(p / m) comes out NaN "
+                "(numba and the reference: finite)")
+
+
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=pytest.mark.xfail(reason=SUBNORMAL_JS, strict=True))
+                                     if b == "cython" else b for b in ALL_HOST])
+def test_js_of_float32_subnormal_probabilities(backend):
+    p = np.zeros((1, 300), np.float32)
+    p[0, 0] = 1.0
+    p[0, 1:] = 1e-45
+    q = np.zeros_like(p)
+    q[0, 0] = 1.0
+    got = fastdiv.js_div(p, q, beta=0.3, inputs="probs", reduction="none", backend=backend)
+    np.testing.assert_allclose(got, R.js_rows(p, q, 0.3, "probs"), rtol=1e-5, atol=1e-12)
+
+
+LATE_LOW_JS = ("known limit of the Cython JS kernel from logits: a row whose first 2048 classes are all masked "
+               "and whose other logits all lie below about -87 (their exp underflows in float32) gives NaN "
+               "(numba and the reference: finite)")
+
+
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=pytest.mark.xfail(reason=LATE_LOW_JS, strict=True))
+                                     if b == "cython" else b for b in ALL_HOST])
+def test_js_of_a_late_low_row_after_a_masked_chunk(backend):
+    x = np.full((1, 4096), -np.inf, np.float32)
+    x[0, 3000] = -100.0
+    z = (np.random.default_rng(0).standard_normal((1, 4096)) * 1e-3).astype(np.float32)
+    got = fastdiv.js_div(x, z, beta=0.3, reduction="none", backend=backend)
+    np.testing.assert_allclose(got, R.js_rows(x, z, 0.3), rtol=1e-5)
 
 
 # --------------------------------------------------------------------------- temperature
@@ -111,32 +124,6 @@ def test_temperature_one_changes_no_bit(backend, dtype, rng):
               lambda **k: fastdiv.js_div(x, z, reduction="none", **k, backend=backend),
               lambda **k: fastdiv.cross_entropy(x, p, reduction="none", **k, backend=backend)):
         np.testing.assert_array_equal(f(temperature=1.0), f())
-
-
-@host
-@dtypes
-@pytest.mark.parametrize("v", [51, 1271, 50257])
-@pytest.mark.parametrize("temperature", [0.5, 2.0, 7.3])
-def test_temperature_divides_the_logits(backend, dtype, v, temperature, rng):
-    n = rows_for(v)
-    x, z = _inputs(rng, n, v, dtype, "logits")
-    p = make_probs(rng, n, v, dtype)
-    # The compiled kernels scale in the input's precision, x * (1/T) rounded to float32 for
-    # float32 logits (as torch's x / T): at |x| / T ~ 1e3 (the 1e4 row) that rounding alone
-    # moves a confident row's entropy by ~4e-5 relative, so their reference sees the same
-    # scaled logits; the numpy backend divides in float64.
-    if backend == "numpy":
-        xs, zs = x.astype(np.float64) / temperature, z.astype(np.float64) / temperature
-    else:
-        inv = x.dtype.type(1.0 / temperature)
-        xs, zs = (x * inv).astype(np.float64), (z * inv).astype(np.float64)
-    kw = dict(temperature=temperature, backend=backend)
-    assert_rows_close(fastdiv.entropy(x, **kw), R.entropy_rows(xs), dtype, "entropy T")
-    assert_rows_close(fastdiv.kl_div(x, z, reduction="none", **kw), R.kl_rows(xs, zs), dtype, "kl T", kind="kl")
-    assert_rows_close(fastdiv.js_div(x, z, beta=0.3, reduction="none", **kw), R.js_rows(xs, zs, 0.3), dtype,
-                      "js T", kind="kl")
-    assert_rows_close(fastdiv.cross_entropy(x, p, reduction="none", label_smoothing=0.1, **kw),
-                      R.cross_entropy_soft_rows(xs, p, None, 0.1), dtype, "soft ce T")
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, np.inf, np.nan, 5e-324])
@@ -161,14 +148,6 @@ def test_temperature_errors_name_the_argument():
 
 
 # --------------------------------------------------------------------------- top-k teacher KL
-
-
-def _teacher(rng, n, v, k, dtype=np.float64):
-    """A dense teacher (log-probabilities) and its top-k classes, shuffled within each row."""
-    t = R.log_softmax_rows(make_logits(rng, n, v, np.float64, edges=False))
-    top = np.argsort(-t, axis=1)[:, :k]
-    top = np.take_along_axis(top, rng.permuted(np.tile(np.arange(k), (n, 1)), axis=1), axis=1)
-    return t, top, np.take_along_axis(t, top, axis=1).astype(dtype)
 
 
 def _dense_topk(t, top, student, tail):
@@ -199,24 +178,7 @@ def test_topk_reference_equals_the_dense_construction(tail, k, rng):
                                rtol=1e-10, atol=1e-13)
 
 
-@host
-@dtypes
-@pytest.mark.parametrize("tail", ["renormalize", "bucket"])
-@pytest.mark.parametrize("v,k", [(1, 1), (51, 5), (1271, 32), (1271, 1271), (50257, 64)])
-def test_topk_matches_reference(backend, dtype, tail, v, k, rng):
-    n = rows_for(v)
-    _, top, tk = _teacher(rng, n, v, k)
-    student = make_logits(rng, n, v, dtype)             # masked, NaN, +inf and extreme rows
-    tk = tk.astype(dtype)
-    if n > 3:
-        tk[3, 0] = np.nan                                  # a NaN teacher row
-        tk[2] = -np.inf                                    # an empty teacher row
-    got = fastdiv.topk_kl_div(top, tk, student, tail=tail, reduction="none", backend=backend)
-    assert got.dtype == dtype
-    assert_rows_close(got, R.topk_kl_rows(top, tk, student, tail), dtype, f"topk {tail}", kind="kl")
-
-
-@host
+@host64
 @pytest.mark.parametrize("tail", ["renormalize", "bucket"])
 def test_topk_with_k_equal_v_is_the_dense_kl(backend, tail, rng):
     v = 300
@@ -226,7 +188,7 @@ def test_topk_with_k_equal_v_is_the_dense_kl(backend, tail, rng):
     np.testing.assert_allclose(got, R.kl_rows(t, student), rtol=1e-9, atol=1e-12)
 
 
-@host
+@host64
 def test_topk_bucket_keeps_a_tiny_student_tail_exact(backend):
     """The student's tail is summed from its own classes, not as 1 - sum(q_i) (which cancels)."""
     v = 1000
@@ -246,13 +208,13 @@ def test_topk_bucket_keeps_a_tiny_student_tail_exact(backend):
     np.testing.assert_allclose(got, [float(want)], rtol=1e-12)
 
 
-def test_topk_masked_student_class_gives_inf():
+@host64
+def test_topk_masked_student_class_gives_inf(backend):
     student = np.array([[0.0, -np.inf, 1.0, 2.0]])
-    for backend in ALL_HOST:
-        for tail in ("renormalize", "bucket"):
-            got = fastdiv.topk_kl_div(np.array([[3, 1]]), np.log([[0.5, 0.2]]), student, tail=tail,
-                                      reduction="none", backend=backend)
-            assert got[0] == np.inf, (backend, tail)
+    for tail in ("renormalize", "bucket"):
+        got = fastdiv.topk_kl_div(np.array([[3, 1]]), np.log([[0.5, 0.2]]), student, tail=tail,
+                                  reduction="none", backend=backend)
+        assert got[0] == np.inf, (backend, tail)
 
 
 def test_topk_bad_input_names_the_argument():
@@ -380,39 +342,7 @@ def test_js_bad_input_names_the_argument():
 HALF_BACKENDS = [b for b in ALL_HOST if b != "numpy"]
 
 
-@pytest.mark.parametrize("backend", HALF_BACKENDS)
-@pytest.mark.parametrize("half", HALF, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("v", [51, 1271, 50257])
-def test_half_inputs_match_the_float32_kernel_on_the_upcast_input(backend, half, v, rng):
-    """Converting a half to float32 is exact, so results match float32 on the upcast input."""
-    n = rows_for(v)
-    x = make_logits(rng, n, v, np.float32).astype(half)
-    z = make_logits(rng, n, v, np.float32).astype(half)
-    p = make_probs(rng, n, v, np.float32).astype(half)
-    t = rng.integers(0, v, n)
-    x32, z32, p32 = (a.astype(np.float32) for a in (x, z, p))
-    _, top, tk = _teacher(rng, n, v, min(v, 8))
-    tk = tk.astype(half)
-    cases = {
-        "lse": lambda a, b, c, k: fastdiv.logsumexp(a, backend=backend),
-        "entropy": lambda a, b, c, k: fastdiv.entropy(a, temperature=1.5, backend=backend),
-        "entropy_probs": lambda a, b, c, k: fastdiv.entropy(c, inputs="probs", backend=backend),
-        "kl": lambda a, b, c, k: fastdiv.kl_div(a, b, reduction="none", backend=backend),
-        "kl_probs": lambda a, b, c, k: fastdiv.kl_div(c, c[::-1].copy(), inputs="probs", reduction="none", backend=backend),
-        "js": lambda a, b, c, k: fastdiv.js_div(a, b, reduction="none", backend=backend),
-        "ce": lambda a, b, c, k: fastdiv.cross_entropy(a, t, reduction="none", label_smoothing=0.1, backend=backend),
-        "ce_plain": lambda a, b, c, k: fastdiv.cross_entropy(a, t, reduction="none", backend=backend),
-        "ce_soft": lambda a, b, c, k: fastdiv.cross_entropy(a, c, reduction="none", temperature=0.5, backend=backend),
-        "topk": lambda a, b, c, k: fastdiv.topk_kl_div(top, k, a, tail="bucket", reduction="none", backend=backend),
-    }
-    for name, f in cases.items():
-        got = f(x, z, p, tk)
-        want = f(x32, z32, p32, tk.astype(np.float32))
-        assert got.dtype == np.float32, name
-        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6, err_msg=name)
-
-
-@pytest.mark.parametrize("backend", HALF_BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(HALF_BACKENDS, dtype=np.float16))
 def test_half_inputs_go_to_the_kernel_as_raw_bits(backend, rng, monkeypatch):
     """No full-size upcast: contiguous half input reaches a HALF_INPUTS kernel as uint16/int16."""
     if not _registry.half_inputs(backend):
@@ -437,44 +367,31 @@ def test_half_inputs_go_to_the_kernel_as_raw_bits(backend, rng, monkeypatch):
 # --------------------------------------------------------------------------- layouts and threads
 
 
-@host
-def test_non_contiguous_and_read_only_inputs(backend, rng):
-    base = make_logits(rng, 64, 301, np.float32, edges=False)
-    other = make_logits(rng, 64, 301, np.float32, edges=False)
-    x = base.reshape(4, 16, 301).transpose(1, 0, 2)         # leading axes not mergeable
-    z = np.asfortranarray(other).reshape(4, 16, 301).transpose(1, 0, 2)
-    z.flags.writeable = False
-    xc, zc = (np.ascontiguousarray(a).reshape(-1, 301) for a in (x, z))
-    got = fastdiv.js_div(x, z, beta=0.25, temperature=1.5, reduction="none", backend=backend)
-    assert got.shape == (16, 4)
-    assert_rows_close(got.reshape(-1), R.js_rows(xc / 1.5, zc / 1.5, 0.25), np.float32, "js layout", kind="kl")
-    _, top, tk = _teacher(rng, 64, 301, 7)
-    top3, tk3 = top.reshape(4, 16, 7).transpose(1, 0, 2), tk.astype(np.float32).reshape(4, 16, 7).transpose(1, 0, 2)
-    got = fastdiv.topk_kl_div(top3, tk3, x, tail="bucket", reduction="none", backend=backend)
-    want = R.topk_kl_rows(np.ascontiguousarray(top3).reshape(-1, 7), np.ascontiguousarray(tk3).reshape(-1, 7), xc, "bucket")
-    assert_rows_close(got.reshape(-1), want, np.float32, "topk layout", kind="kl")
-    half = x.astype(np.float16)                              # non-contiguous half: blockwise float32
-    assert_rows_close(fastdiv.js_div(half, z.astype(np.float16), reduction="none", backend=backend).reshape(-1),
-                      R.js_rows(np.ascontiguousarray(half).reshape(-1, 301), np.ascontiguousarray(z.astype(np.float16)).reshape(-1, 301)),
-                      np.float32, "js half layout", kind="kl")
-
-
-@pytest.mark.parametrize("backend", [b for b in ALL_HOST if b != "numpy"])
+@pytest.mark.parametrize("backend", HALF_BACKENDS)
 def test_results_do_not_depend_on_the_thread_count(backend, rng):
     x, z = _inputs(rng, 37, 3000, np.float32, "logits")
     _, top, tk = _teacher(rng, 37, 3000, 9)
-    xh = x.astype(np.float16)
     runs = []
     for n in (1, 2):
         with fastdiv.threads(n):
             runs.append([fastdiv.js_div(x, z, reduction="none", backend=backend),
                          fastdiv.js_div(x, z, temperature=3.0, reduction="none", backend=backend),
-                         fastdiv.topk_kl_div(top, tk.astype(np.float32), x, tail="bucket", reduction="none", backend=backend),
-                         fastdiv.entropy(xh, temperature=0.5, backend=backend)])
+                         fastdiv.topk_kl_div(top, tk.astype(np.float32), x, tail="bucket", reduction="none", backend=backend)])
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("backend", backend_params(HALF_BACKENDS, dtype=np.float16))
+def test_half_results_do_not_depend_on_the_thread_count(backend, rng):
+    xh = make_logits(rng, 37, 3000, np.float32).astype(np.float16)
+    runs = []
+    for n in (1, 2):
+        with fastdiv.threads(n):
+            runs.append(fastdiv.entropy(xh, temperature=0.5, backend=backend))
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+@pytest.mark.slow                   # numba's half specializations: the slow tier (cases.fast)
 @pytest.mark.skipif("numba" not in ALL_HOST, reason="numba backend unavailable")
 @pytest.mark.parametrize("half", HALF, ids=lambda d: np.dtype(d).name)
 def test_numba_divergence_kernels_read_half_bits(half, rng):

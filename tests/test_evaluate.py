@@ -1,6 +1,7 @@
-"""fastdiv.evaluate and the cross_entropy options (z_loss, softcap, return_lse) on every host
-backend: against the float64 reference and against the composition of the single functions,
-with masked, NaN, +inf and extreme rows and ignored targets."""
+"""fastdiv.evaluate and the cross_entropy options (z_loss, return_lse) on every host backend:
+against the composition of the single functions, ties, the result object, empty batches, bad
+options, thread counts.  Per-row fields against the float64 reference (softcap included):
+the evaluate rows of tests/test_cases.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,52 +10,19 @@ import pytest
 import fastdiv
 from fastdiv import reference as R
 
-from conftest import V_SHAPES, assert_rows_close, backend_params, make_logits, rows_for
+from cases import check_evaluation, targets
+from conftest import assert_rows_close, backend_params, make_logits
 
 DTYPES = [np.float32, np.float64]
 BACKENDS = backend_params(("numba", "cython", "numpy"))
 
 
 def _targets(rng, x):
-    n, v = x.shape
-    t = rng.integers(0, v, n)
-    t[rng.random(n) < 0.2] = -100
-    t[3] = 0                                           # the NaN row is counted
-    if n > 12:
-        t[10] = int(np.nanargmax(np.where(np.isnan(x[10]), -np.inf, x[10])))   # a hit
-        t[11] = v - 1                                  # target in the last chunk
-        masked = np.flatnonzero(x[2] == -np.inf)
-        if masked.size:
-            t[2] = masked[0]                           # a masked target: never a hit
-    return t
+    return targets(rng, x)
 
 
 def _check_rows(res, want, dtype, topk, reference):
-    for key in ("nll", "lse", "entropy", "target_prob"):
-        assert_rows_close(res[key], want[key], dtype, key)
-    for key in ("argmax", "rank", "counted"):
-        np.testing.assert_array_equal(res[key], want[key], err_msg=key)
-    for k in topk:
-        np.testing.assert_array_equal(res[f"correct@{k}"], want[f"correct@{k}"], err_msg=f"correct@{k}")
-    if reference is not None:
-        assert_rows_close(res.kl_ref_model, want["kl_ref_model"], dtype, "kl_ref_model", kind="kl")
-        assert_rows_close(res.kl_model_ref, want["kl_model_ref"], dtype, "kl_model_ref", kind="kl")
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("v", V_SHAPES)
-@pytest.mark.parametrize("with_ref", [False, True], ids=["noref", "ref"])
-def test_evaluate_matches_reference(backend, dtype, v, with_ref, rng):
-    n = rows_for(v)
-    x = make_logits(rng, n, v, dtype)
-    z = make_logits(rng, n, v, dtype)[::-1].copy() if with_ref else None
-    t = _targets(rng, x)
-    topk = (1, 5, 3)
-    res = fastdiv.evaluate(x, t, topk=topk, reference=z, backend=backend)
-    want = R.evaluate_rows(x, t, z, topk=topk)
-    _check_rows(res, want, dtype, topk, z)
-    assert res.nll.dtype == dtype
+    check_evaluation(res, want, dtype, topk, reference is not None)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -87,21 +55,21 @@ def test_evaluate_equals_the_composition_of_the_functions(backend, dtype, rng):
     assert sub["accuracy@5"] == np.mean(want["correct@5"][counted])
 
 
-def test_ties_rank_and_masked_targets():
+@pytest.mark.parametrize("backend", backend_params(("numba", "cython", "numpy"), dtype=np.float64))
+def test_ties_rank_and_masked_targets(backend):
     x = np.array([[1.0, 3.0, 3.0, 2.0],          # target 2 ties with the max: rank 0
                   [1.0, 3.0, 3.0, 2.0],          # target 3: two classes above -> rank 2
                   [0.0, -np.inf, -np.inf, -np.inf],   # masked target: never a hit
                   [np.nan, 1.0, 2.0, 3.0],       # NaN row: a miss
                   [-np.inf] * 4])                # all masked
     t = np.array([2, 3, 1, 3, 0])
-    for backend in fastdiv.available_backends():
-        res = fastdiv.evaluate(x, t, topk=(1, 3), backend=backend)
-        np.testing.assert_array_equal(res.rank, [0, 2, 1, -1, 0])
-        np.testing.assert_array_equal(res.correct[1], [True, False, False, False, False])
-        np.testing.assert_array_equal(res.correct[3], [True, True, False, False, False])
-        np.testing.assert_array_equal(res.argmax, [1, 1, 0, -1, -1])
-        assert res.nll[2] == np.inf and res.nll[4] == np.inf and np.isnan(res.nll[3])
-        assert res.entropy[4] == 0 and res.lse[4] == -np.inf
+    res = fastdiv.evaluate(x, t, topk=(1, 3), backend=backend)
+    np.testing.assert_array_equal(res.rank, [0, 2, 1, -1, 0])
+    np.testing.assert_array_equal(res.correct[1], [True, False, False, False, False])
+    np.testing.assert_array_equal(res.correct[3], [True, True, False, False, False])
+    np.testing.assert_array_equal(res.argmax, [1, 1, 0, -1, -1])
+    assert res.nll[2] == np.inf and res.nll[4] == np.inf and np.isnan(res.nll[3])
+    assert res.entropy[4] == 0 and res.lse[4] == -np.inf
 
 
 def test_result_object(rng):
@@ -141,43 +109,7 @@ def test_every_target_ignored_warns_and_gives_nan():
     assert res.count == 0 and np.isnan(res.mean_nll) and np.isnan(res["accuracy@1"])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_non_contiguous_read_only_and_float16(backend, rng):
-    base = rng.standard_normal((30, 64)).astype(np.float32)
-    x = base[::2, ::-1]
-    x.flags.writeable = False
-    t = rng.integers(0, 64, 15)
-    res = fastdiv.evaluate(x, t, reference=np.asfortranarray(x), backend=backend)
-    want = R.evaluate_rows(np.ascontiguousarray(x), t, x, topk=(1, 5))
-    _check_rows(res, want, np.float32, (1, 5), x)
-    half = fastdiv.evaluate(x.astype(np.float16), t, backend=backend)
-    assert half.nll.dtype == np.float32
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_softcap(backend, dtype, rng, monkeypatch):
-    monkeypatch.setattr(fastdiv.execute, "BLOCK_BYTES", 4096)      # several blocks
-    n, v = 40, 300
-    x = make_logits(rng, n, v, dtype, scale=30)
-    t = _targets(rng, x)
-    capped = R.softcap_rows(x, 15.0)
-    res = fastdiv.evaluate(x, t, softcap=15.0, backend=backend)
-    want = R.evaluate_rows(capped, t, topk=(1, 5))
-    for key in ("nll", "lse", "entropy", "target_prob"):
-        assert_rows_close(res[key], want[key], dtype, key)
-    # ranks compare logits exactly: against the reference on the same rounded capped logits
-    exact = R.evaluate_rows(fastdiv.execute.apply_softcap(x, 15.0, np.dtype(dtype)), t, topk=(1, 5))
-    for key in ("argmax", "rank", "correct@1", "correct@5"):
-        np.testing.assert_array_equal(res[key], exact[key], err_msg=key)
-    assert np.all(np.abs(np.asarray(res.lse)[np.isfinite(res.lse)]) <= 15 + np.log(v))
-    got = fastdiv.cross_entropy(x, t, reduction="none", softcap=15.0, backend=backend)
-    assert_rows_close(got, R.cross_entropy_hard_rows(capped, t), dtype, "ce softcap")
-    got = fastdiv.cross_entropy(x, t, reduction="none", softcap=15.0, label_smoothing=0.1, backend=backend)
-    assert_rows_close(got, R.cross_entropy_hard_rows(capped, t, label_smoothing=0.1), dtype, "ce softcap eps")
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(("numba", "cython", "numpy"), dtype=np.float64))
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_z_loss_and_return_lse(backend, reduction, rng):
     n, v = 40, 257

@@ -1,4 +1,4 @@
-"""docs/guarantees.rst, for every function of the table (tests/public_functions.py):
+"""docs/guarantees.rst, for every function of the table (tests/cases.py, ``FUNCTIONS``):
 
 * extra memory is O(rows), not O(rows x V) -- measured in a subprocess (tracemalloc for numpy
   allocations, the peak resident set for everything), for native, converted and file-backed
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 import fastdiv
+from cases import FUNCTIONS, LAYOUTS, fast
 from conftest import ALL_HOST, COMPILED
-from public_functions import FUNCTIONS
 
 HERE = pathlib.Path(__file__).resolve().parent
 FN_IDS = [f.id for f in FUNCTIONS]
@@ -30,11 +30,26 @@ FN_IDS = [f.id for f in FUNCTIONS]
 # --------------------------------------------------------------------------- memory
 
 
-def test_extra_memory_is_o_rows(tmp_path):
+def _memory_params():
+    """One subprocess per compiled backend; numba's float16 variant (its half specializations)
+    in the slow tier (cases.fast)."""
+    for backend in COMPILED:
+        fast_variants = [v for v in MEMORY_VARIANTS if fast(backend, np.float16 if v == "float16" else np.float32)]
+        yield pytest.param(backend, fast_variants, id=backend)
+        slow_variants = [v for v in MEMORY_VARIANTS if v not in fast_variants]
+        if slow_variants:
+            yield pytest.param(backend, slow_variants, marks=pytest.mark.slow, id=f"{backend}-{'-'.join(slow_variants)}")
+
+
+MEMORY_VARIANTS = ("float32", "float16", "non-contiguous", "big-endian", "memmap")
+
+
+@pytest.mark.parametrize("backend,variants", list(_memory_params()))
+def test_extra_memory_is_o_rows(backend, variants, tmp_path):
     rows, v = 1024, 8192
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, str(HERE / "memory_probe.py"), str(rows), str(v), str(tmp_path), *COMPILED],
-                          capture_output=True, text=True, env=env, timeout=900)
+    proc = subprocess.run([sys.executable, str(HERE / "memory_probe.py"), str(rows), str(v), str(tmp_path),
+                           ",".join(variants), backend], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert {d["fn"] for d in lines} == set(FN_IDS)
@@ -59,10 +74,8 @@ def test_extra_memory_is_o_rows(tmp_path):
 
 
 def _layouts(a):
-    ro = a.copy()
-    ro.flags.writeable = False
-    return {"C": a.copy(), "read-only": ro, "Fortran": np.asfortranarray(a), "big-endian": a.astype(a.dtype.newbyteorder(">")),
-            "float16": a.astype(np.float16), "strided": np.repeat(a, 2, axis=-1)[..., ::2]}
+    """The table's layouts (cases.LAYOUTS) and float16."""
+    return {**{name: f(a) for name, f in LAYOUTS.items()}, "float16": a.astype(np.float16)}
 
 
 def _snapshot(value):
@@ -84,11 +97,18 @@ def _same(before, after):
     return before == after
 
 
-@pytest.mark.parametrize("backend", ALL_HOST)
-@pytest.mark.parametrize("fn", FUNCTIONS, ids=FN_IDS)
-def test_inputs_are_never_modified(fn, backend):
+def _never_modified_params():
+    for backend in ALL_HOST:
+        for fn in FUNCTIONS:
+            for layout in (*LAYOUTS, "float16"):
+                marks = [] if fast(backend, np.float16 if layout == "float16" else np.float32) else [pytest.mark.slow]
+                yield pytest.param(fn, backend, layout, marks=marks, id=f"{fn.id}-{backend}-{layout}")
+
+
+@pytest.mark.parametrize("fn,backend,layout", list(_never_modified_params()))
+def test_inputs_are_never_modified(fn, backend, layout):
     for dirty in (True, False):                         # masked and NaN entries; clean + validate
-        good = fn.make(np.random.default_rng(11), (6, 3), 37, np.float32)
+        good = fn.good(np.random.default_rng(11), (6, 3), 37, np.float32)
         if dirty:
             for name in fn.arrays:
                 good[name][0, 0, 1] = -np.inf
@@ -97,23 +117,22 @@ def test_inputs_are_never_modified(fn, backend):
             good["target"][0, 1] = -100
             good["weight"] = np.random.default_rng(12).uniform(0, 2, 37)
         extra = {"validate": True} if fn.validate and not dirty else {}
-        for layout in _layouts(good[next(iter(fn.arrays))]):
-            args = {k: (_layouts(a)[layout] if k in fn.arrays else a.copy()) for k, a in good.items()}
-            for a in args.values():
-                if layout == "read-only" and a.flags.owndata:
-                    a.flags.writeable = False
-            before = {k: _snapshot(a) for k, a in args.items()}
-            with np.errstate(all="ignore"):
-                for options in ({}, fn.per_row):
-                    fn.call(args, backend, **options, **extra)
-            assert all(_same(before[k], _snapshot(a)) for k, a in args.items()), (fn.id, layout, dirty)
+        args = {k: (_layouts(a)[layout] if k in fn.arrays else a.copy()) for k, a in good.items()}
+        for a in args.values():
+            if layout == "read-only" and a.flags.owndata:
+                a.flags.writeable = False
+        before = {k: _snapshot(a) for k, a in args.items()}
+        with np.errstate(all="ignore"):
+            for options in ({}, fn.per_row):
+                fn.call(args, backend, **options, **extra)
+        assert all(_same(before[k], _snapshot(a)) for k, a in args.items()), (fn.id, layout, dirty)
 
 
 @pytest.mark.parametrize("backend", ALL_HOST)
 @pytest.mark.parametrize("fn", FUNCTIONS, ids=FN_IDS)
 def test_torch_inputs_are_never_modified(fn, backend):
     torch = pytest.importorskip("torch")
-    good = fn.make(np.random.default_rng(12), (5,), 29, np.float32)
+    good = fn.good(np.random.default_rng(12), (5,), 29, np.float32)
     args = {k: torch.from_numpy(a.copy()) for k, a in good.items()}
     before = {k: a.clone() for k, a in args.items()}
     fn.call(args, backend, **fn.per_row)
@@ -126,7 +145,7 @@ def test_torch_inputs_are_never_modified(fn, backend):
 @pytest.mark.parametrize("backend", COMPILED)
 @pytest.mark.parametrize("fn", FUNCTIONS, ids=FN_IDS)
 def test_bit_identical_for_any_thread_count_and_repeated_calls(fn, backend):
-    args = fn.make(np.random.default_rng(13), (257,), 3001, np.float32)
+    args = fn.good(np.random.default_rng(13), (257,), 3001, np.float32)
     for name, kind in fn.arrays.items():
         args[name][3, :1000] = 0.0 if kind == "probs" else -np.inf
     for opts in [dict(fn.per_row)] + ([{"reduction": "mean"}, {"reduction": "sum"}] if fn.per_row else []):
@@ -145,7 +164,7 @@ def test_eight_python_threads_at_once_get_the_same_bits(backend):
     numba's workqueue threading layer is serialised by fastdiv, see docs/guarantees.rst)."""
     work = []
     for i, fn in enumerate(FUNCTIONS):
-        args = fn.make(np.random.default_rng(20 + i), (64,), 1500, np.float32)
+        args = fn.good(np.random.default_rng(20 + i), (64,), 1500, np.float32)
         work.append((fn, args, fn.call(args, backend, **fn.per_row)))
     bad = []
     barrier = threading.Barrier(8)

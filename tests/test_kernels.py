@@ -1,5 +1,7 @@
-"""Every compiled kernel against the float64 reference, per row, on fresh random inputs
-with masked, NaN, +inf and extreme rows, for V = 1, 51, 1271 and 128256."""
+"""The compiled kernels' numerical regressions: rows built to reach one code path or one past
+bug (rising and late maxima, blocks of shifting scale, near-equal large logits, a masked
+start followed by NaN, confident rows, offsets of 1e10, V = 1).  Every kernel against the
+reference on random inputs, every dtype, shape and layout: tests/test_cases.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,109 +10,15 @@ import pytest
 import fastdiv
 from fastdiv import reference as R
 
-from conftest import V_SHAPES, assert_rows_close, backend_params, make_logits, make_probs, rows_for
+from conftest import assert_rows_close, backend_params, make_logits
 
 DTYPES = [np.float32, np.float64]
 pytestmark = pytest.mark.parametrize("backend", backend_params())
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("v", V_SHAPES)
-def test_logsumexp(backend, dtype, v, rng):
-    x = make_logits(rng, rows_for(v), v, dtype)
-    got = fastdiv.logsumexp(x, backend=backend)
-    assert got.dtype == dtype
-    assert_rows_close(got, R.logsumexp_rows(x), dtype, "logsumexp")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("v", V_SHAPES)
-def test_entropy_logits(backend, dtype, v, rng):
-    x = make_logits(rng, rows_for(v), v, dtype)
-    got = fastdiv.entropy(x, backend=backend)
-    assert_rows_close(got, R.entropy_rows(x, "logits"), dtype, "entropy")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("v", V_SHAPES)
-def test_entropy_probs_and_log_probs(backend, dtype, v, rng):
-    p = make_probs(rng, rows_for(v), v, dtype)
-    assert_rows_close(fastdiv.entropy(p, inputs="probs", backend=backend),
-                      R.entropy_rows(p, "probs"), dtype, "entropy(probs)")
-    with np.errstate(divide="ignore"):
-        lp = np.log(p)
-    assert_rows_close(fastdiv.entropy(lp, inputs="log_probs", backend=backend),
-                      R.entropy_rows(lp, "log_probs"), dtype, "entropy(log_probs)")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("v", V_SHAPES)
-def test_kl_logits(backend, dtype, v, rng):
-    n = rows_for(v)
-    x = make_logits(rng, n, v, dtype)
-    z = make_logits(rng, n, v, dtype)[::-1].copy()       # edge rows meet random rows
-    got = fastdiv.kl_div(x, z, reduction="none", backend=backend)
-    assert_rows_close(got, R.kl_rows(x, z, "logits"), dtype, "kl(logits)", kind="kl")
-    got = fastdiv.kl_div(z, x, reduction="none", backend=backend)
-    assert_rows_close(got, R.kl_rows(z, x, "logits"), dtype, "reverse kl(logits)", kind="kl")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("v", V_SHAPES)
-def test_kl_probs_and_log_probs(backend, dtype, v, rng):
-    n = rows_for(v)
-    p = make_probs(rng, n, v, dtype)
-    q = make_probs(rng, n, v, dtype)
-    assert_rows_close(fastdiv.kl_div(p, q, inputs="probs", reduction="none", backend=backend),
-                      R.kl_rows(p, q, "probs"), dtype, "kl(probs)", kind="kl")
-    with np.errstate(divide="ignore"):
-        lp, lq = np.log(p), np.log(q)
-    assert_rows_close(fastdiv.kl_div(lp, lq, inputs="log_probs", reduction="none", backend=backend),
-                      R.kl_rows(lp, lq, "log_probs"), dtype, "kl(log_probs)", kind="kl")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("v", V_SHAPES)
-def test_cross_entropy_hard(backend, dtype, v, rng):
-    n = rows_for(v)
-    x = make_logits(rng, n, v, dtype)
-    t = rng.integers(0, v, n)
-    t[rng.random(n) < 0.2] = -100
-    t[3] = 0                                               # the NaN row is not ignored
-    got = fastdiv.cross_entropy(x, t, reduction="none", backend=backend)
-    assert_rows_close(got, R.cross_entropy_hard_rows(x, t), dtype, "ce")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("v", V_SHAPES)
-def test_cross_entropy_hard_weights_and_smoothing(backend, dtype, v, rng):
-    n = rows_for(v)
-    x = make_logits(rng, n, v, dtype)
-    t = rng.integers(0, v, n)
-    w = rng.uniform(0.1, 3.0, v)
-    w[rng.random(v) < 0.1] = 0.0                           # zero weights, even on masked classes
-    for eps in (0.0, 0.1, 1.0):
-        got = fastdiv.cross_entropy(x, t, weight=w, label_smoothing=eps, reduction="none",
-                                    ignore_index=7, backend=backend)
-        want = R.cross_entropy_hard_rows(x, t, 7, w.astype(dtype), eps)
-        assert_rows_close(got, want, dtype, f"ce(weight, eps={eps})")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("v", V_SHAPES)
-def test_cross_entropy_soft(backend, dtype, v, rng):
-    n = rows_for(v)
-    x = make_logits(rng, n, v, dtype)
-    p = make_probs(rng, n, v, dtype)
-    w = rng.uniform(0.1, 3.0, v)
-    for eps, weight in ((0.0, None), (0.2, w)):
-        got = fastdiv.cross_entropy(x, p, weight=weight, label_smoothing=eps, reduction="none", backend=backend)
-        want = R.cross_entropy_soft_rows(x, p, None if weight is None else weight.astype(dtype), eps)
-        assert_rows_close(got, want, dtype, f"soft ce(eps={eps})")
-
-
 @pytest.mark.parametrize("v", [7, 5000])
-def test_stale_reference_paths(backend, v, rng):
+def test_stale_reference_paths(backend, dtype, v, rng):
     """Rows whose maximum rises chunk after chunk, jumps late, or starts masked."""
     x = np.empty((6, v))
     x[0] = np.linspace(-50, 50, v)                         # max rises every chunk
@@ -119,13 +27,12 @@ def test_stale_reference_paths(backend, v, rng):
     x[3] = -np.inf; x[3, -1] = 3.0                         # finite only at the very end
     x[4] = rng.normal(size=v) - 1e4; x[4, v // 2] = 1e4    # one dominant class mid-row
     x[5] = rng.normal(size=v); x[5, 0] = -np.inf
-    for dtype in DTYPES:
-        xd = x.astype(dtype)
-        z = xd[::-1].copy()
-        assert_rows_close(fastdiv.logsumexp(xd, backend=backend), R.logsumexp_rows(xd), dtype, "lse")
-        assert_rows_close(fastdiv.entropy(xd, backend=backend), R.entropy_rows(xd), dtype, "entropy")
-        assert_rows_close(fastdiv.kl_div(xd, z, reduction="none", backend=backend),
-                          R.kl_rows(xd, z), dtype, "kl", kind="kl")
+    xd = x.astype(dtype)
+    z = xd[::-1].copy()
+    assert_rows_close(fastdiv.logsumexp(xd, backend=backend), R.logsumexp_rows(xd), dtype, "lse")
+    assert_rows_close(fastdiv.entropy(xd, backend=backend), R.entropy_rows(xd), dtype, "entropy")
+    assert_rows_close(fastdiv.kl_div(xd, z, reduction="none", backend=backend),
+                      R.kl_rows(xd, z), dtype, "kl", kind="kl")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -181,18 +88,19 @@ def test_kl_small_vocabulary_at_large_offsets(backend):
     assert_rows_close(got, R.kl_rows(x, z), np.float32, "kl small V", kind="kl")
 
 
-def test_full_label_smoothing_with_a_masked_target(backend):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_full_label_smoothing_with_a_masked_target(backend, dtype):
     """eps = 1 gives the target term weight 0: the loss is the smoothing term alone
     (+inf when a class with positive weight is masked), never inf * 0 = NaN."""
-    x = np.array([[0.0, -np.inf, 1.0], [0.0, 2.0, 1.0]])
+    x = np.array([[0.0, -np.inf, 1.0], [0.0, 2.0, 1.0]], dtype)
     t = np.array([1, 1])
     got = fastdiv.cross_entropy(x, t, label_smoothing=1.0, reduction="none", backend=backend)
-    np.testing.assert_allclose(got, R.cross_entropy_hard_rows(x, t, label_smoothing=1.0))
+    assert_rows_close(got, R.cross_entropy_hard_rows(x, t, label_smoothing=1.0), dtype, "ce eps=1")
     assert got[0] == np.inf and np.isfinite(got[1])
     w = np.array([1.0, 0.0, 1.0])                     # the masked class has weight 0: finite
     got = fastdiv.cross_entropy(x, t, weight=w, label_smoothing=1.0, reduction="none", backend=backend)
     assert np.all(np.isfinite(got))
-    np.testing.assert_allclose(got, R.cross_entropy_hard_rows(x, t, -100, w, 1.0))
+    assert_rows_close(got, R.cross_entropy_hard_rows(x, t, -100, w, 1.0), dtype, "ce eps=1 weighted")
 
 
 @pytest.mark.parametrize("pos", [0, 1, 2047, 2048, 4100])
@@ -223,9 +131,10 @@ def test_near_one_hot_rows_keep_relative_accuracy(backend, rng):
     assert worst <= 1e-5, worst
 
 
+@pytest.mark.parametrize("dtype", [np.float64])
 @pytest.mark.parametrize("v", [51, 1000])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
-def test_cross_entropy_of_offset_float64_logits(backend, v, smoothing, rng):
+def test_cross_entropy_of_offset_float64_logits(backend, dtype, v, smoothing, rng):
     """(m - x_t) + log s with both large: the subtraction must come first.  numba's fast-math
     once regrouped it as (m + log s) - x_t, which rounds log s to the grid of |m|: 1e-7
     relative at an offset of 1e10, 0 instead of log V for a row of -1e30."""

@@ -99,7 +99,7 @@ def _batches(n, sizes):
     return list(zip(edges[:-1], edges[1:]))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(("numba", "cython", "numpy"), dtype=np.float64))
 def test_meters_are_batching_invariant_and_merge(backend, rng):
     n, v = 60, 500
     x = rng.standard_normal((n, v)) * 3

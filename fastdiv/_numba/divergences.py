@@ -19,7 +19,7 @@ from numba import njit, prange
 
 from numba.extending import overload
 
-from .simd import FASTMATH, INLINE, JIT, KL_SUB, _float_bits_to_int, _int_bits_to_float, cast, clamp_lo, exp_hot, fexp, flog, load, maximum, prefer_wide_vectors, prefetch_ahead, sub_exact
+from .simd import FASTMATH, INLINE, JIT, KL_SUB, _float_bits_to_int, _int_bits_to_float, cast, clamp_lo, exp_hot, fexp, flog, load, maximum, prefer_wide_vectors, prefetch_ahead, read_only, sub_exact
 
 CHUNK = 2048
 _JIT = JIT
@@ -432,6 +432,7 @@ def _topk(idx, t, z, bucket, out):
 
 def js_logits(x, z, beta, scale, out, nthreads):
     _guard(out, x, z)
+    x, z = read_only(x, z)
     nblocks = max(1, min(int(nthreads), x.shape[0]))
     acc = np.float32 if x.dtype.itemsize == 2 else x.dtype             # half bits: float32
     scaled = float(scale) != 1.0
@@ -444,12 +445,14 @@ def js_logits(x, z, beta, scale, out, nthreads):
 
 def js_log_probs(a, b, beta, out, nthreads):
     _guard(out, a, b)
+    a, b = read_only(a, b)
     with _threads(nthreads):
         _js_log_probs(a, b, float(beta), out)
 
 
 def js_probs(p, q, beta, out, nthreads):
     _guard(out, p, q)
+    p, q = read_only(p, q)
     with _threads(nthreads):
         _js_probs(p, q, float(beta), out)
 
@@ -459,5 +462,6 @@ def topk_kl(idx, t, z, bucket, out, nthreads):
         raise ValueError(f"idx must be int64 of shape ({z.shape[0]}, k) and t of its shape, got {idx.shape}, {t.shape}")
     if z.ndim != 2 or z.shape[1] < 1 or out.shape != (z.shape[0],) or t.dtype != z.dtype:
         raise ValueError(f"z must be 2-D with V >= 1, t of z's dtype and out of shape ({z.shape[0]},)")
+    idx, t, z = read_only(idx, t, z)
     with _threads(nthreads):
         _topk(idx, t, z, int(bool(bucket)), out)

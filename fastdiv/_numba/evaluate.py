@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from .kernels import ROW_CHUNK, _row_state_t, _threads
-from .simd import INLINE, JIT, cast, clamp_lo, exp_hot, maximum, prefer_wide_vectors, prefetch
+from .simd import INLINE, JIT, cast, clamp_lo, exp_hot, maximum, prefer_wide_vectors, prefetch, read_only
 
 CHUNK = 2048
 _JIT = JIT
@@ -217,6 +217,8 @@ def evaluate(x, z, target, st, ix, nthreads):
         raise ValueError(f"evaluate: z must have 0 rows or x's shape {x.shape} and dtype, got {z.shape}, {z.dtype}")
     if target.shape != (n,) or st.shape != (n, 8) or ix.shape != (n, 3):
         raise ValueError(f"evaluate: target must have shape ({n},), st ({n}, 8), ix ({n}, 3)")
+    x, z, target = read_only(x, z, target)
+
     with _threads(nthreads):
         if z.shape[0]:
             _evaluate_xz(x, z, target, st, ix)

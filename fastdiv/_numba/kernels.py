@@ -36,7 +36,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .simd import _LN2, INLINE, JIT, KL_SUB, SUB, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch_ahead, add_exact, is_f64, log_parts_f64, rel_entr, scale_of, sub_exact, two_diff
+from .simd import _LN2, INLINE, JIT, KL_SUB, SUB, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch_ahead, read_only, add_exact, is_f64, log_parts_f64, rel_entr, scale_of, sub_exact, two_diff
 
 #: Kernels read float16/bfloat16 inputs directly (see the module docstring).
 HALF_INPUTS = True
@@ -1133,7 +1133,7 @@ def _threads(n):
             yield
 
 
-_NO_TARGET = np.zeros(0, dtype=np.int64)
+(_NO_TARGET,) = read_only(np.zeros(0, dtype=np.int64))      # read-only like every target (simd.read_only)
 
 
 def _small(x):
@@ -1150,6 +1150,7 @@ def _scale_arg(scale):
 
 def lse(x, out, nthreads):
     _guard(out, x)
+    (x,) = read_only(x)
     with _threads(nthreads):
         if _small(x):
             _small_lse(x, out, _NO_TARGET, np.int64(0))
@@ -1159,6 +1160,7 @@ def lse(x, out, nthreads):
 
 def entropy_logits(x, scale, out, nthreads):
     _guard(out, x)
+    (x,) = read_only(x)
     with _threads(nthreads):
         if _small(x):
             _small_entropy(x, _scale_arg(scale), out)
@@ -1168,18 +1170,21 @@ def entropy_logits(x, scale, out, nthreads):
 
 def entropy_probs(p, out, nthreads):
     _guard(out, p)
+    (p,) = read_only(p)
     with _threads(nthreads):
         _entropy_probs(p, out)
 
 
 def entropy_log_probs(lp, out, nthreads):
     _guard(out, lp)
+    (lp,) = read_only(lp)
     with _threads(nthreads):
         _entropy_log_probs(lp, out)
 
 
 def kl_logits(x, z, scale, out, nthreads):
     _guard(out, x, z)
+    x, z = read_only(x, z)
     scale = float(scale)
     with _threads(nthreads):
         if not _small(x):
@@ -1190,24 +1195,27 @@ def kl_logits(x, z, scale, out, nthreads):
         if redo.any():                      # rare: NaN/inf blocks, masked or far-below rows
             idx = np.flatnonzero(redo)
             part = np.empty(idx.size, dtype=out.dtype)
-            _kl_logits(np.ascontiguousarray(x[idx]), np.ascontiguousarray(z[idx]), _scale_arg(scale), part)
+            _kl_logits(*read_only(x[idx], z[idx]), _scale_arg(scale), part)
             out[idx] = part
 
 
 def kl_probs(p, q, out, nthreads):
     _guard(out, p, q)
+    p, q = read_only(p, q)
     with _threads(nthreads):
         _kl_probs(p, q, out)
 
 
 def kl_log_probs(a, b, out, nthreads):
     _guard(out, a, b)
+    a, b = read_only(a, b)
     with _threads(nthreads):
         _kl_log_probs(a, b, out)
 
 
 def ce_hard(x, target, ignore_index, weight, eps, out, nthreads):
     _guard(out, x)
+    x, target, weight = read_only(x, target, weight)
     if target.shape != (x.shape[0],) or weight.shape != (x.shape[1],):
         raise ValueError(f"target must have shape ({x.shape[0]},) and weight ({x.shape[1]},)")
     with _threads(nthreads):
@@ -1225,6 +1233,7 @@ def ce_hard(x, target, ignore_index, weight, eps, out, nthreads):
 
 def ce_soft(x, p, weight, alpha, beta, scale, out, nthreads):
     _guard(out, x, p)
+    x, p, weight = read_only(x, p, weight)
     if weight.shape != (x.shape[1],):
         raise ValueError(f"weight must have shape ({x.shape[1]},)")
     with _threads(nthreads):

@@ -31,6 +31,20 @@ JIT = dict(parallel=True, fastmath=FASTMATH, cache=True, nogil=True, error_model
 INLINE = dict(inline="always", fastmath=FASTMATH, error_model="numpy")
 
 
+def read_only(*arrays):
+    """The kernels' input arrays as read-only views (no copy).  numba compiles one
+    specialization per argument type, and a read-only array (a memmap opened "r", a frozen
+    view) is another type than a writable one: handing every input over read-only keeps one
+    specialization per dtype instead of two (the kernels never write their inputs)."""
+    out = []
+    for a in arrays:
+        if a.flags.writeable:
+            a = a.view()
+            a.flags.writeable = False
+        out.append(a)
+    return out
+
+
 @intrinsic
 def maximum(typingctx, a, b):
     """``llvm.maximum``: IEEE-754 2019 maximum, NaN-propagating, and it vectorises as a reduction."""
