@@ -307,9 +307,11 @@ def _js_prob_row(xr, zr, beta, logs):
             t = tp + tq
             if not logs:
                 # outside the domain: a negative p or q is rel_entr's +inf (as in kl_div); an
-                # infinite one makes M infinite too: NaN, like NaN itself
-                t = t if (p >= zero and q >= zero) else (inf if (p == p and q == q) else p + q)
-                t = nan if (p == inf or q == inf) else t
+                # infinite one makes M infinite too: NaN, as a NaN p or q already made t.
+                # (& and |, not and / or: a short-circuit is a branch, which keeps the loop
+                # scalar.  Checking the row's range at its end instead was slower.)
+                t = inf if ((p < zero) | (q < zero)) else t
+                t = nan if ((p == inf) | (q == inf)) else t
             acc += t
         total += acc
     return total

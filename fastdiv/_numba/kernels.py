@@ -36,7 +36,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .simd import _LN2, INLINE, JIT, KL_SUB, SUB, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch_ahead, read_only, add_exact, is_f64, log_parts_f64, rel_entr, scale_of, sub_exact, two_diff
+from .simd import _LN2, INLINE, JIT, KL_SUB, SUB, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch_ahead, read_only, add_exact, is_f64, log_parts_f64, nan_of, rel_entr, scale_of, sub_exact, two_diff
 
 #: Kernels read float16/bfloat16 inputs directly (see the module docstring).
 HALF_INPUTS = True
@@ -552,17 +552,21 @@ def _kl_probs(p, q, out):
         qr = q[i]
         zero = cast(0.0, load(pr[0]))
         acc = 0.0
+        bad = zero
         for j0 in range(0, pr.shape[0], SUM_CHUNK):
             part = zero
             pb = pr[j0:j0 + SUM_CHUNK]
             qb = qr[j0:j0 + SUM_CHUNK]
             for j in range(pb.shape[0]):
                 # simd.rel_entr: log(p / q) from the mantissas, so nearly equal p and q keep
-                # the term's relative precision; scipy's values outside the domain; NaN in Q
-                # poisons the row even where p = 0
-                part += rel_entr(load(pb[j]), load(qb[j]))
+                # the term's relative precision; scipy's values outside the domain.  A NaN in
+                # P or Q poisons the row (in Q even where p = 0): nan_of, apart
+                pj = load(pb[j])
+                qj = load(qb[j])
+                part += rel_entr(pj, qj)
+                bad += nan_of(pj, qj)
             acc += part
-        out[i] = acc
+        out[i] = acc + bad
 
 
 @njit(**_JIT)

@@ -489,11 +489,13 @@ def log_ratio_f32(p, q):
     """``log(p / q)`` for float32 p, q > 0 (see above): a few ulp of the result."""
     mp, ep = _mant_exp_f32(p)
     mq, eq = _mant_exp_f32(q)
-    hi = mp > np.float32(_SQRT2) * mq
+    e = np.float32(np.int32(ep - eq))
+    hi = mp > np.float32(_SQRT2) * mq            # (one select each: nested ones made a branch)
     lo = mq > np.float32(_SQRT2) * mp
-    mp = mp * np.float32(0.5) if hi else (mp * np.float32(2.0) if lo else mp)
-    e = np.int32(ep - eq)
-    e = np.int32(e + np.int32(1)) if hi else (np.int32(e - np.int32(1)) if lo else e)
+    mp = mp * np.float32(0.5) if hi else mp
+    e = e + np.float32(1.0) if hi else e
+    mp = mp * np.float32(2.0) if lo else mp
+    e = e - np.float32(1.0) if lo else e
     f = sub_exact(mp, mq) / (mp + mq)
     f2 = f * f
     s = np.float32(1.0 / 11.0)
@@ -502,7 +504,7 @@ def log_ratio_f32(p, q):
     s = s * f2 + np.float32(1.0 / 5.0)
     s = s * f2 + np.float32(1.0 / 3.0)
     s = s * f2 + np.float32(1.0)
-    return np.float32(2.0) * f * s + np.float32(e) * np.float32(_LN2)
+    return np.float32(2.0) * f * s + e * np.float32(_LN2)
 
 
 @njit(fastmath=FASTMATH, inline="always", error_model="numpy")
@@ -510,11 +512,13 @@ def log_ratio_f64(p, q):
     """``log(p / q)`` for float64 p, q > 0 (see above): a few ulp of the result."""
     mp, ep = _mant_exp_f64(p)
     mq, eq = _mant_exp_f64(q)
+    e = np.float64(ep - eq)
     hi = mp > _SQRT2 * mq
     lo = mq > _SQRT2 * mp
-    mp = mp * 0.5 if hi else (mp * 2.0 if lo else mp)
-    e = ep - eq
-    e = e + np.int64(1) if hi else (e - np.int64(1) if lo else e)
+    mp = mp * 0.5 if hi else mp
+    e = e + 1.0 if hi else e
+    mp = mp * 2.0 if lo else mp
+    e = e - 1.0 if lo else e
     f = sub_exact(mp, mq) / (mp + mq)
     f2 = f * f
     s = 1.0 / 25.0
@@ -530,7 +534,7 @@ def log_ratio_f64(p, q):
     s = s * f2 + 1.0 / 5.0
     s = s * f2 + 1.0 / 3.0
     s = s * f2 + 1.0
-    return 2.0 * f * s + np.float64(e) * _LN2
+    return 2.0 * f * s + e * _LN2
 
 
 # Type-dispatching names used by the kernels: the overload picks the float32 or float64
@@ -582,23 +586,35 @@ def rel_entr(p, q):  # pragma: no cover
 @overload(rel_entr, fastmath=FASTMATH)
 def _ov_rel_entr(p, q):
     """One term ``p log(p / q)`` of a KL from probabilities, with ``scipy.special.rel_entr``'s
-    rules: 0 where ``p = 0 <= q``; ``+inf`` where p or q is negative (outside the domain) or
-    ``p > 0 = q``; NaN if p or q is NaN; ``p = +inf`` gives +inf, ``q = +inf`` -inf (both: NaN).
-    Branch-free (selects), so it vectorises."""
+    rules for p and q that are not NaN: 0 where ``p = 0 <= q``; ``+inf`` where p or q is negative
+    (outside the domain) or ``p > 0 = q``; ``p = +inf`` gives +inf, ``q = +inf`` -inf (both: NaN).
+    A NaN in p or q is the caller's to add (``nan_of``): a final select on it kept the loop
+    scalar (11 vs 0.7 ns per term), as do conditions joined with and / or (branches).  NaN p
+    with q > 0, or NaN q with p > 0, already gives NaN here."""
     if isinstance(p, types.Float) and p == q:
         def impl(p, q):
             zero = cast(0.0, p)
             inf = cast(np.inf, p)
             lr = flogratio(p, q)
-            lr = inf if (p == inf or q == zero) else lr
+            lr = inf if p == inf else lr
             lr = -inf if q == inf else lr
-            t = p * lr
-            t = cast(np.nan, p) if (p == inf and q == inf) else t
-            out = zero if p == zero else inf                # p = 0: 0 unless q < 0 (below)
-            out = inf if q < zero else out
-            out = t if (p > zero and q > zero) else out
-            return out if (p == p and q == q) else p + q    # NaN in either: NaN
+            lr = cast(np.nan, p) if ((p == inf) & (q == inf)) else lr
+            spec = zero if p == zero else inf              # p = 0: 0 unless q < 0
+            spec = inf if q < zero else spec
+            return spec if ((p <= zero) | (q <= zero)) else p * lr
         return impl
+    return None
+
+
+def nan_of(p, q):  # pragma: no cover
+    return p + q if (p != p or q != q) else 0.0
+
+
+@overload(nan_of, fastmath=FASTMATH)
+def _ov_nan_of(p, q):
+    """NaN where p or q is NaN, else 0: added to a sum, it poisons it (see rel_entr)."""
+    if isinstance(p, types.Float) and p == q:
+        return lambda p, q: (p + q) if ((p != p) | (q != q)) else cast(0.0, p)
     return None
 
 
