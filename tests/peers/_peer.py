@@ -73,14 +73,7 @@ def sample(backend, cases, keep=4, small=None):
 
 
 def with_weight(call, weight):
-    """``call(weight)``; a bfloat16 weight that fastdiv refuses (TypeError naming it: the
-    options layer decides bfloat16 class weights, #18) is passed as the same values in float32."""
-    if weight is not None and np.asarray(weight).dtype.name == "bfloat16":
-        try:
-            return call(weight)
-        except TypeError as exc:
-            assert "weight" in str(exc), exc
-            return call(np.asarray(weight, dtype=np.float32))
+    """``call(weight)``: bfloat16 class weights are accepted as torch accepts them (#18)."""
     return call(weight)
 
 
