@@ -567,7 +567,7 @@ def _evaluate(with_ref, softcap=None, **extra):
             if backend == "cuda":
                 rounded = R.softcap_rows(x, softcap).astype(compute_dtype(dtype))
             else:
-                rounded = fastdiv.evaluation.apply_softcap(x, softcap, compute_dtype(dtype))
+                rounded = fastdiv.execute.apply_softcap(x, softcap, compute_dtype(dtype))
             exact = R.evaluate_rows(rounded, t, z, topk=EVAL_TOPK)
             for key in ("argmax", "rank", "counted", *(f"correct@{k}" for k in EVAL_TOPK)):
                 np.testing.assert_array_equal(np.ravel(res[key]), exact[key], err_msg=key)

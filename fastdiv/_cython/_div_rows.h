@@ -237,7 +237,9 @@ static double FI(fd_topk_kl)(const FD_TI *z, ptrdiff_t V, const int64_t *idx, co
         /* in log space: the tail's probability may be below the smallest double (logits ~1e4) */
         if (M != -INFINITY) lst = ((M - Mall) + log(S)) - ls;
     }
-#define FD_LOGQ(i) (Mall == -INFINITY ? -INFINITY : ((double)FI(fd_at)(z, idx[i]) - Mall) - ls)
+/* fenced: -fassociative-math would otherwise fold t_i - ((z_i - Mall) - ls) into             */
+/* (t_i - z_i) + Mall + ls, which cancels for large logits (2e-10 relative at z ~ 2e4)         */
+#define FD_LOGQ(i) (Mall == -INFINITY ? -INFINITY : FD_ASSOC_BARRIER(((double)FI(fd_at)(z, idx[i]) - Mall) - ls))
     double res = 0.0;
     if (!bucket) {
         double mt = -INFINITY, st = 0.0;
