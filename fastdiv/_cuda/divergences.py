@@ -157,7 +157,8 @@ def _make(kind_name):
             else:
                 qe = math.exp((xj - mx) - k)
                 nu += qe - ez
-                ph += qe * (b - 1.0) + ez
+                # b = -inf (past the float range): p / q = 0, the term is q (0 * -inf is NaN)
+                ph += qe * (b - 1.0) + ez if b > -math.inf else ez
         return s, nu, ph
 
     @_dj

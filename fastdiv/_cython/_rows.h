@@ -516,7 +516,9 @@ static double FI(fd_kl_exact)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, doubl
             } else {
                 double qe = exp(FD_VBARRIER(xj - mx) - k);
                 nu += qe - ez;
-                phi += qe * (b - 1.0) + ez;
+                /* b = -inf (x_j - z_j - (mx - mz) past the float range): p_j / q_j = 0 and
+                   the term q (r log r - r + 1) is q, where qe (b - 1) = 0 * -inf is NaN. */
+                phi += b > -INFINITY ? qe * (b - 1.0) + ez : ez;
             }
         }
         nu /= s;

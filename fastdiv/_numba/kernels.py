@@ -418,7 +418,9 @@ def _kl_exact(xr, zr, scale, mx, mz, k):
             live = zj > -_INF                        # q_j > 0 (x_j = z_j = -inf: no term)
             s += ez
             nu += (ez * e1 if small else qe - ez) if live else zero
-            big_phi += (ez * ph if small else (ez if xj == -_INF else qe * (b - 1.0) + ez)) if live else zero
+            # b = -inf (x_j = -inf, or x_j - z_j - (mx - mz) past the float range): p_j / q_j
+            # = 0, the term q (r log r - r + 1) is q; qe (clamped, not 0) times -inf is not.
+            big_phi += (ez * ph if small else (qe * (b - 1.0) + ez if b > -_INF else ez)) if live else zero
         nu = nu / s
         big_phi = big_phi / s
         psi = nu * nu * (0.5 - nu / 6.0 + nu * nu / 12.0) if abs(nu) < 1e-5 else (1.0 + nu) * np.log1p(nu) - nu
