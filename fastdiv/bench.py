@@ -15,6 +15,7 @@ import statistics
 import sys
 import time
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -51,6 +52,8 @@ def _probe_sum(a):
 
 
 def probe(*arrays):
+    """Read ``arrays`` once with the probe, on fastdiv's thread count (``fastdiv.threads``)."""
+    numba.set_num_threads(min(fastdiv.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     for a in arrays:
         _probe_sum(a.view(np.uint16) if a.dtype.itemsize == 2 else a)
 

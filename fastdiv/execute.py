@@ -10,8 +10,8 @@ Options come from a ``fastdiv.plan.Plan``; the per-row results go to ``fastdiv.r
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import contextlib
+import functools
 import os
 import threading
 import warnings
@@ -19,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from . import _checks, _chunks, _registry, _state
+from . import _checks, _chunks, _pool, _registry, _state
 
 #: Rows are handed to a kernel in blocks of about this many bytes when an input must be
 #: converted (dtype, byte order, non-contiguous rows); contiguous native input goes whole.
@@ -249,9 +249,6 @@ def rows(plan, arrays):
 # --------------------------------------------------------------------------- softcap
 
 
-_pools: dict = {}
-
-
 def apply_softcap(block, cap, dtype, out=None):
     """``cap * tanh(block / cap)`` in ``dtype`` (semantics of ``fastdiv.reference.softcap_rows``:
     ``-inf`` stays ``-inf``, NaN stays NaN, ``+inf`` becomes ``cap``), one compiled pass
@@ -267,14 +264,6 @@ def apply_softcap(block, cap, dtype, out=None):
     if block.size:
         softcap_rows(block, dtype.type(1.0 / cap), dtype.type(cap), out)
     return out
-
-
-def _pool(n):
-    """The softcap workers' thread pool (per process: a forked child gets its own)."""
-    key = (os.getpid(), n)
-    if key not in _pools:
-        _pools[key] = concurrent.futures.ThreadPoolExecutor(max_workers=n, thread_name_prefix="fastdiv-softcap")
-    return _pools[key]
 
 
 def run_blocks(arrays, dtype, softcap, fn):
@@ -307,11 +296,12 @@ def run_blocks(arrays, dtype, softcap, fn):
             fn(r0 + a, r0 + b, capped, *[blk[a:b] for blk in blocks[1:]])
 
     def worker(*args):
+        before = getattr(_thread_local, "nthreads", None)
         _thread_local.nthreads = 1
         try:
             share(*args)
         finally:
-            _thread_local.nthreads = None
+            _thread_local.nthreads = before
 
     def call(r0, r1, *blocks):
         rows_ = r1 - r0
@@ -319,11 +309,8 @@ def run_blocks(arrays, dtype, softcap, fn):
         if workers <= 1:
             share(r0, 0, rows_, blocks)
             return
-        edges = [rows_ * k // workers for k in range(workers + 1)]
-        jobs = [_pool(nthreads).submit(worker, r0, a0, a1, blocks) for a0, a1 in zip(edges[:-1], edges[1:])]
-        concurrent.futures.wait(jobs)            # all done before an error is raised
-        for job in jobs:
-            job.result()
+        cuts = _pool.edges(rows_, workers)
+        _pool.run(functools.partial(worker, r0, a0, a1, blocks) for a0, a1 in zip(cuts[:-1], cuts[1:]))
 
     run_rows(arrays, dtype, call, n)
 

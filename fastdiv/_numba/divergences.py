@@ -19,6 +19,8 @@ from numba import njit, prange
 
 from numba.extending import overload
 
+from . import threads
+from .threads import PAR, share
 from .simd import FASTMATH, INLINE, JIT, KL_SUB, _float_bits_to_int, _int_bits_to_float, cast, clamp_lo, exp_hot, fexp, flog, load, maximum, prefer_wide_vectors, prefetch_ahead, read_only, sub_exact
 
 CHUNK = 2048
@@ -77,13 +79,6 @@ def _ov_logpos(x):
     if x == types.float64:
         return lambda x: _logpos_f64(x)
     return None
-
-
-def _threads(n):
-    """kernels.py's thread setting for one call."""
-    from .kernels import _threads as threads
-
-    return threads(n)
 
 
 def _guard(out, x, z):
@@ -258,25 +253,23 @@ def _scaled_into(row, dst, sc):
 
 
 @njit(**_JIT)
-def _js_logits(x, z, beta, scale, out, scratch, refs, nblocks):
-    """Rows split statically into nblocks (one set of scratch rows each); a row's value
-    does not depend on the split.  scale None: unscaled logits, read in place."""
-    rows = x.shape[0]
-    for blk in prange(nblocks):
-        prefer_wide_vectors()
-        ex = scratch[blk, 0]
-        ez = scratch[blk, 1]
-        for i in range(rows * blk // nblocks, rows * (blk + 1) // nblocks):
-            b = cast(beta, load(x[i, 0]))
-            c = cast(1.0 - beta, b)
-            if scale is None:
-                out[i] = _js_logits_row(x[i], z[i], b, c, ex, ez, refs[blk])
-            else:
-                xs = scratch[blk, 2]
-                zs = scratch[blk, 3]
-                _scaled_into(x[i], xs, cast(scale, b))
-                _scaled_into(z[i], zs, cast(scale, b))
-                out[i] = _js_logits_row(xs, zs, b, c, ex, ez, refs[blk])
+def _js_logits(x, z, beta, scale, out, scratch, refs):
+    """One share of rows (threads.by_rows), with its scratch rows.  scale None: unscaled
+    logits, read in place."""
+    prefer_wide_vectors()
+    ex = scratch[0]
+    ez = scratch[1]
+    for i in range(x.shape[0]):
+        b = cast(beta, load(x[i, 0]))
+        c = cast(1.0 - beta, b)
+        if scale is None:
+            out[i] = _js_logits_row(x[i], z[i], b, c, ex, ez, refs)
+        else:
+            xs = scratch[2]
+            zs = scratch[3]
+            _scaled_into(x[i], xs, cast(scale, b))
+            _scaled_into(z[i], zs, cast(scale, b))
+            out[i] = _js_logits_row(xs, zs, b, c, ex, ez, refs)
 
 
 @njit(**_INLINE)
@@ -319,14 +312,14 @@ def _js_prob_row(xr, zr, beta, logs):
 
 @njit(**_JIT)
 def _js_log_probs(x, z, beta, out):
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         prefer_wide_vectors()
         out[i] = _js_prob_row(x[i], z[i], beta, True)
 
 
 @njit(**_JIT)
 def _js_probs(x, z, beta, out):
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         prefer_wide_vectors()
         out[i] = _js_prob_row(x[i], z[i], beta, False)
 
@@ -334,7 +327,7 @@ def _js_probs(x, z, beta, out):
 @njit(**_JIT)
 def _topk(idx, t, z, bucket, out):
     k = idx.shape[1]
-    for i in prange(z.shape[0]):
+    for i in range(z.shape[0]):
         prefer_wide_vectors()
         zr = z[i]
         ir = idx[i]
@@ -432,31 +425,61 @@ def _topk(idx, t, z, bucket, out):
         out[i] = _INF if inf else res
 
 
+@njit(**PAR)
+def _js_logits_mt(x, z, beta, scale, out, scratch, refs, parts, align):
+    for k in prange(parts):
+        lo, hi = share(x.shape[0], k, parts, align)
+        _js_logits(x[lo:hi], z[lo:hi], beta, scale, out[lo:hi], scratch[k], refs[k])
+
+
+@njit(**PAR)
+def _js_log_probs_mt(a, b, beta, out, parts, align):
+    for k in prange(parts):
+        lo, hi = share(a.shape[0], k, parts, align)
+        _js_log_probs(a[lo:hi], b[lo:hi], beta, out[lo:hi])
+
+
+@njit(**PAR)
+def _js_probs_mt(p, q, beta, out, parts, align):
+    for k in prange(parts):
+        lo, hi = share(p.shape[0], k, parts, align)
+        _js_probs(p[lo:hi], q[lo:hi], beta, out[lo:hi])
+
+
+@njit(**PAR)
+def _topk_mt(idx, t, z, bucket, out, parts, align):
+    for k in prange(parts):
+        lo, hi = share(z.shape[0], k, parts, align)
+        _topk(idx[lo:hi], t[lo:hi], z[lo:hi], bucket, out[lo:hi])
+
+
 def js_logits(x, z, beta, scale, out, nthreads):
     _guard(out, x, z)
     x, z = read_only(x, z)
-    nblocks = max(1, min(int(nthreads), x.shape[0]))
     acc = np.float32 if x.dtype.itemsize == 2 else x.dtype             # half bits: float32
-    scaled = float(scale) != 1.0
-    # per thread: the exponentials, and the scaled rows when scaled: O(threads x V)
-    scratch = np.empty((nblocks, 4 if scaled else 2, x.shape[1]), dtype=acc)
-    refs = np.empty((nblocks, 2, -(-x.shape[1] // JS_CHUNK)), dtype=acc)
-    with _threads(nthreads):
-        _js_logits(x, z, float(beta), float(scale) if scaled else None, out, scratch, refs, nblocks)
+    sc = float(scale) if float(scale) != 1.0 else None
+    v = x.shape[1]
+    k = threads.parts(x, nthreads)
+    # per share: the exponentials, and the scaled rows when scaled: O(threads x V)
+    scratch = np.empty((k, 2 if sc is None else 4, v), dtype=acc)
+    refs = np.empty((k, 2, -(-v // JS_CHUNK)), dtype=acc)
+    if k == 1:
+        _js_logits(x, z, float(beta), sc, out, scratch[0], refs[0])
+        return
+    with threads.threads(k):
+        _js_logits_mt(x, z, float(beta), sc, out, scratch, refs, k, 1)
 
 
 def js_log_probs(a, b, beta, out, nthreads):
     _guard(out, a, b)
     a, b = read_only(a, b)
-    with _threads(nthreads):
-        _js_log_probs(a, b, float(beta), out)
+    threads.run(_js_log_probs, _js_log_probs_mt, nthreads, (a, b, float(beta), out), a)
 
 
 def js_probs(p, q, beta, out, nthreads):
     _guard(out, p, q)
     p, q = read_only(p, q)
-    with _threads(nthreads):
-        _js_probs(p, q, float(beta), out)
+    threads.run(_js_probs, _js_probs_mt, nthreads, (p, q, float(beta), out), p)
 
 
 def topk_kl(idx, t, z, bucket, out, nthreads):
@@ -465,5 +488,4 @@ def topk_kl(idx, t, z, bucket, out, nthreads):
     if z.ndim != 2 or z.shape[1] < 1 or out.shape != (z.shape[0],) or t.dtype != z.dtype:
         raise ValueError(f"z must be 2-D with V >= 1, t of z's dtype and out of shape ({z.shape[0]},)")
     idx, t, z = read_only(idx, t, z)
-    with _threads(nthreads):
-        _topk(idx, t, z, int(bool(bucket)), out)
+    threads.run(_topk, _topk_mt, nthreads, (idx, t, z, int(bool(bucket)), out), z)

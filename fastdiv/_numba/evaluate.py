@@ -15,7 +15,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .kernels import ROW_CHUNK, _row_state_t, _threads
+from .kernels import ROW_CHUNK, _row_state_t
+from . import threads
+from .threads import PAR, share
 from .simd import INLINE, JIT, cast, clamp_lo, exp_hot, maximum, prefer_wide_vectors, prefetch, read_only
 
 CHUNK = 2048
@@ -107,7 +109,7 @@ def _chunk_max(xc):
 @njit(**_JIT)
 def _evaluate_x(x, target, st, ix):
     n, v = x.shape
-    for i in prange(n):
+    for i in range(n):
         prefer_wide_vectors()
         row = x[i]
         t = target[i]
@@ -125,7 +127,7 @@ def _evaluate_x(x, target, st, ix):
 @njit(**_JIT)
 def _evaluate_xz(x, z, target, st, ix):
     n, v = x.shape
-    for i in prange(n):
+    for i in range(n):
         prefer_wide_vectors()
         row = x[i]
         t = target[i]
@@ -210,6 +212,20 @@ def _evaluate_xz(x, z, target, st, ix):
         ix[i, 2] = (1 if miss_z > 0 else 0) + (2 if miss_x > 0 else 0)
 
 
+@njit(**PAR)
+def _evaluate_x_mt(x, target, st, ix, parts, align):
+    for k in prange(parts):
+        lo, hi = share(x.shape[0], k, parts, align)
+        _evaluate_x(x[lo:hi], target[lo:hi], st[lo:hi], ix[lo:hi])
+
+
+@njit(**PAR)
+def _evaluate_xz_mt(x, z, target, st, ix, parts, align):
+    for k in prange(parts):
+        lo, hi = share(x.shape[0], k, parts, align)
+        _evaluate_xz(x[lo:hi], z[lo:hi], target[lo:hi], st[lo:hi], ix[lo:hi])
+
+
 def evaluate(x, z, target, st, ix, nthreads):
     # O(1) shape checks: the jitted loop does no bounds checking (the API validated the rest).
     n, v = x.shape
@@ -219,8 +235,7 @@ def evaluate(x, z, target, st, ix, nthreads):
         raise ValueError(f"evaluate: target must have shape ({n},), st ({n}, 8), ix ({n}, 3)")
     x, z, target = read_only(x, z, target)
 
-    with _threads(nthreads):
-        if z.shape[0]:
-            _evaluate_xz(x, z, target, st, ix)
-        else:
-            _evaluate_x(x, target, st, ix)
+    if z.shape[0]:
+        threads.run(_evaluate_xz, _evaluate_xz_mt, nthreads, (x, z, target, st, ix), x)
+    else:
+        threads.run(_evaluate_x, _evaluate_x_mt, nthreads, (x, target, st, ix), x)

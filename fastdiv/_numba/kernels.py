@@ -28,14 +28,13 @@ documented in ``fastdiv.reference``.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
 
-import numba
 import numpy as np
 from numba import njit, prange
 
+from . import threads
+from .threads import PAR, share
 from .simd import _LN2, INLINE, JIT, KL_SUB, SUB, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch_ahead, read_only, add_exact, is_f64, log_parts_f64, nan_of, rel_entr, scale_of, sub_exact, two_diff
 
 #: Kernels read float16/bfloat16 inputs directly (see the module docstring).
@@ -231,7 +230,7 @@ def _nll(m, c, r, xt):
 
 @njit(**_JIT)
 def _lse(x, out):
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         prefer_wide_vectors()
         m, c, r, _ = _row_state(x[i], 1.0)
         out[i] = _finish_lse(m, c, r)
@@ -244,7 +243,7 @@ def _lse(x, out):
 def _entropy_logits(x, scale, out):
     # H = log s - w / s with w = sum e_j d_j, d_j = x_j - m <= 0: no cancellation, since m
     # is the exact row maximum (both terms >= 0).
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         prefer_wide_vectors()
         m, c, r, w = _row_state(x[i], scale)
         out[i] = _finish_entropy(m, c, r, w)
@@ -252,7 +251,7 @@ def _entropy_logits(x, scale, out):
 
 @njit(**_JIT)
 def _entropy_probs(p, out):
-    for i in prange(p.shape[0]):
+    for i in range(p.shape[0]):
         prefer_wide_vectors()
         row = p[i]
         zero = cast(0.0, load(row[0]))
@@ -271,7 +270,7 @@ def _entropy_probs(p, out):
 
 @njit(**_JIT)
 def _entropy_log_probs(lp, out):
-    for i in prange(lp.shape[0]):
+    for i in range(lp.shape[0]):
         prefer_wide_vectors()
         row = lp[i]
         zero = cast(0.0, load(row[0]))
@@ -457,7 +456,7 @@ def _kl_logits(x, z, scale, out):
     # shifted logits keep (dx - dz) small where P has mass.  References are stale as in
     # _row_state.  When mx grows by delta: e^dx scales by e^-delta and dx shifts by -delta,
     # w -> e^-delta (w - delta sx); when mz grows by delta: w -> w + delta sx.
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         prefer_wide_vectors()
         xr = x[i]
         zr = z[i]
@@ -548,7 +547,7 @@ def _kl_logits(x, z, scale, out):
 
 @njit(**_JIT)
 def _kl_probs(p, q, out):
-    for i in prange(p.shape[0]):
+    for i in range(p.shape[0]):
         prefer_wide_vectors()
         pr = p[i]
         qr = q[i]
@@ -573,7 +572,7 @@ def _kl_probs(p, q, out):
 
 @njit(**_JIT)
 def _kl_log_probs(a, b, out):
-    for i in prange(a.shape[0]):
+    for i in range(a.shape[0]):
         prefer_wide_vectors()
         ar = a[i]
         br = b[i]
@@ -606,7 +605,7 @@ def _row_parts(x, m_out, ls_out):
     Measured: a row kernel that also reads the target (or anything indexed by it) ran
     ~15 % slower than logsumexp at 8192 x 32000 -- not from the memory access (prefetching
     it changed nothing) -- so the targets are handled in a second, O(rows) pass."""
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         prefer_wide_vectors()
         m, c, r, _ = _row_state(x[i], 1.0)
         m_out[i] = m
@@ -625,7 +624,7 @@ def _weighted_nll(m, ls, xt, wt):
 
 @njit(**_JIT)
 def _ce_finish(x, target, ignore_index, weight, m_in, ls_in, out):
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         t = target[i]
         if t == ignore_index:
             out[i] = 0
@@ -643,7 +642,7 @@ def _ce_hard(x, target, ignore_index, weight, eps, out):
     big_w = 0.0
     for j in range(v):
         big_w += weight[j]
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         prefer_wide_vectors()
         t = target[i]
         if t == ignore_index:
@@ -687,7 +686,7 @@ def _ce_soft(x, p, weight, alpha, beta, scale, out):
     #      = Q log s + sum_j w_j q_j (m - x_j),  Q = sum_j w_j q_j,
     # the second sum read from cache once m is known; zero w_j q_j terms are exactly 0.
     v = x.shape[1]
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         prefer_wide_vectors()
         row = x[i]
         prow = p[i]
@@ -741,7 +740,13 @@ def _ce_soft(x, p, weight, alpha, beta, scale, out):
 SMALL_V = 128            # vocabularies up to this size use the block path (V=256 was faster per row)
 SMALL_BLOCK = 8192       # elements per block: 32 KB of float32 scratch
 SMALL_MIN_SUM = 1e-20    # below this a row is redone exactly (terms flushed at ~1e-38)
-SMALL_GROUP = 16         # blocks per parallel task: its scratch rows are allocated once (~2 ns/row)
+SMALL_GROUP = 16         # blocks per scratch allocation (~2 ns/row)
+
+
+@njit(**_INLINE)
+def block_rows(v, per_row):
+    """Rows per block of the block path: ``per_row`` scratch rows of V per input row."""
+    return max(1, SMALL_BLOCK // (per_row * v))
 
 
 @njit(**_INLINE)
@@ -814,14 +819,14 @@ def _flat_max(flat, scale):
 def _small_lse(x, out, ce_target, ignore_index):
     """lse per row, or (lse - x[t]) when ce_target holds class indices (hard-label CE)."""
     n, v = x.shape
-    bs = max(1, SMALL_BLOCK // v)
+    bs = block_rows(v, 1)
     nblocks = (n + bs - 1) // bs
     ngroups = (nblocks + SMALL_GROUP - 1) // SMALL_GROUP
     ce = ce_target.shape[0] == n
     allx = x.reshape(n * v)
     one = cast(1.0, load(allx[0]))
     jump = jump_limit(one)
-    for g in prange(ngroups):
+    for g in range(ngroups):
         prefer_wide_vectors()
         e = np.empty(bs * v, dtype=out.dtype)
         s = np.empty(bs, dtype=out.dtype)
@@ -958,10 +963,10 @@ def _entropy_block_terms(allx, k0, k1, sc, ref, e, ed):
 def _small_entropy(x, scale, out):
     n, v = x.shape
     allx = x.reshape(n * v)
-    bs = max(1, SMALL_BLOCK // (2 * v))   # two scratch rows besides the input
+    bs = block_rows(v, 2)                 # two scratch rows besides the input
     nblocks = (n + bs - 1) // bs
     ngroups = (nblocks + SMALL_GROUP - 1) // SMALL_GROUP
-    for g in prange(ngroups):
+    for g in range(ngroups):
         prefer_wide_vectors()
         sc = scale_of(scale, load(allx[0]))   # None: 1, folded (see simd.scale_of)
         eps = np.float64(np.finfo(sc).eps) * ENTROPY_EPS * 1e5
@@ -1054,9 +1059,9 @@ def _small_kl(x, z, scale, out, fallback):
     n, v = x.shape
     allx = x.reshape(n * v)
     allz = z.reshape(n * v)
-    bs = max(1, SMALL_BLOCK // (2 * v))   # three scratch rows: keep them near L1
+    bs = block_rows(v, 2)                 # three scratch rows: keep them near L1
     nblocks = (n + bs - 1) // bs
-    for b in prange(nblocks):
+    for b in range(nblocks):
         prefer_wide_vectors()
         i0 = b * bs
         i1 = min(i0 + bs, n)
@@ -1117,28 +1122,6 @@ def _guard(out, *arrays):
         raise ValueError(f"out must have shape ({x.shape[0]},) and V >= 1, got out {out.shape} for input {x.shape}")
 
 
-_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _threads(n):
-    """Use ``n`` threads (numba's setting is per calling thread) for one kernel call.
-
-    numba's ``omp`` and ``tbb`` threading layers accept parallel calls from several Python
-    threads at once; its fallback ``workqueue`` layer does not (it aborts the process), so
-    there the calls are serialised.  The layer is only known after the first launch."""
-    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
-    try:
-        safe = numba.threading_layer() != "workqueue"
-    except ValueError:                  # nothing launched yet
-        safe = False
-    if safe:
-        yield
-    else:
-        with _LOCK:
-            yield
-
-
 (_NO_TARGET,) = read_only(np.zeros(0, dtype=np.int64))      # read-only like every target (simd.read_only)
 
 
@@ -1154,69 +1137,177 @@ def _scale_arg(scale):
     return None if scale == 1.0 else float(scale)
 
 
+# --------------------------------------------------------------------------- parallel entries
+# Each runs its serial kernel over ``parts`` shares of the rows (fastdiv._numba.threads).
+
+
+@njit(**PAR)
+def _lse_mt(x, out, parts, align):
+    for k in prange(parts):
+        lo, hi = share(x.shape[0], k, parts, align)
+        _lse(x[lo:hi], out[lo:hi])
+
+
+@njit(**PAR)
+def _entropy_logits_mt(x, scale, out, parts, align):
+    for k in prange(parts):
+        lo, hi = share(x.shape[0], k, parts, align)
+        _entropy_logits(x[lo:hi], scale, out[lo:hi])
+
+
+@njit(**PAR)
+def _entropy_probs_mt(p, out, parts, align):
+    for k in prange(parts):
+        lo, hi = share(p.shape[0], k, parts, align)
+        _entropy_probs(p[lo:hi], out[lo:hi])
+
+
+@njit(**PAR)
+def _entropy_log_probs_mt(lp, out, parts, align):
+    for k in prange(parts):
+        lo, hi = share(lp.shape[0], k, parts, align)
+        _entropy_log_probs(lp[lo:hi], out[lo:hi])
+
+
+@njit(**PAR)
+def _kl_logits_mt(x, z, scale, out, parts, align):
+    for k in prange(parts):
+        lo, hi = share(x.shape[0], k, parts, align)
+        _kl_logits(x[lo:hi], z[lo:hi], scale, out[lo:hi])
+
+
+@njit(**PAR)
+def _kl_probs_mt(p, q, out, parts, align):
+    for k in prange(parts):
+        lo, hi = share(p.shape[0], k, parts, align)
+        _kl_probs(p[lo:hi], q[lo:hi], out[lo:hi])
+
+
+@njit(**PAR)
+def _kl_log_probs_mt(a, b, out, parts, align):
+    for k in prange(parts):
+        lo, hi = share(a.shape[0], k, parts, align)
+        _kl_log_probs(a[lo:hi], b[lo:hi], out[lo:hi])
+
+
+@njit(**PAR)
+def _row_parts_mt(x, m, ls, parts, align):
+    for k in prange(parts):
+        lo, hi = share(x.shape[0], k, parts, align)
+        _row_parts(x[lo:hi], m[lo:hi], ls[lo:hi])
+
+
+@njit(**PAR)
+def _ce_finish_mt(x, target, ignore_index, weight, m, ls, out, parts, align):
+    for k in prange(parts):
+        lo, hi = share(x.shape[0], k, parts, align)
+        _ce_finish(x[lo:hi], target[lo:hi], ignore_index, weight, m[lo:hi], ls[lo:hi], out[lo:hi])
+
+
+@njit(**PAR)
+def _ce_hard_mt(x, target, ignore_index, weight, eps, out, parts, align):
+    for k in prange(parts):
+        lo, hi = share(x.shape[0], k, parts, align)
+        _ce_hard(x[lo:hi], target[lo:hi], ignore_index, weight, eps, out[lo:hi])
+
+
+@njit(**PAR)
+def _ce_soft_mt(x, p, weight, alpha, beta, scale, out, parts, align):
+    for k in prange(parts):
+        lo, hi = share(x.shape[0], k, parts, align)
+        _ce_soft(x[lo:hi], p[lo:hi], weight, alpha, beta, scale, out[lo:hi])
+
+
+@njit(**PAR)
+def _small_lse_mt(x, out, ce_target, ignore_index, parts, align):
+    n = x.shape[0]
+    for k in prange(parts):
+        lo, hi = share(n, k, parts, align)
+        t = ce_target[lo:hi] if ce_target.shape[0] == n else ce_target   # empty: no targets
+        _small_lse(x[lo:hi], out[lo:hi], t, ignore_index)
+
+
+@njit(**PAR)
+def _small_entropy_mt(x, scale, out, parts, align):
+    for k in prange(parts):
+        lo, hi = share(x.shape[0], k, parts, align)
+        _small_entropy(x[lo:hi], scale, out[lo:hi])
+
+
+@njit(**PAR)
+def _small_kl_mt(x, z, scale, out, fallback, parts, align):
+    for k in prange(parts):
+        lo, hi = share(x.shape[0], k, parts, align)
+        _small_kl(x[lo:hi], z[lo:hi], scale, out[lo:hi], fallback[lo:hi])
+
+
+# --------------------------------------------------------------------------- contract
+
+
+def _small_align(x, per_row, group=1):
+    """Shares of a block-path call start on a block boundary."""
+    return block_rows.py_func(x.shape[1], per_row) * group
+
+
 def lse(x, out, nthreads):
     _guard(out, x)
     (x,) = read_only(x)
-    with _threads(nthreads):
-        if _small(x):
-            _small_lse(x, out, _NO_TARGET, np.int64(0))
-        else:
-            _lse(x, out)
+    if _small(x):
+        threads.run(_small_lse, _small_lse_mt, nthreads, (x, out, _NO_TARGET, np.int64(0)), x,
+                    _small_align(x, 1, SMALL_GROUP))
+    else:
+        threads.run(_lse, _lse_mt, nthreads, (x, out), x)
 
 
 def entropy_logits(x, scale, out, nthreads):
     _guard(out, x)
     (x,) = read_only(x)
-    with _threads(nthreads):
-        if _small(x):
-            _small_entropy(x, _scale_arg(scale), out)
-        else:
-            _entropy_logits(x, _scale_arg(scale), out)
+    if _small(x):
+        threads.run(_small_entropy, _small_entropy_mt, nthreads, (x, _scale_arg(scale), out), x,
+                    _small_align(x, 2, SMALL_GROUP))
+    else:
+        threads.run(_entropy_logits, _entropy_logits_mt, nthreads, (x, _scale_arg(scale), out), x)
 
 
 def entropy_probs(p, out, nthreads):
     _guard(out, p)
     (p,) = read_only(p)
-    with _threads(nthreads):
-        _entropy_probs(p, out)
+    threads.run(_entropy_probs, _entropy_probs_mt, nthreads, (p, out), p)
 
 
 def entropy_log_probs(lp, out, nthreads):
     _guard(out, lp)
     (lp,) = read_only(lp)
-    with _threads(nthreads):
-        _entropy_log_probs(lp, out)
+    threads.run(_entropy_log_probs, _entropy_log_probs_mt, nthreads, (lp, out), lp)
 
 
 def kl_logits(x, z, scale, out, nthreads):
     _guard(out, x, z)
     x, z = read_only(x, z)
-    scale = float(scale)
-    with _threads(nthreads):
-        if not _small(x):
-            _kl_logits(x, z, _scale_arg(scale), out)
-            return
-        redo = np.zeros(x.shape[0], dtype=np.bool_)
-        _small_kl(x, z, _scale_arg(scale), out, redo)
-        if redo.any():                      # rare: NaN/inf blocks, masked or far-below rows
-            idx = np.flatnonzero(redo)
-            part = np.empty(idx.size, dtype=out.dtype)
-            _kl_logits(*read_only(x[idx], z[idx]), _scale_arg(scale), part)
-            out[idx] = part
+    sc = _scale_arg(float(scale))
+    if not _small(x):
+        threads.run(_kl_logits, _kl_logits_mt, nthreads, (x, z, sc, out), x)
+        return
+    redo = np.zeros(x.shape[0], dtype=np.bool_)
+    threads.run(_small_kl, _small_kl_mt, nthreads, (x, z, sc, out, redo), x, _small_align(x, 2))
+    if redo.any():                      # rare: NaN/inf blocks, masked or far-below rows
+        idx = np.flatnonzero(redo)
+        part = np.empty(idx.size, dtype=out.dtype)
+        xr, zr = read_only(x[idx], z[idx])
+        threads.run(_kl_logits, _kl_logits_mt, nthreads, (xr, zr, sc, part), xr)
+        out[idx] = part
 
 
 def kl_probs(p, q, out, nthreads):
     _guard(out, p, q)
     p, q = read_only(p, q)
-    with _threads(nthreads):
-        _kl_probs(p, q, out)
+    threads.run(_kl_probs, _kl_probs_mt, nthreads, (p, q, out), p)
 
 
 def kl_log_probs(a, b, out, nthreads):
     _guard(out, a, b)
     a, b = read_only(a, b)
-    with _threads(nthreads):
-        _kl_log_probs(a, b, out)
+    threads.run(_kl_log_probs, _kl_log_probs_mt, nthreads, (a, b, out), a)
 
 
 def ce_hard(x, target, ignore_index, weight, eps, out, nthreads):
@@ -1224,17 +1315,17 @@ def ce_hard(x, target, ignore_index, weight, eps, out, nthreads):
     x, target, weight = read_only(x, target, weight)
     if target.shape != (x.shape[0],) or weight.shape != (x.shape[1],):
         raise ValueError(f"target must have shape ({x.shape[0]},) and weight ({x.shape[1]},)")
-    with _threads(nthreads):
-        if _small(x) and eps == 0 and np.all(weight == 1):
-            _small_lse(x, out, target, np.int64(ignore_index))
-        else:
-            if eps == 0:
-                m = np.empty_like(out)
-                ls = np.empty(out.shape[0], dtype=np.float64)
-                _row_parts(x, m, ls)
-                _ce_finish(x, target, np.int64(ignore_index), weight, m, ls, out)
-            else:
-                _ce_hard(x, target, np.int64(ignore_index), weight, float(eps), out)
+    ignore = np.int64(ignore_index)
+    if _small(x) and eps == 0 and np.all(weight == 1):
+        threads.run(_small_lse, _small_lse_mt, nthreads, (x, out, target, ignore), x,
+                    _small_align(x, 1, SMALL_GROUP))
+    elif eps == 0:
+        m = np.empty_like(out)
+        ls = np.empty(out.shape[0], dtype=np.float64)
+        threads.run(_row_parts, _row_parts_mt, nthreads, (x, m, ls), x)
+        threads.run(_ce_finish, _ce_finish_mt, nthreads, (x, target, ignore, weight, m, ls, out), x)
+    else:
+        threads.run(_ce_hard, _ce_hard_mt, nthreads, (x, target, ignore, weight, float(eps), out), x)
 
 
 def ce_soft(x, p, weight, alpha, beta, scale, out, nthreads):
@@ -1242,10 +1333,4 @@ def ce_soft(x, p, weight, alpha, beta, scale, out, nthreads):
     x, p, weight = read_only(x, p, weight)
     if weight.shape != (x.shape[1],):
         raise ValueError(f"weight must have shape ({x.shape[1]},)")
-    with _threads(nthreads):
-        _ce_soft(x, p, weight, float(alpha), float(beta), float(scale), out)
-
-
-def max_threads():
-    """Threads numba may use in this process (``NUMBA_NUM_THREADS``)."""
-    return numba.config.NUMBA_NUM_THREADS
+    threads.run(_ce_soft, _ce_soft_mt, nthreads, (x, p, weight, float(alpha), float(beta), float(scale), out), x)

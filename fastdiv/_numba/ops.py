@@ -6,6 +6,7 @@ evaluate state, ``divergences.py`` the divergence family; each imports only belo
 """
 from .divergences import js_log_probs, js_logits, js_probs, topk_kl  # noqa: F401
 from .evaluate import evaluate  # noqa: F401
+from .threads import max_threads  # noqa: F401
 from .kernels import (  # noqa: F401
     HALF_INPUTS,
     ce_hard,
@@ -17,5 +18,4 @@ from .kernels import (  # noqa: F401
     kl_logits,
     kl_probs,
     lse,
-    max_threads,
 )

@@ -27,7 +27,8 @@ FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 #: raise ZeroDivisionError: a branch that keeps any loop containing a division (every log)
 #: scalar -- 3.5 vs 0.36 ns per float32 log.  "numpy" gives IEEE results (inf, NaN) instead,
 #: which the kernels expect anyway.
-JIT = dict(parallel=True, fastmath=FASTMATH, cache=True, nogil=True, error_model="numpy")
+#: Serial: the row split across threads is fastdiv._numba.threads' (why: its docstring).
+JIT = dict(fastmath=FASTMATH, cache=True, nogil=True, error_model="numpy")
 INLINE = dict(inline="always", fastmath=FASTMATH, error_model="numpy")
 
 

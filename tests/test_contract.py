@@ -1,0 +1,102 @@
+"""The kernel contract's thread and batch rules, on each compiled host backend's entry module
+(``fastdiv._registry``): a row's result does not depend on the thread count, on how its rows are
+split between threads, or on the rows it is batched with; read-only inputs are accepted.
+
+The numba backend splits a call's rows between threads in Python (``fastdiv._numba.threads``);
+its minimum share is patched to one element here, so every call is split (odd thread counts
+included, shares not on 8- or 16-row boundaries)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import backend_params
+from fastdiv import _registry
+
+
+@pytest.fixture
+def module(backend, monkeypatch):
+    if backend == "numba":
+        from fastdiv._numba import threads
+
+        monkeypatch.setattr(threads, "MIN_SHARE", 1)
+    return _registry._load(backend)[0]
+
+
+def _all_ops(K, x, z, p, t, w, out, nthreads):
+    V = x.shape[1]
+    q = np.ascontiguousarray(p[:, ::-1])
+    yield "lse", lambda: K.lse(x, out, nthreads)
+    yield "entropy_logits", lambda: K.entropy_logits(x, 1.0, out, nthreads)
+    yield "entropy_log_probs", lambda: K.entropy_log_probs(x - 10, out, nthreads)
+    yield "entropy_probs", lambda: K.entropy_probs(p, out, nthreads)
+    yield "kl_logits", lambda: K.kl_logits(x, z, 1.0, out, nthreads)
+    yield "kl_logits_scaled", lambda: K.kl_logits(x, z, 0.5, out, nthreads)
+    yield "kl_log_probs", lambda: K.kl_log_probs(x - 10, z - 10, out, nthreads)
+    yield "kl_probs", lambda: K.kl_probs(p, q, out, nthreads)
+    yield "ce_hard", lambda: K.ce_hard(x, t, -100, np.ones_like(w), 0.0, out, nthreads)
+    yield "ce_hard_weighted", lambda: K.ce_hard(x, t, -100, w, 0.0, out, nthreads)
+    yield "ce_hard_smooth", lambda: K.ce_hard(x, t, -100, w, 0.1, out, nthreads)
+    yield "ce_soft", lambda: K.ce_soft(x, p, w, 0.9, 0.1 / V, 1.0, out, nthreads)
+    yield "js_logits", lambda: K.js_logits(x, z, 0.5, 1.0, out, nthreads)
+    yield "js_logits_scaled", lambda: K.js_logits(x, z, 0.3, 2.0, out, nthreads)
+    yield "js_probs", lambda: K.js_probs(p, q, 0.5, out, nthreads)
+
+
+def _inputs(rng, n, v, dtype):
+    x = (rng.standard_normal((n, v)) * 3).astype(dtype)
+    z = (rng.standard_normal((n, v)) * 3).astype(dtype)
+    x[rng.random((n, v)) < 0.1] = -np.inf
+    p = rng.dirichlet(np.ones(v), size=n).astype(dtype)
+    t = rng.integers(0, v, n).astype(np.int64)
+    t[::7] = -100
+    w = rng.uniform(0.5, 2.0, v).astype(dtype)
+    return x, z, p, t, w
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("v", [3, 51, 1271, 5000])
+def test_thread_count_does_not_change_bits(module, rng, dtype, v):
+    n = 1300 if v <= 51 else 45   # several 8192-element blocks; not a multiple of their rows
+    x, z, p, t, w = _inputs(rng, n, v, dtype)
+    ref = {}
+    for nthreads in (1, 2, 3, 7):
+        out = np.empty(n, dtype)
+        for name, run in _all_ops(module, x, z, p, t, w, out, nthreads):
+            run()
+            if nthreads == 1:
+                ref[name] = out.copy()
+            else:
+                np.testing.assert_array_equal(out, ref[name], err_msg=f"{name}, {nthreads} threads")
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("v", [1, 51, 200])
+def test_batch_does_not_change_bits(module, rng, dtype, v):
+    """Short rows are computed in blocks of rows; a row's result must not depend on its block
+    (except on the numba block path, which shares one shift per block: docs/guarantees.rst)."""
+    n = 37
+    x, z, p, t, w = _inputs(rng, n, v, dtype)
+    full = np.empty(n, dtype)
+    if module.__name__.startswith("fastdiv._numba") and 1 < v <= 128:
+        pytest.skip("numba's block path: a row's last bits depend on its block (documented)")
+    for name, run in _all_ops(module, x, z, p, t, w, full, 1):
+        run()
+        whole = full.copy()
+        for a, b in ((0, 1), (5, 6), (3, 20), (17, 37), (36, 37)):
+            part = np.empty(b - a, dtype)
+            sub = [np.ascontiguousarray(arr[a:b]) for arr in (x, z, p, t)]
+            dict(_all_ops(module, sub[0], sub[1], sub[2], sub[3], w, part, 2))[name]()
+            np.testing.assert_array_equal(part, whole[a:b], err_msg=f"{name} rows {a}:{b}")
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_read_only_inputs(module, rng):
+    x, z, p, t, w = _inputs(rng, 20, 51, np.float32)
+    for a in (x, z, p, t, w):
+        a.setflags(write=False)
+    out = np.empty(20, np.float32)
+    for _, run in _all_ops(module, x, z, p, t, w, out, 2):
+        run()
