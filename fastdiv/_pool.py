@@ -1,9 +1,8 @@
-"""The process's worker threads: row shares of one call run in parallel on them.
-
-Used by the numba backend (its kernels are compiled serial and split by rows here: see
-``fastdiv._numba.threads``) and by the softcap workers (``fastdiv.execute.run_blocks``).
-The compiled code releases the GIL, so the shares run on separate cores.  A forked child
-gets its own pool (the key holds the pid)."""
+"""The process's worker threads for the softcap pre-pass (``fastdiv.execute.run_blocks``):
+one share of rows per worker, each transforming and reducing its rows (the compiled code
+releases the GIL, so the shares run on separate cores).  A forked child gets its own pool (the
+key holds the pid).  The numba kernels use numba's own threads instead: their hand-off is
+cheaper (``fastdiv._numba.threads``)."""
 from __future__ import annotations
 
 import concurrent.futures
