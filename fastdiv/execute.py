@@ -196,16 +196,19 @@ def out_dtype(*arrays):
 
 
 def _half_bits(backend, arrays):
-    """The raw-bits dtype (uint16 / int16) in which to hand ``arrays`` to ``backend`` whole, or
-    None: only when its kernels read half inputs (HALF_INPUTS) and every array has the same
-    half dtype and is C-contiguous (contract v2 item 2).  Otherwise the rows are converted to
-    float32 in blocks of BLOCK_BYTES."""
-    bits = _checks.half_bits_dtype(arrays[0].dtype)
+    """``(half, bits)``: the native half dtype in which ``arrays`` go to ``backend`` and the
+    raw-bits dtype (uint16 / int16) its kernels read them as (contract v2 item 2), or None: only
+    when its kernels read half inputs (HALF_INPUTS) and every array holds one half dtype (any
+    byte order or layout).  A non-C layout is copied to C-contiguous half blocks, not widened to
+    float32, so it runs the same kernel as the C layout and gets the same bits.  Otherwise the
+    rows are converted to float32 in blocks of BLOCK_BYTES."""
+    half = arrays[0].dtype.newbyteorder("=")
+    bits = _checks.half_bits_dtype(half)
     if bits is None or not _registry.half_inputs(backend):
         return None
-    if any(a.dtype != arrays[0].dtype or not a.flags.c_contiguous for a in arrays):
+    if any(a.dtype.newbyteorder("=") != half for a in arrays):
         return None
-    return bits
+    return half, bits
 
 
 def per_row(op, backend, arrays, *, scalars=(), extra=None):
@@ -233,10 +236,11 @@ def per_row(op, backend, arrays, *, scalars=(), extra=None):
         else:
             kern(*blocks, *scalars, out[r0:r1], nthreads)
 
-    bits = _half_bits(backend, arrays)
-    if bits is not None:
-        arrays, dtype = [a.view(bits) for a in arrays], bits
-    run_rows(arrays, dtype, call, n)
+    half = _half_bits(backend, arrays)
+    if half is None:
+        run_rows(arrays, dtype, call, n)
+    else:
+        run_rows(arrays, half[0], lambda r0, r1, *blocks: call(r0, r1, *[b.view(half[1]) for b in blocks]), n)
     return out
 
 
