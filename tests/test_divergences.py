@@ -443,3 +443,22 @@ def test_numba_half_loads_convert_exactly():
         nan = np.isnan(want)
         np.testing.assert_array_equal(out.view(np.uint32)[~nan], want.view(np.uint32)[~nan])
         assert np.isnan(out[nan]).all()
+
+
+@pytest.mark.parametrize("backend", backend_params(["numba", "cython", "numpy"]))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_js_of_a_row_whose_mass_starts_past_the_first_chunk(backend, dtype):
+    """P masked everywhere but one class late in the row (its first chunks all -inf), Q
+    spread: the Cython JS pass once scaled those chunks' (zero) exponentials by e^(0 - max)
+    = inf at logits ~ -1e4 and returned NaN (found by the fuzz test, 2026-12-05)."""
+    from fastdiv import reference as R
+
+    v = 1271
+    x = np.full((4, v), -np.inf)
+    for i, j in enumerate((0, 600, 1033, v - 1)):
+        x[i, j] = -1e4
+    z = np.random.default_rng(3).standard_normal((4, v)) * 1e-3
+    x, z = x.astype(dtype), z.astype(dtype)
+    for a, b in ((x, z), (z, x)):
+        got = fastdiv.js_div(a, b, beta=0.3, reduction="none", backend=backend)
+        np.testing.assert_allclose(got, R.js_rows(a, b, 0.3), rtol=1e-5 if dtype == np.float32 else 1e-12)

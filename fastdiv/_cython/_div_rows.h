@@ -143,9 +143,11 @@ static double FI(fd_js_logits)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, doub
     double total = 0.0;
     for (ptrdiff_t c = 0; c < nch; c++) {
         const ptrdiff_t j0 = c * FD_CH, n = V - j0 < FD_CH ? V - j0 : FD_CH;
-        /* beta p = ex * beta exp(shift_c - max) / sx (and q alike), one product per element */
-        const double gx = mx == FD_NEG_INF ? 0.0 : exp((double)shx_c[c] - (double)shx) / sx;
-        const double gz = mz == FD_NEG_INF ? 0.0 : exp((double)shz_c[c] - (double)shz) / sz;
+        /* beta p = ex * beta exp(shift_c - max) / sx (and q alike), one product per element.
+           shift_c <= max, except for a chunk read while the row was still all -inf (shift 0):
+           its ex are all 0, and its factor is capped at e^0, never inf (0 * inf = NaN). */
+        const double gx = mx == FD_NEG_INF ? 0.0 : exp(fmin((double)shx_c[c] - (double)shx, 0.0)) / sx;
+        const double gz = mz == FD_NEG_INF ? 0.0 : exp(fmin((double)shz_c[c] - (double)shz, 0.0)) / sz;
         const FD_V fx = FN(fd_splat)((FD_T)(beta * gx)), fz = FN(fd_splat)((FD_T)((1.0 - beta) * gz));
         FD_V acc = {0};
         ptrdiff_t j = 0;
