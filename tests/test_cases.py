@@ -75,6 +75,8 @@ def test_case(case, backend, dtype, v, layout, rng):
 # --------------------------------------------------------------------------- cuda (simulator)
 
 def _cuda_params():
+    """Every case x dtype x launch shape on a GPU; in the simulator the cells of
+    ``cases.cuda_sim_cell``."""
     regimes = list(C.CUDA_REGIMES)
     turn = 0
     for case in C.CASES:
@@ -82,9 +84,10 @@ def _cuda_params():
             continue
         for dtype in C.DTYPES:
             for i, regime in enumerate(regimes):
-                fast = C.fast("cuda", dtype, regime=i, turn=turn % len(regimes))
-                yield pytest.param(case, dtype, regime, marks=[] if fast else [pytest.mark.slow],
-                                   id=f"{case.id}-{_id(dtype)}-{regime}")
+                tier = C.cuda_sim_cell(dtype, i, turn)
+                if tier is not None:
+                    yield pytest.param(case, dtype, regime, marks=[] if tier == "fast" else [pytest.mark.slow],
+                                       id=f"{case.id}-{_id(dtype)}-{regime}")
         turn += 1
 
 
