@@ -15,6 +15,7 @@ import os
 import numpy as np
 import pytest
 
+import cases
 from fastdiv import _registry
 
 #: Every backend of the suite: the numpy float64 reference, both compiled CPU backends and cuda
@@ -30,6 +31,10 @@ def backend_params():
         marks = [pytest.mark.skipif(why is not None, reason=str(why))]
         if b == "cuda":
             marks.append(pytest.mark.cuda)
+        elif not cases.fast(b, np.float64):
+            # the peers' inputs are float64 (and 16-bit in places): numba's specializations for
+            # them are compiled in the slow tier only (tests/cases.py, ``fast``)
+            marks.append(pytest.mark.slow)
         out.append(pytest.param(b, marks=marks, id=b))
     return out
 
