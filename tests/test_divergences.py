@@ -96,14 +96,11 @@ def test_js_of_float32_subnormal_probabilities(backend):
     np.testing.assert_allclose(got, R.js_rows(p, q, 0.3, "probs"), rtol=1e-5, atol=1e-12)
 
 
-LATE_LOW_JS = ("known limit of the Cython JS kernel from logits: a row whose first 2048 classes are all masked "
-               "and whose other logits all lie below about -87 (their exp underflows in float32) gives NaN "
-               "(numba and the reference: finite)")
-
-
-@pytest.mark.parametrize("backend", [pytest.param(b, marks=pytest.mark.xfail(reason=LATE_LOW_JS, strict=True))
-                                     if b == "cython" else b for b in ALL_HOST])
+@pytest.mark.parametrize("backend", ALL_HOST)
 def test_js_of_a_late_low_row_after_a_masked_chunk(backend):
+    """A row whose first chunk is all masked and whose other logits lie below -87 (their exp
+    underflows in float32): the Cython kernel gave NaN until 2026-12-05 (the chunk's factor
+    e^(0 - max) overflowed); see test_js_of_a_row_whose_mass_starts_past_the_first_chunk."""
     x = np.full((1, 4096), -np.inf, np.float32)
     x[0, 3000] = -100.0
     z = (np.random.default_rng(0).standard_normal((1, 4096)) * 1e-3).astype(np.float32)
