@@ -460,3 +460,20 @@ def test_js_of_a_row_whose_mass_starts_past_the_first_chunk(backend, dtype):
     for a, b in ((x, z), (z, x)):
         got = fastdiv.js_div(a, b, beta=0.3, reduction="none", backend=backend)
         np.testing.assert_allclose(got, R.js_rows(a, b, 0.3), rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("backend", backend_params(["numba", "cython", "numpy", "cuda"]))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_js_of_probabilities_at_the_bottom_of_the_range(backend, dtype):
+    """Subnormal p beside q = 0: the mixture 0.3 p underflows to 0, and the Cython and CUDA JS
+    once took its log as -inf and returned inf or NaN for the row (fuzz test, 2026-12-05)."""
+    from fastdiv import reference as R
+
+    tiny = np.finfo(dtype).smallest_subnormal
+    p = np.zeros((2, 300), dtype)
+    p[:, :5] = tiny
+    p[:, 7] = 1.0 - 5 * tiny
+    q = np.zeros_like(p)
+    q[1] = 1.0 / 300
+    got = fastdiv.js_div(p, q, beta=0.3, inputs="probs", reduction="none", backend=backend)
+    np.testing.assert_allclose(got, R.js_rows(p, q, 0.3, "probs"), rtol=1e-5 if dtype == np.float32 else 1e-12)

@@ -167,7 +167,10 @@ def _make(kind_name):
         mixture, in float64; a zero probability's term is exactly 0, never 0 * -inf.  (Added
         to the sum one after the other: 0.0 added to a sum that starts at +0.0 changes
         nothing, so the sums are those of adding only the non-zero terms.)"""
-        lm = flog(acc(a) * p + acc(1.0 - a) * q)
+        m = acc(a) * p + acc(1.0 - a) * q
+        if m == ZERO:                        # underflow: p, q at the range's bottom, their terms too
+            return (0.0, 0.0)
+        lm = flog(m)
         tp = float64(acc(a) * p * (lp - lm)) if p != ZERO else 0.0
         tq = float64(acc(1.0 - a) * q * (lq - lm)) if q != ZERO else 0.0
         return (tp, tq)

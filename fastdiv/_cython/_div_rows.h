@@ -30,7 +30,10 @@
             p_ = FN(fd_exp)(lp_, &tc_);                                                       \
             q_ = FN(fd_exp)(lq_, &tc_);                                                       \
         }                                                                                     \
-        FD_V lm_ = FN(fd_log)(bv * p_ + cv * q_);                                             \
+        /* logpos: finite where the mixture underflows to 0 or is subnormal (p, q at the     \
+           bottom of the range: their terms are as small); log gives -inf there, and a       \
+           subnormal p times (lp + inf) is inf */                                            \
+        FD_V lm_ = FN(fd_logpos)(bv * p_ + cv * q_);                                          \
         FD_V tp_ = FN(fd_sel)(FN(fd_eq)(p_, zero), zero, bv * p_ * (lp_ - lm_));              \
         FD_V tq_ = FN(fd_sel)(FN(fd_eq)(q_, zero), zero, cv * q_ * (lq_ - lm_));              \
         FD_V t_ = tp_ + tq_;                                                                  \
