@@ -688,16 +688,16 @@ def cuda_sim_cell(dtype, regime, turn, regimes=None):
 
     On a GPU every cell is fast.  The simulator costs ~5 s a cell (its threads, not the
     elements), too much for all 4 dtypes x 5 launch shapes of every case (580 cells, 48 min on
-    2 cores): case ``turn`` runs float32 on launch shape ``turn`` (fast) and on the next two
-    (slow), and one other dtype (float64, float16, bfloat16 by turns) on the shape after them
-    (slow).  So every case meets 3 of the 5 launch shapes and one of the other dtypes' loaders,
-    and every shape and loader is met by several cases."""
+    2 cores): case ``turn`` runs float32 on launch shape ``turn`` (fast) and on the next one
+    (slow), and one other dtype (float64, float16, bfloat16 by turns) on the shape after that
+    (slow).  So every case meets 3 of the 5 launch shapes, 2 in float32, and one of the other
+    dtypes' loaders; every (dtype, shape) pair is met by at least one case."""
     if not SIM:
         return "fast"
     n = len(CUDA_REGIMES) if regimes is None else regimes
     dtype = np.dtype(dtype)
     step = (regime - turn) % n
     if dtype == np.float32:
-        return "fast" if step == 0 else "slow" if step <= 2 else None
+        return "fast" if step == 0 else "slow" if step == 1 else None
     others = [d for d in DTYPES if d != np.float32]
-    return "slow" if step == 3 and dtype == others[turn % len(others)] else None
+    return "slow" if step == 2 and dtype == others[turn % len(others)] else None
