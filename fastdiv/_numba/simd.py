@@ -584,7 +584,7 @@ def rel_entr(p, q):  # pragma: no cover
     return p * (math.log(p) - math.log(q))
 
 
-@overload(rel_entr, fastmath=FASTMATH)
+@overload(rel_entr, fastmath=FASTMATH, inline="always")   # a call kept the float64 loop scalar
 def _ov_rel_entr(p, q):
     """One term ``p log(p / q)`` of a KL from probabilities, with ``scipy.special.rel_entr``'s
     rules for p and q that are not NaN: 0 where ``p = 0 <= q``; ``+inf`` where p or q is negative
