@@ -254,8 +254,8 @@ def _scaled_into(row, dst, sc):
 
 @njit(**_JIT)
 def _js_logits(x, z, beta, scale, out, scratch, refs):
-    """One share of rows (a call, or one share of _js_logits_mt), with its scratch rows.  scale None: unscaled
-    logits, read in place."""
+    """One share of rows (the whole call, or one share of _js_logits_mt) with its scratch
+    rows.  scale None: unscaled logits, read in place."""
     prefer_wide_vectors()
     ex = scratch[0]
     ez = scratch[1]
