@@ -16,6 +16,7 @@ from .api import (
     topk_kl_div,
 )
 from ._config import show_config
+from ._linear import LinearLogits, linear
 from .evaluation import CrossEntropyOutput, Evaluation, evaluate
 from .comparison import Comparison, compare
 from . import meters, states
@@ -32,6 +33,8 @@ __all__ = [
     "Evaluation",
     "CrossEntropyOutput",
     "compare",
+    "linear",
+    "LinearLogits",
     "Comparison",
     "meters",
     "states",

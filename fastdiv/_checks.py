@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from . import _lazy
+
 #: dtypes the compiled kernels read directly; everything else float is converted in blocks.
 NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -61,7 +63,12 @@ def as_array(name: str, a: Any) -> np.ndarray:
 
 
 def float_array(name: str, a: Any) -> np.ndarray:
-    """A floating-point array with at least one axis and a non-empty last (class) axis."""
+    """A floating-point array with at least one axis and a non-empty last (class) axis.
+
+    Lazy logits (``fastdiv.linear``) pass as they are: they were checked when made, and the
+    execution layer computes their rows block by block."""
+    if isinstance(a, _lazy.LazyLogits):
+        return a
     a = as_array(name, a)
     compute_dtype(name, a.dtype)
     return class_axis(name, a)

@@ -26,9 +26,10 @@ import warnings
 
 import numpy as np
 
-from . import _compact, _registry, api
+from . import _compact, _lazy, _registry, api
 from ._files import open_rows, FileFormatError
-from ._eval_cli import EvalError, add_run_options, Progress, _check_float, _check_targets, _open
+from ._eval_cli import (EvalError, Progress, _check_float, _check_targets, _open, add_head_options, add_run_options,
+                        head_option_error, open_logits)
 from .comparison import Comparison, _se, compare
 from .meters import Comparator
 
@@ -182,7 +183,8 @@ def compare_files(base_spec, logits_spec, targets_spec=None, *, topk=(1, 5), ign
     for r0 in range(0, max(logits.rows, 1), step):       # an empty file is one empty chunk
         r1 = min(r0 + step, logits.rows)
         if compact is not None:
-            x = np.asarray(logits.read(r0, r1)).reshape(r1 - r0, v)
+            x = logits.read(r0, r1)             # a head's chunk is materialized: O(chunk) memory
+            x = np.asarray(x.materialize() if _lazy.is_lazy(x) else x).reshape(r1 - r0, v)
             ref = {n: np.asarray(src.read(r0, r1)) for n, src in compact.items()}
             cols, rows = _compact.per_row(ref, x, ignore_index=ignore_index, topk=topk, backend=backend)
             meter._add(cols, rows, "targets" in ref)
@@ -427,7 +429,9 @@ def add_parser(sub):
                     "null value fails. Exit status: 0 pass, 1 bad input, 2 bad options (--plot without matplotlib "
                     "included), 3 a gate failed.")
     p.add_argument("--base", required=True, metavar="FILE[:NAME]", help="the base model's logits, shape (..., V)")
-    p.add_argument("--logits", required=True, metavar="FILE[:NAME]", help="the compared model's logits, same shape")
+    p.add_argument("--logits", metavar="FILE[:NAME]",
+                   help="the compared model's logits, same shape (or --hidden with --lm-head)")
+    add_head_options(p)
     p.add_argument("--targets", metavar="FILE[:NAME]",
                    help="integer class indices, shape logits.shape[:-1] (or flat): adds perplexity and delta-p")
     p.add_argument("--topk", nargs="*", type=int, default=[1, 5], metavar="K",
@@ -493,7 +497,8 @@ def run_reference(args):
             if targets is not None:
                 t = np.asarray(targets.read(r0, r1)).astype(np.int64, copy=False)
                 _check_targets(t, r0, v, args.ignore_index, targets.label)
-            x = np.asarray(logits.read(r0, r1)).reshape(r1 - r0, v)
+            x = logits.read(r0, r1)             # a head's chunk is materialized: O(chunk) memory
+            x = np.asarray(x.materialize() if _lazy.is_lazy(x) else x).reshape(r1 - r0, v)
             writer.write(r0, _compact.build(x, t, args.topk, args.ignore_index, args.backend))
             bar.update(r1)
         bar.update(logits.rows, final=True)
@@ -532,6 +537,8 @@ def run(args):
             raise OptionError(f"--topk values must be distinct and >= 1, got {args.topk}")
         if args.chunk_mb <= 0 or (args.threads is not None and args.threads < 1) or args.worst < 0:
             raise OptionError("--chunk-mb and --threads must be positive, --worst >= 0")
+        if head_option_error(args):
+            raise OptionError(head_option_error(args))
         if args.plot:
             _pyplot()
         meta = _compact.read_metadata(args.base)
@@ -549,7 +556,7 @@ def run(args):
             api.set_num_threads(args.threads)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            res, info = compare_files(args.base, args.logits, args.targets, topk=tuple(args.topk),
+            res, info = compare_files(args.base, open_logits(args), args.targets, topk=tuple(args.topk),
                                       ignore_index=args.ignore_index, backend=args.backend,
                                       chunk_bytes=int(args.chunk_mb * 1e6),
                                       progress=args.progress or sys.stderr.isatty())

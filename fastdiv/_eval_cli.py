@@ -21,7 +21,8 @@ import warnings
 import numpy as np
 
 from . import _checks, _registry, api, reduce
-from ._files import FileFormatError, open_rows
+from ._files import FileFormatError, RowSource, open_rows
+from ._linear import linear
 from .meters import Evaluator
 
 BACKENDS = ("auto", "cython", "numba", "numpy", "cuda")
@@ -142,8 +143,9 @@ def add_parser(sub):
                     "processed in chunks of --chunk-mb, sums kept in float64, so files larger than memory work. "
                     "A progress bar (rows, rows/s, GB/s, ETA) goes to stderr on a terminal or with --progress. "
                     "Exit status: 0 on success, 1 for bad input (message on stderr), 2 for bad options.")
-    p.add_argument("--logits", required=True, metavar="FILE[:NAME]",
-                   help="logits, shape (..., V): float16, bfloat16, float32 or float64")
+    p.add_argument("--logits", metavar="FILE[:NAME]",
+                   help="logits, shape (..., V): float16, bfloat16, float32 or float64 (or --hidden with --lm-head)")
+    add_head_options(p)
     p.add_argument("--targets", required=True, metavar="FILE[:NAME]",
                    help="integer class indices, shape logits.shape[:-1] (or flat, one per row)")
     p.add_argument("--reference", metavar="FILE[:NAME]", help="a reference model's logits, same shape as --logits")
@@ -166,7 +168,55 @@ def add_run_options(p, chunk_of):
                    help="show the progress bar even when stderr is not a terminal (it is shown on a terminal)")
 
 
+def add_head_options(p):
+    """``--hidden`` with ``--lm-head`` (and ``--lm-head-bias``) in place of ``--logits``."""
+    p.add_argument("--hidden", metavar="FILE[:NAME]",
+                   help="hidden states, shape (..., D), in place of --logits: the logits hidden @ W.T + b of "
+                        "--lm-head are computed in blocks of rows and never stored (fastdiv.linear)")
+    p.add_argument("--lm-head", metavar="FILE[:NAME]", help="with --hidden: the head's weight, shape (V, D) "
+                   "(torch.nn.Linear's layout)")
+    p.add_argument("--lm-head-bias", metavar="FILE[:NAME]", help="with --hidden: the head's bias, shape (V,)")
+
+
+def head_option_error(args):
+    """What is wrong with the --logits / --hidden / --lm-head options (exit status 2), or None."""
+    if (args.logits is None) == (args.hidden is None):
+        return "give either --logits or --hidden (with --lm-head)"
+    if (args.hidden is None) != (args.lm_head is None):
+        return "--hidden and --lm-head go together"
+    if args.lm_head_bias is not None and args.hidden is None:
+        return "--lm-head-bias needs --hidden and --lm-head"
+    return None
+
+
+def open_logits(args):
+    """The ``--logits`` file, or a row source whose rows are ``fastdiv.linear`` logits of the
+    ``--hidden`` rows and the head (read whole: it is V x D)."""
+    if args.hidden is None:
+        return args.logits
+    hidden = _open(args.hidden, "hidden", 1)
+    _check_float("hidden", hidden)
+    weight = _open(args.lm_head, "lm-head", 1)
+    _check_float("lm-head", weight)
+    w = np.asarray(weight.read(0, weight.rows))
+    b = None
+    if args.lm_head_bias is not None:
+        bias = _open(args.lm_head_bias, "lm-head-bias", 0)
+        _check_float("lm-head-bias", bias)
+        b = np.asarray(bias.read(0, bias.rows))
+    try:
+        probe = linear(hidden.read(0, 0), w, b)
+    except ValueError as exc:
+        raise EvalError(f"--hidden/--lm-head: {exc} ({hidden.label} has shape {hidden.shape}, {weight.label} "
+                        f"{weight.shape})") from None
+    v = probe.shape[-1]
+    return RowSource(f"{hidden.label} @ {weight.label}.T", tuple(hidden.shape[:-1]) + (v,), probe.dtype, (v,),
+                     lambda r0, r1: linear(hidden.read(r0, r1), w, b))
+
+
 def _open(spec, role, row_ndim):
+    if isinstance(spec, RowSource):             # already open (open_logits)
+        return spec
     try:
         return open_rows(spec, role=role, row_ndim=row_ndim)
     except FileFormatError as exc:
@@ -244,11 +294,14 @@ def run(args):
     if args.chunk_mb <= 0 or (args.threads is not None and args.threads < 1):
         print("fastdiv eval: error: --chunk-mb and --threads must be positive", file=sys.stderr)
         return 2
+    if head_option_error(args):
+        print(f"fastdiv eval: error: {head_option_error(args)}", file=sys.stderr)
+        return 2
     try:
         if args.threads is not None:
             api.set_num_threads(args.threads)
         metrics, info = evaluate_files(
-            args.logits, args.targets, args.reference, topk=tuple(dict.fromkeys(args.topk)),
+            open_logits(args), args.targets, args.reference, topk=tuple(dict.fromkeys(args.topk)),
             ignore_index=args.ignore_index, backend=args.backend, chunk_bytes=int(args.chunk_mb * 1e6),
             progress=args.progress or sys.stderr.isatty())
     except EvalError as exc:

@@ -28,6 +28,8 @@ from typing import Any, Callable, TypeVar, cast
 
 import numpy as np
 
+from . import _lazy
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 _KDL_CPU = 1
@@ -72,7 +74,9 @@ def _jax_input(name, a):
 
 
 def _converter(lead):
-    """The function mapping a host/device result back to ``lead``'s library (None: leave as is)."""
+    """The function mapping a host/device result back to ``lead``'s library (None: leave as is).
+    Lazy logits (``fastdiv.linear``) answer in their hidden states' library."""
+    lead = getattr(lead, "hidden", lead) if isinstance(lead, _lazy.LazyLogits) else lead
     if _is_torch(lead):
         if lead.is_cuda:
             return None                       # the device path already answers in torch

@@ -54,7 +54,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _checks, _interop, plan as _plan
+from . import _checks, _interop, _lazy, plan as _plan, reduce
 from .api import js_div
 from .evaluation import evaluate
 from ._typing import ArrayLike, Backend
@@ -72,9 +72,11 @@ TARGET_COLUMNS = ("nll_base", "nll_model", "p_base", "p_model")
 
 
 def _quiet(fn, *args, **kwargs):
-    """A call without evaluate's all-ignored warning: compare decides what is counted."""
+    """A call without evaluate's all-ignored and empty-mean warnings: compare decides what is
+    counted (without targets every row is, and evaluate's aggregates are not used)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="evaluate: every target", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message=reduce.EMPTY_MESSAGE.split(" (")[0], category=RuntimeWarning)
         return fn(*args, **kwargs)
 
 
@@ -96,6 +98,8 @@ def per_row(base, logits, target=None, *, ignore_index=-100, topk=(1, 5), backen
                          f"({what})")
     lead, v = x.shape[:-1], x.shape[-1]
     nrows = int(np.prod(lead, dtype=np.int64))
+    if _lazy.is_lazy(b) or _lazy.is_lazy(x):
+        return _per_row_blocks(b, x, target, ignore_index=ignore, topk=ks, backend=backend)
     if target is None:
         t = np.full(nrows, -1, dtype=np.int64)
         counted = np.ones(nrows, dtype=bool)
@@ -142,6 +146,30 @@ def per_row(base, logits, target=None, *, ignore_index=-100, topk=(1, 5), backen
         cols["p_base"] = _flat(rb, "target_prob")[counted]
         cols["p_model"] = _flat(rm, "target_prob")[counted]
     return cols, nrows
+
+
+def _per_row_blocks(b, x, target, **kwargs):
+    """:func:`per_row` with lazy logits (``fastdiv.linear``) on either side: each block of rows
+    is computed once per side and compared like stored rows (a row's columns depend on that
+    row only), so the rows x V logits never exist and each side's matmul runs once."""
+    lead, v = x.shape[:-1], x.shape[-1]
+    n = int(np.prod(lead, dtype=np.int64))
+    t = None
+    if target is not None:
+        t = _checks.class_targets(_checks.as_array("target", target), lead, v, kwargs["ignore_index"])
+    sides = [s if _lazy.is_lazy(s) else s.reshape(n, v) for s in (b, x)]
+    step = min(s.block_rows(8) for s in sides if _lazy.is_lazy(s))
+    buffers, parts = ({}, {}), []
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        bb, xb = (_lazy.Rows(s, r0, r1).compute(s.dtype, buf) if _lazy.is_lazy(s) else s[r0:r1]
+                  for s, buf in zip(sides, buffers))
+        cols, _ = per_row(bb, xb, None if t is None else t[r0:r1], **kwargs)
+        cols["row"] = cols["row"] + r0
+        parts.append(cols)
+    if not parts:                                   # no rows: the columns of an empty stored block
+        return per_row(np.zeros((0, v)), np.zeros((0, v)), None if t is None else t, **kwargs)[0], 0
+    return {k: np.concatenate([c[k] for c in parts]) for k in parts[0]}, n
 
 
 # --------------------------------------------------------------------------- statistics

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from . import _checks, _chunks, _pool, _registry, _state
+from . import _checks, _chunks, _lazy, _pool, _registry, _state
 
 #: Rows are handed to a kernel in blocks of about this many bytes when an input must be
 #: converted (dtype, byte order, non-contiguous rows); contiguous native input goes whole.
@@ -135,8 +135,11 @@ def _row_blocks(a):
     yield 0, flat
 
 
-def prepare(block, dtype):
-    """A C-contiguous array of ``dtype`` with the values of ``block`` (a copy only if needed)."""
+def prepare(block, dtype, buffers=None):
+    """A C-contiguous array of ``dtype`` with the values of ``block`` (a copy only if needed;
+    rows of lazy logits are computed, into a buffer of ``buffers`` reused between blocks)."""
+    if isinstance(block, _lazy.Rows):
+        return block.compute(dtype, {} if buffers is None else buffers)
     if block.dtype == dtype and block.flags.c_contiguous:
         return block
     return np.ascontiguousarray(block, dtype=dtype)
@@ -156,10 +159,15 @@ def run_rows(arrays, dtype, call, n):
     Native C-contiguous inputs go to the kernel in one call; otherwise blocks of
     ``BLOCK_BYTES`` are converted (dtype, byte order, strides) and processed in turn, so
     the extra memory is O(block), never O(rows x V).  File-backed inputs (np.memmap) go
-    in chunks of ``_chunks.CHUNK_BYTES`` whose pages are released after each chunk.
+    in chunks of ``_chunks.CHUNK_BYTES`` whose pages are released after each chunk.  Lazy
+    logits (``fastdiv._lazy``, ``fastdiv.linear``) are computed in blocks of their own
+    ``block_rows``, each into one buffer reused for the whole call.
     """
     v = arrays[0].shape[-1]
-    per_array = [list(_row_blocks(a)) for a in arrays]
+    per_array = [[(0, _lazy.Rows(a, 0, n))] if isinstance(a, _lazy.LazyLogits) else list(_row_blocks(a))
+                 for a in arrays]
+    lazy = [a for a in arrays if isinstance(a, _lazy.LazyLogits)]
+    buffers = [{} for _ in arrays]
     # The arrays may split into different row ranges (one contiguous, one transposed):
     # walk the common refinement of all their block boundaries.
     edges = sorted({n, *(start for blocks in per_array for start, _ in blocks)})
@@ -168,8 +176,8 @@ def run_rows(arrays, dtype, call, n):
         for parts in per_array:
             start, block = next((s, blk) for s, blk in reversed(parts) if s <= a)
             blocks.append(block[a - start:b - start])
-        native = all(blk.dtype == dtype and blk.flags.c_contiguous for blk in blocks)
-        mapped = [_chunks.mapping(blk) for blk in blocks]
+        native = not lazy and all(blk.dtype == dtype and blk.flags.c_contiguous for blk in blocks)
+        mapped = [None if _lazy.is_lazy(blk) else _chunks.mapping(blk) for blk in blocks]
         if native and all(m is None for m in mapped):
             call(a, b, *blocks)
             continue
@@ -177,14 +185,16 @@ def run_rows(arrays, dtype, call, n):
         # in CHUNK_BYTES chunks (fewer, larger kernel calls over a slow source) whose pages
         # are released after use, so RSS stays bounded.
         itemsize = max(dtype.itemsize, max(blk.dtype.itemsize for blk in blocks))
-        if any(m is not None for m in mapped):
+        if lazy:                  # computed logits: each lazy array's block, one reused buffer
+            step = min(a.block_rows(itemsize) for a in lazy)
+        elif any(m is not None for m in mapped):
             step = _chunks.rows_per_chunk(v, itemsize, _chunks.CHUNK_BYTES)
         else:
             step = rows_per_block(v, itemsize)
         for r0 in range(a, b, step):
             r1 = min(r0 + step, b)
             parts = [blk[r0 - a:r1 - a] for blk in blocks]
-            call(r0, r1, *[prepare(part, dtype) for part in parts])
+            call(r0, r1, *[prepare(part, dtype, buf) for part, buf in zip(parts, buffers)])
             for part, m in zip(parts, mapped):
                 _chunks.release(part, m)
 

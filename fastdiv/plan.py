@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _checks, _registry
+from . import _checks, _lazy, _registry
 
 __all__ = ["Plan", "on_device", "logsumexp", "entropy", "kl_div", "js_div", "topk_kl_div", "gaussian_kl",
            "cross_entropy", "evaluate", "row_state", "finalize", "meter", "compare"]
@@ -229,6 +229,10 @@ def _backend(choice, named, *, resolve=True, host_only=()):
     """The concrete backend for the arrays ``named`` ({name: array}): ``auto`` picks cuda
     for device arrays.  ``host_only``: the names ``validate=True`` reads, which must be host
     arrays.  A CPU backend gets host arrays only."""
+    lazy = [name for name, a in named.items() if _lazy.is_lazy(a)]
+    if lazy and (choice == "cuda" or on_device(*named.values())):
+        raise _registry.BackendUnavailable(f"{lazy[0]} is fastdiv.linear logits, which run on the CPU backends "
+                                           "in this version (issue #20)")
     if not resolve:
         return choice
     device = [name for name, a in named.items() if on_device(a)]
@@ -240,6 +244,13 @@ def _backend(choice, named, *, resolve=True, host_only=()):
     if backend != "cuda" and device:
         raise TypeError(f"{device[0]} is a CUDA array; use backend='cuda' (or 'auto')")
     return backend
+
+
+def _logits_only(kind, named):
+    """Lazy logits (``fastdiv.linear``) are logits: ``inputs`` must say so."""
+    for name, a in named.items():
+        if kind != "logits" and _lazy.is_lazy(a):
+            raise ValueError(f"{name} is fastdiv.linear logits; inputs must be 'logits', got {kind!r}")
 
 
 def target_kind(target):
@@ -272,6 +283,7 @@ def logsumexp(*, backend, x):
 
 def entropy(*, inputs, reduction, temperature, backend, validate, p, resolve=True):
     kind = _input_kind(inputs)
+    _logits_only(kind, {"p": p})
     red = _reduction(reduction)
     scale = _temperature(temperature, kind)
     check = _validate_flag(validate) and kind != "logits"
@@ -281,6 +293,7 @@ def entropy(*, inputs, reduction, temperature, backend, validate, p, resolve=Tru
 
 def kl_div(*, inputs, reduction, temperature, backend, validate, p, q, resolve=True):
     kind = _input_kind(inputs)
+    _logits_only(kind, {"p": p, "q": q})
     red = _reduction(reduction)
     scale = _temperature(temperature, kind)
     check = _validate_flag(validate) and kind != "logits"
@@ -292,6 +305,7 @@ def js_div(*, beta, inputs, temperature, reduction, backend, validate, p, q):
     """``beta`` = 0 and 1 are the limits, forward and reverse KL: the ``kl_*`` kernel, its
     arguments swapped for 1 (``swap``)."""
     kind = _input_kind(inputs)
+    _logits_only(kind, {"p": p, "q": q})
     red = _reduction(reduction)
     b = _beta(beta)
     scale = _temperature(temperature, kind)

@@ -1,0 +1,215 @@
+"""``fastdiv.linear``: the logits of a linear head, never materialized.
+
+``linear(hidden, weight, bias)`` stands for ``hidden @ weight.T + bias`` (``torch.nn.Linear``'s
+layout: ``weight`` is ``(V, D)``) and goes wherever logits go.  The execution layer
+(``fastdiv.execute.run_rows``) asks it for blocks of rows; each block is one matmul by the
+input's own library (numpy's BLAS for numpy arrays, torch's for torch tensors, bfloat16
+included) into a buffer reused for the whole call, read at once by the same per-row kernels as
+stored logits, so every option and reduction is the one of the function called and the
+result equals that function on the materialized logits up to the matmul's rounding (a block's
+rows may be summed in another order by the BLAS than the whole matrix's).
+
+Memory: one block of ``block_rows`` rows x V (``BLOCK_BYTES`` by default) instead of
+rows x V; the hidden states and the weight are read in place.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _checks, _interop, _lazy, execute, plan as _plan
+from ._registry import BackendUnavailable
+from ._typing import ArrayLike
+
+__all__ = ["linear", "LinearLogits"]
+
+#: bytes of logits per block.  Each block is one matmul, which reads the whole weight once:
+#: blocks of many rows amortise that read (at D = 256, V = 50257 in float32 on the 2-core
+#: Zen 4, 2026-12-05: 64-row blocks cost 1.5x the whole matmul, 256-row blocks 1.07x), and
+#: the block is the extra memory.  32 MiB is 160 rows at V = 50257 in float32.
+BLOCK_BYTES = 32 << 20
+
+
+def _is_torch(a):
+    return type(a).__module__.startswith("torch") and hasattr(a, "is_cuda")
+
+
+def _library(name, a):
+    """``"torch"`` or ``"numpy"`` for an argument, refusing device arrays."""
+    if _is_torch(a):
+        if a.is_cuda:
+            raise BackendUnavailable(f"{name} is a CUDA tensor; fastdiv.linear runs on the CPU backends in "
+                                     "this version (issue #20)")
+        return "torch"
+    if _plan.on_device(a):
+        raise BackendUnavailable(f"{name} is a device array; fastdiv.linear runs on the CPU backends in "
+                                 "this version (issue #20)")
+    return "numpy"
+
+
+def _numpy_dtype(name, a):
+    """The numpy dtype of a numpy array or torch tensor (bfloat16 as ml_dtypes')."""
+    if _is_torch(a):
+        if str(a.dtype) == "torch.bfloat16":
+            bf16 = _checks._bfloat16()
+            if bf16 is None:
+                raise TypeError(f"{name} is a bfloat16 tensor; install ml_dtypes to read it")
+            return bf16
+        import torch
+
+        return torch.empty(0, dtype=a.dtype).numpy().dtype
+    return a.dtype
+
+
+def _arguments(hidden, weight, bias):
+    """``(library, hidden, weight, bias)`` checked: one library, float dtypes, the shapes of a
+    head ``(V, D)`` with ``hidden (..., D)`` and ``bias (V,)``."""
+    lib = _library("hidden", hidden)
+    for name, a in (("weight", weight), ("bias", bias)):
+        if a is not None and _library(name, a) != lib:
+            raise TypeError(f"hidden is a {lib} array but {name} is a {type(a).__module__}.{type(a).__name__}; "
+                            "pass hidden, weight and bias from the same library")
+    if lib == "numpy":
+        hidden, weight = _checks.as_array("hidden", hidden), _checks.as_array("weight", weight)
+        bias = None if bias is None else _checks.as_array("bias", bias)
+    else:
+        hidden, weight = hidden.detach(), weight.detach()
+        bias = None if bias is None else bias.detach()
+    for name, a in (("hidden", hidden), ("weight", weight), ("bias", bias)):
+        if a is not None:
+            _checks.compute_dtype(name, _numpy_dtype(name, a))
+    if len(weight.shape) != 2:
+        raise ValueError(f"weight must be 2-D (V, D) as torch.nn.Linear stores it, got shape {tuple(weight.shape)}")
+    v, d = (int(s) for s in weight.shape)
+    if v == 0:
+        raise ValueError(f"weight has no rows (shape {tuple(weight.shape)}): V must be >= 1")
+    if len(hidden.shape) == 0 or int(hidden.shape[-1]) != d:
+        raise ValueError(f"hidden must have D = {d} features in its last axis (weight is (V, D) = ({v}, {d})), "
+                         f"got shape {tuple(hidden.shape)}")
+    if bias is not None and tuple(bias.shape) != (v,):
+        raise ValueError(f"bias must have shape (V,) = ({v},) to match weight ({v}, {d}), got {tuple(bias.shape)}")
+    return lib, hidden, weight, bias
+
+
+class LinearLogits(_lazy.LazyLogits):
+    """The logits ``hidden @ weight.T + bias`` (soft-capped), computed block by block.
+
+    Made by :func:`linear` (the same arguments, checked here); pass it wherever a function
+    takes logits.  ``shape`` is ``hidden.shape[:-1] + (V,)``; ``dtype`` the matmul's result
+    dtype (the compute dtype, float32 or float64, when soft-capped).  :meth:`materialize` builds the whole array (for
+    checks; it is what the functions never do).
+    """
+
+    def __init__(self, hidden, weight, bias=None, *, softcap=None, block_rows=None):
+        self.library, self.hidden, self.weight, self.bias = _arguments(hidden, weight, bias)
+        self.softcap = _plan._softcap(softcap)
+        if block_rows is not None and (isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer))
+                                       or block_rows < 1):
+            raise ValueError(f"block_rows must be None or a positive integer, got {block_rows!r}")
+        self._block_rows = None if block_rows is None else int(block_rows)
+        v, d = self.weight.shape
+        self.shape = tuple(self.hidden.shape[:-1]) + (int(v),)
+        self._h = self.hidden.reshape(-1, d)             # rows x D (a copy only if not mergeable)
+        if self.library == "torch":
+            import torch
+
+            self._wt = self.weight.t()
+            self._tdtype = torch.result_type(self.hidden, self.weight)
+            if self.bias is not None:
+                self._tdtype = torch.promote_types(self._tdtype, self.bias.dtype)
+            natural = _numpy_dtype("hidden", torch.empty(0, dtype=self._tdtype))
+        else:
+            self._wt = self.weight.T
+            natural = np.result_type(*(a.dtype for a in (self.hidden, self.weight, self.bias) if a is not None))
+        self.natural = np.dtype(natural)
+        self.dtype = _checks.compute_dtype("hidden", natural) if self.softcap is not None else self.natural
+
+    def __repr__(self):
+        v, d = self.weight.shape
+        return (f"LinearLogits(rows={self.rows}, D={d}, V={v}, dtype={self.dtype}, library={self.library}, "
+                f"bias={self.bias is not None}, softcap={self.softcap})")
+
+    def block_rows(self, itemsize):
+        if self._block_rows is not None:
+            return self._block_rows
+        return max(1, min(self.rows, BLOCK_BYTES // (self.shape[-1] * max(itemsize, self.natural.itemsize))))
+
+    def _matmul(self, r0, r1, out):
+        """``hidden[r0:r1] @ weight.T + bias`` in the natural dtype, into ``out`` (numpy, C order)."""
+        if self.library == "torch":
+            import torch
+
+            t_out = torch.from_numpy(out.view(np.int16)).view(self._tdtype) if out.dtype == _checks._bfloat16() \
+                else torch.from_numpy(out)
+            if self.bias is None:
+                torch.matmul(self._h[r0:r1], self._wt, out=t_out)
+            else:                                # torch.nn.functional.linear's rounding: one addmm
+                torch.addmm(self.bias, self._h[r0:r1], self._wt, out=t_out)
+            return out
+        np.matmul(self._h[r0:r1], self._wt, out=out)
+        if self.bias is not None:
+            np.add(out, self.bias, out=out)
+        return out
+
+    def compute(self, r0, r1, dtype, out=None):
+        dtype = np.dtype(dtype)
+        n, v = r1 - r0, self.shape[-1]
+        if out is None:
+            out = np.empty((n, v), dtype=dtype)
+        if dtype == self.natural:
+            block = self._matmul(r0, r1, out)
+        else:
+            block = self._matmul(r0, r1, np.empty((n, v), dtype=self.natural))
+        if self.softcap is not None:
+            return execute.apply_softcap(block, self.softcap, dtype, out=out)
+        if block is not out:
+            out[...] = block
+        return out
+
+    def materialize(self):
+        """The whole logits array ``(..., V)`` (numpy), as the functions would see it."""
+        return self.compute(0, self.rows, self.dtype).reshape(self.shape)
+
+
+@_interop.native_arrays
+def linear(hidden: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *, softcap: float | None = None,
+           block_rows: int | None = None) -> LinearLogits:
+    """The logits of a linear head, ``hidden @ weight.T + bias``, to pass in place of logits.
+
+    Every function that takes logits accepts the result, with all its options:
+    :func:`logsumexp`, :func:`entropy`, :func:`cross_entropy`, :func:`kl_div` and
+    :func:`js_div` (either argument or both: a teacher head and a student head),
+    :func:`topk_kl_div`'s student, :func:`evaluate` (``reference=`` another ``linear``),
+    :func:`compare` and the meters.  The rows x V logits never exist: they are computed in
+    blocks of rows by the input library's matmul and each block is read by the kernels at once.
+
+    Parameters
+    ----------
+    hidden : array_like, shape (..., D)
+        Hidden states: a numpy array (or memmap) or a torch CPU tensor (bfloat16 included).
+    weight : same library, shape (V, D)
+        The head's weight as ``torch.nn.Linear`` and language-model heads store it.
+    bias : same library, shape (V,), optional
+    softcap : float > 0, optional
+        The logits become ``softcap * tanh(logits / softcap)`` (Gemma's final soft-cap),
+        computed in the compute dtype.
+    block_rows : int, optional
+        Rows per block (default: ``BLOCK_BYTES`` = 32 MiB of logits per block).  The extra
+        memory is one block; larger blocks let the matmul reuse each weight row more.
+
+    Returns
+    -------
+    LinearLogits
+        Lazy logits of shape ``hidden.shape[:-1] + (V,)``.  Results come back in the
+        library of ``hidden``.  With torch tensors the blocks are ``torch.addmm(bias, h, W.T)``
+        (``torch.nn.functional.linear``'s arithmetic); with numpy ``h @ W.T + bias``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastdiv
+    >>> rng = np.random.default_rng(0)
+    >>> h = rng.standard_normal((8, 16)); W = rng.standard_normal((100, 16)); t = rng.integers(0, 100, 8)
+    >>> a = fastdiv.cross_entropy(fastdiv.linear(h, W), t)
+    >>> bool(np.isclose(a, fastdiv.cross_entropy(h @ W.T, t)))
+    True
+    """
+    return LinearLogits(hidden, weight, bias, softcap=softcap, block_rows=block_rows)
