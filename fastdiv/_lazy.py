@@ -21,6 +21,8 @@ class LazyLogits:
 
     shape: tuple
     dtype: np.dtype
+    #: at most this many kernel threads while its blocks are computed (None: no cap)
+    kernel_threads: int | None = None
 
     @property
     def ndim(self) -> int:

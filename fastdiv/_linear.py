@@ -28,6 +28,13 @@ __all__ = ["linear", "LinearLogits"]
 #: the block is the extra memory.  32 MiB is 160 rows at V = 50257 in float32.
 BLOCK_BYTES = 32 << 20
 
+#: kernel threads on numpy blocks.  numpy's BLAS (OpenBLAS; MKL alike) keeps its worker
+#: threads spinning for a while after each matmul, so kernels on every core lose one of them
+#: to a spinner: cross-entropy on 160-row blocks took 1.92x the warm whole matmul with 2
+#: kernel threads, 1.24x with 1 (2-core Zen 4, 2026-12-05, benchmarks/linear_head.py).
+#: torch's pool does not spin as long: its blocks keep every thread (1.21x with 2, 1.28x with 1).
+NUMPY_KERNEL_THREADS = 1
+
 
 def _is_torch(a):
     return type(a).__module__.startswith("torch") and hasattr(a, "is_cuda")
@@ -119,6 +126,7 @@ class LinearLogits(_lazy.LazyLogits):
             natural = _numpy_dtype("hidden", torch.empty(0, dtype=self._tdtype))
         else:
             self._wt = self.weight.T
+            self.kernel_threads = NUMPY_KERNEL_THREADS
             natural = np.result_type(*(a.dtype for a in (self.hidden, self.weight, self.bias) if a is not None))
         self.natural = np.dtype(natural)
         self.dtype = _checks.compute_dtype("hidden", natural) if self.softcap is not None else self.natural

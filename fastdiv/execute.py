@@ -191,12 +191,21 @@ def run_rows(arrays, dtype, call, n):
             step = _chunks.rows_per_chunk(v, itemsize, _chunks.CHUNK_BYTES)
         else:
             step = rows_per_block(v, itemsize)
-        for r0 in range(a, b, step):
-            r1 = min(r0 + step, b)
-            parts = [blk[r0 - a:r1 - a] for blk in blocks]
-            call(r0, r1, *[prepare(part, dtype, buf) for part, buf in zip(parts, buffers)])
-            for part, m in zip(parts, mapped):
-                _chunks.release(part, m)
+        # Lazy logits may cap the kernels' threads (LazyLogits.kernel_threads: a BLAS whose
+        # workers spin after each block's matmul would take a core from them).
+        cap = min((a.kernel_threads for a in lazy if a.kernel_threads), default=None)
+        before = getattr(_thread_local, "nthreads", None)
+        if cap is not None:
+            _thread_local.nthreads = min(cap, get_num_threads())
+        try:
+            for r0 in range(a, b, step):
+                r1 = min(r0 + step, b)
+                parts = [blk[r0 - a:r1 - a] for blk in blocks]
+                call(r0, r1, *[prepare(part, dtype, buf) for part, buf in zip(parts, buffers)])
+                for part, m in zip(parts, mapped):
+                    _chunks.release(part, m)
+        finally:
+            _thread_local.nthreads = before
 
 
 def out_dtype(*arrays):
@@ -231,9 +240,9 @@ def per_row(op, backend, arrays, *, scalars=(), extra=None):
     if n == 0:
         return out
     kern = _registry.kernel(backend, op)
-    nthreads = get_num_threads()
 
     def call(r0, r1, *blocks):
+        nthreads = get_num_threads()                   # per block: lazy logits may lower it
         if op == "ce_hard":
             target, weight = extra
             kern(blocks[0], target[r0:r1], scalars[0], weight, scalars[1], out[r0:r1], nthreads)
@@ -300,7 +309,6 @@ def run_blocks(arrays, dtype, softcap, fn):
         return
     v = arrays[0].shape[-1]
     step = max(1, SOFTCAP_BLOCK_BYTES // (v * dtype.itemsize))
-    nthreads = get_num_threads()
 
     def share(r0, a0, a1, blocks):
         buf = np.empty((min(step, a1 - a0), v), dtype=dtype)
@@ -319,7 +327,7 @@ def run_blocks(arrays, dtype, softcap, fn):
 
     def call(r0, r1, *blocks):
         rows_ = r1 - r0
-        workers = min(nthreads, -(-rows_ // step))
+        workers = min(get_num_threads(), -(-rows_ // step))
         if workers <= 1:
             share(r0, 0, rows_, blocks)
             return
@@ -346,13 +354,12 @@ def run_state(backend, x, target, reference=None, softcap=None, per_block=None):
     if n == 0:
         return st, ix, dtype
     kern = _registry.kernel(backend, "evaluate")
-    nthreads = get_num_threads()
     no_ref = np.empty((0, x.shape[-1]), dtype=dtype)
 
     def fn(r0, r1, xb, *rest):
         xb = prepare(xb, dtype)
         zb = prepare(rest[0], dtype) if rest else no_ref
-        kern(xb, zb, target[r0:r1], st[r0:r1], ix[r0:r1], nthreads)
+        kern(xb, zb, target[r0:r1], st[r0:r1], ix[r0:r1], get_num_threads())
         if per_block is not None:
             per_block(r0, r1, xb)
 
