@@ -1,7 +1,6 @@
 """``fastdiv.show_config()``: versions, backends, OpenMP, SIMD width and threads."""
 from __future__ import annotations
 
-import os
 import platform
 import sys
 
@@ -53,6 +52,7 @@ def config():
         info["cython_isa_level"] = getattr(module, "ISA_LEVEL", None)
         info["cython_isa_levels"] = list(getattr(module, "ISA_LEVELS", ()))
         info["cython_dispatch"] = bool(getattr(module, "DISPATCH", False))
+        info["cython_isa_requested"] = getattr(module, "ISA_REQUESTED", "")
         info["cython_max_threads"] = module.max_threads()
     module, _ = _registry._load("numba")
     if module is not None:
@@ -64,7 +64,7 @@ def _isa_line(info):
     """Which ISA level of the Cython kernels runs, and how it was chosen."""
     level, flags = info["cython_isa_level"], info["cython_flags"] or "no -march"
     if info["cython_dispatch"]:
-        forced = os.environ.get("FASTDIV_ISA", "").strip()
+        forced = info["cython_isa_requested"]
         how = f"FASTDIV_ISA={forced}" if forced else "the highest this CPU supports"
         return (f"ISA dispatch: running {level} ({info['cython_isa']}, {flags}; {how}) of "
                 f"{', '.join(info['cython_isa_levels'])}")

@@ -113,5 +113,14 @@ def test_unsupported_level_runs_the_highest_supported():
     assert "FASTDIV_ISA" in res.stderr and "does not support" in res.stderr
 
 
+def test_show_config_names_the_level(capsys):
+    import fastdiv
+
+    fastdiv.show_config()
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "cython:" in ln)
+    assert f"running {K.ISA_LEVEL} " in line if K.DISPATCH else f"one level, {K.ISA_LEVEL} " in line
+    assert ("ISA dispatch" in line) == K.DISPATCH
+
+
 if __name__ == "__main__":
     _run_level(sys.argv[1], int(sys.argv[2]))

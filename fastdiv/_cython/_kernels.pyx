@@ -33,6 +33,7 @@ Build and run-time facts, for ``fastdiv`` diagnostics:
 ``ISA_LEVELS``     the levels it holds, lowest first (``("x86-64", ..., "x86-64-v4")``)
 ``ISA_SUPPORTED``  those this CPU runs
 ``ISA_LEVEL``      the level running (the highest supported, or FASTDIV_ISA's)
+``ISA_REQUESTED``  FASTDIV_ISA as read at import (``""``: unset)
 ``SIMD_FLAGS``     the architecture flags the running level was compiled with
                    (``"-march=x86-64-v4"``, ``"-march=native"``, ``""`` for a portable build)
 ``SIMD_ISA``       the widest instruction set the running level uses (``"avx512f"``,
@@ -153,6 +154,8 @@ cdef int _select_level() except -1:
 
 
 cdef const fd_table *T = fd_level(_select_level())
+#: FASTDIV_ISA as read at import ("" when unset).
+ISA_REQUESTED = _os.environ.get("FASTDIV_ISA", "").strip()
 
 OPENMP = bool(fd_openmp)
 #: The level the kernels run at (see ISA_LEVELS; FASTDIV_ISA caps it).
