@@ -48,11 +48,27 @@ def config():
     if module is not None:
         info["cython_openmp"] = bool(module.OPENMP)
         info["cython_flags"] = module.SIMD_FLAGS
+        info["cython_isa"] = module.SIMD_ISA
+        info["cython_isa_level"] = getattr(module, "ISA_LEVEL", None)
+        info["cython_isa_levels"] = list(getattr(module, "ISA_LEVELS", ()))
+        info["cython_dispatch"] = bool(getattr(module, "DISPATCH", False))
+        info["cython_isa_requested"] = getattr(module, "ISA_REQUESTED", "")
         info["cython_max_threads"] = module.max_threads()
     module, _ = _registry._load("numba")
     if module is not None:
         info["numba_max_threads"] = module.max_threads()
     return info
+
+
+def _isa_line(info):
+    """Which ISA level of the Cython kernels runs, and how it was chosen."""
+    level, flags = info["cython_isa_level"], info["cython_flags"] or "no -march"
+    if info["cython_dispatch"]:
+        forced = info["cython_isa_requested"]
+        how = f"FASTDIV_ISA={forced}" if forced else "the highest this CPU supports"
+        return (f"ISA dispatch: running {level} ({info['cython_isa']}, {flags}; {how}) of "
+                f"{', '.join(info['cython_isa_levels'])}")
+    return f"no ISA dispatch: one level, {level} ({info['cython_isa']}, {flags})"
 
 
 def show_config() -> None:
@@ -74,7 +90,7 @@ def show_config() -> None:
           f"{info.get('numba_max_threads', '-')}, OpenMP up to {info.get('cython_max_threads', '-')})")
     if "cython_openmp" in info:
         omp = "yes" if info["cython_openmp"] else "NO (the cython backend runs single-threaded)"
-        print(f"  cython: OpenMP {omp}; compiled with {info['cython_flags']}")
+        print(f"  cython: OpenMP {omp}; {_isa_line(info)}")
     print("  backends:")
     for backend, state in info["backends"].items():
         print(f"    {backend:7s} {state}")

@@ -1,7 +1,7 @@
 """Build-specific checks of the Cython/OpenMP backend (fastdiv._cython._kernels).
 
 The numerical semantics are tested for every backend in test_kernels.py; here: what the build
-recorded (OPENMP, SIMD_FLAGS), that OpenMP threads really run, that results do not depend on
+recorded (OPENMP, SIMD_FLAGS, the ISA levels), that OpenMP threads really run, that results do not depend on
 the thread count nor on the batch a row comes in, and the kernels' own argument checks.
 """
 from __future__ import annotations
@@ -17,8 +17,19 @@ K = pytest.importorskip("fastdiv._cython._kernels", reason="the Cython extension
 def test_build_attributes():
     assert isinstance(K.OPENMP, bool)
     assert isinstance(K.SIMD_FLAGS, str)
-    assert K.SIMD_FLAGS in ("", "-march=native")
-    assert K.SIMD_ISA in ("avx512f", "avx2", "avx", "sse2", "neon", "generic")
+    assert K.SIMD_ISA in ("avx512f", "avx2", "avx", "sse4.2", "sse2", "neon", "generic")
+    # the ISA levels (issue 21): several chosen at import, or one (native / baseline)
+    assert isinstance(K.DISPATCH, bool)
+    assert K.ISA_LEVEL in K.ISA_SUPPORTED and set(K.ISA_SUPPORTED) <= set(K.ISA_LEVELS)
+    assert K.ISA_LEVELS[0] in K.ISA_SUPPORTED          # the lowest level runs on every CPU
+    if K.DISPATCH:
+        assert K.ISA_LEVELS == ("x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4")
+        assert K.SIMD_FLAGS == f"-march={K.ISA_LEVEL}"
+        if not os.environ.get("FASTDIV_ISA"):
+            assert K.ISA_LEVEL == K.ISA_SUPPORTED[-1]
+    else:
+        assert K.ISA_LEVELS in (("native",), ("baseline",))
+        assert K.SIMD_FLAGS == ("-march=native" if K.ISA_LEVELS == ("native",) else "")
     assert isinstance(K.max_threads(), int) and K.max_threads() >= 1
     if not K.OPENMP:
         assert K.max_threads() == 1

@@ -23,9 +23,7 @@
 
 #include <stdlib.h>
 #include "_simd.h"
-
-/* Input formats (the dtype of every float input of one call). */
-enum { FD_IN_F32 = 0, FD_IN_F64 = 1, FD_IN_F16 = 2, FD_IN_BF16 = 3 };
+#include "_job.h" /* fd_job, FD_IN_*, FD_OP_* */
 
 /* dst[0..n) = float(src[0..n)) * scale, src in format `kind` (not FD_IN_F64). */
 static void fd_stage_f32(int kind, const void *src, ptrdiff_t n, float scale, float *dst)
@@ -53,24 +51,6 @@ static void fd_stage_f64(const double *src, ptrdiff_t n, double scale, double *d
 /* ------------------------------------------------------------------------------------------ */
 /* The driver.                                                                                  */
 /* ------------------------------------------------------------------------------------------ */
-enum {
-    FD_OP_LSE, FD_OP_ENTROPY_LOGITS, FD_OP_ENTROPY_LOG_PROBS, FD_OP_ENTROPY_PROBS,
-    FD_OP_KL_LOGITS, FD_OP_KL_LOG_PROBS, FD_OP_KL_PROBS, FD_OP_CE_HARD, FD_OP_CE_SOFT,
-    FD_OP_JS_LOGITS, FD_OP_JS_LOG_PROBS, FD_OP_JS_PROBS, FD_OP_TOPK_KL
-};
-
-typedef struct {
-    int op, kind, nin;
-    const void *src[2];    /* float inputs: rows x width[i] elements of format `kind` */
-    ptrdiff_t width[2];
-    double scale[2];       /* per input (1.0: not scaled) */
-    ptrdiff_t rows, V;
-    double a, b;           /* ce_soft: alpha, beta; ce_hard: eps; js: beta; topk: bucket */
-    const int64_t *target; /* ce_hard: targets; topk: rows x k sorted classes */
-    int64_t ignore_index;
-    const void *weight;    /* float32 (or float64 for FD_IN_F64) */
-    void *out;             /* float32 (or float64 for FD_IN_F64) */
-} fd_job;
 
 /* Ops computed by the block driver of _rows.h for short rows (items of FD_W rows). */
 static inline int fd_op_blocked(int op)

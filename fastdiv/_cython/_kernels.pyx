@@ -16,66 +16,168 @@ The arithmetic lives in ``_simd.h`` / ``_rows.h`` (C with GCC vector extensions 
 intrinsics: a vectorised exp/log, a chunked single-pass log-sum-exp for long rows, a
 block driver for short rows); this module only checks shapes and loops over work items.
 
-Build-time facts, for ``fastdiv`` diagnostics:
+ISA dispatch (issue 21): the C kernels are compiled once per instruction-set level
+(``_level.c``; on x86-64 ``x86-64``, ``x86-64-v2``, ``x86-64-v3`` = AVX2 + FMA and
+``x86-64-v4`` = AVX-512) into this one extension; at import the highest level the CPU supports
+is selected (``__builtin_cpu_supports``, ``_dispatch.h``) and every kernel is called through
+its table.  ``FASTDIV_ISA=<level>`` (read at import) caps the level, e.g. to test the lower
+levels' code on an AVX-512 machine; a level above what the CPU supports runs the highest it
+supports (RuntimeWarning), an unknown name is an ImportError.  Builds with
+``FASTDIV_NATIVE=1`` (``-march=native``) or ``FASTDIV_PORTABLE=1``, and builds for other
+architectures, hold one level (``"native"`` / ``"baseline"``) and no dispatch.
 
-``OPENMP``      whether the extension was compiled with OpenMP (else ``prange`` is serial)
-``SIMD_FLAGS``  the architecture flags it was compiled with (``""`` for a portable build)
-``SIMD_ISA``    the widest instruction set the compiler targeted (``"avx512f"``, ``"avx2"``...)
+Build and run-time facts, for ``fastdiv`` diagnostics:
+
+``OPENMP``         whether the extension was compiled with OpenMP (else ``prange`` is serial)
+``DISPATCH``       whether it holds several ISA levels chosen at import
+``ISA_LEVELS``     the levels it holds, lowest first (``("x86-64", ..., "x86-64-v4")``)
+``ISA_SUPPORTED``  those this CPU runs
+``ISA_LEVEL``      the level running (the highest supported, or FASTDIV_ISA's)
+``ISA_REQUESTED``  FASTDIV_ISA as read at import (``""``: unset)
+``SIMD_FLAGS``     the architecture flags the running level was compiled with
+                   (``"-march=x86-64-v4"``, ``"-march=native"``, ``""`` for a portable build)
+``SIMD_ISA``       the widest instruction set the running level uses (``"avx512f"``,
+                   ``"avx2"``, ``"sse4.2"``, ``"sse2"``, ``"neon"``...)
 ``max_threads()``  ``omp_get_max_threads()``, or 1 without OpenMP
 """
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 
-cdef extern from "_simd.h" nogil:
+cdef extern from "_dispatch.h" nogil:
     const int fd_openmp
-    const char *fd_simd_flags
-    const char *fd_simd_isa
+    const int fd_dispatch
     int fd_max_threads()
     int fd_threads_used(int n)
 
-    # Work items (see _rows.h): a block of rows for short rows, else one row.
-    Py_ssize_t fd_items_f32(Py_ssize_t rows, Py_ssize_t V)
-    Py_ssize_t fd_items_f64(Py_ssize_t rows, Py_ssize_t V)
-    void fd_lse_item_f32(const float *x, Py_ssize_t rows, Py_ssize_t V, Py_ssize_t it, float *out)
-    void fd_lse_item_f64(const double *x, Py_ssize_t rows, Py_ssize_t V, Py_ssize_t it, double *out)
-    void fd_entropy_logits_item_f32(const float *x, Py_ssize_t rows, Py_ssize_t V, Py_ssize_t it,
-                                    float *out)
-    void fd_entropy_logits_item_f64(const double *x, Py_ssize_t rows, Py_ssize_t V, Py_ssize_t it,
-                                    double *out)
-    void fd_kl_logits_item_f32(const float *x, const float *z, Py_ssize_t rows, Py_ssize_t V,
-                               Py_ssize_t it, float *out)
-    void fd_kl_logits_item_f64(const double *x, const double *z, Py_ssize_t rows, Py_ssize_t V,
-                               Py_ssize_t it, double *out)
-    void fd_ce_hard_item_f32(const float *x, Py_ssize_t rows, Py_ssize_t V, Py_ssize_t it,
-                             const int64_t *target, int64_t ignore_index, const float *weight,
-                             double eps, float *out)
-    void fd_ce_hard_item_f64(const double *x, Py_ssize_t rows, Py_ssize_t V, Py_ssize_t it,
-                             const int64_t *target, int64_t ignore_index, const double *weight,
-                             double eps, double *out)
-    void fd_ce_hard_prep_f32(Py_ssize_t rows, Py_ssize_t V, const int64_t *target,
-                             int64_t ignore_index, const float *weight, float *out)
-    void fd_ce_hard_prep_f64(Py_ssize_t rows, Py_ssize_t V, const int64_t *target,
-                             int64_t ignore_index, const double *weight, double *out)
-    void fd_ce_soft_item_f32(const float *x, const float *p, const float *w, Py_ssize_t rows,
-                             Py_ssize_t V, Py_ssize_t it, double alpha, double beta, float *out)
-    void fd_ce_soft_item_f64(const double *x, const double *p, const double *w, Py_ssize_t rows,
-                             Py_ssize_t V, Py_ssize_t it, double alpha, double beta, double *out)
+    # The kernels of one ISA level (see _dispatch.h, _level.c): the row kernels of _rows.h /
+    # _eval_rows.h called by the prange loops below, and the divergence driver of _div.h.
+    ctypedef struct fd_table:
+        const char *level
+        const char *isa
+        const char *flags
+        # Work items (see _rows.h): a block of rows for short rows, else one row.
+        Py_ssize_t (*items_f32)(Py_ssize_t rows, Py_ssize_t V) noexcept nogil
+        Py_ssize_t (*items_f64)(Py_ssize_t rows, Py_ssize_t V) noexcept nogil
+        void (*lse_item_f32)(const float *x, Py_ssize_t rows, Py_ssize_t V, Py_ssize_t it,
+                             float *out) noexcept nogil
+        void (*lse_item_f64)(const double *x, Py_ssize_t rows, Py_ssize_t V, Py_ssize_t it,
+                             double *out) noexcept nogil
+        void (*entropy_logits_item_f32)(const float *x, Py_ssize_t rows, Py_ssize_t V,
+                                        Py_ssize_t it, float *out) noexcept nogil
+        void (*entropy_logits_item_f64)(const double *x, Py_ssize_t rows, Py_ssize_t V,
+                                        Py_ssize_t it, double *out) noexcept nogil
+        void (*kl_logits_item_f32)(const float *x, const float *z, Py_ssize_t rows, Py_ssize_t V,
+                                   Py_ssize_t it, float *out) noexcept nogil
+        void (*kl_logits_item_f64)(const double *x, const double *z, Py_ssize_t rows,
+                                   Py_ssize_t V, Py_ssize_t it, double *out) noexcept nogil
+        void (*ce_hard_item_f32)(const float *x, Py_ssize_t rows, Py_ssize_t V, Py_ssize_t it,
+                                 const int64_t *target, int64_t ignore_index,
+                                 const float *weight, double eps, float *out) noexcept nogil
+        void (*ce_hard_item_f64)(const double *x, Py_ssize_t rows, Py_ssize_t V, Py_ssize_t it,
+                                 const int64_t *target, int64_t ignore_index,
+                                 const double *weight, double eps, double *out) noexcept nogil
+        void (*ce_hard_prep_f32)(Py_ssize_t rows, Py_ssize_t V, const int64_t *target,
+                                 int64_t ignore_index, const float *weight,
+                                 float *out) noexcept nogil
+        void (*ce_hard_prep_f64)(Py_ssize_t rows, Py_ssize_t V, const int64_t *target,
+                                 int64_t ignore_index, const double *weight,
+                                 double *out) noexcept nogil
+        void (*ce_soft_item_f32)(const float *x, const float *p, const float *w, Py_ssize_t rows,
+                                 Py_ssize_t V, Py_ssize_t it, double alpha, double beta,
+                                 float *out) noexcept nogil
+        void (*ce_soft_item_f64)(const double *x, const double *p, const double *w,
+                                 Py_ssize_t rows, Py_ssize_t V, Py_ssize_t it, double alpha,
+                                 double beta, double *out) noexcept nogil
+        # One row at a time (no max pass, so no per-row reduction chain worth blocking).
+        double (*entropy_log_probs_f32)(const float *x, Py_ssize_t V) noexcept nogil
+        double (*entropy_log_probs_f64)(const double *x, Py_ssize_t V) noexcept nogil
+        double (*entropy_probs_f32)(const float *x, Py_ssize_t V) noexcept nogil
+        double (*entropy_probs_f64)(const double *x, Py_ssize_t V) noexcept nogil
+        double (*kl_log_probs_f32)(const float *a, const float *b, Py_ssize_t V) noexcept nogil
+        double (*kl_log_probs_f64)(const double *a, const double *b, Py_ssize_t V) noexcept nogil
+        double (*kl_probs_f32)(const float *p, const float *q, Py_ssize_t V) noexcept nogil
+        double (*kl_probs_f64)(const double *p, const double *q, Py_ssize_t V) noexcept nogil
+        # evaluate (_eval.h)
+        void (*eval_row_f32)(const float *x, const float *z, Py_ssize_t V, int64_t t,
+                             double *st, int64_t *ix) noexcept nogil
+        void (*eval_row_f64)(const double *x, const double *z, Py_ssize_t V, int64_t t,
+                             double *st, int64_t *ix) noexcept nogil
+        # the divergence driver (_div.h; fd_job is declared with the v2 entry points below)
+        int (*run_staged)(const void *J, int nthreads) noexcept nogil
 
-    # One row at a time (no max pass, so no per-row reduction chain worth blocking).
-    double fd_entropy_log_probs_f32(const float *x, Py_ssize_t V)
-    double fd_entropy_log_probs_f64(const double *x, Py_ssize_t V)
-    double fd_entropy_probs_f32(const float *x, Py_ssize_t V)
-    double fd_entropy_probs_f64(const double *x, Py_ssize_t V)
-    double fd_kl_log_probs_f32(const float *a, const float *b, Py_ssize_t V)
-    double fd_kl_log_probs_f64(const double *a, const double *b, Py_ssize_t V)
-    double fd_kl_probs_f32(const float *p, const float *q, Py_ssize_t V)
-    double fd_kl_probs_f64(const double *p, const double *q, Py_ssize_t V)
+    int fd_nlevels()
+    const fd_table *fd_level(int i)
+    int fd_level_ok(int i)
+
+
+# ------------------------------------------------------------------------ the ISA level (issue 21)
+import os as _os
+import warnings as _warnings
+
+# The levels this build holds, lowest first, and those this CPU runs.
+ISA_LEVELS = tuple((<bytes>fd_level(i).level).decode() for i in range(fd_nlevels()))
+ISA_SUPPORTED = tuple(ISA_LEVELS[i] for i in range(fd_nlevels()) if fd_level_ok(i))
+DISPATCH = bool(fd_dispatch)
+# Every level name any build knows (a build holds some of them), and aliases.
+_KNOWN_LEVELS = ("x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4", "native", "baseline")
+_ALIASES = {"x86-64-v1": "x86-64", "baseline": "x86-64"} if fd_dispatch else {}
+
+
+cdef int _select_level() except -1:
+    """The level to run: the highest this CPU supports, or at most FASTDIV_ISA's."""
+    cdef int best = 0, i
+    for i in range(fd_nlevels()):
+        if fd_level_ok(i):
+            best = i
+    want = _os.environ.get("FASTDIV_ISA", "").strip().lower()
+    if not want:
+        return best
+    want = _ALIASES.get(want, want)
+    if want in ISA_LEVELS:
+        i = ISA_LEVELS.index(want)
+        if i > best:
+            _warnings.warn(f"FASTDIV_ISA={want}: this CPU does not support that level; the Cython "
+                           f"backend runs {ISA_LEVELS[best]}, the highest it supports",
+                           RuntimeWarning, stacklevel=2)
+            return best
+        return i
+    if want in _KNOWN_LEVELS:
+        why = "" if fd_dispatch else (" (no run-time dispatch: built with FASTDIV_NATIVE=1 or "
+                                      "FASTDIV_PORTABLE=1, or not for x86-64)")
+        _warnings.warn(f"FASTDIV_ISA={want} ignored: this build of the Cython backend holds only "
+                       f"{', '.join(ISA_LEVELS)}{why}; running {ISA_LEVELS[best]}",
+                       RuntimeWarning, stacklevel=2)
+        return best
+    raise ImportError(f"FASTDIV_ISA={want!r} is not an ISA level: use one of "
+                      f"{', '.join(ISA_LEVELS)} (or unset it for the highest this CPU supports)")
+
+
+cdef const fd_table *T = fd_level(_select_level())
+#: FASTDIV_ISA as read at import ("" when unset).
+ISA_REQUESTED = _os.environ.get("FASTDIV_ISA", "").strip()
 
 OPENMP = bool(fd_openmp)
-SIMD_FLAGS = (<bytes>fd_simd_flags).decode()
-SIMD_ISA = (<bytes>fd_simd_isa).decode()
+#: The level the kernels run at (see ISA_LEVELS; FASTDIV_ISA caps it).
+ISA_LEVEL = (<bytes>T.level).decode()
+SIMD_FLAGS = (<bytes>T.flags).decode()
+SIMD_ISA = (<bytes>T.isa).decode()
 
+
+def _use_level(str level):
+    """Switch the running level to `level` (one of ISA_SUPPORTED) and return the previous one.
+
+    For benchmarks that compare the levels in one process; not thread-safe (no kernel may be
+    running), and ISA_LEVEL / SIMD_FLAGS / SIMD_ISA follow."""
+    global T, ISA_LEVEL, SIMD_FLAGS, SIMD_ISA
+    if level not in ISA_SUPPORTED:
+        raise ValueError(f"{level!r} is not one of the levels this CPU runs: {ISA_SUPPORTED}")
+    previous = ISA_LEVEL
+    T = fd_level(ISA_LEVELS.index(level))
+    ISA_LEVEL = (<bytes>T.level).decode()
+    SIMD_FLAGS = (<bytes>T.flags).decode()
+    SIMD_ISA = (<bytes>T.isa).decode()
+    return previous
 
 def max_threads():
     """``omp_get_max_threads()`` (1 when built without OpenMP)."""
@@ -107,7 +209,7 @@ cdef inline int _check2(Py_ssize_t r1, Py_ssize_t v1, Py_ssize_t r2, Py_ssize_t 
 
 
 cdef inline Py_ssize_t _items(Py_ssize_t rows, Py_ssize_t V, bint single) noexcept nogil:
-    return fd_items_f32(rows, V) if single else fd_items_f64(rows, V)
+    return T.items_f32(rows, V) if single else T.items_f64(rows, V)
 
 
 def _lse_native(const floating[:, ::1] x, floating[::1] out, int nthreads):
@@ -119,9 +221,9 @@ def _lse_native(const floating[:, ::1] x, floating[::1] out, int nthreads):
     cdef Py_ssize_t n = _items(rows, V, floating is float)
     for it in prange(n, nogil=True, schedule='static', num_threads=nt):
         if floating is float:
-            fd_lse_item_f32(px, rows, V, it, po)
+            T.lse_item_f32(px, rows, V, it, po)
         else:
-            fd_lse_item_f64(px, rows, V, it, po)
+            T.lse_item_f64(px, rows, V, it, po)
 
 
 def _entropy_logits_native(const floating[:, ::1] x, floating[::1] out, int nthreads):
@@ -133,9 +235,9 @@ def _entropy_logits_native(const floating[:, ::1] x, floating[::1] out, int nthr
     cdef Py_ssize_t n = _items(rows, V, floating is float)
     for it in prange(n, nogil=True, schedule='static', num_threads=nt):
         if floating is float:
-            fd_entropy_logits_item_f32(px, rows, V, it, po)
+            T.entropy_logits_item_f32(px, rows, V, it, po)
         else:
-            fd_entropy_logits_item_f64(px, rows, V, it, po)
+            T.entropy_logits_item_f64(px, rows, V, it, po)
 
 
 def _entropy_log_probs_native(const floating[:, ::1] l, floating[::1] out, int nthreads):
@@ -144,9 +246,9 @@ def _entropy_log_probs_native(const floating[:, ::1] l, floating[::1] out, int n
     cdef int nt = _check(rows, V, out.shape[0], nthreads)
     for i in prange(rows, nogil=True, schedule='static', num_threads=nt):
         if floating is float:
-            out[i] = <float>fd_entropy_log_probs_f32(&l[i, 0], V)
+            out[i] = <float>T.entropy_log_probs_f32(&l[i, 0], V)
         else:
-            out[i] = fd_entropy_log_probs_f64(&l[i, 0], V)
+            out[i] = T.entropy_log_probs_f64(&l[i, 0], V)
 
 
 def _entropy_probs_native(const floating[:, ::1] p, floating[::1] out, int nthreads):
@@ -155,9 +257,9 @@ def _entropy_probs_native(const floating[:, ::1] p, floating[::1] out, int nthre
     cdef int nt = _check(rows, V, out.shape[0], nthreads)
     for i in prange(rows, nogil=True, schedule='static', num_threads=nt):
         if floating is float:
-            out[i] = <float>fd_entropy_probs_f32(&p[i, 0], V)
+            out[i] = <float>T.entropy_probs_f32(&p[i, 0], V)
         else:
-            out[i] = fd_entropy_probs_f64(&p[i, 0], V)
+            out[i] = T.entropy_probs_f64(&p[i, 0], V)
 
 
 def _kl_logits_native(const floating[:, ::1] x, const floating[:, ::1] z, floating[::1] out,
@@ -172,9 +274,9 @@ def _kl_logits_native(const floating[:, ::1] x, const floating[:, ::1] z, floati
     cdef Py_ssize_t n = _items(rows, V, floating is float)
     for it in prange(n, nogil=True, schedule='static', num_threads=nt):
         if floating is float:
-            fd_kl_logits_item_f32(px, pz, rows, V, it, po)
+            T.kl_logits_item_f32(px, pz, rows, V, it, po)
         else:
-            fd_kl_logits_item_f64(px, pz, rows, V, it, po)
+            T.kl_logits_item_f64(px, pz, rows, V, it, po)
 
 
 def _kl_log_probs_native(const floating[:, ::1] a, const floating[:, ::1] b, floating[::1] out,
@@ -185,9 +287,9 @@ def _kl_log_probs_native(const floating[:, ::1] a, const floating[:, ::1] b, flo
     cdef int nt = _check(rows, V, out.shape[0], nthreads)
     for i in prange(rows, nogil=True, schedule='static', num_threads=nt):
         if floating is float:
-            out[i] = <float>fd_kl_log_probs_f32(&a[i, 0], &b[i, 0], V)
+            out[i] = <float>T.kl_log_probs_f32(&a[i, 0], &b[i, 0], V)
         else:
-            out[i] = fd_kl_log_probs_f64(&a[i, 0], &b[i, 0], V)
+            out[i] = T.kl_log_probs_f64(&a[i, 0], &b[i, 0], V)
 
 
 def _kl_probs_native(const floating[:, ::1] p, const floating[:, ::1] q, floating[::1] out,
@@ -198,9 +300,9 @@ def _kl_probs_native(const floating[:, ::1] p, const floating[:, ::1] q, floatin
     cdef int nt = _check(rows, V, out.shape[0], nthreads)
     for i in prange(rows, nogil=True, schedule='static', num_threads=nt):
         if floating is float:
-            out[i] = <float>fd_kl_probs_f32(&p[i, 0], &q[i, 0], V)
+            out[i] = <float>T.kl_probs_f32(&p[i, 0], &q[i, 0], V)
         else:
-            out[i] = fd_kl_probs_f64(&p[i, 0], &q[i, 0], V)
+            out[i] = T.kl_probs_f64(&p[i, 0], &q[i, 0], V)
 
 
 def _ce_hard_native(const floating[:, ::1] x, const int64_t[::1] target, int64_t ignore_index,
@@ -220,14 +322,14 @@ def _ce_hard_native(const floating[:, ::1] x, const int64_t[::1] target, int64_t
     cdef Py_ssize_t n = _items(rows, V, floating is float)
     with nogil:
         if floating is float:
-            fd_ce_hard_prep_f32(rows, V, pt, ignore_index, pw, po)
+            T.ce_hard_prep_f32(rows, V, pt, ignore_index, pw, po)
         else:
-            fd_ce_hard_prep_f64(rows, V, pt, ignore_index, pw, po)
+            T.ce_hard_prep_f64(rows, V, pt, ignore_index, pw, po)
     for it in prange(n, nogil=True, schedule='static', num_threads=nt):
         if floating is float:
-            fd_ce_hard_item_f32(px, rows, V, it, pt, ignore_index, pw, eps, po)
+            T.ce_hard_item_f32(px, rows, V, it, pt, ignore_index, pw, eps, po)
         else:
-            fd_ce_hard_item_f64(px, rows, V, it, pt, ignore_index, pw, eps, po)
+            T.ce_hard_item_f64(px, rows, V, it, pt, ignore_index, pw, eps, po)
 
 
 def _ce_soft_native(const floating[:, ::1] x, const floating[:, ::1] p, const floating[::1] weight,
@@ -245,19 +347,12 @@ def _ce_soft_native(const floating[:, ::1] x, const floating[:, ::1] p, const fl
     cdef Py_ssize_t n = _items(rows, V, floating is float)
     for it in prange(n, nogil=True, schedule='static', num_threads=nt):
         if floating is float:
-            fd_ce_soft_item_f32(px, pp, pw, rows, V, it, alpha, beta, po)
+            T.ce_soft_item_f32(px, pp, pw, rows, V, it, alpha, beta, po)
         else:
-            fd_ce_soft_item_f64(px, pp, pw, rows, V, it, alpha, beta, po)
+            T.ce_soft_item_f64(px, pp, pw, rows, V, it, alpha, beta, po)
 
 
 # --------------------------------------------------------------------------- evaluate (_eval.h)
-
-cdef extern from "_eval.h" nogil:
-    void fd_eval_row_f32(const float *x, const float *z, Py_ssize_t V, int64_t t, double *st,
-                         int64_t *ix)
-    void fd_eval_row_f64(const double *x, const double *z, Py_ssize_t V, int64_t t, double *st,
-                         int64_t *ix)
-
 
 def evaluate(const floating[:, ::1] x, const floating[:, ::1] z, const int64_t[::1] target,
              double[:, ::1] st, int64_t[:, ::1] ix, int nthreads):
@@ -273,9 +368,9 @@ def evaluate(const floating[:, ::1] x, const floating[:, ::1] z, const int64_t[:
         return
     for i in prange(rows, nogil=True, schedule='static', num_threads=nt):
         if floating is float:
-            fd_eval_row_f32(&x[i, 0], &z[i, 0] if has_ref else NULL, V, target[i], &st[i, 0], &ix[i, 0])
+            T.eval_row_f32(&x[i, 0], &z[i, 0] if has_ref else NULL, V, target[i], &st[i, 0], &ix[i, 0])
         else:
-            fd_eval_row_f64(&x[i, 0], &z[i, 0] if has_ref else NULL, V, target[i], &st[i, 0], &ix[i, 0])
+            T.eval_row_f64(&x[i, 0], &z[i, 0] if has_ref else NULL, V, target[i], &st[i, 0], &ix[i, 0])
 
 # ============================================================================================
 # Kernel contract v2 (issue 5): temperature (`scale` = 1/T on the logits), half-precision
@@ -288,7 +383,7 @@ def evaluate(const floating[:, ::1] x, const floating[:, ::1] z, const int64_t[:
 # ============================================================================================
 import numpy as np
 
-cdef extern from "_div.h" nogil:
+cdef extern from "_job.h" nogil:
     enum:
         FD_IN_F32
         FD_IN_F64
@@ -319,7 +414,6 @@ cdef extern from "_div.h" nogil:
         int64_t ignore_index
         const void *weight
         void *out
-    int fd_run_staged(const fd_job *J, int nthreads)
 
 #: Every kernel accepts float16 (as uint16 bits) and bfloat16 (as int16 bits) inputs.
 HALF_INPUTS = True
@@ -399,10 +493,10 @@ cdef _run(int op, arrays, widths, scales, double a, double b, out, int nthreads,
     with nogil:
         if op == FD_OP_CE_HARD:             # w[target] into out first (see fd_ce_hard_prep)
             if J.kind == FD_IN_F64:
-                fd_ce_hard_prep_f64(rows, J.V, J.target, ignore_index, <const double *>J.weight, <double *>J.out)
+                T.ce_hard_prep_f64(rows, J.V, J.target, ignore_index, <const double *>J.weight, <double *>J.out)
             else:
-                fd_ce_hard_prep_f32(rows, J.V, J.target, ignore_index, <const float *>J.weight, <float *>J.out)
-        rc = fd_run_staged(&J, nt)
+                T.ce_hard_prep_f32(rows, J.V, J.target, ignore_index, <const float *>J.weight, <float *>J.out)
+        rc = T.run_staged(&J, nt)
     if rc != 0:
         raise MemoryError("could not allocate the per-thread row buffers")
 

@@ -11,6 +11,11 @@
  * (SSE2, NEON, ...) with generic vector-extension code.  Requires GCC >= 12 or Clang
  * (vector extensions, __builtin_convertvector, __builtin_shufflevector).
  *
+ * ISA levels (issue 21): this file and the row templates are compiled once per instruction-set
+ * level (_level.c; setup.py passes each level's -march flags), so the width and the intrinsics
+ * are chosen below from the compiler's predefined macros of that level (__AVX512F__, __AVX__,
+ * ...; `#pragma GCC target` would not define them); _dispatch.h picks a level at import.
+ *
  * Compile-flag assumptions (see setup.py): -O3 -fno-math-errno -fno-trapping-math
  * -fassociative-math -fno-signed-zeros -ffp-contract=fast, never -ffinite-math-only.
  * -fassociative-math folds `(y + M) - M` (the magic-number rounding trick) and
@@ -34,27 +39,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-
-#ifdef _OPENMP
-#include <omp.h>
-static inline int fd_max_threads(void) { return omp_get_max_threads(); }
-static const int fd_openmp = 1;
-/* How many threads a parallel region asked for n threads really gets (tests). */
-static int fd_threads_used(int n)
-{
-    int used = 1;
-#pragma omp parallel num_threads(n)
-    {
-#pragma omp single
-        used = omp_get_num_threads();
-    }
-    return used;
-}
-#else
-static inline int fd_max_threads(void) { return 1; }
-static const int fd_openmp = 0;
-static int fd_threads_used(int n) { (void)n; return 1; }
-#endif
 
 #ifndef FD_SIMD_FLAGS
 #define FD_SIMD_FLAGS ""
@@ -113,6 +97,8 @@ static const char fd_simd_isa[] = "avx512f";
 static const char fd_simd_isa[] = "avx2";
 #elif defined(__AVX__)
 static const char fd_simd_isa[] = "avx";
+#elif defined(__SSE4_2__)
+static const char fd_simd_isa[] = "sse4.2";
 #elif defined(__SSE2__)
 static const char fd_simd_isa[] = "sse2";
 #elif defined(__ARM_NEON) || defined(__ARM_NEON__)
