@@ -28,7 +28,7 @@ vector ISA, L2 and L3 sizes), each with the date, commit and command that record
 
 Usage::
 
-    python benchmarks/gate.py --short            # CI: V=50257 and C51, float32 (~10 s)
+    python benchmarks/gate.py --short            # CI: V=50257 and C51 float32, V=50257 float64 (~40 s)
     python benchmarks/gate.py                    # every regime, float32, float64, float16
     python benchmarks/gate.py --update           # record / refresh THIS CPU's entry only
     python benchmarks/gate.py --short --slowdown 2   # self-test: every kernel must FAIL
@@ -69,7 +69,11 @@ FALLBACK_THRESHOLD = 1.6
 #: a few per cent of the kernel's time.
 PER_THREAD_BYTES = 2 << 20
 REGIMES = {"V50257": 50257, "C51": 51, "V128256": 128256, "V1024": 1024}
-SHORT = [("V50257", "float32"), ("C51", "float32")]
+#: the kernels timed: fastdiv.bench.OPS (from logits) and the gate-only ops (KL from
+#: probabilities, JS from logits).  A 6.7x slowdown of numba's float64 kl_div(probs) passed a
+#: gate that timed float32 logits only (benchmarks/NOTES.md, 2026-12-05), hence also float64.
+GATE_OPS = _bench.OPS + _bench.GATE_ONLY_OPS
+SHORT = [("V50257", "float32"), ("C51", "float32"), ("V50257", "float64")]
 FULL = [(r, "float32") for r in REGIMES] + [("V50257", "float64"), ("C51", "float64"), ("V50257", "float16")]
 
 
@@ -86,8 +90,8 @@ def measure(cases, backends, repeat, slowdown=1, slow_only=None):
         for threads in thread_counts():
             rows = threads * max(1, PER_THREAD_BYTES // (v * itemsize))
             x, z, t = _bench.inputs(rows, v, dtype)
-            for op in _bench.OPS:
-                arrays = (x, z) if op == "kl_div" else (x,)
+            for op in GATE_OPS:
+                arrays = (x, z) if op in ("kl_div", "kl_div(probs)", "js_div") else (x,)
                 for backend in backends:
                     key = f"{backend}/{op}/{regime}/{dtype}/{threads}t"
                     call = _bench.fastdiv_call(op, backend, x, z, t)
@@ -165,18 +169,26 @@ def _commit():
         return "unknown"
 
 
-def update(path, figures, cpu, argv):
-    """Write this CPU's entry (merged with its earlier figures); other CPUs' entries stay as they are."""
+def update(path, figures, cpu, argv, new_only=False):
+    """Write this CPU's entry (merged with its earlier figures); other CPUs' entries stay as they are.
+    ``new_only``: ``figures`` are keys the entry lacked; its record stays and the addition is
+    listed under ``added``."""
     machines = load(path)
-    old = machines.get(cpu["key"], {}).get("figures", {})
+    entry = machines.get(cpu["key"], {})
     import numba
 
+    record = {"date": datetime.date.today().isoformat(), "commit": _commit(),
+              "command": "python benchmarks/gate.py " + " ".join(argv),
+              "threads": fastdiv.get_num_threads(), "numpy": np.__version__, "numba": numba.__version__}
+    added = list(entry.get("added", []))
+    if new_only and entry:
+        added.append({**record, "figures": len(figures)})
+        record = entry["recorded"]
     machines[cpu["key"]] = {
         "cpu": {k: v for k, v in cpu.items() if k != "key"},
-        "recorded": {"date": datetime.date.today().isoformat(), "commit": _commit(),
-                     "command": "python benchmarks/gate.py " + " ".join(argv),
-                     "threads": fastdiv.get_num_threads(), "numpy": np.__version__, "numba": numba.__version__},
-        "figures": {**old, **figures},
+        "recorded": record,
+        **({"added": added} if added else {}),
+        "figures": {**entry.get("figures", {}), **figures},
     }
     with open(path, "w") as fh:
         json.dump({"format": 2, "about": __doc__.split("\n\n")[1].replace("\n", " "), "machines": machines},
@@ -189,8 +201,10 @@ def update(path, figures, cpu, argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--short", action="store_true", help="the CI subset (V=50257 and C51, float32)")
+    ap.add_argument("--short", action="store_true", help="the CI subset (V=50257 and C51 float32, V=50257 float64)")
     ap.add_argument("--update", action="store_true", help="write the measured figures as this CPU's baseline")
+    ap.add_argument("--update-new", action="store_true",
+                    help="add only the figures this CPU's entry lacks (a new op or regime), keeping the others")
     ap.add_argument("--baseline", default=BASELINE)
     ap.add_argument("--threshold", type=float, default=THRESHOLD)
     ap.add_argument("--fallback-threshold", type=float, default=FALLBACK_THRESHOLD)
@@ -210,8 +224,11 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"cpu": cpu, "figures": figures}, fh, indent=1)
-    if args.update:
-        update(args.baseline, figures, cpu, argv)
+    if args.update or args.update_new:
+        if args.update_new:
+            have = load(args.baseline).get(cpu["key"], {}).get("figures", {})
+            figures = {k: f for k, f in figures.items() if k not in have}
+        update(args.baseline, figures, cpu, argv, new_only=args.update_new)
         return 0
     failures = compare(figures, load(args.baseline), cpu, args.threshold, args.fallback_threshold)
     if failures:
