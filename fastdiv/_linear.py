@@ -84,6 +84,9 @@ def _arguments(hidden, weight, bias):
     for name, a in (("hidden", hidden), ("weight", weight), ("bias", bias)):
         if a is not None:
             _checks.compute_dtype(name, _numpy_dtype(name, a))
+            if lib == "torch" and a.dtype != hidden.dtype:     # torch's matmul does not promote
+                raise TypeError(f"{name} is {a.dtype} but hidden is {hidden.dtype}; torch's matmul needs one "
+                                "dtype (as torch.nn.functional.linear): convert one of them")
     if len(weight.shape) != 2:
         raise ValueError(f"weight must be 2-D (V, D) as torch.nn.Linear stores it, got shape {tuple(weight.shape)}")
     v, d = (int(s) for s in weight.shape)
@@ -120,9 +123,7 @@ class LinearLogits(_lazy.LazyLogits):
             import torch
 
             self._wt = self.weight.t()
-            self._tdtype = torch.result_type(self.hidden, self.weight)
-            if self.bias is not None:
-                self._tdtype = torch.promote_types(self._tdtype, self.bias.dtype)
+            self._tdtype = self.hidden.dtype
             natural = _numpy_dtype("hidden", torch.empty(0, dtype=self._tdtype))
         else:
             self._wt = self.weight.T

@@ -217,6 +217,8 @@ def test_mixed_libraries_are_refused(rng):
         fastdiv.linear(h, torch.from_numpy(w))
     with pytest.raises(TypeError, match="same library"):
         fastdiv.linear(torch.from_numpy(h), torch.from_numpy(w), b)
+    with pytest.raises(TypeError, match="weight is torch.bfloat16 but hidden is torch.float32"):
+        fastdiv.linear(torch.from_numpy(h), torch.from_numpy(w).bfloat16())
 
 
 def test_extra_memory_is_a_tenth_of_the_logits(rng):
