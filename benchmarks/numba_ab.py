@@ -34,10 +34,19 @@ ap.add_argument("--reps", type=int, default=15, help="interleaved rounds (the me
 ap.add_argument("args", nargs="*", help="shapes ROWSxV and ops (lse ce entropy kl kl_probs entropy_probs js_probs)")
 a = ap.parse_args()
 sys.path.insert(0, a.base)
-from basek import kernels as O  # noqa: E402
+# The backends' entry modules hold every contract function (the kernels live in several
+# modules: js_probs in divergences.py); a snapshot from before the entry existed has them in
+# kernels.py and divergences.py, merged here.
+try:
+    from basek import ops as O  # noqa: E402
+except ImportError:
+    import types
+
+    from basek import divergences as _OD, kernels as _OK  # noqa: E402
+    O = types.SimpleNamespace(**{**vars(_OD), **vars(_OK)})
 
 from fastdiv._cython import _kernels as C  # noqa: E402
-from fastdiv._numba import kernels as N  # noqa: E402
+from fastdiv._numba import ops as N  # noqa: E402
 
 CB = None
 if a.cython_base:
