@@ -36,13 +36,9 @@ BLOCK_BYTES = 32 << 20
 NUMPY_KERNEL_THREADS = 1
 
 
-def _is_torch(a):
-    return type(a).__module__.startswith("torch") and hasattr(a, "is_cuda")
-
-
 def _library(name, a):
     """``"torch"`` or ``"numpy"`` for an argument, refusing device arrays."""
-    if _is_torch(a):
+    if _interop._is_torch(a):
         if a.is_cuda:
             raise BackendUnavailable(f"{name} is a CUDA tensor; fastdiv.linear runs on the CPU backends in "
                                      "this version (issue #20)")
@@ -55,7 +51,7 @@ def _library(name, a):
 
 def _numpy_dtype(name, a):
     """The numpy dtype of a numpy array or torch tensor (bfloat16 as ml_dtypes')."""
-    if _is_torch(a):
+    if _interop._is_torch(a):
         if str(a.dtype) == "torch.bfloat16":
             bf16 = _checks._bfloat16()
             if bf16 is None:
@@ -103,10 +99,11 @@ def _arguments(hidden, weight, bias):
 class LinearLogits(_lazy.LazyLogits):
     """The logits ``hidden @ weight.T + bias`` (soft-capped), computed block by block.
 
-    Made by :func:`linear` (the same arguments, checked here); pass it wherever a function
-    takes logits.  ``shape`` is ``hidden.shape[:-1] + (V,)``; ``dtype`` the matmul's result
-    dtype (the compute dtype, float32 or float64, when soft-capped).  :meth:`materialize` builds the whole array (for
-    checks; it is what the functions never do).
+    Made by :func:`linear`, which takes the same arguments (documented there; checked here);
+    pass it wherever a function takes logits.  ``shape`` is ``hidden.shape[:-1] + (V,)``;
+    ``dtype`` the matmul's result dtype (the compute dtype, float32 or float64, when
+    soft-capped).  :meth:`materialize` builds the whole array (for checks: it is what the
+    functions never do).
     """
 
     def __init__(self, hidden, weight, bias=None, *, softcap=None, block_rows=None):
