@@ -19,6 +19,7 @@ Not collected by pytest (no ``test_`` prefix): it needs two builds.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import pickle
 import re
@@ -544,10 +545,32 @@ def _difference_is(kind, ra, rb):
     return True
 
 
+def _size(name, ra, rb):
+    """How large an unexpected difference is: ``rounding`` (every value within 2e-6 relative,
+    1e-13 for float64 cases, the same NaN and infinities), ``larger``, ``special`` (NaN or
+    infinities moved, shapes differ) or ``error`` (an exception or the result's fields differ)."""
+    va, vb = ra.get("values") or {}, rb.get("values") or {}
+    if ra.get("error", (None,))[0] != rb.get("error", (None,))[0] or set(va) != set(vb):
+        return "error"
+    bound, worst = (1e-13 if "float64" in name else 2e-6), 0.0
+    for k in va:
+        if va[k] == vb[k] or va[k][0][1] in "OUS":
+            continue
+        a, b = _array(va[k]), _array(vb[k])
+        fa = np.isfinite(a)
+        if a.shape != b.shape or not np.array_equal(fa, np.isfinite(b)) or not np.array_equal(a[~fa], b[~fa],
+                                                                                                equal_nan=True):
+            return "special"
+        if fa.any():
+            worst = max(worst, float(np.max(np.abs(a[fa] - b[fa]) / np.maximum(np.abs(a[fa]), 1e-300))))
+    return "rounding" if worst <= bound else "larger"
+
+
 def compare(a_path, b_path, verbose=False):
     a, b = (pickle.load(open(p, "rb")) for p in (a_path, b_path))
     same = differ_expected = 0
     failures, notes, kinds = [], [], {}
+    sizes = collections.Counter()
     for name in sorted(set(a) | set(b)):
         if name not in a or name not in b:
             failures.append(f"{name}: only in {'after' if name not in a else 'before'}")
@@ -577,6 +600,7 @@ def compare(a_path, b_path, verbose=False):
                 print(f"EXPECTED {name} ({why}): {'; '.join(diff)[:300]}")
         else:
             failures.append(f"{name}: {'; '.join(diff)[:400]}")
+            sizes[_size(name, ra, rb)] += 1
     for line in failures:
         print("DIFFERS", line)
     if verbose:
@@ -586,6 +610,8 @@ def compare(a_path, b_path, verbose=False):
         print(f"expected: {n:5d}  {why}")
     print(f"cases={len(set(a) | set(b))} identical={same} expected_differences={differ_expected} "
           f"unexpected={len(failures)} notes={len(notes)}")
+    if sizes:
+        print("unexpected, by size: " + ", ".join(f"{k}={n}" for k, n in sorted(sizes.items())))
     return 1 if failures else 0
 
 
