@@ -5,8 +5,8 @@ One block per row (grid-stride over rows), threads striding over the columns, bl
 reductions in shared memory; sums are accumulated in float64 (values and exponentials in the
 input's accumulation precision, float32 below float64).  Passes over a row: the maxima, the
 normalising sums, then (JS) the terms -- each pass re-reads the row from global memory /
-L2.  They are written for correctness and clarity, not tuned like ``_build.py``'s mergeable
-kernels: the unscaled entropy / KL / CE keep running there, and these run for
+L2.  They are written for correctness and clarity, not tuned like the mergeable accumulators
+of ``accumulators.py`` run by ``short_rows.py`` / ``long_rows.py``: the unscaled entropy / KL / CE keep running there, and these run for
 ``temperature != 1`` and for the new ops.  Semantics: ``fastdiv.reference``.
 
 Input kinds as in ``kernels.py``: float32, float64, float16, and bfloat16 as uint16 / int16 bits.
@@ -19,8 +19,10 @@ import threading
 import numpy as np
 from numba import cuda, float64, int64
 
-from . import _build
 from . import _device as D
+from ._device import inline as _dj
+from .accumulators import KL_EXACT_BELOW
+from .loaders import Kind
 
 #: threads per block (a power of two <= 1024; tests patch it small for the simulator)
 DIV_BLOCK = 128
@@ -28,18 +30,13 @@ DIV_BLOCK = 128
 DIV_GRID = 65536
 
 OP_ENTROPY, OP_KL, OP_CE_SOFT, OP_JS_LOGITS, OP_JS_LOG_PROBS, OP_JS_PROBS, OP_TOPK, OP_KL_EXACT = range(8)
-#: float64 KL from logits below this times the size L of the terms the one pass subtracts is
-#: recomputed without cancellation (see _build.KL_EXACT_BELOW; OP_KL_EXACT redoes only the rows
-#: that the tuned kernels of _build marked -inf)
-KL_EXACT_BELOW = _build.KL_EXACT_BELOW
+# float64 KL from logits below KL_EXACT_BELOW times the size L of the terms the one pass
+# subtracts is recomputed without cancellation (OP_KL_EXACT redoes only the rows that the
+# tuned kernels marked -inf: accumulators.py, kl_logits' finish)
 _SH = 1024
 
 _lock = threading.Lock()
 _cache: dict = {}
-
-
-def _dj(fn):
-    return _build._dj(fn)
 
 
 def _block_reduce(combine):
@@ -119,7 +116,7 @@ def _listed(idx, r0, k, j):
 
 
 def _make(kind_name):
-    kind = _build.Kind(kind_name)
+    kind = Kind(kind_name)
     acc = kind.acc
     sload = kind.sload
     fexp = D.exp_f64 if acc is np.float64 else D.exp_f32

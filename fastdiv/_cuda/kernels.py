@@ -82,19 +82,16 @@ RED_CHUNK = 8192
 
 _lock = threading.Lock()
 _cuda = None
-_build = None
 _kernel_cache: dict = {}
 _sm_count = None
 
 
 def _import_cuda():
-    global _cuda, _build
+    global _cuda
     if _cuda is None:
         from numba import cuda
 
-        from . import _build as build
-
-        _cuda, _build = cuda, build
+        _cuda = cuda
     return _cuda
 
 
@@ -216,10 +213,22 @@ def _get(name, kind, has_w):
         with _lock:
             k = _kernel_cache.get(key)
             if k is None:
-                _import_cuda()
-                k = _build.make_kernels(name, kind, has_w, unroll)
+                k = _make(name, kind, has_w, unroll)
                 _kernel_cache[key] = k
     return k
+
+
+def _make(name, kind, has_w, unroll):
+    """Every launch shape's kernel for op ``name`` on input kind ``kind``, with its ``op``
+    (accumulators.py) and ``kind`` (loaders.py)."""
+    _import_cuda()
+    from . import long_rows, short_rows
+    from .accumulators import make_op
+    from .loaders import Kind
+
+    kd = Kind(kind)
+    op = make_op(name, kd, has_w)
+    return dict(short_rows.make_kernels(op, kd), **long_rows.make_kernels(op, kd, unroll), op=op, kind=kd)
 
 
 _dummy_cache: dict = {}
@@ -488,9 +497,11 @@ def _reduce(values, target, ignore_index, weight, out, stream, mean, empty):
         nb = -(-n // chunk)
     part = _scratch_array((nb, 2), np.float64, stream)
     blk = int(RED_BLOCK)
-    _launch(_build.k_reduce_partial, nb, blk, stream,
+    from .reductions import k_reduce_final, k_reduce_partial
+
+    _launch(k_reduce_partial, nb, blk, stream,
             (values, np.int64(n), tgt, wgt, has_t, has_w, np.int64(ignore_index), np.int64(chunk), part))
-    _launch(_build.k_reduce_final, 1, min(1024, max(blk, 32)), stream,
+    _launch(k_reduce_final, 1, min(1024, max(blk, 32)), stream,
             (part, np.int64(nb), out, bool(mean), np.float64(empty)))
     return out
 
