@@ -1,11 +1,14 @@
-"""Device-side reductions of per-row results: a deterministic sum or mean on the GPU.
+"""Device-side reductions: block-wide trees in shared memory, and the sum / mean of per-row
+results built on them.
 
-``k_reduce_partial`` sums a chunk of the values per block, with the mean's denominator
-beside it (the row count, the rows whose target is not ignored, or their class weights:
-torch's weighted-mean rule for cross-entropy), and ``k_reduce_final`` adds the blocks'
-partials in one block.  Both accumulate in float64 and add in a fixed-order tree in shared
-memory, so the result does not depend on scheduling: the same input gives the same bits.
-``kernels.device_sum`` / ``device_mean`` launch them.
+``block_sum`` / ``block_max`` fold one value of every thread of a block in a fixed-order
+tree in shared memory (``sh[t] = combine(sh[t], sh[t + s])``, ``s`` halving from half the
+block), so their result does not depend on scheduling: the same input gives the same bits.
+``divergences.py`` reduces its row passes with them.  ``k_reduce_partial`` sums a chunk of
+the values per block, with the mean's denominator beside it (the row count, the rows whose
+target is not ignored, or their class weights: torch's weighted-mean rule for
+cross-entropy), and ``k_reduce_final`` adds the blocks' partials in one block, both in
+float64 and through ``block_sum``; ``kernels.device_sum`` / ``device_mean`` launch them.
 """
 from __future__ import annotations
 
@@ -13,14 +16,61 @@ import math
 
 from numba import cuda, float64, int64
 
+from . import _device as D
+
+#: most threads a block reduction serves: the length of its shared-memory buffer
 RED_MAX_THREADS = 1024
+
+
+def _syncing(fn):
+    # A device function that calls cuda.syncthreads from kernels of other modules: the
+    # simulator swaps its fake ``cuda`` into the launching kernel's module only, and into
+    # this module through its own device-function wrapper.
+    return cuda.jit(device=True)(fn) if D.SIM else D.inline(fn)
+
+
+def _block_reduce(combine):
+    """``reduce(sh, v, tid, nt)``: ``combine`` folded over v of every thread of the block
+    (nt a power of two <= ``RED_MAX_THREADS``, a tree in ``sh``); every thread gets the result."""
+
+    @_syncing
+    def reduce(sh, v, tid, nt):
+        sh[tid] = v
+        cuda.syncthreads()
+        s = nt // 2
+        while s > 0:
+            if tid < s:
+                sh[tid] = combine(sh[tid], sh[tid + s])
+            cuda.syncthreads()
+            s //= 2
+        r = sh[0]
+        cuda.syncthreads()
+        return r
+
+    return reduce
+
+
+@D.inline
+def _add(a, b):
+    return a + b
+
+
+@D.inline
+def _larger(a, b):
+    """b where b > a, else a: a NaN never wins, so the max ignores NaN."""
+    return b if b > a else a
+
+
+#: sum over the block
+block_sum = _block_reduce(_add)
+#: NaN-ignoring max over the block
+block_max = _block_reduce(_larger)
 
 
 @cuda.jit
 def k_reduce_partial(vals, n, tgt, wgt, has_t, has_w, ign, chunk, part):
     """part[b] = (sum vals[i], sum of the mean's denominator terms) over block b's chunk."""
-    shn = cuda.shared.array(RED_MAX_THREADS, float64)
-    shd = cuda.shared.array(RED_MAX_THREADS, float64)
+    sh = cuda.shared.array(RED_MAX_THREADS, float64)
     tid = cuda.threadIdx.x
     nthr = cuda.blockDim.x
     b = cuda.blockIdx.x
@@ -43,25 +93,18 @@ def k_reduce_partial(vals, n, tgt, wgt, has_t, has_w, ign, chunk, part):
                     ad += float64(math.nan)
         else:
             ad += float64(1.0)
-    shn[tid] = an
-    shd[tid] = ad
-    cuda.syncthreads()
-    h = nthr >> 1
-    while h > 0:  # fixed-order tree: deterministic
-        if tid < h:
-            shn[tid] += shn[tid + h]
-            shd[tid] += shd[tid + h]
-        cuda.syncthreads()
-        h >>= 1
+    an = block_sum(sh, an, tid, nthr)
+    ad = block_sum(sh, ad, tid, nthr)
     if tid == 0:
-        part[b, 0] = shn[0]
-        part[b, 1] = shd[0]
+        part[b, 0] = an
+        part[b, 1] = ad
 
 
 @cuda.jit
 def k_reduce_final(part, nb, out, mean, empty):
-    shn = cuda.shared.array(RED_MAX_THREADS, float64)
-    shd = cuda.shared.array(RED_MAX_THREADS, float64)
+    """out[0] = the sum of the partials' first column, or (``mean``) its ratio to the second's
+    (``empty`` when that is 0)."""
+    sh = cuda.shared.array(RED_MAX_THREADS, float64)
     tid = cuda.threadIdx.x
     nthr = cuda.blockDim.x
     an = float64(0.0)
@@ -69,19 +112,10 @@ def k_reduce_final(part, nb, out, mean, empty):
     for i in range(tid, nb, nthr):
         an += part[i, 0]
         ad += part[i, 1]
-    shn[tid] = an
-    shd[tid] = ad
-    cuda.syncthreads()
-    h = nthr >> 1
-    while h > 0:
-        if tid < h:
-            shn[tid] += shn[tid + h]
-            shd[tid] += shd[tid + h]
-        cuda.syncthreads()
-        h >>= 1
+    an = block_sum(sh, an, tid, nthr)
+    ad = block_sum(sh, ad, tid, nthr)
     if tid == 0:
         if mean:
-            out[0] = shn[0] / shd[0] if shd[0] != 0.0 else empty
+            out[0] = an / ad if ad != 0.0 else empty
         else:
-            out[0] = shn[0]
-
+            out[0] = an
