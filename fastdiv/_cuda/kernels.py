@@ -202,6 +202,7 @@ def _sm():
     return _sm_count
 
 
+#: the ops that read two inputs (their accumulators' NIN = 2): fewer loads in flight (UNROLL)
 _TWO_INPUT = ("kl_logits", "kl_log_probs", "kl_probs", "ce_soft")
 
 
@@ -234,13 +235,15 @@ def _make(name, kind, has_w, unroll):
 _dummy_cache: dict = {}
 
 
-def _dummy(dtype):
-    """A 1-element device array standing in for an absent argument (types stay stable)."""
+def _dummy(dtype, ncols=None):
+    """A 1-element device array (``ncols``: of shape ``(1, ncols)``) standing in for an absent
+    argument (types stay stable)."""
     dt = np.dtype(dtype)
-    a = _dummy_cache.get(dt)
+    key = (dt.str, ncols)
+    a = _dummy_cache.get(key)
     if a is None:
-        a = _import_cuda().to_device(np.zeros(1, dtype=dt))
-        _dummy_cache[dt] = a
+        a = _import_cuda().to_device(np.zeros(1 if ncols is None else (1, ncols), dtype=dt))
+        _dummy_cache[key] = a
     return a
 
 
@@ -286,7 +289,7 @@ def launch_plan(rows, V, vw=4, nin=1, accb=4):
 
     ``vw``: elements per 16 bytes, ``nin``: inputs read, ``accb``: bytes per accumulated value.
     """
-    K = 8
+    K = 8  # short_rows.SMALL_K (not imported: this module loads without numba-cuda)
     if V <= TILE_MAX_V:
         T = min(int(TILE_ROWS), (int(TILE_SMEM) // (nin * accb) - 2 * vw) // V) // 32 * 32
         if T >= 32:
@@ -360,8 +363,7 @@ def _run(name, x, z, tgt, wgt, out, ign, p0, p1, stream, bf16, xname="x", zname=
     p0 = acc(p0)
     p1 = acc(p1)
     ign = np.int64(ign)
-    nin = 2 if name in _TWO_INPUT else 1
-    mode, grid, block, extra = launch_plan(rows, V, vw, nin, np.dtype(acc).itemsize)
+    mode, grid, block, extra = launch_plan(rows, V, vw, ks["op"].NIN, np.dtype(acc).itemsize)
     if mode == "tile":
         _launch(ks["tile"], grid, block, stream,
                 (xf, zf, tgt, wgt, out, np.int64(rows), np.int64(V), np.int64(extra["T"]), np.int64(extra["cap"]),
@@ -375,7 +377,7 @@ def _run(name, x, z, tgt, wgt, out, ign, p0, p1, stream, bf16, xname="x", zname=
     else:
         nsplit, clen = extra["nsplit"], extra["clen"]
         if nsplit == 1:
-            part = _dummy_part(acc, ks["op"].NS)
+            part = _dummy(acc, ks["op"].NS)
         else:
             part = _scratch_array((rows * nsplit, ks["op"].NS), acc, stream)
         _launch(ks["block"], grid, block, stream,
@@ -386,18 +388,6 @@ def _run(name, x, z, tgt, wgt, out, ign, p0, p1, stream, bf16, xname="x", zname=
             _launch(ks["merge"], -(-rows // mb), mb, stream,
                     (part, out, np.int64(rows), np.int64(nsplit), xf, tgt, wgt, np.int64(V), ign, p0, p1))
     return out
-
-
-_dummy_parts: dict = {}
-
-
-def _dummy_part(acc, ns):
-    key = (np.dtype(acc).str, ns)
-    a = _dummy_parts.get(key)
-    if a is None:
-        a = _import_cuda().to_device(np.zeros((1, ns), dtype=acc))
-        _dummy_parts[key] = a
-    return a
 
 
 # ----------------------------------------------------------------------- the 9 ops
