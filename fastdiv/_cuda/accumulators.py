@@ -299,6 +299,7 @@ def make_op(name, kind, has_w):
                 return m + log_kr(st[1], r)
 
         else:  # hard-label CE without label smoothing: lse and x[t] only
+            # (apart from ce_hard_smooth: this state is cheaper and keeps a confident row's tiny NLL)
             op.USES_TARGET = True
 
             @_dj

@@ -5,11 +5,15 @@ One block per row (grid-stride over rows), threads striding over the columns, bl
 reductions in shared memory; sums are accumulated in float64 (values and exponentials in the
 input's accumulation precision, float32 below float64).  Passes over a row: the maxima, the
 normalising sums, then (JS) the terms -- each pass re-reads the row from global memory /
-L2.  They are written for correctness and clarity, not tuned like the mergeable accumulators
-of ``accumulators.py`` run by ``short_rows.py`` / ``long_rows.py``: the unscaled entropy / KL / CE keep running there, and these run for
-``temperature != 1`` and for the new ops.  Semantics: ``fastdiv.reference``.
+L2.  Written for correctness and clarity, not tuned: the unscaled entropy / KL / soft-target
+CE run on the mergeable accumulators of ``accumulators.py`` (``short_rows.py``,
+``long_rows.py``), these for ``temperature != 1`` and the new ops.  Both paths stay because
+the tuned states read the logits unscaled: scaling there would change the scaled results'
+bits (they sum in the accumulation type against a running max, these in float64 against the
+row's).  float64 KL uses both: the tuned kernel marks nearly equal rows ``-inf`` and
+``OP_KL_EXACT`` recomputes only those, without cancellation.  Semantics: ``fastdiv.reference``.
 
-Input kinds as in ``kernels.py``: float32, float64, float16, and bfloat16 as uint16 / int16 bits.
+Input kinds (``loaders.py``): float32, float64, float16, and bfloat16 as uint16 / int16 bits.
 """
 from __future__ import annotations
 
