@@ -7,7 +7,7 @@
 
 Each lane of a row's warp / block folds its share of the row into an accumulator state
 (``accumulators.py``) with ``accumulate``: scalar loads for the unaligned head and tail, and
-in between ``unroll`` 16-byte loads (``ld.global.nc.v4``) per input and lane issued before
+in between ``unroll`` 16-byte loads (``ld.global.nc``) per input and lane issued before
 any use, their values folded as one chunk (one max test and at most one rescale per chunk).
 The lanes' states are then merged exactly by warp shuffles (``shfl.xor``, a fixed tree) and,
 in a block, across warps through shared memory.  Indices are 64-bit; the block size is a
