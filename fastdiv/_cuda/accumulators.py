@@ -26,8 +26,8 @@ import math
 import numpy as np
 from numba import int64
 
-from . import _device as D
-from ._device import inline as _dj
+from . import intrinsics as D
+from .intrinsics import inline as _dj
 
 #: float64 KL from logits: rows whose one-pass KL is below this times the size of the terms it
 #: subtracts are recomputed without cancellation (fastdiv/_numba/kernels.py, KL_EXACT_BELOW)

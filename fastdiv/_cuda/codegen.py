@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import linecache
 
-from . import _device as D
-from ._device import inline as _dj
+from . import intrinsics as D
+from .intrinsics import inline as _dj
 
 
 _gen_count = [0]

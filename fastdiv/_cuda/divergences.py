@@ -23,8 +23,8 @@ import threading
 import numpy as np
 from numba import cuda, float64, int64
 
-from . import _device as D
-from ._device import inline as _dj
+from . import intrinsics as D
+from .intrinsics import inline as _dj
 from .accumulators import KL_EXACT_BELOW
 from .loaders import Kind
 from .reductions import RED_MAX_THREADS, block_max, block_sum

@@ -105,9 +105,9 @@ def unavailable_reason():
             cuda = _import_cuda()
         except Exception as exc:  # bindings missing, broken install, ...
             return f"numba.cuda could not be imported ({type(exc).__name__}: {exc})"
-        from . import _device
+        from . import intrinsics
 
-        if _device.SIM:
+        if intrinsics.SIM:
             return None
         if not cuda.is_available():
             if sim:

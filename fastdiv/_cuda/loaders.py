@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numba import float32, int64
 
-from . import _device as D
-from ._device import inline as _dj
+from . import intrinsics as D
+from .intrinsics import inline as _dj
 
 
 class Kind:

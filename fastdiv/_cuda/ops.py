@@ -16,8 +16,8 @@ The package, by idea (each module imports only modules listed below it):
 * ``accumulators.py``  one mergeable per-row state per op, the edge-case rules in ``finish``.
 * ``loaders.py``       input kinds: scalar and 16-byte loads per dtype, widened exactly.
 * ``reductions.py``    device-side reductions: the deterministic sum / mean of per-row results.
-* ``_device.py``       device primitives (vector loads, fast exp / log, shuffles) and their
-  simulator twins.
+* ``intrinsics.py``    device primitives (16-byte loads, fast exp / log, bit casts, shuffles)
+  and their simulator twins.
 * ``interop.py``       torch / CuPy / numba device arrays, zero-copy.
 """
 from .evaluate import evaluate

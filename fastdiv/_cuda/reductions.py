@@ -16,7 +16,7 @@ import math
 
 from numba import cuda, float64, int64
 
-from . import _device as D
+from . import intrinsics as D
 
 #: most threads a block reduction serves: the length of its shared-memory buffer
 RED_MAX_THREADS = 1024

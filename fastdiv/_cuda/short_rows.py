@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, float32, float64, int64, uint64
 
-from . import _device as D
-from ._device import inline as _dj
+from . import intrinsics as D
+from .intrinsics import inline as _dj
 from .codegen import compile_source, gen_chunk, gen_maxv
 
 #: values per lane in the small-V kernel (compiled in; ``SMALL_MAX_V = 32 * SMALL_K``)
