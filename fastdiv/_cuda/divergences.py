@@ -5,11 +5,15 @@ One block per row (grid-stride over rows), threads striding over the columns, bl
 reductions in shared memory; sums are accumulated in float64 (values and exponentials in the
 input's accumulation precision, float32 below float64).  Passes over a row: the maxima, the
 normalising sums, then (JS) the terms -- each pass re-reads the row from global memory /
-L2.  They are written for correctness and clarity, not tuned like ``_build.py``'s mergeable
-kernels: the unscaled entropy / KL / CE keep running there, and these run for
-``temperature != 1`` and for the new ops.  Semantics: ``fastdiv.reference``.
+L2.  Written for correctness and clarity, not tuned: the unscaled entropy / KL / soft-target
+CE run on the mergeable accumulators of ``accumulators.py`` (``short_rows.py``,
+``long_rows.py``), these for ``temperature != 1`` and the new ops.  Both paths stay because
+the tuned states read the logits unscaled: scaling there would change the scaled results'
+bits (they sum in the accumulation type against a running max, these in float64 against the
+row's).  float64 KL uses both: the tuned kernel marks nearly equal rows ``-inf`` and
+``OP_KL_EXACT`` recomputes only those, without cancellation.  Semantics: ``fastdiv.reference``.
 
-Input kinds as in ``kernels.py``: float32, float64, float16, and bfloat16 as uint16 / int16 bits.
+Input kinds (``loaders.py``): float32, float64, float16, and bfloat16 as uint16 / int16 bits.
 """
 from __future__ import annotations
 
@@ -19,65 +23,24 @@ import threading
 import numpy as np
 from numba import cuda, float64, int64
 
-from . import _build
-from . import _device as D
+from . import intrinsics as D
+from .intrinsics import inline as _dj
+from .accumulators import KL_EXACT_BELOW
+from .loaders import Kind
+from .reductions import RED_MAX_THREADS, block_max, block_sum
 
 #: threads per block (a power of two <= 1024; tests patch it small for the simulator)
 DIV_BLOCK = 128
 #: most blocks launched (rows are grid-strided beyond)
 DIV_GRID = 65536
 
+#: the ops of ``k_rows``; OP_KL_EXACT recomputes, without cancellation, only the float64 KL rows
+#: that the tuned kernel marked -inf (a KL below KL_EXACT_BELOW times the size of the terms its
+#: one pass subtracts: accumulators.py, kl_logits' finish)
 OP_ENTROPY, OP_KL, OP_CE_SOFT, OP_JS_LOGITS, OP_JS_LOG_PROBS, OP_JS_PROBS, OP_TOPK, OP_KL_EXACT = range(8)
-#: float64 KL from logits below this times the size L of the terms the one pass subtracts is
-#: recomputed without cancellation (see _build.KL_EXACT_BELOW; OP_KL_EXACT redoes only the rows
-#: that the tuned kernels of _build marked -inf)
-KL_EXACT_BELOW = _build.KL_EXACT_BELOW
-_SH = 1024
 
 _lock = threading.Lock()
 _cache: dict = {}
-
-
-def _dj(fn):
-    return _build._dj(fn)
-
-
-def _block_reduce(combine):
-    """``reduce(sh, v, tid, nt)``: ``combine`` folded over v of every thread of the block
-    (nt a power of two, a tree in shared memory); every thread gets the result."""
-
-    @_dj
-    def reduce(sh, v, tid, nt):
-        sh[tid] = v
-        cuda.syncthreads()
-        s = nt // 2
-        while s > 0:
-            if tid < s:
-                sh[tid] = combine(sh[tid], sh[tid + s])
-            cuda.syncthreads()
-            s //= 2
-        r = sh[0]
-        cuda.syncthreads()
-        return r
-
-    return reduce
-
-
-@_dj
-def _add(a, b):
-    return a + b
-
-
-@_dj
-def _larger(a, b):
-    """b where b > a, else a: a NaN never wins, so the max ignores NaN."""
-    return b if b > a else a
-
-
-#: sum over the block
-_bsum = _block_reduce(_add)
-#: NaN-ignoring max over the block
-_bmax = _block_reduce(_larger)
 
 
 @_dj
@@ -119,7 +82,7 @@ def _listed(idx, r0, k, j):
 
 
 def _make(kind_name):
-    kind = _build.Kind(kind_name)
+    kind = Kind(kind_name)
     acc = kind.acc
     sload = kind.sload
     fexp = D.exp_f64 if acc is np.float64 else D.exp_f32
@@ -177,7 +140,7 @@ def _make(kind_name):
 
     @cuda.jit
     def k_rows(x, z, w, idx, t, out, rows, V, K, op, sc, a, b, has_w):
-        shd = cuda.shared.array(_SH, dtype=float64)
+        shd = cuda.shared.array(RED_MAX_THREADS, dtype=float64)
         tid = cuda.threadIdx.x
         nt = cuda.blockDim.x
         sca = acc(sc)
@@ -212,9 +175,9 @@ def _make(kind_name):
                         nan += 1.0
                     elif zv > mz:
                         mz = zv
-            nan = _bsum(shd, nan, tid, nt)
-            MX = _bmax(shd, float64(mx), tid, nt)
-            MZ = _bmax(shd, float64(mz), tid, nt)
+            nan = block_sum(shd, nan, tid, nt)
+            MX = block_max(shd, float64(mx), tid, nt)
+            MZ = block_max(shd, float64(mz), tid, nt)
             shx = acc(MX) if (MX > -math.inf and MX < math.inf) else ZERO
             shz = acc(MZ) if (MZ > -math.inf and MZ < math.inf) else ZERO
             # ---- pass B: sums relative to the maxima
@@ -275,11 +238,11 @@ def _make(kind_name):
                     if c != ZERO:
                         s1 += float64(c * -tx)      # c (m - s x_j) >= 0 terms
                         s2 += float64(c)
-            sx = _bsum(shd, sx, tid, nt)
-            sz = _bsum(shd, sz, tid, nt)
-            s1 = _bsum(shd, s1, tid, nt)
-            s2 = _bsum(shd, s2, tid, nt)
-            mxz = _bmax(shd, mxz, tid, nt)
+            sx = block_sum(shd, sx, tid, nt)
+            sz = block_sum(shd, sz, tid, nt)
+            s1 = block_sum(shd, s1, tid, nt)
+            s2 = block_sum(shd, s2, tid, nt)
+            mxz = block_max(shd, mxz, tid, nt)
             # ---- pass C (float64 KL of nearly equal rows): D without cancellation
             kl_d = math.nan
             if F64 and op == OP_KL and nan == 0 and MX > -math.inf and MX < math.inf and MZ < math.inf \
@@ -292,9 +255,9 @@ def _make(kind_name):
                     k = lsx - lsz
                     for _ in range(2):
                         es, nu, ph = kl_exact_sums(x, z, base, V, tid, nt, sca, MX, MZ, k)
-                        es = _bsum(shd, es, tid, nt)
-                        nu = _bsum(shd, nu, tid, nt) / es
-                        ph = _bsum(shd, ph, tid, nt) / es
+                        es = block_sum(shd, es, tid, nt)
+                        nu = block_sum(shd, nu, tid, nt) / es
+                        ph = block_sum(shd, ph, tid, nt) / es
                         psi = nu * nu * (0.5 - nu / 6.0 + nu * nu / 12.0) if abs(nu) < 1e-5 else \
                             (1.0 + nu) * math.log1p(nu) - nu
                         kl_d = (ph - psi) / (1.0 + nu)
@@ -313,7 +276,7 @@ def _make(kind_name):
                     tp, tq = js_terms(p, q, lp, lq, a)
                     s2 += tp
                     s2 += tq
-                s2 = _bsum(shd, s2, tid, nt)
+                s2 = block_sum(shd, s2, tid, nt)
             if tid != 0:
                 continue
             # ---- finish (thread 0), the edge rules of fastdiv.reference
@@ -438,8 +401,8 @@ def launch(op, kind_name, x, z, w, has_w, idx, t, out, rows, V, K, sc, a, b, str
     if rows == 0:
         return
     block = int(DIV_BLOCK)
-    if block < 1 or block > _SH or block & (block - 1):
-        raise ValueError(f"DIV_BLOCK must be a power of two <= {_SH}, got {block}")
+    if block < 1 or block > RED_MAX_THREADS or block & (block - 1):
+        raise ValueError(f"DIV_BLOCK must be a power of two <= {RED_MAX_THREADS}, got {block}")
     grid = min(rows, int(DIV_GRID))
     k = kernel(kind_name)
     import warnings

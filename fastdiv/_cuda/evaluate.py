@@ -6,7 +6,9 @@ first argmax, KL sums with their own online rescaling), then the block merges th
 states in shared memory with the exact merge of ``fastdiv.states`` (rescale by
 ``exp(m_a - m)``, an all-masked part contributes nothing).  NaN and ``+inf`` are tracked as
 flags, so no ``-inf - -inf`` or ``inf - inf`` is formed.  Functional, not tuned: float64
-accumulation and one exp per element and input.
+accumulation and one exp per element and input.  It stays apart from the tuned accumulators
+(``accumulators.py``): its state (the target's rank, the first argmax, both KL cross sums,
+NaN / +inf flags) is none of theirs, and moving its sums there would change its bits.
 
 ``evaluate(x, z, target, st, ix, nthreads=None, *, stream=None)``: ``x``, ``z`` 2-D
 C-contiguous float32 / float64 device arrays (``z`` with 0 rows: no reference), ``target``

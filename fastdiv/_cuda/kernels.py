@@ -82,19 +82,16 @@ RED_CHUNK = 8192
 
 _lock = threading.Lock()
 _cuda = None
-_build = None
 _kernel_cache: dict = {}
 _sm_count = None
 
 
 def _import_cuda():
-    global _cuda, _build
+    global _cuda
     if _cuda is None:
         from numba import cuda
 
-        from . import _build as build
-
-        _cuda, _build = cuda, build
+        _cuda = cuda
     return _cuda
 
 
@@ -108,9 +105,9 @@ def unavailable_reason():
             cuda = _import_cuda()
         except Exception as exc:  # bindings missing, broken install, ...
             return f"numba.cuda could not be imported ({type(exc).__name__}: {exc})"
-        from . import _device
+        from . import intrinsics
 
-        if _device.SIM:
+        if intrinsics.SIM:
             return None
         if not cuda.is_available():
             if sim:
@@ -205,6 +202,7 @@ def _sm():
     return _sm_count
 
 
+#: the ops that read two inputs (their accumulators' NIN = 2): fewer loads in flight (UNROLL)
 _TWO_INPUT = ("kl_logits", "kl_log_probs", "kl_probs", "ce_soft")
 
 
@@ -216,22 +214,36 @@ def _get(name, kind, has_w):
         with _lock:
             k = _kernel_cache.get(key)
             if k is None:
-                _import_cuda()
-                k = _build.make_kernels(name, kind, has_w, unroll)
+                k = _make(name, kind, has_w, unroll)
                 _kernel_cache[key] = k
     return k
+
+
+def _make(name, kind, has_w, unroll):
+    """Every launch shape's kernel for op ``name`` on input kind ``kind``, with its ``op``
+    (accumulators.py) and ``kind`` (loaders.py)."""
+    _import_cuda()
+    from . import long_rows, short_rows
+    from .accumulators import make_op
+    from .loaders import Kind
+
+    kd = Kind(kind)
+    op = make_op(name, kd, has_w)
+    return dict(short_rows.make_kernels(op, kd), **long_rows.make_kernels(op, kd, unroll), op=op, kind=kd)
 
 
 _dummy_cache: dict = {}
 
 
-def _dummy(dtype):
-    """A 1-element device array standing in for an absent argument (types stay stable)."""
+def _dummy(dtype, ncols=None):
+    """A 1-element device array (``ncols``: of shape ``(1, ncols)``) standing in for an absent
+    argument (types stay stable)."""
     dt = np.dtype(dtype)
-    a = _dummy_cache.get(dt)
+    key = (dt.str, ncols)
+    a = _dummy_cache.get(key)
     if a is None:
-        a = _import_cuda().to_device(np.zeros(1, dtype=dt))
-        _dummy_cache[dt] = a
+        a = _import_cuda().to_device(np.zeros(1 if ncols is None else (1, ncols), dtype=dt))
+        _dummy_cache[key] = a
     return a
 
 
@@ -277,7 +289,7 @@ def launch_plan(rows, V, vw=4, nin=1, accb=4):
 
     ``vw``: elements per 16 bytes, ``nin``: inputs read, ``accb``: bytes per accumulated value.
     """
-    K = 8
+    K = 8  # short_rows.SMALL_K (not imported: this module loads without numba-cuda)
     if V <= TILE_MAX_V:
         T = min(int(TILE_ROWS), (int(TILE_SMEM) // (nin * accb) - 2 * vw) // V) // 32 * 32
         if T >= 32:
@@ -351,8 +363,7 @@ def _run(name, x, z, tgt, wgt, out, ign, p0, p1, stream, bf16, xname="x", zname=
     p0 = acc(p0)
     p1 = acc(p1)
     ign = np.int64(ign)
-    nin = 2 if name in _TWO_INPUT else 1
-    mode, grid, block, extra = launch_plan(rows, V, vw, nin, np.dtype(acc).itemsize)
+    mode, grid, block, extra = launch_plan(rows, V, vw, ks["op"].NIN, np.dtype(acc).itemsize)
     if mode == "tile":
         _launch(ks["tile"], grid, block, stream,
                 (xf, zf, tgt, wgt, out, np.int64(rows), np.int64(V), np.int64(extra["T"]), np.int64(extra["cap"]),
@@ -366,7 +377,7 @@ def _run(name, x, z, tgt, wgt, out, ign, p0, p1, stream, bf16, xname="x", zname=
     else:
         nsplit, clen = extra["nsplit"], extra["clen"]
         if nsplit == 1:
-            part = _dummy_part(acc, ks["op"].NS)
+            part = _dummy(acc, ks["op"].NS)
         else:
             part = _scratch_array((rows * nsplit, ks["op"].NS), acc, stream)
         _launch(ks["block"], grid, block, stream,
@@ -377,18 +388,6 @@ def _run(name, x, z, tgt, wgt, out, ign, p0, p1, stream, bf16, xname="x", zname=
             _launch(ks["merge"], -(-rows // mb), mb, stream,
                     (part, out, np.int64(rows), np.int64(nsplit), xf, tgt, wgt, np.int64(V), ign, p0, p1))
     return out
-
-
-_dummy_parts: dict = {}
-
-
-def _dummy_part(acc, ns):
-    key = (np.dtype(acc).str, ns)
-    a = _dummy_parts.get(key)
-    if a is None:
-        a = _import_cuda().to_device(np.zeros((1, ns), dtype=acc))
-        _dummy_parts[key] = a
-    return a
 
 
 # ----------------------------------------------------------------------- the 9 ops
@@ -488,9 +487,11 @@ def _reduce(values, target, ignore_index, weight, out, stream, mean, empty):
         nb = -(-n // chunk)
     part = _scratch_array((nb, 2), np.float64, stream)
     blk = int(RED_BLOCK)
-    _launch(_build.k_reduce_partial, nb, blk, stream,
+    from .reductions import k_reduce_final, k_reduce_partial
+
+    _launch(k_reduce_partial, nb, blk, stream,
             (values, np.int64(n), tgt, wgt, has_t, has_w, np.int64(ignore_index), np.int64(chunk), part))
-    _launch(_build.k_reduce_final, 1, min(1024, max(blk, 32)), stream,
+    _launch(k_reduce_final, 1, min(1024, max(blk, 32)), stream,
             (part, np.int64(nb), out, bool(mean), np.float64(empty)))
     return out
 

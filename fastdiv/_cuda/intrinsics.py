@@ -3,7 +3,8 @@
 On a GPU these are LLVM intrinsics / inline PTX (16-byte ``ld.global.nc`` vector loads,
 ``ex2.approx``, ``lg2.approx``, bit casts, ``shfl.sync``).  Under ``NUMBA_ENABLE_CUDASIM=1``
 the same names are plain Python functions with the same results (up to rounding), so the
-kernels in ``_build.py`` run unchanged in the simulator.
+kernels run unchanged in the simulator.  ``inline`` makes the kernels' own device functions
+(forced inline on a GPU, plain Python in the simulator).
 
 Only imported when numba-cuda is installed (``kernels.py`` imports it lazily).
 """
@@ -22,8 +23,18 @@ SIM = "simulator" in (getattr(cuda.to_device, "__module__", "") or "")
 F32_LOG2E = np.float32(1.4426950408889634)
 F32_LN2 = np.float32(0.6931471805599453)
 
+
+def inline(fn):
+    """``fn`` as a device function inlined into its callers; in the simulator ``fn`` itself
+    (the simulator's device-function wrapper is slow)."""
+    if SIM:
+        return fn
+    return cuda.jit(device=True, forceinline=True)(fn)
+
+
 __all__ = [
     "SIM",
+    "inline",
     "fmax",
     "fmin",
     "exp_f32",

@@ -1,147 +1,44 @@
-"""Kernel factories: one mergeable per-row accumulator per op, four launch shapes.
+"""The per-row accumulators: one mergeable state per op, shared by every launch shape.
 
 Every op is an *accumulator*: a per-thread state tuple (for log-sum-exp style ops
 ``(m, s, ...)``: running max, ``sum exp(x - m)``, companion sums), a ``pre`` step that moves
 the running max to a chunk's max (rescaling the sums by ``exp(m_old - m_new)``), an
 ``elem`` step folding one value in, an exact ``merge`` of two states (rescale the one with
 the smaller max and add; a state whose max is ``-inf`` is empty and never gives
-``exp(-inf - -inf)``), and a ``finish`` that applies the edge-case rules of
-``fastdiv.reference``.  Sums are kept *relative to the running max*
-(``w = sum e_j (x_j - m)``), which costs one multiply-add when the max moves and keeps
-entropies / KL accurate when logits sit far from zero.  Chunk updates are generated
-(``gen_chunk``) fully unrolled: LLVM does not always unroll a loop over a tuple, and a
-tuple indexed at run time compiles to a switch per element.
+``exp(-inf - -inf)``), an ``add`` of two states already on the same maxima, and a ``finish``
+that applies the edge-case rules of ``fastdiv.reference``.  Sums are kept *relative to the
+running max* (``w = sum e_j (x_j - m)``), which costs one multiply-add when the max moves and
+keeps entropies / KL accurate when logits sit far from zero.
 
-Launch shapes (``kernels.py`` picks one from V at launch time):
-
-* ``tile``   tiny V (C51: V = 51): a block stages T consecutive rows -- one contiguous
-  range of the flat input -- in shared memory with coalesced 16-byte loads, then each
-  thread reduces one row from shared memory (max pass, then one exp per value): no
-  shuffles, every lane busy, odd row strides bank-conflict free (even V: rotated start).
-* ``small``  V <= 8 * 32 when the tile does not fit: G <= 32 lanes per row, 8 strided
-  values per lane in registers, shuffle max then shuffle sum.
-* ``group``  medium V: one warp per row, online chunked update over 16-byte loads.
-* ``block``  large V: one block per row (or per column slice of a row, merged by a
-  second tiny kernel when there are few rows), online update over 16-byte loads
-  (``ld.global.nc.v4``, ``unroll`` in flight per input and thread), warp shuffle merge,
-  then a shared-memory merge across warps.
-
-Indices are 64-bit throughout.  Block sizes are launch parameters, never compiled in,
-so tests can patch them small.
+The states: log-sum-exp and hard-label CE ``(m, k, r)``, the ``k`` entries equal to ``m``
+(each exactly ``exp(0) = 1``) counted apart from the sum ``r`` of the others, so that a
+confident row keeps ``r``'s relative precision (``log(k + r) = log k + log1p(r / k)``);
+entropy ``(m, s, w)``; KL from logits ``(mx, sx, w, mz, sz, vm)``, in float64 with how far
+the maxima moved, so that nearly equal rows are marked ``-inf`` for the exact pass of
+``divergences.py`` (``KL_EXACT_BELOW``); the literal sums of probabilities / log-probabilities
+a single sum; label smoothing and soft targets ``(m, s, C, U, Ep, En)``.  ``_state_helpers``
+gives each state length its warp shuffle and its shared-memory load / store.
 """
 from __future__ import annotations
 
-import linecache
 import math
 
 import numpy as np
-from numba import cuda, float32, float64, int64, uint64
+from numba import int64
 
-from . import _device as D
+from . import intrinsics as D
+from .intrinsics import inline as _dj
 
 #: float64 KL from logits: rows whose one-pass KL is below this times the size of the terms it
 #: subtracts are recomputed without cancellation (fastdiv/_numba/kernels.py, KL_EXACT_BELOW)
 KL_EXACT_BELOW = 1e-3
-#: values per lane in the small-V kernel (compiled in; ``SMALL_MAX_V = 32 * SMALL_K``)
-SMALL_K = 8
-#: 16-byte loads in flight per thread while the tile kernel stages rows in shared memory
-TILE_UNROLL = 4
-
-
-def _dj(fn):
-    if D.SIM:  # plain Python: the simulator's device-function wrapper is slow
-        return fn
-    return cuda.jit(device=True, forceinline=True)(fn)
-
-
-# ------------------------------------------------------------------------ input kinds
-
-
-class Kind:
-    """How to read one input dtype: accumulation type, vector width and the loaders."""
-
-    def __init__(self, name):
-        self.name = name
-        self.acc = np.float64 if name == "f64" else np.float32
-        self.vw = {"f32": 4, "f64": 2, "f16": 8, "bf16": 8}[name]
-        self.sload, self.vload = _LOADERS[name]()
-
-
-def _loaders_f32():
-    bits = D.bits_to_f32
-    ld = D.ld16_u32x4
-
-    @_dj
-    def sload(a, i):
-        return a[i]
-
-    @_dj
-    def vload(a, i):
-        w = ld(a, i)
-        return (bits(w[0]), bits(w[1]), bits(w[2]), bits(w[3]))
-
-    return sload, vload
-
-
-def _loaders_f64():
-    ld = D.ld16_f64x2
-
-    @_dj
-    def sload(a, i):
-        return a[i]
-
-    @_dj
-    def vload(a, i):
-        return ld(a, i)
-
-    return sload, vload
-
-
-def _loaders_f16():
-    ld = D.ld16_u32x4
-    hp = D.half_pair
-
-    @_dj
-    def sload(a, i):
-        return float32(a[i])
-
-    @_dj
-    def vload(a, i):
-        w = ld(a, i)
-        h0 = hp(w[0])
-        h1 = hp(w[1])
-        h2 = hp(w[2])
-        h3 = hp(w[3])
-        return (h0[0], h0[1], h1[0], h1[1], h2[0], h2[1], h3[0], h3[1])
-
-    return sload, vload
-
-
-def _loaders_bf16():
-    ld = D.ld16_u32x4
-    bits = D.bits_to_f32
-
-    @_dj
-    def sload(a, i):
-        return bits((int64(a[i]) & 0xFFFF) << 16)
-
-    @_dj
-    def vload(a, i):
-        w = ld(a, i)
-        return (
-            bits(int64(w[0]) << 16), bits(int64(w[0]) & 0xFFFF0000),
-            bits(int64(w[1]) << 16), bits(int64(w[1]) & 0xFFFF0000),
-            bits(int64(w[2]) << 16), bits(int64(w[2]) & 0xFFFF0000),
-            bits(int64(w[3]) << 16), bits(int64(w[3]) & 0xFFFF0000),
-        )
-
-    return sload, vload
-
-
-_LOADERS = {"f32": _loaders_f32, "f64": _loaders_f64, "f16": _loaders_f16, "bf16": _loaders_bf16}
 
 
 # ---------------------------------------------------------------- state-tuple helpers
+
+
+def _shfl_whole(st, off):
+    return tuple(D.shfl_xor(st, off))
 
 
 def _state_helpers(ns):
@@ -206,17 +103,13 @@ def _state_helpers(ns):
     else:  # pragma: no cover
         raise ValueError(ns)
 
-    if D.SIM:  # one emulated exchange for the whole tuple (same result, fewer barriers)
-
-        def shfl(st, off):  # noqa: F811
-            return tuple(sh(st, off))
-
     @_dj
     def store(a, i, st):
         for k in range(len(st)):
             a[i, k] = st[k]
 
-    return shfl, load, store
+    # the simulator: one emulated exchange for the whole tuple (same result, fewer barriers)
+    return (_shfl_whole if D.SIM else shfl), load, store
 
 
 # ------------------------------------------------------------------------- the ops
@@ -227,7 +120,7 @@ class Op:
 
     ``pre(st, cx, cz)`` moves the running maxima to a chunk's maxima (rescaling the sums),
     ``refs(st)`` gives the reference points exps are taken against, ``elem(st, r, x, z, j,
-    ...)`` folds one value (column ``j``) in; ``_gen_chunk`` writes these out unrolled.
+    ...)`` folds one value (column ``j``) in; ``codegen.gen_chunk`` writes these out unrolled.
     """
 
     NIN = 1  # inputs read per element (x, or x and z)
@@ -406,6 +299,7 @@ def make_op(name, kind, has_w):
                 return m + log_kr(st[1], r)
 
         else:  # hard-label CE without label smoothing: lse and x[t] only
+            # (apart from ce_hard_smooth: this state is cheaper and keeps a confident row's tiny NLL)
             op.USES_TARGET = True
 
             @_dj
@@ -858,486 +752,3 @@ def make_op(name, kind, has_w):
     op.merge, op.add, op.finish, op.active = merge, add, finish, active
     op.shfl, op.load, op.store = _state_helpers(op.NS)
     return op
-
-
-_gen_count = [0]
-
-
-def _exec(src, ns, fname):
-    """Compile generated source (registered with linecache so tracebacks show it)."""
-    _gen_count[0] += 1
-    filename = f"<fastdiv-cuda-gen-{_gen_count[0]}>"
-    linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
-    exec(compile(src, filename, "exec"), ns)
-    return _dj(ns[fname])
-
-
-def gen_maxv(n, NEG_INF):
-    """``maxv(v)``: NaN-ignoring max of an ``n``-tuple, written out (no loop, no indexing)."""
-    body = ["def maxv(v):", "    c = fmax(NEG_INF, v[0])"]
-    body += [f"    c = fmax(c, v[{k}])" for k in range(1, n)]
-    body.append("    return c")
-    return _exec("\n".join(body) + "\n", {"fmax": D.fmax, "NEG_INF": NEG_INF}, "maxv")
-
-
-def gen_chunk(op, n):
-    """``chunk(st, xv, zv, wgt, j0, js, jend, p0, p1)`` folding ``n`` values, unrolled.
-
-    Value ``k`` sits in column ``j0 + k * js``.  (A ``for k in range(len(xv))`` loop over a
-    tuple is not always unrolled by LLVM; indexing a tuple with a run-time ``k`` then
-    compiles to a switch per element.)
-    """
-    lines = ["def chunk(st, xv, zv, wgt, j0, js, jend, p0, p1):"]
-    if op.NMAX >= 1:
-        lines.append("    cx = maxx(xv)")
-    else:
-        lines.append("    cx = NEG_INF")
-    lines.append("    cz = maxz(zv)" if op.NMAX == 2 else "    cz = NEG_INF")
-    lines.append("    st = pre(st, cx, cz)")
-    lines.append("    r = refs(st)")
-    for k in range(n):
-        col = "j0" if k == 0 else f"j0 + {k} * js"
-        lines.append(f"    st = elem(st, r, xv[{k}], zv[{k}], {col}, wgt, jend, p0, p1)")
-    lines.append("    return st")
-    mx = gen_maxv(n, op.NEG_INF)
-    ns = {"maxx": mx, "maxz": mx, "pre": op.pre, "refs": op.refs, "elem": op.elem, "NEG_INF": op.NEG_INF}
-    return _exec("\n".join(lines) + "\n", ns, "chunk")
-
-
-def gen_accumulate(op, kind, unroll, init, chunk1, chunkv):
-    """``accumulate(x, z, wgt, e0, e1, rb, lane, nl, vec_ok, V, p0, p1)``: the state of the
-    elements ``[e0, e1)`` of flat arrays seen by lane ``lane`` of ``nl`` cooperating lanes.
-
-    Scalar loads for the unaligned head and tail (or everything when ``vec_ok`` is false),
-    and in between ``unroll`` 16-byte loads per input issued before any use; values of the
-    ``unroll`` vectors are folded as one chunk (one max / rescale test) unless the op reads
-    per-column data.
-    """
-    VW = kind.vw
-    U = int(unroll)
-    two = op.NIN == 2
-    L = []
-    a = L.append
-    a("def accumulate(x, z, wgt, e0, e1, rb, lane, nl, vec_ok, V, p0, p1):")
-    a("    st = init()")
-    a("    if vec_ok:")
-    a(f"        a0 = (e0 + {VW - 1}) // {VW} * {VW}")
-    a("        if a0 > e1:")
-    a("            a0 = e1")
-    a(f"        a1 = a0 + (e1 - a0) // {VW} * {VW}")
-    a("    else:")
-    a("        a0 = e1")
-    a("        a1 = e1")
-    a("    for e in range(e0 + lane, a0, nl):")
-    a("        xv = (sload(x, e),)")
-    a("        zv = (sload(z, e),)" if two else "        zv = xv")
-    a("        st = chunk1(st, xv, zv, wgt, e - rb, 1, V, p0, p1)")
-    a(f"    step = int64(nl) * {VW}")
-    a(f"    i = a0 + int64(lane) * {VW}")
-    if U > 1:
-        a(f"    while i + {U - 1} * step < a1:")
-        for u in range(U):
-            off = "" if u == 0 else f" + {u} * step"
-            a(f"        x{u} = vload(x, i{off})")
-        for u in range(U):
-            off = "" if u == 0 else f" + {u} * step"
-            a(f"        z{u} = vload(z, i{off})" if two else f"        z{u} = x{u}")
-        if op.PERCOL:
-            for u in range(U):
-                off = "" if u == 0 else f" + {u} * step"
-                a(f"        st = chunkv(st, x{u}, z{u}, wgt, i{off} - rb, 1, V, p0, p1)")
-        else:
-            xs = " + ".join(f"x{u}" for u in range(U))
-            zs = " + ".join(f"z{u}" for u in range(U))
-            a(f"        st = chunku(st, {xs}, {zs}, wgt, i - rb, 1, V, p0, p1)")
-        a(f"        i += {U} * step")
-    a("    while i < a1:")
-    a("        xa = vload(x, i)")
-    a("        za = vload(z, i)" if two else "        za = xa")
-    a("        st = chunkv(st, xa, za, wgt, i - rb, 1, V, p0, p1)")
-    a("        i += step")
-    a("    for e in range(a1 + lane, e1, nl):")
-    a("        xv = (sload(x, e),)")
-    a("        zv = (sload(z, e),)" if two else "        zv = xv")
-    a("        st = chunk1(st, xv, zv, wgt, e - rb, 1, V, p0, p1)")
-    a("    return st")
-    ns = dict(init=init, chunk1=chunk1, chunkv=chunkv, sload=kind.sload, vload=kind.vload, int64=int64)
-    if U > 1 and not op.PERCOL:
-        ns["chunku"] = gen_chunk(op, U * VW)
-    return _exec("\n".join(L) + "\n", ns, "accumulate")
-
-
-def gen_copy_tile(kind, unroll):
-    """``copy_tile(a, sh, off, a0, e0, e1, total, tid, nthr, vec_ok)``: decode the flat
-    elements ``[a0, e1)`` of ``a`` into ``sh[off + e - a0]`` (``a0`` = ``e0`` rounded down to
-    a 16-byte boundary when ``vec_ok``), ``unroll`` 16-byte loads in flight per thread.
-    Vector loads never pass the array's end (``total`` elements); the last partial vector
-    is read element by element.  Up to one vector of elements past ``e1`` may be written.
-    """
-    VW = kind.vw
-    U = int(unroll)
-    L = []
-    a = L.append
-    a("def copy_tile(a, sh, off, a0, e0, e1, total, tid, nthr, vec_ok):")
-    a("    if vec_ok:")
-    a(f"        step = int64(nthr) * {VW}")
-    a(f"        g = a0 + int64(tid) * {VW}")
-    a(f"        gv = total - {VW - 1}")
-    a("        if gv > e1:")
-    a("            gv = e1")
-    if U > 1:
-        a(f"        while g + {U - 1} * step < gv:")
-        for u in range(U):
-            a(f"            v{u} = vload(a, g{'' if u == 0 else f' + {u} * step'})")
-        for u in range(U):
-            base = f"off + g - a0{'' if u == 0 else f' + {u} * step'}"
-            a(f"            o = uint64({base})")
-            for k in range(VW):
-                a(f"            sh[o{'' if k == 0 else f' + K{k}'}] = v{u}[{k}]")
-        a(f"            g += {U} * step")
-    a("        while g < gv:")
-    a("            v0 = vload(a, g)")
-    a("            o = uint64(off + g - a0)")
-    for k in range(VW):
-        a(f"            sh[o{'' if k == 0 else f' + K{k}'}] = v0[{k}]")
-    a("            g += step")
-    a("        if g < e1:")
-    a(f"            for k in range({VW}):")
-    a("                if g + k < total:")
-    a("                    sh[off + g + k - a0] = sload(a, g + k)")
-    a("    else:")
-    a("        for e in range(e0 + tid, e1, nthr):")
-    a("            sh[off + e - a0] = sload(a, e)")
-    ns = dict(vload=kind.vload, sload=kind.sload, int64=int64, uint64=uint64)
-    ns.update({f"K{k}": np.uint64(k) for k in range(VW)})
-    return _exec("\n".join(L) + "\n", ns, "copy_tile")
-
-
-# ------------------------------------------------------------------------- kernels
-
-
-def make_kernels(name, kind_name, has_w, unroll=2):
-    """``{"small", "group", "block", "merge"}`` -> kernel for op ``name`` on input kind.
-
-    ``unroll``: 16-byte loads in flight per input and thread in the group / block kernels.
-    """
-    kind = Kind(kind_name)
-    op = make_op(name, kind, has_w)
-    ACC = kind.acc
-    VW = kind.vw
-    NS = op.NS
-    NIN = op.NIN
-    NMAX = op.NMAX
-    PADX = op.PADX
-    PADZ = op.PADZ
-    sload = kind.sload
-    init, seed, merge, add, finish, active = (
-        op.init, op.seed, op.merge, op.add, op.finish, op.active,
-    )
-    shfl, load, store = op.shfl, op.load, op.store
-    chunk1 = gen_chunk(op, 1)  # scalar head / tail
-    chunkv = gen_chunk(op, VW)  # one 16-byte vector
-    chunkk = gen_chunk(op, SMALL_K)  # the small kernel's K strided values
-    maxk = gen_maxv(SMALL_K, op.NEG_INF)
-    SH = D.shfl_xor
-    NEG_INF = ACC(-np.inf)
-
-    accumulate = gen_accumulate(op, kind, unroll, init, chunk1, chunkv)
-    @_dj
-    def loadk(a, rb, j0, js, n, pad):
-        j = j0
-        v0 = sload(a, rb + j) if j < n else pad
-        j += js
-        v1 = sload(a, rb + j) if j < n else pad
-        j += js
-        v2 = sload(a, rb + j) if j < n else pad
-        j += js
-        v3 = sload(a, rb + j) if j < n else pad
-        j += js
-        v4 = sload(a, rb + j) if j < n else pad
-        j += js
-        v5 = sload(a, rb + j) if j < n else pad
-        j += js
-        v6 = sload(a, rb + j) if j < n else pad
-        j += js
-        v7 = sload(a, rb + j) if j < n else pad
-        return (v0, v1, v2, v3, v4, v5, v6, v7)
-
-    assert SMALL_K == 8
-
-    @cuda.jit
-    def k_small(x, z, tgt, wgt, out, rows, V, G, ign, p0, p1):
-        tid = cuda.threadIdx.x
-        lane = tid % G
-        gpb = cuda.blockDim.x // G
-        grp = tid // G
-        for r0 in range(int64(cuda.blockIdx.x) * gpb, rows, int64(cuda.gridDim.x) * gpb):
-            row = r0 + grp
-            rb = row * V
-            n = int64(0)
-            if row < rows:
-                if active(row, tgt, ign):
-                    n = V
-            xs = loadk(x, rb, lane, G, n, PADX)
-            if NIN == 2:
-                zs = loadk(z, rb, lane, G, n, PADZ)
-            else:
-                zs = xs
-            if NMAX > 0:
-                mx = maxk(xs)
-                mz = maxk(zs) if NMAX == 2 else NEG_INF
-                off = G >> 1
-                while off > 0:
-                    o = SH(mx, off)
-                    mx = o if o > mx else mx
-                    if NMAX == 2:
-                        o2 = SH(mz, off)
-                        mz = o2 if o2 > mz else mz
-                    off >>= 1
-                st = seed(mx, mz)
-            else:
-                st = init()
-            st = chunkk(st, xs, zs, wgt, lane, G, n, p0, p1)
-            off = G >> 1
-            while off > 0:
-                st = add(st, shfl(st, off))
-                off >>= 1
-            if lane == 0 and row < rows:
-                out[row] = finish(st, row, x, tgt, wgt, V, ign, p0, p1)
-
-    @cuda.jit
-    def k_group(x, z, tgt, wgt, out, rows, V, G, vec_ok, ign, p0, p1):
-        tid = cuda.threadIdx.x
-        lane = tid % G
-        gpb = cuda.blockDim.x // G
-        grp = tid // G
-        for r0 in range(int64(cuda.blockIdx.x) * gpb, rows, int64(cuda.gridDim.x) * gpb):
-            row = r0 + grp
-            rb = row * V
-            e1 = rb
-            if row < rows:
-                if active(row, tgt, ign):
-                    e1 = rb + V
-            st = accumulate(x, z, wgt, rb, e1, rb, lane, G, vec_ok, V, p0, p1)
-            off = G >> 1
-            while off > 0:
-                st = merge(st, shfl(st, off))
-                off >>= 1
-            if lane == 0 and row < rows:
-                out[row] = finish(st, row, x, tgt, wgt, V, ign, p0, p1)
-
-    @cuda.jit
-    def k_block(x, z, tgt, wgt, out, part, rows, V, nsplit, clen, vec_ok, ign, p0, p1):
-        sh = cuda.shared.array((32, NS), ACC)
-        tid = cuda.threadIdx.x
-        nthr = cuda.blockDim.x
-        lane = tid & 31
-        warp = tid >> 5
-        nw = (nthr + 31) >> 5
-        units = rows * nsplit
-        for u in range(int64(cuda.blockIdx.x), units, int64(cuda.gridDim.x)):
-            row = u // nsplit
-            sp = u - row * nsplit
-            rb = row * V
-            c0 = sp * clen
-            c1 = c0 + clen
-            if c1 > V:
-                c1 = V
-            if not active(row, tgt, ign):
-                c1 = c0
-            st = accumulate(x, z, wgt, rb + c0, rb + c1, rb, tid, nthr, vec_ok, V, p0, p1)
-            off = 16
-            while off > 0:
-                st = merge(st, shfl(st, off))
-                off >>= 1
-            if lane == 0:
-                store(sh, warp, st)
-            cuda.syncthreads()
-            if warp == 0:
-                st = load(sh, lane) if lane < nw else init()
-                off = 16
-                while off > 0:
-                    st = merge(st, shfl(st, off))
-                    off >>= 1
-                if lane == 0:
-                    if nsplit == 1:
-                        out[row] = finish(st, row, x, tgt, wgt, V, ign, p0, p1)
-                    else:
-                        store(part, u, st)
-            cuda.syncthreads()
-
-    @cuda.jit
-    def k_merge(part, out, rows, nsplit, x, tgt, wgt, V, ign, p0, p1):
-        row = cuda.grid(1)
-        if row < rows:
-            st = init()
-            for k in range(nsplit):
-                st = merge(st, load(part, int64(row) * nsplit + k))
-            out[row] = finish(st, row, x, tgt, wgt, V, ign, p0, p1)
-
-    copy_tile = gen_copy_tile(kind, TILE_UNROLL)
-    ACC_NB = float64 if ACC is np.float64 else float32
-    elem, refs = op.elem, op.refs
-    fmax = D.fmax
-
-    U1 = np.uint64(1)
-    U2 = np.uint64(2)
-    U3 = np.uint64(3)
-    U4 = np.uint64(4)
-
-    @_dj
-    def tile_max(sh, u, end, dz, mx, mz):
-        # NaN-ignoring maxima of sh[u:end] (and of sh[u+dz:end+dz] for two inputs), 4 at a time
-        while u + U3 < end:
-            mx = fmax(fmax(mx, sh[u]), fmax(sh[u + U1], fmax(sh[u + U2], sh[u + U3])))
-            if NMAX == 2:
-                v = u + dz
-                mz = fmax(fmax(mz, sh[v]), fmax(sh[v + U1], fmax(sh[v + U2], sh[v + U3])))
-            u += U4
-        while u < end:
-            mx = fmax(mx, sh[u])
-            if NMAX == 2:
-                mz = fmax(mz, sh[u + dz])
-            u += U1
-        return mx, mz
-
-    @_dj
-    def tile_pass(st, r, sh, u, end, dz, j, wgt, V, p0, p1):
-        # fold sh[u:end] (columns j, j+1, ...) into the state, 4 at a time
-        while u + U3 < end:
-            v = u + dz
-            st = elem(st, r, sh[u], sh[v], j, wgt, V, p0, p1)
-            st = elem(st, r, sh[u + U1], sh[v + U1], j + 1, wgt, V, p0, p1)
-            st = elem(st, r, sh[u + U2], sh[v + U2], j + 2, wgt, V, p0, p1)
-            st = elem(st, r, sh[u + U3], sh[v + U3], j + 3, wgt, V, p0, p1)
-            u += U4
-            j += 4
-        while u < end:
-            st = elem(st, r, sh[u], sh[u + dz], j, wgt, V, p0, p1)
-            u += U1
-            j += 1
-        return st
-
-    @cuda.jit
-    def k_tile(x, z, tgt, wgt, out, rows, V, T, cap, vec_ok, total, ign, p0, p1):
-        # Tiny V: a block stages T consecutive rows (one contiguous range of the flat
-        # input) in shared memory with coalesced 16-byte loads, then each thread reduces
-        # one row from shared memory: no shuffles, every lane does useful work.
-        sh = cuda.shared.array(0, ACC_NB)
-        tid = cuda.threadIdx.x
-        nthr = cuda.blockDim.x
-        skew = int64(1) if V % 2 == 0 else int64(0)  # even V: rotate columns, no bank conflicts
-        for r0 in range(int64(cuda.blockIdx.x) * T, rows, int64(cuda.gridDim.x) * T):
-            r1 = r0 + T
-            if r1 > rows:
-                r1 = rows
-            e0 = r0 * V
-            e1 = r1 * V
-            a0 = e0 // VW * VW if vec_ok else e0
-            copy_tile(x, sh, 0, a0, e0, e1, total, tid, nthr, vec_ok)
-            if NIN == 2:
-                copy_tile(z, sh, cap, a0, e0, e1, total, tid, nthr, vec_ok)
-            cuda.syncthreads()
-            row = r0 + tid
-            if tid < T and row < rows:
-                # unsigned shared-memory offsets: numba adds no negative-index fix-ups
-                b = uint64(row * V - a0)
-                dz = uint64(cap) if NIN == 2 else uint64(0)
-                j0 = (tid * skew) % V  # columns j0..V-1 then 0..j0-1
-                mid = b + uint64(j0)
-                end = b + uint64(V)
-                if active(row, tgt, ign):
-                    if NMAX > 0:
-                        mx, mz = tile_max(sh, mid, end, dz, NEG_INF, NEG_INF)
-                        mx, mz = tile_max(sh, b, mid, dz, mx, mz)
-                        st = seed(mx, mz)
-                    else:
-                        st = init()
-                    r = refs(st)
-                    st = tile_pass(st, r, sh, mid, end, dz, j0, wgt, V, p0, p1)
-                    st = tile_pass(st, r, sh, b, mid, dz, int64(0), wgt, V, p0, p1)
-                else:
-                    st = init()
-                out[row] = finish(st, row, x, tgt, wgt, V, ign, p0, p1)
-            cuda.syncthreads()
-
-    return dict(small=k_small, group=k_group, block=k_block, merge=k_merge, tile=k_tile, op=op, kind=kind)
-
-
-# ------------------------------------------------------------- device-side reductions
-
-RED_MAX_THREADS = 1024
-
-
-@cuda.jit
-def k_reduce_partial(vals, n, tgt, wgt, has_t, has_w, ign, chunk, part):
-    """part[b] = (sum vals[i], sum of the mean's denominator terms) over block b's chunk."""
-    shn = cuda.shared.array(RED_MAX_THREADS, float64)
-    shd = cuda.shared.array(RED_MAX_THREADS, float64)
-    tid = cuda.threadIdx.x
-    nthr = cuda.blockDim.x
-    b = cuda.blockIdx.x
-    start = int64(b) * chunk
-    end = start + chunk
-    if end > n:
-        end = n
-    an = float64(0.0)
-    ad = float64(0.0)
-    for i in range(start + tid, end, nthr):
-        an += float64(vals[i])
-        if has_t:
-            t = tgt[i]
-            if t != ign:
-                if not has_w:
-                    ad += float64(1.0)
-                elif t >= 0 and t < wgt.shape[0]:
-                    ad += float64(wgt[t])
-                else:  # an out-of-range device target: NaN (its row is NaN too), no stray read
-                    ad += float64(math.nan)
-        else:
-            ad += float64(1.0)
-    shn[tid] = an
-    shd[tid] = ad
-    cuda.syncthreads()
-    h = nthr >> 1
-    while h > 0:  # fixed-order tree: deterministic
-        if tid < h:
-            shn[tid] += shn[tid + h]
-            shd[tid] += shd[tid + h]
-        cuda.syncthreads()
-        h >>= 1
-    if tid == 0:
-        part[b, 0] = shn[0]
-        part[b, 1] = shd[0]
-
-
-@cuda.jit
-def k_reduce_final(part, nb, out, mean, empty):
-    shn = cuda.shared.array(RED_MAX_THREADS, float64)
-    shd = cuda.shared.array(RED_MAX_THREADS, float64)
-    tid = cuda.threadIdx.x
-    nthr = cuda.blockDim.x
-    an = float64(0.0)
-    ad = float64(0.0)
-    for i in range(tid, nb, nthr):
-        an += part[i, 0]
-        ad += part[i, 1]
-    shn[tid] = an
-    shd[tid] = ad
-    cuda.syncthreads()
-    h = nthr >> 1
-    while h > 0:
-        if tid < h:
-            shn[tid] += shn[tid + h]
-            shd[tid] += shd[tid + h]
-        cuda.syncthreads()
-        h >>= 1
-    if tid == 0:
-        if mean:
-            out[0] = shn[0] / shd[0] if shd[0] != 0.0 else empty
-        else:
-            out[0] = shn[0]
-
-
-__all__ = ["make_kernels", "k_reduce_partial", "k_reduce_final", "SMALL_K", "RED_MAX_THREADS"]
-_ = math  # keep the import (used by device helpers on some numba-cuda versions)
