@@ -95,7 +95,7 @@ def _import_with(level):
             "from fastdiv._cython import _kernels as K; print(K.ISA_LEVEL)")
     env = {**os.environ, "FASTDIV_ISA": level}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          timeout=120)
+                          timeout=120, cwd=HERE)   # not the repository root: the installed fastdiv
 
 
 def test_unknown_level_is_an_error():
