@@ -72,19 +72,12 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def _fast_simulator():
-    """numba's CUDA simulator runs each CUDA thread as a Python thread, and its block manager
-    polls them in a busy loop that holds the GIL: with the default 5 ms switch interval every
-    step of a block (each syncthreads) waits for the poller's time slice.  A 0.1 ms interval
-    makes the simulated cells 3-5x faster (the 29 cells of test_case_cuda: 64 s -> 13-21 s on
-    2 loaded cores); the same kernels and launch shapes run."""
-    if not cases.SIM:
-        yield
-        return
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    try:
-        yield
-    finally:
+    """The CUDA simulator's short GIL switch interval (cases.sim_switch_interval) for every
+    test: the 29 fast-tier cells of test_case_cuda took 64 s at Python's default 5 ms and
+    13-21 s at 0.1 ms on 2 loaded cores."""
+    old = cases.sim_switch_interval()
+    yield
+    if old is not None:
         sys.setswitchinterval(old)
 
 
