@@ -277,6 +277,7 @@ def apply_softcap(block, cap, dtype, out=None):
     ``-inf`` stays ``-inf``, NaN stays NaN, ``+inf`` becomes ``cap``), one compiled pass
     (``fastdiv._numba.softcap``, single-threaded).  ``block``: 2-D, any strides; ``out``: a
     C-contiguous ``dtype`` array of its shape to write into (a new one when None), returned."""
+    from ._numba.simd import read_only
     from ._numba.softcap import softcap_rows
 
     block = np.asarray(block)
@@ -285,6 +286,9 @@ def apply_softcap(block, cap, dtype, out=None):
     if out is None:
         out = np.empty(block.shape, dtype=dtype)
     if block.size:
+        # read-only like every kernel input (simd.read_only): writable and read-only blocks
+        # share one specialization instead of compiling two
+        (block,) = read_only(block)
         softcap_rows(block, dtype.type(1.0 / cap), dtype.type(cap), out)
     return out
 

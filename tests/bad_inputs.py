@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 import fastdiv
-from cases import FUNCTIONS, small_cuda_blocks
+from cases import FUNCTIONS, sim_switch_interval, small_cuda_blocks
 
 N, V = 4, 5
 
@@ -412,6 +412,7 @@ def main(argv):
     backend, wanted = argv[0], set(argv[1:])
     if backend == "cuda":
         small_cuda_blocks(setattr)          # the simulator: a few Python threads per block
+        sim_switch_interval()               # and its busy-polling block manager: tests/conftest.py
     crash_at = os.environ.get("FASTDIV_SELFTEST_CRASH_AT")     # the harness's own test
     for case in all_cases():
         if wanted and case.id not in wanted:

@@ -246,7 +246,8 @@ def test_eval_as_a_process_exit_status_and_no_traceback(tmp_path):
     np.save(tmp_path / "l.npy", np.ones((3, 4), np.float32))
     np.save(tmp_path / "t.npy", np.arange(4))
     proc = subprocess.run([sys.executable, "-m", "fastdiv", "eval", "--logits", str(tmp_path / "l.npy"),
-                           "--targets", str(tmp_path / "t.npy")], capture_output=True, text=True)
+                           "--targets", str(tmp_path / "t.npy")], capture_output=True, text=True,
+                          cwd=tmp_path)            # not the repository root: import the installed fastdiv
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "row counts differ" in proc.stderr
 
 
@@ -288,7 +289,8 @@ def test_eval_memory_stays_at_about_one_chunk(tmp_path):
     np.save(tmp_path / "small.npy", rng.standard_normal((rows, 8), dtype=np.float32))
     np.save(tmp_path / "small_t.npy", rng.integers(0, 8, rows))
     files = [str(tmp_path / f) for f in ("l.npy", "t.npy", "small.npy", "small_t.npy")]
-    proc = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, *files], capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, *files], capture_output=True, text=True, check=True,
+                          cwd=tmp_path)            # not the repository root: import the installed fastdiv
     growth_mb, tokens = proc.stdout.split()
     assert int(tokens) == rows
     assert float(growth_mb) < 64, f"resident memory grew by {growth_mb} MB over a 256 MiB file in 8 MB chunks"

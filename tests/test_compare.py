@@ -11,9 +11,26 @@ import numpy as np
 import pytest
 
 import fastdiv
+from cases import fast
 from fastdiv.meters import Comparator
 
 BACKENDS = [b for b in ("numpy", "numba", "cython") if b in fastdiv.available_backends()]
+
+
+def float64_backends():
+    """BACKENDS on float64 inputs: numba compiles its kernels once per dtype, and its float64
+    specializations are in the slow tier (cases.fast); the fast tier runs numba's compare on
+    float32 (test_float32_input_is_close_to_the_float64_oracle and the float32 cells below)."""
+    return [pytest.param(b, marks=[] if fast(b, np.float64) or b == "numpy" else [pytest.mark.slow], id=b)
+            for b in BACKENDS]
+
+
+def backend_dtypes():
+    """(backend, dtype) for the tests whose checks hold in either dtype: every backend on
+    float64, and on float32 the backends whose float64 cells are slow (numba, numpy); the
+    tier of each cell is cases.fast's (tests/conftest.py)."""
+    return ([pytest.param(b, np.float64, id=f"{b}-float64") for b in BACKENDS]
+            + [pytest.param(b, np.float32, id=f"{b}-float32") for b in BACKENDS if not fast(b, np.float64)])
 Q = (0, 0.1, 1, 5, 10, 50, 90, 95, 99, 99.9, 100)
 QP = (0, 0.1, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9, 100)
 
@@ -134,7 +151,7 @@ def data(rows=400, v=40, seed=0, dtype=np.float64, scale=2.0, noise=0.6):
 # --------------------------------------------------------------------------- statistics
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", float64_backends())
 def test_every_statistic_matches_the_oracle(backend):
     base, model, target = data()
     res = fastdiv.compare(base, model, target, backend=backend)
@@ -145,7 +162,7 @@ def test_every_statistic_matches_the_oracle(backend):
     assert 0.3 < got["same_top1"]["mean"] < 0.95 and got["topk_agreement"]["5"] > got["same_top1"]["mean"]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", float64_backends())
 def test_without_targets_every_row_counts_and_ppl_and_delta_p_are_null(backend):
     base, model, _ = data(rows=120, seed=1)
     got = fastdiv.compare(base, model, topk=(1, 2, 10), backend=backend).to_dict()
@@ -268,12 +285,12 @@ def test_torch_and_jax_cpu_inputs():
     assert json.dumps(got.to_dict()) == want
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_nan_rows_stay_counted_and_make_their_statistics_nan(backend):
+@pytest.mark.parametrize("backend,dtype", backend_dtypes())
+def test_nan_rows_stay_counted_and_make_their_statistics_nan(backend, dtype):
     """A NaN row (in either model) is counted: KLD/JS/NLL aggregates it enters are NaN (the
     command line fails any --fail-if on them), nothing is silently dropped.  A NaN base row has
     no top-1 class: it agrees with nothing and falls in no confidence bucket."""
-    base, model, target = data(rows=50, seed=6)
+    base, model, target = data(rows=50, seed=6, dtype=dtype)
     target[:] = np.where(target < 0, 0, target)
     model = model.copy()
     model[7, 3] = np.nan
@@ -285,7 +302,7 @@ def test_nan_rows_stay_counted_and_make_their_statistics_nan(backend):
     assert not math.isnan(d["ppl"]["base"]) and not math.isnan(d["same_top1"]["mean"])
     base = base.copy()
     base[9, :] = np.nan
-    res = fastdiv.compare(base, data(rows=50, seed=6)[1], target, backend=backend)
+    res = fastdiv.compare(base, data(rows=50, seed=6, dtype=dtype)[1], target, backend=backend)
     assert not res.same_top1[9] and not res.topk[5][9] and math.isnan(res.base_top1_prob[9])
     assert sum(res.kld_by_confidence_counts()) == 49 and math.isnan(res.to_dict()["kld"]["mean"])
     assert res.worst(1)[0] == 9                                  # NaN ranks as the worst row
@@ -294,9 +311,9 @@ def test_nan_rows_stay_counted_and_make_their_statistics_nan(backend):
 # --------------------------------------------------------------------------- Comparator
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_comparator_batches_and_merges_equal_one_pass(backend):
-    base, model, target = data(rows=210, seed=7)
+@pytest.mark.parametrize("backend,dtype", backend_dtypes())
+def test_comparator_batches_and_merges_equal_one_pass(backend, dtype):
+    base, model, target = data(rows=210, seed=7, dtype=dtype)
     one = json.dumps(fastdiv.compare(base, model, target, backend=backend).to_dict())
     a, b = Comparator(backend=backend), Comparator(backend=backend)
     a.update(base[:50], model[:50], target[:50]).update(base[50:51], model[50:51], target[50:51])

@@ -146,7 +146,8 @@ def test_as_a_process_no_traceback(tmp_path):
     _data(tmp_path)
     np.save(tmp_path / "narrow.npy", np.zeros((300, 5), np.float32))
     proc = subprocess.run([sys.executable, "-m", "fastdiv", "compare", "--base", str(tmp_path / "b.npy"), "--logits",
-                           str(tmp_path / "narrow.npy")], capture_output=True, text=True)
+                           str(tmp_path / "narrow.npy")], capture_output=True, text=True,
+                          cwd=tmp_path)            # not the repository root: import the installed fastdiv
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "narrow.npy" in proc.stderr
 
 

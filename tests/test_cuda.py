@@ -60,20 +60,7 @@ if REASON is None:
 # ----------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_simulator():
-    """The simulator runs each CUDA thread as a Python thread and its block manager polls
-    in a busy loop: a short GIL switch interval makes the tests ~2.5x faster."""
-    if not SIM:
-        yield
-        return
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(old)
-
+# The simulator's GIL switch interval: tests/conftest.py (_fast_simulator, every cuda test).
 
 
 def _rng(*key):

@@ -82,7 +82,15 @@ def _seed():
     return int(os.environ.get("FASTDIV_TEST_SEED", "0") or 0) or 20260921
 
 
-@pytest.mark.parametrize("level", K.ISA_SUPPORTED)
+def _levels():
+    """Every level this CPU runs.  The one running in this process (``K.ISA_LEVEL``) is in the
+    slow tier: README's command already runs the whole case table, every dtype, on it
+    (tests/test_cases.py, Cython cells) and its OpenMP bits (tests/test_contract.py)."""
+    for level in K.ISA_SUPPORTED:
+        yield pytest.param(level, marks=[pytest.mark.slow] if level == K.ISA_LEVEL else [], id=level)
+
+
+@pytest.mark.parametrize("level", list(_levels()))
 def test_level_matches_reference(level):
     res = _child(level)
     assert res.returncode == 0, f"FASTDIV_ISA={level} (seed {_seed()}):\n{res.stdout}\n{res.stderr[-4000:]}"
@@ -95,7 +103,7 @@ def _import_with(level):
             "from fastdiv._cython import _kernels as K; print(K.ISA_LEVEL)")
     env = {**os.environ, "FASTDIV_ISA": level}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          timeout=120)
+                          timeout=120, cwd=HERE)   # not the repository root: the installed fastdiv
 
 
 def test_unknown_level_is_an_error():
