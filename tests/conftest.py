@@ -70,11 +70,22 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.path.name != "test_cases.py")        # stable: file order otherwise
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _fast_simulator():
-    """The CUDA simulator's short GIL switch interval (cases.sim_switch_interval) for every
-    test: the 29 fast-tier cells of test_case_cuda took 64 s at Python's default 5 ms and
-    13-21 s at 0.1 ms on 2 loaded cores."""
+#: the test files whose cuda cells run at the simulator's short GIL switch interval
+SHORT_SWITCH_FILES = ("test_cases.py", "test_cuda.py", "test_cuda_api.py", "test_evaluate_cuda.py")
+
+
+@pytest.fixture(autouse=True)
+def _fast_simulator(request):
+    """The CUDA simulator's short GIL switch interval (cases.sim_switch_interval) for the cuda
+    test files of SHORT_SWITCH_FILES: the 29 fast-tier cells of test_case_cuda took 64 s at
+    Python's default 5 ms and 13-21 s at 0.1 ms on 2 loaded cores.  Not for the peer suites:
+    with it, one CI run (2026-12-05) got NaN once from a simulated float16 nll_loss sample
+    (tests/peers/test_torch.py) that passes at the default interval and in 50 reruns alone; the
+    cause is not found (a simulator artifact or a latent race), so the peers keep the
+    interval under which they have always passed."""
+    if request.node.path.name not in SHORT_SWITCH_FILES:
+        yield
+        return
     old = cases.sim_switch_interval()
     yield
     if old is not None:
