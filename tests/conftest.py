@@ -1,4 +1,5 @@
-"""Test session setup: the CUDA simulator without a GPU, hypothesis profiles, the per-test
+"""Test session setup: the CUDA simulator without a GPU (its short GIL switch interval and
+small launch knobs for every test), hypothesis profiles, the per-test
 random generator (its seed printed, so a failure can be replayed with FASTDIV_TEST_SEED=<seed>)
 and backend parameters.  The case table, input generators and tolerances: tests/cases.py.
 """
