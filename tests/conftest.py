@@ -1,4 +1,5 @@
-"""Test session setup: the CUDA simulator without a GPU, hypothesis profiles, the per-test
+"""Test session setup: the CUDA simulator without a GPU (small launch knobs for every test, a
+short GIL switch interval for the cuda test files), hypothesis profiles, the per-test
 random generator (its seed printed, so a failure can be replayed with FASTDIV_TEST_SEED=<seed>)
 and backend parameters.  The case table, input generators and tolerances: tests/cases.py.
 """
@@ -90,6 +91,17 @@ def _fast_simulator(request):
     yield
     if old is not None:
         sys.setswitchinterval(old)
+
+
+@pytest.fixture(autouse=True)
+def _small_cuda_launches(monkeypatch):
+    """In the simulator every test runs the cuda kernels with the small launch knobs of
+    cases.small_cuda_blocks (tests may set their own on top), as the case table, the launch-path
+    tests, the peers and the bad-input matrix always did: the multi-warp and multi-block
+    reductions then run on tiny shapes, and a block is tens of the simulator's Python threads,
+    not 128-256 (tests/test_evaluate_cuda.py: ~3x faster).  On a GPU nothing is patched."""
+    if cases.SIM and cases.CUDA:
+        cases.small_cuda_blocks(monkeypatch.setattr)
 
 
 @pytest.fixture

@@ -5,7 +5,10 @@ conversion and for inputs that do (float16, non-contiguous, big-endian).
 Prints one JSON line per call: numpy allocations at their peak (tracemalloc) and the peak
 growth of the process's resident set (rss.py), both beyond the inputs themselves.
 
-    python tests/memory_probe.py ROWS V TMPDIR VARIANT[,VARIANT...] BACKEND [BACKEND ...]
+    python tests/memory_probe.py ROWS V TMPDIR VARIANT[,VARIANT...] BACKEND[=VARIANT,...] ...
+
+A backend given as ``BACKEND=VARIANT,...`` runs only those of the variants (the tests run every
+backend's cells in one process: the inputs, most of the probe's time, are made once).
 
 The "memmap" variant writes the inputs to files in TMPDIR and maps them read-only: their
 pages must be released chunk by chunk (fastdiv._chunks), so the RSS stays bounded too.
@@ -44,6 +47,11 @@ def _memmap(a, tmpdir):
 
 def main(rows, v, tmpdir, variants, backends):
     VARIANTS["memmap"] = lambda a: _memmap(a, tmpdir)
+    only = {}                                  # backend -> its variants (BACKEND=VARIANT,...)
+    for b in backends:
+        name, _, vs = b.partition("=")
+        only[name] = vs.split(",") if vs else variants
+    backends = list(only)
     # One thread: memory does not depend on it, and small blocks on a loaded 2-core machine
     # would otherwise wait at a thread barrier in every kernel call.
     fastdiv.set_num_threads(1)
@@ -55,6 +63,8 @@ def main(rows, v, tmpdir, variants, backends):
             args = {k: (change(a) if k in fn.arrays else a) for k, a in good.items()}
             small = {k: a[:3] for k, a in args.items()}
             for backend in backends:
+                if variant not in only[backend]:
+                    continue
                 fn.call(small, backend, **fn.per_row)          # compile / load first
                 if variant == "memmap":                        # the file's pages start unmapped
                     for k in fn.arrays:

@@ -10,7 +10,8 @@ masked rows, NaN and +inf entries; every reduction.
 
 README's test command draws the row for each example (one test per backend, in the dtypes of
 the backend's fast tier); the ``slow`` tier fuzzes each row on each backend in every dtype.
-The cuda backend is fuzzed on small rows with 1 in 50 of the examples (the simulator is slow).
+The cuda backend is fuzzed on small rows with 1 in 50 of the examples (the simulator is slow:
+there README's command runs half as many, the slow tier the full number again).
 
 Profiles (tests/conftest.py): ``default`` (40 examples per test) runs in CI; ``thorough``
 (10 000 examples per test) is the long run whose summary is kept in tests/FUZZ_SUMMARY.md:
@@ -149,17 +150,18 @@ def test_fuzz(backend, case, dtypes, data):
 # --------------------------------------------------------------------------- cuda (simulator)
 
 #: numba's CUDA simulator runs every GPU thread in Python: small rows, few examples (1 in 50 of
-#: the profile's, at least 20), the case drawn for each.  On a real GPU the same test runs on the
-#: device.
-CUDA_SETTINGS = settings(max_examples=max(20, settings().max_examples // 50))
+#: the profile's, at least 20), the case drawn for each.  In the simulator (~0.5 s an example)
+#: README's command runs half as many (test_fuzz_cuda) and the slow tier the full number again
+#: (test_fuzz_cuda_more); on a real GPU both run on the device in the fast tier.
+CUDA_EXAMPLES = max(20, settings().max_examples // 50)
 V_CUDA = [1, 2, 7, 51, 130, 257]
+_NO_CUDA = pytest.mark.skipif(not C.CUDA, reason=str(C._registry.unavailable_reason("cuda")))
+#: the slow tier in the simulator; on a GPU every cuda cell is fast (cases.fast), and the
+#: test keeps only its cuda marker
+_SLOW_IN_SIM = pytest.mark.slow if C.SIM else pytest.mark.cuda
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not C.CUDA, reason=str(C._registry.unavailable_reason("cuda")))
-@CUDA_SETTINGS
-@given(data=st.data())
-def test_fuzz_cuda(data):
+def _fuzz_cuda(data):
     case = data.draw(st.sampled_from([c for c in C.CASES if "cuda" in c.backends]))
     shape = data.draw(shapes(V_CUDA, (), [(1,), (3,), (2, 2), (0,)]))
     dtypes = [np.dtype(d) for d in (np.float16, np.float32, np.float64)]
@@ -167,3 +169,20 @@ def test_fuzz_cuda(data):
     with np.errstate(all="ignore"):
         got = case.call(args, "cuda", **case.per_row)
     check(case, got, args, "cuda", wide, "none")
+
+
+@pytest.mark.cuda
+@_NO_CUDA
+@settings(max_examples=CUDA_EXAMPLES // 2)
+@given(data=st.data())
+def test_fuzz_cuda(data):
+    _fuzz_cuda(data)
+
+
+@pytest.mark.cuda
+@_NO_CUDA
+@_SLOW_IN_SIM
+@settings(max_examples=CUDA_EXAMPLES)
+@given(data=st.data())
+def test_fuzz_cuda_more(data):
+    _fuzz_cuda(data)

@@ -31,8 +31,8 @@ FN_IDS = [f.id for f in FUNCTIONS]
 
 
 def _memory_params():
-    """One subprocess per compiled backend; numba's float16 variant (its half specializations)
-    in the slow tier (cases.fast)."""
+    """A cell per compiled backend (all measured in one subprocess: _probe_lines); numba's
+    float16 variant (its half specializations) in the slow tier (cases.fast)."""
     for backend in COMPILED:
         fast_variants = [v for v in MEMORY_VARIANTS if fast(backend, np.float16 if v == "float16" else np.float32)]
         yield pytest.param(backend, fast_variants, id=backend)
@@ -44,15 +44,36 @@ def _memory_params():
 MEMORY_VARIANTS = ("float32", "float16", "non-contiguous", "big-endian", "memmap")
 
 
+_PROBED = {}
+
+
+def _probe_lines(session, tmp_path_factory, rows, v):
+    """The probe's JSON lines for every memory cell this session selected, from one subprocess
+    (tests/memory_probe.py: the inputs, most of its time, are made once for all backends)."""
+    if not _PROBED:
+        cells = [item.callspec.params for item in session.items
+                 if getattr(item, "originalname", None) == "test_extra_memory_is_o_rows"
+                 and item.module.__name__ == __name__]
+        wanted = {}
+        for p in cells:
+            wanted.setdefault(p["backend"], []).extend(p["variants"])
+        union = [m for m in MEMORY_VARIANTS if any(m in vs for vs in wanted.values())]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
+        proc = subprocess.run([sys.executable, str(HERE / "memory_probe.py"), str(rows), str(v),
+                               str(tmp_path_factory.mktemp("memory_probe")), ",".join(union),
+                               *[f"{b}={','.join(vs)}" for b, vs in wanted.items()]],
+                              capture_output=True, text=True, env=env, timeout=900)
+        _PROBED["result"] = (proc.returncode, proc.stderr, [json.loads(line) for line in proc.stdout.splitlines()])
+    return _PROBED["result"]
+
+
 @pytest.mark.parametrize("backend,variants", list(_memory_params()))
-def test_extra_memory_is_o_rows(backend, variants, tmp_path):
+def test_extra_memory_is_o_rows(backend, variants, request, tmp_path_factory):
     rows, v = 1024, 8192
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, str(HERE / "memory_probe.py"), str(rows), str(v), str(tmp_path),
-                           ",".join(variants), backend], capture_output=True, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert {d["fn"] for d in lines} == set(FN_IDS)
+    returncode, stderr, lines = _probe_lines(request.session, tmp_path_factory, rows, v)
+    assert returncode == 0, stderr[-3000:]
+    lines = [d for d in lines if d["backend"] == backend and d["variant"] in variants]
+    assert {(d["fn"], d["variant"]) for d in lines} == {(f, m) for f in FN_IDS for m in variants}
     block = 256 << 10                                   # BLOCK_BYTES and CHUNK_BYTES in the probe
     rows_sized = 64 * rows                              # outputs, targets, per-row scratch: O(rows)
     failures = []
