@@ -116,6 +116,9 @@ def _sum_exp(row, j0, j1, m):
 #: the per-chunk shift recorded for the second pass (8 KB of a float32 row pair, in L1).
 JS_CHUNK = 1024
 
+#: bytes in a cache line (x86-64 and most arm64 cores)
+_LINE = 64
+
 
 @njit(**_INLINE)
 def _exps_into(xs, es, r):
@@ -257,16 +260,17 @@ def _js_logits(x, z, beta, scale, out, scratch, refs):
     """One share of rows (the whole call, or one share of _js_logits_mt) with its scratch
     rows.  scale None: unscaled logits, read in place."""
     prefer_wide_vectors()
-    ex = scratch[0]
-    ez = scratch[1]
+    v = x.shape[1]                      # the scratch rows are padded past V
+    ex = scratch[0, :v]
+    ez = scratch[1, :v]
     for i in range(x.shape[0]):
         b = cast(beta, load(x[i, 0]))
         c = cast(1.0 - beta, b)
         if scale is None:
             out[i] = _js_logits_row(x[i], z[i], b, c, ex, ez, refs)
         else:
-            xs = scratch[2]
-            zs = scratch[3]
+            xs = scratch[2, :v]
+            zs = scratch[3, :v]
             _scaled_into(x[i], xs, cast(scale, b))
             _scaled_into(z[i], zs, cast(scale, b))
             out[i] = _js_logits_row(xs, zs, b, c, ex, ez, refs)
@@ -460,9 +464,13 @@ def js_logits(x, z, beta, scale, out, nthreads):
     sc = float(scale) if float(scale) != 1.0 else None
     v = x.shape[1]
     k = threads.parts(x, nthreads)
-    # per share: the exponentials, and the scaled rows when scaled: O(threads x V)
-    scratch = np.empty((k, 2 if sc is None else 4, v), dtype=acc)
-    refs = np.empty((k, 2, -(-v // JS_CHUNK)), dtype=acc)
+    # Per share: the exponentials, and the scaled rows when scaled: O(threads x V).  Each
+    # scratch row is padded by a cache line or more, so no two shares write to one line: at
+    # V = 51 the shares' rows were neighbours and two threads took 1.6-1.9x as long as one in
+    # most processes (false sharing; the gate's numba/js_div/C51/2t, Zen 4, 2026-12-05).
+    pad = _LINE // np.dtype(acc).itemsize
+    scratch = np.empty((k, 2 if sc is None else 4, v + pad), dtype=acc)
+    refs = np.empty((k, 2, -(-v // JS_CHUNK) + pad), dtype=acc)
     if k == 1:
         _js_logits(x, z, float(beta), sc, out, scratch[0], refs[0])
         return
