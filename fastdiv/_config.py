@@ -71,6 +71,15 @@ def _isa_line(info):
     return f"no ISA dispatch: one level, {level} ({info['cython_isa']}, {flags})"
 
 
+def _auto_exceptions():
+    """The ops for which ``auto`` picks another CPU backend on this CPU (measured), if any."""
+    rules = {op: b for op, b in _registry._auto_rules().items() if _registry.unavailable_reason(b) is None}
+    if not rules:
+        return ""
+    ops = ", ".join(f"{b} for {op}" for op, b in sorted(rules.items()))
+    return f"; {ops} on float32 inputs of {_registry.AUTO_FROM_BYTES >> 20} MiB or more (measured on this CPU)"
+
+
 def show_config() -> None:
     """Print versions, which backends are available (and why not), OpenMP, SIMD and threads.
 
@@ -94,4 +103,4 @@ def show_config() -> None:
     print("  backends:")
     for backend, state in info["backends"].items():
         print(f"    {backend:7s} {state}")
-    print(f"  auto picks: {_registry.resolve('auto')} for host arrays")
+    print(f"  auto picks: {_registry.resolve('auto')} for host arrays{_auto_exceptions()}")

@@ -68,6 +68,7 @@ it reads it and accumulates in float32.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 
@@ -91,6 +92,24 @@ OPS = (
 #: Backends in the order ``auto`` prefers them for host (numpy) input: Cython first (compiled
 #: at install time, so no JIT latency; as fast or faster in benchmarks/NOTES.md), then numba.
 CPU_BACKENDS = ("cython", "numba")
+
+#: ``auto``'s measured exceptions to that order: {(LLVM's name of the CPU, the Cython ISA level
+#: running): {op: backend}}, applied to float32 host arrays of at least AUTO_FROM_BYTES.  A pair
+#: not listed keeps CPU_BACKENDS' order.  Zen 4 with Cython at x86-64-v4, 2 threads, float32,
+#: numba's time over Cython's interleaved in one process (benchmarks/auto_choice.py, 2026-12-05,
+#: benchmarks/NOTES.md): logsumexp 0.83-0.89 and hard-label cross-entropy 0.83-0.90 at
+#: 512 x 128256, 2048 x 50257, 8192 x 32000 and 2^22 x 51; entropy and KL 0.91-0.97 at the large
+#: vocabularies (within auto's 10 %) and 1.12-1.15 at V = 51, so Cython keeps them.  On the Intel
+#: Xeon (AVX-512) every Cython kernel was the faster (NOTES, 2026-11-24), so it has no entry.
+AUTO_FASTER = {
+    ("znver4", "x86-64-v4"): {"lse": "numba", "ce_hard": "numba"},
+}
+
+#: Inputs from which the exceptions apply: larger than a 32 MiB L3, the kernels read memory,
+#: where the measured differences are; in cache the two backends are within ~5 % of each other
+#: (the gate's in-cache figures), and Cython needs no JIT at the first call (numba loads its
+#: cached machine code for an op in ~0.1-0.4 s, or compiles it for seconds).
+AUTO_FROM_BYTES = 64 << 20
 BACKENDS = ("numba", "cython", "cuda", "numpy")
 
 _MODULES = {
@@ -144,11 +163,39 @@ def available_backends() -> list[str]:
     return [b for b in CPU_BACKENDS + ("numpy",) if unavailable_reason(b) is None]
 
 
-def resolve(backend, *, device=False):
+@functools.lru_cache(maxsize=None)
+def _auto_rules():
+    """``AUTO_FASTER``'s entry for this CPU and this process's Cython ISA level, or {}."""
+    try:
+        from llvmlite import binding as llvm
+
+        cpu = llvm.get_host_cpu_name()
+    except Exception:                   # no llvmlite, or a platform it cannot name
+        return {}
+    module, _ = _load("cython")
+    level = getattr(module, "ISA_LEVEL", None) if module is not None else None
+    return AUTO_FASTER.get((cpu, level), {})
+
+
+def auto_order(op=None, x=None):
+    """The CPU backends in the order ``auto`` tries them for kernel ``op`` on host array ``x``
+    (numpy, or a torch CPU tensor): CPU_BACKENDS, or the backend AUTO_FASTER measured faster
+    for this op first."""
+    rules = _auto_rules() if op is not None else {}
+    if (op in rules and str(getattr(x, "dtype", "")) in ("float32", "torch.float32")
+            and int(getattr(x, "nbytes", 0)) >= AUTO_FROM_BYTES):
+        first = rules[op]
+        return (first,) + tuple(b for b in CPU_BACKENDS if b != first)
+    return CPU_BACKENDS
+
+
+def resolve(backend, *, device=False, op=None, x=None):
     """Turn a user's ``backend=`` (or ``FASTDIV_BACKEND`` for ``auto``) into a concrete name.
 
     An explicit choice that cannot run raises :class:`BackendUnavailable` with the reason;
-    ``auto`` falls back silently to the next available backend.
+    ``auto`` falls back silently to the next available backend.  ``op`` and ``x`` (the kernel
+    and its main host array) let ``auto`` apply AUTO_FASTER; without them it takes
+    CPU_BACKENDS' order.
     """
     if not isinstance(backend, str) or backend not in BACKENDS + ("auto",):
         raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
@@ -161,7 +208,7 @@ def resolve(backend, *, device=False):
         elif device:
             backend = "cuda"
         else:
-            for candidate in CPU_BACKENDS:
+            for candidate in auto_order(op, x):
                 if unavailable_reason(candidate) is None:
                     return candidate
             return "numpy"

@@ -225,10 +225,11 @@ def on_device(*objs):
     return any(o is not None and is_device_array(o) for o in objs)
 
 
-def _backend(choice, named, *, resolve=True, host_only=()):
+def _backend(choice, named, *, resolve=True, host_only=(), op=None):
     """The concrete backend for the arrays ``named`` ({name: array}): ``auto`` picks cuda
-    for device arrays.  ``host_only``: the names ``validate=True`` reads, which must be host
-    arrays.  A CPU backend gets host arrays only."""
+    for device arrays, and for host arrays the CPU backend measured faster for kernel ``op``
+    on the first array (``_registry.auto_order``).  ``host_only``: the names ``validate=True``
+    reads, which must be host arrays.  A CPU backend gets host arrays only."""
     lazy = [name for name, a in named.items() if _lazy.is_lazy(a)]
     if lazy and (choice == "cuda" or on_device(*named.values())):
         raise _registry.BackendUnavailable(f"{lazy[0]} is fastdiv.linear logits, which run on the CPU backends "
@@ -236,7 +237,8 @@ def _backend(choice, named, *, resolve=True, host_only=()):
     if not resolve:
         return choice
     device = [name for name, a in named.items() if on_device(a)]
-    backend = _registry.resolve(choice, device=bool(device))
+    first = next(iter(named.values()))
+    backend = _registry.resolve(choice, device=bool(device), op=op, x=None if lazy else first)
     for name in device:
         if name in host_only:
             raise ValueError(f"validate=True checks host arrays; {name} is a device array (validate it on "
@@ -278,7 +280,7 @@ def _ignore_for_probs(ignore, kind):
 
 
 def logsumexp(*, backend, x):
-    return Plan("logsumexp", _backend(backend, {"x": x}), op="lse")
+    return Plan("logsumexp", _backend(backend, {"x": x}, op="lse"), op="lse")
 
 
 def entropy(*, inputs, reduction, temperature, backend, validate, p, resolve=True):
@@ -341,9 +343,10 @@ def cross_entropy(*, reduction, ignore_index, weight, label_smoothing, temperatu
     if (z or cap is not None or lse) and scale != 1.0:
         raise ValueError("temperature cannot be combined with z_loss, softcap or return_lse")
     check = _validate_flag(validate)
-    be = _backend(backend, {"logits": logits, "target": target, "weight": weight}, resolve=resolve,
-                  host_only=("target",) if check else ())
     kind = target_kind(target)
+    plain = kind == "indices" and weight is None and eps == 0.0 and not (z or cap is not None or lse)
+    be = _backend(backend, {"logits": logits, "target": target, "weight": weight}, resolve=resolve,
+                  host_only=("target",) if check else (), op="ce_hard" if plain else None)
     _ignore_for_probs(ignore, kind)
     if kind == "indices" and scale != 1.0:
         raise ValueError(f"temperature applies to soft (probability) targets; with class indices it must be 1.0, "

@@ -43,3 +43,38 @@ def test_import_is_fast_and_needs_no_cuda(tmp_path):
                          cwd=tmp_path).stdout.split()    # not the repository root: the installed fastdiv
     assert out[1] == "False"
     assert float(out[0]) < 1.0          # the 0.3 s target is measured in benchmarks/, not here
+
+
+def test_auto_per_op_rule(monkeypatch):
+    """``auto`` takes AUTO_FASTER's measured backend for its op on large float32 host input only;
+    below AUTO_FROM_BYTES, for other ops, dtypes, options and lazy logits it keeps Cython first,
+    and FASTDIV_BACKEND or an explicit backend wins."""
+    import numpy as np
+
+    from fastdiv import _registry, plan
+    monkeypatch.setattr(_registry, "_auto_rules", lambda: {"lse": "numba", "ce_hard": "numba"})
+    monkeypatch.setattr(_registry, "AUTO_FROM_BYTES", 4096)
+    big = np.zeros((16, 64), np.float32)                # 4096 bytes
+    small = big[:15]
+    t = np.zeros(16, np.int64)
+    assert _registry.auto_order("lse", big) == ("numba", "cython")
+    assert _registry.auto_order("lse", small) == _registry.CPU_BACKENDS
+    assert _registry.auto_order("lse", big.astype(np.float64)) == _registry.CPU_BACKENDS
+    assert _registry.auto_order("kl_logits", big) == _registry.CPU_BACKENDS
+    assert _registry.auto_order(None, big) == _registry.CPU_BACKENDS
+    assert plan.logsumexp(backend="auto", x=big).backend == "numba"
+    assert plan.logsumexp(backend="cython", x=big).backend == "cython"
+    ce = dict(reduction="mean", ignore_index=-100, weight=None, label_smoothing=0.0, temperature=1.0,
+              backend="auto", validate=False, z_loss=0.0, softcap=None, return_lse=False, logits=big, target=t)
+    assert plan.cross_entropy(**ce).backend == "numba"
+    for option in (dict(label_smoothing=0.1), dict(weight=np.ones(64, np.float32)), dict(z_loss=1e-4),
+                   dict(softcap=30.0), dict(target=np.full((16, 64), 1 / 64, np.float32))):
+        assert plan.cross_entropy(**{**ce, **option}).backend == "cython", option
+    w = np.eye(64, dtype=np.float32)
+    assert plan.logsumexp(backend="auto", x=fastdiv.linear(big, w)).backend == "cython"
+    monkeypatch.setenv("FASTDIV_BACKEND", "cython")
+    assert plan.logsumexp(backend="auto", x=big).backend == "cython"
+    monkeypatch.delenv("FASTDIV_BACKEND")
+    # the choice is the only difference: the numbers are the chosen backend's
+    x = np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32)
+    np.testing.assert_array_equal(fastdiv.logsumexp(x), fastdiv.logsumexp(x, backend="numba"))
