@@ -158,7 +158,7 @@ def _per_row_blocks(b, x, target, **kwargs):
     if target is not None:
         t = _checks.class_targets(_checks.as_array("target", target), lead, v, kwargs["ignore_index"])
     sides = [s if _lazy.is_lazy(s) else s.reshape(n, v) for s in (b, x)]
-    step = min(s.block_rows(8) for s in sides if _lazy.is_lazy(s))
+    step = min(s.block_rows(np.dtype(s.dtype).itemsize) for s in sides if _lazy.is_lazy(s))
     buffers, parts = ({}, {}), []
     for r0 in range(0, n, step):
         r1 = min(n, r0 + step)
