@@ -14,12 +14,10 @@ level and would only dilute the differences.  Prints, per op, the best and the m
 level's.
 """
 import argparse
-import importlib.machinery
-import importlib.util
-import time
 
 import numpy as np
 
+from _common import kernel_inputs, load_extension, ns_per_element, shapes_and_ops
 from fastdiv._cython import _kernels as K
 
 ap = argparse.ArgumentParser()
@@ -31,42 +29,24 @@ a = ap.parse_args()
 
 B = None
 if a.base:
-    loader = importlib.machinery.ExtensionFileLoader("basec._kernels", a.base)
-    spec = importlib.util.spec_from_file_location("basec._kernels", a.base, loader=loader)
-    B = importlib.util.module_from_spec(spec)
-    loader.exec_module(B)
+    B = load_extension(a.base)
     print(f"base: {a.base} ({getattr(B, 'ISA_LEVEL', None) or B.SIMD_FLAGS or 'portable'}, {B.SIMD_ISA})")
 
 levels = list(K.ISA_SUPPORTED)
 print(f"levels: {', '.join(levels)} (built: {', '.join(K.ISA_LEVELS)}; dispatch={K.DISPATCH})")
-shapes = [tuple(map(int, s.split("x"))) for s in a.args if "x" in s] or [(16, 16000)]
-ops = [s for s in a.args if "x" not in s] or ["lse", "ce", "kl"]
-dt = np.dtype(a.dtype)
-rng = np.random.default_rng(0)
+shapes, ops = shapes_and_ops(a.args, [(16, 16000)], ["lse", "ce", "kl"])
 for n, v in shapes:
-    x = (rng.standard_normal((n, v)) * 3).astype(dt)
-    z = (rng.standard_normal((n, v)) * 3).astype(dt)
-    t = rng.integers(0, v, n).astype(np.int64)
-    w = np.ones(v, dt)
-    out = np.empty(n, dt)
-    calls = {"lse": lambda M: M.lse(x, out, 1),
-             "ce": lambda M: M.ce_hard(x, t, -100, w, 0.0, out, 1),
-             "kl": lambda M: M.kl_logits(x, z, 1.0, out, 1),
-             "entropy": lambda M: M.entropy_logits(x, 1.0, out, 1)}
-    reps = max(1, int(1e6 // (n * v)))
+    d = kernel_inputs(n, v, a.dtype)
+    calls = {"lse": lambda M: M.lse(d.x, d.out, 1),
+             "ce": lambda M: M.ce_hard(d.x, d.t, -100, d.w, 0.0, d.out, 1),
+             "kl": lambda M: M.kl_logits(d.x, d.z, 1.0, d.out, 1),
+             "entropy": lambda M: M.entropy_logits(d.x, 1.0, d.out, 1)}
     for op in ops:
         f = calls[op]
-        runs = [(lv, K) for lv in levels] + ([("base", B)] if B is not None else [])
-        times = {name: [] for name, _ in runs}
-        for _ in range(a.reps):
-            for name, M in runs:
-                if M is K:
-                    K._use_level(name)
-                f(M)
-                t0 = time.thread_time()
-                for _ in range(reps):
-                    f(M)
-                times[name].append((time.thread_time() - t0) / reps / (n * v) * 1e9)
+        runs = {lv: (lambda: f(K)) for lv in levels}
+        if B is not None:
+            runs["base"] = lambda: f(B)
+        times = ns_per_element(runs, a.reps, n * v, before=lambda name: name in levels and K._use_level(name))
         top = min(times[levels[-1]])
         cells = "  ".join(f"{name} {min(s):6.3f} (med {np.median(s):6.3f}, x{min(s) / top:.2f})"
                           for name, s in times.items())

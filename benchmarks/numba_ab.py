@@ -19,12 +19,11 @@ setup.py build_ext --inplace)``) is compared with ``--cython-base
 Prints ns per element (per pair for two-input ops) for base, new and Cython.
 """
 import argparse
-import importlib.machinery
-import importlib.util
 import sys
-import time
 
 import numpy as np
+
+from _common import kernel_inputs, load_extension, ns_per_element, shapes_and_ops
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--base", default="/tmp/basek", help="folder holding the snapshot package 'basek'")
@@ -48,48 +47,27 @@ except ImportError:
 from fastdiv._cython import _kernels as C  # noqa: E402
 from fastdiv._numba import ops as N  # noqa: E402
 
-CB = None
-if a.cython_base:
-    loader = importlib.machinery.ExtensionFileLoader("basec._kernels", a.cython_base)
-    spec = importlib.util.spec_from_file_location("basec._kernels", a.cython_base, loader=loader)
-    CB = importlib.util.module_from_spec(spec)
-    loader.exec_module(CB)
+CB = load_extension(a.cython_base) if a.cython_base else None
 
-shapes = [tuple(map(int, s.split("x"))) for s in a.args if "x" in s] or [(8, 50257), (16384, 51)]
-ops = [s for s in a.args if "x" not in s] or ["lse", "ce", "entropy", "kl"]
-dt = np.dtype(a.dtype)
-rng = np.random.default_rng(0)
+shapes, ops = shapes_and_ops(a.args, [(8, 50257), (16384, 51)], ["lse", "ce", "entropy", "kl"])
 for n, v in shapes:
-    x = (rng.standard_normal((n, v)) * 3).astype(dt)
-    z = (rng.standard_normal((n, v)) * 3).astype(dt)
-    p = rng.dirichlet(np.full(v, 0.5), size=n).astype(dt)
-    q = rng.dirichlet(np.full(v, 0.5), size=n).astype(dt)
-    t = rng.integers(0, v, n).astype(np.int64)
-    w = np.ones(v, dt)
-    out = np.empty(n, dt)
+    d = kernel_inputs(n, v, a.dtype)
 
     def calls(K):
-        return {"lse": lambda: K.lse(x, out, 1), "ce": lambda: K.ce_hard(x, t, -100, w, 0.0, out, 1),
-                "entropy": lambda: K.entropy_logits(x, 1.0, out, 1), "kl": lambda: K.kl_logits(x, z, 1.0, out, 1),
-                "kl_probs": lambda: K.kl_probs(p, q, out, 1), "entropy_probs": lambda: K.entropy_probs(p, out, 1),
-                "js_probs": lambda: K.js_probs(p, q, 0.5, out, 1)}
+        return {"lse": lambda: K.lse(d.x, d.out, 1), "ce": lambda: K.ce_hard(d.x, d.t, -100, d.w, 0.0, d.out, 1),
+                "entropy": lambda: K.entropy_logits(d.x, 1.0, d.out, 1),
+                "kl": lambda: K.kl_logits(d.x, d.z, 1.0, d.out, 1), "kl_probs": lambda: K.kl_probs(d.p, d.q, d.out, 1),
+                "entropy_probs": lambda: K.entropy_probs(d.p, d.out, 1),
+                "js_probs": lambda: K.js_probs(d.p, d.q, 0.5, d.out, 1)}
 
-    versions = [calls(O), calls(N), calls(C)] + ([calls(CB)] if CB is not None else [])
-    reps = max(1, int(2e6 // (n * v)))
+    versions = dict(base=calls(O), new=calls(N), cython=calls(C), **({"cython base": calls(CB)} if CB else {}))
     for op in ops:
-        fs = [vers[op] for vers in versions]
-        for f in fs:
-            f()
-        times = [[] for _ in fs]
-        for _ in range(a.reps):
-            for f, acc in zip(fs, times):
-                t0 = time.thread_time()
-                for _ in range(reps):
-                    f()
-                acc.append((time.thread_time() - t0) / reps / (n * v) * 1e9)
-        med = [float(np.median(s)) for s in times]
-        line = (f"{n}x{v} {a.dtype} {op:13s} base {med[0]:6.3f}  new {med[1]:6.3f}  cython {med[2]:6.3f} ns/el   "
-                f"new/base {med[1] / med[0]:.3f}  new/cython {med[1] / med[2]:.3f}")
+        times = ns_per_element({name: vers[op] for name, vers in versions.items()}, a.reps, n * v, budget=2e6)
+        med = {name: float(np.median(s)) for name, s in times.items()}
+        line = (f"{n}x{v} {a.dtype} {op:13s} base {med['base']:6.3f}  new {med['new']:6.3f}  cython "
+                f"{med['cython']:6.3f} ns/el   new/base {med['new'] / med['base']:.3f}  new/cython "
+                f"{med['new'] / med['cython']:.3f}")
         if CB is not None:
-            line += f"   cython base {med[3]:6.3f}  cython new/base {med[2] / med[3]:.3f}"
+            line += (f"   cython base {med['cython base']:6.3f}  cython new/base "
+                     f"{med['cython'] / med['cython base']:.3f}")
         print(line, flush=True)
