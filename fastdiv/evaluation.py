@@ -16,7 +16,8 @@ and a row whose softmax is undefined (NaN or ``+inf`` logits) counts as a miss.
 Softcap: ``softcap=c`` replaces the logits by ``c * tanh(x / c)`` before anything else
 (Gemma), a masked class (``-inf``) staying masked.  It is applied once for every CPU backend
 (``fastdiv.execute.run_blocks``): one worker per thread writes blocks of its rows through a
-compiled pass (``fastdiv._numba.softcap``) into a reused cache-sized buffer, which the
+compiled pass (``fastdiv.execute.apply_softcap``: the Cython extension's, or numba's where
+it is not built) into a reused cache-sized buffer, which the
 backend's kernel then reads from cache (O(block) extra memory per thread).  On cuda a device
 pass does the same into a device buffer (``fastdiv._cuda.softcap``).
 """

@@ -272,24 +272,52 @@ def rows(plan, arrays):
 # --------------------------------------------------------------------------- softcap
 
 
-def apply_softcap(block, cap, dtype, out=None):
-    """``cap * tanh(block / cap)`` in ``dtype`` (semantics of ``fastdiv.reference.softcap_rows``:
-    ``-inf`` stays ``-inf``, NaN stays NaN, ``+inf`` becomes ``cap``), one compiled pass
-    (``fastdiv._numba.softcap``, single-threaded).  ``block``: 2-D, any strides; ``out``: a
-    C-contiguous ``dtype`` array of its shape to write into (a new one when None), returned."""
+def softcap_impl(name):
+    """The soft-capping transform of the Cython extension (``_softcap_rows.h``) or of numba
+    (``fastdiv._numba.softcap``): ``f(block, inv, cap, out)``, ``block`` 2-D with contiguous
+    rows.  The two agree within a few ulp (tests/test_softcap.py)."""
+    if name == "cython":
+        from ._cython._kernels import softcap
+        return softcap
     from ._numba.simd import read_only
     from ._numba.softcap import softcap_rows
 
-    block = np.asarray(block)
-    if block.dtype != dtype:
-        block = block.astype(dtype)
-    if out is None:
-        out = np.empty(block.shape, dtype=dtype)
-    if block.size:
+    def softcap(block, inv, cap, out):
         # read-only like every kernel input (simd.read_only): writable and read-only blocks
         # share one specialization instead of compiling two
         (block,) = read_only(block)
-        softcap_rows(block, dtype.type(1.0 / cap), dtype.type(cap), out)
+        softcap_rows(block, block.dtype.type(inv), block.dtype.type(cap), out)
+    return softcap
+
+
+def _softcap_kernel():
+    """The transform every CPU backend's ``softcap=`` runs, one per process: the Cython
+    extension's when it is built (no JIT: ``backend="cython"`` with softcap loads no numba
+    code; its first call took 0.86 s with numba's, 0.006 s with it), else numba's.  One for
+    all backends, so the soft-capped logits, and so ranks and ties, are the same bits on each."""
+    global _SOFTCAP
+    if _SOFTCAP is None:
+        _SOFTCAP = softcap_impl("cython" if _registry.unavailable_reason("cython") is None else "numba")
+    return _SOFTCAP
+
+
+_SOFTCAP = None
+
+
+def apply_softcap(block, cap, dtype, out=None):
+    """``cap * tanh(block / cap)`` in ``dtype`` (semantics of ``fastdiv.reference.softcap_rows``:
+    ``-inf`` stays ``-inf``, NaN stays NaN, ``+inf`` becomes ``cap``), one compiled pass on one
+    thread (``_softcap_kernel``).  ``block``: 2-D, any strides; ``out``: a C-contiguous ``dtype``
+    array of its shape to write into (a new one when None), returned."""
+    block = np.asarray(block)
+    if block.dtype != dtype:
+        block = block.astype(dtype)
+    elif block.ndim == 2 and block.strides[1] != block.itemsize:
+        block = np.ascontiguousarray(block)            # the transform reads rows with unit stride
+    if out is None:
+        out = np.empty(block.shape, dtype=dtype)
+    if block.size:
+        _softcap_kernel()(block, 1.0 / cap, cap, out)
     return out
 
 

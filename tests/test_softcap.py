@@ -20,13 +20,22 @@ BACKENDS = backend_params(("numba", "cython", "numpy"))
 SPECIALS = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e4, -1e4, 1e30, -1e30, 1e-30, 5e-39, 0.625, -0.625])
 
 
+@pytest.fixture(params=["cython", "numba"])
+def transform(request, monkeypatch):
+    """Each implementation of the transform (execute.softcap_impl) in turn, as apply_softcap's."""
+    if _registry.unavailable_reason(request.param) is not None:
+        pytest.skip(_registry.unavailable_reason(request.param))
+    monkeypatch.setattr(fastdiv.execute, "_SOFTCAP", fastdiv.execute.softcap_impl(request.param))
+    return request.param
+
+
 def _ulp_error(got, want):
     """|got - want| in units of the float32 spacing at want (want in float64)."""
     return np.abs(got.astype(np.float64) - want) / np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
 
 
 @pytest.mark.parametrize("cap, ulps", [(1.0, 2.0), (15.0, 3.0), (30.0, 3.0), (0.01, 4.0)])
-def test_transform_float32_within_few_ulp(cap, ulps, rng):
+def test_transform_float32_within_few_ulp(cap, ulps, rng, transform):
     """Measured: 1.9 ulp for cap = 1 (tanh alone), 2.4 with the rounding of x / cap, 3.2 when
     cap itself is not a float32 (0.01: the cap is rounded to float32)."""
     x = np.concatenate([rng.standard_normal(200_000) * s for s in (1e-5, 0.1, 1.0, 5.0, 30.0)]) * cap
@@ -43,7 +52,7 @@ def test_transform_float32_within_few_ulp(cap, ulps, rng):
 
 
 @pytest.mark.parametrize("cap", [1.0, 30.0])
-def test_transform_float64_within_1e15(cap, rng):
+def test_transform_float64_within_1e15(cap, rng, transform):
     x = np.concatenate([rng.standard_normal(200_000) * s for s in (1e-5, 0.1, 1.0, 5.0, 30.0)]) * cap
     x = np.concatenate([x, np.linspace(-25 * cap, 25 * cap, 100_001), SPECIALS])
     got = apply_softcap(x.reshape(1, -1), cap, np.dtype(np.float64)).ravel()
@@ -55,7 +64,7 @@ def test_transform_float64_within_1e15(cap, rng):
     assert rel.max() <= 1e-15
 
 
-def test_transform_semantics():
+def test_transform_semantics(transform):
     x = np.array([[-np.inf, np.inf, np.nan, 0.0, 1e4, -1e4]], np.float32)
     got = apply_softcap(x, 5.0, np.dtype(np.float32))
     np.testing.assert_array_equal(got, [[-np.inf, 5.0, np.nan, 0.0, 5.0, -5.0]])    # -inf stays masked
@@ -63,7 +72,7 @@ def test_transform_semantics():
 
 @pytest.mark.parametrize("v", [1, 51, 1271])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_transform_shapes_strides_read_only(v, dtype, rng):
+def test_transform_shapes_strides_read_only(v, dtype, rng, transform):
     base = make_logits(rng, 24, 2 * v, dtype, scale=20.0)
     x = base[::2, ::2]                                  # strided rows and columns
     x.flags.writeable = False

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 
 import fastdiv
 
@@ -43,6 +44,22 @@ def test_import_is_fast_and_needs_no_cuda(tmp_path):
                          cwd=tmp_path).stdout.split()    # not the repository root: the installed fastdiv
     assert out[1] == "False"
     assert float(out[0]) < 1.0          # the 0.3 s target is measured in benchmarks/, not here
+
+
+def test_cython_backend_loads_no_numba(tmp_path):
+    """#21: a user of the Cython backend pays no JIT, softcap included (its transform is the
+    extension's; with numba's the first call took 0.86 s with a warm cache)."""
+    from fastdiv import _registry
+    if _registry.unavailable_reason("cython") is not None:
+        pytest.skip("the Cython extension is not built")
+    code = ("import sys, numpy as np, fastdiv; x = np.ones((4, 300), np.float32); t = np.zeros(4, np.int64); "
+            "fastdiv.evaluate(x, t, softcap=30.0, topk=(1, 5), backend='cython'); "
+            "fastdiv.cross_entropy(x, t, softcap=30.0, z_loss=1e-4, backend='cython'); "
+            "fastdiv.logsumexp(x, backend='cython'); fastdiv.kl_div(x, x, backend='cython'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numba', 'llvmlite')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path).stdout.strip()
+    assert out == "[]", out
 
 
 def test_auto_per_op_rule(monkeypatch):

@@ -64,6 +64,11 @@ typedef struct {
                          int64_t *ix);
     void (*eval_row_f64)(const double *x, const double *z, ptrdiff_t V, int64_t t, double *st,
                          int64_t *ix);
+    /* the softcap transform of _softcap_rows.h (one thread) */
+    void (*softcap_rows_f32)(const float *x, ptrdiff_t rows, ptrdiff_t V, ptrdiff_t ldx, float inv,
+                             float cap, float *out);
+    void (*softcap_rows_f64)(const double *x, ptrdiff_t rows, ptrdiff_t V, ptrdiff_t ldx, double inv,
+                             double cap, double *out);
     /* the divergence driver of _div.h (its own OpenMP region) */
     int (*run_staged)(const fd_job *J, int nthreads);
 } fd_table;

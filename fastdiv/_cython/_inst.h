@@ -67,8 +67,9 @@
 
 #include "_rows.h"
 #include "_div_rows.h"
-#if !FD_HALF /* evaluate reads native inputs only */
+#if !FD_HALF /* evaluate and the softcap transform read native inputs only */
 #include "_eval_rows.h"
+#include "_softcap_rows.h"
 #endif
 
 #undef FD_CHUNK_BUF

@@ -103,6 +103,11 @@ cdef extern from "_dispatch.h" nogil:
                              double *st, int64_t *ix) noexcept nogil
         void (*eval_row_f64)(const double *x, const double *z, Py_ssize_t V, int64_t t,
                              double *st, int64_t *ix) noexcept nogil
+        # the softcap transform (_softcap_rows.h)
+        void (*softcap_rows_f32)(const float *x, Py_ssize_t rows, Py_ssize_t V, Py_ssize_t ldx, float inv,
+                                 float cap, float *out) noexcept nogil
+        void (*softcap_rows_f64)(const double *x, Py_ssize_t rows, Py_ssize_t V, Py_ssize_t ldx, double inv,
+                                 double cap, double *out) noexcept nogil
         # the divergence driver (_div.h; fd_job is declared with the v2 entry points below)
         int (*run_staged)(const void *J, int nthreads) noexcept nogil
 
@@ -499,6 +504,31 @@ cdef _run(int op, arrays, widths, scales, double a, double b, out, int nthreads,
         rc = T.run_staged(&J, nt)
     if rc != 0:
         raise MemoryError("could not allocate the per-thread row buffers")
+
+
+def _softcap_native(const floating[:, :] x, floating[:, ::1] out, floating inv, floating cap):
+    cdef Py_ssize_t rows = x.shape[0], V = x.shape[1], ldx
+    if out.shape[0] != rows or out.shape[1] != V:
+        raise ValueError(f"out must have x's shape ({rows}, {V}), got ({out.shape[0]}, {out.shape[1]})")
+    if rows == 0 or V == 0:
+        return
+    if x.strides[1] != sizeof(floating) or x.strides[0] % sizeof(floating) != 0:
+        raise ValueError("x's rows must be contiguous (unit stride along the last axis)")
+    ldx = x.strides[0] // <Py_ssize_t>sizeof(floating)
+    with nogil:
+        if floating is float:
+            T.softcap_rows_f32(&x[0, 0], rows, V, ldx, inv, cap, &out[0, 0])
+        else:
+            T.softcap_rows_f64(&x[0, 0], rows, V, ldx, inv, cap, &out[0, 0])
+
+
+def softcap(x, inv, cap, out):
+    """out = cap * tanh(x * inv) for a 2-D float32 / float64 ``x`` whose rows are contiguous
+    (any row stride, read-only is fine) into a C-contiguous ``out`` of its shape and dtype; ``-inf``
+    stays ``-inf`` (``fastdiv.reference.softcap_rows``).  One thread, GIL released."""
+    if x.dtype != out.dtype:
+        raise ValueError(f"x and out must share a dtype, got {x.dtype} and {out.dtype}")
+    _softcap_native(x, out, x.dtype.type(inv), x.dtype.type(cap))
 
 
 def lse(x, out, int nthreads):

@@ -4,11 +4,13 @@
 read-only is fine), ``out`` a C-contiguous array of the same shape and dtype; ``inv = 1 / cap``
 and ``cap`` in that dtype.  Writes ``out = cap * tanh(x * inv)`` with the semantics of
 ``fastdiv.reference.softcap_rows``: a masked class (``-inf``) stays ``-inf`` (it is not moved to
-``-cap``), NaN stays NaN, ``+inf`` becomes ``cap``.  Used by both CPU backends: the API
-(``fastdiv.evaluation.run_blocks``) runs one worker per thread, each transforming an
-L2-sized block of its rows and handing it to the backend's kernel (single-threaded), so the
-soft-capped logits, and so ranks and ties, are bit-identical on numba and Cython.  It
-releases the GIL.
+``-cap``), NaN stays NaN, ``+inf`` becomes ``cap``.  The transform of every CPU backend
+where the Cython extension is not built (otherwise its ``_softcap_rows.h``, the same
+algorithm with _simd.h's exp, runs: ``fastdiv.execute.softcap_impl``).  The API
+(``fastdiv.execute.run_blocks``) runs one worker per thread, each transforming an L2-sized
+block of its rows and handing it to the backend's kernel (single-threaded); one transform
+per process for all backends, so the soft-capped logits, and so ranks and ties, are
+bit-identical on numba and Cython.  It releases the GIL.
 
 numba lowers ``math.tanh`` to a scalar libm call; this tanh vectorises (selects, fma, one
 division).  Numerics, with ``a = |y|``:
