@@ -30,7 +30,7 @@ from . import intrinsics as D
 from .intrinsics import inline as _dj
 
 #: float64 KL from logits: rows whose one-pass KL is below this times the size of the terms it
-#: subtracts are recomputed without cancellation (fastdiv/_numba/kernels.py, KL_EXACT_BELOW)
+#: subtracts are recomputed without cancellation (fastdiv/_numba/long_rows.py, KL_EXACT_BELOW)
 KL_EXACT_BELOW = 1e-3
 
 

@@ -95,7 +95,7 @@ def _make(kind_name):
     def kl_exact_sums(x, z, base, V, tid, nt, sca, mx, mz, k):
         """This thread's share of (sum q_j, sum q_j expm1(b_j), sum q_j phi(b_j)) times sz,
         b_j = ((x_j - z_j) - (mx - mz)) - k: the terms of D(P || Q) = sum_j q_j phi(log r_j),
-        r = p / q, each >= 0 (fastdiv/_numba/kernels.py, _kl_exact)."""
+        r = p / q, each >= 0 (fastdiv/_numba/long_rows.py, _kl_exact)."""
         dm, dme = _two_diff(mx, mz)
         s = 0.0
         nu = 0.0
@@ -261,7 +261,7 @@ def _make(kind_name):
                         psi = nu * nu * (0.5 - nu / 6.0 + nu * nu / 12.0) if abs(nu) < 1e-5 else \
                             (1.0 + nu) * math.log1p(nu) - nu
                         kl_d = (ph - psi) / (1.0 + nu)
-                        if not psi > 1e-3 * kl_d:      # see _numba/kernels.py, _kl_exact
+                        if not psi > 1e-3 * kl_d:      # see _numba/long_rows.py, _kl_exact
                             break
                         k += math.log1p(nu)
             # ---- pass C (JS from logits): the terms

@@ -4,7 +4,7 @@ The contract is ``fastdiv._registry``'s (js_logits, js_log_probs, js_probs, topk
 semantics are ``fastdiv.reference.js_rows`` / ``topk_kl_rows``.  Built on the vectorisable
 math of ``simd.py``; gathered with the other ops by ``ops.py``.
 
-Inputs may be float32, float64 or half-precision bits (``HALF_INPUTS`` of ``kernels.py``:
+Inputs may be float32, float64 or half-precision bits (``HALF_INPUTS`` of ``ops.py``:
 float16 as uint16, bfloat16 as int16), widened by ``simd.load`` as they are read.
 
 Per row, the passes after the first read the row(s) from cache: a 50257-float row pair is
@@ -161,7 +161,7 @@ def _js_logits_row(xr, zr, b, c, ex, ez, refs):
     passes.
 
     First pass, the one read from memory: chunk by chunk, e = exp(x - r) against the
-    running maximum r (as kernels._sums: no maximum kept in the loop, only a flag that
+    running maximum r (as row_state._sums: no maximum kept in the loop, only a flag that
     every entry was at most r); e goes to the scratch row and r to ``refs``.  A chunk that
     holds a new maximum (rare after the first chunks), a NaN or +inf takes its maxima from
     L1 and is exponentiated again against them; the running sums move to the new maximum

@@ -2,7 +2,7 @@
 
 Contract (inputs, the state's columns, row endings): ``fastdiv._registry``, op ``evaluate``.
 
-Without a reference the row pass is numba's ``_row_state_t`` (fastdiv/_numba/kernels.py: the
+Without a reference the row pass is numba's ``_row_state_t`` (fastdiv/_numba/row_state.py: the
 exact running maximum, its copies kept out of the lane sums, the target's rank counted in the
 same pass), so a confident row keeps its tiny NLL and entropy.  With a reference, per row,
 chunks of ``CHUNK`` elements: the chunk maxima are found first (a read from memory, with the
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .kernels import ROW_CHUNK, _row_state_t
+from .row_state import ROW_CHUNK, _row_state_t
 from . import threads
 from .threads import PAR, share
 from .simd import INLINE, JIT, cast, clamp_lo, exp_hot, maximum, prefer_wide_vectors, prefetch, read_only
@@ -61,7 +61,7 @@ def _first_index(xc, value):
 
 @njit(**_INLINE)
 def _sums2(xc, zc, shx, shz, xt):
-    """The sums of _sums for x, the same for z, the two KL sums and the flag counts."""
+    """The sums of row_state._sums for x, the same for z, the two KL sums and the flag counts."""
     zero = cast(0.0, shx)
     sx = zero
     wx = zero

@@ -1,21 +1,176 @@
-"""The numba backend's entry (``fastdiv._registry``): the kernel contract's functions.
+"""The numba backend's entry (``fastdiv._registry``): the kernel contract's functions; only this
+module gathers them, and it picks each call's algorithm (short-row blocks or the row path).
 
-``kernels.py`` holds the tuned per-row passes and the thread setting, ``evaluate.py`` the
-evaluate state, ``divergences.py`` the divergence family; each imports only below itself
-(``simd.py``, ``kernels.py``), and only this module gathers them.
+The package, by algorithm (each module imports only modules listed below it):
+
+* ``ops.py``         this entry: shape checks, the choice of path by V, and the row path's redo
+  of the rows a block kernel could not finish (KL from logits).
+* ``divergences.py`` generalized JSD (logits, probabilities, log-probabilities) and top-k teacher
+  KL, with their contract functions.
+* ``evaluate.py``    the evaluate state (NLL, rank, entropy, optionally KL) in one read per row.
+* ``short_rows.py``  short-row blocks (``1 < V <= SMALL_V``): lse / hard-label CE, entropy and KL
+  from logits over blocks of rows treated as one flat array.
+* ``long_rows.py``   the row path for every V: lse, entropy and KL of each input kind,
+  hard- and soft-target cross-entropy, float64 KL's exact pass.
+* ``row_state.py``   the one-pass row state ``(m, c, r, w)`` of a row of logits and its finishes
+  (lse, entropy, NLL), shared by the row path, the blocks' redo and evaluate.
+* ``softcap.py``     the soft-capping pre-pass ``c tanh(x / c)`` (used by ``fastdiv.execute``).
+* ``threads.py``     the thread count and the split of a call's rows between threads.
+* ``simd.py``        vector math: fast exp / log, exact sums and differences, half-precision loads.
+
+Inputs may be float32, float64 or half-precision bits (``HALF_INPUTS``: float16 as uint16,
+bfloat16 as int16); ``simd.load`` widens each element to the compute type as it is read.
 """
+from __future__ import annotations
+
+import numpy as np
+
+from . import threads
 from .divergences import js_log_probs, js_logits, js_probs, topk_kl  # noqa: F401
 from .evaluate import evaluate  # noqa: F401
-from .threads import max_threads  # noqa: F401
-from .kernels import (  # noqa: F401
-    HALF_INPUTS,
-    ce_hard,
-    ce_soft,
-    entropy_log_probs,
-    entropy_logits,
-    entropy_probs,
-    kl_log_probs,
-    kl_logits,
-    kl_probs,
-    lse,
+from .long_rows import (
+    _ce_finish,
+    _ce_finish_mt,
+    _ce_hard,
+    _ce_hard_mt,
+    _ce_soft,
+    _ce_soft_mt,
+    _entropy_log_probs,
+    _entropy_log_probs_mt,
+    _entropy_logits,
+    _entropy_logits_mt,
+    _entropy_probs,
+    _entropy_probs_mt,
+    _kl_log_probs,
+    _kl_log_probs_mt,
+    _kl_logits,
+    _kl_logits_mt,
+    _kl_probs,
+    _kl_probs_mt,
+    _lse,
+    _lse_mt,
+    _row_parts,
+    _row_parts_mt,
 )
+from .short_rows import (
+    SMALL_GROUP,
+    _small_entropy,
+    _small_entropy_mt,
+    _small_kl,
+    _small_kl_mt,
+    _small_lse,
+    _small_lse_mt,
+    block_align,
+    use_blocks,
+)
+from .simd import read_only
+from .threads import max_threads  # noqa: F401
+
+#: Kernels read float16/bfloat16 inputs directly (see the module docstring).
+HALF_INPUTS = True
+
+
+def _guard(out, *arrays):
+    """O(1) shape checks: the jitted loops do no bounds checking (defence in depth; the
+    API has validated everything already)."""
+    x = arrays[0]
+    for a in arrays:
+        if a.ndim != 2 or a.shape != x.shape or a.dtype != x.dtype:
+            raise ValueError(f"kernel inputs must be 2-D arrays of one shape and dtype, got {[(b.shape, b.dtype) for b in arrays]}")
+    if x.shape[1] < 1 or out.shape != (x.shape[0],):
+        raise ValueError(f"out must have shape ({x.shape[0]},) and V >= 1, got out {out.shape} for input {x.shape}")
+
+
+(_NO_TARGET,) = read_only(np.zeros(0, dtype=np.int64))      # read-only like every target (simd.read_only)
+
+
+def _scale_arg(scale):
+    """None for 1 (see simd.scale_of: the unscaled kernels skip the multiply), else a float."""
+    return None if scale == 1.0 else float(scale)
+
+
+def lse(x, out, nthreads):
+    _guard(out, x)
+    (x,) = read_only(x)
+    if use_blocks(x):
+        threads.run(_small_lse, _small_lse_mt, nthreads, (x, out, _NO_TARGET, np.int64(0)), x,
+                    block_align(x, 1, SMALL_GROUP))
+    else:
+        threads.run(_lse, _lse_mt, nthreads, (x, out), x)
+
+
+def entropy_logits(x, scale, out, nthreads):
+    _guard(out, x)
+    (x,) = read_only(x)
+    if use_blocks(x):
+        threads.run(_small_entropy, _small_entropy_mt, nthreads, (x, _scale_arg(scale), out), x,
+                    block_align(x, 2, SMALL_GROUP))
+    else:
+        threads.run(_entropy_logits, _entropy_logits_mt, nthreads, (x, _scale_arg(scale), out), x)
+
+
+def entropy_probs(p, out, nthreads):
+    _guard(out, p)
+    (p,) = read_only(p)
+    threads.run(_entropy_probs, _entropy_probs_mt, nthreads, (p, out), p)
+
+
+def entropy_log_probs(lp, out, nthreads):
+    _guard(out, lp)
+    (lp,) = read_only(lp)
+    threads.run(_entropy_log_probs, _entropy_log_probs_mt, nthreads, (lp, out), lp)
+
+
+def kl_logits(x, z, scale, out, nthreads):
+    _guard(out, x, z)
+    x, z = read_only(x, z)
+    sc = _scale_arg(float(scale))
+    if not use_blocks(x):
+        threads.run(_kl_logits, _kl_logits_mt, nthreads, (x, z, sc, out), x)
+        return
+    redo = np.zeros(x.shape[0], dtype=np.bool_)
+    threads.run(_small_kl, _small_kl_mt, nthreads, (x, z, sc, out, redo), x, block_align(x, 2))
+    if redo.any():                      # rare: NaN/inf blocks, masked or far-below rows
+        idx = np.flatnonzero(redo)
+        part = np.empty(idx.size, dtype=out.dtype)
+        xr, zr = read_only(x[idx], z[idx])
+        threads.run(_kl_logits, _kl_logits_mt, nthreads, (xr, zr, sc, part), xr)
+        out[idx] = part
+
+
+def kl_probs(p, q, out, nthreads):
+    _guard(out, p, q)
+    p, q = read_only(p, q)
+    threads.run(_kl_probs, _kl_probs_mt, nthreads, (p, q, out), p)
+
+
+def kl_log_probs(a, b, out, nthreads):
+    _guard(out, a, b)
+    a, b = read_only(a, b)
+    threads.run(_kl_log_probs, _kl_log_probs_mt, nthreads, (a, b, out), a)
+
+
+def ce_hard(x, target, ignore_index, weight, eps, out, nthreads):
+    _guard(out, x)
+    x, target, weight = read_only(x, target, weight)
+    if target.shape != (x.shape[0],) or weight.shape != (x.shape[1],):
+        raise ValueError(f"target must have shape ({x.shape[0]},) and weight ({x.shape[1]},)")
+    ignore = np.int64(ignore_index)
+    if use_blocks(x) and eps == 0 and np.all(weight == 1):
+        threads.run(_small_lse, _small_lse_mt, nthreads, (x, out, target, ignore), x,
+                    block_align(x, 1, SMALL_GROUP))
+    elif eps == 0:
+        m = np.empty_like(out)
+        ls = np.empty(out.shape[0], dtype=np.float64)
+        threads.run(_row_parts, _row_parts_mt, nthreads, (x, m, ls), x)
+        threads.run(_ce_finish, _ce_finish_mt, nthreads, (x, target, ignore, weight, m, ls, out), x)
+    else:
+        threads.run(_ce_hard, _ce_hard_mt, nthreads, (x, target, ignore, weight, float(eps), out), x)
+
+
+def ce_soft(x, p, weight, alpha, beta, scale, out, nthreads):
+    _guard(out, x, p)
+    x, p, weight = read_only(x, p, weight)
+    if weight.shape != (x.shape[1],):
+        raise ValueError(f"weight must have shape ({x.shape[1]},)")
+    threads.run(_ce_soft, _ce_soft_mt, nthreads, (x, p, weight, float(alpha), float(beta), float(scale), out), x)
