@@ -243,9 +243,9 @@ def _extensions():
         sources=["fastdiv/_cython/_kernels.pyx"],
         include_dirs=[numpy.get_include(), "fastdiv/_cython"],
         depends=[LEVEL_SOURCE] + [
-            f"fastdiv/_cython/{h}.h" for h in ("_simd", "_rows", "_eval", "_eval_rows", "_div",
-                                                "_div_rows", "_softcap_rows", "_inst", "_job",
-                                                "_dispatch")],
+            f"fastdiv/_cython/{h}.h" for h in (
+                "_simd", "_row_state", "_long_rows", "_short_rows", "_row_items", "_eval", "_eval_rows",
+                "_div", "_div_rows", "_softcap_rows", "_inst", "_job", "_dispatch")],
         libraries=["m"] if os.name == "posix" else [],
     )
     return cythonize([ext], compiler_directives={"language_level": "3"})

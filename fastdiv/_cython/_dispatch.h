@@ -1,6 +1,6 @@
 /* fastdiv Cython backend: run-time choice of the kernels' instruction-set level (issue 21).
  *
- * The kernels (_simd.h, _rows.h, _div.h, _eval.h, ...) are compiled several times, once per
+ * The kernels (_simd.h, _long_rows.h, _div.h, _eval.h, ...) are compiled several times, once per
  * ISA level, by _level.c: each level is its own object file, built by setup.py with that
  * level's -march flags (so that _simd.h's vector width and intrinsics follow from the
  * compiler's predefined macros, __AVX512F__, __AVX2__, ...), and exports one table of
@@ -25,7 +25,7 @@ typedef struct {
     const char *level; /* "x86-64-v3", ..., "native", "baseline" */
     const char *isa;   /* the widest vector ISA the level's code uses: "avx512f", "avx2", ... */
     const char *flags; /* its architecture flags ("-march=x86-64-v3") */
-    /* the kernels of _rows.h / _eval_rows.h that _kernels.pyx calls in its prange loops */
+    /* the kernels of _row_items.h / _eval_rows.h that _kernels.pyx calls in its prange loops */
     ptrdiff_t (*items_f32)(ptrdiff_t rows, ptrdiff_t V);
     ptrdiff_t (*items_f64)(ptrdiff_t rows, ptrdiff_t V);
     void (*lse_item_f32)(const float *x, ptrdiff_t rows, ptrdiff_t V, ptrdiff_t it, float *out);

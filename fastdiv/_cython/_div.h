@@ -4,7 +4,7 @@
  *   - generalized Jensen-Shannon and top-k teacher KL (row kernels in _div_rows.h).
  *
  * Unscaled inputs of any format are read in place by the row kernels of their format
- * (_inst.h instantiates _rows.h and _div_rows.h for f32, f64, h16 and b16): 16-bit inputs
+ * (_inst.h instantiates the row templates and _div_rows.h for f32, f64, h16 and b16): 16-bit inputs
  * are widened to float32 inside the kernels' vector loads -- long rows once per element, into
  * a float32 chunk buffer in L1 while the chunk maximum is taken (fd_chunk), one-pass kernels
  * and short-row blocks in each load -- so memory traffic is that of the 16-bit input, nothing
@@ -52,7 +52,7 @@ static void fd_stage_f64(const double *src, ptrdiff_t n, double scale, double *d
 /* The driver.                                                                                  */
 /* ------------------------------------------------------------------------------------------ */
 
-/* Ops computed by the block driver of _rows.h for short rows (items of FD_W rows). */
+/* Ops computed by the block driver of _short_rows.h for short rows (items of FD_W rows). */
 static inline int fd_op_blocked(int op)
 {
     return op == FD_OP_LSE || op == FD_OP_ENTROPY_LOGITS || op == FD_OP_KL_LOGITS ||

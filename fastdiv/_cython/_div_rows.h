@@ -1,5 +1,5 @@
-/* Divergence-family row kernels (issue 5): a template instantiated by _inst.h after _rows.h,
- * with the same parameters (inputs FD_TI read through FI(fd_ld / fd_ldt / fd_at) and
+/* Divergence-family row kernels (issue 5): a template instantiated by _inst.h after the row
+ * templates, with the same parameters (inputs FD_TI read through FI(fd_ld / fd_ldt / fd_at) and
  * FI(fd_chunk2)).  No include guard on purpose.
  * Semantics: fastdiv/reference.py (js_rows, topk_kl_rows).
  */

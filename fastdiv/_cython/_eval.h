@@ -18,9 +18,9 @@
  *   - +inf: the row's softmax quantities are settled (NaN); the rest of the row is only
  *     scanned for a NaN (which turns the reported m from +inf into NaN);
  *   - entries equal to the shift (exp(0) = 1 exactly) are counted apart from the lane sums, as
- *     in _rows.h (see fd_log_kr): in a float32 lane holding 1.0 the terms of a confident row
+ *     in _row_state.h (see fd_log_kr): in a float32 lane holding 1.0 the terms of a confident row
  *     (below 6e-8) would round away, losing percents of a small NLL or entropy.
- * Template: _eval_rows.h, instantiated with _rows.h by _inst.h for native inputs.
+ * Template: _eval_rows.h, instantiated after the row templates by _inst.h for native inputs.
  */
 #ifndef FASTDIV_EVAL_H
 #define FASTDIV_EVAL_H

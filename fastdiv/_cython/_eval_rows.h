@@ -1,6 +1,6 @@
-/* Template of _eval.h, instantiated by _inst.h after _rows.h for native inputs (no include
-   guard on purpose): one row of the evaluate op.  Chunk maxima and the NaN scan are
-   _rows.h's fd_chunk and fd_has_nan. */
+/* Template of _eval.h, instantiated by _inst.h after the row templates for native inputs (no
+   include guard on purpose): one row of the evaluate op.  Chunk maxima and the NaN scan are
+   _row_state.h's fd_chunk and fd_has_nan. */
 
 /* First j with x[j] == v (0 if none): a vector compare per W entries, lanes only on a hit. */
 static ptrdiff_t FI(fd_ev_first)(const FD_T *x, ptrdiff_t n, FD_T v)

@@ -12,9 +12,11 @@ OpenMP threads; each row is computed by one thread with a fixed summation order 
 on neither the thread count nor the row's position in the batch, so results are
 bit-identical for any ``nthreads`` and any batching.
 
-The arithmetic lives in ``_simd.h`` / ``_rows.h`` (C with GCC vector extensions and AVX-512
-intrinsics: a vectorised exp/log, a chunked single-pass log-sum-exp for long rows, a
-block driver for short rows); this module only checks shapes and loops over work items.
+The arithmetic lives in ``_simd.h`` and the row templates (C with GCC vector extensions and
+AVX-512 intrinsics: a vectorised exp/log in ``_simd.h``, a chunked single-pass log-sum-exp for
+long rows in ``_long_rows.h``, a block driver for short rows in ``_short_rows.h``, their shared
+state and finishes in ``_row_state.h``, the choice between them in ``_row_items.h``); this
+module only checks shapes and loops over work items.
 
 ISA dispatch (issue 21): the C kernels are compiled once per instruction-set level
 (``_level.c``; on x86-64 ``x86-64``, ``x86-64-v2``, ``x86-64-v3`` = AVX2 + FMA and
@@ -50,13 +52,13 @@ cdef extern from "_dispatch.h" nogil:
     int fd_max_threads()
     int fd_threads_used(int n)
 
-    # The kernels of one ISA level (see _dispatch.h, _level.c): the row kernels of _rows.h /
+    # The kernels of one ISA level (see _dispatch.h, _level.c): the row kernels of _row_items.h /
     # _eval_rows.h called by the prange loops below, and the divergence driver of _div.h.
     ctypedef struct fd_table:
         const char *level
         const char *isa
         const char *flags
-        # Work items (see _rows.h): a block of rows for short rows, else one row.
+        # Work items (see _row_items.h): a block of rows for short rows, else one row.
         Py_ssize_t (*items_f32)(Py_ssize_t rows, Py_ssize_t V) noexcept nogil
         Py_ssize_t (*items_f64)(Py_ssize_t rows, Py_ssize_t V) noexcept nogil
         void (*lse_item_f32)(const float *x, Py_ssize_t rows, Py_ssize_t V, Py_ssize_t it,

@@ -571,7 +571,7 @@ FD_INLINE double fd_log_kr(double k, double r)
     return k == 1.0 ? log1p(r) : log(k) + log1p(r / k);
 }
 
-/* float64 KL from logits (see fd_kl_exact in _rows.h): the one-pass D = w/sx - log sx + log sz
+/* float64 KL from logits (see fd_kl_exact in _row_state.h): the one-pass D = w/sx - log sx + log sz
    subtracts terms of order L = 1 + |w/sx| + 2 (|log sx| + |log sz|) + (how far the references
    rose while sums were carried), and its absolute error stays below a few eps L; a row with
    D < FD_KL_EXACT_BELOW * L is recomputed without cancellation, which keeps the one-pass
@@ -1109,7 +1109,7 @@ FD_TGATHER_HALF(b16)
 #endif
 
 /* ------------------------------------------------------------------------------------------ */
-/* Row kernels: the templates _rows.h, _div_rows.h and _eval_rows.h instantiated by _inst.h    */
+/* Row kernels: the row, divergence and evaluate templates instantiated by _inst.h           */
 /* for each input format: f32, f64 (native), h16, b16 (16-bit inputs, float32 arithmetic).     */
 /* ------------------------------------------------------------------------------------------ */
 #define FD_CAT_(a, b) a##_##b

@@ -1,0 +1,314 @@
+/* The per-row state of the row kernels and what both of their drivers share: the chunk reads,
+ * the accumulation steps, and one scalar "finish" function per kernel that turns the state into
+ * the result (in double).  The drivers: _long_rows.h (one row at a time, in chunks) and
+ * _short_rows.h (FD_W short rows at once); _row_items.h picks one by V.
+ * A template instantiated by _inst.h once per input format (its parameters: FD_T, FD_TI, FD_V,
+ * FD_M, FD_W, FN, FI, FD_HALF, ...).  Inputs (FD_TI) are read only through the
+ * FI(fd_ld / fd_ldt / fd_gth / fd_at) functions of _simd.h and FI(fd_chunk); weights and
+ * results are in the working precision FD_T.
+ * No include guard on purpose.
+ *
+ * Semantics are those of fastdiv/reference.py; comments say which case each select or branch
+ * implements.  Every kernel reads its row(s) once from memory.
+ *
+ * Invariants that make the edge cases fall out without per-element branches:
+ *   - the shift is m, or 0 while m = -inf (every entry so far masked), so exp(-inf - -inf) is
+ *     never formed and masked entries add exp(-inf) = 0;
+ *   - s is NaN iff the row contains NaN: exp(NaN - m) = NaN enters s, the rescale factor is
+ *     finite, and no finite input can make s NaN (all its terms are in [0, 1]);
+ *   - m = +inf: every softmax quantity of the row is NaN (only lse looks for a NaN in the rest
+ *     of the row, to choose between +inf and NaN).
+ *
+ * s is kept as k + r (see fd_log_kr): k counts the entries equal to the shift (exp(0) = 1
+ * exactly), r sums the other exponentials; when m grows: (k, r) -> (0, (k + r) exp(m - mc)).
+ */
+
+/* ========================================================================================== */
+/* chunk reads and shifts                                                                      */
+/* ========================================================================================== */
+
+/* A chunk x[0..n) (n <= FD_CH) of a long row, read from memory once: its NaN-ignoring max
+   *mc (-inf when every entry is -inf or NaN), and the chunk as working-precision values for
+   the passes that follow (from L1).  Native inputs: x itself.  16-bit inputs: widened into
+   buf (FD_CH elements, see FD_CHUNK_BUF) on the way, so that the compute-bound passes over
+   the chunk read float32 and convert nothing; buf's lanes past n hold -inf and are never
+   read.  The max is exact, so it is the float32 kernel's on the upcast chunk. */
+static inline const FD_T *FI(fd_chunk)(const FD_TI *x, ptrdiff_t n, FD_T *buf, FD_T *mc)
+{
+    FD_V a0 = FN(fd_splat)(FD_NEG_INF), a1 = a0;
+    ptrdiff_t j = 0;
+#if FD_HALF
+    for (; j + 2 * FD_W <= n; j += 2 * FD_W) {
+        FD_V v0 = FI(fd_ld)(x + j), v1 = FI(fd_ld)(x + j + FD_W);
+        *(FD_V *)(buf + j) = v0;
+        *(FD_V *)(buf + j + FD_W) = v1;
+        a0 = FN(fd_max)(a0, v0);
+        a1 = FN(fd_max)(a1, v1);
+    }
+    for (; j + FD_W <= n; j += FD_W) {
+        FD_V v = FI(fd_ld)(x + j);
+        *(FD_V *)(buf + j) = v;
+        a0 = FN(fd_max)(a0, v);
+    }
+    if (j < n) {
+        FD_V v = FI(fd_ldt)(x + j, n - j, FD_NEG_INF);
+        *(FD_V *)(buf + j) = v;
+        a0 = FN(fd_max)(a0, v);
+    }
+    *mc = FN(fd_hmax)(FN(fd_max)(a0, a1));
+    return buf;
+#else
+    (void)buf;
+    for (; j + 2 * FD_W <= n; j += 2 * FD_W) {
+        a0 = FN(fd_max)(a0, FN(fd_load)(x + j));
+        a1 = FN(fd_max)(a1, FN(fd_load)(x + j + FD_W));
+    }
+    for (; j + FD_W <= n; j += FD_W) a0 = FN(fd_max)(a0, FN(fd_load)(x + j));
+    if (j < n) a0 = FN(fd_max)(a0, FN(fd_load_tail)(x + j, n - j, FD_NEG_INF));
+    *mc = FN(fd_hmax)(FN(fd_max)(a0, a1));
+    return x;
+#endif
+}
+
+/* The same for two arrays at once (one pass over both rows of a chunk). */
+static inline void FI(fd_chunk2)(const FD_TI *x, const FD_TI *z, ptrdiff_t n, FD_T *bx,
+                                 FD_T *bz, FD_T *mx, FD_T *mz, const FD_T **xc,
+                                 const FD_T **zc)
+{
+    FD_V a = FN(fd_splat)(FD_NEG_INF), b = a;
+    ptrdiff_t j = 0;
+#if FD_HALF
+    for (; j + FD_W <= n; j += FD_W) {
+        FD_V u = FI(fd_ld)(x + j), v = FI(fd_ld)(z + j);
+        *(FD_V *)(bx + j) = u;
+        *(FD_V *)(bz + j) = v;
+        a = FN(fd_max)(a, u);
+        b = FN(fd_max)(b, v);
+    }
+    if (j < n) {
+        FD_V u = FI(fd_ldt)(x + j, n - j, FD_NEG_INF), v = FI(fd_ldt)(z + j, n - j, FD_NEG_INF);
+        *(FD_V *)(bx + j) = u;
+        *(FD_V *)(bz + j) = v;
+        a = FN(fd_max)(a, u);
+        b = FN(fd_max)(b, v);
+    }
+    *xc = bx;
+    *zc = bz;
+#else
+    (void)bx;
+    (void)bz;
+    for (; j + FD_W <= n; j += FD_W) {
+        a = FN(fd_max)(a, FN(fd_load)(x + j));
+        b = FN(fd_max)(b, FN(fd_load)(z + j));
+    }
+    if (j < n) {
+        a = FN(fd_max)(a, FN(fd_load_tail)(x + j, n - j, FD_NEG_INF));
+        b = FN(fd_max)(b, FN(fd_load_tail)(z + j, n - j, FD_NEG_INF));
+    }
+    *xc = x;
+    *zc = z;
+#endif
+    *mx = FN(fd_hmax)(a);
+    *mz = FN(fd_hmax)(b);
+}
+
+/* Rare path (rows containing +inf): does x[0..n) contain a NaN? */
+static int FI(fd_has_nan)(const FD_TI *x, ptrdiff_t n)
+{
+    for (ptrdiff_t j = 0; j < n; j++) {
+        FD_T v = FI(fd_at)(x, j);
+        if (v != v) return 1;
+    }
+    return 0;
+}
+
+static inline FD_T FI(fd_shift)(FD_T m) { return m == FD_NEG_INF ? (FD_T)0 : m; }
+
+/* Rescale factor exp(m - mc) for mc > m; 0 when m = -inf (without a libm call). */
+static inline double FI(fd_rescale)(FD_T m, FD_T mc)
+{
+    return m == FD_NEG_INF ? 0.0 : exp((double)m - (double)mc);
+}
+
+/* One vector of the s accumulation: t = x - shift <= 0.  x == shift: e == 1 exactly, counted
+   apart in the counter ak (see fd_cnt_add).  `kr` (loop-invariant, in scope): whether the
+   segment can hold the shift at all.  A long row's chunk whose max is below the running max
+   (most chunks of a row) has no such entry: every lane is "rest", so the masked add is a
+   plain add and the count does not change -- the plain add gives the same bits, with two
+   vector instructions less per vector (the compare and the mask move). */
+#define FD_ACC_S(t, e, ak, ar, zero)                                                          \
+    do {                                                                                      \
+        if (kr) {                                                                             \
+            FD_M rest_ = FN(fd_ne)((t), (zero)); /* true for NaN: a NaN e enters ar */         \
+            (ar) = FN(fd_add_where)((ar), rest_, (e));                                        \
+            (ak) = FN(fd_cnt_add)((ak), rest_);                                               \
+        } else {                                                                              \
+            (ar) += (e);                                                                      \
+        }                                                                                     \
+    } while (0)
+
+/* ========================================================================================== */
+/* lse                                                                                         */
+/* ========================================================================================== */
+static inline double FI(fd_lse_finish)(FD_T m, double k, double r)
+{
+    if (isnan(r)) return NAN;              /* NaN anywhere in the row */
+    if (m == FD_POS_INF) return INFINITY;
+    if (m == FD_NEG_INF) return -INFINITY; /* every class masked */
+    return (double)m + fd_log_kr(k, r);
+}
+
+/* ========================================================================================== */
+/* entropy from logits: H = log s - w/s, w = sum e_j d_j, e_j = exp(d_j), d_j = x_j - m <= 0. */
+/* Both terms are >= 0: no cancellation.  When m grows by -delta: w -> c (w + delta s).        */
+/* ========================================================================================== */
+static inline double FI(fd_entropy_finish)(FD_T m, double k, double r, double w)
+{
+    if (isnan(r) || m == FD_POS_INF) return NAN; /* NaN in the row / softmax undefined */
+    if (m == FD_NEG_INF) return 0.0;             /* empty support */
+    return fd_log_kr(k, r) - w / (k + r);
+}
+
+/* ========================================================================================== */
+/* KL from logits: P = softmax(x), Q = softmax(z), one pass over both rows.                    */
+/*   w = sum_j e_j ((x_j - mx) - (z_j - mz)), e_j = exp(x_j - mx);                             */
+/*   D = w/sx - log sx + log sz.                                                                */
+/* Terms with z_j = -inf are kept out of w; instead mxz = max of x_j over them: any finite      */
+/* x_j there has positive probability (even if exp() underflows), so D = +inf (reference.py).  */
+/* ========================================================================================== */
+/* float64 rows whose KL is too small for the one pass (see FD_KL_EXACT_BELOW): D recomputed
+   from the rows (exact maxima mx, mz) without cancellation, in one more pass from cache.
+   With a_j = (x_j - z_j) - (mx - mz) = log p_j - log q_j + c (both differences carried exactly
+   by TwoSum), b_j = a_j - k (k: the one-pass estimate of c = log(sx / sz)) and
+   nu = E_q[expm1(b)]:  D = (E_q[phi(b)] - psi(nu)) / (1 + nu),  phi(b) = b e^b - e^b + 1 >= 0,
+   psi(nu) = (1 + nu) log1p(nu) - nu ~ nu^2 / 2.  E_q[phi(b)] sums terms >= 0 (the terms
+   q (r log r - r + 1), r = p / q, of D), so D keeps its relative precision; q_j e^b_j is formed
+   as exp((x_j - mx) - k).  E_q[phi] and psi share ~nu^2 / 2, nu ~ k - c ~ 1e-16: a D below
+   ~1e-33 gets a second pass from k + log1p(nu) = c. */
+static double FI(fd_kl_exact)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, double mx, double mz,
+                              double k)
+{
+    double dme, dm = fd_two_diff(mx, mz, &dme), d = 0.0;
+    for (int it = 0; it < 2; it++) {
+        double s = 0.0, nu = 0.0, phi = 0.0;
+        for (ptrdiff_t j = 0; j < V; j++) {
+            double xj = (double)FI(fd_at)(x, j), zj = (double)FI(fd_at)(z, j);
+            if (zj == -INFINITY) continue; /* q_j = 0 (then p_j = 0 too, or D is +inf) */
+            double ez = exp(zj - mz);
+            s += ez;
+            if (xj == -INFINITY) { /* p_j = 0: phi(-inf) = 1, expm1(-inf) = -1 */
+                nu -= ez;
+                phi += ez;
+                continue;
+            }
+            double d1e, d1 = fd_two_diff(xj, zj, &d1e);
+            double a = FD_VBARRIER(d1 - dm) + FD_VBARRIER(d1e - dme);
+            double b = FD_VBARRIER(a - k);
+            if (fabs(b) < 1.0) {
+                double e1, ph;
+                fd_expm1_phi(b, &e1, &ph);
+                nu += ez * e1;
+                phi += ez * ph;
+            } else {
+                double qe = exp(FD_VBARRIER(xj - mx) - k);
+                nu += qe - ez;
+                /* b = -inf (x_j - z_j - (mx - mz) past the float range): p_j / q_j = 0 and
+                   the term q (r log r - r + 1) is q, where qe (b - 1) = 0 * -inf is NaN. */
+                phi += b > -INFINITY ? qe * (b - 1.0) + ez : ez;
+            }
+        }
+        nu /= s;
+        phi /= s;
+        double psi = fabs(nu) < 1e-5 ? nu * nu * (0.5 - nu / 6.0 + nu * nu / 12.0)
+                                     : (1.0 + nu) * log1p(nu) - nu;
+        d = (phi - psi) / (1.0 + nu);
+        if (!(psi > 1e-3 * d)) break;
+        k += log1p(nu);
+    }
+    return d;
+}
+
+/* moved: how far the references rose while sums were carried (the rescales' error) */
+static inline double FI(fd_kl_finish)(FD_T mx, FD_T mz, double sx, double sz, double w, FD_T mxz,
+                                      double moved, const FD_TI *x, const FD_TI *z, ptrdiff_t V)
+{
+    if (isnan(sx) || isnan(sz)) return NAN;               /* NaN in either row */
+    if (mx == FD_POS_INF || mz == FD_POS_INF) return NAN; /* softmax undefined */
+    if (mx == FD_NEG_INF) return 0.0;                     /* P has empty support */
+    if (mxz != FD_NEG_INF) return INFINITY; /* some p_j > 0 where q_j = 0 (covers Q all masked) */
+    double wsx = w / sx, lsx = log(sx), lsz = log(sz), d = wsx - lsx + lsz;
+    if (sizeof(FD_T) == 8 && d < FD_KL_EXACT_BELOW * fd_kl_scale(wsx, lsx, lsz, moved))
+        return FI(fd_kl_exact)(x, z, V, (double)mx, (double)mz, lsx - lsz);
+    return d;
+}
+
+/* The KL accumulation over one segment [0, n) of both rows (shifts shx, shz). */
+#define FD_KL_STEP(xv, zv)                                                                    \
+    do {                                                                                      \
+        /* fenced: else -fassociative-math turns tcx - (z - shz) into (tcx + shz) - z,      \
+           which loses all the digits of d when z ~ 1e4 (a KL of 1e-6 came out -9e-5) */    \
+        FD_V dz_ = FD_VBARRIER((zv) - shz);                                                   \
+        FD_V ex_ = FN(fd_expn)((xv) - shx, &tcx);                                             \
+        FD_V ez_ = FN(fd_expz)(dz_); /* same bits as fd_expn, without the clamp */         \
+        asx += ex_;                                                                           \
+        asz += ez_;                                                                           \
+        FD_M zmask_ = FN(fd_eq)((zv), ninf);                                                  \
+        /* x masked: ex = 0, tcx = LO, term 0 * finite = 0.  z masked: excluded (see mxz). */ \
+        aw = FN(fd_add_unless)(aw, zmask_, ex_ * (tcx - dz_));                                \
+        amxz = FN(fd_max_where)(amxz, zmask_, (xv));                                          \
+    } while (0)
+
+/* ========================================================================================== */
+/* hard-label cross-entropy                                                                    */
+/*   nll = lse - x_t = (m - x_t) + log s   (two terms >= 0)                                    */
+/*   loss = (w_t == 0 ? 0 : w_t nll) (1 - eps) + eps/V * smooth,                                */
+/*   smooth = sum_{w_j != 0} w_j (lse - x_j) = u + W log s,  u = sum w_j (m - x_j), W = sum w_j */
+/* u is kept relative to the running max: when m grows by D, u += W_before * D.               */
+/* A row with NaN or +inf logits is NaN whatever the weights (reference.py); an ignored row is */
+/* 0 and is not read (the caller checks ignore_index).                                          */
+/* ========================================================================================== */
+static inline double FI(fd_ce_hard_finish)(FD_T m, double k, double r, FD_T xt, double wt,
+                                           double eps, double u, double W, ptrdiff_t V)
+{
+    if (isnan(r) || m == FD_POS_INF) return NAN;
+    double nll = (m == FD_NEG_INF || xt == FD_NEG_INF) /* target has probability 0 */
+                     ? INFINITY /* (m - x_t) first: (m + log s) - x_t would cancel */
+                     : FD_ASSOC_BARRIER((double)m - (double)xt) + fd_log_kr(k, r);
+    /* zero weight, or eps = 1 (the target term has weight 0): exactly 0, never 0 * inf */
+    double loss = (wt == 0.0 || eps >= 1.0) ? 0.0 : wt * nll * (1.0 - eps);
+    if (!(eps > 0.0)) return loss;
+    /* all masked: u = sum_j w_j * (+inf) (0 for zero weights); else u + W log s */
+    double smooth = m == FD_NEG_INF ? u : u + W * fd_log_kr(k, r);
+    return loss + eps / (double)V * smooth;
+}
+
+/* One vector of the smoothing sums (t = x - shift, w the weights). */
+#define FD_CE_STEP(t, wv, aW)                                                                 \
+    do {                                                                                      \
+        FD_V e_ = FN(fd_expz)(t);                                                             \
+        FD_ACC_S((t), e_, ak, ar, zero);                                                      \
+        /* w_j == 0: exactly 0 even for a masked class (0 * inf) */                           \
+        au = FN(fd_add_unless)(au, FN(fd_eq)((wv), zero), (wv) * -(t));                        \
+        (aW) += (wv);                                                                         \
+    } while (0)
+
+/* ========================================================================================== */
+/* soft-target cross-entropy: sum_{c_j != 0} c_j (lse - x_j), c_j = w_j (alpha p_j + beta)     */
+/*   = u + C log s, u = sum c_j (m - x_j), C = sum c_j (u relative to the running max).         */
+/* A row with NaN or +inf logits is NaN whatever the targets (reference.py).                    */
+/* ========================================================================================== */
+static inline double FI(fd_ce_soft_finish)(FD_T m, double k, double r, double u, double C)
+{
+    if (isnan(r) || m == FD_POS_INF) return NAN; /* NaN / +inf in the row; NaN in p, w is in u */
+    if (m == FD_NEG_INF) return u;               /* all masked: sum c_j (+inf), 0 if all c = 0 */
+    return u + C * fd_log_kr(k, r);
+}
+
+#define FD_CES_STEP(t, pv, wv)                                                                \
+    do {                                                                                      \
+        FD_V e_ = FN(fd_expz)(t);                                                             \
+        FD_ACC_S((t), e_, ak, ar, zero);                                                      \
+        FD_V c_ = (wv) * (alpha * (pv) + beta);                                               \
+        au = FN(fd_add_unless)(au, FN(fd_eq)(c_, zero), c_ * -(t)); /* c = 0: exactly 0 */   \
+        aC += c_;                                                                             \
+    } while (0)
