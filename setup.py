@@ -244,8 +244,9 @@ def _extensions():
         include_dirs=[numpy.get_include(), "fastdiv/_cython"],
         depends=[LEVEL_SOURCE] + [
             f"fastdiv/_cython/{h}.h" for h in (
-                "_simd", "_row_state", "_long_rows", "_short_rows", "_row_items", "_eval", "_eval_rows",
-                "_div", "_div_rows", "_softcap_rows", "_inst", "_job", "_dispatch")],
+                "_simd", "_row_state", "_long_rows", "_short_rows", "_row_items", "_evaluate",
+                "_evaluate_rows", "_divergences", "_divergence_rows", "_softcap_rows", "_inst", "_job",
+                "_dispatch")],
         libraries=["m"] if os.name == "posix" else [],
     )
     return cythonize([ext], compiler_directives={"language_level": "3"})

@@ -1,8 +1,8 @@
 /* fastdiv Cython backend: run-time choice of the kernels' instruction-set level (issue 21).
  *
- * The kernels (_simd.h, _long_rows.h, _div.h, _eval.h, ...) are compiled several times, once per
- * ISA level, by _level.c: each level is its own object file, built by setup.py with that
- * level's -march flags (so that _simd.h's vector width and intrinsics follow from the
+ * The kernels (_simd.h, _long_rows.h, _divergences.h, _evaluate.h, ...) are compiled several
+ * times, once per ISA level, by _level.c: each level is its own object file, built by setup.py
+ * with that level's -march flags (so that _simd.h's vector width and intrinsics follow from the
  * compiler's predefined macros, __AVX512F__, __AVX2__, ...), and exports one table of
  * function pointers, fd_table_<level>.  _kernels.pyx includes only this header (no vector
  * code: it is compiled for the baseline ISA), picks one table at import (fd_level_ok below,
@@ -25,7 +25,7 @@ typedef struct {
     const char *level; /* "x86-64-v3", ..., "native", "baseline" */
     const char *isa;   /* the widest vector ISA the level's code uses: "avx512f", "avx2", ... */
     const char *flags; /* its architecture flags ("-march=x86-64-v3") */
-    /* the kernels of _row_items.h / _eval_rows.h that _kernels.pyx calls in its prange loops */
+    /* the kernels of _row_items.h / _evaluate_rows.h that _kernels.pyx calls in its prange loops */
     ptrdiff_t (*items_f32)(ptrdiff_t rows, ptrdiff_t V);
     ptrdiff_t (*items_f64)(ptrdiff_t rows, ptrdiff_t V);
     void (*lse_item_f32)(const float *x, ptrdiff_t rows, ptrdiff_t V, ptrdiff_t it, float *out);
@@ -69,7 +69,7 @@ typedef struct {
                              float cap, float *out);
     void (*softcap_rows_f64)(const double *x, ptrdiff_t rows, ptrdiff_t V, ptrdiff_t ldx, double inv,
                              double cap, double *out);
-    /* the divergence driver of _div.h (its own OpenMP region) */
+    /* the divergence driver of _divergences.h (its own OpenMP region) */
     int (*run_staged)(const fd_job *J, int nthreads);
 } fd_table;
 

@@ -1,5 +1,5 @@
 /* One instantiation of the row templates (_row_state.h, _long_rows.h, _short_rows.h,
- * _row_items.h, _div_rows.h, _eval_rows.h, _softcap_rows.h), included by
+ * _row_items.h, _divergence_rows.h, _evaluate_rows.h, _softcap_rows.h), included by
  * _simd.h once per input format, selected by FD_INST:
  *   0: float inputs, float32 arithmetic (suffix f32)   1: double, float64 (f64)
  *   2: IEEE binary16 bits, float32 arithmetic (h16)   3: bfloat16 bits, float32 (b16)
@@ -75,9 +75,9 @@
 #undef FD_KL_STEP
 #undef FD_CE_STEP
 #undef FD_CES_STEP
-#include "_div_rows.h"
+#include "_divergence_rows.h"
 #if !FD_HALF /* evaluate and the softcap transform read native inputs only */
-#include "_eval_rows.h"
+#include "_evaluate_rows.h"
 #include "_softcap_rows.h"
 #endif
 

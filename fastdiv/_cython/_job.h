@@ -1,4 +1,4 @@
-/* fastdiv Cython backend: the job of the divergence driver (fd_run_staged in _div.h).
+/* fastdiv Cython backend: the job of the divergence driver (fd_run_staged in _divergences.h).
  * Shared by the kernels (compiled once per ISA level, see _level.c) and _kernels.pyx, which
  * fills it in and calls the selected level's fd_run_staged through the dispatch table
  * (_dispatch.h): no vector types here, so that the extension's own code compiles for the

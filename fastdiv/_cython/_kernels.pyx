@@ -5,18 +5,28 @@ Implements the kernel contract of :mod:`fastdiv._registry`: every function takes
 2-D rows ``(rows, V)`` of one float dtype (float32 or float64; or, contract v2, half-precision
 bits as uint16 / int16 with a float32 ``out``), a 1-D ``out`` of that dtype and ``nthreads``,
 and writes one value per row.  The divergence family and the v2 entry points are at the end
-of this file (C code in ``_div.h`` / ``_div_rows.h``; ``_inst.h`` instantiates the row templates
-once per input format: float32, float64, float16 bits, bfloat16 bits).  Work items (one row, or a block of 16 / 8
-short rows for V <= 2048 / 1024 floats / doubles with AVX-512) are split statically over
-OpenMP threads; each row is computed by one thread with a fixed summation order that depends
+of this file.  Work items (one row, or a block of 16 / 8 short rows for V <= 2048 / 1024
+floats / doubles with AVX-512) are split statically over OpenMP threads; each row is computed by one thread with a fixed summation order that depends
 on neither the thread count nor the row's position in the batch, so results are
 bit-identical for any ``nthreads`` and any batching.
 
-The arithmetic lives in ``_simd.h`` and the row templates (C with GCC vector extensions and
-AVX-512 intrinsics: a vectorised exp/log in ``_simd.h``, a chunked single-pass log-sum-exp for
-long rows in ``_long_rows.h``, a block driver for short rows in ``_short_rows.h``, their shared
-state and finishes in ``_row_state.h``, the choice between them in ``_row_items.h``); this
-module only checks shapes and loops over work items.
+This module is the backend's entry: it checks shapes and loops over work items.  The arithmetic
+is C with GCC vector extensions and AVX-512 intrinsics, in headers named for their algorithm:
+
+* ``_divergences.h``     the divergence driver: temperature, half inputs staged or read in
+  place, generalized JSD and top-k KL over rows (its job: ``_job.h``).
+* ``_divergence_rows.h`` JSD and top-k teacher KL of one row.
+* ``_evaluate.h``        the evaluate state; ``_evaluate_rows.h`` its one-row pass.
+* ``_row_items.h``       work items: a block of short rows or one long row, chosen by V.
+* ``_short_rows.h``      short-row blocks: FD_W rows at once, transpose-reductions.
+* ``_long_rows.h``       long rows: one chunked single-pass log-sum-exp per row, and the
+  probability / log-probability kernels.
+* ``_row_state.h``       what both drivers share: chunk reads, accumulation steps, finishes.
+* ``_softcap_rows.h``    the soft-capping transform ``cap tanh(x / cap)`` of ``softcap=``.
+* ``_inst.h``            instantiates the row templates once per input format (float32,
+  float64, float16 bits, bfloat16 bits).
+* ``_simd.h``            vector math: exp / log, exact sums, loads and gathers per format.
+* ``_level.c`` / ``_dispatch.h``  one compilation per ISA level, and the table chosen at import.
 
 ISA dispatch (issue 21): the C kernels are compiled once per instruction-set level
 (``_level.c``; on x86-64 ``x86-64``, ``x86-64-v2``, ``x86-64-v3`` = AVX2 + FMA and
@@ -52,8 +62,9 @@ cdef extern from "_dispatch.h" nogil:
     int fd_max_threads()
     int fd_threads_used(int n)
 
-    # The kernels of one ISA level (see _dispatch.h, _level.c): the row kernels of _row_items.h /
-    # _eval_rows.h called by the prange loops below, and the divergence driver of _div.h.
+    # The kernels of one ISA level (see _dispatch.h, _level.c): the row kernels of _row_items.h
+    # / _evaluate_rows.h called by the prange loops below, and the divergence driver of
+    # _divergences.h.
     ctypedef struct fd_table:
         const char *level
         const char *isa
@@ -100,7 +111,7 @@ cdef extern from "_dispatch.h" nogil:
         double (*kl_log_probs_f64)(const double *a, const double *b, Py_ssize_t V) noexcept nogil
         double (*kl_probs_f32)(const float *p, const float *q, Py_ssize_t V) noexcept nogil
         double (*kl_probs_f64)(const double *p, const double *q, Py_ssize_t V) noexcept nogil
-        # evaluate (_eval.h)
+        # evaluate (_evaluate.h)
         void (*eval_row_f32)(const float *x, const float *z, Py_ssize_t V, int64_t t,
                              double *st, int64_t *ix) noexcept nogil
         void (*eval_row_f64)(const double *x, const double *z, Py_ssize_t V, int64_t t,
@@ -110,7 +121,7 @@ cdef extern from "_dispatch.h" nogil:
                                  float cap, float *out) noexcept nogil
         void (*softcap_rows_f64)(const double *x, Py_ssize_t rows, Py_ssize_t V, Py_ssize_t ldx, double inv,
                                  double cap, double *out) noexcept nogil
-        # the divergence driver (_div.h; fd_job is declared with the v2 entry points below)
+        # the divergence driver (_divergences.h; fd_job is declared with the v2 entry points below)
         int (*run_staged)(const void *J, int nthreads) noexcept nogil
 
     int fd_nlevels()
@@ -359,7 +370,7 @@ def _ce_soft_native(const floating[:, ::1] x, const floating[:, ::1] p, const fl
             T.ce_soft_item_f64(px, pp, pw, rows, V, it, alpha, beta, po)
 
 
-# --------------------------------------------------------------------------- evaluate (_eval.h)
+# --------------------------------------------------------------------------- evaluate (_evaluate.h)
 
 def evaluate(const floating[:, ::1] x, const floating[:, ::1] z, const int64_t[::1] target,
              double[:, ::1] st, int64_t[:, ::1] ix, int nthreads):
@@ -383,7 +394,7 @@ def evaluate(const floating[:, ::1] x, const floating[:, ::1] z, const int64_t[:
 # Kernel contract v2 (issue 5): temperature (`scale` = 1/T on the logits), half-precision
 # inputs as raw bits, and the divergence family.  The names of the contract dispatch here:
 # native float32/float64 input with scale = 1 runs the kernels above unchanged (bit for bit);
-# everything else runs the driver of _div.h: half input read in place by the kernels of its
+# everything else runs the driver of _divergences.h: half input read in place by the kernels of its
 # format (widened to float32 in their vector loads), scaled input through per-thread staging
 # buffers (at most one long row or one block of short rows per input, never a full-size
 # copy); the new kernels (js_*, topk_kl) always run there.

@@ -13,8 +13,8 @@
 #endif
 
 #include "_simd.h"
-#include "_div.h"
-#include "_eval.h"
+#include "_divergences.h"
+#include "_evaluate.h"
 #include "_dispatch.h"
 
 #define FD_TABLE_(s) fd_table_##s

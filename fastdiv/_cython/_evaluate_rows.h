@@ -1,4 +1,4 @@
-/* Template of _eval.h, instantiated by _inst.h after the row templates for native inputs (no
+/* Template of _evaluate.h, instantiated by _inst.h after the row templates for native inputs (no
    include guard on purpose): one row of the evaluate op.  Chunk maxima and the NaN scan are
    _row_state.h's fd_chunk and fd_has_nan. */
 

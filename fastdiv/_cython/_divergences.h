@@ -1,13 +1,13 @@
 /* fastdiv Cython backend, divergence family (issue 5, kernel contract v2): the driver of
  *   - temperature: logits multiplied by `scale` = 1/T before anything else;
  *   - half-precision inputs as raw bits (uint16: IEEE binary16, int16: bfloat16);
- *   - generalized Jensen-Shannon and top-k teacher KL (row kernels in _div_rows.h).
+ *   - generalized Jensen-Shannon and top-k teacher KL (row kernels in _divergence_rows.h).
  *
  * Unscaled inputs of any format are read in place by the row kernels of their format
- * (_inst.h instantiates the row templates and _div_rows.h for f32, f64, h16 and b16): 16-bit inputs
- * are widened to float32 inside the kernels' vector loads -- long rows once per element, into
- * a float32 chunk buffer in L1 while the chunk maximum is taken (fd_chunk), one-pass kernels
- * and short-row blocks in each load -- so memory traffic is that of the 16-bit input, nothing
+ * (_inst.h instantiates the row templates and _divergence_rows.h for f32, f64, h16 and b16):
+ * 16-bit inputs are widened to float32 inside the kernels' vector loads -- long rows once per
+ * element, into a float32 chunk buffer in L1 while the chunk maximum is taken (fd_chunk),
+ * one-pass kernels and short-row blocks in each load -- so memory traffic is that of the 16-bit input, nothing
  * is staged, and results are bit-identical to the float32 kernels on the upcast input (the
  * widening is exact).
  * Scaled inputs (temperature != 1) run through the "staged" driver: each work item's rows
@@ -18,8 +18,8 @@
  * Native float32/float64 inputs with scale = 1 never come here for the contract's first nine
  * kernels: they run on the entry points of _kernels.pyx unchanged, bit for bit.
  */
-#ifndef FASTDIV_DIV_H
-#define FASTDIV_DIV_H
+#ifndef FASTDIV_DIVERGENCES_H
+#define FASTDIV_DIVERGENCES_H
 
 #include <stdlib.h>
 #include "_simd.h"
@@ -220,4 +220,4 @@ static int fd_run_staged(const fd_job *J, int nthreads)
     return failed ? -1 : 0;
 }
 
-#endif /* FASTDIV_DIV_H */
+#endif /* FASTDIV_DIVERGENCES_H */

@@ -20,13 +20,13 @@
  *   - entries equal to the shift (exp(0) = 1 exactly) are counted apart from the lane sums, as
  *     in _row_state.h (see fd_log_kr): in a float32 lane holding 1.0 the terms of a confident row
  *     (below 6e-8) would round away, losing percents of a small NLL or entropy.
- * Template: _eval_rows.h, instantiated after the row templates by _inst.h for native inputs.
+ * Template: _evaluate_rows.h, instantiated after the row templates by _inst.h for native inputs.
  */
-#ifndef FASTDIV_EVAL_H
-#define FASTDIV_EVAL_H
+#ifndef FASTDIV_EVALUATE_H
+#define FASTDIV_EVALUATE_H
 
 #include "_simd.h"
 
-/* The row template _eval_rows.h is instantiated by _inst.h (f32 and f64). */
+/* The row template _evaluate_rows.h is instantiated by _inst.h (f32 and f64). */
 
-#endif /* FASTDIV_EVAL_H */
+#endif /* FASTDIV_EVALUATE_H */
