@@ -21,7 +21,8 @@ from numba.extending import overload
 
 from . import threads
 from .threads import PAR, share
-from .simd import FASTMATH, INLINE, JIT, KL_SUB, _float_bits_to_int, _int_bits_to_float, cast, clamp_lo, exp_hot, fexp, flog, load, maximum, prefer_wide_vectors, prefetch_ahead, read_only, sub_exact
+from .simd import (FASTMATH, INLINE, JIT, KL_SUB, _float_bits_to_int, _int_bits_to_float, cast, clamp_lo, exp_hot, fexp, flog,
+                   guard, load, maximum, prefer_wide_vectors, prefetch_ahead, read_only, sub_exact)
 
 CHUNK = 2048
 _JIT = JIT
@@ -79,15 +80,6 @@ def _ov_logpos(x):
     if x == types.float64:
         return lambda x: _logpos_f64(x)
     return None
-
-
-def _guard(out, x, z):
-    """O(1) shape checks: the jitted loops do no bounds checking."""
-    if x.ndim != 2 or x.shape != z.shape or x.dtype != z.dtype or x.shape[1] < 1:
-        raise ValueError(f"kernel inputs must be 2-D arrays of one shape and dtype with V >= 1, "
-                         f"got {x.shape} {x.dtype} and {z.shape} {z.dtype}")
-    if out.shape != (x.shape[0],):
-        raise ValueError(f"out must have shape ({x.shape[0]},), got {out.shape}")
 
 
 @njit(**_INLINE)
@@ -458,7 +450,7 @@ def _topk_mt(idx, t, z, bucket, out, parts, align):
 
 
 def js_logits(x, z, beta, scale, out, nthreads):
-    _guard(out, x, z)
+    guard(out, x, z)
     x, z = read_only(x, z)
     acc = np.float32 if x.dtype.itemsize == 2 else x.dtype             # half bits: float32
     sc = float(scale) if float(scale) != 1.0 else None
@@ -479,13 +471,13 @@ def js_logits(x, z, beta, scale, out, nthreads):
 
 
 def js_log_probs(a, b, beta, out, nthreads):
-    _guard(out, a, b)
+    guard(out, a, b)
     a, b = read_only(a, b)
     threads.run(_js_log_probs, _js_log_probs_mt, nthreads, (a, b, float(beta), out), a)
 
 
 def js_probs(p, q, beta, out, nthreads):
-    _guard(out, p, q)
+    guard(out, p, q)
     p, q = read_only(p, q)
     threads.run(_js_probs, _js_probs_mt, nthreads, (p, q, float(beta), out), p)
 

@@ -63,22 +63,11 @@ from .short_rows import (
     block_align,
     use_blocks,
 )
-from .simd import read_only
+from .simd import guard, read_only
 from .threads import max_threads  # noqa: F401
 
 #: Kernels read float16/bfloat16 inputs directly (see the module docstring).
 HALF_INPUTS = True
-
-
-def _guard(out, *arrays):
-    """O(1) shape checks: the jitted loops do no bounds checking (defence in depth; the
-    API has validated everything already)."""
-    x = arrays[0]
-    for a in arrays:
-        if a.ndim != 2 or a.shape != x.shape or a.dtype != x.dtype:
-            raise ValueError(f"kernel inputs must be 2-D arrays of one shape and dtype, got {[(b.shape, b.dtype) for b in arrays]}")
-    if x.shape[1] < 1 or out.shape != (x.shape[0],):
-        raise ValueError(f"out must have shape ({x.shape[0]},) and V >= 1, got out {out.shape} for input {x.shape}")
 
 
 (_NO_TARGET,) = read_only(np.zeros(0, dtype=np.int64))      # read-only like every target (simd.read_only)
@@ -90,7 +79,7 @@ def _scale_arg(scale):
 
 
 def lse(x, out, nthreads):
-    _guard(out, x)
+    guard(out, x)
     (x,) = read_only(x)
     if use_blocks(x):
         threads.run(_small_lse, _small_lse_mt, nthreads, (x, out, _NO_TARGET, np.int64(0)), x,
@@ -100,7 +89,7 @@ def lse(x, out, nthreads):
 
 
 def entropy_logits(x, scale, out, nthreads):
-    _guard(out, x)
+    guard(out, x)
     (x,) = read_only(x)
     if use_blocks(x):
         threads.run(_small_entropy, _small_entropy_mt, nthreads, (x, _scale_arg(scale), out), x,
@@ -110,19 +99,19 @@ def entropy_logits(x, scale, out, nthreads):
 
 
 def entropy_probs(p, out, nthreads):
-    _guard(out, p)
+    guard(out, p)
     (p,) = read_only(p)
     threads.run(_entropy_probs, _entropy_probs_mt, nthreads, (p, out), p)
 
 
 def entropy_log_probs(lp, out, nthreads):
-    _guard(out, lp)
+    guard(out, lp)
     (lp,) = read_only(lp)
     threads.run(_entropy_log_probs, _entropy_log_probs_mt, nthreads, (lp, out), lp)
 
 
 def kl_logits(x, z, scale, out, nthreads):
-    _guard(out, x, z)
+    guard(out, x, z)
     x, z = read_only(x, z)
     sc = _scale_arg(float(scale))
     if not use_blocks(x):
@@ -139,19 +128,19 @@ def kl_logits(x, z, scale, out, nthreads):
 
 
 def kl_probs(p, q, out, nthreads):
-    _guard(out, p, q)
+    guard(out, p, q)
     p, q = read_only(p, q)
     threads.run(_kl_probs, _kl_probs_mt, nthreads, (p, q, out), p)
 
 
 def kl_log_probs(a, b, out, nthreads):
-    _guard(out, a, b)
+    guard(out, a, b)
     a, b = read_only(a, b)
     threads.run(_kl_log_probs, _kl_log_probs_mt, nthreads, (a, b, out), a)
 
 
 def ce_hard(x, target, ignore_index, weight, eps, out, nthreads):
-    _guard(out, x)
+    guard(out, x)
     x, target, weight = read_only(x, target, weight)
     if target.shape != (x.shape[0],) or weight.shape != (x.shape[1],):
         raise ValueError(f"target must have shape ({x.shape[0]},) and weight ({x.shape[1]},)")
@@ -169,7 +158,7 @@ def ce_hard(x, target, ignore_index, weight, eps, out, nthreads):
 
 
 def ce_soft(x, p, weight, alpha, beta, scale, out, nthreads):
-    _guard(out, x, p)
+    guard(out, x, p)
     x, p, weight = read_only(x, p, weight)
     if weight.shape != (x.shape[1],):
         raise ValueError(f"weight must have shape ({x.shape[1]},)")

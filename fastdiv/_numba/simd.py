@@ -46,6 +46,17 @@ def read_only(*arrays):
     return out
 
 
+def guard(out, *arrays):
+    """O(1) shape checks before a kernel: the jitted loops do no bounds checking (defence in
+    depth; the API has validated everything already)."""
+    x = arrays[0]
+    for a in arrays:
+        if a.ndim != 2 or a.shape != x.shape or a.dtype != x.dtype:
+            raise ValueError(f"kernel inputs must be 2-D arrays of one shape and dtype, got {[(b.shape, b.dtype) for b in arrays]}")
+    if x.shape[1] < 1 or out.shape != (x.shape[0],):
+        raise ValueError(f"out must have shape ({x.shape[0]},) and V >= 1, got out {out.shape} for input {x.shape}")
+
+
 @intrinsic
 def maximum(typingctx, a, b):
     """``llvm.maximum``: IEEE-754 2019 maximum, NaN-propagating, and it vectorises as a reduction."""
