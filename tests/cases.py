@@ -237,6 +237,52 @@ SMALL_KNOBS = dict(SMALL_BLOCK=32, GROUP_BLOCK=64, BLOCK=64, RED_BLOCK=32, RED_C
 CUDA_ROWS = 12
 
 
+def _lock_simulator_shared_arrays():
+    """Mend a race of numba-cuda's CUDA simulator (0.30.4) that our tests hit.
+
+    A block's ``cuda.shared.array`` is found by its call site in FakeCUDAShared.array with an
+    unlocked check-then-set.  Two simulated threads that reach the call at once can each make
+    one, so one of them reduces alone in its own copy.  In fastdiv's device sum / mean
+    (_cuda/reductions.py) thread 0 then returned only its own partial.  The symptom was
+    ``cross_entropy(backend="cuda", reduction="mean")`` of torch's nll_loss sample #24 giving
+    row 0's loss, 0.0622 in place of 2.749.  That happened in 1-3 of 300 calls at a 1e-5 s GIL
+    switch interval, and once in CI (2026-12-05) as NaN.  The kernels are not at fault: on a
+    GPU every thread of a block sees one shared array.  This replaces the lookup with the same
+    one under a lock."""
+    import sys
+    import threading
+    import traceback
+
+    from numba.core import types
+    from numba.np import numpy_support
+    from numba.cuda.simulator import kernelapi
+
+    cls = kernelapi.FakeCUDAShared
+    if getattr(cls, "_fastdiv_locked", False):
+        return
+    dynamic = cls.array                 # dynamic shared memory (shape 0) and its errors: as is
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:
+            return dynamic(self, shape, dtype, alignment)
+        site = tuple(traceback.extract_stack(sys._getframe(1), limit=1)[-1][0:2])   # (file, line)
+        with lock:
+            res = self._allocations.get(site)
+            if res is None:
+                if isinstance(dtype, types.Type):
+                    dtype = numpy_support.as_dtype(dtype)
+                res = self._allocations[site] = np.empty(shape, dtype)
+        return res
+
+    cls.array = array
+    cls._fastdiv_locked = True
+
+
+if SIM:
+    _lock_simulator_shared_arrays()
+
+
 def sim_switch_interval():
     """In the simulator, a 0.1 ms GIL switch interval; returns the old one (None: not the
     simulator, nothing changed).  numba's CUDA simulator runs each CUDA thread as a Python
