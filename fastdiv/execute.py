@@ -310,10 +310,9 @@ def apply_softcap(block, cap, dtype, out=None):
     thread (``_softcap_kernel``).  ``block``: 2-D, any strides; ``out``: a C-contiguous ``dtype``
     array of its shape to write into (a new one when None), returned."""
     block = np.asarray(block)
-    if block.dtype != dtype:
-        block = block.astype(dtype)
-    elif block.ndim == 2 and block.strides[1] != block.itemsize:
-        block = np.ascontiguousarray(block)            # the transform reads rows with unit stride
+    if block.dtype != dtype or block.strides[-1] != block.itemsize:
+        # the transform reads rows with unit stride (astype alone keeps a Fortran layout)
+        block = np.ascontiguousarray(block, dtype=dtype)
     if out is None:
         out = np.empty(block.shape, dtype=dtype)
     if block.size:

@@ -83,6 +83,9 @@ def test_transform_shapes_strides_read_only(v, dtype, rng, transform):
     out = np.full(x.shape, 123.0, dtype)
     assert apply_softcap(x, 7.0, np.dtype(dtype), out=out) is out
     np.testing.assert_array_equal(out, got)
+    for layout in (np.asfortranarray(x), np.asfortranarray(x.astype(np.float16))):   # converted too
+        np.testing.assert_array_equal(apply_softcap(layout, 7.0, np.dtype(dtype)),
+                                      apply_softcap(np.ascontiguousarray(layout), 7.0, np.dtype(dtype)))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
