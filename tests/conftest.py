@@ -1,5 +1,5 @@
 """Test session setup: the CUDA simulator without a GPU (small launch knobs for every test, a
-short GIL switch interval for the cuda test files), hypothesis profiles, the per-test
+short GIL switch interval), hypothesis profiles, the per-test
 random generator (its seed printed, so a failure can be replayed with FASTDIV_TEST_SEED=<seed>)
 and backend parameters.  The case table, input generators and tolerances: tests/cases.py.
 """
@@ -71,22 +71,14 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.path.name != "test_cases.py")        # stable: file order otherwise
 
 
-#: the test files whose cuda cells run at the simulator's short GIL switch interval
-SHORT_SWITCH_FILES = ("test_cases.py", "test_cuda.py", "test_cuda_api.py", "test_evaluate_cuda.py")
-
-
-@pytest.fixture(autouse=True)
-def _fast_simulator(request):
-    """The CUDA simulator's short GIL switch interval (cases.sim_switch_interval) for the cuda
-    test files of SHORT_SWITCH_FILES: the 29 fast-tier cells of test_case_cuda took 64 s at
-    Python's default 5 ms and 13-21 s at 0.1 ms on 2 loaded cores.  The peer suites keep the
-    default: under it one CI run (2026-12-05) got NaN from a simulated nll_loss sample.  The
-    cause was a race in the simulator's shared arrays, mended in tests/cases.py
-    (_lock_simulator_shared_arrays: 0 wrong sums in 1000 calls at a 1e-5 s interval, 1 % before);
-    the peers have not been timed at the short interval since."""
-    if request.node.path.name not in SHORT_SWITCH_FILES:
-        yield
-        return
+@pytest.fixture(autouse=True, scope="session")
+def _fast_simulator():
+    """The CUDA simulator's short GIL switch interval (cases.sim_switch_interval) for the whole
+    session: the 29 fast-tier cells of test_case_cuda took 64 s at Python's default 5 ms and
+    13-21 s at 0.1 ms on 2 loaded cores.  Under it one CI run (2026-12-05) got a wrong device
+    sum from a simulated nll_loss sample: a race in the simulator's shared arrays, mended in
+    tests/cases.py (_lock_simulator_shared_arrays; 1 % of such sums at a 1e-5 s interval
+    before, 0 in 1000 after)."""
     old = cases.sim_switch_interval()
     yield
     if old is not None:
