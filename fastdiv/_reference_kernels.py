@@ -77,6 +77,26 @@ def evaluate(x, z, target, st, ix, nthreads):
                         + np.any((z > -np.inf) & (x == -np.inf), axis=1) * 2)
 
 
+def compare(x, z, target, st, ix, nthreads):
+    """The ``compare`` state (contract: fastdiv/_registry.py) in float64: x the model, z the base."""
+    n, v = x.shape
+    evaluate(x, z, target, st[:, :8], ix[:, :3], nthreads)
+    z64 = np.asarray(z, dtype=np.float64)
+    x64 = np.asarray(x, dtype=np.float64)
+    t = np.asarray(target)
+    has_t = (t >= 0) & (t < v)
+    rows = np.arange(n)
+    st[:, 8] = np.where(has_t, z64[rows, np.where(has_t, t, 0)], np.nan)
+    st[:, 9] = reference.js_rows(z64, x64, 0.5, "logits")
+    mz = st[:, 4]
+    top = np.argmax(z64, axis=1)                 # the first maximum (the first NaN where there is one)
+    ix[:, 3] = top
+    xr = x64[rows, top]
+    with np.errstate(invalid="ignore"):
+        valid = (mz > -np.inf) & (st[:, 0] > -np.inf) & (st[:, 0] < np.inf) & (xr > -np.inf)
+        ix[:, 1] = np.where(valid, np.sum(x64 > xr[:, None], axis=1), -1)
+
+
 def _shifted_sums(x):
     """Row max m, s = sum e^(x - sh), w = sum e^(x - sh) (x - sh) with sh = m, or 0 if m is not finite."""
     import numpy as np

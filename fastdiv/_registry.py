@@ -45,6 +45,21 @@ the thread count.  Semantics are those of ``fastdiv.reference`` (see its docstri
         ``fastdiv._state.finish_rows`` turns the state into results with the row endings of
         ``fastdiv.reference``.  Columns of z are left untouched without a reference.
 
+    compare(x, z, target, st, ix, nthreads)
+        ``fastdiv.compare``'s per-row state (#19) in one read of the model's logits ``x`` and
+        the base's ``z`` (same shape and dtype; the API calls it with every row of the base
+        finite or not, as evaluate).  ``st[i, :8]`` and ``ix[i, 0]``, ``ix[i, 2]``: evaluate's
+        columns for ``x`` with reference ``z`` and target ``target[i]``; ``st[i, 8]`` =
+        ``z[t]`` (NaN without a target); ``st[i, 9]`` = the Jensen-Shannon divergence (beta =
+        0.5) of the two rows, as ``js_logits``; ``ix[i, 3]`` = the first index of the maximum
+        of ``z`` (meaningful only where ``st[i, 4]`` is not NaN or -inf); ``ix[i, 1]`` = the
+        number of ``j`` with ``x_j > x[ix[i, 3]]`` where ``z`` has a top-1 class (``st[i, 4]``
+        finite or ``+inf``), ``x``'s maximum is finite and ``x[ix[i, 3]] > -inf``, else -1.
+        Without +inf in either row, ``st[i, 4:6]`` are also ``z``'s own (m, s) (evaluate's
+        columns stop at a +inf); with one they must still be: a backend computes them again.
+        Optional: a backend without it (cuda) gets ``compare`` composed of its evaluate and
+        js_logits kernels (``fastdiv.comparison``).
+
 Divergence family (contract v2, issue 5).  ``scale = 1 / temperature`` (positive, finite)
 multiplies every logit before anything else; ``scale = 1.0`` gives today's results bit for bit.
 
@@ -83,6 +98,7 @@ OPS = (
     "ce_hard",
     "ce_soft",
     "evaluate",     # the mergeable per-row state of fastdiv.evaluate (contract above)
+    "compare",      # fastdiv.compare's per-row state (optional: see the contract)
     "js_logits",
     "js_log_probs",
     "js_probs",
@@ -226,6 +242,12 @@ def kernel(backend, op):
         return getattr(module, op)
     except AttributeError:
         raise BackendUnavailable(f"backend={backend!r} has no {op!r} kernel in this build") from None
+
+
+def has_kernel(backend, op):
+    """Whether ``backend``'s module implements ``op`` (``compare`` is optional)."""
+    module, _ = _load(backend)
+    return module is not None and hasattr(module, op)
 
 
 def half_inputs(backend):

@@ -54,7 +54,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _checks, _interop, _lazy, plan as _plan, reduce
+from . import _checks, _interop, _lazy, _registry, _state, execute, plan as _plan, reduce
 from .api import js_div
 from .evaluation import evaluate
 from ._typing import ArrayLike, Backend
@@ -108,8 +108,44 @@ def per_row(base, logits, target=None, *, ignore_index=-100, topk=(1, 5), backen
         t = _checks.class_targets(_checks.as_array("target", target), lead, v, ignore)
         counted = t != ignore
         ignore_eval = ignore
-    t_nd = t.reshape(lead)
+    if _registry.has_kernel(backend, "compare"):
+        st, ix, _ = execute.run_state(backend, x, np.where(counted, t, -1), b, op="compare")
+        cols = _columns(st, ix, counted, ks)
+    else:
+        cols = _composed(b, x, t.reshape(lead), counted, ignore_eval, ks, backend)
+    cols = {"row": np.flatnonzero(counted).astype(np.int64), **cols}
+    if target is None:
+        for key in TARGET_COLUMNS:
+            del cols[key]
+    return cols, nrows
 
+
+def _columns(st, ix, counted, ks):
+    """The per-row columns from the compare kernel's state (``fastdiv._registry``), finished
+    like evaluate's: the model's columns are its state with the base as reference, the base's
+    its own (m, s) and target logit."""
+    n = st.shape[0]
+    rm = _state.finish_rows(st[:, 0], st[:, 1], st[:, 2], st[:, 3], counted, ix[:, 1], ix[:, 0], (),
+                            kl=(st[:, 4], st[:, 5], st[:, 6], st[:, 7], ix[:, 2]))
+    rb = _state.finish_rows(st[:, 4], st[:, 5], np.zeros(n), st[:, 8], counted, ix[:, 1], ix[:, 3], ())
+    arg_b = rb["argmax"]
+    has_top1 = arg_b >= 0
+    with np.errstate(invalid="ignore", over="ignore"):
+        base_top1 = np.where(has_top1, np.exp(st[:, 4] - rb["lse"]), np.nan)
+    cols = {"kld": rm["kl_ref_model"], "reverse_kld": rm["kl_model_ref"], "js": st[:, 9],
+            "base_top1_prob": base_top1, "same_top1": has_top1 & (rm["argmax"] == arg_b)}
+    for k in ks:
+        if k > 1:
+            cols[f"top{k}"] = (ix[:, 1] >= 0) & (ix[:, 1] < k)
+    cols.update(nll_base=rb["nll"], nll_model=rm["nll"], p_base=rb["target_prob"], p_model=rm["target_prob"])
+    return {key: np.asarray(a)[counted] for key, a in cols.items()}
+
+
+def _composed(b, x, t_nd, counted, ignore_eval, ks, backend):
+    """The per-row columns from the backend's evaluate and js_div, for a backend without the
+    compare kernel (cuda): four reads of the rows where the kernel takes one."""
+    lead = x.shape[:-1]
+    nrows = counted.size
     # the base: its targets' nll / probability, its argmax and lse
     rb = _quiet(evaluate, b, t_nd, topk=(), ignore_index=ignore_eval, backend=backend)
     arg_b = np.asarray(rb.host("argmax")).reshape(-1).astype(np.int64)
@@ -118,7 +154,8 @@ def per_row(base, logits, target=None, *, ignore_index=-100, topk=(1, 5), backen
     top_logit = np.full(nrows, np.nan)
     if has_top1.any():
         idx = np.flatnonzero(has_top1)
-        top_logit[idx] = np.asarray(b[(*np.unravel_index(idx, lead), arg_b[idx])], dtype=np.float64)
+        pos = np.unravel_index(idx, lead) if lead else ()          # () : one 1-D row
+        top_logit[idx] = np.asarray(b[(*pos, arg_b[idx])], dtype=np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         base_top1 = np.where(has_top1, np.exp(top_logit - lse_b), np.nan)
 
@@ -126,7 +163,7 @@ def per_row(base, logits, target=None, *, ignore_index=-100, topk=(1, 5), backen
     rm = _quiet(evaluate, x, t_nd, topk=(), reference=b, ignore_index=ignore_eval, backend=backend)
     arg_m = np.asarray(rm.host("argmax")).reshape(-1).astype(np.int64)
 
-    cols = {"row": np.flatnonzero(counted).astype(np.int64)}
+    cols = {}
     cols["kld"] = _flat(rm, "kl_ref_model")[counted]
     cols["reverse_kld"] = _flat(rm, "kl_model_ref")[counted]
     cols["js"] = np.asarray(js_div(b, x, beta=0.5, reduction="none", backend=backend),
@@ -140,12 +177,11 @@ def per_row(base, logits, target=None, *, ignore_index=-100, topk=(1, 5), backen
         for k in ks:
             if k > 1:
                 cols[f"top{k}"] = np.asarray(rk.host(f"correct@{k}")).reshape(-1)[counted]
-    if target is not None:
-        cols["nll_base"] = _flat(rb, "nll")[counted]
-        cols["nll_model"] = _flat(rm, "nll")[counted]
-        cols["p_base"] = _flat(rb, "target_prob")[counted]
-        cols["p_model"] = _flat(rm, "target_prob")[counted]
-    return cols, nrows
+    cols["nll_base"] = _flat(rb, "nll")[counted]
+    cols["nll_model"] = _flat(rm, "nll")[counted]
+    cols["p_base"] = _flat(rb, "target_prob")[counted]
+    cols["p_model"] = _flat(rm, "target_prob")[counted]
+    return cols
 
 
 def _per_row_blocks(b, x, target, **kwargs):

@@ -371,8 +371,14 @@ def run_blocks(arrays, dtype, softcap, fn):
 # --------------------------------------------------------------------------- the evaluate state
 
 
-def run_state(backend, x, target, reference=None, softcap=None, per_block=None):
-    """The evaluate state of every row: ``(st float64[rows, 8], ix int64[rows, 3], dtype)``.
+#: the per-row state of each state op (``fastdiv._registry``): (float64 columns, int64 columns)
+STATE_COLUMNS = {"evaluate": (8, 3), "compare": (10, 4)}
+
+
+def run_state(backend, x, target, reference=None, softcap=None, per_block=None, op="evaluate"):
+    """The state of kernel ``op`` for every row: ``(st float64[rows, 8], ix int64[rows, 3],
+    dtype)`` for ``evaluate`` (``STATE_COLUMNS`` gives the widths of each op; ``compare``
+    needs ``reference``: the base's logits).
 
     ``target``: int64[rows]; values outside ``[0, V)`` mean "no target in this row".
     ``per_block(r0, r1, xblock)`` is also called on each (soft-capped) block, for callers that
@@ -380,11 +386,12 @@ def run_state(backend, x, target, reference=None, softcap=None, per_block=None):
     arrays = [x] if reference is None else [x, reference]
     dtype = out_dtype(*arrays)
     n = nrows(x)
-    st = np.full((n, 8), np.nan)
-    ix = np.zeros((n, 3), dtype=np.int64)
+    ncol, nix = STATE_COLUMNS[op]
+    st = np.full((n, ncol), np.nan)
+    ix = np.zeros((n, nix), dtype=np.int64)
     if n == 0:
         return st, ix, dtype
-    kern = _registry.kernel(backend, "evaluate")
+    kern = _registry.kernel(backend, op)
     no_ref = np.empty((0, x.shape[-1]), dtype=dtype)
 
     def fn(r0, r1, xb, *rest):

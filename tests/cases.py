@@ -395,6 +395,9 @@ class Case:
     takes_backend: bool = True
     #: spread of the random logits (soft-capping wants logits beyond its cap)
     scale: float = 3.0
+    #: attributes of a ``check`` case's result that every layout (and ``fastdiv.linear`` with
+    #: an identity head) must give bit for bit
+    same_bits: tuple = ()
 
     def __str__(self):
         return self.id
@@ -626,8 +629,47 @@ def _evaluate(with_ref, softcap=None, **extra):
         assert res.nll.dtype == compute_dtype(dtype)
 
     name = "evaluate(" + ", ".join(["reference"] * with_ref + [f"softcap={softcap}"] * (softcap is not None)) + ")"
+    same = ("nll", "lse", "entropy", "target_prob", "rank", "argmax") + ("kl_ref_model", "kl_model_ref") * with_ref
     return Case(name, "evaluate", _eval_make(with_ref), None, ("logits", "target"), {"logits": "logits"}, opts,
-                per_row={}, check=check, scale=3.0 if softcap is None else 30.0, **extra)
+                per_row={}, check=check, scale=3.0 if softcap is None else 30.0, same_bits=same, **extra)
+
+
+def _compare_make(src, rng, lead, v, dt):
+    n = int(np.prod(lead, dtype=np.int64))
+    x, z = _pair(src, n, v)
+    return {"base": _lead(z.astype(dt), lead), "logits": _lead(x.astype(dt), lead),
+            "target": _lead(targets(rng, x), lead)}
+
+
+def _compare():
+    """fastdiv.compare's per-row columns against the reference's evaluate_rows and js_rows
+    (its definitions, fastdiv/comparison.py), its ranks and argmaxes exactly."""
+    def check(res, args, backend, dtype, case):
+        a = rows_of(args)
+        b, x, t = a["base"], a["logits"], a["target"]
+        counted = t != -100
+        rb = R.evaluate_rows(b, t)
+        rm = R.evaluate_rows(x, t, reference=b)
+        has = rb["argmax"] >= 0
+        rk = R.evaluate_rows(x, np.where(has, rb["argmax"], -100), topk=EVAL_TOPK)
+        with np.errstate(invalid="ignore", over="ignore"):
+            top1 = np.where(has, np.exp(np.max(R._f64(b), axis=1) - rb["lse"]), np.nan)
+        want = {"kld": rm["kl_ref_model"], "reverse_kld": rm["kl_model_ref"], "js": R.js_rows(b, x, 0.5, "logits"),
+                "nll_base": rb["nll"], "nll_model": rm["nll"], "p_base": rb["target_prob"],
+                "p_model": rm["target_prob"], "base_top1_prob": top1}
+        np.testing.assert_array_equal(res.row, np.flatnonzero(counted))
+        for key, w in want.items():
+            kind = "kl" if key in ("kld", "reverse_kld", "js") else "rel"
+            assert_rows_close(res.columns[key], w[counted], dtype, f"compare {key} [{backend}]", kind=kind)
+        np.testing.assert_array_equal(res.same_top1, (has & (rm["argmax"] == rb["argmax"]))[counted])
+        for k in EVAL_TOPK:
+            if k > 1:
+                np.testing.assert_array_equal(res.topk[k], rk[f"correct@{k}"][counted], err_msg=f"top{k}")
+
+    return Case("compare", "compare", _compare_make, None, ("base", "logits", "target"),
+                {"base": "logits", "logits": "logits"}, {"topk": EVAL_TOPK}, per_row={}, check=check,
+                backends=("numba", "cython", "numpy"),
+                same_bits=("kld", "reverse_kld", "js", "nll_base", "nll_model", "same_top1", "base_top1_prob"))
 
 
 def _gaussian():
@@ -690,6 +732,7 @@ CASES = [
     _evaluate(False, bench="evaluate"),
     _evaluate(True),
     _evaluate(False, softcap=12.0),
+    _compare(),
     _gaussian(),
 ]
 

@@ -25,12 +25,10 @@ LOGIT_CASES = [c for c in C.CASES if "logits" in c.arrays.values() and c.takes_b
 
 
 def _results(case, got):
-    """A call's results as a dict of float64 arrays (per-row values, or an Evaluation's fields)."""
+    """A call's results as a dict of float64 arrays (per-row values, or a result object's
+    ``case.same_bits`` fields)."""
     if case.check is not None:
-        keys = ["nll", "lse", "entropy", "target_prob", "rank", "argmax"]
-        if "reference" in case.arrays:
-            keys += ["kl_ref_model", "kl_model_ref"]
-        return {k: np.asarray(got[k], dtype=np.float64) for k in keys}
+        return {k: np.asarray(getattr(got, k), dtype=np.float64) for k in case.same_bits}
     if isinstance(got, tuple):
         return {f: np.asarray(getattr(got, f), dtype=np.float64) for f in got._fields}
     return {"value": np.asarray(got, dtype=np.float64)}

@@ -64,6 +64,11 @@ typedef struct {
                          int64_t *ix);
     void (*eval_row_f64)(const double *x, const double *z, ptrdiff_t V, int64_t t, double *st,
                          int64_t *ix);
+    /* the compare op of _evaluate_rows.h (its own OpenMP region; -1: out of memory) */
+    int (*compare_rows_f32)(const float *x, const float *z, ptrdiff_t rows, ptrdiff_t V,
+                            const int64_t *target, double *st, int64_t *ix, int nthreads);
+    int (*compare_rows_f64)(const double *x, const double *z, ptrdiff_t rows, ptrdiff_t V,
+                            const int64_t *target, double *st, int64_t *ix, int nthreads);
     /* the softcap transform of _softcap_rows.h (one thread) */
     void (*softcap_rows_f32)(const float *x, ptrdiff_t rows, ptrdiff_t V, ptrdiff_t ldx, float inv,
                              float cap, float *out);

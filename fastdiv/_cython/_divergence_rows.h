@@ -77,6 +77,65 @@ static double FI(fd_js_pass)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, int mo
     return total;
 }
 
+/* fd_js_logits' second pass, from the scratch rows of its first (ex = exp(x - shx_c[c]) in
+   chunk c, likewise ez; mx, mz the rows' maxima, sx, sz their sums of e^(x - max)), shared
+   with fd_compare_row (_evaluate_rows.h): the JS terms, and with `count` (a constant at each
+   call: compiled away where 0) *cnt = #(x_j > xr) in the same read of x. */
+FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, double beta,
+                                 const FD_T *ex, const FD_T *ez, const FD_T *shx_c,
+                                 const FD_T *shz_c, FD_T mx, FD_T mz, double sx, double sz,
+                                 FD_T xr, int64_t *cnt, const int count)
+{
+    const ptrdiff_t nch = (V + FD_CH - 1) / FD_CH;
+    /* an all-masked row: every p is 0 and every lp is -inf */
+    const FD_T shx = FI(fd_shift)(mx), shz = FI(fd_shift)(mz);
+    const FD_T lsx = mx == FD_NEG_INF ? (FD_T)0 : (FD_T)log(sx);
+    const FD_T lsz = mz == FD_NEG_INF ? (FD_T)0 : (FD_T)log(sz);
+    const FD_V shxv = FN(fd_splat)(shx), shzv = FN(fd_splat)(shz);
+    const FD_V lsxv = FN(fd_splat)(lsx), lszv = FN(fd_splat)(lsz);
+    /* lp clamped below: a masked class has p = 0 and adds 0 * (LO - lm), not 0 * -inf */
+    const FD_V lo = FN(fd_splat)((FD_T)-1e30);
+    const FD_V xrv = FN(fd_splat)(xr), one = FN(fd_splat)((FD_T)1);
+    double total = 0.0;
+    int64_t c_total = 0;
+    for (ptrdiff_t c = 0; c < nch; c++) {
+        const ptrdiff_t j0 = c * FD_CH, n = V - j0 < FD_CH ? V - j0 : FD_CH;
+        /* beta p = ex * beta exp(shift_c - max) / sx (and q alike), one product per element.
+           shift_c <= max, except for a chunk read while the row was still all -inf (shift 0):
+           its ex are all 0, and its factor is capped at e^0, never inf (0 * inf = NaN). */
+        const double gx = mx == FD_NEG_INF ? 0.0 : exp(fmin((double)shx_c[c] - (double)shx, 0.0)) / sx;
+        const double gz = mz == FD_NEG_INF ? 0.0 : exp(fmin((double)shz_c[c] - (double)shz, 0.0)) / sz;
+        const FD_V fx = FN(fd_splat)((FD_T)(beta * gx)), fz = FN(fd_splat)((FD_T)((1.0 - beta) * gz));
+        /* the count in float lanes: exact, a chunk has far fewer than 2^24 entries */
+        FD_V acc = {0}, ac = {0};
+        ptrdiff_t j = 0;
+#define FD_JSL_STEP(xv, zv, e1, e2)                                                           \
+    do {                                                                                      \
+        FD_V bp_ = (e1) * fx, cq_ = (e2) * fz;                                                \
+        FD_V lp_ = FN(fd_clamp_lo)(FD_VBARRIER((xv) - shxv) - lsxv, lo);                      \
+        FD_V lq_ = FN(fd_clamp_lo)(FD_VBARRIER((zv) - shzv) - lszv, lo);                      \
+        FD_V lm_ = FN(fd_logpos)(bp_ + cq_); /* finite garbage where bp + cq is 0 */          \
+        acc += bp_ * (lp_ - lm_) + cq_ * (lq_ - lm_);                                         \
+        if (count) ac = FN(fd_add_where)(ac, FN(fd_gt)((xv), xrv), one);                       \
+    } while (0)
+        for (; j + FD_W <= n; j += FD_W) {
+            FD_V xv = FI(fd_ld)(x + j0 + j), zv = FI(fd_ld)(z + j0 + j);
+            FD_JSL_STEP(xv, zv, FN(fd_load)(ex + j0 + j), FN(fd_load)(ez + j0 + j));
+        }
+        if (j < n) {
+            FD_V xv = FI(fd_ldt)(x + j0 + j, n - j, FD_NEG_INF);
+            FD_V zv = FI(fd_ldt)(z + j0 + j, n - j, FD_NEG_INF);
+            FD_JSL_STEP(xv, zv, FN(fd_load_tail)(ex + j0 + j, n - j, (FD_T)0),
+                        FN(fd_load_tail)(ez + j0 + j, n - j, (FD_T)0));
+        }
+#undef FD_JSL_STEP
+        total += FN(fd_hsum)(acc);
+        if (count) c_total += (int64_t)FN(fd_hsum)(ac);
+    }
+    if (count) *cnt = c_total;
+    return total;
+}
+
 /* From logits, two passes per row pair, only the first from memory (a 50257-float row pair
    is 400 KB, and with the exponentials below 800 KB: all in L2):
    1. the running maxima and normalisers, as in fd_kl_logits, storing ex = exp(x - shift_c)
@@ -135,47 +194,7 @@ static double FI(fd_js_logits)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, doub
         sz += FN(fd_hsum)(asz);
     }
     if (isnan(sx) || isnan(sz)) return NAN; /* NaN in either row */
-    /* an all-masked row: every p is 0 and every lp is -inf */
-    const FD_T shx = FI(fd_shift)(mx), shz = FI(fd_shift)(mz);
-    const FD_T lsx = mx == FD_NEG_INF ? (FD_T)0 : (FD_T)log(sx);
-    const FD_T lsz = mz == FD_NEG_INF ? (FD_T)0 : (FD_T)log(sz);
-    const FD_V shxv = FN(fd_splat)(shx), shzv = FN(fd_splat)(shz);
-    const FD_V lsxv = FN(fd_splat)(lsx), lszv = FN(fd_splat)(lsz);
-    /* lp clamped below: a masked class has p = 0 and adds 0 * (LO - lm), not 0 * -inf */
-    const FD_V lo = FN(fd_splat)((FD_T)-1e30);
-    double total = 0.0;
-    for (ptrdiff_t c = 0; c < nch; c++) {
-        const ptrdiff_t j0 = c * FD_CH, n = V - j0 < FD_CH ? V - j0 : FD_CH;
-        /* beta p = ex * beta exp(shift_c - max) / sx (and q alike), one product per element.
-           shift_c <= max, except for a chunk read while the row was still all -inf (shift 0):
-           its ex are all 0, and its factor is capped at e^0, never inf (0 * inf = NaN). */
-        const double gx = mx == FD_NEG_INF ? 0.0 : exp(fmin((double)shx_c[c] - (double)shx, 0.0)) / sx;
-        const double gz = mz == FD_NEG_INF ? 0.0 : exp(fmin((double)shz_c[c] - (double)shz, 0.0)) / sz;
-        const FD_V fx = FN(fd_splat)((FD_T)(beta * gx)), fz = FN(fd_splat)((FD_T)((1.0 - beta) * gz));
-        FD_V acc = {0};
-        ptrdiff_t j = 0;
-#define FD_JSL_STEP(xv, zv, e1, e2)                                                           \
-    do {                                                                                      \
-        FD_V bp_ = (e1) * fx, cq_ = (e2) * fz;                                                \
-        FD_V lp_ = FN(fd_clamp_lo)(FD_VBARRIER((xv) - shxv) - lsxv, lo);                      \
-        FD_V lq_ = FN(fd_clamp_lo)(FD_VBARRIER((zv) - shzv) - lszv, lo);                      \
-        FD_V lm_ = FN(fd_logpos)(bp_ + cq_); /* finite garbage where bp + cq is 0 */          \
-        acc += bp_ * (lp_ - lm_) + cq_ * (lq_ - lm_);                                         \
-    } while (0)
-        for (; j + FD_W <= n; j += FD_W) {
-            FD_V xv = FI(fd_ld)(x + j0 + j), zv = FI(fd_ld)(z + j0 + j);
-            FD_JSL_STEP(xv, zv, FN(fd_load)(ex + j0 + j), FN(fd_load)(ez + j0 + j));
-        }
-        if (j < n) {
-            FD_V xv = FI(fd_ldt)(x + j0 + j, n - j, FD_NEG_INF);
-            FD_V zv = FI(fd_ldt)(z + j0 + j, n - j, FD_NEG_INF);
-            FD_JSL_STEP(xv, zv, FN(fd_load_tail)(ex + j0 + j, n - j, (FD_T)0),
-                        FN(fd_load_tail)(ez + j0 + j, n - j, (FD_T)0));
-        }
-#undef FD_JSL_STEP
-        total += FN(fd_hsum)(acc);
-    }
-    return total;
+    return FI(fd_js_terms)(x, z, V, beta, ex, ez, shx_c, shz_c, mx, mz, sx, sz, 0, NULL, 0);
 }
 
 /* Scratch elements fd_js_logits needs for a row of V. */

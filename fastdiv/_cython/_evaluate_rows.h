@@ -63,10 +63,12 @@ FD_INLINE void FI(fd_ev_sums1)(const FD_T *xc, ptrdiff_t n, FD_T sh, FD_T xt, do
 }
 
 /* x and z: the sums of fd_ev_sums1, sz, the KL sums over entries where both are unmasked,
-   and the counts of entries where exactly one of them is masked. */
-static inline void FI(fd_ev_sums2)(const FD_T *xc, const FD_T *zc, ptrdiff_t n, FD_T shx, FD_T shz,
-                                   FD_T xt, double *acc, int64_t *cnt, int64_t *miss_z,
-                                   int64_t *miss_x)
+   and the counts of entries where exactly one of them is masked.  exs / ezs (fd_compare_row;
+   NULL for evaluate, where the stores are compiled away): the exponentials are also stored
+   there, for fd_js_terms' second pass (a chunk's tail vector writes past n into padding). */
+FD_INLINE void FI(fd_ev_sums2)(const FD_T *xc, const FD_T *zc, ptrdiff_t n, FD_T shx, FD_T shz,
+                               FD_T xt, double *acc, int64_t *cnt, int64_t *miss_z,
+                               int64_t *miss_x, FD_T *exs, FD_T *ezs)
 {
     const FD_V shxv = FN(fd_splat)(shx), shzv = FN(fd_splat)(shz), xtv = FN(fd_splat)(xt);
     const FD_V ninf = FN(fd_splat)((FD_T)-INFINITY);
@@ -87,6 +89,10 @@ static inline void FI(fd_ev_sums2)(const FD_T *xc, const FD_T *zc, ptrdiff_t n, 
         /* fenced: (x - mx) - (z - mz) must not become ((x - mx) + mz) - z at |z| ~ 1e4 */
         FD_V dx = FD_VBARRIER(xv - shxv), dz = FD_VBARRIER(zv - shzv);
         FD_V ex = FN(fd_expn)(dx, &tcx), ez = FN(fd_expn)(dz, &tcz);
+        if (exs) {
+            *(FD_V_U *)(exs + j) = ex;
+            *(FD_V_U *)(ezs + j) = ez;
+        }
         FD_EV_ACC(dx, ex, ak, ar);
         aw += ex * tcx;
         FD_EV_ACC(dz, ez, akz, arz);
@@ -109,10 +115,16 @@ static inline void FI(fd_ev_sums2)(const FD_T *xc, const FD_T *zc, ptrdiff_t n, 
     *miss_x += mx_;
 }
 
-/* One row; z == NULL: no reference.  t outside [0, V): no target. */
-static void FI(fd_eval_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_t t, double *st,
-                            int64_t *ix)
+/* One row; z == NULL: no reference.  t outside [0, V): no target.  scr (fd_compare_row;
+   NULL for evaluate, a constant at each call): the scratch rows of fd_js_terms -- chunk c's
+   exponentials against its shifts shx_c[c], shz_c[c] -- and in *amz the chunk holding z's
+   first maximum, both valid for a row without +inf in x or z. */
+FD_INLINE void FI(fd_eval_pass)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_t t, double *st,
+                                int64_t *ix, FD_T *scr, ptrdiff_t *amz)
 {
+    const ptrdiff_t Vp = (V + FD_W - 1) / FD_W * FD_W, nch = (V + FD_CH - 1) / FD_CH;
+    FD_T *ex = scr, *ez = scr ? scr + Vp : NULL, *shx_c = scr ? scr + 2 * Vp : NULL;
+    FD_T *shz_c = scr ? shx_c + nch : NULL;
     const FD_T xt = (t >= 0 && t < V) ? x[t] : (FD_T)NAN;
     FD_T m = (FD_T)-INFINITY, mz = (FD_T)-INFINITY;
     /* acc: s, w, sz, wxz, wzx */
@@ -154,6 +166,7 @@ static void FI(fd_eval_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_t t
             FD_T mzc;
             FI(fd_chunk)(zc, n, NULL, &mzc);
             if (mzc > mz) {
+                if (scr) *amz = j0;
                 if (mzc == (FD_T)INFINITY) {
                     z_inf = 1;
                     mz = mzc;
@@ -173,7 +186,13 @@ static void FI(fd_eval_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_t t
         const FD_T shx = m == (FD_T)-INFINITY ? (FD_T)0 : m;
         if (z && !z_inf) {
             const FD_T shz = mz == (FD_T)-INFINITY ? (FD_T)0 : mz;
-            FI(fd_ev_sums2)(xc, zc, n, shx, shz, xt, acc, &cnt, &miss_z, &miss_x);
+            if (scr) {
+                shx_c[j0 / FD_CH] = shx;
+                shz_c[j0 / FD_CH] = shz;
+                FI(fd_ev_sums2)(xc, zc, n, shx, shz, xt, acc, &cnt, &miss_z, &miss_x, ex + j0, ez + j0);
+            } else {
+                FI(fd_ev_sums2)(xc, zc, n, shx, shz, xt, acc, &cnt, &miss_z, &miss_x, NULL, NULL);
+            }
         } else {
             if (mc == m)
                 FI(fd_ev_sums1)(xc, n, shx, xt, &acc[0], &acc[1], &cnt, 1);
@@ -198,6 +217,112 @@ static void FI(fd_eval_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_t t
         st[7] = acc[4];
         ix[2] = (miss_z > 0 ? 1 : 0) + (miss_x > 0 ? 2 : 0);
     }
+}
+
+static void FI(fd_eval_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_t t, double *st,
+                            int64_t *ix)
+{
+    FI(fd_eval_pass)(x, z, V, t, st, ix, NULL, NULL);
+}
+
+/* #(x_j > xr) */
+static int64_t FI(fd_count_gt)(const FD_T *x, ptrdiff_t V, FD_T xr)
+{
+    const FD_V xrv = FN(fd_splat)(xr), one = FN(fd_splat)((FD_T)1);
+    int64_t c = 0;
+    for (ptrdiff_t j0 = 0; j0 < V; j0 += FD_CH) {
+        const ptrdiff_t n = V - j0 < FD_CH ? V - j0 : FD_CH;
+        FD_V ac = {0};
+        ptrdiff_t j = 0;
+        for (; j + FD_W <= n; j += FD_W)
+            ac = FN(fd_add_where)(ac, FN(fd_gt)(FN(fd_load)(x + j0 + j), xrv), one);
+        if (j < n)
+            ac = FN(fd_add_where)(ac, FN(fd_gt)(FN(fd_load_tail)(x + j0 + j, n - j, (FD_T)-INFINITY), xrv), one);
+        c += (int64_t)FN(fd_hsum)(ac);
+    }
+    return c;
+}
+
+/* Scratch elements fd_compare_row needs for a row of V. */
+static inline ptrdiff_t FI(fd_compare_scratch)(ptrdiff_t V)
+{
+    return 2 * ((V + FD_W - 1) / FD_W * FD_W) + 2 * ((V + FD_CH - 1) / FD_CH);
+}
+
+/* One row of the compare op (contract: fastdiv/_registry.py): x the model's logits, z the
+   base's.  Pass 1 (from memory) is evaluate's pass with z as reference, also storing the
+   exponentials; pass 2 (from L2: a 50257-float row pair and its exponentials are 800 KB)
+   is fd_js_logits' second pass (one log per element) with the count of the model's classes
+   above the base's top-1 in the same read.  A row with +inf in x or z (rare: its softmax is
+   undefined) gets the base's own state from a second pass over z, as evaluate would give it. */
+static void FI(fd_compare_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_t t, double *st,
+                               int64_t *ix, FD_T *scr)
+{
+    ptrdiff_t amz = 0;
+    FI(fd_eval_pass)(x, z, V, t, st, ix, scr, &amz);
+    const double mx = st[0], mz = st[4];
+    const int inf_x = mx == INFINITY || (isnan(mx) && st[1] == st[1]); /* NaN m with a clean s: +inf met */
+    const int inf_z = mz == INFINITY;
+    if (inf_x || inf_z) {
+        double sb[8];
+        int64_t ib[3];
+        FI(fd_eval_pass)(z, NULL, V, t, sb, ib, NULL, NULL);
+        st[4] = sb[0];
+        st[5] = sb[1];
+        st[8] = sb[3];
+        ix[3] = ib[0];
+    } else {
+        st[8] = (t >= 0 && t < V) ? (double)z[t] : NAN;
+        if (mz > -INFINITY) /* (NaN: no top-1, the index is not used) */
+            amz += FI(fd_ev_first)(z + amz, V - amz < FD_CH ? V - amz : FD_CH, (FD_T)mz);
+        ix[3] = amz;
+    }
+    const double mb = st[4];
+    const int has_top1 = mb > -INFINITY; /* finite or +inf; NaN is not */
+    const int x_fin = mx > -INFINITY && mx < INFINITY; /* NaN is not */
+    const FD_T xr = has_top1 ? x[ix[3]] : (FD_T)NAN;
+    int64_t rank = 0;
+    if (!inf_x && !inf_z && !isnan(mx) && !isnan(mb)) {
+        const ptrdiff_t Vp = (V + FD_W - 1) / FD_W * FD_W, nch = (V + FD_CH - 1) / FD_CH;
+        st[9] = FI(fd_js_terms)(x, z, V, 0.5, scr, scr + Vp, scr + 2 * Vp, scr + 2 * Vp + nch,
+                                (FD_T)mx, (FD_T)mb, st[1], st[5], xr, &rank, 1);
+    } else {
+        st[9] = NAN;
+        if (has_top1 && x_fin && xr > (FD_T)-INFINITY) rank = FI(fd_count_gt)(x, V, xr);
+    }
+    ix[1] = has_top1 && x_fin && xr > (FD_T)-INFINITY ? rank : -1;
+}
+
+/* The compare op over all rows, nthreads OpenMP threads (static schedule: a row is computed by
+   one thread whatever the count), each with its own scratch rows.  0, or -1 when a scratch
+   buffer could not be allocated. */
+static int FI(fd_compare_rows)(const FD_T *x, const FD_T *z, ptrdiff_t rows, ptrdiff_t V,
+                               const int64_t *target, double *st, int64_t *ix, int nthreads)
+{
+    int failed = 0;
+    (void)nthreads;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads)
+#endif
+    {
+        const size_t bytes = ((size_t)FI(fd_compare_scratch)(V) * sizeof(FD_T) + 63) / 64 * 64;
+        FD_T *scr = (FD_T *)aligned_alloc(64, bytes);
+        if (scr == NULL) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            failed = 1;
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (ptrdiff_t i = 0; i < rows; i++) {
+            if (scr == NULL) continue;
+            FI(fd_compare_row)(x + i * V, z + i * V, V, target[i], st + 10 * i, ix + 4 * i, scr);
+        }
+        free(scr);
+    }
+    return failed ? -1 : 0;
 }
 
 #undef FD_EV_ACC

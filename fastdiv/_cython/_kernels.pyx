@@ -16,7 +16,8 @@ is C with GCC vector extensions and AVX-512 intrinsics, in headers named for the
 * ``_divergences.h``     the divergence driver: temperature, half inputs staged or read in
   place, generalized JSD and top-k KL over rows (its job: ``_job.h``).
 * ``_divergence_rows.h`` JSD and top-k teacher KL of one row.
-* ``_evaluate.h``        the evaluate state; ``_evaluate_rows.h`` its one-row pass.
+* ``_evaluate.h``        the evaluate state; ``_evaluate_rows.h`` its one-row pass, and the
+  compare op's (evaluate's pass with a reference, then the JS pass of ``_divergence_rows.h``).
 * ``_row_items.h``       work items: a block of short rows or one long row, chosen by V.
 * ``_short_rows.h``      short-row blocks: FD_W rows at once, transpose-reductions.
 * ``_long_rows.h``       long rows: one chunked single-pass log-sum-exp per row, and the
@@ -116,6 +117,11 @@ cdef extern from "_dispatch.h" nogil:
                              double *st, int64_t *ix) noexcept nogil
         void (*eval_row_f64)(const double *x, const double *z, Py_ssize_t V, int64_t t,
                              double *st, int64_t *ix) noexcept nogil
+        # compare (_evaluate_rows.h)
+        int (*compare_rows_f32)(const float *x, const float *z, Py_ssize_t rows, Py_ssize_t V,
+                                const int64_t *target, double *st, int64_t *ix, int nthreads) noexcept nogil
+        int (*compare_rows_f64)(const double *x, const double *z, Py_ssize_t rows, Py_ssize_t V,
+                                const int64_t *target, double *st, int64_t *ix, int nthreads) noexcept nogil
         # the softcap transform (_softcap_rows.h)
         void (*softcap_rows_f32)(const float *x, Py_ssize_t rows, Py_ssize_t V, Py_ssize_t ldx, float inv,
                                  float cap, float *out) noexcept nogil
@@ -389,6 +395,25 @@ def evaluate(const floating[:, ::1] x, const floating[:, ::1] z, const int64_t[:
             T.eval_row_f32(&x[i, 0], &z[i, 0] if has_ref else NULL, V, target[i], &st[i, 0], &ix[i, 0])
         else:
             T.eval_row_f64(&x[i, 0], &z[i, 0] if has_ref else NULL, V, target[i], &st[i, 0], &ix[i, 0])
+
+
+def compare(const floating[:, ::1] x, const floating[:, ::1] z, const int64_t[::1] target,
+            double[:, ::1] st, int64_t[:, ::1] ix, int nthreads):
+    """The compare state per row (contract: fastdiv/_registry.py): x the model, z the base."""
+    cdef Py_ssize_t rows = x.shape[0], V = x.shape[1]
+    cdef int nt = _check(rows, V, st.shape[0], nthreads), rc
+    _check2(rows, V, z.shape[0], z.shape[1])
+    if target.shape[0] != rows or ix.shape[0] != rows or st.shape[1] != 10 or ix.shape[1] != 4:
+        raise ValueError(f"compare: target must have shape ({rows},), st ({rows}, 10), ix ({rows}, 4)")
+    if rows == 0:
+        return
+    with nogil:
+        if floating is float:
+            rc = T.compare_rows_f32(&x[0, 0], &z[0, 0], rows, V, &target[0], &st[0, 0], &ix[0, 0], nt)
+        else:
+            rc = T.compare_rows_f64(&x[0, 0], &z[0, 0], rows, V, &target[0], &st[0, 0], &ix[0, 0], nt)
+    if rc != 0:
+        raise MemoryError("compare: no memory for the per-thread scratch rows")
 
 # ============================================================================================
 # Kernel contract v2 (issue 5): temperature (`scale` = 1/T on the logits), half-precision

@@ -48,6 +48,8 @@ __attribute__((visibility("hidden"))) const fd_table FD_TABLE(FD_LEVEL) = {
     fd_kl_probs_f64,
     fd_eval_row_f32,
     fd_eval_row_f64,
+    fd_compare_rows_f32,
+    fd_compare_rows_f64,
     fd_softcap_rows_f32,
     fd_softcap_rows_f64,
     fd_run_staged,

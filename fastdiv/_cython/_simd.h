@@ -39,6 +39,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <stdlib.h> /* aligned_alloc: the per-thread scratch of fd_compare_rows */
 
 #ifndef FD_SIMD_FLAGS
 #define FD_SIMD_FLAGS ""
