@@ -70,7 +70,7 @@ FALLBACK_THRESHOLD = 1.6
 PER_THREAD_BYTES = 2 << 20
 REGIMES = {"V50257": 50257, "C51": 51, "V128256": 128256, "V1024": 1024}
 #: the kernels timed: fastdiv.bench.OPS (from logits) and the gate-only ops (KL from
-#: probabilities, JS from logits).  A 6.7x slowdown of numba's float64 kl_div(probs) passed a
+#: probabilities, JS from logits, compare).  A 6.7x slowdown of numba's float64 kl_div(probs) passed a
 #: gate that timed float32 logits only (benchmarks/NOTES.md, 2026-12-05), hence also float64.
 GATE_OPS = _bench.OPS + _bench.GATE_ONLY_OPS
 SHORT = [("V50257", "float32"), ("C51", "float32"), ("V50257", "float64")]
@@ -91,7 +91,7 @@ def measure(cases, backends, repeat, slowdown=1, slow_only=None):
             rows = threads * max(1, PER_THREAD_BYTES // (v * itemsize))
             x, z, t = _bench.inputs(rows, v, dtype)
             for op in GATE_OPS:
-                arrays = (x, z) if op in ("kl_div", "kl_div(probs)", "js_div") else (x,)
+                arrays = (x, z) if op in _bench.TWO_ARRAY_OPS else (x,)
                 for backend in backends:
                     key = f"{backend}/{op}/{regime}/{dtype}/{threads}t"
                     call = _bench.fastdiv_call(op, backend, x, z, t)

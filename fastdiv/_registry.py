@@ -55,10 +55,9 @@ the thread count.  Semantics are those of ``fastdiv.reference`` (see its docstri
         of ``z`` (meaningful only where ``st[i, 4]`` is not NaN or -inf); ``ix[i, 1]`` = the
         number of ``j`` with ``x_j > x[ix[i, 3]]`` where ``z`` has a top-1 class (``st[i, 4]``
         finite or ``+inf``), ``x``'s maximum is finite and ``x[ix[i, 3]] > -inf``, else -1.
-        Without +inf in either row, ``st[i, 4:6]`` are also ``z``'s own (m, s) (evaluate's
-        columns stop at a +inf); with one they must still be: a backend computes them again.
-        Optional: a backend without it (cuda) gets ``compare`` composed of its evaluate and
-        js_logits kernels (``fastdiv.comparison``).
+        ``st[i, 4:6]`` are ``z``'s own (m, s) whatever ``x`` holds (Cython's evaluate pass stops
+        at a +inf in either row, so it reads such a row pair's ``z`` again; numba's keeps ``z``'s
+        sums going).  CPU backends only: ``fastdiv.compare`` refuses cuda.
 
 Divergence family (contract v2, issue 5).  ``scale = 1 / temperature`` (positive, finite)
 multiplies every logit before anything else; ``scale = 1.0`` gives today's results bit for bit.
@@ -98,7 +97,7 @@ OPS = (
     "ce_hard",
     "ce_soft",
     "evaluate",     # the mergeable per-row state of fastdiv.evaluate (contract above)
-    "compare",      # fastdiv.compare's per-row state (optional: see the contract)
+    "compare",      # fastdiv.compare's per-row state (CPU backends: see the contract)
     "js_logits",
     "js_log_probs",
     "js_probs",
@@ -242,12 +241,6 @@ def kernel(backend, op):
         return getattr(module, op)
     except AttributeError:
         raise BackendUnavailable(f"backend={backend!r} has no {op!r} kernel in this build") from None
-
-
-def has_kernel(backend, op):
-    """Whether ``backend``'s module implements ``op`` (``compare`` is optional)."""
-    module, _ = _load(backend)
-    return module is not None and hasattr(module, op)
 
 
 def half_inputs(backend):

@@ -73,9 +73,12 @@ def inputs(rows, v, dtype, seed=0):
     return x, z, t
 
 
-#: ops only the regression gate times (benchmarks/gate.py): the probability-input kernels and
-#: JS from logits, which have kernels of their own that OPS does not reach
-GATE_ONLY_OPS = ("kl_div(probs)", "js_div")
+#: ops only the regression gate times (benchmarks/gate.py): the probability-input kernels, JS
+#: from logits and compare's fused kernel (#19), which have kernels of their own that OPS does
+#: not reach
+GATE_ONLY_OPS = ("kl_div(probs)", "js_div", "compare")
+#: the ops that read two arrays of logits (the probe reads both)
+TWO_ARRAY_OPS = ("kl_div", "kl_div(probs)", "js_div", "compare")
 
 
 def _softmax(x):
@@ -89,6 +92,8 @@ def fastdiv_call(op, backend, x, z, t):
         return lambda: fastdiv.kl_div(p, q, inputs="probs", backend=backend)
     if op == "js_div":
         return lambda: fastdiv.js_div(x, z, backend=backend)
+    if op == "compare":                 # base x, model z: the per-row columns (no statistics)
+        return lambda: fastdiv.compare(x, z, t, backend=backend)
     if op == "logsumexp":
         return lambda: fastdiv.logsumexp(x, backend=backend)
     if op == "entropy":

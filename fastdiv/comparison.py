@@ -4,7 +4,10 @@ For regression checks of a quantized model against its base, a new kernel or run
 the old one, a fine-tune against its parent.  The statistics follow llama.cpp's perplexity
 tool in KL-divergence mode (``--kl-divergence``), so numbers can be compared with its output.
 
-Per row (from fastdiv's public functions, with their rules for masked classes and NaN):
+Per row, in one read of each input (the ``compare`` kernel of each CPU backend, contract in
+``fastdiv._registry``: evaluate's pass of the model with the base as reference, then the JS
+pass from cache), with the definitions and the rules for masked classes and NaN of fastdiv's
+public functions:
 
 * ``kld`` = D(base ‖ model) and ``reverse_kld`` = D(model ‖ base)
   (:func:`fastdiv.evaluate` with ``reference=base``: its ``kl_ref_model`` / ``kl_model_ref``);
@@ -13,10 +16,13 @@ Per row (from fastdiv's public functions, with their rules for masked classes an
   (:func:`fastdiv.evaluate`'s ``nll`` and ``target_prob``), ``delta_p = p_model - p_base``;
 * ``same_top1``: the two argmaxes (:func:`fastdiv.evaluate`'s ``argmax``) are equal;
 * ``top{k}`` for each k of ``topk`` above 1: the base's top-1 class is within the model's
-  top k -- :func:`fastdiv.evaluate` of the model with the base's argmax as target: ``rank <
+  top k, as :func:`fastdiv.evaluate` of the model with the base's argmax as target: ``rank <
   k``, ``rank`` counting the classes with a strictly larger logit (ties in its favour);
-* ``base_top1_prob``: the base's probability of its own top-1 class, ``exp(x[argmax] -
-  lse)`` from the base's ``lse`` and one gathered logit per row.
+* ``base_top1_prob``: the base's probability of its own top-1 class, ``exp(max - lse)``.
+
+Per-row values are float64 from the kernel's float64 state, whatever the input's dtype (KLD,
+JS and NLL are accumulated in float64 per chunk, as evaluate's).  Memory: the columns kept
+for the exact quantiles, 74 bytes per counted row with targets (as ``meters.Comparator``).
 
 Rows whose target is ``ignore_index`` are left out of everything (per-row arrays hold the
 counted rows only; ``row`` gives their flat indices in the input).
@@ -54,9 +60,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _checks, _interop, _lazy, _registry, _state, execute, plan as _plan, reduce
-from .api import js_div
-from .evaluation import evaluate
+from . import _checks, _interop, _lazy, _state, execute, plan as _plan
 from ._typing import ArrayLike, Backend
 
 __all__ = ["compare", "Comparison"]
@@ -69,19 +73,6 @@ DELTA_P_QUANTILES = (0, 0.1, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9, 100)
 CONFIDENCE_BUCKETS = 10
 #: the per-row columns that exist only with targets
 TARGET_COLUMNS = ("nll_base", "nll_model", "p_base", "p_model")
-
-
-def _quiet(fn, *args, **kwargs):
-    """A call without evaluate's all-ignored and empty-mean warnings: compare decides what is
-    counted (without targets every row is, and evaluate's aggregates are not used)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="evaluate: every target", category=RuntimeWarning)
-        warnings.filterwarnings("ignore", message=reduce.EMPTY_MESSAGE.split(" (")[0], category=RuntimeWarning)
-        return fn(*args, **kwargs)
-
-
-def _flat(res, key):
-    return np.asarray(res.host(key), dtype=np.float64).reshape(-1)
 
 
 def per_row(base, logits, target=None, *, ignore_index=-100, topk=(1, 5), backend="auto"):
@@ -103,16 +94,11 @@ def per_row(base, logits, target=None, *, ignore_index=-100, topk=(1, 5), backen
     if target is None:
         t = np.full(nrows, -1, dtype=np.int64)
         counted = np.ones(nrows, dtype=bool)
-        ignore_eval = -1
     else:
         t = _checks.class_targets(_checks.as_array("target", target), lead, v, ignore)
         counted = t != ignore
-        ignore_eval = ignore
-    if _registry.has_kernel(backend, "compare"):
-        st, ix, _ = execute.run_state(backend, x, np.where(counted, t, -1), b, op="compare")
-        cols = _columns(st, ix, counted, ks)
-    else:
-        cols = _composed(b, x, t.reshape(lead), counted, ignore_eval, ks, backend)
+    st, ix, _ = execute.run_state(backend, x, np.where(counted, t, -1), b, op="compare")
+    cols = _columns(st, ix, counted, ks)
     cols = {"row": np.flatnonzero(counted).astype(np.int64), **cols}
     if target is None:
         for key in TARGET_COLUMNS:
@@ -139,49 +125,6 @@ def _columns(st, ix, counted, ks):
             cols[f"top{k}"] = (ix[:, 1] >= 0) & (ix[:, 1] < k)
     cols.update(nll_base=rb["nll"], nll_model=rm["nll"], p_base=rb["target_prob"], p_model=rm["target_prob"])
     return {key: np.asarray(a)[counted] for key, a in cols.items()}
-
-
-def _composed(b, x, t_nd, counted, ignore_eval, ks, backend):
-    """The per-row columns from the backend's evaluate and js_div, for a backend without the
-    compare kernel (cuda): four reads of the rows where the kernel takes one."""
-    lead = x.shape[:-1]
-    nrows = counted.size
-    # the base: its targets' nll / probability, its argmax and lse
-    rb = _quiet(evaluate, b, t_nd, topk=(), ignore_index=ignore_eval, backend=backend)
-    arg_b = np.asarray(rb.host("argmax")).reshape(-1).astype(np.int64)
-    lse_b = _flat(rb, "lse")
-    has_top1 = arg_b >= 0
-    top_logit = np.full(nrows, np.nan)
-    if has_top1.any():
-        idx = np.flatnonzero(has_top1)
-        pos = np.unravel_index(idx, lead) if lead else ()          # () : one 1-D row
-        top_logit[idx] = np.asarray(b[(*pos, arg_b[idx])], dtype=np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        base_top1 = np.where(has_top1, np.exp(top_logit - lse_b), np.nan)
-
-    # the model against the base: KL both ways, its targets' nll / probability, its argmax
-    rm = _quiet(evaluate, x, t_nd, topk=(), reference=b, ignore_index=ignore_eval, backend=backend)
-    arg_m = np.asarray(rm.host("argmax")).reshape(-1).astype(np.int64)
-
-    cols = {}
-    cols["kld"] = _flat(rm, "kl_ref_model")[counted]
-    cols["reverse_kld"] = _flat(rm, "kl_model_ref")[counted]
-    cols["js"] = np.asarray(js_div(b, x, beta=0.5, reduction="none", backend=backend),
-                            dtype=np.float64).reshape(-1)[counted]
-    cols["base_top1_prob"] = base_top1[counted]
-    cols["same_top1"] = (has_top1 & (arg_m == arg_b))[counted]
-    if any(k > 1 for k in ks):
-        # the base's top-1 class as the model's target: within the model's top k iff rank < k
-        rk = _quiet(evaluate, x, np.where(has_top1, arg_b, -1).reshape(lead), topk=tuple(k for k in ks if k > 1),
-                    ignore_index=-1, backend=backend)
-        for k in ks:
-            if k > 1:
-                cols[f"top{k}"] = np.asarray(rk.host(f"correct@{k}")).reshape(-1)[counted]
-    cols["nll_base"] = _flat(rb, "nll")[counted]
-    cols["nll_model"] = _flat(rm, "nll")[counted]
-    cols["p_base"] = _flat(rb, "target_prob")[counted]
-    cols["p_model"] = _flat(rm, "target_prob")[counted]
-    return cols
 
 
 def _per_row_blocks(b, x, target, **kwargs):

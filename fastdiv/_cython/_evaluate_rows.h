@@ -101,7 +101,8 @@ FD_INLINE void FI(fd_ev_sums2)(const FD_T *xc, const FD_T *zc, ptrdiff_t n, FD_T
         FD_V d = dx - dz;
         axz = FN(fd_add_where)(axz, both, ex * d);
         azx = FN(fd_add_where)(azx, both, -(ez * d));
-        c += FN(fd_popcount)(FN(fd_gt)(xv, xtv));
+        if (!exs) /* compare counts against the base's top-1 in its second pass instead */
+            c += FN(fd_popcount)(FN(fd_gt)(xv, xtv));
         mz_ += FN(fd_popcount)(px & FN(fd_eq)(dz, ninf));
         mx_ += FN(fd_popcount)(pz & FN(fd_eq)(dx, ninf));
     }

@@ -201,21 +201,32 @@ def _js_logits_row(xr, zr, b, c, ex, ez, refs):
         refs[1, k] = rz
         sx += ax
         sz += az
+    return _js_terms(xr, zr, b, c, ex, ez, refs, JS_CHUNK, mx, mz, sx, sz)
+
+
+@njit(**_INLINE)
+def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz):
+    """The second pass of _js_logits_row (and of the compare op, ops.py), from L2: the
+    exponentials of chunk k (of ``chunk`` elements) were taken against refs[0, k] (x) and
+    refs[1, k] (z); mx, mz are the rows' maxima and sx, sz their sums of e^(x - max)."""
+    zero = cast(0.0, b)
+    ninf = cast(-_INF, b)
+    v = xr.shape[0]
     shx = mx if mx > ninf else zero           # an all-masked row: every e is 0
     shz = mz if mz > ninf else zero
     # every constant of the terms loop cast to the working type: one float64 operand (a
     # python float, or flog's result) widened the whole float32 loop to float64 (1.3 ns/pair)
     lsx = cast(flog(sx), b) if mx > ninf else zero
     lsz = cast(flog(sz), b) if mz > ninf else zero
-    gx = b / sx if mx > ninf else zero
-    gz = c / sz if mz > ninf else zero
+    gx = cast(b / sx, b) if mx > ninf else zero
+    gz = cast(c / sz, b) if mz > ninf else zero
     # log p clamped at the exp clamp LO: a masked class (p = 0) adds 0 * (LO - ...) = 0,
     # never 0 * -inf
     lo = cast(clamp_lo(ninf), b)
     total = zero
-    for j0 in range(0, v, JS_CHUNK):
-        j1 = min(j0 + JS_CHUNK, v)
-        k = j0 // JS_CHUNK
+    for j0 in range(0, v, chunk):
+        j1 = min(j0 + chunk, v)
+        k = j0 // chunk
         # refs <= the final maximum, except the 0 of chunks that were all masked (their e
         # are 0): min keeps that factor finite
         fx = gx * exp_hot(clamp_lo(min(refs[0, k] - shx, zero)))

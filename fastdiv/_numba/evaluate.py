@@ -60,8 +60,10 @@ def _first_index(xc, value):
 
 
 @njit(**_INLINE)
-def _sums2(xc, zc, shx, shz, xt):
-    """The sums of row_state._sums for x, the same for z, the two KL sums and the flag counts."""
+def _sums2(xc, zc, shx, shz, xt, es, fs):
+    """The sums of row_state._sums for x, the same for z, the two KL sums and the flag counts.
+    es, fs: None (evaluate: the stores are pruned at compile time), or where the compare op
+    keeps the exponentials for its JS pass (divergences._js_terms)."""
     zero = cast(0.0, shx)
     sx = zero
     wx = zero
@@ -76,6 +78,9 @@ def _sums2(xc, zc, shx, shz, xt):
         dz = zc[j] - shz
         ex = exp_hot(clamp_lo(dx))
         ez = exp_hot(clamp_lo(dz))
+        if es is not None:
+            es[j] = ex
+            fs[j] = ez
         sx += ex
         wx += ex * clamp_lo(dx)
         sz += ez
@@ -124,6 +129,94 @@ def _evaluate_x(x, target, st, ix):
         ix[i, 2] = 0
 
 
+@njit(**_INLINE)
+def _xz_row(row, zrow, xt, ex, ez, refs):
+    """One row of x with reference z: (m, s, w, mz, sz, wxz, wzx, cnt, am, amz, flags), am and
+    amz the chunks where x's and z's first maxima were last raised.  ex, ez, refs: None
+    (evaluate), or the compare op's scratch rows: chunk k's exponentials against its shifts
+    refs[0, k], refs[1, k] (valid where neither row holds a NaN or +inf).  z's columns are
+    its own whatever x holds."""
+    v = row.shape[0]
+    m = cast(-_INF, row[0])
+    s = 0.0
+    w = 0.0
+    cnt = 0
+    am = 0
+    amz = 0
+    mz = cast(-_INF, row[0])
+    sz = 0.0
+    wxz = 0.0
+    wzx = 0.0
+    miss_z = 0
+    miss_x = 0
+    for j0 in range(0, v, CHUNK):
+        j1 = min(j0 + CHUNK, v)
+        xc = row[j0:j1]
+        zc = zrow[j0:j1]
+        cm = _max_prefetch(xc, row, j1 + CHUNK)
+        cmz = _max_prefetch(zc, zrow, j1 + CHUNK)
+        x_ok = m == m and m != _INF
+        z_ok = mz == mz and mz != _INF
+        if x_ok and cm > m and cm != _INF:
+            # rescaling x's shift moves every (x - m): wxz -> f (wxz + delta sx), wzx -= delta sz
+            delta = float(m) - float(cm)
+            s, w = _grow(m, cm, s, w)
+            wxz = wxz * np.exp(delta) + (delta * s if m > -_INF else 0.0)
+            if m > -_INF:
+                wzx -= delta * sz
+            else:
+                wxz = 0.0
+            m = cm
+            am = j0                  # the chunk of the first maximum, searched at the end
+        elif not cm <= m:               # NaN or +inf in x: the model's quantities settle
+            if cm == _INF and m == m:
+                am = j0                  # the chunk of the first maximum, searched at the end
+            m = maximum(m, cm)
+        if z_ok and cmz > mz and cmz != _INF:
+            delta = float(mz) - float(cmz)
+            f = np.exp(delta) if mz > -_INF else 0.0
+            if mz > -_INF:
+                wzx = f * (wzx + delta * sz)
+                wxz -= delta * s
+            else:
+                wzx = 0.0
+            sz = f * sz
+            mz = cmz
+            amz = j0
+        elif not cmz <= mz:
+            if cmz == _INF and mz == mz:
+                amz = j0
+            mz = maximum(mz, cmz)
+        x_ok = m == m and m != _INF
+        z_ok = mz == mz and mz != _INF
+        if not z_ok and not x_ok:
+            if m != m and mz != mz:
+                break
+            continue
+        shx = m if m > -_INF and x_ok else cast(0.0, row[0])
+        shz = mz if mz > -_INF and z_ok else cast(0.0, row[0])
+        if ex is None:
+            csx, cwx, csz, cwxz, cwzx, cc, cmiss_z, cmiss_x = _sums2(xc, zc, shx, shz, xt, None, None)
+        else:
+            k = j0 // CHUNK
+            refs[0, k] = shx
+            refs[1, k] = shz
+            csx, cwx, csz, cwxz, cwzx, cc, cmiss_z, cmiss_x = _sums2(xc, zc, shx, shz, xt, ex[j0:j1], ez[j0:j1])
+        if x_ok:
+            s += csx
+            w += cwx
+            cnt += cc
+        if z_ok:
+            sz += csz
+        if x_ok and z_ok:
+            wxz += cwxz
+            wzx += cwzx
+            miss_z += cmiss_z
+            miss_x += cmiss_x
+    flags = (1 if miss_z > 0 else 0) + (2 if miss_x > 0 else 0)
+    return m, s, w, mz, sz, wxz, wzx, cnt, am, amz, flags
+
+
 @njit(**_JIT)
 def _evaluate_xz(x, z, target, st, ix):
     n, v = x.shape
@@ -132,73 +225,7 @@ def _evaluate_xz(x, z, target, st, ix):
         row = x[i]
         t = target[i]
         xt = row[t] if 0 <= t < v else cast(np.nan, row[0])
-        m = cast(-_INF, row[0])
-        s = 0.0
-        w = 0.0
-        cnt = 0
-        am = 0
-        zrow = z[i]
-        mz = cast(-_INF, row[0])
-        sz = 0.0
-        wxz = 0.0
-        wzx = 0.0
-        miss_z = 0
-        miss_x = 0
-        for j0 in range(0, v, CHUNK):
-            j1 = min(j0 + CHUNK, v)
-            xc = row[j0:j1]
-            zc = zrow[j0:j1]
-            cm = _max_prefetch(xc, row, j1 + CHUNK)
-            cmz = _max_prefetch(zc, zrow, j1 + CHUNK)
-            x_ok = m == m and m != _INF
-            z_ok = mz == mz and mz != _INF
-            if x_ok and cm > m and cm != _INF:
-                # rescaling x's shift moves every (x - m): wxz -> f (wxz + delta sx), wzx -= delta sz
-                delta = float(m) - float(cm)
-                s, w = _grow(m, cm, s, w)
-                wxz = wxz * np.exp(delta) + (delta * s if m > -_INF else 0.0)
-                if m > -_INF:
-                    wzx -= delta * sz
-                else:
-                    wxz = 0.0
-                m = cm
-                am = j0                  # the chunk of the first maximum, searched at the end
-            elif not cm <= m:               # NaN or +inf in x: the model's quantities settle
-                if cm == _INF and m == m:
-                    am = j0                  # the chunk of the first maximum, searched at the end
-                m = maximum(m, cm)
-            if z_ok and cmz > mz and cmz != _INF:
-                delta = float(mz) - float(cmz)
-                f = np.exp(delta) if mz > -_INF else 0.0
-                if mz > -_INF:
-                    wzx = f * (wzx + delta * sz)
-                    wxz -= delta * s
-                else:
-                    wzx = 0.0
-                sz = f * sz
-                mz = cmz
-            elif not cmz <= mz:
-                mz = maximum(mz, cmz)
-            x_ok = m == m and m != _INF
-            z_ok = mz == mz and mz != _INF
-            if not z_ok and not x_ok:
-                if m != m and mz != mz:
-                    break
-                continue
-            shx = m if m > -_INF and x_ok else cast(0.0, row[0])
-            shz = mz if mz > -_INF and z_ok else cast(0.0, row[0])
-            csx, cwx, csz, cwxz, cwzx, cc, cmiss_z, cmiss_x = _sums2(xc, zc, shx, shz, xt)
-            if x_ok:
-                s += csx
-                w += cwx
-                cnt += cc
-            if z_ok:
-                sz += csz
-            if x_ok and z_ok:
-                wxz += cwxz
-                wzx += cwzx
-                miss_z += cmiss_z
-                miss_x += cmiss_x
+        m, s, w, mz, sz, wxz, wzx, cnt, am, _, flags = _xz_row(row, z[i], xt, None, None, None)
         st[i, 0] = m
         st[i, 1] = s
         st[i, 2] = w
@@ -209,7 +236,7 @@ def _evaluate_xz(x, z, target, st, ix):
         st[i, 7] = wzx
         ix[i, 0] = _locate(row, am, CHUNK, m)
         ix[i, 1] = cnt
-        ix[i, 2] = (1 if miss_z > 0 else 0) + (2 if miss_x > 0 else 0)
+        ix[i, 2] = flags
 
 
 @njit(**PAR)
