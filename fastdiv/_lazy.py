@@ -40,10 +40,16 @@ class LazyLogits:
         """How many rows to compute at a time when each logit takes ``itemsize`` bytes."""
         raise NotImplementedError
 
-    def compute(self, r0: int, r1: int, dtype, out: np.ndarray | None = None) -> np.ndarray:
+    def tiles(self, itemsize: int) -> tuple[int, int] | None:
+        """``(rows, columns)`` of the vocabulary tiles to compute at a time for the ops whose
+        per-row states merge across classes (``fastdiv.execute``), or None: row blocks only."""
+        return None
+
+    def compute(self, r0: int, r1: int, dtype, out: np.ndarray | None = None, cols=None) -> np.ndarray:
         """Rows ``r0 .. r1 - 1`` (C order over the leading axes) as a C-contiguous
         ``(r1 - r0, V)`` array of ``dtype``, written into ``out`` when given (a buffer of at
-        least that many rows and of that dtype, reused between blocks)."""
+        least that many rows and of that dtype, reused between blocks); ``cols = (v0, v1)``:
+        only the classes ``v0 .. v1 - 1``, ``(r1 - r0, v1 - v0)``."""
         raise NotImplementedError
 
 

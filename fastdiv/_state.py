@@ -56,6 +56,60 @@ def finish_rows(m, s, w, xt, counted, rank, argmax, topk, kl=None):
     return out
 
 
+def _factor(m_part, m_all):
+    """e^(m_part - m_all), exactly 0 for an all-masked part (m_part = -inf)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.where(m_part == -np.inf, 0.0, np.exp(m_part - m_all))
+
+
+def _delta(m_part, m_all):
+    with np.errstate(invalid="ignore"):
+        return np.where(m_part == -np.inf, 0.0, m_part - m_all)
+
+
+def _combine(fa, fb, a, b):
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.where(fa == 0, 0.0, fa * a) + np.where(fb == 0, 0.0, fb * b)
+
+
+def merge_sums(a, b):
+    """The state columns of the union of two disjoint class ranges of the same rows.
+
+    ``a``, ``b``: dicts of per-row arrays ``m, s, w, argmax`` (global class indices) and, with a
+    reference, ``mz, sz, wxz, wzx, flags``; returns the same dict for the union.  With
+    ``M = max(m_a, m_b)`` and ``f_a = e^(m_a - M)``: ``s = f_a s_a + f_b s_b``,
+    ``w = f_a (w_a + (m_a - M) s_a) + f_b (w_b + (m_b - M) s_b)``, the KL sums likewise (every
+    ``x - m`` moves by ``m_a - M``, every ``z - mz`` by ``mz_a - Mz``); a part that is entirely
+    ``-inf`` has ``f = 0`` and adds exactly nothing (never ``-inf - -inf``); the argmax is the
+    larger maximum's (the smaller index on ties: the first maximum, like numpy).  Used by
+    ``fastdiv.states.merge`` and by ``fastdiv.execute``'s vocabulary tiles."""
+    with np.errstate(invalid="ignore"):
+        m = np.maximum(a["m"], b["m"])               # NaN-propagating
+        fa, fb = _factor(a["m"], m), _factor(b["m"], m)
+        da, db = _delta(a["m"], m), _delta(b["m"], m)
+        out = dict(m=m, s=_combine(fa, fb, a["s"], b["s"]),
+                   w=_combine(fa, fb, a["w"] + da * a["s"], b["w"] + db * b["s"]),
+                   argmax=np.where(b["m"] > a["m"], b["argmax"],
+                                   np.where(a["m"] > b["m"], a["argmax"], np.minimum(a["argmax"], b["argmax"]))))
+        if a.get("mz") is not None:
+            mz = np.maximum(a["mz"], b["mz"])
+            ga, gb = _factor(a["mz"], mz), _factor(b["mz"], mz)
+            ea, eb = _delta(a["mz"], mz), _delta(b["mz"], mz)
+            out.update(mz=mz, sz=_combine(ga, gb, a["sz"], b["sz"]),
+                       wxz=_combine(fa, fb, a["wxz"] + (da - ea) * a["s"], b["wxz"] + (db - eb) * b["s"]),
+                       wzx=_combine(ga, gb, a["wzx"] + (ea - da) * a["sz"], b["wzx"] + (eb - db) * b["sz"]),
+                       flags=a["flags"] | b["flags"])
+    return out
+
+
+def state_columns(st, ix, reference, offset=0):
+    """:func:`merge_sums`' dict of a kernel state ``(st, ix)`` (argmax moved by ``offset``)."""
+    out = dict(m=st[:, M], s=st[:, S], w=st[:, W], argmax=ix[:, ARGMAX] + offset)
+    if reference:
+        out.update(mz=st[:, MZ], sz=st[:, SZ], wxz=st[:, WXZ], wzx=st[:, WZX], flags=ix[:, FLAGS])
+    return out
+
+
 def finish_state(st, ix, counted, topk, reference):
     """:func:`finish_rows` of the kernel's whole ``(st, ix)`` (``reference``: whether it
     computed the KL columns)."""

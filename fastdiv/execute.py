@@ -191,21 +191,114 @@ def run_rows(arrays, dtype, call, n):
             step = _chunks.rows_per_chunk(v, itemsize, _chunks.CHUNK_BYTES)
         else:
             step = rows_per_block(v, itemsize)
-        # Lazy logits may cap the kernels' threads (LazyLogits.kernel_threads: a BLAS whose
-        # workers spin after each block's matmul would take a core from them).
-        cap = min((a.kernel_threads for a in lazy if a.kernel_threads), default=None)
-        before = getattr(_thread_local, "nthreads", None)
-        if cap is not None:
-            _thread_local.nthreads = min(cap, get_num_threads())
-        try:
+        with _lazy_threads(lazy):
             for r0 in range(a, b, step):
                 r1 = min(r0 + step, b)
                 parts = [blk[r0 - a:r1 - a] for blk in blocks]
                 call(r0, r1, *[prepare(part, dtype, buf) for part, buf in zip(parts, buffers)])
                 for part, m in zip(parts, mapped):
                     _chunks.release(part, m)
-        finally:
-            _thread_local.nthreads = before
+
+
+@contextlib.contextmanager
+def _lazy_threads(lazy):
+    """Lazy logits may cap the kernels' threads (LazyLogits.kernel_threads: a BLAS whose
+    workers spin after each block's matmul would take a core from them)."""
+    cap = min((a.kernel_threads for a in lazy if a.kernel_threads), default=None)
+    before = getattr(_thread_local, "nthreads", None)
+    if cap is not None:
+        _thread_local.nthreads = min(cap, get_num_threads())
+    try:
+        yield
+    finally:
+        _thread_local.nthreads = before
+
+
+# --------------------------------------------------------------------------- vocabulary tiles
+
+#: the kernels whose per-row result is a function of the evaluate state: on lazy logits they
+#: run by vocabulary tiles (every row and a slice of the classes per matmul, #20), the tiles'
+#: states merged exactly (``_state.merge_sums``), instead of by row blocks
+TILED_OPS = ("lse", "entropy_logits", "kl_logits", "ce_hard")
+
+
+def _tiles(op, arrays, scalars):
+    """``(rows, classes)`` of the vocabulary tiles of kernel ``op`` on ``arrays``, or None:
+    an op of TILED_OPS without temperature or label smoothing, on tiled lazy logits."""
+    if op not in TILED_OPS:
+        return None
+    if (op in ("entropy_logits", "kl_logits") and scalars[0] != 1.0) or (op == "ce_hard" and scalars[1] != 0.0):
+        return None
+    return _tile_shape(arrays)
+
+
+def _tile_shape(arrays):
+    """The vocabulary tiles of ``arrays`` when every one is lazy and tiled (``LazyLogits.tiles``)."""
+    if not all(isinstance(a, _lazy.LazyLogits) for a in arrays):
+        return None
+    itemsize = out_dtype(*arrays).itemsize
+    shapes = [a.tiles(itemsize) for a in arrays]
+    if any(shape is None for shape in shapes):
+        return None
+    return min(r for r, _ in shapes), min(c for _, c in shapes)
+
+
+def _tiled_state(backend, arrays, target, shape):
+    """The evaluate state ``(st, ix)`` of lazy logits ``arrays[0]`` (reference ``arrays[1]``)
+    by vocabulary tiles of ``shape``: each tile's state from the evaluate kernel (its target
+    the row's when it lies in the tile), merged along the classes.  The count column is not
+    formed (a tile's count needs the target's logit, which another tile may hold)."""
+    x = arrays[0]
+    n, v = nrows(x), x.shape[-1]
+    dtype = out_dtype(*arrays)
+    rows, width = shape
+    kern = _registry.kernel(backend, "evaluate")
+    reference = len(arrays) > 1
+    st = np.full((n, 8), np.nan)
+    ix = np.zeros((n, 3), dtype=np.int64)
+    bufs = [np.empty(min(rows, n) * width, dtype=dtype) for _ in arrays]
+    with _lazy_threads(arrays):
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            t = target[r0:r1]
+            merged, xt = None, np.full(r1 - r0, np.nan)
+            for v0 in range(0, v, width):
+                v1 = min(v, v0 + width)
+                tiles = [a.compute(r0, r1, dtype, out=buf[:(r1 - r0) * (v1 - v0)].reshape(r1 - r0, v1 - v0),
+                                   cols=(v0, v1)) for a, buf in zip(arrays, bufs)]
+                zb = tiles[1] if reference else np.empty((0, v1 - v0), dtype=dtype)
+                inside = (t >= v0) & (t < v1)
+                st_t = np.full((r1 - r0, 8), np.nan)
+                ix_t = np.zeros((r1 - r0, 3), dtype=np.int64)
+                kern(tiles[0], zb, np.where(inside, t - v0, -1), st_t, ix_t, get_num_threads())
+                part = _state.state_columns(st_t, ix_t, reference, offset=v0)
+                merged = part if merged is None else _state.merge_sums(merged, part)
+                xt = np.where(inside, st_t[:, _state.XT], xt)
+            st[r0:r1, _state.M], st[r0:r1, _state.S], st[r0:r1, _state.W] = merged["m"], merged["s"], merged["w"]
+            st[r0:r1, _state.XT] = xt
+            ix[r0:r1, _state.ARGMAX] = merged["argmax"]
+            if reference:
+                for key, col in (("mz", _state.MZ), ("sz", _state.SZ), ("wxz", _state.WXZ), ("wzx", _state.WZX)):
+                    st[r0:r1, col] = merged[key]
+                ix[r0:r1, _state.FLAGS] = merged["flags"]
+    return st, ix
+
+
+def _per_row_tiled(op, backend, arrays, shape, scalars, extra):
+    """Kernel ``op``'s per-row results (float64) from the tiled evaluate state."""
+    n = nrows(arrays[0])
+    counted = np.ones(n, dtype=bool)
+    local = np.full(n, -1, dtype=np.int64)
+    if op == "ce_hard":
+        t, w = extra
+        counted = t != scalars[0]
+        local = np.where(counted, t, -1)
+    # kl_logits(p, q) = D(P || Q): evaluate's D(reference || model) with model q, reference p
+    st, ix = _tiled_state(backend, arrays[::-1] if op == "kl_logits" else arrays, local, shape)
+    res = _state.finish_state(st, ix, counted, (), op == "kl_logits")
+    if op == "ce_hard":
+        return _state.hard_loss(res["nll"], counted, t, w)
+    return res[{"lse": "lse", "entropy_logits": "entropy", "kl_logits": "kl_ref_model"}[op]]
 
 
 def out_dtype(*arrays):
@@ -238,6 +331,10 @@ def per_row(op, backend, arrays, *, scalars=(), extra=None):
     dtype = out_dtype(*arrays)
     out = np.empty(n, dtype=dtype)
     if n == 0:
+        return out
+    tiles = _tiles(op, arrays, scalars)
+    if tiles is not None:
+        out[:] = _per_row_tiled(op, backend, arrays, tiles, scalars, extra)
         return out
     kern = _registry.kernel(backend, op)
 
@@ -375,14 +472,16 @@ def run_blocks(arrays, dtype, softcap, fn):
 STATE_COLUMNS = {"evaluate": (8, 3), "compare": (10, 4)}
 
 
-def run_state(backend, x, target, reference=None, softcap=None, per_block=None, op="evaluate"):
+def run_state(backend, x, target, reference=None, softcap=None, per_block=None, op="evaluate", rank=True):
     """The state of kernel ``op`` for every row: ``(st float64[rows, 8], ix int64[rows, 3],
     dtype)`` for ``evaluate`` (``STATE_COLUMNS`` gives the widths of each op; ``compare``
     needs ``reference``: the base's logits).
 
     ``target``: int64[rows]; values outside ``[0, V)`` mean "no target in this row".
     ``per_block(r0, r1, xblock)`` is also called on each (soft-capped) block, for callers that
-    need something more from the same block while it is in cache (top-k candidates)."""
+    need something more from the same block while it is in cache (top-k candidates).
+    ``rank=False``: the caller does not use the count column, so lazy logits may go by
+    vocabulary tiles (evaluate's state without softcap; the count is then not formed)."""
     arrays = [x] if reference is None else [x, reference]
     dtype = out_dtype(*arrays)
     n = nrows(x)
@@ -390,6 +489,10 @@ def run_state(backend, x, target, reference=None, softcap=None, per_block=None, 
     st = np.full((n, ncol), np.nan)
     ix = np.zeros((n, nix), dtype=np.int64)
     if n == 0:
+        return st, ix, dtype
+    tiles = _tile_shape(arrays) if op == "evaluate" and not rank and softcap is None and per_block is None else None
+    if tiles is not None:
+        st, ix = _tiled_state(backend, arrays, target, tiles)
         return st, ix, dtype
     kern = _registry.kernel(backend, op)
     no_ref = np.empty((0, x.shape[-1]), dtype=dtype)
@@ -466,7 +569,7 @@ def cross_entropy_with_options(plan, logits, target):
     loss = np.zeros(n, dtype=np.float64)
     lse = np.zeros(n, dtype=np.float64)
     if not soft and plan.smoothing == 0:
-        st, ix, _ = run_state(plan.backend, x, local, None, plan.softcap)
+        st, ix, _ = run_state(plan.backend, x, local, None, plan.softcap, rank=False)
         res = _state.finish_state(st, ix, counted, (), False)
         loss = _state.hard_loss(res["nll"], counted, t, w)
         lse = res["lse"]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks, execute, plan as _plan
-from ._state import ARGMAX, FLAGS, M, MZ, S, SZ, W, WXZ, WZX, XT, finish_rows
+from ._state import ARGMAX, FLAGS, M, MZ, S, SZ, W, WXZ, WZX, XT, finish_rows, merge_sums
 from .evaluation import row_results
 
 __all__ = ["RowState", "row_state", "merge", "finalize"]
@@ -146,22 +146,6 @@ def row_state(logits_shard, *, offset=0, target=None, topk=(1, 5), reference_sha
     return RowState(**fields)
 
 
-def _factor(m_part, m_all):
-    """e^(m_part - m_all), exactly 0 for an all-masked part (m_part = -inf)."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        return np.where(m_part == -np.inf, 0.0, np.exp(m_part - m_all))
-
-
-def _delta(m_part, m_all):
-    with np.errstate(invalid="ignore"):
-        return np.where(m_part == -np.inf, 0.0, m_part - m_all)
-
-
-def _combine(fa, fb, a, b):
-    with np.errstate(invalid="ignore", over="ignore"):
-        return np.where(fa == 0, 0.0, fa * a) + np.where(fb == 0, 0.0, fb * b)
-
-
 def merge(a, b):
     """The state of the union of two disjoint class ranges (see the module docstring).
 
@@ -196,28 +180,12 @@ def merge(a, b):
         for q in b.ranges:
             if r[0] < q[1] and q[0] < r[1]:
                 raise ValueError(f"class ranges overlap: {r} and {q}")
-    with np.errstate(invalid="ignore"):
-        m = np.maximum(a.m, b.m)                     # NaN-propagating
-        fa, fb = _factor(a.m, m), _factor(b.m, m)
-        da, db = _delta(a.m, m), _delta(b.m, m)
-        fields = dict(
-            m=m, s=_combine(fa, fb, a.s, b.s),
-            w=_combine(fa, fb, a.w + da * a.s, b.w + db * b.s),
-            xt=np.where(a.has_target, a.xt, b.xt), has_target=a.has_target | b.has_target, counted=a.counted,
-            argmax=np.where(b.m > a.m, b.argmax,
-                            np.where(a.m > b.m, a.argmax, np.minimum(a.argmax, b.argmax))),
-            top_values=-np.sort(-np.concatenate([a.top_values, b.top_values], axis=1), axis=1)[:, :a.top_values.shape[1]],
-            lead=a.lead, dtype=a.dtype, ranges=a.ranges + b.ranges)
-        if a.has_reference:
-            mz = np.maximum(a.mz, b.mz)
-            ga, gb = _factor(a.mz, mz), _factor(b.mz, mz)
-            ea, eb = _delta(a.mz, mz), _delta(b.mz, mz)
-            fields.update(
-                mz=mz, sz=_combine(ga, gb, a.sz, b.sz),
-                # every (x - m) moves by d, every (z - mz) by e
-                wxz=_combine(fa, fb, a.wxz + (da - ea) * a.s, b.wxz + (db - eb) * b.s),
-                wzx=_combine(ga, gb, a.wzx + (ea - da) * a.sz, b.wzx + (eb - db) * b.sz),
-                flags=a.flags | b.flags)
+    keys = ("m", "s", "w", "argmax") + (("mz", "sz", "wxz", "wzx", "flags") if a.has_reference else ())
+    fields = merge_sums({k: getattr(a, k) for k in keys}, {k: getattr(b, k) for k in keys})
+    fields.update(
+        xt=np.where(a.has_target, a.xt, b.xt), has_target=a.has_target | b.has_target, counted=a.counted,
+        top_values=-np.sort(-np.concatenate([a.top_values, b.top_values], axis=1), axis=1)[:, :a.top_values.shape[1]],
+        lead=a.lead, dtype=a.dtype, ranges=a.ranges + b.ranges)
     return RowState(**fields)
 
 

@@ -108,6 +108,51 @@ def test_random_heads_within_the_matmul_rounding(backend, dtype, rng):
         np.testing.assert_allclose(call(lx, lz), call(x, z), **tol, err_msg=f"call {i}")
 
 
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", C.ALL_HOST)
+def test_vocabulary_tiles_merge_to_the_function_on_the_logits(backend, dtype, library, rng):
+    """lse, entropy, KL and hard-label cross-entropy (and its z_loss path) by vocabulary tiles
+    of 100 classes: every tile's state merged, a tile whose classes are all masked, masked
+    classes elsewhere, a masked and an ignored target, a NaN row; the options that keep row
+    blocks (label smoothing, temperature) beside them."""
+    if library == "torch":
+        torch = pytest.importorskip("torch")
+    n, d, v = 40, 16, 1271
+    h, w, b = _head(rng, (n,), d, v, dtype)
+    h2, w2, _ = _head(rng, (n,), d, v, dtype, bias=False)
+    b[200:300] = -np.inf                                  # the third tile, entirely masked
+    b[rng.random(v) < 0.1] = -np.inf
+    h[3] = np.nan
+    t = rng.integers(0, v, n)
+    t[::7] = -100
+    t[5] = 250                                            # a masked target: an infinite loss
+    x, z = h @ w.T + b, h2 @ w2.T
+    wt = np.abs(rng.standard_normal(v)).astype(dtype)
+    lib = (lambda a: torch.from_numpy(a)) if library == "torch" else (lambda a: a)
+    lx = fastdiv.linear(lib(h), lib(w), lib(b), vocab_tile=100)
+    lz = fastdiv.linear(lib(h2), lib(w2), vocab_tile=100)
+    assert lx.tiles(np.dtype(dtype).itemsize) == (n, 100)
+    tol = dict(rtol=2e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12)
+    calls = [
+        lambda a, c: fastdiv.logsumexp(a, backend=backend),
+        lambda a, c: fastdiv.entropy(a, backend=backend),
+        lambda a, c: fastdiv.cross_entropy(a, t, backend=backend, reduction="none"),
+        lambda a, c: fastdiv.cross_entropy(a, np.where(t < 0, 7, t), weight=wt, ignore_index=7, backend=backend,
+                                           reduction="none"),
+        lambda a, c: fastdiv.cross_entropy(a, t, backend=backend, z_loss=1e-4, reduction="none", return_lse=True),
+        lambda a, c: fastdiv.kl_div(a, c, backend=backend, reduction="none"),
+        lambda a, c: fastdiv.kl_div(c, a, backend=backend, reduction="none"),
+        lambda a, c: fastdiv.cross_entropy(a, t, backend=backend, label_smoothing=0.1, reduction="none"),
+        lambda a, c: fastdiv.entropy(a, backend=backend, temperature=1.5),
+    ]
+    for i, call in enumerate(calls):
+        got, want = call(lx, lz), call(x, z)
+        for g, wv in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+            g = np.asarray(g.numpy() if hasattr(g, "numpy") else g, dtype=np.float64)
+            np.testing.assert_allclose(g, np.asarray(wv, dtype=np.float64), **tol, err_msg=f"call {i}")
+
+
 def test_softcap_of_the_head_is_the_softcap_of_its_logits(rng):
     h, w, b = _head(rng, (40,), 16, 300, np.float32)
     t = rng.integers(0, 300, 40)
@@ -229,6 +274,7 @@ def test_extra_memory_is_a_tenth_of_the_logits(rng):
     fastdiv.cross_entropy(lazy, t)                      # compiles the kernels outside the trace
     tracemalloc.start()
     try:
+        fastdiv.cross_entropy(lazy, t)                  # by vocabulary tiles
         fastdiv.cross_entropy(lazy, t, label_smoothing=0.1)
         fastdiv.evaluate(lazy, t, topk=(1, 5))
         _, peak = tracemalloc.get_traced_memory()
