@@ -10,7 +10,7 @@ its peak resident set above the one after setup (``tests/rss.py``: VmHWM reset),
 numpy also tracemalloc's peak of the allocations.
 
     PYTHONPATH=. python benchmarks/linear_head.py [--rows 2048 --dim 256 --vocab 50257] [--iters 7]
-        [--block-rows R] [--libs numpy,torch] [--no-memory]
+        [--block-rows R] [--vocab-tile T] [--libs numpy,torch] [--no-memory]
 """
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ def setup(lib, n, d, v, seed=0):
     return h, w, t
 
 
-def calls(lib, h, w, t, block_rows):
-    lin = lambda: fastdiv.linear(h, w, block_rows=block_rows)     # noqa: E731
+def calls(lib, h, w, t, block_rows, vocab_tile=None):
+    lin = lambda: fastdiv.linear(h, w, block_rows=block_rows, vocab_tile=vocab_tile)     # noqa: E731
     out = {
         "matmul": lambda: h @ w.T,
         "cross_entropy(linear)": lambda: fastdiv.cross_entropy(lin(), t),
@@ -59,7 +59,7 @@ def calls(lib, h, w, t, block_rows):
 
 def timing(lib, args):
     h, w, t = setup(lib, args.rows, args.dim, args.vocab)
-    fns = calls(lib, h, w, t, args.block_rows)
+    fns = calls(lib, h, w, t, args.block_rows, args.vocab_tile)
     for fn in fns.values():                                     # compile, warm the caches
         fn()
     ratios = {k: [] for k in fns if k != "matmul"}
@@ -89,7 +89,7 @@ import sys, json, tracemalloc
 sys.path[:0] = [{HERE!r}, {os.path.join(os.path.dirname(HERE), 'tests')!r}]
 import linear_head as L, rss
 h, w, t = L.setup({lib!r}, {args.rows}, {args.dim}, {args.vocab})
-fn = L.calls({lib!r}, h, w, t, {args.block_rows!r})[{name!r}]
+fn = L.calls({lib!r}, h, w, t, {args.block_rows!r}, {args.vocab_tile!r})[{name!r}]
 fn()                                   # compiled, warm; then measured
 import gc; gc.collect()
 before = rss.rss_bytes(); rss.peak_rss_reset()
@@ -107,12 +107,14 @@ def main():
     ap.add_argument("--vocab", type=int, default=50257)
     ap.add_argument("--iters", type=int, default=7)
     ap.add_argument("--block-rows", type=int, default=None)
+    ap.add_argument("--vocab-tile", type=int, default=None, help="classes per vocabulary tile (linear's vocab_tile)")
     ap.add_argument("--libs", default="numpy,torch")
     ap.add_argument("--no-memory", action="store_true")
     args = ap.parse_args()
     logits_mb = args.rows * args.vocab * 4 / 1e6
     print(f"rows {args.rows}, D {args.dim}, V {args.vocab}, float32: logits {logits_mb:.0f} MB; "
-          f"{fastdiv.get_num_threads()} fastdiv threads; block_rows {args.block_rows or 'default'}")
+          f"{fastdiv.get_num_threads()} fastdiv threads; block_rows {args.block_rows or 'default'}, "
+          f"vocab_tile {args.vocab_tile or 'default'}")
     for lib in args.libs.split(","):
         timing(lib, args)
         if args.no_memory:
