@@ -45,6 +45,12 @@ class LazyLogits:
         per-row states merge across classes (``fastdiv.execute``), or None: row blocks only."""
         return None
 
+    def target_logits(self, r0: int, r1: int, target: np.ndarray, dtype) -> np.ndarray:
+        """``x[r, target[r]]`` for rows ``r0 .. r1 - 1`` in ``dtype`` (NaN where the target is
+        negative), each as one dot product: the threshold of a target's rank in the
+        vocabulary tiles that do not hold it."""
+        raise NotImplementedError
+
     def compute(self, r0: int, r1: int, dtype, out: np.ndarray | None = None, cols=None) -> np.ndarray:
         """Rows ``r0 .. r1 - 1`` (C order over the leading axes) as a C-contiguous
         ``(r1 - r0, V)`` array of ``dtype``, written into ``out`` when given (a buffer of at

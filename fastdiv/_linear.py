@@ -11,8 +11,8 @@ rows may be summed in another order by the BLAS than the whole matrix's).
 
 Memory: one block of ``block_rows`` rows x V (``BLOCK_BYTES`` by default) instead of
 rows x V; the hidden states and the weight are read in place.  The ops whose per-row state
-merges across classes (lse, entropy, KL and hard-label cross-entropy) go by vocabulary tiles
-instead (``LinearLogits.tiles``, ``fastdiv.execute``): each tile is every row by a slice of
+merges across classes (lse, entropy, KL, hard-label cross-entropy and evaluate) go by
+vocabulary tiles instead (``LinearLogits.tiles``, ``fastdiv.execute``): each tile is every row by a slice of
 the classes, so the weight is read once per call instead of once per row block.
 """
 from __future__ import annotations
@@ -185,6 +185,33 @@ class LinearLogits(_lazy.LazyLogits):
             np.add(out, bias, out=out)
         return out
 
+    def target_logits(self, r0, r1, target, dtype):
+        """One dot product per row in float64, rounded to the matmul's dtype (then ``dtype``):
+        the tile's own value up to the BLAS's summation order (a few units in the last place
+        of float32; bfloat16 logits are rounded from float32 sums either way)."""
+        ok = target >= 0
+        idx = np.where(ok, target, 0)
+        vals = np.empty(r1 - r0)
+        step = max(1, (1 << 20) // (8 * self.weight.shape[1]))      # rows per 1 MiB of float64 operands
+        for a in range(0, r1 - r0, step):
+            b = min(r1 - r0, a + step)
+            if self.library == "torch":
+                import torch
+
+                ti = torch.from_numpy(idx[a:b])
+                h = self._h[r0 + a:r0 + b].double().numpy()
+                w = self.weight[ti].double().numpy()
+                bias = None if self.bias is None else self.bias[ti].double().numpy()
+            else:
+                h = np.asarray(self._h[r0 + a:r0 + b], dtype=np.float64)
+                w = np.asarray(self.weight[idx[a:b]], dtype=np.float64)
+                bias = None if self.bias is None else np.asarray(self.bias[idx[a:b]], dtype=np.float64)
+            vals[a:b] = np.einsum("rd,rd->r", h, w) + (0.0 if bias is None else bias)
+        vals = vals.astype(self.natural).astype(dtype)
+        if self.softcap is not None:
+            vals = execute.apply_softcap(vals[:, None], self.softcap, dtype)[:, 0]
+        return np.where(ok, vals, np.nan).astype(dtype)
+
     def compute(self, r0, r1, dtype, out=None, cols=None):
         dtype = np.dtype(dtype)
         v0, v1 = (0, self.shape[-1]) if cols is None else cols
@@ -236,11 +263,15 @@ def linear(hidden: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, 
         Classes per vocabulary tile (default: as many as fit in ``BLOCK_BYTES`` with every
         row, at least ``TILE_MIN`` = 4096).  ``logsumexp``, ``entropy``, ``kl_div`` (from
         logits, both arguments linear), ``cross_entropy`` with class indices (no label
-        smoothing, no temperature) compute each tile of every row and a slice of the classes
-        into a mergeable per-row state (``fastdiv._state.merge_sums``), so the matmul reads
-        the weight once; the other functions and options use row blocks.  Tiles change the
-        last bits (the states merge in another order); a ``vocab_tile`` of V or more turns
-        them off.
+        smoothing, no temperature) and ``evaluate`` (no ``softcap=`` option; the reference
+        linear too) compute each tile of every row and a slice of the classes into a
+        mergeable per-row state (``fastdiv._state.merge_sums``), so the matmul reads the
+        weight once; the other functions and options use row blocks.  ``evaluate``'s rank
+        counts, outside the target's own tile, the classes above the target's logit formed
+        as one dot product (in float64, rounded to the matmul's dtype): a class within the
+        matmul's rounding of the target may count differently than on the materialized
+        logits.  Tiles change the last bits (the states merge in another order); a
+        ``vocab_tile`` of V or more turns them off.
 
     Returns
     -------

@@ -97,6 +97,11 @@ def compare(x, z, target, st, ix, nthreads):
         ix[:, 1] = np.where(valid, np.sum(x64 > xr[:, None], axis=1), -1)
 
 
+def count_above(x, thr, out, nthreads):
+    with np.errstate(invalid="ignore"):
+        out[:] = np.sum(np.asarray(x) > np.asarray(thr)[:, None], axis=1)
+
+
 def _shifted_sums(x):
     """Row max m, s = sum e^(x - sh), w = sum e^(x - sh) (x - sh) with sh = m, or 0 if m is not finite."""
     import numpy as np

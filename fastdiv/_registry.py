@@ -59,6 +59,11 @@ the thread count.  Semantics are those of ``fastdiv.reference`` (see its docstri
         at a +inf in either row, so it reads such a row pair's ``z`` again; numba's keeps ``z``'s
         sums going).  CPU backends only: ``fastdiv.compare`` refuses cuda.
 
+    count_above(x, thr, out, nthreads)
+        ``out[i] = #(x[i, j] > thr[i])`` (int64 ``out``, ``thr`` of x's dtype; a NaN
+        threshold counts 0): the rank against a target logit held by another vocabulary tile
+        (``fastdiv.execute``, ``fastdiv.linear``).  CPU backends only.
+
 Divergence family (contract v2, issue 5).  ``scale = 1 / temperature`` (positive, finite)
 multiplies every logit before anything else; ``scale = 1.0`` gives today's results bit for bit.
 
@@ -98,6 +103,7 @@ OPS = (
     "ce_soft",
     "evaluate",     # the mergeable per-row state of fastdiv.evaluate (contract above)
     "compare",      # fastdiv.compare's per-row state (CPU backends: see the contract)
+    "count_above",  # per-row counts above a threshold (CPU backends)
     "js_logits",
     "js_log_probs",
     "js_probs",

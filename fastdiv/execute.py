@@ -218,7 +218,8 @@ def _lazy_threads(lazy):
 
 #: the kernels whose per-row result is a function of the evaluate state: on lazy logits they
 #: run by vocabulary tiles (every row and a slice of the classes per matmul, #20), the tiles'
-#: states merged exactly (``_state.merge_sums``), instead of by row blocks
+#: states merged exactly (``_state.merge_sums``), instead of by row blocks (evaluate's own
+#: state goes by tiles in ``run_state``)
 TILED_OPS = ("lse", "entropy_logits", "kl_logits", "ce_hard")
 
 
@@ -243,11 +244,13 @@ def _tile_shape(arrays):
     return min(r for r, _ in shapes), min(c for _, c in shapes)
 
 
-def _tiled_state(backend, arrays, target, shape):
+def _tiled_state(backend, arrays, target, shape, rank=False):
     """The evaluate state ``(st, ix)`` of lazy logits ``arrays[0]`` (reference ``arrays[1]``)
     by vocabulary tiles of ``shape``: each tile's state from the evaluate kernel (its target
-    the row's when it lies in the tile), merged along the classes.  The count column is not
-    formed (a tile's count needs the target's logit, which another tile may hold)."""
+    the row's when it lies in the tile), merged along the classes.  ``rank``: the count
+    column too -- in the target's tile the kernel's (against the tile's own target logit),
+    in the others ``count_above`` against the target's logit as one dot product
+    (``LazyLogits.target_logits``: the same value up to the matmul's summation order)."""
     x = arrays[0]
     n, v = nrows(x), x.shape[-1]
     dtype = out_dtype(*arrays)
@@ -256,12 +259,16 @@ def _tiled_state(backend, arrays, target, shape):
     reference = len(arrays) > 1
     st = np.full((n, 8), np.nan)
     ix = np.zeros((n, 3), dtype=np.int64)
+    count = _registry.kernel(backend, "count_above") if rank else None
     bufs = [np.empty(min(rows, n) * width, dtype=dtype) for _ in arrays]
     with _lazy_threads(arrays):
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
             t = target[r0:r1]
             merged, xt = None, np.full(r1 - r0, np.nan)
+            if rank:
+                thr = np.ascontiguousarray(x.target_logits(r0, r1, np.where((t >= 0) & (t < v), t, -1), dtype))
+                above, cnt = np.zeros(r1 - r0, dtype=np.int64), np.zeros(r1 - r0, dtype=np.int64)
             for v0 in range(0, v, width):
                 v1 = min(v, v0 + width)
                 tiles = [a.compute(r0, r1, dtype, out=buf[:(r1 - r0) * (v1 - v0)].reshape(r1 - r0, v1 - v0),
@@ -271,12 +278,17 @@ def _tiled_state(backend, arrays, target, shape):
                 st_t = np.full((r1 - r0, 8), np.nan)
                 ix_t = np.zeros((r1 - r0, 3), dtype=np.int64)
                 kern(tiles[0], zb, np.where(inside, t - v0, -1), st_t, ix_t, get_num_threads())
+                if rank:
+                    count(tiles[0], np.where(inside, np.nan, thr).astype(dtype), above, get_num_threads())
+                    cnt += np.where(inside, ix_t[:, _state.COUNT], above)
                 part = _state.state_columns(st_t, ix_t, reference, offset=v0)
                 merged = part if merged is None else _state.merge_sums(merged, part)
                 xt = np.where(inside, st_t[:, _state.XT], xt)
             st[r0:r1, _state.M], st[r0:r1, _state.S], st[r0:r1, _state.W] = merged["m"], merged["s"], merged["w"]
             st[r0:r1, _state.XT] = xt
             ix[r0:r1, _state.ARGMAX] = merged["argmax"]
+            if rank:
+                ix[r0:r1, _state.COUNT] = cnt
             if reference:
                 for key, col in (("mz", _state.MZ), ("sz", _state.SZ), ("wxz", _state.WXZ), ("wzx", _state.WZX)):
                     st[r0:r1, col] = merged[key]
@@ -480,8 +492,8 @@ def run_state(backend, x, target, reference=None, softcap=None, per_block=None, 
     ``target``: int64[rows]; values outside ``[0, V)`` mean "no target in this row".
     ``per_block(r0, r1, xblock)`` is also called on each (soft-capped) block, for callers that
     need something more from the same block while it is in cache (top-k candidates).
-    ``rank=False``: the caller does not use the count column, so lazy logits may go by
-    vocabulary tiles (evaluate's state without softcap; the count is then not formed)."""
+    Lazy logits (and reference) go by vocabulary tiles for evaluate's state without softcap;
+    ``rank=False``: the caller does not use the count column, which is then not formed."""
     arrays = [x] if reference is None else [x, reference]
     dtype = out_dtype(*arrays)
     n = nrows(x)
@@ -490,9 +502,9 @@ def run_state(backend, x, target, reference=None, softcap=None, per_block=None, 
     ix = np.zeros((n, nix), dtype=np.int64)
     if n == 0:
         return st, ix, dtype
-    tiles = _tile_shape(arrays) if op == "evaluate" and not rank and softcap is None and per_block is None else None
+    tiles = _tile_shape(arrays) if op == "evaluate" and softcap is None and per_block is None else None
     if tiles is not None:
-        st, ix = _tiled_state(backend, arrays, target, tiles)
+        st, ix = _tiled_state(backend, arrays, target, tiles, rank)
         return st, ix, dtype
     kern = _registry.kernel(backend, op)
     no_ref = np.empty((0, x.shape[-1]), dtype=dtype)

@@ -112,10 +112,10 @@ def test_random_heads_within_the_matmul_rounding(backend, dtype, rng):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("backend", C.ALL_HOST)
 def test_vocabulary_tiles_merge_to_the_function_on_the_logits(backend, dtype, library, rng):
-    """lse, entropy, KL and hard-label cross-entropy (and its z_loss path) by vocabulary tiles
-    of 100 classes: every tile's state merged, a tile whose classes are all masked, masked
-    classes elsewhere, a masked and an ignored target, a NaN row; the options that keep row
-    blocks (label smoothing, temperature) beside them."""
+    """lse, entropy, KL, hard-label cross-entropy (and its z_loss path) and evaluate by
+    vocabulary tiles of 100 classes: every tile's state merged, a tile whose classes are all
+    masked, masked classes elsewhere, a masked and an ignored target, a NaN row; the options
+    that keep row blocks (label smoothing, temperature) beside them."""
     if library == "torch":
         torch = pytest.importorskip("torch")
     n, d, v = 40, 16, 1271
@@ -151,6 +151,18 @@ def test_vocabulary_tiles_merge_to_the_function_on_the_logits(backend, dtype, li
         for g, wv in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
             g = np.asarray(g.numpy() if hasattr(g, "numpy") else g, dtype=np.float64)
             np.testing.assert_allclose(g, np.asarray(wv, dtype=np.float64), **tol, err_msg=f"call {i}")
+    # evaluate by tiles, its rank against the target's logit as one dot product outside its tile
+    for ref in (None, "z"):
+        got = fastdiv.evaluate(lx, t, topk=(1, 5), reference=lz if ref else None, backend=backend)
+        want = fastdiv.evaluate(x, t, topk=(1, 5), reference=z if ref else None, backend=backend)
+        keys = ("nll", "lse", "entropy", "target_prob") + (("kl_ref_model", "kl_model_ref") if ref else ())
+        for key in keys:
+            np.testing.assert_allclose(np.asarray(got[key], np.float64), np.asarray(want[key], np.float64), **tol,
+                                       err_msg=key)
+        np.testing.assert_array_equal(np.asarray(got.argmax), np.asarray(want.argmax))
+        # ranks: equal, but for a class within the matmul's rounding of the target's logit
+        diff = np.abs(np.asarray(got.rank) - np.asarray(want.rank))
+        assert diff.max() <= (0 if dtype == np.float64 else 1) and (diff == 0).mean() >= 0.9, diff
 
 
 def test_softcap_of_the_head_is_the_softcap_of_its_logits(rng):

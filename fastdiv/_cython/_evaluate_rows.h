@@ -226,7 +226,7 @@ static void FI(fd_eval_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_t t
     FI(fd_eval_pass)(x, z, V, t, st, ix, NULL, NULL);
 }
 
-/* #(x_j > xr) */
+/* #(x_j > xr): compare's rank without its JS pass, and the count_above op */
 static int64_t FI(fd_count_gt)(const FD_T *x, ptrdiff_t V, FD_T xr)
 {
     const FD_V xrv = FN(fd_splat)(xr), one = FN(fd_splat)((FD_T)1);
