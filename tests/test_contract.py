@@ -100,3 +100,33 @@ def test_read_only_inputs(module, rng):
     out = np.empty(20, np.float32)
     for _, run in _all_ops(module, x, z, p, t, w, out, 2):
         run()
+
+
+def test_every_host_backend_implements_the_contract():
+    """Every name of ``_registry.OPS`` in each host backend's entry module (cuda implements
+    the ops its device paths use; ``compare`` and ``count_above`` are CPU only)."""
+    for backend in ("numba", "cython", "numpy"):
+        module, why = _registry._load(backend)
+        if module is None:
+            continue
+        missing = [op for op in _registry.OPS if not callable(getattr(module, op, None))]
+        assert not missing, f"{backend} lacks {missing}"
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("v", [1, 51, 1271, 5000])
+def test_count_above_against_numpy(module, rng, dtype, v):
+    """count_above on rows with masked entries and NaN, thresholds NaN, +-inf and row values,
+    on 1 and 3 threads."""
+    n = 40
+    x, _, _, _, _ = _inputs(rng, n, v, dtype)
+    x[3, :] = np.nan
+    thr = x[np.arange(n), rng.integers(0, v, n)].copy()
+    thr[::5] = np.nan
+    thr[1], thr[2] = np.inf, -np.inf
+    want = np.sum(x.astype(np.float64) > thr.astype(np.float64)[:, None], axis=1)
+    for nthreads in (1, 3):
+        out = np.full(n, -7, dtype=np.int64)
+        module.count_above(x, thr, out, nthreads)
+        np.testing.assert_array_equal(out, want, err_msg=f"{nthreads} threads")
