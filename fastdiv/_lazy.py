@@ -23,6 +23,8 @@ class LazyLogits:
     dtype: np.dtype
     #: at most this many kernel threads while its blocks are computed (None: no cap)
     kernel_threads: int | None = None
+    #: whether :meth:`class_sums` gives the rows' weighted sums without reading the logits
+    has_class_sums: bool = False
 
     @property
     def ndim(self) -> int:
@@ -43,6 +45,12 @@ class LazyLogits:
     def tiles(self, itemsize: int) -> tuple[int, int] | None:
         """``(rows, columns)`` of the vocabulary tiles to compute at a time for the ops whose
         per-row states merge across classes (``fastdiv.execute``), or None: row blocks only."""
+        return None
+
+    def class_sums(self, weight: np.ndarray) -> np.ndarray | None:
+        """``sum_j weight_j x[r, j]`` for every row (float64; a zero weight's term is exactly
+        0), for label smoothing by vocabulary tiles; None where the logits are not linear in
+        what they are computed from (soft-capped)."""
         return None
 
     def target_logits(self, r0: int, r1: int, target: np.ndarray, dtype) -> np.ndarray:

@@ -185,6 +185,36 @@ class LinearLogits(_lazy.LazyLogits):
             np.add(out, bias, out=out)
         return out
 
+    def _float64(self, a, lo, hi):
+        """Rows ``lo .. hi - 1`` of the weight / hidden / bias as numpy float64."""
+        part = a[lo:hi]
+        return part.double().numpy() if self.library == "torch" else np.asarray(part, dtype=np.float64)
+
+    @property
+    def has_class_sums(self):
+        return self.softcap is None
+
+    def class_sums(self, weight):
+        """``hidden @ (weight @ W) + sum_j weight_j b_j`` in float64, the weight read in 1 MiB
+        chunks: no pass over the logits (None when soft-capped)."""
+        if self.softcap is not None:
+            return None
+        v, d = self.weight.shape
+        w = np.asarray(weight, dtype=np.float64)
+        u = np.zeros(d)
+        step = max(1, (1 << 20) // (8 * d))
+        for a in range(0, v, step):
+            u += w[a:a + step] @ self._float64(self.weight, a, a + step)
+        sb = 0.0
+        if self.bias is not None:
+            b = self._float64(self.bias, 0, v)
+            with np.errstate(invalid="ignore"):
+                sb = float(np.sum(np.where(w == 0, 0.0, w * b)))
+        out = np.empty(self.rows)
+        for a in range(0, self.rows, step):
+            out[a:a + step] = self._float64(self._h, a, a + step) @ u + sb
+        return out
+
     def target_logits(self, r0, r1, target, dtype):
         """One dot product per row in float64, rounded to the matmul's dtype (then ``dtype``):
         the tile's own value up to the BLAS's summation order (a few units in the last place
@@ -195,17 +225,14 @@ class LinearLogits(_lazy.LazyLogits):
         step = max(1, (1 << 20) // (8 * self.weight.shape[1]))      # rows per 1 MiB of float64 operands
         for a in range(0, r1 - r0, step):
             b = min(r1 - r0, a + step)
+            sel = idx[a:b]
             if self.library == "torch":
                 import torch
 
-                ti = torch.from_numpy(idx[a:b])
-                h = self._h[r0 + a:r0 + b].double().numpy()
-                w = self.weight[ti].double().numpy()
-                bias = None if self.bias is None else self.bias[ti].double().numpy()
-            else:
-                h = np.asarray(self._h[r0 + a:r0 + b], dtype=np.float64)
-                w = np.asarray(self.weight[idx[a:b]], dtype=np.float64)
-                bias = None if self.bias is None else np.asarray(self.bias[idx[a:b]], dtype=np.float64)
+                sel = torch.from_numpy(sel)
+            h = self._float64(self._h, r0 + a, r0 + b)
+            w = self._float64(self.weight[sel], 0, b - a)
+            bias = None if self.bias is None else self._float64(self.bias[sel], 0, b - a)
             vals[a:b] = np.einsum("rd,rd->r", h, w) + (0.0 if bias is None else bias)
         vals = vals.astype(self.natural).astype(dtype)
         if self.softcap is not None:
@@ -262,9 +289,9 @@ def linear(hidden: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, 
     vocab_tile : int, optional
         Classes per vocabulary tile (default: as many as fit in ``BLOCK_BYTES`` with every
         row, at least ``TILE_MIN`` = 4096).  ``logsumexp``, ``entropy``, ``kl_div`` (from
-        logits, both arguments linear), ``cross_entropy`` with class indices (no label
-        smoothing, no temperature) and ``evaluate`` (no ``softcap=`` option; the reference
-        linear too) compute each tile of every row and a slice of the classes into a
+        logits, both arguments linear), ``cross_entropy`` with class indices (label smoothing
+        too, from ``sum_j w_j x_j = hidden @ (w @ W) + w . b`` unless soft-capped) and
+        ``evaluate`` (no ``softcap=`` option; the reference linear too) compute each tile of every row and a slice of the classes into a
         mergeable per-row state (``fastdiv._state.merge_sums``), so the matmul reads the
         weight once; the other functions and options use row blocks.  ``evaluate``'s rank
         counts, outside the target's own tile, the classes above the target's logit formed

@@ -121,6 +121,7 @@ def hard_loss(nll, counted, t, w):
     """``w[t] * nll`` per row as ``ce_hard`` forms it: a zero-weight term is exactly 0, but NaN
     wins over a zero weight; ignored rows 0."""
     wt = w[np.where(counted, t, 0)].astype(np.float64)
-    loss = np.where(np.isnan(nll), np.nan, np.where(wt == 0, 0.0, wt * nll))
+    with np.errstate(invalid="ignore"):             # 0 * inf where a masked target has no weight
+        loss = np.where(np.isnan(nll), np.nan, np.where(wt == 0, 0.0, wt * nll))
     loss[~counted] = 0.0
     return loss

@@ -228,8 +228,10 @@ def _tiles(op, arrays, scalars):
     an op of TILED_OPS without temperature or label smoothing, on tiled lazy logits."""
     if op not in TILED_OPS:
         return None
-    if (op in ("entropy_logits", "kl_logits") and scalars[0] != 1.0) or (op == "ce_hard" and scalars[1] != 0.0):
+    if op in ("entropy_logits", "kl_logits") and scalars[0] != 1.0:
         return None
+    if op == "ce_hard" and scalars[1] != 0.0 and not all(a.has_class_sums for a in arrays if _lazy.is_lazy(a)):
+        return None                     # label smoothing's class sums, without the logits
     return _tile_shape(arrays)
 
 
@@ -309,7 +311,19 @@ def _per_row_tiled(op, backend, arrays, shape, scalars, extra):
     st, ix = _tiled_state(backend, arrays[::-1] if op == "kl_logits" else arrays, local, shape)
     res = _state.finish_state(st, ix, counted, (), op == "kl_logits")
     if op == "ce_hard":
-        return _state.hard_loss(res["nll"], counted, t, w)
+        loss = _state.hard_loss(res["nll"], counted, t, w)
+        eps = scalars[1]
+        if eps == 0.0:
+            return loss
+        # label smoothing: eps / V sum_j w_j (lse - x_j) = eps / V (lse sum(w) - sum_j w_j x_j),
+        # the class sums from the head (LazyLogits.class_sums), no pass over the logits
+        lse, wsum = res["lse"], float(np.sum(w, dtype=np.float64))
+        with np.errstate(invalid="ignore"):
+            smooth = eps / arrays[0].shape[-1] * (lse * wsum - arrays[0].class_sums(w))
+            # an all-masked row: every term infinite (a weighted one), as the kernels give
+            smooth = np.where(lse == -np.inf, np.inf if np.any(w > 0) else 0.0, smooth)
+            hard = (1.0 - eps) * loss if eps < 1.0 else 0.0     # no 0 * inf at eps = 1
+            return np.where(counted, hard + smooth, 0.0)
     return res[{"lse": "lse", "entropy_logits": "entropy", "kl_logits": "kl_ref_model"}[op]]
 
 

@@ -114,8 +114,9 @@ def test_random_heads_within_the_matmul_rounding(backend, dtype, rng):
 def test_vocabulary_tiles_merge_to_the_function_on_the_logits(backend, dtype, library, rng):
     """lse, entropy, KL, hard-label cross-entropy (and its z_loss path) and evaluate by
     vocabulary tiles of 100 classes: every tile's state merged, a tile whose classes are all
-    masked, masked classes elsewhere, a masked and an ignored target, a NaN row; the options
-    that keep row blocks (label smoothing, temperature) beside them."""
+    masked, masked classes elsewhere, a masked and an ignored target, a NaN row; label
+    smoothing from the head's class sums (with and without weights, eps = 1); temperature,
+    which keeps row blocks, beside them."""
     if library == "torch":
         torch = pytest.importorskip("torch")
     n, d, v = 40, 16, 1271
@@ -129,10 +130,11 @@ def test_vocabulary_tiles_merge_to_the_function_on_the_logits(backend, dtype, li
     t[5] = 250                                            # a masked target: an infinite loss
     x, z = h @ w.T + b, h2 @ w2.T
     wt = np.abs(rng.standard_normal(v)).astype(dtype)
+    wt[~np.isfinite(b)] = 0        # masked classes without weight: finite smoothed losses (weighted, they are inf)
     lib = (lambda a: torch.from_numpy(a)) if library == "torch" else (lambda a: a)
     lx = fastdiv.linear(lib(h), lib(w), lib(b), vocab_tile=100)
     lz = fastdiv.linear(lib(h2), lib(w2), vocab_tile=100)
-    assert lx.tiles(np.dtype(dtype).itemsize) == (n, 100)
+    assert lx.tiles(np.dtype(dtype).itemsize) == (n, 100) and lx.has_class_sums
     tol = dict(rtol=2e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12)
     calls = [
         lambda a, c: fastdiv.logsumexp(a, backend=backend),
@@ -144,6 +146,11 @@ def test_vocabulary_tiles_merge_to_the_function_on_the_logits(backend, dtype, li
         lambda a, c: fastdiv.kl_div(a, c, backend=backend, reduction="none"),
         lambda a, c: fastdiv.kl_div(c, a, backend=backend, reduction="none"),
         lambda a, c: fastdiv.cross_entropy(a, t, backend=backend, label_smoothing=0.1, reduction="none"),
+        lambda a, c: fastdiv.cross_entropy(a, np.where(t < 0, 7, t), weight=wt, ignore_index=7, label_smoothing=0.3,
+                                           backend=backend, reduction="none"),
+        lambda a, c: fastdiv.cross_entropy(a, np.where(t < 0, 7, t), weight=wt, ignore_index=7, label_smoothing=0.3,
+                                           backend=backend, reduction="mean"),
+        lambda a, c: fastdiv.cross_entropy(a, t, backend=backend, label_smoothing=1.0, reduction="none"),
         lambda a, c: fastdiv.entropy(a, backend=backend, temperature=1.5),
     ]
     for i, call in enumerate(calls):
