@@ -204,6 +204,15 @@ def test_torch_bfloat16_head_matches_its_materialized_logits(rng):
     loss = fastdiv.cross_entropy(lazy, t)
     ref = torch.nn.functional.cross_entropy(x.float().reshape(-1, 999), t.reshape(-1))
     assert abs(float(loss) - float(ref)) < 1e-5 * abs(float(ref))
+    # by vocabulary tiles (every row x 300 classes): each tile's bfloat16 logits, merged states
+    tiled = fastdiv.linear(h, w, b, vocab_tile=300)
+    assert tiled.tiles(4) == (51, 300)
+    for fn in (lambda a: fastdiv.cross_entropy(a, t, reduction="none"), lambda a: fastdiv.logsumexp(a),
+               lambda a: fastdiv.cross_entropy(a, t, label_smoothing=0.1, reduction="none"),
+               lambda a: fastdiv.evaluate(a, t, topk=(1, 5)).nll):
+        torch.testing.assert_close(fn(tiled), fn(x), rtol=2e-3, atol=1e-3)
+    ranks = [np.asarray(fastdiv.evaluate(a, t, topk=(1, 5)).rank) for a in (tiled, x)]
+    assert np.mean(ranks[0] == ranks[1]) > 0.95, ranks
 
 
 def test_compare_and_meters_take_heads(rng):
