@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from . import threads
 from .divergences import _LINE, _js_terms
-from .evaluate import CHUNK, _locate, _xz_row
+from .evaluate import CHUNK, _locate, _store_xz, _xz_row
 from .simd import INLINE, JIT, cast, prefer_wide_vectors, read_only
 from .threads import PAR, share
 
@@ -46,17 +46,8 @@ def _compare(x, z, target, st, ix, scratch, refs):
         has_t = 0 <= t < v
         xt = row[t] if has_t else cast(np.nan, row[0])
         m, s, w, mz, sz, wxz, wzx, _, am, amz, flags = _xz_row(row, zrow, xt, ex, ez, refs)
-        st[i, 0] = m
-        st[i, 1] = s
-        st[i, 2] = w
-        st[i, 3] = xt
-        st[i, 4] = mz
-        st[i, 5] = sz
-        st[i, 6] = wxz
-        st[i, 7] = wzx
+        _store_xz(st, ix, i, row, xt, m, s, w, mz, sz, wxz, wzx, am, flags)
         st[i, 8] = zrow[t] if has_t else np.nan
-        ix[i, 0] = _locate(row, am, CHUNK, m)
-        ix[i, 2] = flags
         top = _locate(zrow, amz, CHUNK, mz)
         ix[i, 3] = top
         if m == m and m != _INF and mz == mz and mz != _INF:     # no NaN, no +inf in either row

@@ -217,6 +217,21 @@ def _xz_row(row, zrow, xt, ex, ez, refs):
     return m, s, w, mz, sz, wxz, wzx, cnt, am, amz, flags
 
 
+@njit(**_INLINE)
+def _store_xz(st, ix, i, row, xt, m, s, w, mz, sz, wxz, wzx, am, flags):
+    """Row i's evaluate columns with a reference (all but the count) from _xz_row's values."""
+    st[i, 0] = m
+    st[i, 1] = s
+    st[i, 2] = w
+    st[i, 3] = xt
+    st[i, 4] = mz
+    st[i, 5] = sz
+    st[i, 6] = wxz
+    st[i, 7] = wzx
+    ix[i, 0] = _locate(row, am, CHUNK, m)
+    ix[i, 2] = flags
+
+
 @njit(**_JIT)
 def _evaluate_xz(x, z, target, st, ix):
     n, v = x.shape
@@ -226,17 +241,8 @@ def _evaluate_xz(x, z, target, st, ix):
         t = target[i]
         xt = row[t] if 0 <= t < v else cast(np.nan, row[0])
         m, s, w, mz, sz, wxz, wzx, cnt, am, _, flags = _xz_row(row, z[i], xt, None, None, None)
-        st[i, 0] = m
-        st[i, 1] = s
-        st[i, 2] = w
-        st[i, 3] = xt
-        st[i, 4] = mz
-        st[i, 5] = sz
-        st[i, 6] = wxz
-        st[i, 7] = wzx
-        ix[i, 0] = _locate(row, am, CHUNK, m)
+        _store_xz(st, ix, i, row, xt, m, s, w, mz, sz, wxz, wzx, am, flags)
         ix[i, 1] = cnt
-        ix[i, 2] = flags
 
 
 @njit(**PAR)
