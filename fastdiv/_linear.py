@@ -191,18 +191,24 @@ class LinearLogits(_lazy.LazyLogits):
         return part.double().numpy() if self.library == "torch" else np.asarray(part, dtype=np.float64)
 
     @property
+    def _float64_rows(self):
+        """Rows of D float64 values per 1 MiB: the chunks in which the head's float64 side
+        computations (class sums, target logits) read the weight and the hidden states."""
+        return max(1, (1 << 20) // (8 * self.weight.shape[1]))
+
+    @property
     def has_class_sums(self):
         return self.softcap is None
 
     def class_sums(self, weight):
         """``hidden @ (weight @ W) + sum_j weight_j b_j`` in float64, the weight read in 1 MiB
         chunks: no pass over the logits (None when soft-capped)."""
-        if self.softcap is not None:
+        if not self.has_class_sums:
             return None
         v, d = self.weight.shape
         w = np.asarray(weight, dtype=np.float64)
         u = np.zeros(d)
-        step = max(1, (1 << 20) // (8 * d))
+        step = self._float64_rows
         for a in range(0, v, step):
             u += w[a:a + step] @ self._float64(self.weight, a, a + step)
         sb = 0.0
@@ -222,7 +228,7 @@ class LinearLogits(_lazy.LazyLogits):
         ok = target >= 0
         idx = np.where(ok, target, 0)
         vals = np.empty(r1 - r0)
-        step = max(1, (1 << 20) // (8 * self.weight.shape[1]))      # rows per 1 MiB of float64 operands
+        step = self._float64_rows
         for a in range(0, r1 - r0, step):
             b = min(r1 - r0, a + step)
             sel = idx[a:b]

@@ -102,12 +102,29 @@ def merge_sums(a, b):
     return out
 
 
+#: :func:`merge_sums`' keys and their columns in the kernel state: (float64 ones, int64 ones),
+#: without and with a reference
+_MERGED = ((("m", M), ("s", S), ("w", W)), (("argmax", ARGMAX),))
+_MERGED_REF = ((("mz", MZ), ("sz", SZ), ("wxz", WXZ), ("wzx", WZX)), (("flags", FLAGS),))
+
+
 def state_columns(st, ix, reference, offset=0):
     """:func:`merge_sums`' dict of a kernel state ``(st, ix)`` (argmax moved by ``offset``)."""
-    out = dict(m=st[:, M], s=st[:, S], w=st[:, W], argmax=ix[:, ARGMAX] + offset)
-    if reference:
-        out.update(mz=st[:, MZ], sz=st[:, SZ], wxz=st[:, WXZ], wzx=st[:, WZX], flags=ix[:, FLAGS])
+    out = {}
+    for floats, ints in (_MERGED, _MERGED_REF) if reference else (_MERGED,):
+        out.update({key: st[:, col] for key, col in floats})
+        out.update({key: ix[:, col] for key, col in ints})
+    out["argmax"] = out["argmax"] + offset
     return out
+
+
+def store_columns(st, ix, merged):
+    """Write :func:`merge_sums`' dict back into a kernel state ``(st, ix)``."""
+    for floats, ints in (_MERGED, _MERGED_REF) if "mz" in merged else (_MERGED,):
+        for key, col in floats:
+            st[:, col] = merged[key]
+        for key, col in ints:
+            ix[:, col] = merged[key]
 
 
 def finish_state(st, ix, counted, topk, reference):

@@ -226,13 +226,12 @@ TILED_OPS = ("lse", "entropy_logits", "kl_logits", "ce_hard")
 def _tiles(op, arrays, scalars):
     """``(rows, classes)`` of the vocabulary tiles of kernel ``op`` on ``arrays``, or None:
     an op of TILED_OPS without temperature or label smoothing, on tiled lazy logits."""
-    if op not in TILED_OPS:
+    shape = _tile_shape(arrays) if op in TILED_OPS else None
+    if shape is None or (op in ("entropy_logits", "kl_logits") and scalars[0] != 1.0):
         return None
-    if op in ("entropy_logits", "kl_logits") and scalars[0] != 1.0:
-        return None
-    if op == "ce_hard" and scalars[1] != 0.0 and not all(a.has_class_sums for a in arrays if _lazy.is_lazy(a)):
+    if op == "ce_hard" and scalars[1] != 0.0 and not all(a.has_class_sums for a in arrays):
         return None                     # label smoothing's class sums, without the logits
-    return _tile_shape(arrays)
+    return shape
 
 
 def _tile_shape(arrays):
@@ -286,15 +285,10 @@ def _tiled_state(backend, arrays, target, shape, rank=False):
                 part = _state.state_columns(st_t, ix_t, reference, offset=v0)
                 merged = part if merged is None else _state.merge_sums(merged, part)
                 xt = np.where(inside, st_t[:, _state.XT], xt)
-            st[r0:r1, _state.M], st[r0:r1, _state.S], st[r0:r1, _state.W] = merged["m"], merged["s"], merged["w"]
+            _state.store_columns(st[r0:r1], ix[r0:r1], merged)
             st[r0:r1, _state.XT] = xt
-            ix[r0:r1, _state.ARGMAX] = merged["argmax"]
             if rank:
                 ix[r0:r1, _state.COUNT] = cnt
-            if reference:
-                for key, col in (("mz", _state.MZ), ("sz", _state.SZ), ("wxz", _state.WXZ), ("wzx", _state.WZX)):
-                    st[r0:r1, col] = merged[key]
-                ix[r0:r1, _state.FLAGS] = merged["flags"]
     return st, ix
 
 
