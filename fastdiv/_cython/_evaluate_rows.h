@@ -116,6 +116,20 @@ FD_INLINE void FI(fd_ev_sums2)(const FD_T *xc, const FD_T *zc, ptrdiff_t n, FD_T
     *miss_x += mx_;
 }
 
+/* fd_compare_row's scratch rows in scr: the two rows' exponentials (each padded to whole
+   vectors: a chunk's tail vector is stored whole) and the two rows' per-chunk shifts.
+   With scr == NULL (evaluate) every pointer is NULL.  Returns the elements it spans. */
+static inline ptrdiff_t FI(fd_cmp_layout)(FD_T *scr, ptrdiff_t V, FD_T **ex, FD_T **ez, FD_T **shx_c,
+                                          FD_T **shz_c)
+{
+    const ptrdiff_t Vp = (V + FD_W - 1) / FD_W * FD_W, nch = (V + FD_CH - 1) / FD_CH;
+    *ex = scr;
+    *ez = scr ? scr + Vp : NULL;
+    *shx_c = scr ? scr + 2 * Vp : NULL;
+    *shz_c = scr ? scr + 2 * Vp + nch : NULL;
+    return 2 * Vp + 2 * nch;
+}
+
 /* One row; z == NULL: no reference.  t outside [0, V): no target.  scr (fd_compare_row;
    NULL for evaluate, a constant at each call): the scratch rows of fd_js_terms -- chunk c's
    exponentials against its shifts shx_c[c], shz_c[c] -- and in *amz the chunk holding z's
@@ -123,9 +137,8 @@ FD_INLINE void FI(fd_ev_sums2)(const FD_T *xc, const FD_T *zc, ptrdiff_t n, FD_T
 FD_INLINE void FI(fd_eval_pass)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_t t, double *st,
                                 int64_t *ix, FD_T *scr, ptrdiff_t *amz)
 {
-    const ptrdiff_t Vp = (V + FD_W - 1) / FD_W * FD_W, nch = (V + FD_CH - 1) / FD_CH;
-    FD_T *ex = scr, *ez = scr ? scr + Vp : NULL, *shx_c = scr ? scr + 2 * Vp : NULL;
-    FD_T *shz_c = scr ? shx_c + nch : NULL;
+    FD_T *ex, *ez, *shx_c, *shz_c;
+    FI(fd_cmp_layout)(scr, V, &ex, &ez, &shx_c, &shz_c);
     const FD_T xt = (t >= 0 && t < V) ? x[t] : (FD_T)NAN;
     FD_T m = (FD_T)-INFINITY, mz = (FD_T)-INFINITY;
     /* acc: s, w, sz, wxz, wzx */
@@ -244,12 +257,6 @@ static int64_t FI(fd_count_gt)(const FD_T *x, ptrdiff_t V, FD_T xr)
     return c;
 }
 
-/* Scratch elements fd_compare_row needs for a row of V. */
-static inline ptrdiff_t FI(fd_compare_scratch)(ptrdiff_t V)
-{
-    return 2 * ((V + FD_W - 1) / FD_W * FD_W) + 2 * ((V + FD_CH - 1) / FD_CH);
-}
-
 /* One row of the compare op (contract: fastdiv/_registry.py): x the model's logits, z the
    base's.  Pass 1 (from memory) is evaluate's pass with z as reference, also storing the
    exponentials; pass 2 (from L2: a 50257-float row pair and its exponentials are 800 KB)
@@ -284,9 +291,9 @@ static void FI(fd_compare_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_
     const FD_T xr = has_top1 ? x[ix[3]] : (FD_T)NAN;
     int64_t rank = 0;
     if (!inf_x && !inf_z && !isnan(mx) && !isnan(mb)) {
-        const ptrdiff_t Vp = (V + FD_W - 1) / FD_W * FD_W, nch = (V + FD_CH - 1) / FD_CH;
-        st[9] = FI(fd_js_terms)(x, z, V, 0.5, scr, scr + Vp, scr + 2 * Vp, scr + 2 * Vp + nch,
-                                (FD_T)mx, (FD_T)mb, st[1], st[5], xr, &rank, 1);
+        FD_T *ex, *ez, *shx_c, *shz_c;
+        FI(fd_cmp_layout)(scr, V, &ex, &ez, &shx_c, &shz_c);
+        st[9] = FI(fd_js_terms)(x, z, V, 0.5, ex, ez, shx_c, shz_c, (FD_T)mx, (FD_T)mb, st[1], st[5], xr, &rank, 1);
     } else {
         st[9] = NAN;
         if (has_top1 && x_fin && xr > (FD_T)-INFINITY) rank = FI(fd_count_gt)(x, V, xr);
@@ -306,7 +313,8 @@ static int FI(fd_compare_rows)(const FD_T *x, const FD_T *z, ptrdiff_t rows, ptr
 #pragma omp parallel num_threads(nthreads)
 #endif
     {
-        const size_t bytes = ((size_t)FI(fd_compare_scratch)(V) * sizeof(FD_T) + 63) / 64 * 64;
+        FD_T *p_;
+        const size_t bytes = ((size_t)FI(fd_cmp_layout)(NULL, V, &p_, &p_, &p_, &p_) * sizeof(FD_T) + 63) / 64 * 64;
         FD_T *scr = (FD_T *)aligned_alloc(64, bytes);
         if (scr == NULL) {
 #ifdef _OPENMP
