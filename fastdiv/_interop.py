@@ -40,6 +40,8 @@ def _is_torch(obj):
 
 
 def _is_jax(obj):
+    if "jax" not in sys.modules:        # not imported: nothing can be a JAX array (the common case)
+        return False
     mod = type(obj).__module__
     return (mod.startswith("jax") or mod.startswith("jaxlib")) and "jax" in sys.modules
 
@@ -76,6 +78,8 @@ def _jax_input(name, a):
 def _converter(lead):
     """The function mapping a host/device result back to ``lead``'s library (None: leave as is).
     Lazy logits (``fastdiv.linear``) answer in their hidden states' library."""
+    if isinstance(lead, np.ndarray):
+        return None
     lead = getattr(lead, "hidden", lead) if isinstance(lead, _lazy.LazyLogits) else lead
     if _is_torch(lead):
         if lead.is_cuda:
@@ -109,7 +113,7 @@ def native_arrays(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         lead = args[0] if args else kwargs.get(names[0])
-        if any(_is_jax(a) for a in args) or any(_is_jax(v) for v in kwargs.values()):
+        if "jax" in sys.modules and (any(_is_jax(a) for a in args) or any(_is_jax(v) for v in kwargs.values())):
             args = tuple(_jax_input(names[i], a) if _is_jax(a) else a for i, a in enumerate(args))
             kwargs = {k: _jax_input(k, v) if _is_jax(v) else v for k, v in kwargs.items()}
         result = fn(*args, **kwargs)

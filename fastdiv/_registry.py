@@ -202,8 +202,8 @@ def auto_order(op=None, x=None):
     """The CPU backends in the order ``auto`` tries them for kernel ``op`` on host array ``x``
     (numpy, or a torch CPU tensor): CPU_BACKENDS, or the backend AUTO_FASTER measured faster
     for this op first."""
-    large = (op is not None and str(getattr(x, "dtype", "")) in ("float32", "torch.float32")
-             and int(getattr(x, "nbytes", 0)) >= AUTO_FROM_BYTES)
+    large = (op is not None and int(getattr(x, "nbytes", 0)) >= AUTO_FROM_BYTES
+             and str(getattr(x, "dtype", "")) in ("float32", "torch.float32"))
     rules = _auto_rules() if large else {}          # llvmlite (~25 ms to import) only then
     if op in rules:
         first = rules[op]

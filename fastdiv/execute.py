@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import math
 import os
 import threading
 import warnings
@@ -150,7 +151,7 @@ def rows_per_block(v, itemsize):
 
 
 def nrows(a):
-    return int(np.prod(a.shape[:-1], dtype=np.int64))
+    return math.prod(a.shape[:-1])
 
 
 def run_rows(arrays, dtype, call, n):
@@ -163,7 +164,15 @@ def run_rows(arrays, dtype, call, n):
     logits (``fastdiv._lazy``, ``fastdiv.linear``) are computed in blocks of their own
     ``block_rows``, each into one buffer reused for the whole call.
     """
+    if n == 0:
+        return
     v = arrays[0].shape[-1]
+    for a in arrays:               # the common case first, without the block machinery's cost per call
+        if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous or _chunks.mapping(a):
+            break
+    else:
+        call(0, n, *[a.reshape(n, a.shape[-1]) for a in arrays])
+        return
     per_array = [[(0, _lazy.Rows(a, 0, n))] if isinstance(a, _lazy.LazyLogits) else list(_row_blocks(a))
                  for a in arrays]
     lazy = [a for a in arrays if isinstance(a, _lazy.LazyLogits)]
@@ -226,7 +235,9 @@ TILED_OPS = ("lse", "entropy_logits", "kl_logits", "ce_hard")
 def _tiles(op, arrays, scalars):
     """``(rows, classes)`` of the vocabulary tiles of kernel ``op`` on ``arrays``, or None:
     an op of TILED_OPS without temperature or label smoothing, on tiled lazy logits."""
-    shape = _tile_shape(arrays) if op in TILED_OPS else None
+    if op not in TILED_OPS or not isinstance(arrays[0], _lazy.LazyLogits):
+        return None
+    shape = _tile_shape(arrays)
     if shape is None or (op in ("entropy_logits", "kl_logits") and scalars[0] != 1.0):
         return None
     if op == "ce_hard" and scalars[1] != 0.0 and not all(a.has_class_sums for a in arrays):
@@ -321,8 +332,13 @@ def _per_row_tiled(op, backend, arrays, shape, scalars, extra):
     return res[{"lse": "lse", "entropy_logits": "entropy", "kl_logits": "kl_ref_model"}[op]]
 
 
+_FLOAT32 = np.dtype(np.float32)
+
+
 def out_dtype(*arrays):
     """The compute dtype of a call: float64 if any float input is float64, else float32."""
+    if all(a.dtype is _FLOAT32 for a in arrays):      # the common case, without the checks' cost
+        return _FLOAT32
     dts = [_checks.compute_dtype(f"arg{i}", a.dtype) for i, a in enumerate(arrays)]
     return np.dtype(np.float64) if any(d == np.float64 for d in dts) else np.dtype(np.float32)
 
@@ -334,6 +350,8 @@ def _half_bits(backend, arrays):
     byte order or layout).  A non-C layout is copied to C-contiguous half blocks, not widened to
     float32, so it runs the same kernel as the C layout and gets the same bits.  Otherwise the
     rows are converted to float32 in blocks of BLOCK_BYTES."""
+    if arrays[0].dtype.itemsize > 2:
+        return None
     half = arrays[0].dtype.newbyteorder("=")
     bits = _checks.half_bits_dtype(half)
     if bits is None or not _registry.half_inputs(backend):

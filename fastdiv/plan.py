@@ -25,12 +25,14 @@ data; checks of the data itself (targets in range, weights finite and non-negati
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from typing import Any
 
 import numpy as np
 
 from . import _checks, _lazy, _registry
+from ._cuda.interop import is_device_array        # no numba-cuda needed
 
 __all__ = ["Plan", "on_device", "logsumexp", "entropy", "kl_div", "js_div", "topk_kl_div", "gaussian_kl",
            "cross_entropy", "evaluate", "row_state", "finalize", "meter", "compare"]
@@ -123,6 +125,16 @@ def _choice(name, value, options):
     return value
 
 
+def _real(value):
+    """A real number, bools excepted (numbers.Real's ABC check only past float and int)."""
+    return type(value) in (float, int) or (not isinstance(value, bool) and isinstance(value, numbers.Real))
+
+
+def _integer(value):
+    """An integer, bools excepted (numbers.Integral's ABC check only past int)."""
+    return type(value) is int or (not isinstance(value, bool) and isinstance(value, numbers.Integral))
+
+
 def _reduction(value):
     return _choice("reduction", value, REDUCTIONS)
 
@@ -140,13 +152,13 @@ def _kl_direction(value):
 
 
 def _label_smoothing(value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+    if not _real(value) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"label_smoothing must be a number in [0, 1], got {value!r}")
     return float(value)
 
 
 def _ignore_index(value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not _integer(value):
         raise TypeError(f"ignore_index must be an integer, got {value!r}")
     if not -2**63 <= int(value) < 2**63:              # the kernels compare it as int64
         raise ValueError(f"ignore_index must fit in int64, got {value!r}")
@@ -155,28 +167,28 @@ def _ignore_index(value):
 
 def _temperature(value, inputs="logits"):
     """``1 / T`` for a positive finite temperature ``T``; only logits can be tempered."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not _real(value):
         raise TypeError(f"temperature must be a positive finite number, got {value!r}")
     t = float(value)
-    if not (np.isfinite(t) and t > 0.0):
+    if not (math.isfinite(t) and t > 0.0):
         raise ValueError(f"temperature must be a positive finite number, got {value!r}")
     if t != 1.0 and inputs != "logits":
         raise ValueError(f"temperature divides logits; with inputs={inputs!r} it must be 1.0, got {value!r}")
     scale = 1.0 / t
-    if not (np.isfinite(scale) and scale > 0.0):      # a subnormal temperature overflows 1/T
+    if not (math.isfinite(scale) and scale > 0.0):      # a subnormal temperature overflows 1/T
         raise ValueError(f"temperature={value!r} is too small: 1/temperature is not a finite number")
     return scale
 
 
 def _beta(value):
     """The generalized Jensen-Shannon skew, a number in [0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+    if not _real(value) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"beta must be a number in [0, 1], got {value!r}")
     return float(value)
 
 
 def _z_loss(value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) < float("inf"):
+    if not _real(value) or not 0.0 <= float(value) < float("inf"):
         raise ValueError(f"z_loss must be a finite number >= 0 (the coefficient of lse**2), got {value!r}")
     return float(value)
 
@@ -184,20 +196,20 @@ def _z_loss(value):
 def _softcap(value):
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) < float("inf"):
+    if not _real(value) or not 0.0 < float(value) < float("inf"):
         raise ValueError(f"softcap must be None or a finite number > 0, got {value!r}")
     return float(value)
 
 
 def _topk(value):
     """A tuple of distinct positive integers (``topk=5`` is ``(5,)``), in the order given."""
-    ks = (value,) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+    ks = (value,) if _integer(value) else value
     try:
         ks = tuple(ks)
     except TypeError:
         raise TypeError(f"topk must be a positive integer or a sequence of them, got {value!r}") from None
     for k in ks:
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        if not _integer(k) or k < 1:
             raise ValueError(f"topk must hold positive integers, got {value!r}")
     if len(set(ks)) != len(ks):
         raise ValueError(f"topk must not repeat a value, got {value!r}")
@@ -220,8 +232,6 @@ def _return_lse(value):
 def on_device(*objs):
     """Whether any of ``objs`` lives in CUDA device memory (torch CUDA tensors, CuPy and numba
     device arrays, any ``__cuda_array_interface__`` or CUDA DLPack exporter)."""
-    from ._cuda.interop import is_device_array        # no numba-cuda needed
-
     return any(o is not None and is_device_array(o) for o in objs)
 
 
@@ -230,13 +240,14 @@ def _backend(choice, named, *, resolve=True, host_only=(), op=None):
     for device arrays, and for host arrays the CPU backend measured faster for kernel ``op``
     on the first array (``_registry.auto_order``).  ``host_only``: the names ``validate=True``
     reads, which must be host arrays.  A CPU backend gets host arrays only."""
-    lazy = [name for name, a in named.items() if _lazy.is_lazy(a)]
+    host = all(a is None or type(a) is np.ndarray for a in named.values())    # the common case: no checks
+    lazy = [] if host else [name for name, a in named.items() if _lazy.is_lazy(a)]
     if lazy and (choice == "cuda" or on_device(*named.values())):
         raise _registry.BackendUnavailable(f"{lazy[0]} is fastdiv.linear logits, which run on the CPU backends "
                                            "in this version (issue #20)")
     if not resolve:
         return choice
-    device = [name for name, a in named.items() if on_device(a)]
+    device = [] if host else [name for name, a in named.items() if on_device(a)]
     first = next(iter(named.values()))
     backend = _registry.resolve(choice, device=bool(device), op=op, x=None if lazy else first)
     for name in device:

@@ -49,6 +49,8 @@ def _is_numba(obj):
 
 def is_device_array(obj):
     """True for CUDA device arrays: ``__cuda_array_interface__`` or a CUDA DLPack device."""
+    if isinstance(obj, np.ndarray):               # the common case, first: a host array
+        return False
     if _is_torch(obj):
         return bool(obj.is_cuda)
     if _is_numba(obj) and type(obj).__module__.startswith("numba"):
