@@ -666,11 +666,27 @@ FD_INLINE fd_vf fd_exp_core_f32(fd_vf tc, fd_mf under, int full)
        cannot see through, so `y - M` is not folded to tc * log2e (as `(a + M) - M` would be
        under -fassociative-math).  2 flexible uops instead of vrndscaleps' 2 on port 0. */
     (void)full; /* vscalefps overflows to +inf by itself */
-    const __m512 M = _mm512_set1_ps(12582912.0f);
+    /* By sixteenths: k = round(16 tc log2e), r = tc - (k/16) ln2 in [-ln2/32, ln2/32],
+       exp(tc) = 2^(k >> 4) * 2^((k & 15)/16) * e^r.  M = 1.5 * 2^19 puts y = tc log2e + M
+       where the spacing is 1/16, so y - M is k/16 exactly and the low 4 bits of y are k's:
+       vpermps indexes the register of the 16 powers 2^(j/16) by them, and vscalefps scales
+       by floor(k/16) = k >> 4 from y - M itself.  e^r then needs a degree-3 polynomial,
+       T + (T r) q(r), instead of degree 6: three operations fewer on the FMA ports, the
+       loop's bound on Zen 4 (7.5 against 9.3 cycles per vector in a bare sum).  r's
+       reduction error, (k/16) (ln2 - float(ln2)), is the single-ln2 one of before. */
+    const __m512 M = _mm512_set1_ps(786432.0f);
     __m512 y = _mm512_fmadd_ps(FD_M512(tc), _mm512_set1_ps((float)FD_LOG2E), M);
-    fd_vf kf = (fd_vf)y - (fd_vf)M;
-    fd_vf r = tc - kf * (float)FD_LN2;
-    return (fd_vf)_mm512_maskz_scalef_ps((fd_mf)~under, FD_M512(fd_exp_poly_f32(r)), FD_M512(kf));
+    fd_vf kq = (fd_vf)y - (fd_vf)M;
+    fd_vf r = tc - kq * (float)FD_LN2;
+    const __m512 T = _mm512_setr_ps(
+        1.0f, 1.0442737824274138f, 1.0905077326652577f, 1.1387886347566916f, 1.1892071150027210f,
+        1.2418578120734840f, 1.2968395546510096f, 1.3542555469368927f, 1.4142135623730951f,
+        1.4768261459394993f, 1.5422108254079407f, 1.6104903319492543f, 1.6817928305074290f,
+        1.7562521603732995f, 1.8340080864093424f, 1.9152065613971474f);
+    fd_vf tj = (fd_vf)_mm512_permutexvar_ps(_mm512_castps_si512(y), T);
+    /* q(r) = (e^r - 1) / r, minimax for the relative error of 1 + r q(r): 1.6e-9 */
+    fd_vf q = (0.16666074097156525f * r + 0.5000162124633789f) * r + 1.0f;
+    return (fd_vf)_mm512_maskz_scalef_ps((fd_mf)~under, FD_M512(tj + (tj * r) * q), FD_M512(kq));
 #else
     fd_vi ki = __builtin_convertvector(tc * (float)FD_LOG2E + 128.5f, fd_vi); /* k + 128 */
     fd_vf kf = __builtin_convertvector(ki, fd_vf) - 128.0f;
