@@ -33,7 +33,12 @@ static inline void FI(fd_lse_state)(const FD_TI *x, ptrdiff_t V, int scan_nan, F
         const FD_TI *xs = x + j0;
         ptrdiff_t n = V - j0 < FD_CH ? V - j0 : FD_CH;
         FD_T mc;
-        const FD_T *xc = FI(fd_chunk)(xs, n, xbuf, &mc);
+        double rc = 0.0;
+        const FD_T *xc = FI(fd_chunk_fused)(xs, n, j0, m, xbuf, &mc, &rc, NULL);
+        if (xc == NULL) { /* summed below the running maximum */
+            r += rc;
+            continue;
+        }
         if (mc > m) {
             r = (r + k) * FI(fd_rescale)(m, mc); /* a NaN in r survives the * 0 */
             k = 0.0;
@@ -91,7 +96,13 @@ static double FI(fd_entropy_logits)(const FD_TI *x, ptrdiff_t V)
         const FD_TI *xs = x + j0;
         ptrdiff_t n = V - j0 < FD_CH ? V - j0 : FD_CH;
         FD_T mc;
-        const FD_T *xc = FI(fd_chunk)(xs, n, xbuf, &mc);
+        double rc = 0.0, wc = 0.0;
+        const FD_T *xc = FI(fd_chunk_fused)(xs, n, j0, m, xbuf, &mc, &rc, &wc);
+        if (xc == NULL) { /* summed below the running maximum */
+            r += rc;
+            w += wc;
+            continue;
+        }
         if (mc > m) {
             if (mc == FD_POS_INF) return NAN; /* softmax undefined (inf/inf) */
             if (m == FD_NEG_INF) {
