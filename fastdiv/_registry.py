@@ -115,16 +115,14 @@ OPS = (
 CPU_BACKENDS = ("cython", "numba")
 
 #: ``auto``'s measured exceptions to that order: {(LLVM's name of the CPU, the Cython ISA level
-#: running): {op: backend}}, applied to float32 host arrays of at least AUTO_FROM_BYTES.  A pair
-#: not listed keeps CPU_BACKENDS' order.  Zen 4 with Cython at x86-64-v4, 2 threads, float32,
-#: numba's time over Cython's interleaved in one process (benchmarks/auto_choice.py, 2026-12-05,
-#: benchmarks/NOTES.md): logsumexp 0.83-0.89 and hard-label cross-entropy 0.83-0.90 at
-#: 512 x 128256, 2048 x 50257, 8192 x 32000 and 2^22 x 51; entropy and KL 0.91-0.97 at the large
-#: vocabularies (within auto's 10 %) and 1.12-1.15 at V = 51, so Cython keeps them.  On the Intel
-#: Xeon (AVX-512) every Cython kernel was the faster (NOTES, 2026-11-24), so it has no entry.
-AUTO_FASTER = {
-    ("znver4", "x86-64-v4"): {"lse": "numba", "ce_hard": "numba"},
-}
+#: running): {op: backend}}, applied to float32 host arrays of at least AUTO_FROM_BYTES, for a
+#: backend measured faster than Cython by more than auto's 10 % (benchmarks/auto_choice.py).  A
+#: pair not listed keeps CPU_BACKENDS' order.  None is listed: on the Zen 4 at x86-64-v4 numba
+#: was 10-17 % faster for logsumexp and hard-label cross-entropy (2026-12-05) until Cython's
+#: long rows were summed in the max pass (2026-12-06, benchmarks/NOTES.md: numba's time over
+#: Cython's 0.99-1.26 for every op and shape); on the Intel Xeon (AVX-512) every Cython kernel
+#: was the faster (NOTES, 2026-11-24).
+AUTO_FASTER: dict = {}
 
 #: Inputs from which the exceptions apply: larger than a 32 MiB L3, the kernels read memory,
 #: where the measured differences are; in cache the two backends are within ~5 % of each other
