@@ -25,6 +25,8 @@ vector ISA, L2 and L3 sizes), each with the date, commit and command that record
   for one kernel; a 2x slowdown of any single kernel still fails (as long as the CPU's profile
   is within 2 / FALLBACK_THRESHOLD = 1.25x of a known one); a slowdown of every kernel at once
   is only caught once the CPU has its own entry (``--update``).
+* Either way a failing figure is measured again, up to ``CONFIRM`` times, and fails the gate only
+  if it fails every time (``confirm``).
 
 Usage::
 
@@ -62,6 +64,8 @@ BASELINE = os.path.join(HERE, "baseline.json")
 #: 2-core Zen 4 moved single figures by at most ~10 % (benchmarks/NOTES.md, 2026-12-05); a real
 #: regression we care about (a lost vectorisation, an extra pass) costs >= 1.5x.
 THRESHOLD = 1.35
+#: Times a failing figure is measured again before the gate fails on it (``confirm``).
+CONFIRM = 2
 #: The same on a CPU without its own entry, after dividing out the CPU's median change.
 FALLBACK_THRESHOLD = 1.6
 #: Bytes per array per thread: the rows of one thread stay in (or next to) its private L2
@@ -82,7 +86,8 @@ def thread_counts():
     return (1, n) if n > 1 else (1,)
 
 
-def measure(cases, backends, repeat, slowdown=1, slow_only=None):
+def measure(cases, backends, repeat, slowdown=1, slow_only=None, only=None):
+    """The figures of every kernel of ``cases`` (or of the keys in ``only``)."""
     figures = {}
     for regime, dtype in cases:
         v = REGIMES[regime]
@@ -94,6 +99,8 @@ def measure(cases, backends, repeat, slowdown=1, slow_only=None):
                 arrays = (x, z) if op in _bench.TWO_ARRAY_OPS else (x,)
                 for backend in backends:
                     key = f"{backend}/{op}/{regime}/{dtype}/{threads}t"
+                    if only is not None and key not in only:
+                        continue
                     call = _bench.fastdiv_call(op, backend, x, z, t)
                     if slowdown > 1 and (slow_only is None or slow_only in key):
                         def call(inner=call):
@@ -121,8 +128,9 @@ def load(path):
     return data.get("machines", {}) if data.get("format") == 2 else {}
 
 
-def compare(figures, machines, cpu, threshold, fallback_threshold):
-    """Print the table; return the list of failures (empty: the gate passed)."""
+def compare(figures, machines, cpu, threshold, fallback_threshold, keys=None):
+    """Print the table; return the list of failures (empty: the gate passed).  ``keys``: judge
+    and print only these (the CPU factor of a fallback still comes from every figure)."""
     entry = machines.get(cpu["key"])
     if entry is not None:
         base = {k: f["kernel_over_probe"] for k, f in entry["figures"].items()}
@@ -145,6 +153,8 @@ def compare(figures, machines, cpu, threshold, fallback_threshold):
           "(figure = in-cache kernel time / probe time, fastest batches)")
     failures = []
     for key, fig in figures.items():
+        if keys is not None and key not in keys:
+            continue
         now = fig["kernel_over_probe"]
         if key not in base:
             print(f"{key:42s} {'-':>9s} {now:8.3f} {'new':>8s}       {fig['ns_per_element']:8.3f}")
@@ -155,9 +165,28 @@ def compare(figures, machines, cpu, threshold, fallback_threshold):
         if verdict == "FAIL":
             failures.append(f"{key}: kernel/probe {now:.3f} vs baseline {base[key]:.3f} "
                             f"({change:.2f}x > {limit}x{'' if factor == 1.0 else ' after the CPU factor'})")
-    changes = [figures[k]["kernel_over_probe"] / base[k] / factor for k in figures if k in base]
+    changes = [figures[k]["kernel_over_probe"] / base[k] / factor for k in figures
+               if k in base and (keys is None or k in keys)]
     if changes:
         print(f"largest change {max(changes):.2f}x, margin to the threshold {limit / max(changes):.2f}x")
+    return failures
+
+
+def confirm(failures, figures, remeasure, check, tries):
+    """Measure the failing figures again, up to ``tries`` times, keeping each kernel's fastest
+    figure; return the failures that remain.  A slower kernel is slower every time; another
+    tenant of a shared machine slows a few seconds of it (on the 2-core Zen 4 one figure in
+    about 60 read 1.46-1.51x in some runs and 0.93-1.04x in the next, at a commit whose kernels
+    had not changed, benchmarks/NOTES.md 2026-12-06)."""
+    for _ in range(tries):
+        if not failures:
+            break
+        keys = [f.split(":")[0] for f in failures]
+        print(f"\nmeasuring the {len(keys)} failing figure(s) again (a slowdown must hold every time)")
+        again = remeasure(set(keys))
+        for k in keys:
+            figures[k] = min(figures[k], again[k], key=lambda f: f["kernel_over_probe"])
+        failures = check(figures, set(keys))
     return failures
 
 
@@ -230,7 +259,13 @@ def main(argv=None):
             figures = {k: f for k, f in figures.items() if k not in have}
         update(args.baseline, figures, cpu, argv, new_only=args.update_new)
         return 0
-    failures = compare(figures, load(args.baseline), cpu, args.threshold, args.fallback_threshold)
+    machines = load(args.baseline)
+    failures = compare(figures, machines, cpu, args.threshold, args.fallback_threshold)
+    cases = SHORT if args.short else FULL
+    failures = confirm(failures, figures,
+                       lambda keys: measure(cases, backends, args.repeat, args.slowdown, args.slowdown_only, keys),
+                       lambda figs, keys: compare(figs, machines, cpu, args.threshold, args.fallback_threshold, keys),
+                       CONFIRM)
     if failures:
         print("\nBENCHMARK GATE FAILED: slower than the baseline by more than the threshold:")
         for f in failures:

@@ -40,6 +40,27 @@ def test_unknown_cpu_divides_out_its_speed_but_not_one_kernel_slowing():
     assert len(failures) == 1 and failures[0].startswith(KERNELS[4])
 
 
+def test_a_failure_must_hold_when_measured_again():
+    """confirm: a figure that fails is measured again; it stays a failure only if every
+    measurement fails (the fastest is kept), and only the failing keys are measured again."""
+    asked = []
+
+    def remeasure(keys, scale):
+        asked.append(sorted(keys))
+        return {k: {"kernel_over_probe": 3.0 * scale, "ns_per_element": 0.3} for k in keys}
+
+    def check(figs, keys):
+        return gate.compare(figs, machines(), CPU, 1.35, 1.6, keys)
+
+    figs = figures({KERNELS[1]: 1.5})
+    failures = gate.compare(figs, machines(), CPU, 1.35, 1.6)
+    assert gate.confirm(failures, figs, lambda k: remeasure(k, 1.0), check, 2) == []    # interference
+    assert asked == [[KERNELS[1]]] and figs[KERNELS[1]]["kernel_over_probe"] == 3.0
+    figs = figures({KERNELS[1]: 1.5})
+    assert len(gate.confirm(failures, figs, lambda k: remeasure(k, 1.6), check, 2)) == 1  # slower each time
+    assert len(asked) == 3
+
+
 def test_update_rewrites_only_this_cpus_entry(tmp_path):
     path = tmp_path / "baseline.json"
     path.write_text(json.dumps({"format": 2, "machines": machines("CPU B", 2.0)}))
