@@ -132,30 +132,28 @@ FD_INLINE int FI(fd_sum_below)(const FD_TI *xs, ptrdiff_t n, FD_T m, FD_T *mc, d
 {
     const FD_V sh = FN(fd_splat)(m);
     FD_V ar = {0}, aw = {0}, am = FN(fd_splat)(FD_NEG_INF), tc;
+#define FD_SUM_BELOW_STEP(v)                                                                  \
+    do {                                                                                      \
+        am = FN(fd_max)(am, (v));                                                             \
+        if (wc) {                                                                             \
+            FD_V e_ = FN(fd_expn)((v) - sh, &tc);                                             \
+            ar += e_;                                                                         \
+            aw += e_ * tc;                                                                    \
+        } else {                                                                              \
+            ar += FN(fd_expz)((v) - sh);                                                      \
+        }                                                                                     \
+    } while (0)
     ptrdiff_t j = 0;
     for (; j + FD_W <= n; j += FD_W) {
         FD_PFI_1(xs + j);
         FD_V v = FI(fd_ld)(xs + j);
-        am = FN(fd_max)(am, v);
-        if (wc) {
-            FD_V e = FN(fd_expn)(v - sh, &tc);
-            ar += e;
-            aw += e * tc;
-        } else {
-            ar += FN(fd_expz)(v - sh);
-        }
+        FD_SUM_BELOW_STEP(v);
     }
     if (j < n) {
         FD_V v = FI(fd_ldt)(xs + j, n - j, FD_NEG_INF);
-        am = FN(fd_max)(am, v);
-        if (wc) {
-            FD_V e = FN(fd_expn)(v - sh, &tc);
-            ar += e;
-            aw += e * tc;
-        } else {
-            ar += FN(fd_expz)(v - sh);
-        }
+        FD_SUM_BELOW_STEP(v);
     }
+#undef FD_SUM_BELOW_STEP
     *mc = FN(fd_hmax)(am);
     if (!(*mc < m)) return 0;
     *rc = FN(fd_hsum)(ar);
