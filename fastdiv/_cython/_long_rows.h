@@ -143,20 +143,89 @@ static double FI(fd_entropy_logits)(const FD_TI *x, ptrdiff_t V)
 /* ------------------------------------------------------------------------------------------ */
 /* KL from logits                                                                              */
 /* ------------------------------------------------------------------------------------------ */
+/* One chunk's KL sums against the shifts of the references (mx, mz) into s[3] = (sx, sz, w):
+   from xc, zc (the two-pass order, after fd_chunk2), or, when fused, from the inputs xs, zs
+   with the chunk's maxima *mcx, *mcz found in the same pass. */
+FD_INLINE void FI(fd_kl_chunk)(const FD_TI *xs, const FD_TI *zs, const FD_T *xc, const FD_T *zc,
+                               ptrdiff_t n, FD_T mx, FD_T mz, int fused, FD_V *amxz_io, FD_T *mcx,
+                               FD_T *mcz, double *s)
+{
+    const FD_V ninf = FN(fd_splat)(FD_NEG_INF);
+    const FD_V shx = FN(fd_splat)(FI(fd_shift)(mx)), shz = FN(fd_splat)(FI(fd_shift)(mz));
+    FD_V asx = {0}, asz = {0}, aw = {0}, tcx, amxz = *amxz_io, amx = ninf, amz = ninf;
+#define FD_KL_CHUNK_STEP(LOAD_X, LOAD_Z)                                                      \
+    do {                                                                                      \
+        FD_V xv = (LOAD_X), zv = (LOAD_Z);                                                    \
+        if (fused) {                                                                          \
+            amx = FN(fd_max)(amx, xv);                                                        \
+            amz = FN(fd_max)(amz, zv);                                                        \
+        }                                                                                     \
+        FD_KL_STEP(xv, zv);                                                                   \
+    } while (0)
+    ptrdiff_t j = 0;
+    for (; j + FD_W <= n; j += FD_W) {
+        FD_PFI(xs + j);
+        FD_PFI(zs + j);
+        if (fused)
+            FD_KL_CHUNK_STEP(FI(fd_ld)(xs + j), FI(fd_ld)(zs + j));
+        else
+            FD_KL_CHUNK_STEP(FN(fd_load)(xc + j), FN(fd_load)(zc + j));
+    }
+    if (j < n) {
+        if (fused)
+            FD_KL_CHUNK_STEP(FI(fd_ldt)(xs + j, n - j, FD_NEG_INF), FI(fd_ldt)(zs + j, n - j, FD_NEG_INF));
+        else
+            FD_KL_CHUNK_STEP(FN(fd_load_tail)(xc + j, n - j, FD_NEG_INF),
+                             FN(fd_load_tail)(zc + j, n - j, FD_NEG_INF));
+    }
+#undef FD_KL_CHUNK_STEP
+    if (fused) {
+        *mcx = FN(fd_hmax)(amx);
+        *mcz = FN(fd_hmax)(amz);
+    }
+    *amxz_io = amxz;
+    s[0] = FN(fd_hsum)(asx);
+    s[1] = FN(fd_hsum)(asz);
+    s[2] = FN(fd_hsum)(aw);
+}
+
+/* How far a chunk's maxima may rise above the references its fused sums were taken against:
+   its terms are then at most e^40 (the sums stay finite in float32), and the totals with the
+   chunk added move to the new maxima by the rescales of the two-pass order. */
+#ifndef FD_KL_STALE
+#define FD_KL_STALE 40.0
+#endif
+
 static double FI(fd_kl_logits)(const FD_TI *x, const FD_TI *z, ptrdiff_t V)
 {
     FD_T mx = FD_NEG_INF, mz = FD_NEG_INF;
-    double sx = 0.0, sz = 0.0, w = 0.0, moved = 0.0;
-    const FD_V ninf = FN(fd_splat)(FD_NEG_INF);
-    FD_V amxz = ninf;
+    double sx = 0.0, sz = 0.0, w = 0.0, moved = 0.0, s[3];
+    FD_V amxz = FN(fd_splat)(FD_NEG_INF);
     FD_CHUNK_BUF(xbuf);
     FD_CHUNK_BUF(zbuf);
     for (ptrdiff_t j0 = 0; j0 < V; j0 += FD_CH) {
         const FD_TI *xs = x + j0, *zs = z + j0;
         ptrdiff_t n = V - j0 < FD_CH ? V - j0 : FD_CH;
         FD_T mcx, mcz;
-        const FD_T *xc, *zc;
-        FI(fd_chunk2)(xs, zs, n, xbuf, zbuf, &mcx, &mcz, &xc, &zc);
+        const FD_T *xc = NULL, *zc = NULL;
+        int summed = 0;
+        if (j0 >= FD_FUSE_FROM * FD_CH && mx > FD_NEG_INF && mz > FD_NEG_INF) {
+            /* One read of the chunk, its sums against the running maxima (as numba's KL):
+               kept when the maxima rose by less than FD_KL_STALE (NaN-free maxima; +inf
+               fails the test), added to the totals before the rescales below. */
+            FI(fd_kl_chunk)(xs, zs, NULL, NULL, n, mx, mz, 1, &amxz, &mcx, &mcz, s);
+            if ((double)mcx - (double)mx < FD_KL_STALE && (double)mcz - (double)mz < FD_KL_STALE) {
+                sx += s[0];
+                sz += s[1];
+                w += s[2];
+                summed = 1;
+            }
+#if !FD_HALF
+            xc = xs; /* mcx, mcz are the chunk's maxima already */
+            zc = zs;
+#endif
+        }
+        if (!summed && xc == NULL) FI(fd_chunk2)(xs, zs, n, xbuf, zbuf, &mcx, &mcz, &xc, &zc);
         if (mcx == FD_POS_INF || mcz == FD_POS_INF) return NAN; /* softmax undefined */
         if (mcx > mx) {
             if (mx == FD_NEG_INF) {
@@ -185,23 +254,11 @@ static double FI(fd_kl_logits)(const FD_TI *x, const FD_TI *z, ptrdiff_t V)
             }
             mz = mcz;
         }
-        const FD_V shx = FN(fd_splat)(FI(fd_shift)(mx)), shz = FN(fd_splat)(FI(fd_shift)(mz));
-        FD_V asx = {0}, asz = {0}, aw = {0}, tcx;
-        ptrdiff_t j = 0;
-        for (; j + FD_W <= n; j += FD_W) {
-            FD_PFI(xs + j);
-            FD_PFI(zs + j);
-            FD_V xv = FN(fd_load)(xc + j), zv = FN(fd_load)(zc + j);
-            FD_KL_STEP(xv, zv);
-        }
-        if (j < n) {
-            FD_V xv = FN(fd_load_tail)(xc + j, n - j, FD_NEG_INF);
-            FD_V zv = FN(fd_load_tail)(zc + j, n - j, FD_NEG_INF);
-            FD_KL_STEP(xv, zv);
-        }
-        sx += FN(fd_hsum)(asx);
-        sz += FN(fd_hsum)(asz);
-        w += FN(fd_hsum)(aw);
+        if (summed) continue;
+        FI(fd_kl_chunk)(xs, zs, xc, zc, n, mx, mz, 0, &amxz, &mcx, &mcz, s);
+        sx += s[0];
+        sz += s[1];
+        w += s[2];
     }
     return FI(fd_kl_finish)(mx, mz, sx, sz, w, FN(fd_hmax)(amxz), moved, x, z, V);
 }
