@@ -43,7 +43,7 @@ def _is_jax(obj):
     if "jax" not in sys.modules:        # not imported: nothing can be a JAX array (the common case)
         return False
     mod = type(obj).__module__
-    return (mod.startswith("jax") or mod.startswith("jaxlib")) and "jax" in sys.modules
+    return mod.startswith("jax") or mod.startswith("jaxlib")
 
 
 def _jax_on_cpu(a):
