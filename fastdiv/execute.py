@@ -234,7 +234,8 @@ TILED_OPS = ("lse", "entropy_logits", "kl_logits", "ce_hard")
 
 def _tiles(op, arrays, scalars):
     """``(rows, classes)`` of the vocabulary tiles of kernel ``op`` on ``arrays``, or None:
-    an op of TILED_OPS without temperature or label smoothing, on tiled lazy logits."""
+    an op of TILED_OPS without temperature, on tiled lazy logits (label smoothing only where
+    the head gives its class sums, ``LazyLogits.has_class_sums``)."""
     if op not in TILED_OPS or not isinstance(arrays[0], _lazy.LazyLogits):
         return None
     shape = _tile_shape(arrays)

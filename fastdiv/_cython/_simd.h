@@ -617,9 +617,10 @@ FD_INLINE void fd_expm1_phi(double b, double *e1, double *ph)
 /*   k = round(t / ln2), r = t - k ln2 in [-ln2/2, ln2/2], exp(t) = 2^k * P(r).                */
 /*   P: minimax polynomials (Remez, relative error 3.9e-9 for float at degree 6, 1.8e-17 for   */
 /*   double at degree 11, before rounding).                                                     */
-/*   AVX-512: k by vrndscaleps, 2^k * P by vscalefps (exact scaling, no integer bit games).     */
-/*   Generic: k by float->int truncation of t*log2e + 0.5 + BIAS (positive, so floor), 2^k     */
-/*   from the exponent bits.                                                                    */
+/*   AVX-512: k by the 1.5 * 2^p rounding fma, 2^k * P by vscalefps (exact scaling, no integer */
+/*   bit games); float goes by sixteenths instead, see fd_exp_core_f32 (a table of 2^(j/16),    */
+/*   degree 3).  Generic: k by float->int truncation of t*log2e + 0.5 + BIAS (positive, so      */
+/*   floor), 2^k from the exponent bits.                                                        */
 /* The clamp t >= LO keeps 2^k normal; below LO the result is forced to exactly 0 (denormal    */
 /* outputs are slow on Intel and irrelevant next to a softmax sum >= 1).                        */
 /* ------------------------------------------------------------------------------------------ */
