@@ -59,7 +59,18 @@ static inline FD_V FI(fd_block_shift)(FD_V mc)
    special values (non-finite max, NaN, ...) are redone by the scalar finish. */
 static inline FD_V FI(fd_vlog_kr)(FD_V k, FD_V r)
 {
+    /* k = 1 in every lane (no tie for a row's maximum: nearly always): log k = 0 and r / k = r
+       exactly, so the same bits without a log and a division */
+    if (!(unsigned)FN(fd_ne)(k, FN(fd_splat)((FD_T)1))) return FN(fd_vlog1p)(r);
     return FN(fd_log)(k) + FN(fd_vlog1p)(r / k);
+}
+/* Writes a block's results when no lane needs the scalar finish and the block is whole (one
+   vector store); else returns 0 and the caller finishes lane by lane. */
+static inline int FI(fd_block_out)(FD_T *out, const FD_T *res, unsigned special, int nrows)
+{
+    if (special || nrows != FD_W) return 0;
+    memcpy(out, res, FD_W * sizeof(FD_T));
+    return 1;
 }
 static inline FD_M FI(fd_nonfinite)(FD_V v)
 {
@@ -129,6 +140,7 @@ static void FI(fd_lse_block)(const FD_TI *x, ptrdiff_t V, int nrows, FD_T *out)
     FD_V mv = *(FD_V *)m, rv = *(FD_V *)r;
     *(FD_V *)res = mv + FI(fd_vlog_kr)(*(FD_V *)k, rv);
     unsigned special = (unsigned)(FI(fd_nonfinite)(mv) | FN(fd_isnan)(rv));
+    if (FI(fd_block_out)(out, res, special, nrows)) return;
     for (int i = 0; i < nrows; i++)
         out[i] = (special >> i) & 1 ? (FD_T)FI(fd_lse_finish)(m[i], k[i], r[i]) : res[i];
 #else
@@ -193,6 +205,7 @@ static void FI(fd_entropy_logits_block)(const FD_TI *x, ptrdiff_t V, int nrows, 
     FD_V fm = *(FD_V *)m, fk = *(FD_V *)k, fr = *(FD_V *)r;
     *(FD_V *)res = FI(fd_vlog_kr)(fk, fr) - *(FD_V *)w / (fk + fr);
     unsigned special = (unsigned)(FI(fd_nonfinite)(fm) | FN(fd_isnan)(fr));
+    if (FI(fd_block_out)(out, res, special, nrows)) return;
     for (int i = 0; i < nrows; i++)
         out[i] = (special >> i) & 1 ? (FD_T)FI(fd_entropy_finish)(m[i], k[i], r[i], w[i]) : res[i];
 #else
@@ -267,6 +280,7 @@ static void FI(fd_kl_logits_block)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, 
         FD_V scale = one + FN(fd_abs)(wsx) + (FD_T)2 * (FN(fd_abs)(lsx) + FN(fd_abs)(lsz));
         special |= (unsigned)FN(fd_lt)(*(FD_V *)res, (FD_T)FD_KL_EXACT_BELOW * scale);
     }
+    if (FI(fd_block_out)(out, res, special, nrows)) return;
     for (int i = 0; i < nrows; i++)
         out[i] = (special >> i) & 1
                      ? (FD_T)FI(fd_kl_finish)(mx[i], mz[i], sx[i], sz[i], w[i], mxz[i], 0.0,
@@ -355,6 +369,7 @@ static void FI(fd_ce_hard_block)(const FD_TI *x, ptrdiff_t V, int nrows, const i
     special |= (unsigned)(FI(fd_nonfinite)(mv) | FN(fd_isnan)(rv) |
                           FN(fd_eq)(xtv, FN(fd_splat)(FD_NEG_INF)) |
                           FN(fd_eq)(wtv, (FD_V){0}));
+    if (FI(fd_block_out)(out, res, special, nrows)) return;
     for (int i = 0; i < nrows; i++) {
         if (!((special >> i) & 1)) {
             out[i] = res[i];
@@ -439,6 +454,7 @@ static void FI(fd_ce_soft_block)(const FD_TI *x, const FD_TI *p, const FD_T *w_,
     FD_V fm = *(FD_V *)m, fr = *(FD_V *)r;
     *(FD_V *)res = *(FD_V *)u + *(FD_V *)C * FI(fd_vlog_kr)(*(FD_V *)k, fr);
     unsigned special = (unsigned)(FI(fd_nonfinite)(fm) | FN(fd_isnan)(fr));
+    if (FI(fd_block_out)(out, res, special, nrows)) return;
     for (int i = 0; i < nrows; i++)
         out[i] = (special >> i) & 1 ? (FD_T)FI(fd_ce_soft_finish)(m[i], k[i], r[i], u[i], C[i])
                                     : res[i];
