@@ -189,13 +189,6 @@ FD_INLINE void FI(fd_kl_chunk)(const FD_TI *xs, const FD_TI *zs, const FD_T *xc,
     s[2] = FN(fd_hsum)(aw);
 }
 
-/* How far a chunk's maxima may rise above the references its fused sums were taken against:
-   its terms are then at most e^40 (the sums stay finite in float32), and the totals with the
-   chunk added move to the new maxima by the rescales of the two-pass order. */
-#ifndef FD_KL_STALE
-#define FD_KL_STALE 40.0
-#endif
-
 static double FI(fd_kl_logits)(const FD_TI *x, const FD_TI *z, ptrdiff_t V)
 {
     FD_T mx = FD_NEG_INF, mz = FD_NEG_INF;
@@ -211,10 +204,10 @@ static double FI(fd_kl_logits)(const FD_TI *x, const FD_TI *z, ptrdiff_t V)
         int summed = 0;
         if (j0 >= FD_FUSE_FROM * FD_CH && mx > FD_NEG_INF && mz > FD_NEG_INF) {
             /* One read of the chunk, its sums against the running maxima (as numba's KL):
-               kept when the maxima rose by less than FD_KL_STALE (NaN-free maxima; +inf
+               kept when the maxima rose by less than FD_STALE (NaN-free maxima; +inf
                fails the test), added to the totals before the rescales below. */
             FI(fd_kl_chunk)(xs, zs, NULL, NULL, n, mx, mz, 1, &amxz, &mcx, &mcz, s);
-            if ((double)mcx - (double)mx < FD_KL_STALE && (double)mcz - (double)mz < FD_KL_STALE) {
+            if ((double)mcx - (double)mx < FD_STALE && (double)mcz - (double)mz < FD_STALE) {
                 sx += s[0];
                 sz += s[1];
                 w += s[2];
