@@ -123,9 +123,12 @@ FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, do
                staged row or the last one prefetches what follows it, which never faults):
                this pass reads only L2, so the DRAM reads of the next row's first pass start
                here instead of all in that pass (2048 x 50257 from memory, two threads: JS
-               0.94 -> 0.82 ns per pair per thread) */
-            __builtin_prefetch(x + V + j0 + j, 0, 3);
-            __builtin_prefetch(z + V + j0 + j, 0, 3);
+               0.94 -> 0.82 ns per pair per thread).  By prefetcht1 (to L2), not t0: with t0
+               this pass took 0.44 ns per pair from memory against 0.32 in cache (perf, one
+               thread); t1: JS 0.77 -> 0.70 ns per pair on one thread, 55-56 -> 60-61 % of
+               the probe on two (35 GB/s) */
+            __builtin_prefetch(x + V + j0 + j, 0, 2);
+            __builtin_prefetch(z + V + j0 + j, 0, 2);
             FD_V xv = FI(fd_ld)(x + j0 + j), zv = FI(fd_ld)(z + j0 + j);
             FD_JSL_STEP(xv, zv, FN(fd_load)(ex + j0 + j), FN(fd_load)(ez + j0 + j));
         }
