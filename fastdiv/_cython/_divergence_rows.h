@@ -154,12 +154,21 @@ FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, do
    So each element costs 2 exp + 1 log, not 4 exp + 1 log.
    Past the first FD_FUSE_FROM chunks, a chunk is read once (fd_js_chunk, fused): its
    exponentials against the running maxima, taken while its maxima are found, kept when those
-   rose by less than FD_STALE (as fd_kl_logits), so ex <= e^40 and shift_c <= the row's max;
-   else, and for the first chunks, the two-pass order: the chunk's maxima first, then its
-   exponentials against the new running maxima (ex <= 1).
+   rose by less than FD_JS_STALE, so ex <= e and shift_c <= the row's max; else, and for the
+   first chunks, the two-pass order: the chunk's maxima first, then its exponentials against
+   the new running maxima (ex <= 1).
+   FD_JS_STALE is 1, not KL's FD_STALE (40): pass 2 takes lp from the logits but p from the
+   stored exponentials, so an entry exponentiated at t = x - shift_c > 0 brings the exp's
+   reduction error (about t * 3e-9 relative, 1e-7 at t = 39) into JS uncorrected; for a row
+   pair dominated by one class each (JS = ln 2) that was 1e-6 relative at rises of 30-45,
+   against 3e-9 in the two-pass order.  Below a rise of 1 it stays within the latter, and
+   random rows still read nearly every chunk once (a chunk's max rarely rises by 1).
    scratch: 2 V elements plus 2 per chunk.
    fd_js_chunk: one chunk's exponentials against shx, shz into ex, ez, their sums added to *sx,
    *sz (the trailing elements one by one, then the lanes), and when fused its maxima. */
+#ifndef FD_JS_STALE
+#define FD_JS_STALE 1.0
+#endif
 FD_INLINE void FI(fd_js_chunk)(const FD_TI *xs, const FD_TI *zs, const FD_T *xc, const FD_T *zc,
                                ptrdiff_t n, FD_T shx, FD_T shz, int fused, FD_T *ex, FD_T *ez,
                                FD_T *mcx, FD_T *mcz, double *sx, double *sz)
@@ -226,7 +235,7 @@ static double FI(fd_js_logits)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, doub
                to the new ones below */
             const double sx0 = sx, sz0 = sz;
             FI(fd_js_chunk)(xs, zs, NULL, NULL, n, mx, mz, 1, ex + j0, ez + j0, &mcx, &mcz, &sx, &sz);
-            if ((double)mcx - (double)mx < FD_STALE && (double)mcz - (double)mz < FD_STALE) {
+            if ((double)mcx - (double)mx < FD_JS_STALE && (double)mcz - (double)mz < FD_JS_STALE) {
                 shx_c[c] = mx; /* the references of the chunk's exponentials */
                 shz_c[c] = mz;
                 summed = 1;
