@@ -128,10 +128,11 @@ static inline void FI(fd_chunk2)(const FD_TI *x, const FD_TI *z, ptrdiff_t n, FD
 #ifndef FD_FUSE_FROM
 #define FD_FUSE_FROM 2
 #endif
-/* The kernels without the k + r split (KL, JS from logits) keep a fused chunk's sums when its
-   maxima rose above the references they were taken against by less than FD_STALE: its terms
-   are then at most e^40 (the sums stay finite in float32), and the totals with the chunk
-   added move to the new maxima by the rescales of the two-pass order. */
+/* KL from logits (no k + r split) keeps a fused chunk's sums when its maxima rose above the
+   references they were taken against by less than FD_STALE: its terms are then at most e^40
+   (the sums stay finite in float32), and the totals with the chunk added move to the new
+   maxima by the rescales of the two-pass order.  JS from logits takes a tighter bound
+   (FD_JS_STALE, _divergence_rows.h, for its accuracy). */
 #ifndef FD_STALE
 #define FD_STALE 40.0
 #endif

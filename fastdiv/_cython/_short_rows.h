@@ -59,8 +59,9 @@ static inline FD_V FI(fd_block_shift)(FD_V mc)
    special values (non-finite max, NaN, ...) are redone by the scalar finish. */
 static inline FD_V FI(fd_vlog_kr)(FD_V k, FD_V r)
 {
-    /* k = 1 in every lane (no tie for a row's maximum: nearly always): log k = 0 and r / k = r
-       exactly, so the same bits without a log and a division */
+    /* k = 1 in every lane (no tie for a row's maximum: nearly always): log k = 0 and r / k = r,
+       so log1p(r) alone, without a log and a division (the value of the general form; its
+       last bit may differ where -fassociative-math folded the 0 + differently) */
     if (!(unsigned)FN(fd_ne)(k, FN(fd_splat)((FD_T)1))) return FN(fd_vlog1p)(r);
     return FN(fd_log)(k) + FN(fd_vlog1p)(r / k);
 }
