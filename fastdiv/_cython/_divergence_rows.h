@@ -229,8 +229,9 @@ static double FI(fd_js_logits)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, doub
         const FD_TI *xs = x + j0, *zs = z + j0;
         const FD_T *xc = NULL, *zc = NULL;
         FD_T mcx, mcz;
+        const int tried = c >= FD_FUSE_FROM && mx > FD_NEG_INF && mz > FD_NEG_INF;
         int summed = 0;
-        if (c >= FD_FUSE_FROM && mx > FD_NEG_INF && mz > FD_NEG_INF) {
+        if (tried) {
             /* the chunk's sums join the totals against the old maxima, and move with them
                to the new ones below */
             const double sx0 = sx, sz0 = sz;
@@ -243,12 +244,8 @@ static double FI(fd_js_logits)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, doub
                 sx = sx0;
                 sz = sz0;
             }
-#if !FD_HALF
-            xc = xs; /* mcx, mcz are the chunk's maxima already */
-            zc = zs;
-#endif
         }
-        if (!summed && xc == NULL) FI(fd_chunk2)(xs, zs, n, xbuf, zbuf, &mcx, &mcz, &xc, &zc);
+        if (!summed) FI(fd_chunk2_after)(xs, zs, n, tried, xbuf, zbuf, &mcx, &mcz, &xc, &zc);
         if (mcx == FD_POS_INF || mcz == FD_POS_INF) return NAN; /* softmax undefined */
         if (mcx > mx) {
             sx *= FI(fd_rescale)(mx, mcx); /* keeps a NaN */

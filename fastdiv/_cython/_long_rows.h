@@ -201,8 +201,9 @@ static double FI(fd_kl_logits)(const FD_TI *x, const FD_TI *z, ptrdiff_t V)
         ptrdiff_t n = V - j0 < FD_CH ? V - j0 : FD_CH;
         FD_T mcx, mcz;
         const FD_T *xc = NULL, *zc = NULL;
+        const int tried = j0 >= FD_FUSE_FROM * FD_CH && mx > FD_NEG_INF && mz > FD_NEG_INF;
         int summed = 0;
-        if (j0 >= FD_FUSE_FROM * FD_CH && mx > FD_NEG_INF && mz > FD_NEG_INF) {
+        if (tried) {
             /* One read of the chunk, its sums against the running maxima (as numba's KL):
                kept when the maxima rose by less than FD_STALE (NaN-free maxima; +inf
                fails the test), added to the totals before the rescales below. */
@@ -213,12 +214,8 @@ static double FI(fd_kl_logits)(const FD_TI *x, const FD_TI *z, ptrdiff_t V)
                 w += s[2];
                 summed = 1;
             }
-#if !FD_HALF
-            xc = xs; /* mcx, mcz are the chunk's maxima already */
-            zc = zs;
-#endif
         }
-        if (!summed && xc == NULL) FI(fd_chunk2)(xs, zs, n, xbuf, zbuf, &mcx, &mcz, &xc, &zc);
+        if (!summed) FI(fd_chunk2_after)(xs, zs, n, tried, xbuf, zbuf, &mcx, &mcz, &xc, &zc);
         if (mcx == FD_POS_INF || mcz == FD_POS_INF) return NAN; /* softmax undefined */
         if (mcx > mx) {
             if (mx == FD_NEG_INF) {

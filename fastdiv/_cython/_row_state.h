@@ -112,6 +112,23 @@ static inline void FI(fd_chunk2)(const FD_TI *x, const FD_TI *z, ptrdiff_t n, FD
     *mz = FN(fd_hmax)(b);
 }
 
+/* The two-pass order's rows of a chunk pair (x, z) whose fused attempt (tried) did not keep
+   its sums: native rows are read in place, their maxima (*mx, *mz) found by that attempt;
+   else fd_chunk2 (16-bit rows go through its float buffers). */
+static inline void FI(fd_chunk2_after)(const FD_TI *x, const FD_TI *z, ptrdiff_t n, int tried,
+                                       FD_T *bx, FD_T *bz, FD_T *mx, FD_T *mz, const FD_T **xc,
+                                       const FD_T **zc)
+{
+#if !FD_HALF
+    if (tried) {
+        *xc = x;
+        *zc = z;
+        return;
+    }
+#endif
+    FI(fd_chunk2)(x, z, n, bx, bz, mx, mz, xc, zc);
+}
+
 /* A chunk of a long row past its first FD_FUSE_FROM, summed against the running maximum m
    (finite) in the same pass that finds the chunk's maximum *mc: one read from memory, where
    the two-pass order (fd_chunk, then the sums from L1) has the compute-bound pass wait for
