@@ -327,6 +327,79 @@ def check_int64_offsets(ctx, log):
 # ----------------------------------------------------------------------------- timing
 
 
+def linear_head(ctx, log, dry):
+    """The hidden-state path (``fastdiv.linear``, #20) on device arrays: correctness against
+    the same functions on the head's materialized logits, then (on a GPU) time and peak
+    device memory of ``fastdiv.cross_entropy(linear(h, W), t)`` against torch's
+    ``F.cross_entropy(h @ W.T, t)`` and the bare ``h @ W.T``.  LLaMA-3's head in bfloat16:
+    4096 rows x D 4096 -> V 128256 (logits 1 GiB in bfloat16); in ``--dry`` a tiny float32
+    head of numba device arrays.  Returns ``(checks, records)``."""
+    import fastdiv
+
+    rows, d, v = (12, 16, 300) if dry else (4096, 4096, 128256)
+    dtype = "float32" if dry else "bfloat16"
+    rng = np.random.default_rng(20)
+    t_host = rng.integers(0, v, rows)
+    t_host[::17] = -100
+    if dry:
+        dev = [ctx.cuda.to_device(a.astype(np.float32)) for a in
+               (rng.standard_normal((rows, d)), rng.standard_normal((v, d)) / np.sqrt(d) * 3,
+                rng.standard_normal((v, d)) / np.sqrt(d) * 3)]
+        h, w, w2 = dev
+        t = t_host
+    else:
+        torch = ctx.torch
+        g = torch.Generator(device="cuda").manual_seed(20)
+        h = torch.randn((rows, d), generator=g, device="cuda").to(torch.bfloat16)
+        w = (torch.randn((v, d), generator=g, device="cuda") * (3 / d ** 0.5)).to(torch.bfloat16)
+        w2 = (w.float() + torch.randn((v, d), generator=g, device="cuda") * (0.3 / d ** 0.5)).to(torch.bfloat16)
+        t = torch.as_tensor(t_host, device="cuda")
+    head, head2 = fastdiv.linear(h, w), fastdiv.linear(h, w2)
+    x, z = head.materialize(), head2.materialize()
+    calls = [
+        ("linear: cross_entropy", lambda a, b: fastdiv.cross_entropy(a, t, reduction="none")),
+        ("linear: logsumexp", lambda a, b: fastdiv.logsumexp(a)),
+        ("linear: entropy", lambda a, b: fastdiv.entropy(a, reduction="none")),
+        ("linear: kl_div", lambda a, b: fastdiv.kl_div(a, b, reduction="none")),
+        ("linear: js_div", lambda a, b: fastdiv.js_div(a, b, reduction="none")),
+    ]
+    checks = []
+    for name, fn in calls:
+        try:
+            got, want = ctx.to_host(fn(head, head2)), ctx.to_host(fn(x, z))
+            err, pattern = rel_err(got, want)
+            ok = pattern and err < 2e-4
+            checks.append(dict(check=name, rows=rows, V=v, dtype=dtype, sampled_rows=rows, max_rel_err=err,
+                               nan_inf_pattern_ok=pattern, unwritten=0, ok=ok))
+            log(f"  check {name:22s} {rows}x{v} {dtype:8s} rel_err={err:.2e} -> {'PASS' if ok else 'FAIL'}")
+        except Exception as exc:
+            checks.append(dict(check=name, rows=rows, V=v, dtype=dtype, sampled_rows=0, max_rel_err=float("nan"),
+                               nan_inf_pattern_ok=False, unwritten=-1, ok=False, error=f"{type(exc).__name__}: {exc}"))
+            log(f"  check {name:22s} ERROR {type(exc).__name__}: {exc}")
+    del x, z
+    records = []
+    if dry:
+        return checks, records
+    torch = ctx.torch
+    F = torch.nn.functional
+    runs = [("h @ W.T alone", lambda i: h @ w.t()),
+            ("torch F.cross_entropy(h @ W.T, t)", lambda i: F.cross_entropy(h @ w.t(), t, ignore_index=-100)),
+            ("fastdiv.cross_entropy(linear(h, W), t)", lambda i: fastdiv.cross_entropy(fastdiv.linear(h, w), t))]
+    for name, fn in runs:
+        ctx.free()
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn(0)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        ms, host_ms = ctx.time(fn, iters=5, reps=5, warmup=1)
+        records.append(dict(op=name, shape=f"{rows}x{d}->{v}", dtype=dtype, ms=ms, host_ms_per_call=host_ms,
+                            peak_extra_MB=peak / 2**20))
+        log(f"  linear {name:42s} {ms:8.3f} ms  peak extra {peak / 2**20:8.1f} MB")
+    return checks, records
+
+
 def bench(ctx, log):
     K = ctx.K
     torch = ctx.torch
@@ -570,14 +643,23 @@ def main(argv=None):
                 nsample = min(args.sample if V > 1000 else 4096, rows)
                 checks += check_shape(ctx, rows, V, dtype, nsample, 1000 + 10 * k, log)
         checks += check_int64_offsets(ctx, log)
+        lin_checks, lin_rec = linear_head(ctx, log, args.dry)
+        checks += lin_checks
         log(f"checks: {sum(c['ok'] for c in checks)}/{len(checks)} pass ({time.time() - t0:.0f} s)")
+    else:
+        lin_rec = []
     ceil, rec = {}, []
 
     def write():
         with open(os.path.join(args.out, "gpu_bench.json"), "w") as f:
-            json.dump(dict(env=env, ceiling=ceil, results=rec, checks=checks), f, indent=1, default=str)
+            json.dump(dict(env=env, ceiling=ceil, results=rec, checks=checks, linear=lin_rec), f, indent=1,
+                      default=str)
         head = markdown(env, ceil, rec, checks)
-        md = "\n".join(head[:4] + markdown_checks(checks) + [""] + head[4:]) + "\n"
+        lin = ["", "Hidden states (`fastdiv.linear`, #20): GPU ms and peak extra device memory", "",
+               "| run | shape | dtype | ms | peak extra MB |", "| --- | --- | --- | ---: | ---: |"]
+        lin += [f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['ms']:.3f} | {r['peak_extra_MB']:.1f} |"
+                for r in lin_rec]
+        md = "\n".join(head[:4] + markdown_checks(checks) + (lin if lin_rec else []) + [""] + head[4:]) + "\n"
         with open(os.path.join(args.out, "gpu_bench.md"), "w") as f:
             f.write(md)
         return md

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _checks, _state, reduce
+from . import _checks, _lazy, _state, reduce
 from ._cuda import interop
 
 #: bytes of the device buffer the soft-capped logits of a block of rows are written to
@@ -48,7 +48,15 @@ class _Call:
         self.bf16 = False
 
     def view(self, name, a, *, floating=True):
-        """A numba device view of ``a`` (copying host arrays over), plus validation."""
+        """A numba device view of ``a`` (copying host arrays over; a ``_LazyRows`` for device
+        ``fastdiv.linear`` logits), plus validation."""
+        if _lazy.is_lazy(a):                    # the plan let only device heads through
+            tag = a.device_tag()
+            if self.tag is None:
+                self.tag = tag
+            bf16 = a.dtype == _checks._bfloat16()
+            self.bf16 = self.bf16 or bf16
+            return _LazyRows(a, np.dtype(np.int16) if bf16 else np.dtype(a.dtype))
         if interop.is_device_array(a):
             a = _torch_contiguous(a)
             v, tag = interop.to_device_view(a)
@@ -89,6 +97,40 @@ class _Call:
             return view.reshape(shape) if shape else view   # a reduction: a 1-element device array
         wrapped = native if self.tag.lib in ("torch", "dlpack", "cupy") else interop.wrap_like(view, self.tag)
         return wrapped.reshape(shape)
+
+
+class _LazyRows:
+    """Rows ``[r0, r1)`` of device ``fastdiv.linear`` logits where the kernels' 2-D view of
+    stored logits would go: sliced by rows like it, computed block by block into a device
+    buffer by :func:`_by_blocks`.  ``dtype``: the kernels' view dtype (int16 for bfloat16)."""
+
+    def __init__(self, lazy, dtype, r0=0, r1=None, shape=None):
+        self.lazy, self.dtype, self.r0 = lazy, dtype, r0
+        self.r1 = lazy.rows if r1 is None else r1
+        self.shape = tuple(lazy.shape) if shape is None else shape
+
+    def reshape(self, rows, v):
+        return _LazyRows(self.lazy, self.dtype, self.r0, self.r0 + rows, (rows, v))
+
+    def __getitem__(self, index):
+        start, stop, _ = index.indices(self.r1 - self.r0)
+        stop = max(start, stop)
+        return _LazyRows(self.lazy, self.dtype, self.r0 + start, self.r0 + stop, (stop - start, self.shape[-1]))
+
+
+def _by_blocks(stream, rows, arrays, fn, step=None):
+    """``fn(r0, r1, *blocks)`` over the ``rows`` rows of the 2-D device ``arrays``: one call,
+    or blocks of at most ``step`` rows and of each lazy array's ``block_rows`` (each lazy
+    block computed into a device buffer reused for the whole call)."""
+    lazy = [a for a in arrays if isinstance(a, _LazyRows)]
+    limits = [rows] if step is None else [step]
+    limits += [a.lazy.block_rows(max(1, np.dtype(a.dtype).itemsize)) for a in lazy]
+    step = max(1, min(limits))
+    buffers = [{} for _ in arrays]
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        fn(r0, r1, *[a.lazy.compute_device(a.r0 + r0, a.r0 + r1, buf, stream) if isinstance(a, _LazyRows)
+                     else a[r0:r1] for a, buf in zip(arrays, buffers)])
 
 
 def _rows_view(v, name):
@@ -132,9 +174,11 @@ def per_row_op(plan, named_arrays):
         f, lead = _rows_view(v, name)
         flat.append(f)
     out_native, out_view = call.empty(flat[0].shape[0], _acc_dtype(views, call.bf16))
-    if flat[0].shape[0]:
-        getattr(call.k, plan.op)(*flat, *plan.scalars(int(flat[0].shape[1])), out_view, None,
-                                 stream=call.ensure_stream(), bf16=call.bf16 or None)
+    rows, v = (int(d) for d in flat[0].shape)
+    stream = call.ensure_stream()
+    kern = getattr(call.k, plan.op)
+    _by_blocks(stream, rows, flat, lambda r0, r1, *blocks: kern(
+        *blocks, *plan.scalars(v), out_view[r0:r1], None, stream=stream, bf16=call.bf16 or None))
     return _finish(call, out_native, out_view, lead, plan.reduction)
 
 
@@ -211,13 +255,13 @@ def cross_entropy(plan, logits, target):
         if np.dtype(p.dtype) != np.dtype(x.dtype):
             raise TypeError("on the device, target probabilities must have the dtype of logits")
         p2, _ = _rows_view(p, "target")
-        if rows:
-            call.k.ce_soft(x2, p2, w_view, *plan.scalars(v), out_view, None, stream=stream, bf16=call.bf16 or None)
+        _by_blocks(stream, rows, [x2, p2], lambda r0, r1, xb, pb: call.k.ce_soft(
+            xb, pb, w_view, *plan.scalars(v), out_view[r0:r1], None, stream=stream, bf16=call.bf16 or None))
         return _finish(call, out_native, out_view, lead, plan.reduction)
     tv = _device_targets(call, plan, target, lead, rows, v)
-    if rows:
-        ignore, eps = plan.scalars(v)
-        call.k.ce_hard(x2, tv, ignore, w_view, eps, out_view, None, stream=stream, bf16=call.bf16 or None)
+    ignore, eps = plan.scalars(v)
+    _by_blocks(stream, rows, [x2], lambda r0, r1, xb: call.k.ce_hard(
+        xb, tv[r0:r1], ignore, w_view, eps, out_view[r0:r1], None, stream=stream, bf16=call.bf16 or None))
     return _finish(call, out_native, out_view, lead, plan.reduction, target=tv, ignore_index=plan.ignore_index,
                    weight=w_view)
 
@@ -241,7 +285,7 @@ def evaluate_state(plan, logits, target, reference=None):
         raise TypeError("evaluate on cuda reads float16, float32 or float64 logits; convert bfloat16 first")
     x2, lead = _rows_view(xv, "logits")
     rows, v = (int(d) for d in x2.shape)
-    z2 = x2[:0]
+    z2 = None
     if reference is not None:
         zv = call.view("reference", reference)
         if tuple(zv.shape) != tuple(xv.shape) or np.dtype(zv.dtype) != np.dtype(xv.dtype) or call.bf16:
@@ -261,17 +305,19 @@ def evaluate_state(plan, logits, target, reference=None):
         ix_d = cuda.to_device(ix, stream=stream)
         t_d = cuda.to_device(local, stream=stream)
         kern = _registry.kernel("cuda", "evaluate")
-        if plan.softcap is None:
-            kern(x2, z2, t_d, st_d, ix_d, None, stream=stream)
-        else:
+        no_ref = cuda.device_array((0, v), dtype=np.dtype(xv.dtype), stream=stream)
+        step, capped = None, None
+        if plan.softcap is not None:
             step = max(1, min(rows, SOFTCAP_DEVICE_BYTES // (v * dtype.itemsize)))
-            _keep, buf = interop.empty_like_lib((step, v), dtype, call.tag, stream)
-            for r0 in range(0, rows, step):
-                r1 = min(r0 + step, rows)
-                xb = buf[:r1 - r0]
-                softcap_rows(x2[r0:r1], xb, plan.softcap, stream=stream)
-                zb = z2[r0:r1] if reference is not None else z2
-                kern(xb, zb, t_d[r0:r1], st_d[r0:r1], ix_d[r0:r1], None, stream=stream)
+            _keep, capped = interop.empty_like_lib((step, v), dtype, call.tag, stream)
+
+        def run(r0, r1, xb, *zb):
+            if capped is not None:
+                softcap_rows(xb, capped[:r1 - r0], plan.softcap, stream=stream)
+                xb = capped[:r1 - r0]
+            kern(xb, zb[0] if zb else no_ref, t_d[r0:r1], st_d[r0:r1], ix_d[r0:r1], None, stream=stream)
+
+        _by_blocks(stream, rows, [x2] if z2 is None else [x2, z2], run, step)
         st_d.copy_to_host(st, stream=stream)
         ix_d.copy_to_host(ix, stream=stream)
         stream.synchronize()
@@ -385,7 +431,7 @@ def topk_kl(plan, teacher_indices, teacher_logprobs, student_logits):
         iv = cuda.to_device(idx)
         tv = cuda.to_device(np.ascontiguousarray(t))
     out_native, out_view = call.empty(rows, _acc_dtype([z], call.bf16))
-    if rows:
-        call.k.topk_kl(iv, tv, z2, *plan.scalars(v), out_view, None, stream=call.ensure_stream(),
-                       bf16=call.bf16 or None)
+    stream = call.ensure_stream()
+    _by_blocks(stream, rows, [z2], lambda r0, r1, zb: call.k.topk_kl(
+        iv[r0:r1], tv[r0:r1], zb, *plan.scalars(v), out_view[r0:r1], None, stream=stream, bf16=call.bf16 or None))
     return _finish(call, out_native, out_view, lead, plan.reduction)

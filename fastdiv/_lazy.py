@@ -23,6 +23,8 @@ class LazyLogits:
     dtype: np.dtype
     #: at most this many kernel threads while its blocks are computed (None: no cap)
     kernel_threads: int | None = None
+    #: computed on a CUDA device (the cuda backend reads it, by ``compute_device``)
+    on_device: bool = False
     #: whether :meth:`class_sums` gives the rows' weighted sums without reading the logits
     has_class_sums: bool = False
 

@@ -14,13 +14,16 @@ rows x V; the hidden states and the weight are read in place.  The ops whose per
 merges across classes (lse, entropy, KL, hard-label cross-entropy and evaluate) go by
 vocabulary tiles instead (``LinearLogits.tiles``, ``fastdiv.execute``): each tile is every row by a slice of
 the classes, so the weight is read once per call instead of once per row block.
+
+Device arrays (torch CUDA, CuPy, numba) make a device head: ``fastdiv._gpu`` asks it for row
+blocks (``compute_device``), each one matmul by the arguments' library into a device buffer
+read by the cuda kernels.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import _checks, _interop, _lazy, execute, plan as _plan
-from ._registry import BackendUnavailable
 from ._typing import ArrayLike
 
 __all__ = ["linear", "LinearLogits"]
@@ -48,20 +51,31 @@ NUMPY_KERNEL_THREADS = 1
 
 
 def _library(name, a):
-    """``"torch"`` or ``"numpy"`` for an argument, refusing device arrays."""
+    """``(library, on_device)`` of an argument: ``"numpy"`` or ``"torch"`` on the host,
+    ``"torch"``, ``"cupy"`` or ``"numba"`` for CUDA arrays."""
     if _interop._is_torch(a):
-        if a.is_cuda:
-            raise BackendUnavailable(f"{name} is a CUDA tensor; fastdiv.linear runs on the CPU backends in "
-                                     "this version (issue #20)")
-        return "torch"
+        return "torch", bool(a.is_cuda)
     if _plan.on_device(a):
-        raise BackendUnavailable(f"{name} is a device array; fastdiv.linear runs on the CPU backends in "
-                                 "this version (issue #20)")
-    return "numpy"
+        from ._cuda import interop
+
+        if interop._is_cupy(a):
+            return "cupy", True
+        if interop._is_numba(a) and type(a).__module__.startswith("numba"):
+            return "numba", True
+        raise TypeError(f"{name} is a {type(a).__module__}.{type(a).__name__} device array; fastdiv.linear "
+                        "reads torch CUDA tensors, CuPy arrays and numba device arrays on the device")
+    return "numpy", False
+
+
+def _device_of(a):
+    """The CUDA device index of a device argument (None for numba arrays: their context's)."""
+    if _interop._is_torch(a):
+        return a.device.index or 0
+    return int(a.device.id) if hasattr(a, "device") and hasattr(a.device, "id") else None
 
 
 def _numpy_dtype(name, a):
-    """The numpy dtype of a numpy array or torch tensor (bfloat16 as ml_dtypes')."""
+    """The numpy dtype of an argument (a torch tensor's bfloat16 as ml_dtypes')."""
     if _interop._is_torch(a):
         if str(a.dtype) == "torch.bfloat16":
             bf16 = _checks._bfloat16()
@@ -75,36 +89,47 @@ def _numpy_dtype(name, a):
 
 
 def _arguments(hidden, weight, bias):
-    """``(library, hidden, weight, bias)`` checked: one library, float dtypes, the shapes of a
-    head ``(V, D)`` with ``hidden (..., D)`` and ``bias (V,)``."""
-    lib = _library("hidden", hidden)
+    """``(library, on_device, hidden, weight, bias)`` checked: one library on one device,
+    float dtypes, the shapes of a head ``(V, D)`` with ``hidden (..., D)`` and ``bias (V,)``."""
+    lib, dev = _library("hidden", hidden)
+    where = f"a CUDA {lib} array" if dev else f"a {lib} array"
     for name, a in (("weight", weight), ("bias", bias)):
-        if a is not None and _library(name, a) != lib:
-            raise TypeError(f"hidden is a {lib} array but {name} is a {type(a).__module__}.{type(a).__name__}; "
-                            "pass hidden, weight and bias from the same library")
+        if a is None:
+            continue
+        if _library(name, a) != (lib, dev):
+            raise TypeError(f"hidden is {where} but {name} is a {type(a).__module__}.{type(a).__name__}"
+                            f"{' on the device' if _plan.on_device(a) else ''}; pass hidden, weight and bias "
+                            "from the same library, on the same device")
+        if dev and _device_of(a) != _device_of(hidden):
+            raise ValueError(f"{name} is on CUDA device {_device_of(a)} but hidden on {_device_of(hidden)}; "
+                             "put the hidden states and the head on one device")
     if lib == "numpy":
         hidden, weight = _checks.as_array("hidden", hidden), _checks.as_array("weight", weight)
         bias = None if bias is None else _checks.as_array("bias", bias)
-    else:
+    elif lib == "torch":
         hidden, weight = hidden.detach(), weight.detach()
         bias = None if bias is None else bias.detach()
     for name, a in (("hidden", hidden), ("weight", weight), ("bias", bias)):
         if a is not None:
             _checks.compute_dtype(name, _numpy_dtype(name, a))
-            if lib == "torch" and a.dtype != hidden.dtype:     # torch's matmul does not promote
-                raise TypeError(f"{name} is {a.dtype} but hidden is {hidden.dtype}; torch's matmul needs one "
+            if (lib == "torch" or dev) and a.dtype != hidden.dtype:    # torch's matmul does not promote
+                raise TypeError(f"{name} is {a.dtype} but hidden is {hidden.dtype}; the {lib} matmul needs one "
                                 "dtype (as torch.nn.functional.linear): convert one of them")
+    if lib == "numba" and np.dtype(hidden.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"hidden is a numba device array of {hidden.dtype}; numba heads compute float32 or "
+                        "float64 logits (use torch or CuPy for 16-bit heads)")
     if len(weight.shape) != 2:
         raise ValueError(f"weight must be 2-D (V, D) as torch.nn.Linear stores it, got shape {tuple(weight.shape)}")
     v, d = (int(s) for s in weight.shape)
     if v == 0:
         raise ValueError(f"weight has no rows (shape {tuple(weight.shape)}): V must be >= 1")
-    if len(hidden.shape) == 0 or int(hidden.shape[-1]) != d:
+    hshape = tuple(int(s) for s in hidden.shape)     # (a simulator's shape has no negative indexing)
+    if not hshape or hshape[-1] != d:
         raise ValueError(f"hidden must have D = {d} features in its last axis (weight is (V, D) = ({v}, {d})), "
                          f"got shape {tuple(hidden.shape)}")
     if bias is not None and tuple(bias.shape) != (v,):
         raise ValueError(f"bias must have shape (V,) = ({v},) to match weight ({v}, {d}), got {tuple(bias.shape)}")
-    return lib, hidden, weight, bias
+    return lib, dev, hidden, weight, bias
 
 
 class LinearLogits(_lazy.LazyLogits):
@@ -118,15 +143,18 @@ class LinearLogits(_lazy.LazyLogits):
     """
 
     def __init__(self, hidden, weight, bias=None, *, softcap=None, block_rows=None, vocab_tile=None):
-        self.library, self.hidden, self.weight, self.bias = _arguments(hidden, weight, bias)
+        self.library, self.on_device, self.hidden, self.weight, self.bias = _arguments(hidden, weight, bias)
         self.softcap = _plan._softcap(softcap)
         for name, value in (("block_rows", block_rows), ("vocab_tile", vocab_tile)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
                 raise ValueError(f"{name} must be None or a positive integer, got {value!r}")
         self._block_rows = None if block_rows is None else int(block_rows)
         self._vocab_tile = None if vocab_tile is None else int(vocab_tile)
-        v, d = self.weight.shape
-        self.shape = tuple(self.hidden.shape[:-1]) + (int(v),)
+        v, d = (int(s) for s in self.weight.shape)
+        self.shape = tuple(int(s) for s in self.hidden.shape)[:-1] + (int(v),)
+        if self.library == "numba" and not self.hidden.is_c_contiguous():
+            raise ValueError("hidden must be C-contiguous as a numba device array (numba cannot reshape it "
+                             "to rows x D otherwise)")
         self._h = self.hidden.reshape(-1, d)             # rows x D (a copy only if not mergeable)
         if self.library == "torch":
             import torch
@@ -136,14 +164,16 @@ class LinearLogits(_lazy.LazyLogits):
             natural = _numpy_dtype("hidden", torch.empty(0, dtype=self._tdtype))
         else:
             self._wt = self.weight.T
-            self.kernel_threads = NUMPY_KERNEL_THREADS
             natural = np.result_type(*(a.dtype for a in (self.hidden, self.weight, self.bias) if a is not None))
+        if self.library == "numpy":
+            self.kernel_threads = NUMPY_KERNEL_THREADS
         self.natural = np.dtype(natural)
         self.dtype = _checks.compute_dtype("hidden", natural) if self.softcap is not None else self.natural
 
     def __repr__(self):
         v, d = self.weight.shape
-        return (f"LinearLogits(rows={self.rows}, D={d}, V={v}, dtype={self.dtype}, library={self.library}, "
+        where = "cuda" if self.on_device else "host"
+        return (f"LinearLogits(rows={self.rows}, D={d}, V={v}, dtype={self.dtype}, library={self.library} ({where}), "
                 f"bias={self.bias is not None}, softcap={self.softcap})")
 
     def block_rows(self, itemsize):
@@ -154,8 +184,9 @@ class LinearLogits(_lazy.LazyLogits):
     def tiles(self, itemsize):
         """Every row (or as many as ``BLOCK_BYTES`` allows at ``TILE_MIN`` classes) by as many
         classes as fit in ``BLOCK_BYTES``; None where one tile would hold whole rows (row
-        blocks do the same without merging), or when ``block_rows`` was given."""
-        if self._block_rows is not None:
+        blocks do the same without merging), when ``block_rows`` was given, or on the device
+        (row blocks there: the cuda path has no tiled state yet)."""
+        if self._block_rows is not None or self.on_device:
             return None
         v, size = self.shape[-1], max(itemsize, self.natural.itemsize)
         width = self._vocab_tile or TILE_MIN
@@ -164,26 +195,96 @@ class LinearLogits(_lazy.LazyLogits):
             width = max(width, BLOCK_BYTES // (rows * size))
         return None if width >= v else (rows, width)
 
-    def _matmul(self, r0, r1, v0, v1, out):
+    def _matmul(self, r0, r1, v0, v1, out, stream=None):
         """``hidden[r0:r1] @ weight[v0:v1].T + bias[v0:v1]`` in the natural dtype, into ``out``
-        (numpy, C order)."""
+        (C order: a numpy array on the host, the library's own array on the device; numba
+        device arrays go through ``fastdiv._cuda.linear`` on ``stream``, every class)."""
         whole = v0 == 0 and v1 == self.shape[-1]
         wt = self._wt if whole else self._wt[:, v0:v1]
         bias = None if self.bias is None else self.bias if whole else self.bias[v0:v1]
         if self.library == "torch":
             import torch
 
-            t_out = torch.from_numpy(out.view(np.int16)).view(self._tdtype) if out.dtype == _checks._bfloat16() \
-                else torch.from_numpy(out)
+            if isinstance(out, np.ndarray):       # host tensors write into the caller's numpy buffer
+                t_out = torch.from_numpy(out.view(np.int16)).view(self._tdtype) \
+                    if out.dtype == _checks._bfloat16() else torch.from_numpy(out)
+            else:
+                t_out = out
             if bias is None:
                 torch.matmul(self._h[r0:r1], wt, out=t_out)
             else:                                # torch.nn.functional.linear's rounding: one addmm
                 torch.addmm(bias, self._h[r0:r1], wt, out=t_out)
             return out
-        np.matmul(self._h[r0:r1], wt, out=out)
+        if self.library == "numba":
+            from ._cuda.linear import linear_rows
+
+            linear_rows(self._h, self.weight, self.bias, r0, out, stream=stream)
+            return out
+        xp = np
+        if self.library == "cupy":
+            import cupy as xp
+        xp.matmul(self._h[r0:r1], wt, out=out)
         if bias is not None:
-            np.add(out, bias, out=out)
+            xp.add(out, bias, out=out)
         return out
+
+    def _device_empty(self, rows, dtype, stream):
+        """``(native, numba view)``: a C-order ``rows x V`` device array of ``dtype`` (``None``:
+        the natural dtype), allocated by the arguments' library on their device."""
+        from ._cuda import interop
+
+        v = self.shape[-1]
+        if self.library == "torch":
+            import torch
+
+            tdt = self._tdtype if dtype is None else {4: torch.float32, 8: torch.float64}[np.dtype(dtype).itemsize]
+            native = torch.empty((rows, v), dtype=tdt, device=self.hidden.device)
+        elif self.library == "cupy":
+            import cupy
+
+            with self.hidden.device:
+                native = cupy.empty((rows, v), dtype=self.natural if dtype is None else dtype)
+        else:
+            from numba import cuda
+
+            native = cuda.device_array((rows, v), dtype=self.natural if dtype is None else dtype, stream=stream)
+        return native, interop.to_device_view(native)[0]
+
+    def compute_device(self, r0, r1, buffers, stream):
+        """Rows ``r0 .. r1 - 1`` on the device, as the numba view the cuda kernels read (a
+        bfloat16 block as its int16 bits): the matmul by the arguments' library into a buffer
+        of ``buffers`` (a dict the caller keeps for the call; ``block_rows`` rows, allocated
+        on first use), soft-capped there in the compute dtype.  The library's matmul runs on
+        its current stream, which is the cuda backend's ``stream`` for torch and CuPy."""
+        n = r1 - r0
+        if buffers.get("rows", 0) < n:
+            rows = max(n, min(self.block_rows(self.dtype.itemsize), self.rows))
+            buffers["rows"] = rows
+            buffers["natural"] = self._device_empty(rows, None, stream)
+            if self.softcap is not None and self.dtype != self.natural:
+                buffers["capped"] = self._device_empty(rows, self.dtype, stream)
+        native, view = (a[:n] for a in buffers["natural"])
+        self._matmul(r0, r1, 0, self.shape[-1], view if self.library == "numba" else native, stream)
+        if self.softcap is None:
+            return view
+        from ._cuda.softcap import softcap_rows
+
+        if "capped" in buffers:        # a 16-bit head: capped in float32, as on the host
+            out_native, out_view = (a[:n] for a in buffers["capped"])
+            if self.library == "torch":
+                out_native.copy_(native)
+            else:
+                out_native[...] = native
+            native, view = out_native, out_view
+        softcap_rows(view, view, self.softcap, stream=stream)
+        return view
+
+    def device_tag(self):
+        """The ``fastdiv._cuda.interop.DeviceTag`` of the hidden states: results come back in
+        their library, on its stream."""
+        from ._cuda import interop
+
+        return interop.to_device_view(self.hidden)[1]
 
     def _float64(self, a, lo, hi):
         """Rows ``lo .. hi - 1`` of the weight / hidden / bias as numpy float64."""
@@ -246,6 +347,9 @@ class LinearLogits(_lazy.LazyLogits):
         return np.where(ok, vals, np.nan).astype(dtype)
 
     def compute(self, r0, r1, dtype, out=None, cols=None):
+        if self.on_device:
+            raise TypeError("these fastdiv.linear logits live on the device: the cuda backend reads them "
+                            "(compute_device)")
         dtype = np.dtype(dtype)
         v0, v1 = (0, self.shape[-1]) if cols is None else cols
         n, v = r1 - r0, v1 - v0
@@ -262,8 +366,20 @@ class LinearLogits(_lazy.LazyLogits):
         return out
 
     def materialize(self):
-        """The whole logits array ``(..., V)`` (numpy), as the functions would see it."""
-        return self.compute(0, self.rows, self.dtype).reshape(self.shape)
+        """The whole logits array ``(..., V)``, as the functions would see it: numpy for host
+        arguments, an array of the arguments' library on the device."""
+        if not self.on_device:
+            return self.compute(0, self.rows, self.dtype).reshape(self.shape)
+        from ._cuda import interop
+
+        buffers = {}
+        stream = interop.stream_for(self.device_tag())
+        if self.rows:
+            self.compute_device(0, self.rows, buffers, stream)
+        else:
+            buffers["natural"] = self._device_empty(0, None if self.dtype == self.natural else self.dtype, stream)
+        native = buffers.get("capped", buffers["natural"])[0]
+        return native.reshape(self.shape)
 
 
 @_interop.native_arrays
@@ -275,16 +391,28 @@ def linear(hidden: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, 
     :func:`logsumexp`, :func:`entropy`, :func:`cross_entropy`, :func:`kl_div` and
     :func:`js_div` (either argument or both: a teacher head and a student head),
     :func:`topk_kl_div`'s student, :func:`evaluate` (``reference=`` another ``linear``),
-    :func:`compare` and the meters.  The rows x V logits never exist: they are computed in
-    blocks of rows by the input library's matmul and each block is read by the kernels at once.
+    :func:`compare` (host arrays) and the meters.  The rows x V logits never exist: they are
+    computed in blocks of rows by the input library's matmul and each block is read by the
+    kernels at once.
+
+    On the device (torch CUDA tensors, CuPy arrays, numba device arrays) the head runs on the
+    cuda backend: each row block is one matmul by the arguments' library on its current
+    stream (``torch.addmm`` / ``cupy.matmul``; numba arrays, which have no matmul, a plain
+    one-thread-per-logit kernel summed in float64, for tests and small heads) into one
+    device buffer reused for the call, read by the same cuda kernels as stored device logits;
+    results stay on the device in that library.  There the weight is read once per row
+    block (no vocabulary tiles yet), and ``compare`` refuses device arrays as it does for
+    stored ones.
 
     Parameters
     ----------
     hidden : array_like, shape (..., D)
-        Hidden states: a numpy array (or memmap) or a torch CPU tensor (bfloat16 included).
-    weight : same library, shape (V, D)
-        The head's weight as ``torch.nn.Linear`` and language-model heads store it.
-    bias : same library, shape (V,), optional
+        Hidden states: a numpy array (or memmap), a torch tensor (CPU or CUDA; bfloat16
+        included), a CuPy array or a C-contiguous numba device array (float32 / float64).
+    weight : same library and device, shape (V, D)
+        The head's weight as ``torch.nn.Linear`` and language-model heads store it; on the
+        device and with torch, of ``hidden``'s dtype.
+    bias : same library and device, shape (V,), optional
     softcap : float > 0, optional
         The logits become ``softcap * tanh(logits / softcap)`` (Gemma's final soft-cap),
         computed in the compute dtype.
@@ -310,8 +438,9 @@ def linear(hidden: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, 
     -------
     LinearLogits
         Lazy logits of shape ``hidden.shape[:-1] + (V,)``.  Results come back in the
-        library of ``hidden``.  With torch tensors the blocks are ``torch.addmm(bias, h, W.T)``
-        (``torch.nn.functional.linear``'s arithmetic); with numpy ``h @ W.T + bias``.
+        library of ``hidden`` (on its device).  With torch tensors the blocks are
+        ``torch.addmm(bias, h, W.T)`` (``torch.nn.functional.linear``'s arithmetic); with numpy
+        and CuPy ``h @ W.T + bias``.
 
     Examples
     --------

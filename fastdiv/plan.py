@@ -231,8 +231,9 @@ def _return_lse(value):
 
 def on_device(*objs):
     """Whether any of ``objs`` lives in CUDA device memory (torch CUDA tensors, CuPy and numba
-    device arrays, any ``__cuda_array_interface__`` or CUDA DLPack exporter)."""
-    return any(o is not None and is_device_array(o) for o in objs)
+    device arrays, any ``__cuda_array_interface__`` or CUDA DLPack exporter, ``fastdiv.linear``
+    heads of device arrays)."""
+    return any(o is not None and (is_device_array(o) or getattr(o, "on_device", False) is True) for o in objs)
 
 
 def _backend(choice, named, *, resolve=True, host_only=(), op=None):
@@ -242,9 +243,11 @@ def _backend(choice, named, *, resolve=True, host_only=(), op=None):
     reads, which must be host arrays.  A CPU backend gets host arrays only."""
     host = all(a is None or type(a) is np.ndarray for a in named.values())    # the common case: no checks
     lazy = [] if host else [name for name, a in named.items() if _lazy.is_lazy(a)]
-    if lazy and (choice == "cuda" or on_device(*named.values())):
-        raise _registry.BackendUnavailable(f"{lazy[0]} is fastdiv.linear logits, which run on the CPU backends "
-                                           "in this version (issue #20)")
+    on_host = [name for name in lazy if not named[name].on_device]
+    if on_host and (choice == "cuda" or on_device(*named.values())):
+        raise _registry.BackendUnavailable(
+            f"{on_host[0]} is fastdiv.linear logits of host arrays, which run on the CPU backends; for cuda "
+            "make the head from device arrays (torch CUDA tensors, CuPy or numba device arrays)")
     if not resolve:
         return choice
     device = [] if host else [name for name, a in named.items() if on_device(a)]

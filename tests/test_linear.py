@@ -47,10 +47,10 @@ def _cells():
                                        id=f"{case.id}-{backend}-{np.dtype(dtype).name}-V{v}")
 
 
-@pytest.mark.parametrize("case,backend,dtype,v", list(_cells()))
-def test_identity_head_gives_the_same_bits(case, backend, dtype, v, rng):
-    lead = (3, C.rows_for(v) // 3 + 1)
-    args = case.args(rng, lead, v, dtype)
+def _identity_heads(case, args, v, dtype, rng, put=lambda a: a):
+    """``(stored, lazy)``: the case's arguments with each logits argument ``x`` (non-finite
+    entries replaced by 0) as ``x + bias`` and as ``linear(put(x), put(I), put(bias))`` in
+    row blocks of 1-8 rows, the bias masking a fifth of the classes (a padded vocabulary)."""
     stored, lazy = dict(args), dict(args)
     for name, kind in case.arrays.items():
         if kind != "logits":
@@ -58,9 +58,16 @@ def test_identity_head_gives_the_same_bits(case, backend, dtype, v, rng):
         x = np.where(np.isfinite(args[name]), args[name], 0).astype(dtype)
         bias = np.zeros(v, dtype=dtype)
         if v > 1:
-            bias[rng.random(v) < 0.2] = -np.inf        # masked classes (a padded vocabulary)
+            bias[rng.random(v) < 0.2] = -np.inf
         stored[name] = x + bias
-        lazy[name] = fastdiv.linear(x, np.eye(v, dtype=dtype), bias, block_rows=int(rng.integers(1, 9)))
+        lazy[name] = fastdiv.linear(put(x), put(np.eye(v, dtype=dtype)), put(bias), block_rows=int(rng.integers(1, 9)))
+    return stored, lazy
+
+
+@pytest.mark.parametrize("case,backend,dtype,v", list(_cells()))
+def test_identity_head_gives_the_same_bits(case, backend, dtype, v, rng):
+    lead = (3, C.rows_for(v) // 3 + 1)
+    stored, lazy = _identity_heads(case, case.args(rng, lead, v, dtype), v, dtype, rng)
     # numba's block path (1 < V <= 128) shares one shift per block of rows, so a row's last
     # bits depend on the rows it is blocked with (docs/guarantees.rst), as for converted input
     same = (lambda g, w, what: C.assert_rows_close(g, w, dtype, what, kind=case.tol)) \
@@ -358,3 +365,120 @@ def test_cli_eval_and_compare_take_a_head(tmp_path, capsys, rng):
     np.save(files["w"], w[:, :-1])
     assert cli.main(["eval", *head, "--targets", files["t"]]) == 1
     assert "hidden must have D = 15" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- device heads (cuda backend)
+
+DEVICE_CASES = [c for c in LOGIT_CASES if "cuda" in c.backends]
+needs_cuda = [pytest.mark.cuda, pytest.mark.skipif(not C.CUDA, reason=str(C._registry.unavailable_reason("cuda")))]
+
+
+def _host(a):
+    """A device result (numba device array) as numpy; anything else unchanged."""
+    return a.copy_to_host() if hasattr(a, "copy_to_host") else a
+
+
+def _device_cells():
+    """Every cuda case of the table once, in float32 at V = 51 (the simulator's tile kernel;
+    ~5-10 s a cell there): every fourth in README's tier, the others in the slow tier."""
+    for turn, case in enumerate(DEVICE_CASES):
+        yield pytest.param(case, marks=needs_cuda + ([] if turn % 4 == 0 else [pytest.mark.slow]), id=case.id)
+
+
+@pytest.mark.parametrize("case", list(_device_cells()))
+def test_device_identity_head_gives_the_same_bits(case, rng, monkeypatch):
+    """As on the host: ``linear(x, I, bias)`` of numba device arrays (row blocks of 1-8 rows,
+    the cuda kernels reading each block from the device buffer) gives the cuda backend's
+    values on ``x + bias``, per row and reduced."""
+    from numba import cuda
+
+    C.small_cuda_blocks(monkeypatch.setattr)
+    v, dtype = 51, np.dtype(np.float32)
+    stored, lazy = _identity_heads(case, case.args(rng, (C.CUDA_ROWS,), v, dtype), v, dtype, rng, cuda.to_device)
+    want = _results(case, case.call(stored, "cuda", **case.per_row))
+    got = case.call(lazy, "cuda", **case.per_row)
+    got = _results(case, type(got)(*map(_host, got)) if isinstance(got, tuple) else _host(got)) \
+        if case.check is None else {k: np.asarray(_host(getattr(got, k)), dtype=np.float64) for k in case.same_bits}
+    # a block of fewer rows may share a tile's lanes differently (the sums' order): the same
+    # values within the case's tolerance, as numba's block path on the host
+    for key in want:
+        C.assert_rows_close(got[key].reshape(-1), want[key].reshape(-1), dtype, f"{case.id} [cuda] {key}",
+                            kind=case.tol)
+    if case.per_row:
+        for red in ("mean", "sum"):
+            C.assert_rows_close(np.asarray(_host(case.call(lazy, "cuda", reduction=red)), dtype=np.float64).reshape(-1),
+                                np.asarray(case.call(stored, "cuda", reduction=red), dtype=np.float64).reshape(-1),
+                                dtype, red, kind=case.tol)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not C.CUDA, reason=str(C._registry.unavailable_reason("cuda")))
+def test_device_heads_match_their_materialized_logits(rng, monkeypatch):
+    """Random numba device heads: results stay on the device and equal the cuda backend on
+    the materialized logits (the same kernels on the same values, in other blocks); the numba matmul
+    against numpy's within float32 rounding; a soft-capped head, a reference head, a
+    top-k student, no rows."""
+    from numba import cuda
+
+    C.small_cuda_blocks(monkeypatch.setattr)
+    n, d, v = 10, 12, 40
+    h, w, b = _head(rng, (2, n // 2), d, v, np.float32)
+    h2, w2, _ = _head(rng, (2, n // 2), d, v, np.float32, bias=False)
+    t = rng.integers(0, v, (2, n // 2))
+    t[0, 1] = -100
+    dev = [cuda.to_device(a) for a in (h, w, b, h2, w2)]
+    lx = fastdiv.linear(dev[0], dev[1], dev[2], block_rows=3)
+    lz = fastdiv.linear(dev[3], dev[4], block_rows=4)
+    x, z = _host(lx.materialize()), _host(lz.materialize())
+    assert x.shape == (2, n // 2, v) and lx.shape == x.shape
+    np.testing.assert_allclose(x, h @ w.T + b, rtol=1e-5, atol=1e-5)
+    calls = [
+        lambda a, c: fastdiv.logsumexp(a),
+        lambda a, c: fastdiv.entropy(a, temperature=1.5, reduction="none"),
+        lambda a, c: fastdiv.cross_entropy(a, t, label_smoothing=0.1, reduction="none"),
+        lambda a, c: fastdiv.cross_entropy(a, t, z_loss=1e-4, softcap=10.0, return_lse=True).lse,
+        lambda a, c: fastdiv.kl_div(a, c, reduction="none"),
+        lambda a, c: fastdiv.js_div(a, c, beta=0.3, reduction="none"),
+        lambda a, c: fastdiv.evaluate(a, t, reference=c, topk=(1, 5)).kl_ref_model,
+        lambda a, c: fastdiv.topk_kl_div(np.tile(np.arange(3), (2, n // 2, 1)), np.full((2, n // 2, 3), -1.5), a,
+                                         reduction="none"),
+    ]
+    for i, call in enumerate(calls):
+        got = call(lx, lz)
+        assert hasattr(got, "copy_to_host"), f"call {i}: the result should stay on the device"
+        np.testing.assert_allclose(got.copy_to_host(), _host(call(cuda.to_device(x), cuda.to_device(z))),
+                                   rtol=2e-6, atol=1e-6, err_msg=f"call {i}")
+    capped = fastdiv.linear(dev[0], dev[1], dev[2], softcap=3.0, block_rows=4)
+    np.testing.assert_allclose(_host(capped.materialize()), 3.0 * np.tanh(x / 3.0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(_host(fastdiv.entropy(capped, reduction="none")),
+                               _host(fastdiv.entropy(cuda.to_device(3.0 * np.tanh(x.astype(np.float64) / 3.0)
+                                                                    .astype(np.float32)), reduction="none")),
+                               rtol=2e-6, atol=1e-6)
+    empty = fastdiv.linear(cuda.to_device(h[:0]), dev[1])
+    assert _host(fastdiv.logsumexp(empty)).shape == (0, n // 2)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not C.CUDA, reason=str(C._registry.unavailable_reason("cuda")))
+def test_device_heads_refuse_what_they_cannot_do(rng):
+    from numba import cuda
+
+    h, w, b = _head(rng, (6,), 8, 30, np.float32)
+    dh, dw = cuda.to_device(h), cuda.to_device(w)
+    with pytest.raises(TypeError, match="hidden is a CUDA numba array but weight is a numpy.ndarray"):
+        fastdiv.linear(dh, w)
+    with pytest.raises(TypeError, match="hidden is a numpy array but bias is a .* on the device"):
+        fastdiv.linear(h, w, cuda.to_device(b))
+    with pytest.raises(TypeError, match="weight is float64 but hidden is float32"):
+        fastdiv.linear(dh, cuda.to_device(w.astype(np.float64)))
+    with pytest.raises(TypeError, match="numba heads compute float32 or float64"):
+        fastdiv.linear(cuda.to_device(h.astype(np.float16)), cuda.to_device(w.astype(np.float16)))
+    with pytest.raises(ValueError, match="hidden must be C-contiguous"):
+        fastdiv.linear(cuda.to_device(np.asfortranarray(np.stack([h, h], axis=1))), dw)
+    head = fastdiv.linear(dh, dw)
+    with pytest.raises(TypeError, match="x is a CUDA array; use backend='cuda'"):
+        fastdiv.logsumexp(head, backend="numba")
+    with pytest.raises(fastdiv.BackendUnavailable, match="p is fastdiv.linear logits of host arrays"):
+        fastdiv.kl_div(fastdiv.linear(h, w), head)
+    with pytest.raises(TypeError, match="live on the device"):
+        head.compute(0, 6, np.float32)
