@@ -42,6 +42,14 @@ BLOCK_BYTES = 32 << 20
 #: alike).
 TILE_MIN = 4096
 
+#: a tile chosen here has rows an odd multiple of this many bytes apart: just under the width
+#: that fills BLOCK_BYTES, never a power of two.  At 2048 x D 256 -> V 50257 float32 (2-core
+#: Zen 4, 2026-12-06) the 13 tile matmuls by 4096 classes (16 KiB apart, every row of the
+#: buffer on the same cache sets) took 295-306 ms with numpy (OpenBLAS) and 306 ms with torch
+#: (MKL), by 4032 (63 x 256 bytes) 275-288 ms and 288 ms, against 260-268 ms for numpy's
+#: whole matmul (benchmarks/NOTES.md).
+TILE_STRIDE_UNIT = 256
+
 #: kernel threads on numpy blocks.  numpy's BLAS (OpenBLAS; MKL alike) keeps its worker
 #: threads spinning for a while after each matmul, so kernels on every core lose one of them
 #: to a spinner: cross-entropy on 160-row blocks took 1.92x the warm whole matmul with 2
@@ -183,7 +191,8 @@ class LinearLogits(_lazy.LazyLogits):
 
     def tiles(self, itemsize):
         """Every row (or as many as ``BLOCK_BYTES`` allows at ``TILE_MIN`` classes) by as many
-        classes as fit in ``BLOCK_BYTES``; None where one tile would hold whole rows (row
+        classes as fit in ``BLOCK_BYTES``, rounded down to rows an odd multiple of
+        ``TILE_STRIDE_UNIT`` bytes apart (unless ``vocab_tile`` was given); None where one tile would hold whole rows (row
         blocks do the same without merging), when ``block_rows`` was given, or on the device
         (row blocks there: the cuda path has no tiled state yet)."""
         if self._block_rows is not None or self.on_device:
@@ -193,6 +202,9 @@ class LinearLogits(_lazy.LazyLogits):
         rows = max(1, min(self.rows, BLOCK_BYTES // (width * size)))
         if self._vocab_tile is None:
             width = max(width, BLOCK_BYTES // (rows * size))
+            unit = max(1, TILE_STRIDE_UNIT // size)
+            k = max(1, width // unit)
+            width = (k - 1 if k % 2 == 0 else k) * unit          # an odd multiple of the unit
         return None if width >= v else (rows, width)
 
     def _matmul(self, r0, r1, v0, v1, out, stream=None):
@@ -422,7 +434,8 @@ def linear(hidden: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, 
         it also turns the vocabulary tiles off.
     vocab_tile : int, optional
         Classes per vocabulary tile (default: as many as fit in ``BLOCK_BYTES`` with every
-        row, at least ``TILE_MIN`` = 4096).  ``logsumexp``, ``entropy``, ``kl_div`` (from
+        row, about ``TILE_MIN`` = 4096 at least, rounded down so that a tile's rows are an
+        odd multiple of 256 bytes apart: 4032 in float32).  ``logsumexp``, ``entropy``, ``kl_div`` (from
         logits, both arguments linear), ``cross_entropy`` with class indices (label smoothing
         too, from ``sum_j w_j x_j = hidden @ (w @ W) + w . b`` unless soft-capped) and
         ``evaluate`` (no ``softcap=`` option; the reference linear too) compute each tile of every row and a slice of the classes into a
