@@ -133,6 +133,54 @@ def _by_blocks(stream, rows, arrays, fn, step=None):
                      else a[r0:r1] for a, buf in zip(arrays, buffers)])
 
 
+def _tiled_rows(call, op, arrays, scalars, extra=None):
+    """Per-row results (host float64) of kernel ``op`` on device heads ``arrays`` by
+    vocabulary tiles, as the host path goes (``fastdiv.execute``: every row by a slice of the
+    classes per matmul, so the weight is read once; the tiles' evaluate states merged), or
+    None where ``op`` and its options go by row blocks.  Each tile: the library's matmul into
+    a device buffer, the cuda evaluate kernel, its O(rows) state copied back (one
+    synchronisation per tile) and merged on the host."""
+    from . import execute
+
+    shape = execute._tiles(op, arrays, scalars) if all(_lazy.is_lazy(a) for a in arrays) else None
+    if shape is None:
+        return None
+    return execute._per_row_tiled(op, "cuda", arrays, shape, scalars, extra,
+                                  state=lambda ordered, local, shp: _tiled_state(call, ordered, local, shp))
+
+
+def _tiled_state(call, arrays, target, shape):
+    """``fastdiv.execute.merge_tiles`` on the device: each tile's evaluate state from the cuda
+    kernel (no rank; a bfloat16 head's tiles widened to float32, which that kernel reads)."""
+    from numba import cuda
+
+    from . import _registry, execute
+
+    stream = call.ensure_stream()
+    kern = _registry.kernel("cuda", "evaluate")
+    buffers = [{} for _ in arrays]
+
+    def tile(r0, r1, v0, v1, local, thr):
+        blocks = [a.compute_device(r0, r1, buf, stream, cols=(v0, v1), widen=True) for a, buf in zip(arrays, buffers)]
+        zb = blocks[1] if len(blocks) > 1 else cuda.device_array((0, v1 - v0), dtype=blocks[0].dtype, stream=stream)
+        st_d = cuda.to_device(np.full((r1 - r0, 8), np.nan), stream=stream)
+        ix_d = cuda.to_device(np.zeros((r1 - r0, 3), dtype=np.int64), stream=stream)
+        kern(blocks[0], zb, cuda.to_device(local, stream=stream), st_d, ix_d, None, stream=stream)
+        st_t, ix_t = st_d.copy_to_host(stream=stream), ix_d.copy_to_host(stream=stream)
+        stream.synchronize()
+        return st_t, ix_t, None
+
+    return execute.merge_tiles(arrays, target, shape, tile)
+
+
+def _device_rows(call, values, dtype):
+    """Host per-row values as a device array of ``dtype`` in the caller's library:
+    ``(native, numba view)``."""
+    native, view = call.empty(len(values), dtype)
+    view.copy_to_device(np.ascontiguousarray(values, dtype=dtype), stream=call.ensure_stream())
+    return native, view
+
+
 def _rows_view(v, name):
     shape = tuple(int(d) for d in v.shape)     # (the simulator's shape object has no negative indexing)
     if not shape:
@@ -173,8 +221,12 @@ def per_row_op(plan, named_arrays):
     for (name, _), v in zip(named_arrays, views):
         f, lead = _rows_view(v, name)
         flat.append(f)
-    out_native, out_view = call.empty(flat[0].shape[0], _acc_dtype(views, call.bf16))
     rows, v = (int(d) for d in flat[0].shape)
+    acc = _acc_dtype(views, call.bf16)
+    tiled = _tiled_rows(call, plan.op, [a for _, a in named_arrays], plan.scalars(v)) if rows else None
+    if tiled is not None:
+        return _finish(call, *_device_rows(call, tiled, acc), lead, plan.reduction)
+    out_native, out_view = call.empty(rows, acc)
     stream = call.ensure_stream()
     kern = getattr(call.k, plan.op)
     _by_blocks(stream, rows, flat, lambda r0, r1, *blocks: kern(
@@ -260,6 +312,14 @@ def cross_entropy(plan, logits, target):
         return _finish(call, out_native, out_view, lead, plan.reduction)
     tv = _device_targets(call, plan, target, lead, rows, v)
     ignore, eps = plan.scalars(v)
+    if rows and _lazy.is_lazy(logits):
+        t_host = _checks.class_targets(_checks.as_array("target", host_copy(target)), lead, v, plan.ignore_index)
+        tiled = _tiled_rows(call, "ce_hard", [logits], (ignore, eps),
+                            (t_host, _host_weights(plan).class_weight(v, acc)))
+        if tiled is not None:
+            out_native, out_view = _device_rows(call, tiled, acc)
+            return _finish(call, out_native, out_view, lead, plan.reduction, target=tv, ignore_index=plan.ignore_index,
+                           weight=w_view)
     _by_blocks(stream, rows, [x2], lambda r0, r1, xb: call.k.ce_hard(
         xb, tv[r0:r1], ignore, w_view, eps, out_view[r0:r1], None, stream=stream, bf16=call.bf16 or None))
     return _finish(call, out_native, out_view, lead, plan.reduction, target=tv, ignore_index=plan.ignore_index,

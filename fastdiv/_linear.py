@@ -16,8 +16,8 @@ vocabulary tiles instead (``LinearLogits.tiles``, ``fastdiv.execute``): each til
 the classes, so the weight is read once per call instead of once per row block.
 
 Device arrays (torch CUDA, CuPy, numba) make a device head: ``fastdiv._gpu`` asks it for row
-blocks (``compute_device``), each one matmul by the arguments' library into a device buffer
-read by the cuda kernels.
+blocks or tiles (``compute_device``), each one matmul by the arguments' library into a device
+buffer read by the cuda kernels; the tiles' states merge by the host's ``merge_tiles``.
 """
 from __future__ import annotations
 
@@ -192,10 +192,10 @@ class LinearLogits(_lazy.LazyLogits):
     def tiles(self, itemsize):
         """Every row (or as many as ``BLOCK_BYTES`` allows at ``TILE_MIN`` classes) by as many
         classes as fit in ``BLOCK_BYTES``, rounded down to rows an odd multiple of
-        ``TILE_STRIDE_UNIT`` bytes apart (unless ``vocab_tile`` was given); None where one tile would hold whole rows (row
-        blocks do the same without merging), when ``block_rows`` was given, or on the device
-        (row blocks there: the cuda path has no tiled state yet)."""
-        if self._block_rows is not None or self.on_device:
+        ``TILE_STRIDE_UNIT`` bytes apart (unless ``vocab_tile`` was given); None where one
+        tile would hold whole rows (row blocks do the same without merging) or when
+        ``block_rows`` was given."""
+        if self._block_rows is not None:
             return None
         v, size = self.shape[-1], max(itemsize, self.natural.itemsize)
         width = self._vocab_tile or TILE_MIN
@@ -230,7 +230,7 @@ class LinearLogits(_lazy.LazyLogits):
         if self.library == "numba":
             from ._cuda.linear import linear_rows
 
-            linear_rows(self._h, self.weight, self.bias, r0, out, stream=stream)
+            linear_rows(self._h, self.weight if whole else self.weight[v0:v1], bias, r0, out, stream=stream)
             return out
         xp = np
         if self.library == "cupy":
@@ -240,55 +240,57 @@ class LinearLogits(_lazy.LazyLogits):
             xp.add(out, bias, out=out)
         return out
 
-    def _device_empty(self, rows, dtype, stream):
-        """``(native, numba view)``: a C-order ``rows x V`` device array of ``dtype`` (``None``:
-        the natural dtype), allocated by the arguments' library on their device."""
+    def _device_empty(self, size, dtype, stream):
+        """``(native, numba view)``: a 1-D device array of ``size`` elements of ``dtype``
+        (``None``: the natural dtype), allocated by the arguments' library on their device."""
         from ._cuda import interop
 
-        v = self.shape[-1]
         if self.library == "torch":
             import torch
 
             tdt = self._tdtype if dtype is None else {4: torch.float32, 8: torch.float64}[np.dtype(dtype).itemsize]
-            native = torch.empty((rows, v), dtype=tdt, device=self.hidden.device)
+            native = torch.empty(size, dtype=tdt, device=self.hidden.device)
         elif self.library == "cupy":
             import cupy
 
             with self.hidden.device:
-                native = cupy.empty((rows, v), dtype=self.natural if dtype is None else dtype)
+                native = cupy.empty(size, dtype=self.natural if dtype is None else dtype)
         else:
             from numba import cuda
 
-            native = cuda.device_array((rows, v), dtype=self.natural if dtype is None else dtype, stream=stream)
+            native = cuda.device_array(size, dtype=self.natural if dtype is None else dtype, stream=stream)
         return native, interop.to_device_view(native)[0]
 
-    def compute_device(self, r0, r1, buffers, stream):
-        """Rows ``r0 .. r1 - 1`` on the device, as the numba view the cuda kernels read (a
-        bfloat16 block as its int16 bits): the matmul by the arguments' library into a buffer
-        of ``buffers`` (a dict the caller keeps for the call; ``block_rows`` rows, allocated
-        on first use), soft-capped there in the compute dtype.  The library's matmul runs on
-        its current stream, which is the cuda backend's ``stream`` for torch and CuPy."""
-        n = r1 - r0
-        if buffers.get("rows", 0) < n:
-            rows = max(n, min(self.block_rows(self.dtype.itemsize), self.rows))
-            buffers["rows"] = rows
-            buffers["natural"] = self._device_empty(rows, None, stream)
-            if self.softcap is not None and self.dtype != self.natural:
-                buffers["capped"] = self._device_empty(rows, self.dtype, stream)
-        native, view = (a[:n] for a in buffers["natural"])
-        self._matmul(r0, r1, 0, self.shape[-1], view if self.library == "numba" else native, stream)
-        if self.softcap is None:
-            return view
+    def compute_device(self, r0, r1, buffers, stream, cols=None, widen=False):
+        """Rows ``r0 .. r1 - 1`` on the device (``cols = (v0, v1)``: only those classes), as
+        the C-order numba view the cuda kernels read (a bfloat16 block as its int16 bits):
+        the matmul by the arguments' library into a buffer of ``buffers`` (a dict the caller
+        keeps for the call: ``block_rows`` rows, or the first tile's size, allocated on first
+        use), then widened to the compute dtype where soft-capped (capped there) or where
+        ``widen`` asks (a 16-bit head as float32, for the evaluate kernel).  The library's
+        matmul runs on its current stream, the cuda backend's ``stream`` for torch and CuPy."""
         from ._cuda.softcap import softcap_rows
 
-        if "capped" in buffers:        # a 16-bit head: capped in float32, as on the host
-            out_native, out_view = (a[:n] for a in buffers["capped"])
+        v0, v1 = (0, self.shape[-1]) if cols is None else cols
+        n, width = r1 - r0, v1 - v0
+        wide = self.dtype if not widen else _checks.compute_dtype("hidden", self.natural)
+        if buffers.get("size", 0) < n * width:
+            rows = n if cols is not None else max(n, min(self.block_rows(wide.itemsize), self.rows))
+            buffers["size"] = rows * width
+            buffers["natural"] = self._device_empty(rows * width, None, stream)
+            if wide != self.natural:
+                buffers["wide"] = self._device_empty(rows * width, wide, stream)
+        native, view = (a[:n * width].reshape(n, width) for a in buffers["natural"])
+        self._matmul(r0, r1, v0, v1, view if self.library == "numba" else native, stream)
+        if "wide" in buffers:          # a 16-bit head: widened to float32, capped there as on the host
+            out_native, out_view = (a[:n * width].reshape(n, width) for a in buffers["wide"])
             if self.library == "torch":
                 out_native.copy_(native)
             else:
                 out_native[...] = native
             native, view = out_native, out_view
-        softcap_rows(view, view, self.softcap, stream=stream)
+        if self.softcap is not None:
+            softcap_rows(view, view, self.softcap, stream=stream)
         return view
 
     def device_tag(self):
@@ -311,7 +313,7 @@ class LinearLogits(_lazy.LazyLogits):
 
     @property
     def has_class_sums(self):
-        return self.softcap is None
+        return self.softcap is None and not self.on_device
 
     def class_sums(self, weight):
         """``hidden @ (weight @ W) + sum_j weight_j b_j`` in float64, the weight read in 1 MiB
@@ -390,8 +392,8 @@ class LinearLogits(_lazy.LazyLogits):
             self.compute_device(0, self.rows, buffers, stream)
         else:
             buffers["natural"] = self._device_empty(0, None if self.dtype == self.natural else self.dtype, stream)
-        native = buffers.get("capped", buffers["natural"])[0]
-        return native.reshape(self.shape)
+        native = buffers.get("wide", buffers["natural"])[0]
+        return native[:self.size].reshape(self.shape)
 
 
 @_interop.native_arrays
@@ -412,9 +414,11 @@ def linear(hidden: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, 
     stream (``torch.addmm`` / ``cupy.matmul``; numba arrays, which have no matmul, a plain
     one-thread-per-logit kernel summed in float64, for tests and small heads) into one
     device buffer reused for the call, read by the same cuda kernels as stored device logits;
-    results stay on the device in that library.  There the weight is read once per row
-    block (no vocabulary tiles yet), and ``compare`` refuses device arrays as it does for
-    stored ones.
+    results stay on the device in that library.  ``logsumexp``, ``entropy``, ``kl_div`` and
+    hard-label ``cross_entropy`` go by vocabulary tiles there too (the cuda evaluate kernel's
+    state of each tile, merged on the host: one synchronisation per tile; a bfloat16 head's
+    tiles widened to float32 for that kernel); the rest by row blocks, each of which reads
+    the whole weight.  ``compare`` refuses device arrays as it does for stored ones.
 
     Parameters
     ----------

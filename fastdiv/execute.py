@@ -258,54 +258,76 @@ def _tile_shape(arrays):
 
 
 def _tiled_state(backend, arrays, target, shape, rank=False):
+    """The evaluate state ``(st, ix)`` of host lazy logits ``arrays[0]`` (reference
+    ``arrays[1]``) by vocabulary tiles of ``shape`` (:func:`merge_tiles`): each tile computed
+    into one buffer per array reused for the call, its state from ``backend``'s evaluate
+    kernel.  ``rank``: the count column too -- in the target's tile the kernel's (against the
+    tile's own target logit), in the others ``count_above`` against the target's logit as
+    one dot product (``LazyLogits.target_logits``: the same value up to the matmul's
+    summation order)."""
+    dtype = out_dtype(*arrays)
+    kern = _registry.kernel(backend, "evaluate")
+    count = _registry.kernel(backend, "count_above") if rank else None
+    rows, width = shape
+    bufs = [np.empty(min(rows, nrows(arrays[0])) * width, dtype=dtype) for _ in arrays]
+
+    def tile(r0, r1, v0, v1, local, thr):
+        tiles = [a.compute(r0, r1, dtype, out=buf[:(r1 - r0) * (v1 - v0)].reshape(r1 - r0, v1 - v0),
+                           cols=(v0, v1)) for a, buf in zip(arrays, bufs)]
+        zb = tiles[1] if len(arrays) > 1 else np.empty((0, v1 - v0), dtype=dtype)
+        st_t = np.full((r1 - r0, 8), np.nan)
+        ix_t = np.zeros((r1 - r0, 3), dtype=np.int64)
+        kern(tiles[0], zb, local, st_t, ix_t, get_num_threads())
+        above = None
+        if thr is not None:
+            above = np.zeros(r1 - r0, dtype=np.int64)
+            count(tiles[0], np.where(local >= 0, np.nan, thr).astype(dtype), above, get_num_threads())
+        return st_t, ix_t, above
+
+    with _lazy_threads(arrays):
+        return merge_tiles(arrays, target, shape, tile, dtype if rank else None)
+
+
+def merge_tiles(arrays, target, shape, tile, rank_dtype=None):
     """The evaluate state ``(st, ix)`` of lazy logits ``arrays[0]`` (reference ``arrays[1]``)
-    by vocabulary tiles of ``shape``: each tile's state from the evaluate kernel (its target
-    the row's when it lies in the tile), merged along the classes.  ``rank``: the count
-    column too -- in the target's tile the kernel's (against the tile's own target logit),
-    in the others ``count_above`` against the target's logit as one dot product
-    (``LazyLogits.target_logits``: the same value up to the matmul's summation order)."""
+    by vocabulary tiles of ``shape``, host or device: ``tile(r0, r1, v0, v1, local, thr)``
+    gives the state ``(st_t, ix_t)`` of rows ``r0 .. r1 - 1`` over classes ``v0 .. v1 - 1``
+    (``local``: the target's index in the tile, -1 where it lies outside) and, given the
+    targets' logits ``thr``, the count of the tile's classes above them; the tiles' states
+    merge along the classes (``_state.merge_sums``).  ``rank_dtype``: count the rank, the
+    targets' logits formed in that dtype (None: no rank)."""
     x = arrays[0]
     n, v = nrows(x), x.shape[-1]
-    dtype = out_dtype(*arrays)
     rows, width = shape
-    kern = _registry.kernel(backend, "evaluate")
     reference = len(arrays) > 1
     st = np.full((n, 8), np.nan)
     ix = np.zeros((n, 3), dtype=np.int64)
-    count = _registry.kernel(backend, "count_above") if rank else None
-    bufs = [np.empty(min(rows, n) * width, dtype=dtype) for _ in arrays]
-    with _lazy_threads(arrays):
-        for r0 in range(0, n, rows):
-            r1 = min(n, r0 + rows)
-            t = target[r0:r1]
-            merged, xt = None, np.full(r1 - r0, np.nan)
-            if rank:
-                thr = np.ascontiguousarray(x.target_logits(r0, r1, np.where((t >= 0) & (t < v), t, -1), dtype))
-                above, cnt = np.zeros(r1 - r0, dtype=np.int64), np.zeros(r1 - r0, dtype=np.int64)
-            for v0 in range(0, v, width):
-                v1 = min(v, v0 + width)
-                tiles = [a.compute(r0, r1, dtype, out=buf[:(r1 - r0) * (v1 - v0)].reshape(r1 - r0, v1 - v0),
-                                   cols=(v0, v1)) for a, buf in zip(arrays, bufs)]
-                zb = tiles[1] if reference else np.empty((0, v1 - v0), dtype=dtype)
-                inside = (t >= v0) & (t < v1)
-                st_t = np.full((r1 - r0, 8), np.nan)
-                ix_t = np.zeros((r1 - r0, 3), dtype=np.int64)
-                kern(tiles[0], zb, np.where(inside, t - v0, -1), st_t, ix_t, get_num_threads())
-                if rank:
-                    count(tiles[0], np.where(inside, np.nan, thr).astype(dtype), above, get_num_threads())
-                    cnt += np.where(inside, ix_t[:, _state.COUNT], above)
-                part = _state.state_columns(st_t, ix_t, reference, offset=v0)
-                merged = part if merged is None else _state.merge_sums(merged, part)
-                xt = np.where(inside, st_t[:, _state.XT], xt)
-            _state.store_columns(st[r0:r1], ix[r0:r1], merged)
-            st[r0:r1, _state.XT] = xt
-            if rank:
-                ix[r0:r1, _state.COUNT] = cnt
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        t = target[r0:r1]
+        merged, xt, thr = None, np.full(r1 - r0, np.nan), None
+        if rank_dtype is not None:
+            thr = np.ascontiguousarray(x.target_logits(r0, r1, np.where((t >= 0) & (t < v), t, -1), rank_dtype))
+            cnt = np.zeros(r1 - r0, dtype=np.int64)
+        for v0 in range(0, v, width):
+            v1 = min(v, v0 + width)
+            inside = (t >= v0) & (t < v1)
+            st_t, ix_t, above = tile(r0, r1, v0, v1, np.where(inside, t - v0, -1), thr)
+            if thr is not None:
+                cnt += np.where(inside, ix_t[:, _state.COUNT], above)
+            part = _state.state_columns(st_t, ix_t, reference, offset=v0)
+            merged = part if merged is None else _state.merge_sums(merged, part)
+            xt = np.where(inside, st_t[:, _state.XT], xt)
+        _state.store_columns(st[r0:r1], ix[r0:r1], merged)
+        st[r0:r1, _state.XT] = xt
+        if thr is not None:
+            ix[r0:r1, _state.COUNT] = cnt
     return st, ix
 
 
-def _per_row_tiled(op, backend, arrays, shape, scalars, extra):
-    """Kernel ``op``'s per-row results (float64) from the tiled evaluate state."""
+def _per_row_tiled(op, backend, arrays, shape, scalars, extra, state=None):
+    """Kernel ``op``'s per-row results (float64) from the tiled evaluate state
+    (``state(arrays, local, shape) -> (st, ix)``; default the host's, :func:`_tiled_state`)."""
     n = nrows(arrays[0])
     counted = np.ones(n, dtype=bool)
     local = np.full(n, -1, dtype=np.int64)
@@ -314,7 +336,8 @@ def _per_row_tiled(op, backend, arrays, shape, scalars, extra):
         counted = t != scalars[0]
         local = np.where(counted, t, -1)
     # kl_logits(p, q) = D(P || Q): evaluate's D(reference || model) with model q, reference p
-    st, ix = _tiled_state(backend, arrays[::-1] if op == "kl_logits" else arrays, local, shape)
+    ordered = arrays[::-1] if op == "kl_logits" else arrays
+    st, ix = _tiled_state(backend, ordered, local, shape) if state is None else state(ordered, local, shape)
     res = _state.finish_state(st, ix, counted, (), op == "kl_logits")
     if op == "ce_hard":
         loss = _state.hard_loss(res["nll"], counted, t, w)

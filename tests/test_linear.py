@@ -482,3 +482,52 @@ def test_device_heads_refuse_what_they_cannot_do(rng):
         fastdiv.kl_div(fastdiv.linear(h, w), head)
     with pytest.raises(TypeError, match="live on the device"):
         head.compute(0, 6, np.float32)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not C.CUDA, reason=str(C._registry.unavailable_reason("cuda")))
+def test_device_vocabulary_tiles_merge_to_the_function_on_the_logits(rng, monkeypatch):
+    """Device heads by vocabulary tiles (lse, entropy, KL both ways, hard-label cross-entropy
+    with weights): tiles of 5 rows x 64 classes, a tile whose classes are all masked, a NaN
+    row, a masked and an ignored target; the options that keep row blocks (smoothing,
+    temperature, z_loss) beside them.  Against the cuda backend on the materialized logits."""
+    from numba import cuda
+
+    from fastdiv import execute
+
+    C.small_cuda_blocks(monkeypatch.setattr)
+    n, d, v = 12, 8, 300
+    h, w, b = _head(rng, (n,), d, v, np.float32)
+    h2, w2, _ = _head(rng, (n,), d, v, np.float32, bias=False)
+    b[64:128] = -np.inf                                   # the second tile, entirely masked
+    h[4] = np.nan
+    t = rng.integers(0, v, n)
+    t[::5] = -100
+    t[3] = 100                                            # a masked target: an infinite loss
+    wt = np.abs(rng.standard_normal(v)).astype(np.float32)
+    lx = fastdiv.linear(*(cuda.to_device(a) for a in (h, w, b)), vocab_tile=64)
+    lz = fastdiv.linear(*(cuda.to_device(a) for a in (h2, w2)), vocab_tile=64)
+    monkeypatch.setattr(fastdiv._linear, "BLOCK_BYTES", 5 * 64 * 4)
+    assert lx.tiles(4) == (5, 64)
+    x, z = (cuda.to_device(_host(a.materialize())) for a in (lx, lz))
+    merges = []
+    monkeypatch.setattr(execute, "merge_tiles", lambda *a, _m=execute.merge_tiles: merges.append(1) or _m(*a))
+    tiled = [
+        lambda a, c: fastdiv.logsumexp(a),
+        lambda a, c: fastdiv.entropy(a, reduction="none"),
+        lambda a, c: fastdiv.cross_entropy(a, t, reduction="none"),
+        lambda a, c: fastdiv.cross_entropy(a, np.where(t < 0, 7, t), weight=wt, ignore_index=7),
+        lambda a, c: fastdiv.kl_div(a, c, reduction="none"),
+        lambda a, c: fastdiv.kl_div(c, a),
+    ]
+    blocks = [
+        lambda a, c: fastdiv.cross_entropy(a, t, label_smoothing=0.1, reduction="none"),
+        lambda a, c: fastdiv.entropy(a, temperature=1.5, reduction="none"),
+        lambda a, c: fastdiv.cross_entropy(a, t, z_loss=1e-4, reduction="none").loss,
+    ]
+    for i, call in enumerate(tiled + blocks):
+        before = len(merges)
+        got, want = _host(call(lx, lz)), _host(call(x, z))
+        np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), rtol=2e-6, atol=1e-6,
+                                   err_msg=f"call {i}")
+        assert (len(merges) > before) == (i < len(tiled)), f"call {i}: tiles {'not ' if i < len(tiled) else ''}used"
