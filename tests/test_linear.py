@@ -531,3 +531,35 @@ def test_device_vocabulary_tiles_merge_to_the_function_on_the_logits(rng, monkey
         np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), rtol=2e-6, atol=1e-6,
                                    err_msg=f"call {i}")
         assert (len(merges) > before) == (i < len(tiled)), f"call {i}: tiles {'not ' if i < len(tiled) else ''}used"
+
+
+def _torch_cuda():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available() or not C.CUDA or C.SIM:
+        pytest.skip("needs torch with a CUDA device (the GPU issue's run)")
+    return torch
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_torch_cuda_heads_match_their_materialized_logits(dtype, rng):
+    """On a GPU: torch CUDA heads (float32 and bfloat16, tiles and row blocks) against the cuda
+    backend on ``F.linear``'s logits; results stay torch CUDA tensors."""
+    torch = _torch_cuda()
+    tdt = getattr(torch, dtype)
+    h, w, b = (torch.from_numpy(a).to("cuda", tdt) for a in _head(rng, (3, 70), 64, 5000, np.float32))
+    w2 = (w.float() + 0.1 * torch.randn_like(w.float())).to(tdt)
+    t = torch.from_numpy(rng.integers(0, 5000, (3, 70))).cuda()
+    x, z = torch.nn.functional.linear(h, w, b), torch.nn.functional.linear(h, w2)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == "float32" else dict(rtol=2e-3, atol=1e-3)
+    for kw in (dict(vocab_tile=1000), dict(block_rows=50)):
+        lx, lz = fastdiv.linear(h, w, b, **kw), fastdiv.linear(h, w2, **kw)
+        for i, fn in enumerate((lambda a, c: fastdiv.cross_entropy(a, t, reduction="none"),
+                                lambda a, c: fastdiv.logsumexp(a),
+                                lambda a, c: fastdiv.entropy(a, reduction="none"),
+                                lambda a, c: fastdiv.kl_div(a, c, reduction="none"),
+                                lambda a, c: fastdiv.js_div(a, c, reduction="none"),
+                                lambda a, c: fastdiv.cross_entropy(a, t, label_smoothing=0.1))):
+            got, want = fn(lx, lz), fn(x, z)
+            assert isinstance(got, torch.Tensor) and got.is_cuda, (kw, i)
+            torch.testing.assert_close(got.double(), want.double(), **tol, msg=f"{kw} call {i}")
