@@ -118,19 +118,20 @@ class _LazyRows:
         return _LazyRows(self.lazy, self.dtype, self.r0 + start, self.r0 + stop, (stop - start, self.shape[-1]))
 
 
-def _by_blocks(stream, rows, arrays, fn, step=None):
+def _by_blocks(stream, rows, arrays, fn, step=None, widen=False):
     """``fn(r0, r1, *blocks)`` over the ``rows`` rows of the 2-D device ``arrays``: one call,
     or blocks of at most ``step`` rows and of each lazy array's ``block_rows`` (each lazy
-    block computed into a device buffer reused for the whole call)."""
+    block computed into a device buffer reused for the whole call; ``widen``: a 16-bit
+    head's blocks as float32, ``LinearLogits.compute_device``)."""
     lazy = [a for a in arrays if isinstance(a, _LazyRows)]
     limits = [rows] if step is None else [step]
-    limits += [a.lazy.block_rows(max(1, np.dtype(a.dtype).itemsize)) for a in lazy]
+    limits += [a.lazy.block_rows(4 if widen else np.dtype(a.dtype).itemsize) for a in lazy]
     step = max(1, min(limits))
     buffers = [{} for _ in arrays]
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        fn(r0, r1, *[a.lazy.compute_device(a.r0 + r0, a.r0 + r1, buf, stream) if isinstance(a, _LazyRows)
-                     else a[r0:r1] for a, buf in zip(arrays, buffers)])
+        fn(r0, r1, *[a.lazy.compute_device(a.r0 + r0, a.r0 + r1, buf, stream, widen=widen)
+                     if isinstance(a, _LazyRows) else a[r0:r1] for a, buf in zip(arrays, buffers)])
 
 
 def _tiled_rows(call, op, arrays, scalars, extra=None):
@@ -341,14 +342,18 @@ def evaluate_state(plan, logits, target, reference=None):
 
     call = _Call()
     xv = call.view("logits", logits)
-    if call.bf16:
+    # a bfloat16 head's blocks are widened to float32 as they are computed; stored bfloat16
+    # logits the kernel cannot read
+    widen = isinstance(xv, _LazyRows) and call.bf16
+    if call.bf16 and not widen:
         raise TypeError("evaluate on cuda reads float16, float32 or float64 logits; convert bfloat16 first")
     x2, lead = _rows_view(xv, "logits")
     rows, v = (int(d) for d in x2.shape)
     z2 = None
     if reference is not None:
         zv = call.view("reference", reference)
-        if tuple(zv.shape) != tuple(xv.shape) or np.dtype(zv.dtype) != np.dtype(xv.dtype) or call.bf16:
+        if tuple(zv.shape) != tuple(xv.shape) or np.dtype(zv.dtype) != np.dtype(xv.dtype) or \
+                (call.bf16 and not (widen and isinstance(zv, _LazyRows))):
             raise ValueError(f"reference must have the shape and dtype of logits {tuple(xv.shape)} {xv.dtype}, "
                              f"got {tuple(zv.shape)} {zv.dtype}")
         z2, _ = _rows_view(zv, "reference")
@@ -365,7 +370,7 @@ def evaluate_state(plan, logits, target, reference=None):
         ix_d = cuda.to_device(ix, stream=stream)
         t_d = cuda.to_device(local, stream=stream)
         kern = _registry.kernel("cuda", "evaluate")
-        no_ref = cuda.device_array((0, v), dtype=np.dtype(xv.dtype), stream=stream)
+        no_ref = cuda.device_array((0, v), dtype=dtype if widen else np.dtype(xv.dtype), stream=stream)
         step, capped = None, None
         if plan.softcap is not None:
             step = max(1, min(rows, SOFTCAP_DEVICE_BYTES // (v * dtype.itemsize)))
@@ -377,7 +382,7 @@ def evaluate_state(plan, logits, target, reference=None):
                 xb = capped[:r1 - r0]
             kern(xb, zb[0] if zb else no_ref, t_d[r0:r1], st_d[r0:r1], ix_d[r0:r1], None, stream=stream)
 
-        _by_blocks(stream, rows, [x2] if z2 is None else [x2, z2], run, step)
+        _by_blocks(stream, rows, [x2] if z2 is None else [x2, z2], run, step, widen=widen)
         st_d.copy_to_host(st, stream=stream)
         ix_d.copy_to_host(ix, stream=stream)
         stream.synchronize()

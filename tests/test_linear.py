@@ -563,3 +563,12 @@ def test_torch_cuda_heads_match_their_materialized_logits(dtype, rng):
             got, want = fn(lx, lz), fn(x, z)
             assert isinstance(got, torch.Tensor) and got.is_cuda, (kw, i)
             torch.testing.assert_close(got.double(), want.double(), **tol, msg=f"{kw} call {i}")
+        # evaluate and the with-options path: a bfloat16 head's blocks widened to float32 (the
+        # cuda evaluate kernel reads no bfloat16), against the float32 copy of its logits
+        for key in ("nll", "entropy", "kl_ref_model"):
+            got = fastdiv.evaluate(lx, t, topk=(1, 5), reference=lz)[key]
+            want = fastdiv.evaluate(x.float(), t, topk=(1, 5), reference=z.float())[key]
+            torch.testing.assert_close(got.double(), want.double(), **tol, msg=f"{kw} evaluate {key}")
+        got = fastdiv.cross_entropy(lx, t, z_loss=1e-4, return_lse=True)
+        want = fastdiv.cross_entropy(x.float(), t, z_loss=1e-4, return_lse=True)
+        torch.testing.assert_close(got.lse.double(), want.lse.double(), **tol, msg=f"{kw} return_lse")
