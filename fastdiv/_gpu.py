@@ -169,7 +169,7 @@ def _tiled_state(call, arrays, target, shape):
         kern(blocks[0], zb, cuda.to_device(local, stream=stream), st_d, ix_d, None, stream=stream)
         st_t, ix_t = st_d.copy_to_host(stream=stream), ix_d.copy_to_host(stream=stream)
         stream.synchronize()
-        return st_t, ix_t, None
+        return st_t, ix_t
 
     return execute.merge_tiles(arrays, target, shape, tile)
 

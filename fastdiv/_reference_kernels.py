@@ -59,7 +59,7 @@ def evaluate(x, z, target, st, ix, nthreads):
     has_t = (t >= 0) & (t < v)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         m, s, w = _shifted_sums(x)
-        xt = np.where(has_t, x[np.arange(n), np.where(has_t, t, 0)], np.nan)
+        xt = np.where(has_t, x[np.arange(n), np.where(has_t, t, 0)], st[:, 3])   # the caller's threshold
         st[:, 0], st[:, 1], st[:, 2], st[:, 3] = m, s, w, xt
         ix[:, 0] = np.argmax(x, axis=1)
         ix[:, 1] = np.sum(x > xt[:, None], axis=1)
@@ -95,11 +95,6 @@ def compare(x, z, target, st, ix, nthreads):
     with np.errstate(invalid="ignore"):
         valid = (mz > -np.inf) & (st[:, 0] > -np.inf) & (st[:, 0] < np.inf) & (xr > -np.inf)
         ix[:, 1] = np.where(valid, np.sum(x64 > xr[:, None], axis=1), -1)
-
-
-def count_above(x, thr, out, nthreads):
-    with np.errstate(invalid="ignore"):
-        out[:] = np.sum(np.asarray(x) > np.asarray(thr)[:, None], axis=1)
 
 
 def _shifted_sums(x):

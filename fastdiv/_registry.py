@@ -33,7 +33,10 @@ the thread count.  Semantics are those of ``fastdiv.reference`` (see its docstri
 
             m    = max x                (NaN-propagating; +inf for a row with +inf and no NaN)
             s    = sum e^(x - m)        w = sum e^(x - m) (x - m)     (entropy = log s - w / s)
-            xt   = x[t]                 (NaN when there is no target)
+            xt   = x[t]                 (without a target: the threshold the caller left in
+                                         st[i, 3], read in x's dtype; NaN for none, as the
+                                         callers fill st.  A target held by another vocabulary
+                                         tile thus gets its rank in this one, fastdiv.execute)
             mz, sz                       as m, s for z
             wxz  = sum_{x_j > -inf} e^(x_j - m) ((x_j - m) - (z_j - mz))
             wzx  = sum_{z_j > -inf} e^(z_j - mz) ((z_j - mz) - (x_j - m))
@@ -58,11 +61,6 @@ the thread count.  Semantics are those of ``fastdiv.reference`` (see its docstri
         ``st[i, 4:6]`` are ``z``'s own (m, s) whatever ``x`` holds (Cython's evaluate pass stops
         at a +inf in either row, so it reads such a row pair's ``z`` again; numba's keeps ``z``'s
         sums going).  CPU backends only: ``fastdiv.compare`` refuses cuda.
-
-    count_above(x, thr, out, nthreads)
-        ``out[i] = #(x[i, j] > thr[i])`` (int64 ``out``, ``thr`` of x's dtype; a NaN
-        threshold counts 0): the rank against a target logit held by another vocabulary tile
-        (``fastdiv.execute``, ``fastdiv.linear``).  CPU backends only.
 
 Divergence family (contract v2, issue 5).  ``scale = 1 / temperature`` (positive, finite)
 multiplies every logit before anything else; ``scale = 1.0`` gives today's results bit for bit.
@@ -103,7 +101,6 @@ OPS = (
     "ce_soft",
     "evaluate",     # the mergeable per-row state of fastdiv.evaluate (contract above)
     "compare",      # fastdiv.compare's per-row state (CPU backends: see the contract)
-    "count_above",  # per-row counts above a threshold (CPU backends)
     "js_logits",
     "js_log_probs",
     "js_probs",

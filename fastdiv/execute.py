@@ -261,13 +261,12 @@ def _tiled_state(backend, arrays, target, shape, rank=False):
     """The evaluate state ``(st, ix)`` of host lazy logits ``arrays[0]`` (reference
     ``arrays[1]``) by vocabulary tiles of ``shape`` (:func:`merge_tiles`): each tile computed
     into one buffer per array reused for the call, its state from ``backend``'s evaluate
-    kernel.  ``rank``: the count column too -- in the target's tile the kernel's (against the
-    tile's own target logit), in the others ``count_above`` against the target's logit as
-    one dot product (``LazyLogits.target_logits``: the same value up to the matmul's
-    summation order)."""
+    kernel.  ``rank``: the count column too -- in the target's tile against the tile's own
+    target logit, in the others against the target's logit formed as one dot product
+    (``LazyLogits.target_logits``: the same value up to the matmul's summation order), which
+    the kernel reads from the state's xt column where the row has no target in the tile."""
     dtype = out_dtype(*arrays)
     kern = _registry.kernel(backend, "evaluate")
-    count = _registry.kernel(backend, "count_above") if rank else None
     rows, width = shape
     bufs = [np.empty(min(rows, nrows(arrays[0])) * width, dtype=dtype) for _ in arrays]
 
@@ -276,13 +275,11 @@ def _tiled_state(backend, arrays, target, shape, rank=False):
                            cols=(v0, v1)) for a, buf in zip(arrays, bufs)]
         zb = tiles[1] if len(arrays) > 1 else np.empty((0, v1 - v0), dtype=dtype)
         st_t = np.full((r1 - r0, 8), np.nan)
+        if thr is not None:                   # the rank of a target outside the tile
+            st_t[:, _state.XT] = np.where(local >= 0, np.nan, thr)
         ix_t = np.zeros((r1 - r0, 3), dtype=np.int64)
         kern(tiles[0], zb, local, st_t, ix_t, get_num_threads())
-        above = None
-        if thr is not None:
-            above = np.zeros(r1 - r0, dtype=np.int64)
-            count(tiles[0], np.where(local >= 0, np.nan, thr).astype(dtype), above, get_num_threads())
-        return st_t, ix_t, above
+        return st_t, ix_t
 
     with _lazy_threads(arrays):
         return merge_tiles(arrays, target, shape, tile, dtype if rank else None)
@@ -292,10 +289,10 @@ def merge_tiles(arrays, target, shape, tile, rank_dtype=None):
     """The evaluate state ``(st, ix)`` of lazy logits ``arrays[0]`` (reference ``arrays[1]``)
     by vocabulary tiles of ``shape``, host or device: ``tile(r0, r1, v0, v1, local, thr)``
     gives the state ``(st_t, ix_t)`` of rows ``r0 .. r1 - 1`` over classes ``v0 .. v1 - 1``
-    (``local``: the target's index in the tile, -1 where it lies outside) and, given the
-    targets' logits ``thr``, the count of the tile's classes above them; the tiles' states
-    merge along the classes (``_state.merge_sums``).  ``rank_dtype``: count the rank, the
-    targets' logits formed in that dtype (None: no rank)."""
+    (``local``: the target's index in the tile, -1 where it lies outside), its count column
+    against the targets' logits ``thr`` where given (None: no rank); the tiles' states merge
+    along the classes (``_state.merge_sums``) and the counts add up.  ``rank_dtype``: count
+    the rank, the targets' logits formed in that dtype (None: no rank)."""
     x = arrays[0]
     n, v = nrows(x), x.shape[-1]
     rows, width = shape
@@ -312,9 +309,9 @@ def merge_tiles(arrays, target, shape, tile, rank_dtype=None):
         for v0 in range(0, v, width):
             v1 = min(v, v0 + width)
             inside = (t >= v0) & (t < v1)
-            st_t, ix_t, above = tile(r0, r1, v0, v1, np.where(inside, t - v0, -1), thr)
+            st_t, ix_t = tile(r0, r1, v0, v1, np.where(inside, t - v0, -1), thr)
             if thr is not None:
-                cnt += np.where(inside, ix_t[:, _state.COUNT], above)
+                cnt += ix_t[:, _state.COUNT]
             part = _state.state_columns(st_t, ix_t, reference, offset=v0)
             merged = part if merged is None else _state.merge_sums(merged, part)
             xt = np.where(inside, st_t[:, _state.XT], xt)

@@ -104,7 +104,7 @@ def test_read_only_inputs(module, rng):
 
 def test_every_host_backend_implements_the_contract():
     """Every name of ``_registry.OPS`` in each host backend's entry module (cuda implements
-    the ops its device paths use; ``compare`` and ``count_above`` are CPU only)."""
+    the ops its device paths use; ``compare`` is CPU only)."""
     for backend in ("numba", "cython", "numpy"):
         module, why = _registry._load(backend)
         if module is None:
@@ -116,17 +116,25 @@ def test_every_host_backend_implements_the_contract():
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("v", [1, 51, 1271, 5000])
-def test_count_above_against_numpy(module, rng, dtype, v):
-    """count_above on rows with masked entries and NaN, thresholds NaN, +-inf and row values,
-    on 1 and 3 threads."""
+def test_evaluate_counts_against_the_callers_threshold(module, rng, dtype, v):
+    """evaluate's count column where a row has no target: against the threshold the caller
+    left in st[i, 3] (the rank of a target in another vocabulary tile), on rows with masked
+    entries and NaN, thresholds NaN (no count), +-inf and row values, with and without a
+    reference, on 1 and 3 threads; rows with a target count against their own logit."""
     n = 40
-    x, _, _, _, _ = _inputs(rng, n, v, dtype)
+    x, z, _, _, _ = _inputs(rng, n, v, dtype)
     x[3, :] = np.nan
     thr = x[np.arange(n), rng.integers(0, v, n)].copy()
     thr[::5] = np.nan
     thr[1], thr[2] = np.inf, -np.inf
-    want = np.sum(x.astype(np.float64) > thr.astype(np.float64)[:, None], axis=1)
-    for nthreads in (1, 3):
-        out = np.full(n, -7, dtype=np.int64)
-        module.count_above(x, thr, out, nthreads)
-        np.testing.assert_array_equal(out, want, err_msg=f"{nthreads} threads")
+    t = np.full(n, -1, dtype=np.int64)
+    t[7::9] = rng.integers(0, v, len(t[7::9]))               # rows with a target in the tile
+    own = np.where(t >= 0, x[np.arange(n), np.maximum(t, 0)], thr).astype(np.float64)
+    want = np.sum(x.astype(np.float64) > own[:, None], axis=1)
+    for ref in (z[:0], z):
+        for nthreads in (1, 3):
+            st = np.full((n, 8), np.nan)
+            st[:, 3] = thr
+            ix = np.zeros((n, 3), dtype=np.int64)
+            module.evaluate(x, ref, t, st, ix, nthreads)
+            np.testing.assert_array_equal(ix[:, 1], want, err_msg=f"{nthreads} threads, reference {len(ref) > 0}")

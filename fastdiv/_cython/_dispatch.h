@@ -69,9 +69,6 @@ typedef struct {
                             const int64_t *target, double *st, int64_t *ix, int nthreads);
     int (*compare_rows_f64)(const double *x, const double *z, ptrdiff_t rows, ptrdiff_t V,
                             const int64_t *target, double *st, int64_t *ix, int nthreads);
-    /* count_above's row (_evaluate_rows.h) */
-    int64_t (*count_gt_f32)(const float *x, ptrdiff_t V, float xr);
-    int64_t (*count_gt_f64)(const double *x, ptrdiff_t V, double xr);
     /* the softcap transform of _softcap_rows.h (one thread) */
     void (*softcap_rows_f32)(const float *x, ptrdiff_t rows, ptrdiff_t V, ptrdiff_t ldx, float inv,
                              float cap, float *out);

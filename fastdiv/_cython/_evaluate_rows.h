@@ -139,7 +139,9 @@ FD_INLINE void FI(fd_eval_pass)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64
 {
     FD_T *ex, *ez, *shx_c, *shz_c;
     FI(fd_cmp_layout)(scr, V, &ex, &ez, &shx_c, &shz_c);
-    const FD_T xt = (t >= 0 && t < V) ? x[t] : (FD_T)NAN;
+    /* without a target in the row: the threshold the caller left in st[3] (NaN: none), the
+       rank of a target that another vocabulary tile holds */
+    const FD_T xt = (t >= 0 && t < V) ? x[t] : (FD_T)st[3];
     FD_T m = (FD_T)-INFINITY, mz = (FD_T)-INFINITY;
     /* acc: s, w, sz, wxz, wzx */
     double acc[5] = {0, 0, 0, 0, 0};
@@ -239,7 +241,7 @@ static void FI(fd_eval_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_t t
     FI(fd_eval_pass)(x, z, V, t, st, ix, NULL, NULL);
 }
 
-/* #(x_j > xr): compare's rank without its JS pass, and the count_above op */
+/* #(x_j > xr): compare's rank without its JS pass */
 static int64_t FI(fd_count_gt)(const FD_T *x, ptrdiff_t V, FD_T xr)
 {
     const FD_V xrv = FN(fd_splat)(xr), one = FN(fd_splat)((FD_T)1);
@@ -272,7 +274,7 @@ static void FI(fd_compare_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_
     const int inf_x = mx == INFINITY || (isnan(mx) && st[1] == st[1]); /* NaN m with a clean s: +inf met */
     const int inf_z = mz == INFINITY;
     if (inf_x || inf_z) {
-        double sb[8];
+        double sb[8] = {0, 0, 0, NAN, 0, 0, 0, 0};   /* sb[3]: no threshold */
         int64_t ib[3];
         FI(fd_eval_pass)(z, NULL, V, t, sb, ib, NULL, NULL);
         st[4] = sb[0];

@@ -122,8 +122,6 @@ cdef extern from "_dispatch.h" nogil:
                                 const int64_t *target, double *st, int64_t *ix, int nthreads) noexcept nogil
         int (*compare_rows_f64)(const double *x, const double *z, Py_ssize_t rows, Py_ssize_t V,
                                 const int64_t *target, double *st, int64_t *ix, int nthreads) noexcept nogil
-        int64_t (*count_gt_f32)(const float *x, Py_ssize_t V, float xr) noexcept nogil
-        int64_t (*count_gt_f64)(const double *x, Py_ssize_t V, double xr) noexcept nogil
         # the softcap transform (_softcap_rows.h)
         void (*softcap_rows_f32)(const float *x, Py_ssize_t rows, Py_ssize_t V, Py_ssize_t ldx, float inv,
                                  float cap, float *out) noexcept nogil
@@ -417,20 +415,6 @@ def compare(const floating[:, ::1] x, const floating[:, ::1] z, const int64_t[::
     if rc != 0:
         raise MemoryError("compare: no memory for the per-thread scratch rows")
 
-
-def count_above(const floating[:, ::1] x, const floating[::1] thr, int64_t[::1] out, int nthreads):
-    """out[i] = #(x[i, j] > thr[i]) (contract: fastdiv/_registry.py)."""
-    cdef Py_ssize_t i, rows = x.shape[0], V = x.shape[1]
-    cdef int nt = _check(rows, V, out.shape[0], nthreads)
-    if thr.shape[0] != rows:
-        raise ValueError(f"count_above: thr has {thr.shape[0]} elements for {rows} rows")
-    if rows == 0:
-        return
-    for i in prange(rows, nogil=True, schedule='static', num_threads=nt):
-        if floating is float:
-            out[i] = T.count_gt_f32(&x[i, 0], V, thr[i])
-        else:
-            out[i] = T.count_gt_f64(&x[i, 0], V, thr[i])
 
 # ============================================================================================
 # Kernel contract v2 (issue 5): temperature (`scale` = 1/T on the logits), half-precision

@@ -50,8 +50,6 @@ __attribute__((visibility("hidden"))) const fd_table FD_TABLE(FD_LEVEL) = {
     fd_eval_row_f64,
     fd_compare_rows_f32,
     fd_compare_rows_f64,
-    fd_count_gt_f32,
-    fd_count_gt_f64,
     fd_softcap_rows_f32,
     fd_softcap_rows_f64,
     fd_run_staged,

@@ -1,4 +1,4 @@
-"""numba kernels of the ``compare`` op (#19) and of ``count_above``: ``fastdiv.compare``'s per-row state in one read of
+"""numba kernel of the ``compare`` op (#19): ``fastdiv.compare``'s per-row state in one read of
 the model's and the base's rows.
 
 Contract (inputs, the state's columns): ``fastdiv._registry``, op ``compare``.
@@ -61,27 +61,6 @@ def _compare(x, z, target, st, ix, scratch, refs):
             ix[i, 1] = _count_above(row, xr)
         else:
             ix[i, 1] = -1
-
-
-@njit(**JIT)
-def _count_rows(x, thr, out):
-    for i in range(x.shape[0]):
-        out[i] = _count_above(x[i], thr[i])
-
-
-@njit(**PAR)
-def _count_rows_mt(x, thr, out, parts, align):
-    for k in prange(parts):
-        lo, hi = share(x.shape[0], k, parts, align)
-        _count_rows(x[lo:hi], thr[lo:hi], out[lo:hi])
-
-
-def count_above(x, thr, out, nthreads):
-    n, v = x.shape
-    if v < 1 or thr.shape != (n,) or thr.dtype != x.dtype or out.shape != (n,):
-        raise ValueError(f"count_above: thr and out must have shape ({n},) and thr x's dtype")
-    x, thr = read_only(x, thr)
-    threads.run(_count_rows, _count_rows_mt, nthreads, (x, thr, out), x)
 
 
 @njit(**PAR)

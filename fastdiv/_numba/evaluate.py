@@ -118,7 +118,7 @@ def _evaluate_x(x, target, st, ix):
         prefer_wide_vectors()
         row = x[i]
         t = target[i]
-        xt = row[t] if 0 <= t < v else cast(np.nan, row[0])
+        xt = row[t] if 0 <= t < v else cast(st[i, 3], row[0])     # the caller's threshold, or NaN
         m, c, r, w, cnt, jm = _row_state_t(row, 1.0, xt)
         st[i, 0] = m
         st[i, 1] = np.float64(c) + np.float64(r)     # float64 keeps a confident row's tiny r
@@ -239,7 +239,7 @@ def _evaluate_xz(x, z, target, st, ix):
         prefer_wide_vectors()
         row = x[i]
         t = target[i]
-        xt = row[t] if 0 <= t < v else cast(np.nan, row[0])
+        xt = row[t] if 0 <= t < v else cast(st[i, 3], row[0])     # the caller's threshold, or NaN
         m, s, w, mz, sz, wxz, wzx, cnt, am, _, flags = _xz_row(row, z[i], xt, None, None, None)
         _store_xz(st, ix, i, row, xt, m, s, w, mz, sz, wxz, wzx, am, flags)
         ix[i, 1] = cnt

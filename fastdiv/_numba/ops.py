@@ -6,7 +6,7 @@ The package, by algorithm (each module imports only modules listed below it):
 * ``ops.py``         this entry: shape checks, the choice of path by V, and the row path's redo
   of the rows a block kernel could not finish (KL from logits).
 * ``compare.py``     the compare op: evaluate's pass with a reference, then the JS pass of
-  ``divergences.py`` from cache (one read of each row); count_above.
+  ``divergences.py`` from cache (one read of each row).
 * ``divergences.py`` generalized JSD (logits, probabilities, log-probabilities) and top-k teacher
   KL, with their contract functions.
 * ``evaluate.py``    the evaluate state (NLL, rank, entropy, optionally KL) in one read per row.
@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import threads
-from .compare import compare, count_above  # noqa: F401
+from .compare import compare  # noqa: F401
 from .divergences import js_log_probs, js_logits, js_probs, topk_kl  # noqa: F401
 from .evaluate import evaluate  # noqa: F401
 from .long_rows import (
