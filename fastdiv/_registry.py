@@ -33,10 +33,11 @@ the thread count.  Semantics are those of ``fastdiv.reference`` (see its docstri
 
             m    = max x                (NaN-propagating; +inf for a row with +inf and no NaN)
             s    = sum e^(x - m)        w = sum e^(x - m) (x - m)     (entropy = log s - w / s)
-            xt   = x[t]                 (without a target: the threshold the caller left in
-                                         st[i, 3], read in x's dtype; NaN for none, as the
-                                         callers fill st.  A target held by another vocabulary
-                                         tile thus gets its rank in this one, fastdiv.execute)
+            xt   = x[t]                 (without a target: on the CPU backends the threshold
+                                         the caller left in st[i, 3], read in x's dtype, NaN
+                                         for none, as the callers fill st -- so a target held
+                                         by another vocabulary tile gets its rank in this one,
+                                         fastdiv.execute; cuda's kernel: NaN)
             mz, sz                       as m, s for z
             wxz  = sum_{x_j > -inf} e^(x_j - m) ((x_j - m) - (z_j - mz))
             wzx  = sum_{z_j > -inf} e^(z_j - mz) ((z_j - mz) - (x_j - m))
