@@ -140,7 +140,7 @@ def _tiled_rows(call, op, arrays, scalars, extra=None):
     classes per matmul, so the weight is read once; the tiles' evaluate states merged), or
     None where ``op`` and its options go by row blocks.  Each tile: the library's matmul into
     a device buffer, the cuda evaluate kernel, its O(rows) state copied back (one
-    synchronisation per tile) and merged on the host."""
+    synchronisation per row block of tiles, :func:`_tiled_state`) and merged on the host."""
     from . import execute
 
     shape = execute._tiles(op, arrays, scalars) if all(_lazy.is_lazy(a) for a in arrays) else None
@@ -151,25 +151,45 @@ def _tiled_rows(call, op, arrays, scalars, extra=None):
 
 
 def _tiled_state(call, arrays, target, shape):
-    """``fastdiv.execute.merge_tiles`` on the device: each tile's evaluate state from the cuda
-    kernel (no rank; a bfloat16 head's tiles widened to float32, which that kernel reads)."""
+    """``fastdiv.execute.merge_tiles`` on the device, no rank.  At a row block's first tile
+    every tile of the block is queued on the stream (the library's matmul into the reused
+    buffer, then the cuda evaluate kernel into that tile's slot of one device state array; a
+    bfloat16 head's tiles widened to float32, which that kernel reads) and the block's states
+    come back in one copy: one synchronisation per row block, not per tile, so the device
+    runs the tiles back to back while the host only enqueues them."""
     from numba import cuda
 
     from . import _registry, execute
 
     stream = call.ensure_stream()
     kern = _registry.kernel("cuda", "evaluate")
+    v = arrays[0].shape[-1]
+    width = shape[1]
     buffers = [{} for _ in arrays]
+    block = {}
+
+    def queue(r0, r1):
+        t = target[r0:r1]
+        starts = range(0, v, width)
+        local = np.stack([np.where((t >= v0) & (t < v0 + width), t - v0, -1) for v0 in starts])
+        st_d = cuda.to_device(np.full((len(starts), r1 - r0, 8), np.nan), stream=stream)
+        ix_d = cuda.to_device(np.zeros((len(starts), r1 - r0, 3), dtype=np.int64), stream=stream)
+        t_d = cuda.to_device(local, stream=stream)
+        for k, v0 in enumerate(starts):
+            cols = (v0, min(v, v0 + width))
+            blocks = [a.compute_device(r0, r1, buf, stream, cols=cols, widen=True) for a, buf in zip(arrays, buffers)]
+            zb = blocks[1] if len(blocks) > 1 else \
+                cuda.device_array((0, cols[1] - v0), dtype=blocks[0].dtype, stream=stream)
+            kern(blocks[0], zb, t_d[k], st_d[k], ix_d[k], None, stream=stream)
+        states = st_d.copy_to_host(stream=stream), ix_d.copy_to_host(stream=stream)
+        stream.synchronize()
+        return states
 
     def tile(r0, r1, v0, v1, local, thr):
-        blocks = [a.compute_device(r0, r1, buf, stream, cols=(v0, v1), widen=True) for a, buf in zip(arrays, buffers)]
-        zb = blocks[1] if len(blocks) > 1 else cuda.device_array((0, v1 - v0), dtype=blocks[0].dtype, stream=stream)
-        st_d = cuda.to_device(np.full((r1 - r0, 8), np.nan), stream=stream)
-        ix_d = cuda.to_device(np.zeros((r1 - r0, 3), dtype=np.int64), stream=stream)
-        kern(blocks[0], zb, cuda.to_device(local, stream=stream), st_d, ix_d, None, stream=stream)
-        st_t, ix_t = st_d.copy_to_host(stream=stream), ix_d.copy_to_host(stream=stream)
-        stream.synchronize()
-        return st_t, ix_t
+        if block.get("r0") != r0:
+            block["r0"], block["states"] = r0, queue(r0, r1)
+        st, ix = block["states"]
+        return st[v0 // width], ix[v0 // width]
 
     return execute.merge_tiles(arrays, target, shape, tile)
 

@@ -416,7 +416,7 @@ def linear(hidden: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, 
     device buffer reused for the call, read by the same cuda kernels as stored device logits;
     results stay on the device in that library.  ``logsumexp``, ``entropy``, ``kl_div`` and
     hard-label ``cross_entropy`` go by vocabulary tiles there too (the cuda evaluate kernel's
-    state of each tile, merged on the host: one synchronisation per tile; a bfloat16 head's
+    state of each tile, merged on the host: one synchronisation per row block; a bfloat16 head's
     tiles widened to float32 for that kernel); the rest by row blocks, each of which reads
     the whole weight.  ``compare`` refuses device arrays as it does for stored ones.
 
