@@ -11,6 +11,11 @@ non-negative) would need a device-to-host synchronisation here, so on device arr
 not checked: a target outside ``[0, V)`` (other than ``ignore_index``) gives NaN for its row
 and is never read out of bounds.  Host-side targets and weights are validated as usual.
 
+Device heads (``fastdiv.linear`` of device arrays) by vocabulary tiles are the exception:
+their per-tile states merge on the host (one synchronisation per row block of tiles), and
+the targets, copied there for it, are validated as host targets are (a target out of range
+raises instead of giving NaN).
+
 Options come from a ``fastdiv.plan.Plan`` and every reduction is ``fastdiv.reduce``'s (on the
 device for device results, on the host for what ``evaluate``'s state brings back).
 """
@@ -178,9 +183,11 @@ def _tiled_state(call, arrays, target, shape):
         for k, v0 in enumerate(starts):
             cols = (v0, min(v, v0 + width))
             blocks = [a.compute_device(r0, r1, buf, stream, cols=cols, widen=True) for a, buf in zip(arrays, buffers)]
-            zb = blocks[1] if len(blocks) > 1 else \
-                cuda.device_array((0, cols[1] - v0), dtype=blocks[0].dtype, stream=stream)
-            kern(blocks[0], zb, t_d[k], st_d[k], ix_d[k], None, stream=stream)
+            if len(blocks) == 1:           # no reference: 0 rows (its width is not read)
+                if "none" not in block:
+                    block["none"] = cuda.device_array((0, width), dtype=blocks[0].dtype, stream=stream)
+                blocks.append(block["none"])
+            kern(blocks[0], blocks[1], t_d[k], st_d[k], ix_d[k], None, stream=stream)
         states = st_d.copy_to_host(stream=stream), ix_d.copy_to_host(stream=stream)
         stream.synchronize()
         return states

@@ -171,7 +171,8 @@ class LinearLogits(_lazy.LazyLogits):
             self._tdtype = self.hidden.dtype
             natural = _numpy_dtype("hidden", torch.empty(0, dtype=self._tdtype))
         else:
-            self._wt = self.weight.T
+            # (numba's device .T is a copy, not a view: its heads never use it)
+            self._wt = None if self.library == "numba" else self.weight.T
             natural = np.result_type(*(a.dtype for a in (self.hidden, self.weight, self.bias) if a is not None))
         if self.library == "numpy":
             self.kernel_threads = NUMPY_KERNEL_THREADS
@@ -202,6 +203,8 @@ class LinearLogits(_lazy.LazyLogits):
         rows = max(1, min(self.rows, BLOCK_BYTES // (width * size)))
         if self._vocab_tile is None:
             width = max(width, BLOCK_BYTES // (rows * size))
+            if width >= v:                # one tile holds whole rows: no need to round it
+                return None
             unit = max(1, TILE_STRIDE_UNIT // size)
             k = max(1, width // unit)
             width = (k - 1 if k % 2 == 0 else k) * unit          # an odd multiple of the unit
@@ -212,7 +215,7 @@ class LinearLogits(_lazy.LazyLogits):
         (C order: a numpy array on the host, the library's own array on the device; numba
         device arrays go through ``fastdiv._cuda.linear`` on ``stream``, every class)."""
         whole = v0 == 0 and v1 == self.shape[-1]
-        wt = self._wt if whole else self._wt[:, v0:v1]
+        wt = self._wt if whole or self._wt is None else self._wt[:, v0:v1]
         bias = None if self.bias is None else self.bias if whole else self.bias[v0:v1]
         if self.library == "torch":
             import torch
@@ -232,12 +235,17 @@ class LinearLogits(_lazy.LazyLogits):
 
             linear_rows(self._h, self.weight if whole else self.weight[v0:v1], bias, r0, out, stream=stream)
             return out
-        xp = np
         if self.library == "cupy":
-            import cupy as xp
-        xp.matmul(self._h[r0:r1], wt, out=out)
+            import cupy
+
+            with self.hidden.device:               # the arguments' device, whichever is current
+                cupy.matmul(self._h[r0:r1], wt, out=out)
+                if bias is not None:
+                    cupy.add(out, bias, out=out)
+            return out
+        np.matmul(self._h[r0:r1], wt, out=out)
         if bias is not None:
-            xp.add(out, bias, out=out)
+            np.add(out, bias, out=out)
         return out
 
     def _device_empty(self, size, dtype, stream):
@@ -267,13 +275,15 @@ class LinearLogits(_lazy.LazyLogits):
         the matmul by the arguments' library into a buffer of ``buffers`` (a dict the caller
         keeps for the call: ``block_rows`` rows, or the first tile's size, allocated on first
         use), then widened to the compute dtype where soft-capped (capped there) or where
-        ``widen`` asks (a 16-bit head as float32, for the evaluate kernel).  The library's
+        ``widen`` asks (a bfloat16 head as float32, for the cuda evaluate kernel, which reads
+        float16).  The library's
         matmul runs on its current stream, the cuda backend's ``stream`` for torch and CuPy."""
         from ._cuda.softcap import softcap_rows
 
         v0, v1 = (0, self.shape[-1]) if cols is None else cols
         n, width = r1 - r0, v1 - v0
-        wide = self.dtype if not widen else _checks.compute_dtype("hidden", self.natural)
+        bf16 = self.natural == _checks._bfloat16()
+        wide = _checks.compute_dtype("hidden", self.natural) if widen and bf16 else self.dtype
         if buffers.get("size", 0) < n * width:
             rows = n if cols is not None else max(n, min(self.block_rows(wide.itemsize), self.rows))
             buffers["size"] = rows * width
@@ -282,7 +292,7 @@ class LinearLogits(_lazy.LazyLogits):
                 buffers["wide"] = self._device_empty(rows * width, wide, stream)
         native, view = (a[:n * width].reshape(n, width) for a in buffers["natural"])
         self._matmul(r0, r1, v0, v1, view if self.library == "numba" else native, stream)
-        if "wide" in buffers:          # a 16-bit head: widened to float32, capped there as on the host
+        if "wide" in buffers:          # a 16-bit head: widened to float32 (capped there, as on the host)
             out_native, out_view = (a[:n * width].reshape(n, width) for a in buffers["wide"])
             if self.library == "torch":
                 out_native.copy_(native)

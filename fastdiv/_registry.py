@@ -61,7 +61,9 @@ the thread count.  Semantics are those of ``fastdiv.reference`` (see its docstri
         finite or ``+inf``), ``x``'s maximum is finite and ``x[ix[i, 3]] > -inf``, else -1.
         ``st[i, 4:6]`` are ``z``'s own (m, s) whatever ``x`` holds (Cython's evaluate pass stops
         at a +inf in either row, so it reads such a row pair's ``z`` again; numba's keeps ``z``'s
-        sums going).  CPU backends only: ``fastdiv.compare`` refuses cuda.
+        sums going).  ``st`` comes filled with NaN, as for evaluate (Cython's and numpy's
+        compare read ``st[i, 3]`` through evaluate's pass).  CPU backends only:
+        ``fastdiv.compare`` refuses cuda.
 
 Divergence family (contract v2, issue 5).  ``scale = 1 / temperature`` (positive, finite)
 multiplies every logit before anything else; ``scale = 1.0`` gives today's results bit for bit.
