@@ -156,49 +156,37 @@ def _tiled_rows(call, op, arrays, scalars, extra=None):
 
 
 def _tiled_state(call, arrays, target, shape):
-    """``fastdiv.execute.merge_tiles`` on the device, no rank.  At a row block's first tile
-    every tile of the block is queued on the stream (the library's matmul into the reused
-    buffer, then the cuda evaluate kernel into that tile's slot of one device state array; a
-    bfloat16 head's tiles widened to float32, which that kernel reads) and the block's states
-    come back in one copy: one synchronisation per row block, not per tile, so the device
-    runs the tiles back to back while the host only enqueues them."""
+    """``fastdiv.execute.merge_tiles`` on the device, no rank.  Every tile of a row block is
+    queued on the stream (the library's matmul into the reused buffer, then the cuda
+    evaluate kernel into that tile's slot of one device state array; a bfloat16 head's tiles
+    widened to float32, which that kernel reads) and the block's states come back in one
+    copy: one synchronisation per row block, not per tile, so the device runs the tiles back
+    to back while the host only enqueues them."""
     from numba import cuda
 
     from . import _registry, execute
 
     stream = call.ensure_stream()
     kern = _registry.kernel("cuda", "evaluate")
-    v = arrays[0].shape[-1]
-    width = shape[1]
     buffers = [{} for _ in arrays]
-    block = {}
+    no_ref = []
 
-    def queue(r0, r1):
-        t = target[r0:r1]
-        starts = range(0, v, width)
-        local = np.stack([np.where((t >= v0) & (t < v0 + width), t - v0, -1) for v0 in starts])
-        st_d = cuda.to_device(np.full((len(starts), r1 - r0, 8), np.nan), stream=stream)
-        ix_d = cuda.to_device(np.zeros((len(starts), r1 - r0, 3), dtype=np.int64), stream=stream)
-        t_d = cuda.to_device(local, stream=stream)
-        for k, v0 in enumerate(starts):
-            cols = (v0, min(v, v0 + width))
+    def block(r0, r1, spans, locals_, thr):
+        st_d = cuda.to_device(np.full((len(spans), r1 - r0, 8), np.nan), stream=stream)
+        ix_d = cuda.to_device(np.zeros((len(spans), r1 - r0, 3), dtype=np.int64), stream=stream)
+        t_d = cuda.to_device(np.stack(locals_), stream=stream)
+        for k, cols in enumerate(spans):
             blocks = [a.compute_device(r0, r1, buf, stream, cols=cols, widen=True) for a, buf in zip(arrays, buffers)]
             if len(blocks) == 1:           # no reference: 0 rows (its width is not read)
-                if "none" not in block:
-                    block["none"] = cuda.device_array((0, width), dtype=blocks[0].dtype, stream=stream)
-                blocks.append(block["none"])
+                if not no_ref:
+                    no_ref.append(cuda.device_array((0, shape[1]), dtype=blocks[0].dtype, stream=stream))
+                blocks += no_ref
             kern(blocks[0], blocks[1], t_d[k], st_d[k], ix_d[k], None, stream=stream)
-        states = st_d.copy_to_host(stream=stream), ix_d.copy_to_host(stream=stream)
+        st, ix = st_d.copy_to_host(stream=stream), ix_d.copy_to_host(stream=stream)
         stream.synchronize()
-        return states
+        return zip(st, ix)
 
-    def tile(r0, r1, v0, v1, local, thr):
-        if block.get("r0") != r0:
-            block["r0"], block["states"] = r0, queue(r0, r1)
-        st, ix = block["states"]
-        return st[v0 // width], ix[v0 // width]
-
-    return execute.merge_tiles(arrays, target, shape, tile)
+    return execute.merge_tiles(arrays, target, shape, block)
 
 
 def _device_rows(call, values, dtype):

@@ -248,27 +248,6 @@ class LinearLogits(_lazy.LazyLogits):
             np.add(out, bias, out=out)
         return out
 
-    def _device_empty(self, size, dtype, stream):
-        """``(native, numba view)``: a 1-D device array of ``size`` elements of ``dtype``
-        (``None``: the natural dtype), allocated by the arguments' library on their device."""
-        from ._cuda import interop
-
-        if self.library == "torch":
-            import torch
-
-            tdt = self._tdtype if dtype is None else {4: torch.float32, 8: torch.float64}[np.dtype(dtype).itemsize]
-            native = torch.empty(size, dtype=tdt, device=self.hidden.device)
-        elif self.library == "cupy":
-            import cupy
-
-            with self.hidden.device:
-                native = cupy.empty(size, dtype=self.natural if dtype is None else dtype)
-        else:
-            from numba import cuda
-
-            native = cuda.device_array(size, dtype=self.natural if dtype is None else dtype, stream=stream)
-        return native, interop.to_device_view(native)[0]
-
     def compute_device(self, r0, r1, buffers, stream, cols=None, widen=False):
         """Rows ``r0 .. r1 - 1`` on the device (``cols = (v0, v1)``: only those classes), as
         the C-order numba view the cuda kernels read (a bfloat16 block as its int16 bits):
@@ -278,6 +257,7 @@ class LinearLogits(_lazy.LazyLogits):
         ``widen`` asks (a bfloat16 head as float32, for the cuda evaluate kernel, which reads
         float16).  The library's
         matmul runs on its current stream, the cuda backend's ``stream`` for torch and CuPy."""
+        from ._cuda import interop
         from ._cuda.softcap import softcap_rows
 
         v0, v1 = (0, self.shape[-1]) if cols is None else cols
@@ -287,9 +267,9 @@ class LinearLogits(_lazy.LazyLogits):
         if buffers.get("size", 0) < n * width:
             rows = n if cols is not None else max(n, min(self.block_rows(wide.itemsize), self.rows))
             buffers["size"] = rows * width
-            buffers["natural"] = self._device_empty(rows * width, None, stream)
+            buffers["natural"] = interop.empty_like_lib(rows * width, self.natural, self.device_tag(), stream)
             if wide != self.natural:
-                buffers["wide"] = self._device_empty(rows * width, wide, stream)
+                buffers["wide"] = interop.empty_like_lib(rows * width, wide, self.device_tag(), stream)
         native, view = (a[:n * width].reshape(n, width) for a in buffers["natural"])
         self._matmul(r0, r1, v0, v1, view if self.library == "numba" else native, stream)
         if "wide" in buffers:          # a 16-bit head: widened to float32 (capped there, as on the host)
@@ -401,7 +381,7 @@ class LinearLogits(_lazy.LazyLogits):
         if self.rows:
             self.compute_device(0, self.rows, buffers, stream)
         else:
-            buffers["natural"] = self._device_empty(0, None if self.dtype == self.natural else self.dtype, stream)
+            buffers["natural"] = interop.empty_like_lib(0, self.dtype, self.device_tag(), stream)
         native = buffers.get("wide", buffers["natural"])[0]
         return native[:self.size].reshape(self.shape)
 

@@ -270,29 +270,31 @@ def _tiled_state(backend, arrays, target, shape, rank=False):
     rows, width = shape
     bufs = [np.empty(min(rows, nrows(arrays[0])) * width, dtype=dtype) for _ in arrays]
 
-    def tile(r0, r1, v0, v1, local, thr):
-        tiles = [a.compute(r0, r1, dtype, out=buf[:(r1 - r0) * (v1 - v0)].reshape(r1 - r0, v1 - v0),
-                           cols=(v0, v1)) for a, buf in zip(arrays, bufs)]
-        zb = tiles[1] if len(arrays) > 1 else np.empty((0, v1 - v0), dtype=dtype)
-        st_t = np.full((r1 - r0, 8), np.nan)
-        if thr is not None:                   # the rank of a target outside the tile
-            st_t[:, _state.XT] = np.where(local >= 0, np.nan, thr)
-        ix_t = np.zeros((r1 - r0, 3), dtype=np.int64)
-        kern(tiles[0], zb, local, st_t, ix_t, get_num_threads())
-        return st_t, ix_t
+    def block(r0, r1, spans, locals_, thr):
+        for (v0, v1), local in zip(spans, locals_):     # one tile at a time, in the reused buffers
+            tiles = [a.compute(r0, r1, dtype, out=buf[:(r1 - r0) * (v1 - v0)].reshape(r1 - r0, v1 - v0),
+                               cols=(v0, v1)) for a, buf in zip(arrays, bufs)]
+            zb = tiles[1] if len(arrays) > 1 else np.empty((0, v1 - v0), dtype=dtype)
+            st_t = np.full((r1 - r0, 8), np.nan)
+            if thr is not None:               # the rank of a target outside the tile
+                st_t[:, _state.XT] = np.where(local >= 0, np.nan, thr)
+            ix_t = np.zeros((r1 - r0, 3), dtype=np.int64)
+            kern(tiles[0], zb, local, st_t, ix_t, get_num_threads())
+            yield st_t, ix_t
 
     with _lazy_threads(arrays):
-        return merge_tiles(arrays, target, shape, tile, dtype if rank else None)
+        return merge_tiles(arrays, target, shape, block, dtype if rank else None)
 
 
-def merge_tiles(arrays, target, shape, tile, rank_dtype=None):
+def merge_tiles(arrays, target, shape, block, rank_dtype=None):
     """The evaluate state ``(st, ix)`` of lazy logits ``arrays[0]`` (reference ``arrays[1]``)
-    by vocabulary tiles of ``shape``, host or device: ``tile(r0, r1, v0, v1, local, thr)``
-    gives the state ``(st_t, ix_t)`` of rows ``r0 .. r1 - 1`` over classes ``v0 .. v1 - 1``
-    (``local``: the target's index in the tile, -1 where it lies outside), its count column
-    against the targets' logits ``thr`` where given (None: no rank); the tiles' states merge
-    along the classes (``_state.merge_sums``) and the counts add up.  ``rank_dtype``: count
-    the rank, the targets' logits formed in that dtype (None: no rank)."""
+    by vocabulary tiles of ``shape``, host or device: ``block(r0, r1, spans, locals_, thr)``
+    gives, for rows ``r0 .. r1 - 1``, the state ``(st_t, ix_t)`` of each tile of classes
+    ``spans[k] = (v0, v1)`` in turn (``locals_[k]``: the target's index in that tile, -1
+    where it lies outside), its count column against the targets' logits ``thr`` where
+    given (None: no rank); the tiles' states merge along the classes
+    (``_state.merge_sums``) and the counts add up.  ``rank_dtype``: count the rank, the
+    targets' logits formed in that dtype (None: no rank)."""
     x = arrays[0]
     n, v = nrows(x), x.shape[-1]
     rows, width = shape
@@ -306,10 +308,10 @@ def merge_tiles(arrays, target, shape, tile, rank_dtype=None):
         if rank_dtype is not None:
             thr = np.ascontiguousarray(x.target_logits(r0, r1, np.where((t >= 0) & (t < v), t, -1), rank_dtype))
             cnt = np.zeros(r1 - r0, dtype=np.int64)
-        for v0 in range(0, v, width):
-            v1 = min(v, v0 + width)
-            inside = (t >= v0) & (t < v1)
-            st_t, ix_t = tile(r0, r1, v0, v1, np.where(inside, t - v0, -1), thr)
+        spans = [(v0, min(v, v0 + width)) for v0 in range(0, v, width)]
+        locals_ = [np.where((t >= v0) & (t < v1), t - v0, -1) for v0, v1 in spans]
+        for (v0, _), local, (st_t, ix_t) in zip(spans, locals_, block(r0, r1, spans, locals_, thr)):
+            inside = local >= 0
             if thr is not None:
                 cnt += ix_t[:, _state.COUNT]
             part = _state.state_columns(st_t, ix_t, reference, offset=v0)

@@ -129,20 +129,24 @@ def wrap_like(result, tag):
 
 
 def empty_like_lib(shape, dtype, tag, stream=None):
-    """Allocate ``shape``/``dtype`` with the caller's library; returns ``(native, numba view)``."""
+    """Allocate ``shape``/``dtype`` with the caller's library, on the tag's device; returns
+    ``(native, numba view)`` (a torch bfloat16 array -- ``dtype`` ml_dtypes' bfloat16 -- as
+    its int16 view, see :func:`to_device_view`)."""
     dtype = np.dtype(dtype)
     if tag is not None and tag.lib in ("torch", "dlpack"):
         import torch
 
-        tdt = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
-               np.dtype(np.int64): torch.int64, np.dtype(np.int32): torch.int32,
-               np.dtype(np.bool_): torch.bool}[dtype]
+        tdt = torch.bfloat16 if dtype.name == "bfloat16" else \
+            {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32,
+             np.dtype(np.float64): torch.float64, np.dtype(np.int64): torch.int64,
+             np.dtype(np.int32): torch.int32, np.dtype(np.bool_): torch.bool}[dtype]
         t = torch.empty(shape, dtype=tdt, device=f"cuda:{tag.device}")
-        return t, _as_cuda_array(t)
+        return t, to_device_view(t)[0]
     if tag is not None and tag.lib == "cupy":
         import cupy
 
-        a = cupy.empty(shape, dtype=dtype)
+        with cupy.cuda.Device(tag.device):
+            a = cupy.empty(shape, dtype=dtype)
         return a, _as_cuda_array(a)
     from numba import cuda
 
