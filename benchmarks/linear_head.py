@@ -65,6 +65,7 @@ def timing(lib, args):
     ratios = {k: [] for k in fns if k != "matmul"}
     base = []
     for _ in range(args.iters):
+        time.sleep(args.settle)
         t0 = time.perf_counter()
         fns["matmul"]()
         mm = time.perf_counter() - t0
@@ -72,6 +73,7 @@ def timing(lib, args):
         for k, fn in fns.items():
             if k == "matmul":
                 continue
+            time.sleep(args.settle)
             t0 = time.perf_counter()
             fn()
             ratios[k].append((time.perf_counter() - t0) / mm)
@@ -110,6 +112,9 @@ def main():
     ap.add_argument("--vocab-tile", type=int, default=None, help="classes per vocabulary tile (linear's vocab_tile)")
     ap.add_argument("--libs", default="numpy,torch")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="seconds to wait before each timed call, so the system's deferred work after "
+                         "the previous one (freeing its 412 MB of logits) lands in no timing")
     args = ap.parse_args()
     logits_mb = args.rows * args.vocab * 4 / 1e6
     print(f"rows {args.rows}, D {args.dim}, V {args.vocab}, float32: logits {logits_mb:.0f} MB; "

@@ -9,6 +9,8 @@ from fastdiv, so the validation and plan modules can recognise lazy logits witho
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 
@@ -48,6 +50,12 @@ class LazyLogits:
         """``(rows, columns)`` of the vocabulary tiles to compute at a time for the ops whose
         per-row states merge across classes (``fastdiv.execute``), or None: row blocks only."""
         return None
+
+    def shares(self, threads: int) -> contextlib.AbstractContextManager[int]:
+        """A context in which up to ``threads`` shares of the rows may be computed at once, each
+        on its own thread with single-threaded kernels; it gives how many (1: one block at a
+        time, the kernels on up to ``kernel_threads``)."""
+        return contextlib.nullcontext(1)
 
     def class_sums(self, weight: np.ndarray) -> np.ndarray | None:
         """``sum_j weight_j x[r, j]`` for every row (float64; a zero weight's term is exactly

@@ -13,7 +13,9 @@ Memory: one block of ``block_rows`` rows x V (``BLOCK_BYTES`` by default) instea
 rows x V; the hidden states and the weight are read in place.  The ops whose per-row state
 merges across classes (lse, entropy, KL, hard-label cross-entropy and evaluate) go by
 vocabulary tiles instead (``LinearLogits.tiles``, ``fastdiv.execute``): each tile is every row by a slice of
-the classes, so the weight is read once per call instead of once per row block.
+the classes, so the weight is read once per call instead of once per row block.  numpy heads
+split those rows into one share per thread, each share's matmuls on one BLAS thread and its
+kernels on one core (``LinearLogits.shares``).
 
 Device arrays (torch CUDA, CuPy, numba) make a device head: ``fastdiv._gpu`` asks it for row
 blocks or tiles (``compute_device``), each one matmul by the arguments' library into a device
@@ -21,9 +23,11 @@ buffer read by the cuda kernels; the tiles' states merge by the host's ``merge_t
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
-from . import _checks, _interop, _lazy, execute, plan as _plan
+from . import _blas, _checks, _interop, _lazy, execute, plan as _plan
 from ._typing import ArrayLike
 
 __all__ = ["linear", "LinearLogits"]
@@ -50,11 +54,13 @@ TILE_MIN = 4096
 #: whole matmul (benchmarks/NOTES.md).
 TILE_STRIDE_UNIT = 256
 
-#: kernel threads on numpy blocks.  numpy's BLAS (OpenBLAS; MKL alike) keeps its worker
-#: threads spinning for a while after each matmul, so kernels on every core lose one of them
-#: to a spinner: cross-entropy on 160-row blocks took 1.92x the warm whole matmul with 2
-#: kernel threads, 1.24x with 1 (2-core Zen 4, 2026-12-05, benchmarks/linear_head.py).
-#: torch's pool does not spin as long: its blocks keep every thread (1.21x with 2, 1.28x with 1).
+#: kernel threads on numpy blocks while numpy's BLAS runs threaded.  numpy's BLAS (OpenBLAS;
+#: MKL alike) keeps its worker threads spinning for a while after each matmul, so kernels on
+#: every core lose one of them to a spinner: cross-entropy on 160-row blocks took 1.92x the
+#: warm whole matmul with 2 kernel threads, 1.24x with 1 (2-core Zen 4, 2026-12-05,
+#: benchmarks/linear_head.py).  Vocabulary tiles avoid it where the BLAS's threads can be set
+#: (``LinearLogits.shares``, ``fastdiv._blas``).  torch's pool does not spin as long: its
+#: blocks keep every thread (1.21x with 2, 1.28x with 1).
 NUMPY_KERNEL_THREADS = 1
 
 
@@ -209,6 +215,17 @@ class LinearLogits(_lazy.LazyLogits):
             k = max(1, width // unit)
             width = (k - 1 if k % 2 == 0 else k) * unit          # an odd multiple of the unit
         return None if width >= v else (rows, width)
+
+    @contextlib.contextmanager
+    def shares(self, threads):
+        """numpy heads: one share of the rows per thread, each with its own single-threaded
+        matmuls (``fastdiv._blas``: numpy's BLAS held to one thread meanwhile), where its
+        thread count can be set; other heads: one block at a time."""
+        if self.library != "numpy" or self.on_device or threads < 2 or not _blas.available():
+            yield 1
+            return
+        with _blas.single_threaded():
+            yield threads
 
     def _matmul(self, r0, r1, v0, v1, out, stream=None):
         """``hidden[r0:r1] @ weight[v0:v1].T + bias[v0:v1]`` in the natural dtype, into ``out``

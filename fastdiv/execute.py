@@ -50,8 +50,9 @@ def _default_threads():
 
 
 _nthreads = _default_threads()
-#: per-thread override of the kernels' thread count: the softcap workers (run_blocks) each
-#: run their kernel calls single-threaded (``_thread_local.nthreads = 1``)
+#: per-thread override of the kernels' thread count: the softcap workers (run_blocks) and the
+#: shares of a head's tiles (merge_tiles) each run their kernel calls single-threaded
+#: (``_one_thread``)
 _thread_local = threading.local()
 
 
@@ -209,6 +210,16 @@ def run_rows(arrays, dtype, call, n):
                     _chunks.release(part, m)
 
 
+def _one_thread(fn, *args):
+    """``fn(*args)`` with the kernels this thread calls single-threaded (a worker's share)."""
+    before = getattr(_thread_local, "nthreads", None)
+    _thread_local.nthreads = 1
+    try:
+        return fn(*args)
+    finally:
+        _thread_local.nthreads = before
+
+
 @contextlib.contextmanager
 def _lazy_threads(lazy):
     """Lazy logits may cap the kernels' threads (LazyLogits.kernel_threads: a BLAS whose
@@ -260,17 +271,21 @@ def _tile_shape(arrays):
 def _tiled_state(backend, arrays, target, shape, rank=False):
     """The evaluate state ``(st, ix)`` of host lazy logits ``arrays[0]`` (reference
     ``arrays[1]``) by vocabulary tiles of ``shape`` (:func:`merge_tiles`): each tile computed
-    into one buffer per array reused for the call, its state from ``backend``'s evaluate
-    kernel.  ``rank``: the count column too -- in the target's tile against the tile's own
-    target logit, in the others against the target's logit formed as one dot product
-    (``LazyLogits.target_logits``: the same value up to the matmul's summation order), which
-    the kernel reads from the state's xt column where the row has no target in the tile."""
+    into one buffer per array and thread reused for the call, its state from ``backend``'s
+    evaluate kernel.  Where the heads allow it (``LazyLogits.shares``) the rows go in one share
+    per thread (:func:`_share_shape`), else one row block at a time.  ``rank``: the count column
+    too -- in the target's tile against the tile's own target logit, in the others against the
+    target's logit formed as one dot product (``LazyLogits.target_logits``: the same value up
+    to the matmul's summation order), which the kernel reads from the state's xt column where
+    the row has no target in the tile."""
     dtype = out_dtype(*arrays)
     kern = _registry.kernel(backend, "evaluate")
-    rows, width = shape
-    bufs = [np.empty(min(rows, nrows(arrays[0])) * width, dtype=dtype) for _ in arrays]
+    mine = threading.local()           # each thread's tile buffers, one per array
 
     def block(r0, r1, spans, locals_, thr):
+        bufs = getattr(mine, "bufs", None)
+        if bufs is None:
+            bufs = mine.bufs = [np.empty(min(rows, nrows(arrays[0])) * width, dtype=dtype) for _ in arrays]
         for (v0, v1), local in zip(spans, locals_):     # one tile at a time, in the reused buffers
             tiles = [a.compute(r0, r1, dtype, out=buf[:(r1 - r0) * (v1 - v0)].reshape(r1 - r0, v1 - v0),
                                cols=(v0, v1)) for a, buf in zip(arrays, bufs)]
@@ -282,11 +297,27 @@ def _tiled_state(backend, arrays, target, shape, rank=False):
             kern(tiles[0], zb, local, st_t, ix_t, get_num_threads())
             yield st_t, ix_t
 
-    with _lazy_threads(arrays):
-        return merge_tiles(arrays, target, shape, block, dtype if rank else None)
+    with contextlib.ExitStack() as stack:
+        workers = min(stack.enter_context(a.shares(get_num_threads())) for a in arrays)
+        if workers > 1:
+            shape = _share_shape(shape, nrows(arrays[0]), workers)
+        else:
+            stack.enter_context(_lazy_threads(arrays))
+        rows, width = shape
+        return merge_tiles(arrays, target, shape, block, dtype if rank else None, workers)
 
 
-def merge_tiles(arrays, target, shape, block, rank_dtype=None):
+def _share_shape(shape, n, workers):
+    """Tiles of ``shape`` for ``workers`` threads at once: the rows of a tile divided by the
+    workers, so their buffers together stay as large as one tile, and as many row blocks as
+    a multiple of the workers, so every worker gets as many rows."""
+    rows, width = shape
+    blocks = -(-n // max(1, rows // workers))
+    blocks = -(-blocks // workers) * workers
+    return max(1, -(-n // blocks)), width
+
+
+def merge_tiles(arrays, target, shape, block, rank_dtype=None, workers=1):
     """The evaluate state ``(st, ix)`` of lazy logits ``arrays[0]`` (reference ``arrays[1]``)
     by vocabulary tiles of ``shape``, host or device: ``block(r0, r1, spans, locals_, thr)``
     gives, for rows ``r0 .. r1 - 1``, the state ``(st_t, ix_t)`` of each tile of classes
@@ -294,21 +325,25 @@ def merge_tiles(arrays, target, shape, block, rank_dtype=None):
     where it lies outside), its count column against the targets' logits ``thr`` where
     given (None: no rank); the tiles' states merge along the classes
     (``_state.merge_sums``) and the counts add up.  ``rank_dtype``: count the rank, the
-    targets' logits formed in that dtype (None: no rank)."""
+    targets' logits formed in that dtype (None: no rank).  ``workers`` > 1: the row blocks
+    go in that many contiguous shares, each on its own thread (``fastdiv._pool``) with
+    single-threaded kernels; ``block`` is then called from several threads at once, on
+    disjoint rows."""
     x = arrays[0]
     n, v = nrows(x), x.shape[-1]
     rows, width = shape
     reference = len(arrays) > 1
     st = np.full((n, 8), np.nan)
     ix = np.zeros((n, 3), dtype=np.int64)
-    for r0 in range(0, n, rows):
+    spans = [(v0, min(v, v0 + width)) for v0 in range(0, v, width)]
+
+    def row_block(r0):
         r1 = min(n, r0 + rows)
         t = target[r0:r1]
         merged, xt, thr = None, np.full(r1 - r0, np.nan), None
         if rank_dtype is not None:
             thr = np.ascontiguousarray(x.target_logits(r0, r1, np.where((t >= 0) & (t < v), t, -1), rank_dtype))
             cnt = np.zeros(r1 - r0, dtype=np.int64)
-        spans = [(v0, min(v, v0 + width)) for v0 in range(0, v, width)]
         locals_ = [np.where((t >= v0) & (t < v1), t - v0, -1) for v0, v1 in spans]
         for (v0, _), local, (st_t, ix_t) in zip(spans, locals_, block(r0, r1, spans, locals_, thr)):
             inside = local >= 0
@@ -321,6 +356,23 @@ def merge_tiles(arrays, target, shape, block, rank_dtype=None):
         st[r0:r1, _state.XT] = xt
         if thr is not None:
             ix[r0:r1, _state.COUNT] = cnt
+
+    starts = iter(range(0, n, rows))
+    lock = threading.Lock()
+
+    def share():                      # the next row block not yet taken, until none is left
+        while True:
+            with lock:
+                r0 = next(starts, None)
+            if r0 is None:
+                return
+            row_block(r0)
+
+    workers = min(workers, -(-n // rows))
+    if workers <= 1:
+        share()
+    else:
+        _pool.run(functools.partial(_one_thread, share) for _ in range(workers))
     return st, ix
 
 
@@ -506,14 +558,6 @@ def run_blocks(arrays, dtype, softcap, fn):
             capped = apply_softcap(blocks[0][a:b], softcap, dtype, out=buf[:b - a])
             fn(r0 + a, r0 + b, capped, *[blk[a:b] for blk in blocks[1:]])
 
-    def worker(*args):
-        before = getattr(_thread_local, "nthreads", None)
-        _thread_local.nthreads = 1
-        try:
-            share(*args)
-        finally:
-            _thread_local.nthreads = before
-
     def call(r0, r1, *blocks):
         rows_ = r1 - r0
         workers = min(get_num_threads(), -(-rows_ // step))
@@ -521,7 +565,7 @@ def run_blocks(arrays, dtype, softcap, fn):
             share(r0, 0, rows_, blocks)
             return
         cuts = _pool.edges(rows_, workers)
-        _pool.run(functools.partial(worker, r0, a0, a1, blocks) for a0, a1 in zip(cuts[:-1], cuts[1:]))
+        _pool.run(functools.partial(_one_thread, share, r0, a0, a1, blocks) for a0, a1 in zip(cuts[:-1], cuts[1:]))
 
     run_rows(arrays, dtype, call, n)
 

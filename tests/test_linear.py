@@ -181,6 +181,79 @@ def test_vocabulary_tiles_merge_to_the_function_on_the_logits(backend, dtype, li
         assert diff.max() <= (0 if dtype == np.float64 else 1) and (diff == 0).mean() >= 0.9, diff
 
 
+def _blas_threads():
+    """The thread count of each BLAS library loaded now, by path."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    return {lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"}
+
+
+def _restored(before):
+    now = _blas_threads()
+    return all(now[path] == count for path, count in before.items())
+
+
+@pytest.mark.parametrize("backend", C.COMPILED)
+def test_numpy_heads_by_shares_match_one_block_at_a_time(backend, rng, monkeypatch):
+    """numpy heads on two threads: the tiles' rows in one share per thread, each with its own
+    single-threaded matmuls (``LinearLogits.shares``), against the same call one row block at
+    a time with the BLAS threaded (no threadpoolctl); the BLAS's thread count is restored
+    after each call, after a failing one, and after calls from several threads at once."""
+    before = _blas_threads()
+    n, d, v = 61, 16, 1271
+    h, w, b = _head(rng, (n,), d, v, np.float32)
+    h2, w2, _ = _head(rng, (n,), d, v, np.float32, bias=False)
+    t = rng.integers(0, v, n)
+    t[::5] = -100
+    monkeypatch.setattr(fastdiv._linear, "BLOCK_BYTES", 16 * 300 * 4)       # tiles of 16 x 300
+    lx, lz = fastdiv.linear(h, w, b, vocab_tile=300), fastdiv.linear(h2, w2, vocab_tile=300)
+    assert fastdiv.execute._share_shape(lx.tiles(4), n, 2) == (8, 300)      # 8 blocks, 4 per thread
+    calls = {
+        "lse": lambda: fastdiv.logsumexp(lx, backend=backend),
+        "entropy": lambda: fastdiv.entropy(lx, backend=backend),
+        "ce": lambda: fastdiv.cross_entropy(lx, t, backend=backend, reduction="none"),
+        "smoothed": lambda: fastdiv.cross_entropy(lx, t, label_smoothing=0.2, backend=backend, reduction="none"),
+        "kl": lambda: fastdiv.kl_div(lx, lz, backend=backend, reduction="none"),
+        "evaluate": lambda: fastdiv.evaluate(lx, t, topk=(1, 5), reference=lz, backend=backend),
+    }
+    fields = ("nll", "lse", "entropy", "target_prob", "kl_ref_model", "kl_model_ref", "rank", "argmax")
+    seen = []
+    real = fastdiv.execute.merge_tiles
+    monkeypatch.setattr(fastdiv.execute, "merge_tiles", lambda *a: seen.append(a[5]) or real(*a))
+    with fastdiv.threads(2):
+        shared = {k: f() for k, f in calls.items()}
+        assert seen and set(seen) == {2} and _restored(before)
+        seen.clear()
+        monkeypatch.setattr(fastdiv._blas, "_controller", [None])            # as without threadpoolctl
+        alone = {k: f() for k, f in calls.items()}
+        assert set(seen) == {1}
+    for k in calls:
+        pairs = [(k, shared[k], alone[k])] if k != "evaluate" else \
+            [(f, shared[k][f], alone[k][f]) for f in fields]
+        for name, a, b_ in pairs:
+            np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b_, np.float64), rtol=1e-6, atol=1e-6,
+                                       err_msg=name)
+    monkeypatch.undo()
+    monkeypatch.setattr(fastdiv._linear, "BLOCK_BYTES", 16 * 300 * 4)
+
+    def fail(*args):
+        raise RuntimeError("kernel failed")
+    with fastdiv.threads(2):
+        monkeypatch.setattr(fastdiv._registry, "kernel", lambda *a: fail)
+        with pytest.raises(RuntimeError, match="kernel failed"):
+            fastdiv.cross_entropy(lx, t, backend=backend)
+        assert _restored(before)
+        monkeypatch.undo()
+        monkeypatch.setattr(fastdiv._linear, "BLOCK_BYTES", 16 * 300 * 4)
+        # calls from several threads at once share one limit: the last to leave restores it
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(4) as ex:
+            got = list(ex.map(lambda _: fastdiv.cross_entropy(lx, t, backend=backend, reduction="none"), range(8)))
+        assert _restored(before) and fastdiv._blas._depth == 0
+    for g in got:
+        np.testing.assert_allclose(g, shared["ce"], rtol=1e-6, atol=1e-6)
+
+
 def test_softcap_of_the_head_is_the_softcap_of_its_logits(rng):
     h, w, b = _head(rng, (40,), 16, 300, np.float32)
     t = rng.integers(0, 300, 40)
