@@ -5,12 +5,14 @@ For each library (numpy, torch), in one process, round robin over ``--iters`` it
 ``fastdiv.linear(hidden, W)`` (cross-entropy, cross-entropy with label smoothing, evaluate
 with top-1/5), and for torch ``F.cross_entropy(hidden @ W.T, t)``.  Each figure is the median
 over iterations of its ratio to the matmul timed in the same iteration (slow drifts of a shared
-machine cancel), with the 25-75 % range.  Peak memory: each call again in a fresh subprocess,
+machine cancel), with the 25-75 % range.  Each metric starts ``--settle`` seconds after the
+previous call ended: a threaded BLAS's workers spin for ~0.1 s after each matmul, and would
+take a core from whichever call came next (``--settle 0`` shows it).  Peak memory: each call again in a fresh subprocess,
 its peak resident set above the one after setup (``tests/rss.py``: VmHWM reset), and for
 numpy also tracemalloc's peak of the allocations.
 
     PYTHONPATH=. python benchmarks/linear_head.py [--rows 2048 --dim 256 --vocab 50257] [--iters 7]
-        [--block-rows R] [--vocab-tile T] [--libs numpy,torch] [--no-memory]
+        [--block-rows R] [--vocab-tile T] [--libs numpy,torch] [--no-memory] [--settle S] [--one-block]
 """
 from __future__ import annotations
 
@@ -65,7 +67,6 @@ def timing(lib, args):
     ratios = {k: [] for k in fns if k != "matmul"}
     base = []
     for _ in range(args.iters):
-        time.sleep(args.settle)
         t0 = time.perf_counter()
         fns["matmul"]()
         mm = time.perf_counter() - t0
@@ -112,14 +113,21 @@ def main():
     ap.add_argument("--vocab-tile", type=int, default=None, help="classes per vocabulary tile (linear's vocab_tile)")
     ap.add_argument("--libs", default="numpy,torch")
     ap.add_argument("--no-memory", action="store_true")
-    ap.add_argument("--settle", type=float, default=0.0,
-                    help="seconds to wait before each timed call, so the system's deferred work after "
-                         "the previous one (freeing its 412 MB of logits) lands in no timing")
+    ap.add_argument("--settle", type=float, default=0.25,
+                    help="seconds to wait before each metric's timed call (default 0.25; 0: none), so that the "
+                         "BLAS's workers, which spin for ~0.1 s after a threaded matmul, take no core "
+                         "from the next call: each call is timed alone")
+    ap.add_argument("--one-block", action="store_true",
+                    help="numpy heads one row block at a time, their matmuls on the BLAS's threads, "
+                         "as where threadpoolctl is not installed (fastdiv._blas)")
     args = ap.parse_args()
+    if args.one_block:
+        fastdiv._blas._controller[:] = [None]
     logits_mb = args.rows * args.vocab * 4 / 1e6
     print(f"rows {args.rows}, D {args.dim}, V {args.vocab}, float32: logits {logits_mb:.0f} MB; "
           f"{fastdiv.get_num_threads()} fastdiv threads; block_rows {args.block_rows or 'default'}, "
-          f"vocab_tile {args.vocab_tile or 'default'}")
+          f"vocab_tile {args.vocab_tile or 'default'}; settle {args.settle} s; numpy heads "
+          f"{'one block at a time' if not fastdiv._blas.available() else 'by shares'}")
     for lib in args.libs.split(","):
         timing(lib, args)
         if args.no_memory:
