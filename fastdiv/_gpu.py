@@ -148,9 +148,10 @@ def _tiled_rows(call, op, arrays, scalars, extra=None):
     synchronisation per row block of tiles, :func:`_tiled_state`) and merged on the host."""
     from . import execute
 
-    shape = execute._tiles(op, arrays, scalars) if all(_lazy.is_lazy(a) for a in arrays) else None
-    if shape is None:
+    tiled = execute._tiles(op, arrays, scalars) if all(_lazy.is_lazy(a) for a in arrays) else None
+    if tiled is None:
         return None
+    shape, arrays = tiled
     return execute._per_row_tiled(op, "cuda", arrays, shape, scalars, extra,
                                   state=lambda ordered, local, shp: _tiled_state(call, ordered, local, shp))
 

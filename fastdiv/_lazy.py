@@ -57,6 +57,12 @@ class LazyLogits:
         time, the kernels on up to ``kernel_threads``)."""
         return contextlib.nullcontext(1)
 
+    def scaled(self, scale: float) -> LazyLogits | None:
+        """These logits times ``scale`` (1 / temperature) as lazy logits of their own, computed
+        as directly as these, or None where they cannot be (then temperature goes by row
+        blocks, each block scaled by the kernel)."""
+        return None
+
     def class_sums(self, weight: np.ndarray) -> np.ndarray | None:
         """``sum_j weight_j x[r, j]`` for every row (float64; a zero weight's term is exactly
         0), for label smoothing by vocabulary tiles; None where the logits are not linear in

@@ -24,6 +24,7 @@ buffer read by the cuda kernels; the tiles' states merge by the host's ``merge_t
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 
@@ -226,6 +227,23 @@ class LinearLogits(_lazy.LazyLogits):
             return
         with _blas.single_threaded():
             yield threads
+
+    def scaled(self, scale):
+        """The head of ``hidden * scale`` and ``bias * scale``: the logits times ``scale`` up to
+        the matmul's rounding (exact where ``scale`` is a power of two), as a head of its own,
+        so temperature keeps the vocabulary tiles; None when soft-capped (the cap comes
+        before the temperature), for numba device arrays (no elementwise product here), and
+        for 16-bit heads unless ``scale`` is a power of two (``hidden * scale`` rounded to 8 or
+        11 bits would add its own error to the logits')."""
+        if self.softcap is not None or self.library == "numba":
+            return None
+        if scale == 1.0:
+            return self
+        if self.natural.itemsize < 4 and math.frexp(scale)[0] != 0.5:
+            return None
+        bias = None if self.bias is None else self.bias * scale
+        return LinearLogits(self.hidden * scale, self.weight, bias, block_rows=self._block_rows,
+                            vocab_tile=self._vocab_tile)
 
     def _matmul(self, r0, r1, v0, v1, out, stream=None):
         """``hidden[r0:r1] @ weight[v0:v1].T + bias[v0:v1]`` in the natural dtype, into ``out``

@@ -244,17 +244,23 @@ TILED_OPS = ("lse", "entropy_logits", "kl_logits", "ce_hard")
 
 
 def _tiles(op, arrays, scalars):
-    """``(rows, classes)`` of the vocabulary tiles of kernel ``op`` on ``arrays``, or None:
-    an op of TILED_OPS without temperature, on tiled lazy logits (label smoothing only where
-    the head gives its class sums, ``LazyLogits.has_class_sums``)."""
+    """``(shape, arrays)``: the ``(rows, classes)`` of the vocabulary tiles of kernel ``op``
+    on ``arrays`` and the lazy logits to tile, or None: an op of TILED_OPS on tiled lazy
+    logits (label smoothing only where the head gives its class sums,
+    ``LazyLogits.has_class_sums``; temperature where the heads give their scaled selves,
+    ``LazyLogits.scaled``, which are then tiled instead)."""
     if op not in TILED_OPS or not isinstance(arrays[0], _lazy.LazyLogits):
         return None
     shape = _tile_shape(arrays)
-    if shape is None or (op in ("entropy_logits", "kl_logits") and scalars[0] != 1.0):
+    if shape is None:
         return None
+    if op in ("entropy_logits", "kl_logits") and scalars[0] != 1.0:
+        arrays = [a.scaled(scalars[0]) for a in arrays]
+        if any(a is None for a in arrays):
+            return None
     if op == "ce_hard" and scalars[1] != 0.0 and not all(a.has_class_sums for a in arrays):
         return None                     # label smoothing's class sums, without the logits
-    return shape
+    return shape, arrays
 
 
 def _tile_shape(arrays):
@@ -378,7 +384,8 @@ def merge_tiles(arrays, target, shape, block, rank_dtype=None, workers=1):
 
 def _per_row_tiled(op, backend, arrays, shape, scalars, extra, state=None):
     """Kernel ``op``'s per-row results (float64) from the tiled evaluate state
-    (``state(arrays, local, shape) -> (st, ix)``; default the host's, :func:`_tiled_state`)."""
+    (``state(arrays, local, shape) -> (st, ix)``; default the host's, :func:`_tiled_state`)
+    of ``arrays`` as :func:`_tiles` gives them (already scaled)."""
     n = nrows(arrays[0])
     counted = np.ones(n, dtype=bool)
     local = np.full(n, -1, dtype=np.int64)
@@ -445,9 +452,9 @@ def per_row(op, backend, arrays, *, scalars=(), extra=None):
     out = np.empty(n, dtype=dtype)
     if n == 0:
         return out
-    tiles = _tiles(op, arrays, scalars)
-    if tiles is not None:
-        out[:] = _per_row_tiled(op, backend, arrays, tiles, scalars, extra)
+    tiled = _tiles(op, arrays, scalars)
+    if tiled is not None:
+        out[:] = _per_row_tiled(op, backend, tiled[1], tiled[0], scalars, extra)
         return out
     kern = _registry.kernel(backend, op)
 

@@ -122,8 +122,9 @@ def test_vocabulary_tiles_merge_to_the_function_on_the_logits(backend, dtype, li
     """lse, entropy, KL, hard-label cross-entropy (and its z_loss path) and evaluate by
     vocabulary tiles of 100 classes: every tile's state merged, a tile whose classes are all
     masked, masked classes elsewhere, a masked and an ignored target, a NaN row; label
-    smoothing from the head's class sums (with and without weights, eps = 1); temperature,
-    which keeps row blocks, beside them."""
+    smoothing from the head's class sums (with and without weights, eps = 1); temperature, by
+    the tiles of the head scaled (``LinearLogits.scaled``), and on a soft-capped head, which
+    keeps row blocks."""
     if library == "torch":
         torch = pytest.importorskip("torch")
     n, d, v = 40, 16, 1271
@@ -161,7 +162,17 @@ def test_vocabulary_tiles_merge_to_the_function_on_the_logits(backend, dtype, li
                                            backend=backend, reduction="mean"),
         lambda a, c: fastdiv.cross_entropy(a, t, backend=backend, label_smoothing=1.0, reduction="none"),
         lambda a, c: fastdiv.entropy(a, backend=backend, temperature=1.5),
+        lambda a, c: fastdiv.entropy(a, backend=backend, temperature=0.5),
+        lambda a, c: fastdiv.kl_div(a, c, backend=backend, temperature=3.0, reduction="none"),
+        lambda a, c: fastdiv.kl_div(c, a, backend=backend, temperature=2.0, reduction="mean"),
+        lambda a, c: fastdiv.entropy(capped if isinstance(a, fastdiv.LinearLogits) else capped.materialize(),
+                                     temperature=1.5, backend=backend),
     ]
+    capped = fastdiv.linear(lib(h), lib(w), lib(b), softcap=5.0, vocab_tile=100)
+    assert capped.scaled(0.5) is None and lx.scaled(1.0) is lx
+    assert fastdiv.execute._tiles("entropy_logits", [capped], (0.5,)) is None     # row blocks
+    shape, (scaled,) = fastdiv.execute._tiles("entropy_logits", [lx], (0.5,))
+    assert shape == (13, 100) and scaled.rows == n
     for i, call in enumerate(calls):
         got, want = call(lx, lz), call(x, z)
         for g, wv in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
@@ -632,7 +643,10 @@ def test_torch_cuda_heads_match_their_materialized_logits(dtype, rng):
                                 lambda a, c: fastdiv.entropy(a, reduction="none"),
                                 lambda a, c: fastdiv.kl_div(a, c, reduction="none"),
                                 lambda a, c: fastdiv.js_div(a, c, reduction="none"),
-                                lambda a, c: fastdiv.cross_entropy(a, t, label_smoothing=0.1))):
+                                lambda a, c: fastdiv.cross_entropy(a, t, label_smoothing=0.1),
+                                # temperature: tiles of the scaled head (bfloat16: row blocks at 1.5)
+                                lambda a, c: fastdiv.kl_div(a, c, temperature=2.0, reduction="none"),
+                                lambda a, c: fastdiv.entropy(a, temperature=1.5, reduction="none"))):
             got, want = fn(lx, lz), fn(x, z)
             assert isinstance(got, torch.Tensor) and got.is_cuda, (kw, i)
             torch.testing.assert_close(got.double(), want.double(), **tol, msg=f"{kw} call {i}")
