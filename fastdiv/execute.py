@@ -221,6 +221,19 @@ def _one_thread(fn, *args):
 
 
 @contextlib.contextmanager
+def _lazy_shares(lazy):
+    """How many threads may compute blocks of the lazy logits ``lazy`` at once
+    (``LazyLogits.shares``, held for the block): > 1, each thread with single-threaded kernels
+    (:func:`_by_shares`); 1, one block at a time, the kernels on at most the lazy logits'
+    ``kernel_threads``."""
+    with contextlib.ExitStack() as stack:
+        workers = min((stack.enter_context(a.shares(get_num_threads())) for a in lazy), default=1)
+        if workers <= 1:
+            stack.enter_context(_lazy_threads(lazy))
+        yield workers
+
+
+@contextlib.contextmanager
 def _lazy_threads(lazy):
     """Lazy logits may cap the kernels' threads (LazyLogits.kernel_threads: a BLAS whose
     workers spin after each block's matmul would take a core from them)."""
@@ -303,12 +316,9 @@ def _tiled_state(backend, arrays, target, shape, rank=False):
             kern(tiles[0], zb, local, st_t, ix_t, get_num_threads())
             yield st_t, ix_t
 
-    with contextlib.ExitStack() as stack:
-        workers = min(stack.enter_context(a.shares(get_num_threads())) for a in arrays)
+    with _lazy_shares(arrays) as workers:
         if workers > 1:
             shape = _share_shape(shape, nrows(arrays[0]), workers)
-        else:
-            stack.enter_context(_lazy_threads(arrays))
         rows, width = shape
         return merge_tiles(arrays, target, shape, block, dtype if rank else None, workers)
 
@@ -363,23 +373,30 @@ def merge_tiles(arrays, target, shape, block, rank_dtype=None, workers=1):
         if thr is not None:
             ix[r0:r1, _state.COUNT] = cnt
 
-    starts = iter(range(0, n, rows))
-    lock = threading.Lock()
+    _by_shares(range(0, n, rows), workers, row_block)
+    return st, ix
 
-    def share():                      # the next row block not yet taken, until none is left
+
+def _by_shares(starts, workers, body):
+    """``body(start)`` for each row block start of ``starts``: in turn, or on ``workers``
+    threads (``fastdiv._pool``, the kernels single-threaded), each taking the next block not
+    yet taken until none is left, so a thread slowed by another process takes fewer."""
+    workers = min(workers, len(starts))
+    if workers <= 1:
+        for r0 in starts:
+            body(r0)
+        return
+    it, lock = iter(starts), threading.Lock()
+
+    def share():
         while True:
             with lock:
-                r0 = next(starts, None)
+                r0 = next(it, None)
             if r0 is None:
                 return
-            row_block(r0)
+            body(r0)
 
-    workers = min(workers, -(-n // rows))
-    if workers <= 1:
-        share()
-    else:
-        _pool.run(functools.partial(_one_thread, share) for _ in range(workers))
-    return st, ix
+    _pool.run(functools.partial(_one_thread, share) for _ in range(workers))
 
 
 def _per_row_tiled(op, backend, arrays, shape, scalars, extra, state=None):
