@@ -465,11 +465,17 @@ def linear(hidden: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, 
         Classes per vocabulary tile (default: as many as fit in ``BLOCK_BYTES`` with every
         row, about ``TILE_MIN`` = 4096 at least, rounded down so that a tile's rows are an
         odd multiple of 256 bytes apart: 4032 in float32).  ``logsumexp``, ``entropy``, ``kl_div`` (from
-        logits, both arguments linear), ``cross_entropy`` with class indices (label smoothing
-        too, from ``sum_j w_j x_j = hidden @ (w @ W) + w . b`` unless soft-capped) and
-        ``evaluate`` (no ``softcap=`` option; the reference linear too) compute each tile of every row and a slice of the classes into a
-        mergeable per-row state (``fastdiv._state.merge_sums``), so the matmul reads the
-        weight once; the other functions and options use row blocks.  ``evaluate``'s rank
+        logits, both arguments linear; a temperature as the head of ``hidden / T`` and
+        ``bias / T``, the same logits up to the matmul's rounding, unless soft-capped),
+        ``cross_entropy`` with class indices (label smoothing too, from
+        ``sum_j w_j x_j = hidden @ (w @ W) + w . b`` unless soft-capped) and ``evaluate`` (no
+        ``softcap=`` option; the reference linear too) compute each tile of every row and a
+        slice of the classes into a mergeable per-row state (``fastdiv._state.merge_sums``),
+        so the matmul reads the weight once; the other functions and options use row blocks.
+        numpy heads compute the tiles in one share of the rows per thread, each with its own
+        single-threaded matmuls, where threadpoolctl (the ``linear`` extra) can hold numpy's
+        BLAS to one thread for the call (``fastdiv._blas``: other threads' BLAS calls run on
+        one thread meanwhile).  ``evaluate``'s rank
         counts, outside the target's own tile, the classes above the target's logit formed
         as one dot product (in float64, rounded to the matmul's dtype): a class within the
         matmul's rounding of the target may count differently than on the materialized
