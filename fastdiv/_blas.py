@@ -11,10 +11,12 @@ per core (its own matmuls and kernels, nothing shared but the weight), the whole
 
 The BLAS's thread count is a process-wide setting (OpenBLAS's "local" setter changes it for
 every thread too), so other threads' BLAS calls run single-threaded while a call holds it.
-The limit is taken by the first call that enters and given back by the last that leaves.
-threadpoolctl (scikit-learn's, for every BLAS numpy may be built with: OpenBLAS, MKL, BLIS,
-FlexiBLAS) finds and sets it; without it, heads keep the BLAS threaded and the kernels on one
-thread.
+The limit is taken by the first call that enters and given back by the last that leaves (a
+``threadpoolctl.threadpool_limits`` block entered elsewhere meanwhile would take 1 for the
+original and restore that).  threadpoolctl (scikit-learn's) finds and sets it, for the BLAS
+numpy was built with (``numpy.__config__``: OpenBLAS, scipy-openblas, MKL or BLIS; every
+loaded library of that kind); without threadpoolctl, or for another BLAS (Accelerate), heads
+keep the BLAS threaded and the kernels on one thread.
 """
 from __future__ import annotations
 
@@ -28,17 +30,33 @@ _limits = None
 _controller: list = []        # [controller of the loaded BLAS libraries, or None], once known
 
 
+#: numpy's build names of its BLAS -> threadpoolctl's ``internal_api``
+_INTERNAL_API = {"scipy-openblas": "openblas", "openblas": "openblas", "mkl": "mkl", "blis": "blis"}
+
+
+def _numpy_blas():
+    """threadpoolctl's ``internal_api`` of the BLAS numpy was built with, or None."""
+    import numpy as np
+
+    try:
+        name = np.__config__.CONFIG["Build Dependencies"]["blas"]["name"]
+    except (AttributeError, KeyError, TypeError):
+        return None
+    return _INTERNAL_API.get(str(name).lower())
+
+
 def _blas():
-    """threadpoolctl's controller of the BLAS libraries loaded in this process (numpy's among
-    them: numpy loads its BLAS on import), or None where threadpoolctl is not installed or
-    finds none."""
+    """threadpoolctl's controller of numpy's BLAS (every loaded library of its kind: numpy
+    loads its own on import), or None where threadpoolctl is not installed, numpy's BLAS is
+    of another kind or none is found."""
     if not _controller:
+        ctl, api = None, _numpy_blas()
         try:
             import threadpoolctl
         except ImportError:
-            ctl = None
-        else:
-            ctl = threadpoolctl.ThreadpoolController().select(user_api="blas")
+            api = None
+        if api is not None:
+            ctl = threadpoolctl.ThreadpoolController().select(internal_api=api)
             ctl = ctl if ctl.lib_controllers else None
         _controller.append(ctl)
     return _controller[0]

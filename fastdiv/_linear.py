@@ -24,7 +24,7 @@ buffer read by the cuda kernels; the tiles' states merge by the host's ``merge_t
 from __future__ import annotations
 
 import contextlib
-import math
+import copy
 
 import numpy as np
 
@@ -157,6 +157,9 @@ class LinearLogits(_lazy.LazyLogits):
     functions never do).
     """
 
+    #: the logits' factor after the matmul (``scaled``; 1: none)
+    scale = 1.0
+
     def __init__(self, hidden, weight, bias=None, *, softcap=None, block_rows=None, vocab_tile=None):
         self.library, self.on_device, self.hidden, self.weight, self.bias = _arguments(hidden, weight, bias)
         self.softcap = _plan._softcap(softcap)
@@ -229,21 +232,19 @@ class LinearLogits(_lazy.LazyLogits):
             yield threads
 
     def scaled(self, scale):
-        """The head of ``hidden * scale`` and ``bias * scale``: the logits times ``scale`` up to
-        the matmul's rounding (exact where ``scale`` is a power of two), as a head of its own,
-        so temperature keeps the vocabulary tiles; None when soft-capped (the cap comes
-        before the temperature), for numba device arrays (no elementwise product here), and
-        for 16-bit heads unless ``scale`` is a power of two (``hidden * scale`` rounded to 8 or
-        11 bits would add its own error to the logits')."""
-        if self.softcap is not None or self.library == "numba":
+        """This head with its logits times ``scale`` (1 / temperature), each tile multiplied in
+        the compute dtype right after its matmul: the values the kernels form from stored
+        logits (``x * scale`` rounded once), with nothing copied, so temperature keeps the
+        vocabulary tiles.  None when soft-capped (the cap comes before the temperature) and
+        on the device (its tiles are the cuda backend's): those go by row blocks, each scaled
+        by the kernel."""
+        if self.softcap is not None or self.on_device:
             return None
         if scale == 1.0:
             return self
-        if self.natural.itemsize < 4 and math.frexp(scale)[0] != 0.5:
-            return None
-        bias = None if self.bias is None else self.bias * scale
-        return LinearLogits(self.hidden * scale, self.weight, bias, block_rows=self._block_rows,
-                            vocab_tile=self._vocab_tile)
+        head = copy.copy(self)
+        head.scale = self.scale * scale
+        return head
 
     def _matmul(self, r0, r1, v0, v1, out, stream=None):
         """``hidden[r0:r1] @ weight[v0:v1].T + bias[v0:v1]`` in the natural dtype, into ``out``
@@ -338,7 +339,7 @@ class LinearLogits(_lazy.LazyLogits):
 
     @property
     def has_class_sums(self):
-        return self.softcap is None and not self.on_device
+        return self.softcap is None and not self.on_device and self.scale == 1.0
 
     def class_sums(self, weight):
         """``hidden @ (weight @ W) + sum_j weight_j b_j`` in float64, the weight read in 1 MiB
@@ -383,6 +384,8 @@ class LinearLogits(_lazy.LazyLogits):
         vals = vals.astype(self.natural).astype(dtype)
         if self.softcap is not None:
             vals = execute.apply_softcap(vals[:, None], self.softcap, dtype)[:, 0]
+        if self.scale != 1.0:
+            vals = vals * np.dtype(dtype).type(self.scale)
         return np.where(ok, vals, np.nan).astype(dtype)
 
     def compute(self, r0, r1, dtype, out=None, cols=None):
@@ -402,6 +405,8 @@ class LinearLogits(_lazy.LazyLogits):
             return execute.apply_softcap(block, self.softcap, dtype, out=out)
         if block is not out:
             out[...] = block
+        if self.scale != 1.0:                  # as the kernels scale stored logits: x * s, rounded once
+            np.multiply(out, dtype.type(self.scale), out=out)
         return out
 
     def materialize(self):
@@ -465,17 +470,18 @@ def linear(hidden: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, 
         Classes per vocabulary tile (default: as many as fit in ``BLOCK_BYTES`` with every
         row, about ``TILE_MIN`` = 4096 at least, rounded down so that a tile's rows are an
         odd multiple of 256 bytes apart: 4032 in float32).  ``logsumexp``, ``entropy``, ``kl_div`` (from
-        logits, both arguments linear; a temperature as the head of ``hidden / T`` and
-        ``bias / T``, the same logits up to the matmul's rounding, unless soft-capped),
+        logits, both arguments linear; with a temperature, each tile divided by it as the
+        kernels divide stored logits, on the host and unless soft-capped),
         ``cross_entropy`` with class indices (label smoothing too, from
         ``sum_j w_j x_j = hidden @ (w @ W) + w . b`` unless soft-capped) and ``evaluate`` (no
         ``softcap=`` option; the reference linear too) compute each tile of every row and a
         slice of the classes into a mergeable per-row state (``fastdiv._state.merge_sums``),
-        so the matmul reads the weight once; the other functions and options use row blocks.
-        numpy heads compute the tiles in one share of the rows per thread, each with its own
-        single-threaded matmuls, where threadpoolctl (the ``linear`` extra) can hold numpy's
-        BLAS to one thread for the call (``fastdiv._blas``: other threads' BLAS calls run on
-        one thread meanwhile).  ``evaluate``'s rank
+        so the matmul reads the weight once per row block (one block of every row, or one per
+        thread below); the other functions and options use row blocks.  numpy heads compute
+        the tiles in row blocks shared among the threads, each with its own single-threaded
+        matmuls, where threadpoolctl (the ``linear`` extra) can hold numpy's BLAS to one
+        thread for the call (``fastdiv._blas``: other threads' BLAS calls run on one thread
+        meanwhile).  ``evaluate``'s rank
         counts, outside the target's own tile, the classes above the target's logit formed
         as one dot product (in float64, rounded to the matmul's dtype): a class within the
         matmul's rounding of the target may count differently than on the materialized

@@ -325,8 +325,9 @@ def _tiled_state(backend, arrays, target, shape, rank=False):
 
 def _share_shape(shape, n, workers):
     """Tiles of ``shape`` for ``workers`` threads at once: the rows of a tile divided by the
-    workers, so their buffers together stay as large as one tile, and as many row blocks as
-    a multiple of the workers, so every worker gets as many rows."""
+    workers, so their buffers together stay as large as one tile, and the row blocks made as
+    many as a multiple of the workers (of near-equal rows), so the threads finish together
+    when none is slowed."""
     rows, width = shape
     blocks = -(-n // max(1, rows // workers))
     blocks = -(-blocks // workers) * workers
@@ -342,8 +343,8 @@ def merge_tiles(arrays, target, shape, block, rank_dtype=None, workers=1):
     given (None: no rank); the tiles' states merge along the classes
     (``_state.merge_sums``) and the counts add up.  ``rank_dtype``: count the rank, the
     targets' logits formed in that dtype (None: no rank).  ``workers`` > 1: the row blocks
-    go in that many contiguous shares, each on its own thread (``fastdiv._pool``) with
-    single-threaded kernels; ``block`` is then called from several threads at once, on
+    go to that many threads (:func:`_by_shares`: each takes the next one not yet taken),
+    their kernels single-threaded; ``block`` is then called from several threads at once, on
     disjoint rows."""
     x = arrays[0]
     n, v = nrows(x), x.shape[-1]

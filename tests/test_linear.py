@@ -123,8 +123,8 @@ def test_vocabulary_tiles_merge_to_the_function_on_the_logits(backend, dtype, li
     vocabulary tiles of 100 classes: every tile's state merged, a tile whose classes are all
     masked, masked classes elsewhere, a masked and an ignored target, a NaN row; label
     smoothing from the head's class sums (with and without weights, eps = 1); temperature, by
-    the tiles of the head scaled (``LinearLogits.scaled``), and on a soft-capped head, which
-    keeps row blocks."""
+    tiles each scaled after its matmul (``LinearLogits.scaled``), and on a soft-capped head,
+    which keeps row blocks."""
     if library == "torch":
         torch = pytest.importorskip("torch")
     n, d, v = 40, 16, 1271
@@ -172,7 +172,7 @@ def test_vocabulary_tiles_merge_to_the_function_on_the_logits(backend, dtype, li
     assert capped.scaled(0.5) is None and lx.scaled(1.0) is lx
     assert fastdiv.execute._tiles("entropy_logits", [capped], (0.5,)) is None     # row blocks
     shape, (scaled,) = fastdiv.execute._tiles("entropy_logits", [lx], (0.5,))
-    assert shape == (13, 100) and scaled.rows == n
+    assert shape == (13, 100) and scaled.scale == 0.5 and scaled.hidden is lx.hidden and not scaled.has_class_sums
     for i, call in enumerate(calls):
         got, want = call(lx, lz), call(x, z)
         for g, wv in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
@@ -190,6 +190,29 @@ def test_vocabulary_tiles_merge_to_the_function_on_the_logits(backend, dtype, li
         # ranks: equal, but for a class within the matmul's rounding of the target's logit
         diff = np.abs(np.asarray(got.rank) - np.asarray(want.rank))
         assert diff.max() <= (0 if dtype == np.float64 else 1) and (diff == 0).mean() >= 0.9, diff
+
+
+@pytest.mark.parametrize("dtypes", [("bfloat16",) * 3, ("float16", "float32", "float32"),
+                                    ("float32", "float32", "float16")])
+def test_temperature_tiles_of_16_bit_and_mixed_heads(dtypes, rng):
+    """Temperature by tiles scales each tile after its matmul, in the compute dtype, as the
+    kernels scale stored logits: 16-bit and mixed-dtype numpy heads (a power-of-two T and
+    not) give the function on their materialized logits within float32's rounding."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    dt = [np.dtype(ml_dtypes.bfloat16) if d == "bfloat16" else np.dtype(d) for d in dtypes]
+    h, w, b = _head(rng, (37,), 64, 1000, np.float32)
+    h, w, b = h.astype(dt[0]), (w * np.float32(0.3)).astype(dt[1]), b.astype(dt[2])
+    h2 = (h.astype(np.float32) + rng.standard_normal(h.shape).astype(np.float32)).astype(dt[0])
+    lx, lz = fastdiv.linear(h, w, b, vocab_tile=128), fastdiv.linear(h2, w, vocab_tile=128)
+    x, z = lx.materialize(), lz.materialize()
+    for temperature in (2.0, 3.0):
+        for backend in C.COMPILED:
+            for got, want in ((fastdiv.entropy(lx, temperature=temperature, backend=backend),
+                               fastdiv.entropy(x, temperature=temperature, backend=backend)),
+                              (fastdiv.kl_div(lx, lz, temperature=temperature, reduction="none", backend=backend),
+                               fastdiv.kl_div(x, z, temperature=temperature, reduction="none", backend=backend))):
+                np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64),
+                                           rtol=1e-5, atol=5e-6, err_msg=f"T={temperature} {backend}")
 
 
 def _blas_threads():
@@ -644,7 +667,7 @@ def test_torch_cuda_heads_match_their_materialized_logits(dtype, rng):
                                 lambda a, c: fastdiv.kl_div(a, c, reduction="none"),
                                 lambda a, c: fastdiv.js_div(a, c, reduction="none"),
                                 lambda a, c: fastdiv.cross_entropy(a, t, label_smoothing=0.1),
-                                # temperature: tiles of the scaled head (bfloat16: row blocks at 1.5)
+                                # temperature: row blocks on the device, each scaled by the kernel
                                 lambda a, c: fastdiv.kl_div(a, c, temperature=2.0, reduction="none"),
                                 lambda a, c: fastdiv.entropy(a, temperature=1.5, reduction="none"))):
             got, want = fn(lx, lz), fn(x, z)
