@@ -14,8 +14,8 @@ rows x V; the hidden states and the weight are read in place.  The ops whose per
 merges across classes (lse, entropy, KL, hard-label cross-entropy and evaluate) go by
 vocabulary tiles instead (``LinearLogits.tiles``, ``fastdiv.execute``): each tile is every row by a slice of
 the classes, so the weight is read once per call instead of once per row block.  numpy heads
-split those rows into one share per thread, each share's matmuls on one BLAS thread and its
-kernels on one core (``LinearLogits.shares``).
+compute the tiles' row blocks on every thread at once, each thread's matmuls on one BLAS
+thread and its kernels on its own core (``LinearLogits.shares``).
 
 Device arrays (torch CUDA, CuPy, numba) make a device head: ``fastdiv._gpu`` asks it for row
 blocks or tiles (``compute_device``), each one matmul by the arguments' library into a device
@@ -222,9 +222,9 @@ class LinearLogits(_lazy.LazyLogits):
 
     @contextlib.contextmanager
     def shares(self, threads):
-        """numpy heads: one share of the rows per thread, each with its own single-threaded
-        matmuls (``fastdiv._blas``: numpy's BLAS held to one thread meanwhile), where its
-        thread count can be set; other heads: one block at a time."""
+        """numpy heads: ``threads`` threads computing row blocks at once, each with its own
+        single-threaded matmuls (``fastdiv._blas``: numpy's BLAS held to one thread
+        meanwhile), where its thread count can be set; other heads: one block at a time."""
         if self.library != "numpy" or self.on_device or threads < 2 or not _blas.available():
             yield 1
             return
@@ -481,11 +481,10 @@ def linear(hidden: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, 
         the tiles in row blocks shared among the threads, each with its own single-threaded
         matmuls, where threadpoolctl (the ``linear`` extra) can hold numpy's BLAS to one
         thread for the call (``fastdiv._blas``: other threads' BLAS calls run on one thread
-        meanwhile).  ``evaluate``'s rank
-        counts, outside the target's own tile, the classes above the target's logit formed
-        as one dot product (in float64, rounded to the matmul's dtype): a class within the
-        matmul's rounding of the target may count differently than on the materialized
-        logits.  Tiles change the last bits (the states merge in another order); a
+        meanwhile).  ``evaluate``'s rank counts, outside the target's own tile, the classes
+        above the target's logit formed as one dot product (in float64, rounded to the
+        matmul's dtype): a class within the matmul's rounding of the target may count
+        differently than on the materialized logits.  Tiles change the last bits (the states merge in another order); a
         ``vocab_tile`` of V or more turns them off.
 
     Returns

@@ -291,8 +291,8 @@ def _tiled_state(backend, arrays, target, shape, rank=False):
     """The evaluate state ``(st, ix)`` of host lazy logits ``arrays[0]`` (reference
     ``arrays[1]``) by vocabulary tiles of ``shape`` (:func:`merge_tiles`): each tile computed
     into one buffer per array and thread reused for the call, its state from ``backend``'s
-    evaluate kernel.  Where the heads allow it (``LazyLogits.shares``) the rows go in one share
-    per thread (:func:`_share_shape`), else one row block at a time.  ``rank``: the count column
+    evaluate kernel.  Where the heads allow it (``LazyLogits.shares``) the row blocks go to
+    every thread at once (:func:`_share_shape`, :func:`_by_shares`), else one at a time.  ``rank``: the count column
     too -- in the target's tile against the tile's own target logit, in the others against the
     target's logit formed as one dot product (``LazyLogits.target_logits``: the same value up
     to the matmul's summation order), which the kernel reads from the state's xt column where
