@@ -21,6 +21,7 @@ keep the BLAS threaded and the kernels on one thread.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import threading
 from typing import Iterator
 
@@ -60,6 +61,18 @@ def _blas():
             ctl = ctl if ctl.lib_controllers else None
         _controller.append(ctl)
     return _controller[0]
+
+
+def describe() -> str:
+    """How numpy heads run here, for ``show_config``."""
+    ctl = _blas()
+    if ctl is not None:
+        info = ctl.info()[0]
+        return (f"numpy heads by shares: numpy's BLAS ({info['internal_api']} {info['version']}) held to one "
+                f"thread during a call, by threadpoolctl")
+    if importlib.util.find_spec("threadpoolctl") is None:
+        return "numpy heads one block at a time: threadpoolctl is not installed (the linear extra)"
+    return f"numpy heads one block at a time: numpy's BLAS ({_numpy_blas() or 'unknown'}) cannot be set"
 
 
 def available() -> bool:

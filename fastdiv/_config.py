@@ -4,7 +4,7 @@ from __future__ import annotations
 import platform
 import sys
 
-from . import _registry, api
+from . import _blas, _registry, api
 
 
 def _simd():
@@ -57,6 +57,7 @@ def config():
     module, _ = _registry._load("numba")
     if module is not None:
         info["numba_max_threads"] = module.max_threads()
+    info["linear"] = _blas.describe()
     return info
 
 
@@ -104,3 +105,4 @@ def show_config() -> None:
     for backend, state in info["backends"].items():
         print(f"    {backend:7s} {state}")
     print(f"  auto picks: {_registry.resolve('auto')} for host arrays{_auto_exceptions()}")
+    print(f"  fastdiv.linear: {info['linear']}")

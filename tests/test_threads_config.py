@@ -22,8 +22,19 @@ def test_num_threads_default_and_context():
 def test_show_config(capsys):
     fastdiv.show_config()
     out = capsys.readouterr().out
-    for word in ("numpy", "numba", "SIMD", "threads", "backends", "auto picks"):
+    for word in ("numpy", "numba", "SIMD", "threads", "backends", "auto picks", "fastdiv.linear: numpy heads"):
         assert word in out
+
+
+def test_show_config_says_how_numpy_heads_run(monkeypatch):
+    """By shares where threadpoolctl sets numpy's BLAS (the test extra installs it), else one
+    block at a time, with the reason."""
+    from fastdiv import _blas
+    pytest.importorskip("threadpoolctl")
+    if _blas._numpy_blas() is not None:
+        assert _blas.describe().startswith("numpy heads by shares")
+    monkeypatch.setattr(_blas, "_controller", [None])
+    assert _blas.describe().startswith("numpy heads one block at a time") and not _blas.available()
 
 
 def test_required_backends_are_available():
