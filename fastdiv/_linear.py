@@ -225,7 +225,7 @@ class LinearLogits(_lazy.LazyLogits):
         """numpy heads: ``threads`` threads computing row blocks at once, each with its own
         single-threaded matmuls (``fastdiv._blas``: numpy's BLAS held to one thread
         meanwhile), where its thread count can be set; other heads: one block at a time."""
-        if self.library != "numpy" or self.on_device or threads < 2 or not _blas.available():
+        if self.library != "numpy" or threads < 2 or not _blas.available():
             yield 1
             return
         with _blas.single_threaded():

@@ -304,6 +304,7 @@ def _tiled_state(backend, arrays, target, shape, rank=False):
     def block(r0, r1, spans, locals_, thr):
         bufs = getattr(mine, "bufs", None)
         if bufs is None:
+            rows, width = shape
             bufs = mine.bufs = [np.empty(min(rows, nrows(arrays[0])) * width, dtype=dtype) for _ in arrays]
         for (v0, v1), local in zip(spans, locals_):     # one tile at a time, in the reused buffers
             tiles = [a.compute(r0, r1, dtype, out=buf[:(r1 - r0) * (v1 - v0)].reshape(r1 - r0, v1 - v0),
@@ -319,7 +320,6 @@ def _tiled_state(backend, arrays, target, shape, rank=False):
     with _lazy_shares(arrays) as workers:
         if workers > 1:
             shape = _share_shape(shape, nrows(arrays[0]), workers)
-        rows, width = shape
         return merge_tiles(arrays, target, shape, block, dtype if rank else None, workers)
 
 

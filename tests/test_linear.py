@@ -252,12 +252,12 @@ def test_numpy_heads_by_shares_match_one_block_at_a_time(backend, rng, monkeypat
     fields = ("nll", "lse", "entropy", "target_prob", "kl_ref_model", "kl_model_ref", "rank", "argmax")
     seen = []
     real = fastdiv.execute.merge_tiles
-    monkeypatch.setattr(fastdiv.execute, "merge_tiles", lambda *a: seen.append(a[5]) or real(*a))
-    with fastdiv.threads(2):
+    with fastdiv.threads(2), monkeypatch.context() as m:
+        m.setattr(fastdiv.execute, "merge_tiles", lambda *a: seen.append(a[5]) or real(*a))
         shared = {k: f() for k, f in calls.items()}
         assert seen and set(seen) == {2} and _restored(before)
         seen.clear()
-        monkeypatch.setattr(fastdiv._blas, "_controller", [None])            # as without threadpoolctl
+        m.setattr(fastdiv._blas, "_controller", [None])                    # as without threadpoolctl
         alone = {k: f() for k, f in calls.items()}
         assert set(seen) == {1}
     for k in calls:
@@ -266,18 +266,15 @@ def test_numpy_heads_by_shares_match_one_block_at_a_time(backend, rng, monkeypat
         for name, a, b_ in pairs:
             np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b_, np.float64), rtol=1e-6, atol=1e-6,
                                        err_msg=name)
-    monkeypatch.undo()
-    monkeypatch.setattr(fastdiv._linear, "BLOCK_BYTES", 16 * 300 * 4)
 
     def fail(*args):
         raise RuntimeError("kernel failed")
     with fastdiv.threads(2):
-        monkeypatch.setattr(fastdiv._registry, "kernel", lambda *a: fail)
-        with pytest.raises(RuntimeError, match="kernel failed"):
-            fastdiv.cross_entropy(lx, t, backend=backend)
+        with monkeypatch.context() as m:
+            m.setattr(fastdiv._registry, "kernel", lambda *a: fail)
+            with pytest.raises(RuntimeError, match="kernel failed"):
+                fastdiv.cross_entropy(lx, t, backend=backend)
         assert _restored(before)
-        monkeypatch.undo()
-        monkeypatch.setattr(fastdiv._linear, "BLOCK_BYTES", 16 * 300 * 4)
         # calls from several threads at once share one limit: the last to leave restores it
         from concurrent.futures import ThreadPoolExecutor
 
