@@ -66,6 +66,11 @@ BASELINE = os.path.join(HERE, "baseline.json")
 THRESHOLD = 1.35
 #: Times a failing figure is measured again before the gate fails on it (``confirm``).
 CONFIRM = 2
+#: Seconds to wait before each of those measurements: another tenant's burst on the shared
+#: machine outlasted two back-to-back re-measures (a fresh-clone CI run at 4078db7 on the Zen 4,
+#: 2026-12-06: compare at 1t read 1.37-1.43x three times within ~20 s, 1.00-1.02x a minute
+#: later with the same tree and venv), so the tries are spread over half a minute.
+CONFIRM_PAUSE_S = 15.0
 #: The same on a CPU without its own entry, after dividing out the CPU's median change.
 FALLBACK_THRESHOLD = 1.6
 #: Bytes per array per thread: the rows of one thread stay in (or next to) its private L2
@@ -172,17 +177,20 @@ def compare(figures, machines, cpu, threshold, fallback_threshold, keys=None):
     return failures
 
 
-def confirm(failures, figures, remeasure, check, tries):
+def confirm(failures, figures, remeasure, check, tries, pause=0.0):
     """Measure the failing figures again, up to ``tries`` times, keeping each kernel's fastest
     figure; return the failures that remain.  A slower kernel is slower every time; another
     tenant of a shared machine slows a few seconds of it (on the 2-core Zen 4 one figure in
     about 60 read 1.46-1.51x in some runs and 0.93-1.04x in the next, at a commit whose kernels
-    had not changed, benchmarks/NOTES.md 2026-12-06)."""
+    had not changed, benchmarks/NOTES.md 2026-12-06).  ``pause``: seconds to wait before each
+    try, so the tries are not all inside one such burst."""
     for _ in range(tries):
         if not failures:
             break
         keys = [f.split(":")[0] for f in failures]
-        print(f"\nmeasuring the {len(keys)} failing figure(s) again (a slowdown must hold every time)")
+        time.sleep(pause)
+        print(f"\nmeasuring the {len(keys)} failing figure(s) again after {pause:.0f} s "
+              "(a slowdown must hold every time)")
         again = remeasure(set(keys))
         for k in keys:
             figures[k] = min(figures[k], again[k], key=lambda f: f["kernel_over_probe"])
@@ -265,7 +273,7 @@ def main(argv=None):
     failures = confirm(failures, figures,
                        lambda keys: measure(cases, backends, args.repeat, args.slowdown, args.slowdown_only, keys),
                        lambda figs, keys: compare(figs, machines, cpu, args.threshold, args.fallback_threshold, keys),
-                       CONFIRM)
+                       CONFIRM, CONFIRM_PAUSE_S)
     if failures:
         print("\nBENCHMARK GATE FAILED: slower than the baseline by more than the threshold:")
         for f in failures:
