@@ -17,6 +17,11 @@ def _simd():
         for name, width in (("avx512f", 512), ("avx2", 256), ("avx", 256), ("sse2", 128), ("neon", 128)):
             if feats.get(name, False):
                 return f"{name} ({width}-bit vectors), cpu={cpu}"
+        if platform.machine().lower() in ("aarch64", "arm64"):
+            # AArch64 has Advanced SIMD in its base ISA (LLVM's generic aarch64 target
+            # vectorises with it); LLVM lists no features where /proc/cpuinfo has none,
+            # e.g. under qemu-user, which shows the host's.
+            return f"neon (128-bit vectors, aarch64 baseline), cpu={cpu}"
         return f"scalar, cpu={cpu}"
     except Exception as exc:  # llvmlite missing or unusual platform
         return f"unknown ({exc})"

@@ -984,7 +984,11 @@ FD_INLINE fd_vf fd_logratio_f32(fd_vf p, fd_vf q)
     fd_mf hi = fd_gt_f32(mp, mq * 1.41421356f), lo = fd_gt_f32(mq, mp * 1.41421356f);
     mp = fd_sel_f32(hi, mp * 0.5f, fd_sel_f32(lo, mp * 2.0f, mp));
     kf = fd_sel_f32(hi, kf + 1.0f, fd_sel_f32(lo, kf - 1.0f, kf));
-    return kf * (float)FD_LN2 + fd_log_mant_f32(FD_VBARRIER(mp - mq) / mq);
+    /* The barriers fix the rounding steps: kf ln2 rounded, log_mant whole, then one add.  Left
+       to -ffp-contract=fast and -fassociative-math, GCC 12 for aarch64 fused kf ln2 into the
+       add in the float16 / bfloat16 instantiations' tail step but not in float32's, so their
+       results differed by an ulp from the float32 kernel's on the upcast input. */
+    return FD_VBARRIER(kf * (float)FD_LN2) + FD_VBARRIER(fd_log_mant_f32(FD_VBARRIER(mp - mq) / mq));
 }
 
 FD_INLINE fd_vd fd_logratio_f64(fd_vd p, fd_vd q)
