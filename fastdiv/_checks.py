@@ -137,7 +137,8 @@ def class_targets(target, lead_shape, v, ignore, *, count_ignored=False):
 
 
 def _class_targets(target, lead_shape, v, ignore):
-    """(t as contiguous int64, min t, max t), after the checks of class_targets."""
+    """(t as contiguous int64, lo, hi) with lo <= min t and hi >= max t (lo, hi = 0, -1 for
+    no targets), after the checks of class_targets."""
     if target.dtype.kind == "b":
         raise TypeError("target must hold integer class indices (or float probabilities), got a boolean array")
     if target.dtype.kind not in "iu":
@@ -150,7 +151,12 @@ def _class_targets(target, lead_shape, v, ignore):
         raise ValueError("target has values too large for int64")
     if not t.size:
         return t, 0, -1
-    lo, hi = int(t.min()), int(t.max())          # two passes, no temporaries: the common case
+    # The common case in one pass: read as uint64 a negative index is >= 2^63, so a maximum
+    # below v puts every target in [0, v) (lo = 0 is then a bound, not the minimum).
+    hi = int(t.view(np.uint64).max())
+    if hi < v:
+        return t, 0, hi
+    lo, hi = int(t.min()), int(t.max())
     if hi < v and (lo >= 0 or (lo == ignore and not np.any(t[t < 0] != ignore))):
         return t, lo, hi
     bad = ((t < 0) | (t >= v)) & (t != ignore)

@@ -103,3 +103,21 @@ def test_large_common_offsets_do_not_cancel(rng, dtype, v):
     # the float64 reference itself forms x - lse at magnitude 1e4 (abs. error ~1e-12)
     atol = 1e-6 if dtype == np.float32 else 1e-11
     np.testing.assert_allclose(out, ref, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum64_blocks_do_not_depend_on_threads(rng, dtype):
+    """fastdiv.reduce's float64 sum of per-row values: fixed blocks, so any thread count and
+    any offset of the same values give the same bits; within float64 rounding of numpy's."""
+    for n in (0, 1, 16383, 16384, 16385, 3 * 16384 + 5, 1 << 18):
+        a = (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 4, n)).astype(dtype)
+        got = {K.sum64(a, nt) for nt in (1, 2, 3, 8)}
+        assert len(got) == 1, (n, got)
+        ro = a.copy()
+        ro.flags.writeable = False
+        assert K.sum64(ro, 2) == got.pop()
+        want = np.sum(a, dtype=np.float64)
+        assert abs(K.sum64(a, 2) - want) <= 1e-14 * max(np.sum(np.abs(a), dtype=np.float64), 1e-300)
+    for bad in (np.zeros((2, 3), np.float32), np.zeros(4, np.int64), np.zeros(8, np.float32)[::2]):
+        with pytest.raises(ValueError, match="1-D C-contiguous float32 or float64"):
+            K.sum64(bad, 1)

@@ -180,6 +180,28 @@ def test_bit_identical_for_any_thread_count_and_repeated_calls(fn, backend):
 
 
 @pytest.mark.parametrize("backend", COMPILED)
+def test_means_of_many_rows_are_bit_identical_for_any_thread_count(backend):
+    """From reduce.COMPILED_SUM_FROM rows on, a mean's float64 sum runs threaded (the Cython
+    backend's sum64, fixed blocks): the same bits for 1 and 2 threads, and the float64 mean of
+    the same per-row values to within the result's rounding."""
+    rng = np.random.default_rng(17)
+    n = fastdiv.reduce.COMPILED_SUM_FROM + 4097
+    x = rng.standard_normal((n, 51)).astype(np.float32)
+    z = rng.standard_normal((n, 51)).astype(np.float32)
+    t = rng.integers(0, 51, n)
+    calls = {"cross_entropy": lambda **o: fastdiv.cross_entropy(x, t, backend=backend, **o),
+             "kl_div": lambda **o: fastdiv.kl_div(x, z, backend=backend, **o)}
+    for name, call in calls.items():
+        with fastdiv.threads(1):
+            one = call()
+        with fastdiv.threads(2):
+            two = call()
+        assert one.tobytes() == two.tobytes(), name
+        rows = call(reduction="none")
+        np.testing.assert_allclose(two, np.sum(rows, dtype=np.float64) / n, rtol=2.0 ** -23, err_msg=name)
+
+
+@pytest.mark.parametrize("backend", COMPILED)
 def test_eight_python_threads_at_once_get_the_same_bits(backend):
     """Every function from 8 Python threads at once (the compiled backends are thread-safe:
     docs/guarantees.rst)."""
