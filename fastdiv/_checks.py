@@ -156,8 +156,8 @@ def _class_targets(target, lead_shape, v, ignore):
     hi = int(t.view(np.uint64).max())
     if hi < v:
         return t, 0, hi
-    lo, hi = int(t.min()), int(t.max())
-    if hi < v and (lo >= 0 or (lo == ignore and not np.any(t[t < 0] != ignore))):
+    lo, hi = int(t.min()), int(t.max())          # some target is negative or >= v
+    if hi < v and lo == ignore and not np.any(t[t < 0] != ignore):
         return t, lo, hi
     bad = ((t < 0) | (t >= v)) & (t != ignore)
     if bad.any():

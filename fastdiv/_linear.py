@@ -484,8 +484,8 @@ def linear(hidden: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, 
         meanwhile).  ``evaluate``'s rank counts, outside the target's own tile, the classes
         above the target's logit formed as one dot product (in float64, rounded to the
         matmul's dtype): a class within the matmul's rounding of the target may count
-        differently than on the materialized logits.  Tiles change the last bits (the states merge in another order); a
-        ``vocab_tile`` of V or more turns them off.
+        differently than on the materialized logits.  Tiles change the last bits (the states
+        merge in another order); a ``vocab_tile`` of V or more turns them off.
 
     Returns
     -------

@@ -292,11 +292,11 @@ def _tiled_state(backend, arrays, target, shape, rank=False):
     ``arrays[1]``) by vocabulary tiles of ``shape`` (:func:`merge_tiles`): each tile computed
     into one buffer per array and thread reused for the call, its state from ``backend``'s
     evaluate kernel.  Where the heads allow it (``LazyLogits.shares``) the row blocks go to
-    every thread at once (:func:`_share_shape`, :func:`_by_shares`), else one at a time.  ``rank``: the count column
-    too -- in the target's tile against the tile's own target logit, in the others against the
-    target's logit formed as one dot product (``LazyLogits.target_logits``: the same value up
-    to the matmul's summation order), which the kernel reads from the state's xt column where
-    the row has no target in the tile."""
+    every thread at once (:func:`_share_shape`, :func:`_by_shares`), else one at a time.
+    ``rank``: the count column too -- in the target's tile against the tile's own target
+    logit, in the others against the target's logit formed as one dot product
+    (``LazyLogits.target_logits``: the same value up to the matmul's summation order), which
+    the kernel reads from the state's xt column where the row has no target in the tile."""
     dtype = out_dtype(*arrays)
     kern = _registry.kernel(backend, "evaluate")
     mine = threading.local()           # each thread's tile buffers, one per array
