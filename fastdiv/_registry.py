@@ -110,6 +110,16 @@ OPS = (
     "topk_kl",
 )
 
+#: J(d / 2) = (d / 2) tanh(d / 2) - log cosh(d / 2) = s Q(s), s = d^2 in [0, 4): Q's
+#: coefficients, highest degree first, as float32.  The Jensen-Shannon term at beta = 1/2 of a
+#: class whose log-probabilities differ by d is m J(d / 2), m = (p + q) / 2, which the float32
+#: js_logits / compare kernels take where |d| < 2 (docs/semantics.rst, "Jensen-Shannon of
+#: nearby rows"): numba's and CUDA's read this tuple, the Cython kernels' fd_jsd_f32 (_simd.h)
+#: the same literals (tests/test_divergences.py checks both, and the fit's 2.2e-7 relative).
+JSD_HALF_POLY = (5.788427515085459e-08, -1.374143039356568e-06, 1.7764687072485685e-05,
+                 -0.0001825586223276332, 0.0017348849214613438, -0.015624696388840675,
+                 0.1249999850988388)
+
 #: Backends in the order ``auto`` prefers them for host (numpy) input: Cython first (compiled
 #: at install time, so no JIT latency; as fast or faster in benchmarks/NOTES.md), then numba.
 CPU_BACKENDS = ("cython", "numba")

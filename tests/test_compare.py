@@ -183,6 +183,21 @@ def test_float32_input_is_close_to_the_float64_oracle(backend):
     assert got["same_top1"] == want["same_top1"]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_js_of_a_nearby_float32_model_keeps_its_relative_accuracy(backend):
+    """A model within N(0, 1e-3) of its base (a runtime or precision change): JS ~ 1e-7 per
+    row.  Before 2026-12-06 the float32 kernels' JS column was off by 50 % (median) there
+    (tests/test_divergences.py, test_js_of_nearby_float32_rows_keeps_its_relative_accuracy)."""
+    from fastdiv import reference as R
+
+    rng = np.random.default_rng(11)
+    base = (rng.standard_normal((16, 3000)) * 2).astype(np.float32)
+    model = (base + rng.standard_normal(base.shape) * 1e-3).astype(np.float32)
+    got = fastdiv.compare(base, model, backend=backend)
+    want = R.js_rows(base.astype(np.float64), model.astype(np.float64), 0.5)
+    np.testing.assert_allclose(got.js, want, rtol=1e-3, atol=0)
+
+
 def test_json_keys_are_exactly_those_of_the_issue():
     base, model, target = data(rows=50)
     d = fastdiv.compare(base, model, target).to_dict()

@@ -23,6 +23,7 @@ import threading
 import numpy as np
 from numba import cuda, float64, int64
 
+from .. import _registry
 from . import intrinsics as D
 from .intrinsics import inline as _dj
 from .accumulators import KL_EXACT_BELOW
@@ -39,6 +40,7 @@ DIV_GRID = 65536
 #: one pass subtracts: accumulators.py, kl_logits' finish)
 OP_ENTROPY, OP_KL, OP_CE_SOFT, OP_JS_LOGITS, OP_JS_LOG_PROBS, OP_JS_PROBS, OP_TOPK, OP_KL_EXACT = range(8)
 
+_JSD = _registry.JSD_HALF_POLY
 _lock = threading.Lock()
 _cache: dict = {}
 
@@ -137,6 +139,16 @@ def _make(kind_name):
         tp = float64(acc(a) * p * (lp - lm)) if p != ZERO else 0.0
         tq = float64(acc(1.0 - a) * q * (lq - lm)) if q != ZERO else 0.0
         return (tp, tq)
+
+    @_dj
+    def jsd(s):
+        """J(d / 2) for s = d^2 < 4, J(x) = x tanh x - log cosh x: the JS term (beta = 1/2)
+        per unit of the mixture of two classes whose log-probabilities differ by d
+        (fastdiv._registry.JSD_HALF_POLY)."""
+        q = acc(_JSD[0])
+        for k in range(1, len(_JSD)):
+            q = q * s + acc(_JSD[k])
+        return s * q
 
     @cuda.jit
     def k_rows(x, z, w, idx, t, out, rows, V, K, op, sc, a, b, has_w):
@@ -268,14 +280,28 @@ def _make(kind_name):
             if op == OP_JS_LOGITS:
                 lsx = acc(math.log(sx)) if MX > -math.inf else ZERO
                 lsz = acc(math.log(sz)) if MZ > -math.inf else ZERO
+                # beta = 1/2 in float32: a class whose |d| < 2, d = lq - lp formed from the
+                # logits' difference, adds m J(d / 2), which keeps JS's relative accuracy as the
+                # rows' difference goes to 0 (the log-based terms cancel there); per class here,
+                # by vector in the Cython kernels (fd_js_half_term)
+                half = (not F64) and a == 0.5 and MX > -math.inf and MZ > -math.inf
+                # the shift part as a float difference, as the classes' zj - xj: d = 0 to the bit
+                # for equal normalisers (a one-class row)
+                cd = acc(float64(shz - shx) + (math.log(sz) - math.log(sx))) if half else ZERO
                 for j in range(tid, V, nt):
-                    lp = (sload(x, base + j) * sca - shx) - lsx
-                    lq = (sload(z, base + j) * sca - shz) - lsz
+                    xj = sload(x, base + j) * sca
+                    zj = sload(z, base + j) * sca
+                    lp = (xj - shx) - lsx
+                    lq = (zj - shz) - lsz
                     p = fexp(lp)
                     q = fexp(lq)
-                    tp, tq = js_terms(p, q, lp, lq, a)
-                    s2 += tp
-                    s2 += tq
+                    d = (zj - xj) - cd
+                    if half and d * d < acc(4.0):
+                        s2 += float64((acc(0.5) * p + acc(0.5) * q) * jsd(d * d))
+                    else:
+                        tp, tq = js_terms(p, q, lp, lq, a)
+                        s2 += tp
+                        s2 += tq
                 s2 = block_sum(shd, s2, tid, nt)
             if tid != 0:
                 continue

@@ -176,11 +176,15 @@ FD_INLINE fd_vf fd_add_unless_f32(fd_vf acc, fd_mf m, fd_vf v) { return (fd_vf)_
 FD_INLINE fd_vf fd_add_where_f32(fd_vf acc, fd_mf m, fd_vf v) { return (fd_vf)_mm512_mask_add_ps(FD_M512(acc), m, FD_M512(acc), FD_M512(v)); }
 /* number of lanes set in m (on the scalar ports: popcnt of the k register) */
 FD_INLINE int fd_popcount_f32(fd_mf m) { return __builtin_popcount((unsigned)m); }
+/* every lane of m set */
+FD_INLINE int fd_all_f32(fd_mf m) { return m == (fd_mf)0xFFFF; }
 /* max ignoring NaN: `v > acc ? v : acc`; vmaxps returns its second operand on NaN */
 FD_INLINE fd_vf fd_max_f32(fd_vf acc, fd_vf v) { return (fd_vf)_mm512_max_ps(FD_M512(v), FD_M512(acc)); }
 /* t < lo ? lo : t and t > hi ? hi : t, both keeping a NaN t */
 FD_INLINE fd_vf fd_clamp_lo_f32(fd_vf t, fd_vf lo) { return (fd_vf)_mm512_max_ps(FD_M512(lo), FD_M512(t)); }
 FD_INLINE fd_vf fd_clamp_hi_f32(fd_vf t, fd_vf hi) { return (fd_vf)_mm512_min_ps(FD_M512(hi), FD_M512(t)); }
+/* max(t, 0), and 0 for a NaN t (vmaxps returns its second operand on NaN) */
+FD_INLINE fd_vf fd_max0_f32(fd_vf t) { return (fd_vf)_mm512_max_ps(FD_M512(t), _mm512_setzero_ps()); }
 /* m ? max(acc, v) : acc (NaN-ignoring) */
 FD_INLINE fd_vf fd_max_where_f32(fd_vf acc, fd_mf m, fd_vf v) { return (fd_vf)_mm512_mask_max_ps(FD_M512(acc), m, FD_M512(v), FD_M512(acc)); }
 
@@ -243,14 +247,28 @@ FD_INLINE int fd_popcount_f32(fd_mf m)
     for (int l = 0; l < FD_WF; l++) c -= m[l];
     return c;
 }
+FD_INLINE int fd_all_f32(fd_mf m)
+{
+#if FD_VBYTES == 32 && defined(__AVX__)
+    return _mm256_movemask_ps((__m256)m) == 0xFF;
+#elif FD_VBYTES == 16 && defined(__SSE__)
+    return _mm_movemask_ps((__m128)m) == 0xF;
+#else
+    int a = -1;
+    for (int l = 0; l < FD_WF; l++) a &= m[l];
+    return a != 0;
+#endif
+}
 #if defined(FD_X86_MAX)
 FD_INLINE fd_vf fd_max_f32(fd_vf acc, fd_vf v) { return fd_maxps(v, acc); }
 FD_INLINE fd_vf fd_clamp_lo_f32(fd_vf t, fd_vf lo) { return fd_maxps(lo, t); }
 FD_INLINE fd_vf fd_clamp_hi_f32(fd_vf t, fd_vf hi) { return fd_minps(hi, t); }
+FD_INLINE fd_vf fd_max0_f32(fd_vf t) { return fd_maxps(t, (fd_vf){0}); }
 #else
 FD_INLINE fd_vf fd_max_f32(fd_vf acc, fd_vf v) { return fd_sel_f32(v > acc, v, acc); }
 FD_INLINE fd_vf fd_clamp_lo_f32(fd_vf t, fd_vf lo) { return fd_sel_f32(t < lo, lo, t); }
 FD_INLINE fd_vf fd_clamp_hi_f32(fd_vf t, fd_vf hi) { return fd_sel_f32(t > hi, hi, t); }
+FD_INLINE fd_vf fd_max0_f32(fd_vf t) { return fd_sel_f32(t > 0, t, (fd_vf){0}); }
 #endif
 FD_INLINE fd_vf fd_max_where_f32(fd_vf acc, fd_mf m, fd_vf v) { return fd_sel_f32(m & (v > acc), v, acc); }
 
@@ -951,6 +969,26 @@ FD_INLINE fd_vf fd_logpos_f32(fd_vf x)
     fd_vf f = (fd_vf)((ix & 0x007fffffu) + 0x3f3504f3u) - 1.0f;
     return kf * (float)FD_LN2 + fd_log_mant_f32(f);
 #endif
+}
+
+/* J(d / 2) for s = d^2 in [0, 4), J(x) = x tanh x - log cosh x.  With q = p e^d, the
+   Jensen-Shannon term at beta = 1/2 is 1/2 p log(p / m) + 1/2 q log(q / m) = m J(d / 2),
+   m = (p + q) / 2: J is even, >= 0, d^2 / 8 near 0 and ln 2 at infinity.  J = s Q(s), Q of
+   degree 6 fitted to J / s on [0, 4] (least squares on Chebyshev nodes, reweighted toward the
+   relative minimax; fastdiv._registry.JSD_HALF_POLY holds the same literals): against mpmath,
+   at most 2.2e-7 relative over [0, 4] in float32 Horner, so the term keeps its relative
+   accuracy as d -> 0, where log m rounded at the size of log m (~1e-6 for m ~ 1e-5) is all of
+   lp - lm.  |d| < 2 keeps Q's degree low: J's nearest singularities are at d = +-i pi,
+   s = -pi^2. */
+FD_INLINE fd_vf fd_jsd_f32(fd_vf s)
+{
+    fd_vf q = 5.788427515085459e-08f * s - 1.374143039356568e-06f;
+    q = q * s + 1.7764687072485685e-05f;
+    q = q * s - 0.0001825586223276332f;
+    q = q * s + 0.0017348849214613438f;
+    q = q * s - 0.015624696388840675f;
+    q = q * s + 0.1249999850988388f;
+    return s * q;
 }
 
 FD_INLINE fd_vd fd_logpos_f64(fd_vd x)
