@@ -1,0 +1,61 @@
+"""Jensen-Shannon of nearby rows: the accuracy of ``js_div`` / ``compare``'s ``js`` on float32
+rows ``z = x + N(0, sigma)`` against the float64 reference, and the Cython kernels' in-cache
+speed on rows whose log-probabilities differ little ("narrow", sigma = 0.05), by ~1 ("medium")
+or everywhere by more than 2 ("broad", independent rows: the benchmarks' usual inputs), where
+the terms m J(d / 2) take a vector only when each of its |d| < 2 (docs/semantics.rst,
+"Jensen-Shannon of nearby rows").
+
+    PYTHONPATH=. python benchmarks/js_nearby.py [--base OTHER_BUILD.so] [--rounds 30]
+
+``--base``: another build of ``fastdiv/_cython/_kernels`` (e.g. the previous commit's, built in
+a ``git worktree``) timed in the same process, interleaved (CPU time of the thread, one thread,
+16 x 16000 float32, the contract's ``js_logits`` and ``compare``: ns per element pair, best of
+the rounds).
+"""
+import argparse
+
+import numpy as np
+
+from _common import load_extension, ns_per_element
+import fastdiv
+from fastdiv._cython import _kernels as K
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--base", default=None, help="another build of the extension (.so) to time beside this one")
+ap.add_argument("--rounds", type=int, default=30)
+a = ap.parse_args()
+
+print("accuracy, 64 x 50257 float32, |got - want| / want per row against the float64 reference")
+rng = np.random.default_rng(1)
+for sigma in (1e-1, 1e-2, 1e-3):
+    x = (rng.standard_normal((64, 50257)) * 2).astype(np.float32)
+    z = (x + rng.standard_normal(x.shape) * sigma).astype(np.float32)
+    want = fastdiv.js_div(x.astype(np.float64), z.astype(np.float64), reduction="none", backend="numpy")
+    for b in [b for b in ("cython", "numba") if b in fastdiv.available_backends()]:
+        for what, got in (("js_div", fastdiv.js_div(x, z, reduction="none", backend=b)),
+                          ("compare", fastdiv.compare(x, z, backend=b).js)):
+            rel = np.abs(got - want) / want
+            print(f"  sigma {sigma:g} (JS ~{np.median(want):.2g}) {b:6s} {what:8s} median {np.median(rel):.1e}  "
+                  f"max {rel.max():.1e}")
+
+print("speed, in cache, one thread, 16 x 16000 float32 (ns per element pair, best of the rounds)")
+B = load_extension(a.base) if a.base else None
+n, v = 16, 16000
+x = (rng.standard_normal((n, v)) * 3).astype(np.float32)
+rows = {"broad": (rng.standard_normal((n, v)) * 3).astype(np.float32),
+        "medium": (x + rng.standard_normal((n, v))).astype(np.float32),
+        "narrow": (x + rng.standard_normal((n, v)) * 0.05).astype(np.float32)}
+out = np.empty(n, np.float32)
+t = rng.integers(0, v, n)
+st = np.empty((n, 10))
+ix = np.empty((n, 4), np.int64)
+for name, z in rows.items():
+    for op, f in {"js_logits": lambda M: M.js_logits(x, z, 0.5, 1.0, out, 1),
+                  "compare": lambda M: M.compare(x, z, t, st, ix, 1)}.items():
+        calls = {"this": lambda: f(K)}
+        if B is not None:
+            calls["base"] = lambda: f(B)
+        times = ns_per_element(calls, a.rounds, n * v)
+        cells = "  ".join(f"{k} {min(s):.3f}" for k, s in times.items())
+        ratio = f"  (x{min(times['this']) / min(times['base']):.3f} of base)" if B is not None else ""
+        print(f"  {name:6s} {op:9s} {cells}{ratio}", flush=True)
