@@ -290,9 +290,9 @@ def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz):
     At beta = 1/2 in float32, a chunk whose |d| < 2 everywhere, d = lq - lp = (z - x) - cd
     formed from the logits' difference, takes its terms as m J(d / 2) (_jsd_f32), which keep
     JS's relative accuracy as the rows' difference goes to 0; other chunks (a far difference,
-    a masked class: d = inf or NaN) the log-based terms.  The Cython kernels choose by vector
-    (fd_js_half_term): numba's loops, split into blocks of 16 with a choice in each, no
-    longer vectorised (JS 1.0 -> 1.8 ns per pair on random rows)."""
+    a class masked in one row only: d = +-inf) the log-based terms.  The Cython kernels
+    choose by vector (fd_js_half_term): numba's loops, split into blocks of 16 with a choice
+    in each, no longer vectorised (JS 1.0 -> 1.8 ns per pair on random rows)."""
     zero = cast(0.0, b)
     ninf = cast(-_INF, b)
     v = xr.shape[0]
