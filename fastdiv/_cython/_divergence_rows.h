@@ -82,7 +82,7 @@ static double FI(fd_js_pass)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, int mo
    formed from the logits' difference, not from lp and lq (each rounded at the size of |lp|,
    1e-6 at lp ~ -12).  Then JS's relative accuracy holds as the rows' difference goes to 0:
    at model = base + N(0, 1e-3) (JS ~ 1e-7, 64 x 50257) the log-based terms were off by
-   50 % (median), these by ~1e-5, what remains of c's rounding.  A class masked in one row
+   50 % (median), these by 1.3e-7 (benchmarks/js_nearby.py).  A class masked in one row
    only (d = +-inf) sends its vector to the log-based terms, as does a vector with a far
    difference, where those do not cancel.  Returns whether it wrote *t. */
 FD_INLINE int FI(fd_js_half_term)(FD_V xv, FD_V zv, FD_V m, FD_V cdv, FD_V *t)
