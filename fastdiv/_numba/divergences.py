@@ -23,7 +23,7 @@ from . import threads
 from .. import _registry
 from .threads import PAR, share
 from .simd import (FASTMATH, INLINE, JIT, KL_SUB, _float_bits_to_int, _int_bits_to_float, cast, clamp_lo, exp_hot, fexp, flog,
-                   guard, load, maximum, prefer_wide_vectors, prefetch_ahead, read_only, sub_exact)
+                   guard, is_f64, load, maximum, prefer_wide_vectors, prefetch_ahead, read_only, sub_exact)
 
 CHUNK = 2048
 _JIT = JIT
@@ -205,18 +205,6 @@ def _js_logits_row(xr, zr, b, c, ex, ez, refs):
     return _js_terms(xr, zr, b, c, ex, ez, refs, JS_CHUNK, mx, mz, sx, sz)
 
 
-def is_f32(x):  # pragma: no cover - replaced by the overload inside jitted code
-    return isinstance(x, np.float32)
-
-
-@overload(is_f32)
-def _ov_is_f32(x):
-    from numba import types
-
-    f32 = x == types.float32
-    return lambda x: f32
-
-
 #: fastdiv._registry.JSD_HALF_POLY as float32 constants
 _JSD = tuple(np.float32(c) for c in _registry.JSD_HALF_POLY)
 
@@ -307,14 +295,10 @@ def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz):
     # rows with a class each (cd finite).  cd's shift part is a float difference, as the
     # elements' z - x: with equal normalisers (a one-class row) d is then 0 to the bit, where
     # the float64 shz - shx rounded once with the logs' part could round a tie the other way
-    half = is_f32(zero) and b == c and mx > ninf and mz > ninf
-    # the test takes c from the float logs above (within ~1e-5 of it) against a bound below 4,
-    # so that |d| < 2 holds for the exact c; that costs two float64 logs, formed only for a
-    # row with a chunk that passes
-    ca = sub_exact(shz, shx) + (lsz - lsx)
-    cd = zero
-    exact = False
-    lim = cast(3.99, b)
+    half = not is_f64(zero) and b == c and mx > ninf and mz > ninf   # float32 working precision
+    cd = cast(np.float64(sub_exact(shz, shx)) + (np.log(np.float64(sz)) - np.log(np.float64(sx))), b) if half \
+        else zero
+    four = cast(4.0, b)
     # log p clamped at the exp clamp LO: a masked class (p = 0) adds 0 * (LO - ...) = 0,
     # never 0 * -inf
     lo = cast(clamp_lo(ninf), b)
@@ -330,10 +314,7 @@ def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz):
         zs = zr[j0:j1]
         es = ex[j0:j1]
         fs = ez[j0:j1]
-        if half and _js_near(xs, zs, ca, lim):
-            if not exact:
-                cd = cast(np.float64(sub_exact(shz, shx)) + (np.log(np.float64(sz)) - np.log(np.float64(sx))), b)
-                exact = True
+        if half and _js_near(xs, zs, cd, four):
             acc = zero
             for j in range(xs.shape[0]):
                 acc += (es[j] * fx + fs[j] * fz) * _jsd_f32(_js_d2(xs[j], zs[j], cd))
