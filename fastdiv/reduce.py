@@ -87,9 +87,9 @@ COMPILED_SUM_FROM = 1 << 16
 def sum64(per_row):
     """The sum of per-row values in float64.  For a large float32 / float64 host array and a
     built Cython backend: its ``sum64``, block sums over fastdiv's threads (~0.5 ms for 2^22
-    values on 2 threads, against ~3 ms for numpy's cast-and-sum on one thread), whose order depends on
-    neither the thread count nor the backend that computed the rows; else ``np.sum``.  The two
-    orders differ by float64 rounding, far below the float32 result's."""
+    values on 2 threads, against ~3 ms for numpy's cast-and-sum on one thread), whose order
+    depends on neither the thread count nor the backend that computed the rows; else
+    ``np.sum``.  The two orders differ by float64 rounding, far below the float32 result's."""
     a = per_row.reshape(-1) if isinstance(per_row, np.ndarray) else None
     if (a is not None and a.size >= COMPILED_SUM_FROM and a.dtype in (np.float32, np.float64)
             and a.flags.c_contiguous):

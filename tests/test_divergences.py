@@ -481,7 +481,8 @@ def test_js_of_probabilities_at_the_bottom_of_the_range(backend, dtype):
 def test_js_of_nearby_float32_rows_keeps_its_relative_accuracy(backend, v, sigma):
     """z = x + N(0, sigma): JS ~ sigma^2 / 8.  The log-based terms p (lp - lm) cancel to it from
     lp - lm rounded at the size of |lm| (1e-6): at sigma = 1e-3 the rows were off by 50 %
-    (median) before 2026-12-06; the terms m J(d / 2) of the compiled kernels keep ~1e-5."""
+    (median) before 2026-12-06; the terms m J(d / 2) of the compiled kernels keep ~1e-7
+    (benchmarks/js_nearby.py)."""
     rng = np.random.default_rng(int(sigma * 1e4) + v)
     x = (rng.standard_normal((8, v)) * 2).astype(np.float32)
     z = (x + rng.standard_normal((8, v)) * sigma).astype(np.float32)

@@ -663,9 +663,10 @@ def topk_kl(idx, t, z, int bucket, out, int nthreads):
 # ------------------------------------------------------------------------------------------
 # The float64 sum of per-row values (fastdiv.reduce.sum64): numpy's np.sum(a, dtype=float64)
 # casts float32 through small buffers on one thread, ~0.7 ns per value, 3 ms for C51's 2^22
-# rows beside a ~45 ms kernel (0.5 ms here on 2 threads).  Here each block of SUM_BLOCK values is summed by one thread
-# (the C loop vectorised, -fassociative-math) and the block sums are added in order, so the
-# result depends on neither the thread count nor the batch's position in memory.
+# rows beside a ~45 ms kernel (0.5 ms here on 2 threads).  Here each block of SUM_BLOCK
+# values is summed by one thread (the C loop vectorised, -fassociative-math) and the block
+# sums are added in order, so the result depends on neither the thread count nor the batch's
+# position in memory.
 
 cdef Py_ssize_t SUM_BLOCK = 16384
 
