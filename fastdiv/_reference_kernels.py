@@ -88,6 +88,9 @@ def compare(x, z, target, st, ix, nthreads):
     rows = np.arange(n)
     st[:, 8] = np.where(has_t, z64[rows, np.where(has_t, t, 0)], np.nan)
     st[:, 9] = reference.js_rows(z64, x64, 0.5, "logits")
+    with np.errstate(invalid="ignore"):
+        kls = (np.isfinite(st[:, 0]) & np.isfinite(st[:, 4]))[:, None]
+    st[:, 10:12] = np.where(kls, np.stack([reference.kl_rows(z64, x64), reference.kl_rows(x64, z64)], axis=1), np.nan)
     mz = st[:, 4]
     top = np.argmax(z64, axis=1)                 # the first maximum (the first NaN where there is one)
     ix[:, 3] = top

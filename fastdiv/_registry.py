@@ -52,13 +52,20 @@ the thread count.  Semantics are those of ``fastdiv.reference`` (see its docstri
     compare(x, z, target, st, ix, nthreads)
         ``fastdiv.compare``'s per-row state (#19) in one read of the model's logits ``x`` and
         the base's ``z`` (same shape and dtype; the API calls it with every row of the base
-        finite or not, as evaluate).  ``st[i, :8]`` and ``ix[i, 0]``, ``ix[i, 2]``: evaluate's
-        columns for ``x`` with reference ``z`` and target ``target[i]``; ``st[i, 8]`` =
+        finite or not, as evaluate).  ``st[i, :6]`` and ``ix[i, 0]``, ``ix[i, 2]``: evaluate's
+        columns for ``x`` with reference ``z`` and target ``target[i]`` (``st[i, 6:8]``, its KL
+        sums, unspecified: the compiled kernels leave them unsummed); ``st[i, 8]`` =
         ``z[t]`` (NaN without a target); ``st[i, 9]`` = the Jensen-Shannon divergence (beta =
         0.5) of the two rows, as ``js_logits``; ``ix[i, 3]`` = the first index of the maximum
         of ``z`` (meaningful only where ``st[i, 4]`` is not NaN or -inf); ``ix[i, 1]`` = the
         number of ``j`` with ``x_j > x[ix[i, 3]]`` where ``z`` has a top-1 class (``st[i, 4]``
-        finite or ``+inf``), ``x``'s maximum is finite and ``x[ix[i, 3]] > -inf``, else -1.
+        finite or ``+inf``), ``x``'s maximum is finite and ``x[ix[i, 3]] > -inf``, else -1;
+        ``st[i, 10]``, ``st[i, 11]`` = D(z || x) and D(x || z), summed class by class from
+        terms that do not cancel as the rows' difference goes to 0 (``d = lq - lp``; near 0
+        evaluate's one-pass ``wxz``, ``wzx`` lose the KL's relative accuracy in float32), +inf
+        where ``ix[i, 2]``'s flags say so, for rows where both have a finite maximum, no +inf
+        and no NaN; else left NaN (``fastdiv.comparison`` then takes ``finish_rows``' rules for
+        empty, NaN and +inf rows, which do not read ``wxz``, ``wzx``).
         ``st[i, 4:6]`` are ``z``'s own (m, s) whatever ``x`` holds (Cython's evaluate pass stops
         at a +inf in either row, so it reads such a row pair's ``z`` again; numba's keeps ``z``'s
         sums going).  ``st`` comes filled with NaN, as for evaluate (Cython's and numpy's
@@ -119,6 +126,17 @@ OPS = (
 JSD_HALF_POLY = (5.788427515085459e-08, -1.374143039356568e-06, 1.7764687072485685e-05,
                  -0.0001825586223276332, 0.0017348849214613438, -0.015624696388840675,
                  0.1249999850988388)
+
+#: E(d) = (e^d - 1 - d) / d^2 for |d| < 2: its coefficients in d, highest degree first, as
+#: float32 (degree 8, fitted on Chebyshev nodes toward the relative minimax: 2.3e-7 relative in
+#: float32 Horner).  With q = p e^d, a class's KL(p || q) term is p d^2 E(d) and its Jeffreys
+#: term (q - p) d is p d^2 (1 + d E(d)), both >= 0: compare's float32 kernels sum its kld and
+#: reverse_kld so where |d| < 2 (docs/semantics.rst, "KL of nearby rows"); numba's read this
+#: tuple, the Cython kernels' fd_kl_near_f32 (_simd.h) the same literals (tests/test_compare.py
+#: checks both, and the bound).
+KL_NEAR_POLY = (2.81619009001588e-07, 2.984316097354167e-06, 2.484798096702434e-05,
+                0.00019774110114667565, 0.0013886974193155766, 0.00833404902368784,
+                0.041666846722364426, 0.16666646301746368, 0.4999999701976776)
 
 #: Backends in the order ``auto`` prefers them for host (numpy) input: Cython first (compiled
 #: at install time, so no JIT latency; as fast or faster in benchmarks/NOTES.md), then numba.

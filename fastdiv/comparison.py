@@ -21,7 +21,10 @@ public functions:
 * ``base_top1_prob``: the base's probability of its own top-1 class, ``exp(max - lse)``.
 
 Per-row values are float64 from the kernel's float64 state, whatever the input's dtype (KLD,
-JS and NLL are accumulated in float64 per chunk, as evaluate's).  Memory: the columns kept
+JS and NLL are accumulated in float64 per chunk, as evaluate's).  KLD, reverse KLD and JS
+are summed class by class from terms that do not cancel as the model nears its base, so they
+keep their relative accuracy down to 0 (~1e-7 from float32 logits; docs/semantics.rst, "KL
+of nearby rows").  Memory: the columns kept
 for the exact quantiles, 74 bytes per counted row with targets (as ``meters.Comparator``).
 
 Rows whose target is ``ignore_index`` are left out of everything (per-row arrays hold the
@@ -118,7 +121,11 @@ def _columns(st, ix, counted, ks):
     has_top1 = arg_b >= 0
     with np.errstate(invalid="ignore", over="ignore"):
         base_top1 = np.where(has_top1, np.exp(st[:, 4] - rb["lse"]), np.nan)
-    cols = {"kld": rm["kl_ref_model"], "reverse_kld": rm["kl_model_ref"], "js": st[:, 9],
+    # the kernel's per-class KLs (exact near 0) where it formed them; else finish_rows' rules
+    # for empty, NaN and +inf rows
+    kld = np.where(np.isnan(st[:, 10]), rm["kl_ref_model"], st[:, 10])
+    rkld = np.where(np.isnan(st[:, 11]), rm["kl_model_ref"], st[:, 11])
+    cols = {"kld": kld, "reverse_kld": rkld, "js": st[:, 9],
             "base_top1_prob": base_top1, "same_top1": has_top1 & (rm["argmax"] == arg_b)}
     for k in ks:
         if k > 1:

@@ -599,7 +599,7 @@ def run_blocks(arrays, dtype, softcap, fn):
 
 
 #: the per-row state of each state op (``fastdiv._registry``): (float64 columns, int64 columns)
-STATE_COLUMNS = {"evaluate": (8, 3), "compare": (10, 4)}
+STATE_COLUMNS = {"evaluate": (8, 3), "compare": (12, 4)}
 
 
 def run_state(backend, x, target, reference=None, softcap=None, per_block=None, op="evaluate", rank=True):

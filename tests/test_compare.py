@@ -198,6 +198,70 @@ def test_js_of_a_nearby_float32_model_keeps_its_relative_accuracy(backend):
     np.testing.assert_allclose(got.js, want, rtol=1e-3, atol=0)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sigma", [1e-2, 1e-3, 1e-4])
+def test_kl_of_a_nearby_float32_model_keeps_its_relative_accuracy(backend, sigma):
+    """A model within N(0, sigma) of its base: KL ~ sigma^2 / 2 per row.  Before 2026-12-06 the
+    float32 kernels' kld and reverse_kld came from evaluate's one-pass sums, 2 % off (median)
+    at sigma = 1e-3; the per-class terms q (e^-d - 1 + d) keep ~1e-7 (benchmarks/js_nearby.py).
+    Beside them: equal rows (exactly 0), classes masked in both rows, large far logits (d as
+    lq - lp), a model row far from its base, a class whose model probability underflows where
+    the base's does not (its q d term), and a model offset by 1000 from its base (where z - x
+    rounds at the size of the offset)."""
+    from fastdiv import reference as R
+
+    rng = np.random.default_rng(int(1 / sigma))
+    base = (rng.standard_normal((10, 3000)) * 2).astype(np.float32)
+    model = (base + rng.standard_normal(base.shape) * sigma).astype(np.float32)
+    model[1] = base[1]
+    masked = rng.random(3000) < 0.2
+    base[2, masked] = model[2, masked] = -np.inf
+    base[3] = rng.standard_normal(3000) * 1e4
+    model[3] = base[3] + rng.standard_normal(3000) * 3
+    model[4] = rng.standard_normal(3000) * 2
+    base[5, 7] = base[5].max() + 5
+    model[5, 7] = -300.0
+    base[6, :1500] = model[6, :1500] = -np.inf     # a chunk of classes masked in both rows
+    model[7] = base[7] + np.float32(1000) + rng.standard_normal(3000).astype(np.float32) * sigma  # an offset
+    b64, m64 = base.astype(np.float64), model.astype(np.float64)
+    got = fastdiv.compare(base, model, backend=backend)
+    if backend != "numpy":      # (the float64 reference's own equal rows come out at 1e-78)
+        assert got.kld[1] == 0.0 and got.reverse_kld[1] == 0.0
+    # the offset row's d is rounded at the size of the log-probabilities (~1e-6 of each
+    # class's d at sigma 1e-3, 1e-5 at 1e-4), the others' at the size of d
+    rtol = np.where(np.arange(10) == 7, 1e-4, 1e-5)
+    for got_kl, want in ((got.kld, R.kl_rows(b64, m64)), (got.reverse_kld, R.kl_rows(m64, b64))):
+        assert np.all(np.abs(got_kl - want) <= rtol * want + 1e-70), (got_kl, want)
+
+
+def test_the_kl_polynomial_is_one_fit_within_its_bound():
+    """E(d) = (e^d - 1 - d) / d^2 (fastdiv._registry.KL_NEAR_POLY, which numba reads) has the
+    Cython kernels' fd_kl_near_f32 literals, and in float32 Horner is within 3e-7 of E
+    relative over |d| < 2, the kernels' Jeffreys factor 1 + d E = (e^d - 1) / d within 5e-7."""
+    import math
+    import pathlib
+    import re
+
+    from fastdiv import _registry
+
+    src = (pathlib.Path(fastdiv.__file__).parent / "_cython" / "_simd.h").read_text()
+    body = src[src.index("FD_INLINE fd_vf fd_kl_near_f32(fd_vf d)"):]
+    body = body[:body.index("}")]
+    lits = re.findall(r"(?:([-+])\s*)?(\d[\d.e+-]*)f\b", body)
+    assert tuple(float(sign + digits) for sign, digits in lits) == _registry.KL_NEAR_POLY
+    d = np.linspace(-2, 2, 200_001)[1:-1]
+    d = d[d != 0]
+    # (e^d - 1 - d) / d^2 from its series: no cancellation
+    want = sum(d ** k / math.factorial(k + 2) for k in range(30))
+    d32 = d.astype(np.float32)
+    e = np.float32(_registry.KL_NEAR_POLY[0])
+    for c in _registry.KL_NEAR_POLY[1:]:
+        e = (e * d32 + np.float32(c)).astype(np.float32)
+    assert np.max(np.abs(e - want) / want) < 3e-7
+    jeff = (d32 * e + np.float32(1)).astype(np.float32)      # (e^d - 1) / d
+    assert np.max(np.abs(jeff - np.expm1(d) / d) / (np.expm1(d) / d)) < 5e-7
+
+
 def test_json_keys_are_exactly_those_of_the_issue():
     base, model, target = data(rows=50)
     d = fastdiv.compare(base, model, target).to_dict()

@@ -84,30 +84,47 @@ static double FI(fd_js_pass)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, int mo
    at model = base + N(0, 1e-3) (JS ~ 1e-7, 64 x 50257) the log-based terms were off by
    50 % (median), these by 1.3e-7 (benchmarks/js_nearby.py).  A class masked in one row
    only (d = +-inf) sends its vector to the log-based terms, as does a vector with a far
-   difference, where those do not cancel.  Returns whether it wrote *t. */
-FD_INLINE int FI(fd_js_half_term)(FD_V xv, FD_V zv, FD_V m, FD_V cdv, FD_V *t)
+   difference, where those do not cancel.  With kl (compare), the vector's KL(p || q) and
+   Jeffreys terms too (fd_kl_near_f32) into *akp, *akj, half-weighted as bp = p / 2 and
+   cq = q / 2.  Returns whether it wrote *t (and those). */
+FD_INLINE int FI(fd_js_half_term)(FD_V d, FD_V bp, FD_V cq, FD_V *t, const int kl, FD_V *akp,
+                                  FD_V *akj)
 {
 #if FD_INST == 1
-    (void)xv; (void)zv; (void)m; (void)cdv; (void)t;
+    (void)d; (void)bp; (void)cq; (void)t; (void)kl; (void)akp; (void)akj;
     return 0;
 #else
     /* a class masked in both rows (a tail lane too: both loaded as -inf) has d = NaN and
-       m = 0: taken as d = 0, its term is 0 */
-    FD_V d = FD_VBARRIER(zv - xv) - cdv, s = fd_max0_f32(d * d);
+       bp = cq = 0: taken as d = 0, its terms are 0 */
+    FD_V s = fd_max0_f32(d * d);
     if (!fd_all_f32(fd_lt_f32(s, fd_splat_f32(4.0f)))) return 0;
-    *t = m * fd_jsd_f32(s);
+    *t = (bp + cq) * fd_jsd_f32(s);
+    if (kl) {
+        d = fd_sel_f32(fd_eq_f32(d, d), d, (fd_vf){0});
+        fd_vf e = fd_kl_near_f32(d), ps = bp * s;
+        *akp += ps * e;
+        *akj += ps * (d * e + 1.0f);
+    }
     return 1;
 #endif
 }
 
 /* fd_js_logits' second pass, from the scratch rows of its first (ex = exp(x - shx_c[c]) in
    chunk c, likewise ez; mx, mz the rows' maxima, sx, sz their sums of e^(x - max)), shared
-   with fd_compare_row (_evaluate_rows.h): the JS terms, and with `count` (a constant at each
-   call: compiled away where 0) *cnt = #(x_j > xr) in the same read of x. */
+   with fd_compare_row (_evaluate_rows.h): the JS terms, and with `cmp` (compare, beta = 1/2,
+   rows with a class each; a constant at each call: compiled away where 0) in the same read
+   *cnt = #(x_j > xr), kl[0] = D(z || x) and kl[1] = D(x || z).  These KLs are summed class by
+   class, with d = lq - lp, from terms that do not cancel as the rows' difference goes to 0,
+   where the first pass's sum of p (x - z) less log sz - log sx does (float32 rows 1e-3 apart:
+   2 % off): a vector with every |d| < 2 (float32) adds p (e^d - 1 - d) and the Jeffreys term
+   (q - p) d from fd_kl_near_f32, any other q - p, p d and q d, which do not cancel where
+   |d| >= 2 (float64: every vector).  sum (q - p) = 0 joins them: D(x || z) = sum p (e^d - 1
+   - d) + sum (q - p) - sum p d and D(z || x) = sum (q - p) d - sum p (e^d - 1 - d) + sum q d
+   - sum (q - p), each sum over its own vectors. */
 FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, double beta,
                                  const FD_T *ex, const FD_T *ez, const FD_T *shx_c,
                                  const FD_T *shz_c, FD_T mx, FD_T mz, double sx, double sz,
-                                 FD_T xr, int64_t *cnt, const int count)
+                                 FD_T xr, int64_t *cnt, double *kl, const int cmp)
 {
     const ptrdiff_t nch = (V + FD_CH - 1) / FD_CH;
     /* an all-masked row: every p is 0 and every lp is -inf */
@@ -125,8 +142,15 @@ FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, do
        way (d one ulp of z - x) */
     const int half = sizeof(FD_T) == 4 && beta == 0.5 && mx > FD_NEG_INF && mz > FD_NEG_INF;
     const FD_T csh = FD_ASSOC_BARRIER(shz - shx);
-    const FD_V cdv = FN(fd_splat)((FD_T)((double)csh + (log(sz) - log(sx))));
-    double total = 0.0;
+    /* Where the maxima differ by 4 or more, z - x rounds at the size of the offset (a base
+       offset by 1e4 from its model: KL off by 6 %), so d is formed as ((z - shz) - (x - shx))
+       - (log sz - log sx) instead, each difference rounded at the size of the log-probability
+       (1e-6 relative to d at rows 1e-3 apart; (z - x) - c: 1e-8 without an offset, 1e-6 at an
+       offset of 4; a numpy emulation of both over 50257 classes). */
+    const int offset = fabs((double)csh) >= 4.0;
+    const FD_V azv = offset ? shzv : (FD_V){0}, axv = offset ? shxv : (FD_V){0};
+    const FD_V cdv = FN(fd_splat)((FD_T)((offset ? 0.0 : (double)csh) + (log(sz) - log(sx))));
+    double total = 0.0, kp_total = 0.0, kj_total = 0.0, qp_total = 0.0, pd_total = 0.0, qd_total = 0.0;
     int64_t c_total = 0;
     for (ptrdiff_t c = 0; c < nch; c++) {
         const ptrdiff_t j0 = c * FD_CH, n = V - j0 < FD_CH ? V - j0 : FD_CH;
@@ -137,19 +161,30 @@ FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, do
         const double gz = mz == FD_NEG_INF ? 0.0 : exp(fmin((double)shz_c[c] - (double)shz, 0.0)) / sz;
         const FD_V fx = FN(fd_splat)((FD_T)(beta * gx)), fz = FN(fd_splat)((FD_T)((1.0 - beta) * gz));
         /* the count in float lanes: exact, a chunk has far fewer than 2^24 entries */
-        FD_V acc = {0}, ac = {0};
+        FD_V acc = {0}, ac = {0}, akp = {0}, akj = {0}, aqp = {0}, apd = {0}, aqd = {0};
         ptrdiff_t j = 0;
 #define FD_JSL_STEP(xv, zv, e1, e2)                                                           \
     do {                                                                                      \
         FD_V bp_ = (e1) * fx, cq_ = (e2) * fz, t_;                                            \
-        if (!(half && FI(fd_js_half_term)((xv), (zv), bp_ + cq_, cdv, &t_))) {                \
+        FD_V d_ = FD_VBARRIER(FD_VBARRIER((zv) - azv) - FD_VBARRIER((xv) - axv)) - cdv;       \
+        if (!(half && FI(fd_js_half_term)(d_, bp_, cq_, &t_, cmp, &akp, &akj))) {             \
             FD_V lp_ = FN(fd_clamp_lo)(FD_VBARRIER((xv) - shxv) - lsxv, lo);                  \
             FD_V lq_ = FN(fd_clamp_lo)(FD_VBARRIER((zv) - shzv) - lszv, lo);                  \
             FD_V lm_ = FN(fd_logpos)(bp_ + cq_); /* finite garbage where bp + cq is 0 */      \
             t_ = bp_ * (lp_ - lm_) + cq_ * (lq_ - lm_);                                       \
+            if (cmp) {                                                                        \
+                /* d as lq - lp: to the size of |d| where the logits are large (z - x rounds  \
+                   at the size of |z|).  A p that underflows keeps its lp; a masked class's   \
+                   lp is LO (-1e30): its p d is 0, and its q d huge where the flags make the  \
+                   KL +inf anyway (masked in both rows: d = 0) */                            \
+                FD_V dl_ = lq_ - lp_;                                                         \
+                aqp += cq_ - bp_;                                                             \
+                apd += bp_ * dl_;                                                             \
+                aqd += cq_ * dl_;                                                             \
+            }                                                                                 \
         }                                                                                     \
         acc += t_;                                                                            \
-        if (count) ac = FN(fd_add_where)(ac, FN(fd_gt)((xv), xrv), one);                       \
+        if (cmp) ac = FN(fd_add_where)(ac, FN(fd_gt)((xv), xrv), one);                       \
     } while (0)
         for (; j + FD_W <= n; j += FD_W) {
             /* the next row pair, where the rows are contiguous (compare, direct inputs; a
@@ -173,9 +208,21 @@ FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, do
         }
 #undef FD_JSL_STEP
         total += FN(fd_hsum)(acc);
-        if (count) c_total += (int64_t)FN(fd_hsum)(ac);
+        if (cmp) {
+            c_total += (int64_t)FN(fd_hsum)(ac);
+            kp_total += FN(fd_hsum)(akp);
+            kj_total += FN(fd_hsum)(akj);
+            qp_total += FN(fd_hsum)(aqp);
+            pd_total += FN(fd_hsum)(apd);
+            qd_total += FN(fd_hsum)(aqd);
+        }
     }
-    if (count) *cnt = c_total;
+    if (cmp) {
+        *cnt = c_total;
+        /* bp = p / 2, cq = q / 2 */
+        kl[0] = 2.0 * ((kj_total - kp_total) + (qd_total - qp_total));
+        kl[1] = 2.0 * (kp_total + (qp_total - pd_total));
+    }
     return total;
 }
 
@@ -295,7 +342,7 @@ static double FI(fd_js_logits)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, doub
         FI(fd_js_chunk)(xs, zs, xc, zc, n, shx, shz, 0, ex + j0, ez + j0, &mcx, &mcz, &sx, &sz);
     }
     if (isnan(sx) || isnan(sz)) return NAN; /* NaN in either row */
-    return FI(fd_js_terms)(x, z, V, beta, ex, ez, shx_c, shz_c, mx, mz, sx, sz, 0, NULL, 0);
+    return FI(fd_js_terms)(x, z, V, beta, ex, ez, shx_c, shz_c, mx, mz, sx, sz, 0, NULL, NULL, 0);
 }
 
 /* Scratch elements fd_js_logits needs for a row of V. */

@@ -97,12 +97,15 @@ FD_INLINE void FI(fd_ev_sums2)(const FD_T *xc, const FD_T *zc, ptrdiff_t n, FD_T
         aw += ex * tcx;
         FD_EV_ACC(dz, ez, akz, arz);
         FD_M px = FN(fd_gt)(dx, ninf), pz = FN(fd_gt)(dz, ninf);
-        FD_M both = px & pz;
-        FD_V d = dx - dz;
-        axz = FN(fd_add_where)(axz, both, ex * d);
-        azx = FN(fd_add_where)(azx, both, -(ez * d));
-        if (!exs) /* compare counts against the base's top-1 in its second pass instead */
+        if (!exs) {
+            /* compare sums its KLs class by class in its second pass instead (fd_js_terms),
+               and counts against the base's top-1 there */
+            FD_M both = px & pz;
+            FD_V d = dx - dz;
+            axz = FN(fd_add_where)(axz, both, ex * d);
+            azx = FN(fd_add_where)(azx, both, -(ez * d));
             c += FN(fd_popcount)(FN(fd_gt)(xv, xtv));
+        }
         mz_ += FN(fd_popcount)(px & FN(fd_eq)(dz, ninf));
         mx_ += FN(fd_popcount)(pz & FN(fd_eq)(dx, ninf));
     }
@@ -261,9 +264,10 @@ static int64_t FI(fd_count_gt)(const FD_T *x, ptrdiff_t V, FD_T xr)
 
 /* One row of the compare op (contract: fastdiv/_registry.py): x the model's logits, z the
    base's.  Pass 1 (from memory) is evaluate's pass with z as reference, also storing the
-   exponentials; pass 2 (from L2: a 50257-float row pair and its exponentials are 800 KB)
-   is fd_js_logits' second pass (one log per element) with the count of the model's classes
-   above the base's top-1 in the same read.  A row with +inf in x or z (rare: its softmax is
+   exponentials (but not its one-pass KL sums); pass 2 (from L2: a 50257-float row pair and
+   its exponentials are 800 KB) is fd_js_logits' second pass (one log per element) with both
+   KLs summed class by class (exact near 0) and the count of the model's classes above the
+   base's top-1 in the same read.  A row with +inf in x or z (rare: its softmax is
    undefined) gets the base's own state from a second pass over z, as evaluate would give it. */
 static void FI(fd_compare_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_t t, double *st,
                                int64_t *ix, FD_T *scr)
@@ -295,7 +299,13 @@ static void FI(fd_compare_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_
     if (!inf_x && !inf_z && !isnan(mx) && !isnan(mb)) {
         FD_T *ex, *ez, *shx_c, *shz_c;
         FI(fd_cmp_layout)(scr, V, &ex, &ez, &shx_c, &shz_c);
-        st[9] = FI(fd_js_terms)(x, z, V, 0.5, ex, ez, shx_c, shz_c, (FD_T)mx, (FD_T)mb, st[1], st[5], xr, &rank, 1);
+        double kl[2];
+        st[9] = FI(fd_js_terms)(x, z, V, 0.5, ex, ez, shx_c, shz_c, (FD_T)mx, (FD_T)mb, st[1], st[5], xr, &rank, kl, 1);
+        if (mx > -INFINITY && mb > -INFINITY) {
+            /* flags 2: z has mass where x is masked; 1: the other way */
+            st[10] = ix[2] & 2 ? INFINITY : kl[0];
+            st[11] = ix[2] & 1 ? INFINITY : kl[1];
+        }
     } else {
         st[9] = NAN;
         if (has_top1 && x_fin && xr > (FD_T)-INFINITY) rank = FI(fd_count_gt)(x, V, xr);
@@ -329,7 +339,7 @@ static int FI(fd_compare_rows)(const FD_T *x, const FD_T *z, ptrdiff_t rows, ptr
 #endif
         for (ptrdiff_t i = 0; i < rows; i++) {
             if (scr == NULL) continue;
-            FI(fd_compare_row)(x + i * V, z + i * V, V, target[i], st + 10 * i, ix + 4 * i, scr);
+            FI(fd_compare_row)(x + i * V, z + i * V, V, target[i], st + 12 * i, ix + 4 * i, scr);
         }
         free(scr);
     }

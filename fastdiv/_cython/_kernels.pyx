@@ -403,8 +403,8 @@ def compare(const floating[:, ::1] x, const floating[:, ::1] z, const int64_t[::
     cdef Py_ssize_t rows = x.shape[0], V = x.shape[1]
     cdef int nt = _check(rows, V, st.shape[0], nthreads), rc
     _check2(rows, V, z.shape[0], z.shape[1])
-    if target.shape[0] != rows or ix.shape[0] != rows or st.shape[1] != 10 or ix.shape[1] != 4:
-        raise ValueError(f"compare: target must have shape ({rows},), st ({rows}, 10), ix ({rows}, 4)")
+    if target.shape[0] != rows or ix.shape[0] != rows or st.shape[1] != 12 or ix.shape[1] != 4:
+        raise ValueError(f"compare: target must have shape ({rows},), st ({rows}, 12), ix ({rows}, 4)")
     if rows == 0:
         return
     with nogil:

@@ -6,8 +6,9 @@ Contract (inputs, the state's columns): ``fastdiv._registry``, op ``compare``.
 Per row: evaluate's pass of the model x with the base z as reference (``evaluate._xz_row``),
 which also keeps each chunk's exponentials and shifts in per-thread scratch rows; then, from
 L2 (a 50257-float row pair and its exponentials are 800 KB), the Jensen-Shannon terms of
-``divergences._js_terms`` -- one log per element -- and the count of the model's classes
-above the base's top-1.  z's (m, s) from the first pass are its own whatever x holds (the
+``divergences._js_terms`` -- one log per element -- with both KLs summed class by class
+(exact near 0; the first pass leaves its one-pass KL sums out) and the count of the model's
+classes above the base's top-1.  z's (m, s) from the first pass are its own whatever x holds (the
 pass keeps z's sums going after x settles), so no row is read twice from memory.
 """
 from __future__ import annotations
@@ -52,7 +53,12 @@ def _compare(x, z, target, st, ix, scratch, refs):
         ix[i, 3] = top
         if m == m and m != _INF and mz == mz and mz != _INF:     # no NaN, no +inf in either row
             half = cast(0.5, row[0])
-            st[i, 9] = _js_terms(row, zrow, half, half, ex, ez, refs, CHUNK, m, mz, s, sz)
+            js, kq, kp = _js_terms(row, zrow, half, half, ex, ez, refs, CHUNK, m, mz, s, sz, True)
+            st[i, 9] = js
+            if m > -_INF and mz > -_INF:
+                # flags 2: z has mass where x is masked; 1: the other way
+                st[i, 10] = _INF if flags & 2 else kq
+                st[i, 11] = _INF if flags & 1 else kp
         else:
             st[i, 9] = np.nan
         # the base's top-1 (finite or +inf maximum) within the model's finite row, unmasked
@@ -75,8 +81,8 @@ def compare(x, z, target, st, ix, nthreads):
     n, v = x.shape
     if v < 1 or z.shape != x.shape or z.dtype != x.dtype:
         raise ValueError(f"compare: z must have x's shape {x.shape} and dtype, got {z.shape}, {z.dtype}")
-    if target.shape != (n,) or st.shape != (n, 10) or ix.shape != (n, 4):
-        raise ValueError(f"compare: target must have shape ({n},), st ({n}, 10), ix ({n}, 4)")
+    if target.shape != (n,) or st.shape != (n, 12) or ix.shape != (n, 4):
+        raise ValueError(f"compare: target must have shape ({n},), st ({n}, 12), ix ({n}, 4)")
     x, z, target = read_only(x, z, target)
     k = threads.parts(x, nthreads)
     # per share: the two rows' exponentials and the chunks' shifts, each row padded by a cache

@@ -202,7 +202,7 @@ def _js_logits_row(xr, zr, b, c, ex, ez, refs):
         refs[1, k] = rz
         sx += ax
         sz += az
-    return _js_terms(xr, zr, b, c, ex, ez, refs, JS_CHUNK, mx, mz, sx, sz)
+    return _js_terms(xr, zr, b, c, ex, ez, refs, JS_CHUNK, mx, mz, sx, sz, False)[0]
 
 
 #: fastdiv._registry.JSD_HALF_POLY as float32 constants
@@ -220,6 +220,20 @@ def _jsd_f32(s):
     return s * q
 
 
+#: fastdiv._registry.KL_NEAR_POLY as float32 constants
+_KLN = tuple(np.float32(c) for c in _registry.KL_NEAR_POLY)
+
+
+@njit(**_INLINE)
+def _kl_near_f32(d):
+    """E(d) = (e^d - 1 - d) / d^2 for |d| < 2 (fastdiv._registry.KL_NEAR_POLY): a class's
+    KL(p || q) term is p d^2 E(d), its Jeffreys term (q - p) d is p d^2 (1 + d E(d))."""
+    e = _KLN[0]
+    for k in range(1, len(_KLN)):
+        e = e * d + _KLN[k]
+    return e
+
+
 #: elements of a chunk _js_near tests first: a chunk of independent rows nearly always fails
 #: there (each element has |d| < 2 with probability ~1/2), before the whole-chunk pass
 JS_PROBE = 8
@@ -227,8 +241,8 @@ JS_PROBE = 8
 
 @njit(**_INLINE)
 def _js_near(xs, zs, cd, lim):
-    """Whether every element of the chunk has d^2 < lim, d = (z - x) - cd (False for a class
-    masked in one row only: d = +-inf): the first JS_PROBE elements, then the rest, each a
+    """Whether every element of the chunk has d^2 < lim, d of _js_d (False for a class masked
+    in one row only: d = +-inf): the first JS_PROBE elements, then the rest, each a
     slice of its own.  Inside _js_terms, an exit inside the loop, an and of the tests, or a
     second loop over the same slice from JS_PROBE on kept the pass scalar (JS of rows 0.05
     apart 0.87 -> 1.7 ns per pair); a maximum per slice vectorises as a reduction.  Random
@@ -240,7 +254,7 @@ def _js_near(xs, zs, cd, lim):
 @njit(**_INLINE)
 def _js_max_d2(xs, zs, cd):
     """max d^2 over xs, zs (see _js_d2): llvm.maximum vectorises as a reduction."""
-    m = cast(0.0, cd)
+    m = cast(0.0, cd[2])
     for j in range(xs.shape[0]):
         m = maximum(m, _js_d2(xs[j], zs[j], cd))
     return m
@@ -248,30 +262,56 @@ def _js_max_d2(xs, zs, cd):
 
 @njit(**_INLINE)
 def _js_d2(xj, zj, cd):
-    """d^2, d = (z - x) - cd; 0 for a class masked in both rows (d = NaN, m = 0: its term is
-    0).  Both subtractions exact (sub_exact): with the outer one free to reassociate, LLVM
-    formed it in float64 from cd's unrounded double (d half an ulp of z - x, not 0, for a
-    one-class row)."""
-    d = sub_exact(sub_exact(load(zj), load(xj)), cd)
-    return d * d if d == d else cast(0.0, cd)
+    """d^2 of _js_d."""
+    d = _js_d(xj, zj, cd)
+    return d * d
 
 
 @njit(**_INLINE)
-def _js_log_terms(xs, zs, es, fs, fx, fz, shx, shz, lsx, lsz, lo):
-    """sum of bp (lp - lm) + cq (lq - lm), lm = log(bp + cq), over a chunk."""
+def _js_d(xj, zj, cd):
+    """d = ((z - az) - (x - ax)) - c, cd = (ax, az, c) (_js_terms: ax = az = 0 unless the
+    rows' maxima differ by 4 or more); 0 for a class masked in both rows (d = NaN, m = 0: its
+    terms are 0).  Every subtraction exact (sub_exact): with the outer one free to
+    reassociate, LLVM formed it in float64 from c's unrounded double (d half an ulp of z - x,
+    not 0, for a one-class row)."""
+    ax, az, c = cd
+    d = sub_exact(sub_exact(sub_exact(load(zj), az), sub_exact(load(xj), ax)), c)
+    return d if d == d else cast(0.0, c)
+
+
+@njit(**_INLINE)
+def _js_log_terms(xs, zs, es, fs, fx, fz, shx, shz, lsx, lsz, lo, kl):
+    """sum of bp (lp - lm) + cq (lq - lm), lm = log(bp + cq), over a chunk; with kl (a
+    constant), also the sums of cq - bp, bp d and cq d (see _js_terms)."""
     acc = cast(0.0, fx)
+    aqp = acc
+    apd = acc
+    aqd = acc
+    inf = cast(_INF, fx)
     for j in range(xs.shape[0]):
         bp = es[j] * fx
         cq = fs[j] * fz
-        lp = max(sub_exact(sub_exact(load(xs[j]), shx), lsx), lo)
-        lq = max(sub_exact(sub_exact(load(zs[j]), shz), lsz), lo)
+        lpr = sub_exact(sub_exact(load(xs[j]), shx), lsx)
+        lqr = sub_exact(sub_exact(load(zs[j]), shz), lsz)
+        lp = max(lpr, lo)
+        lq = max(lqr, lo)
         lm = logpos(bp + cq)       # finite garbage where bp + cq = 0, multiplied by 0
         acc += bp * (lp - lm) + cq * (lq - lm)
-    return acc
+        if kl:
+            # d as lq - lp: to the size of |d| where the logits are large (z - x rounds at the
+            # size of |z|), and unclamped (a p that underflows keeps its q d).  A class masked
+            # in one row or both (d infinite or NaN) as d = 0: its terms are q, 0 or 0, and
+            # the flags make the KL +inf where it is masked in one row only
+            d = lqr - lpr
+            d = d if abs(d) < inf else cast(0.0, fx)
+            aqp += cq - bp
+            apd += bp * d
+            aqd += cq * d
+    return acc, aqp, apd, aqd
 
 
 @njit(**_INLINE)
-def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz):
+def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl):
     """The second pass of _js_logits_row (and of the compare op, ops.py), from L2: the
     exponentials of chunk k (of ``chunk`` elements) were taken against refs[0, k] (x) and
     refs[1, k] (z); mx, mz are the rows' maxima and sx, sz their sums of e^(x - max).
@@ -280,7 +320,15 @@ def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz):
     JS's relative accuracy as the rows' difference goes to 0; other chunks (a far difference,
     a class masked in one row only: d = +-inf) the log-based terms.  The Cython kernels
     choose by vector (fd_js_half_term): numba's loops, split into blocks of 16 with a choice
-    in each, no longer vectorised (JS 1.0 -> 1.8 ns per pair on random rows)."""
+    in each, no longer vectorised (JS 1.0 -> 1.8 ns per pair on random rows).
+
+    Returns (JS, D(z || x), D(x || z)); the KLs only with kl (a constant: compare, b = c =
+    1/2, rows with a class each; else 0), summed class by class from terms that do not cancel
+    as the rows' difference goes to 0, where the first pass's sum of p (x - z) less
+    log sz - log sx does: a near chunk adds p (e^d - 1 - d) and the Jeffreys term (q - p) d
+    (_kl_near_f32), any other q - p, p d and q d with d = lq - lp (float64: every chunk),
+    which do not cancel where |d| >= 2; sum (q - p) = 0 joins them (the Cython kernels'
+    fd_js_terms has the formulas)."""
     zero = cast(0.0, b)
     ninf = cast(-_INF, b)
     v = xr.shape[0]
@@ -295,14 +343,26 @@ def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz):
     # rows with a class each (cd finite).  cd's shift part is a float difference, as the
     # elements' z - x: with equal normalisers (a one-class row) d is then 0 to the bit, where
     # the float64 shz - shx rounded once with the logs' part could round a tie the other way
-    half = not is_f64(zero) and b == c and mx > ninf and mz > ninf   # float32 working precision
-    cd = cast(np.float64(sub_exact(shz, shx)) + (np.log(np.float64(sz)) - np.log(np.float64(sx))), b) if half \
-        else zero
+    both = mx > ninf and mz > ninf
+    half = not is_f64(zero) and b == c and both   # float32 working precision
+    csh = sub_exact(shz, shx)
+    # where the maxima differ by 4 or more, z - x rounds at the size of the offset: d as
+    # ((z - shz) - (x - shx)) - (log sz - log sx) (see the Cython kernels' fd_js_terms)
+    offset = half and abs(csh) >= cast(4.0, b)
+    lsd = np.log(np.float64(sz)) - np.log(np.float64(sx)) if half else 0.0
+    cd = (shx if offset else zero, shz if offset else zero,
+          cast(lsd if offset else np.float64(csh) + lsd, b) if half else zero)
     four = cast(4.0, b)
+    one = cast(1.0, b)
     # log p clamped at the exp clamp LO: a masked class (p = 0) adds 0 * (LO - ...) = 0,
     # never 0 * -inf
     lo = cast(clamp_lo(ninf), b)
     total = zero
+    kp = zero       # sum p (e^d - 1 - d), near chunks
+    kj = zero       # sum (q - p) d, near chunks
+    qp = zero       # sum q - p, far chunks
+    pd = zero       # sum p d, far chunks
+    qd = zero       # sum q d, far chunks
     for j0 in range(0, v, chunk):
         j1 = min(j0 + chunk, v)
         k = j0 // chunk
@@ -316,12 +376,30 @@ def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz):
         fs = ez[j0:j1]
         if half and _js_near(xs, zs, cd, four):
             acc = zero
+            akp = zero
+            akj = zero
             for j in range(xs.shape[0]):
-                acc += (es[j] * fx + fs[j] * fz) * _jsd_f32(_js_d2(xs[j], zs[j], cd))
+                bp = es[j] * fx
+                cq = fs[j] * fz
+                d = _js_d(xs[j], zs[j], cd)
+                s = d * d
+                acc += (bp + cq) * _jsd_f32(s)
+                if kl:
+                    e = _kl_near_f32(d)
+                    ps = bp * s
+                    akp += ps * e
+                    akj += ps * (d * e + one)
+            kp += akp
+            kj += akj
         else:
-            acc = _js_log_terms(xs, zs, es, fs, fx, fz, shx, shz, lsx, lsz, lo)
+            acc, aqp, apd, aqd = _js_log_terms(xs, zs, es, fs, fx, fz, shx, shz, lsx, lsz, lo, kl)
+            qp += aqp
+            pd += apd
+            qd += aqd
         total += acc
-    return total
+    # bp = b p, cq = c q with b = c = 1/2 where kl
+    two = cast(2.0, b)
+    return total, two * ((kj - kp) + (qd - qp)), two * (kp + (qp - pd))
 
 
 @njit(**_INLINE)

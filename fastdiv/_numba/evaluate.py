@@ -84,10 +84,13 @@ def _sums2(xc, zc, shx, shz, xt, es, fs):
         sx += ex
         wx += ex * clamp_lo(dx)
         sz += ez
-        both = dx > -_INF and dz > -_INF
-        wxz += ex * (dx - dz) if both else zero
-        wzx += ez * (dz - dx) if both else zero
-        c += 1 if xc[j] > xt else 0
+        if es is None:
+            # compare sums its KLs class by class in its second pass instead
+            # (divergences._js_terms), and counts against the base's top-1 there
+            both = dx > -_INF and dz > -_INF
+            wxz += ex * (dx - dz) if both else zero
+            wzx += ez * (dz - dx) if both else zero
+            c += 1 if xc[j] > xt else 0
         miss_z += 1 if dx > -_INF and dz == -_INF else 0
         miss_x += 1 if dz > -_INF and dx == -_INF else 0
     return sx, wx, sz, wxz, wzx, c, miss_z, miss_x
