@@ -482,7 +482,8 @@ def test_js_of_nearby_float32_rows_keeps_its_relative_accuracy(backend, v, sigma
     """z = x + N(0, sigma): JS ~ sigma^2 / 8.  The log-based terms p (lp - lm) cancel to it from
     lp - lm rounded at the size of |lm| (1e-6): at sigma = 1e-3 the rows were off by 50 %
     (median) before 2026-12-06; the terms m J(d / 2) of the compiled kernels keep ~1e-7
-    (benchmarks/js_nearby.py)."""
+    (benchmarks/js_nearby.py).  Row 4 is offset by 1000, where z - x rounds at the size of the
+    offset (d from the logits less their maxima there)."""
     rng = np.random.default_rng(int(sigma * 1e4) + v)
     x = (rng.standard_normal((8, v)) * 2).astype(np.float32)
     z = (x + rng.standard_normal((8, v)) * sigma).astype(np.float32)
@@ -490,6 +491,7 @@ def test_js_of_nearby_float32_rows_keeps_its_relative_accuracy(backend, v, sigma
     masked = rng.random(v) < 0.2
     x[2, masked] = z[2, masked] = -np.inf  # classes masked in both rows: their terms are 0
     x[3, : max(1, v // 10)] = -np.inf  # masked in one row only: that class adds m ln 2
+    z[4] = (x[4] + np.float32(1000) + rng.standard_normal(v).astype(np.float32) * sigma).astype(np.float32)  # an offset
     want = R.js_rows(x.astype(np.float64), z.astype(np.float64), 0.5)
     for a, b in ((x, z), (z, x)):
         got = fastdiv.js_div(a, b, reduction="none", backend=backend)

@@ -286,8 +286,13 @@ def _make(kind_name):
                 # by vector in the Cython kernels (fd_js_half_term)
                 half = (not F64) and a == 0.5 and MX > -math.inf and MZ > -math.inf
                 # the shift part as a float difference, as the classes' zj - xj: d = 0 to the bit
-                # for equal normalisers (a one-class row)
-                cd = acc(float64(shz - shx) + (math.log(sz) - math.log(sx))) if half else ZERO
+                # for equal normalisers (a one-class row).  Where the maxima differ by 4 or
+                # more, zj - xj rounds at the size of the offset: d from (zj - shz) - (xj - shx)
+                # instead (as the Cython kernels' fd_js_terms)
+                off = half and abs(shz - shx) >= acc(4.0)
+                ax = shx if off else ZERO
+                az = shz if off else ZERO
+                cd = acc((0.0 if off else float64(shz - shx)) + (math.log(sz) - math.log(sx))) if half else ZERO
                 for j in range(tid, V, nt):
                     xj = sload(x, base + j) * sca
                     zj = sload(z, base + j) * sca
@@ -295,7 +300,7 @@ def _make(kind_name):
                     lq = (zj - shz) - lsz
                     p = fexp(lp)
                     q = fexp(lq)
-                    d = (zj - xj) - cd
+                    d = ((zj - az) - (xj - ax)) - cd
                     if half and d * d < acc(4.0):
                         s2 += float64((acc(0.5) * p + acc(0.5) * q) * jsd(d * d))
                     else:
