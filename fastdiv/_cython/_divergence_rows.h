@@ -148,7 +148,6 @@ FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, do
        (1e-6 relative to d at rows 1e-3 apart; (z - x) - c: 1e-8 without an offset, 1e-6 at an
        offset of 4; a numpy emulation of both over 50257 classes). */
     const int offset = fabs((double)csh) >= 4.0;
-    const FD_V azv = offset ? shzv : (FD_V){0}, axv = offset ? shxv : (FD_V){0};
     const FD_V cdv = FN(fd_splat)((FD_T)((offset ? 0.0 : (double)csh) + (log(sz) - log(sx))));
     double total = 0.0, kp_total = 0.0, kj_total = 0.0, qp_total = 0.0, pd_total = 0.0, qd_total = 0.0;
     int64_t c_total = 0;
@@ -166,7 +165,8 @@ FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, do
 #define FD_JSL_STEP(xv, zv, e1, e2)                                                           \
     do {                                                                                      \
         FD_V bp_ = (e1) * fx, cq_ = (e2) * fz, t_;                                            \
-        FD_V d_ = FD_VBARRIER(FD_VBARRIER((zv) - azv) - FD_VBARRIER((xv) - axv)) - cdv;       \
+        FD_V d_ = offset ? FD_VBARRIER(FD_VBARRIER((zv) - shzv) - FD_VBARRIER((xv) - shxv)) - cdv \
+                         : FD_VBARRIER((zv) - (xv)) - cdv;                                    \
         if (!(half && FI(fd_js_half_term)(d_, bp_, cq_, &t_, cmp, &akp, &akj))) {             \
             FD_V lp_ = FN(fd_clamp_lo)(FD_VBARRIER((xv) - shxv) - lsxv, lo);                  \
             FD_V lq_ = FN(fd_clamp_lo)(FD_VBARRIER((zv) - shzv) - lszv, lo);                  \
