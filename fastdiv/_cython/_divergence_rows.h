@@ -142,11 +142,11 @@ FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, do
        way (d one ulp of z - x) */
     const int half = sizeof(FD_T) == 4 && beta == 0.5 && mx > FD_NEG_INF && mz > FD_NEG_INF;
     const FD_T csh = FD_ASSOC_BARRIER(shz - shx);
-    /* Where the maxima differ by 4 or more, z - x rounds at the size of the offset (a base
-       offset by 1e4 from its model: KL off by 6 %), so d is formed as ((z - shz) - (x - shx))
-       - (log sz - log sx) instead, each difference rounded at the size of the log-probability
-       (1e-6 relative to d at rows 1e-3 apart; (z - x) - c: 1e-8 without an offset, 1e-6 at an
-       offset of 4; a numpy emulation of both over 50257 classes). */
+    /* Where the maxima differ by 4 or more, z - x rounds at the size of the offset (rows 1e-3
+       apart and offset by 1e4: KL 6 % off), so d is formed as ((z - shz) - (x - shx)) -
+       (log sz - log sx) instead, each difference rounded at the size of the log-probability:
+       KL ~1e-6 off at any offset, against 1e-8 for (z - x) - c without an offset and 1e-6 at
+       an offset of 4 (a numpy emulation of both over 50257 classes, benchmarks/NOTES.md). */
     const int offset = fabs((double)csh) >= 4.0;
     const FD_V cdv = FN(fd_splat)((FD_T)((offset ? 0.0 : (double)csh) + (log(sz) - log(sx))));
     double total = 0.0, kp_total = 0.0, kj_total = 0.0, qp_total = 0.0, pd_total = 0.0, qd_total = 0.0;

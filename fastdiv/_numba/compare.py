@@ -8,8 +8,8 @@ which also keeps each chunk's exponentials and shifts in per-thread scratch rows
 L2 (a 50257-float row pair and its exponentials are 800 KB), the Jensen-Shannon terms of
 ``divergences._js_terms`` -- one log per element -- with both KLs summed class by class
 (exact near 0; the first pass leaves its one-pass KL sums out) and the count of the model's
-classes above the base's top-1.  z's (m, s) from the first pass are its own whatever x holds (the
-pass keeps z's sums going after x settles), so no row is read twice from memory.
+classes above the base's top-1.  z's (m, s) from the first pass are its own whatever x holds
+(the pass keeps z's sums going after x settles), so no row is read twice from memory.
 """
 from __future__ import annotations
 
