@@ -499,6 +499,27 @@ def test_js_of_nearby_float32_rows_keeps_its_relative_accuracy(backend, v, sigma
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=0)
 
 
+@pytest.mark.parametrize("backend", backend_params(["numba", "cython", "numpy"]))
+@pytest.mark.parametrize("v", [51, 1271, 20000])
+@pytest.mark.parametrize("sigma", [1e-2, 1e-3])
+def test_kl_of_nearby_float32_rows_keeps_its_relative_accuracy(backend, v, sigma):
+    """z = x + N(0, sigma): KL ~ sigma^2 / 2.  The float32 one pass cancels to it (2 % off at
+    sigma = 1e-3, 50257 classes, before 2026-12-06); rows below FD_KL32_NEAR_BELOW L are summed
+    again class by class (fd_kl_near32 / _kl_near32): ~1e-7.  Beside them: equal rows (0),
+    classes masked in both rows, and a row offset by 1000.  (CUDA keeps its one pass.)"""
+    rng = np.random.default_rng(int(sigma * 1e4) + v + 7)
+    x = (rng.standard_normal((8, v)) * 2).astype(np.float32)
+    z = (x + rng.standard_normal((8, v)) * sigma).astype(np.float32)
+    z[1] = x[1]
+    masked = rng.random(v) < 0.2
+    x[2, masked] = z[2, masked] = -np.inf
+    z[4] = (x[4] + np.float32(1000) + rng.standard_normal(v).astype(np.float32) * sigma).astype(np.float32)
+    want = R.kl_rows(x.astype(np.float64), z.astype(np.float64))
+    got = fastdiv.kl_div(x, z, reduction="none", backend=backend)
+    assert abs(got[1]) <= 1e-30
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-30)
+
+
 def test_the_js_polynomial_is_one_fit_within_its_bound():
     """The coefficients of J(d / 2) = s Q(s) (fastdiv._registry.JSD_HALF_POLY, which numba and
     CUDA read) are the Cython kernels' fd_jsd_f32 literals, and Q in float32 Horner is within

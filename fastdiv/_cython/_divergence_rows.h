@@ -136,19 +136,10 @@ FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, do
     /* lp clamped below: a masked class has p = 0 and adds 0 * (LO - lm), not 0 * -inf */
     const FD_V lo = FN(fd_splat)((FD_T)-1e30);
     const FD_V xrv = FN(fd_splat)(xr), one = FN(fd_splat)((FD_T)1);
-    /* rows with a class each: c is finite.  c's shift part is a float difference, as the
-       lanes' z - x: with equal normalisers (a one-class row) d is then 0 to the bit, where
-       the double shz - shx, rounded once with the logs' part, could round a tie the other
-       way (d one ulp of z - x) */
+    /* rows with a class each: c (fd_near_c) is finite */
     const int half = sizeof(FD_T) == 4 && beta == 0.5 && mx > FD_NEG_INF && mz > FD_NEG_INF;
-    const FD_T csh = FD_ASSOC_BARRIER(shz - shx);
-    /* Where the maxima differ by 4 or more, z - x rounds at the size of the offset (rows 1e-3
-       apart and offset by 1e4: KL 6 % off), so d is formed as ((z - shz) - (x - shx)) -
-       (log sz - log sx) instead, each difference rounded at the size of the log-probability:
-       KL ~1e-6 off at any offset, against 1e-8 for (z - x) - c without an offset and 1e-6 at
-       an offset of 4 (a numpy emulation of both over 50257 classes, benchmarks/NOTES.md). */
-    const int offset = fabs((double)csh) >= 4.0;
-    const FD_V cdv = FN(fd_splat)((FD_T)((offset ? 0.0 : (double)csh) + (log(sz) - log(sx))));
+    int offset;
+    const FD_V cdv = FN(fd_splat)(FI(fd_near_c)(shx, shz, sx, sz, &offset));
     double total = 0.0, kp_total = 0.0, kj_total = 0.0, qp_total = 0.0, pd_total = 0.0, qd_total = 0.0;
     int64_t c_total = 0;
     for (ptrdiff_t c = 0; c < nch; c++) {

@@ -316,6 +316,79 @@ static double FI(fd_kl_exact)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, doubl
     return d;
 }
 
+/* The constant c of d = lq - lp = (z - x) - c for two rows with a class each (shifts shx,
+   shz, sums sx, sz of e^(x - shx), e^(z - shz)), as the nearby terms form d (fd_js_terms,
+   fd_kl_near32).  c's shift part is a float difference, as the lanes' z - x: with equal
+   normalisers (a one-class row) d is then 0 to the bit, where the double shz - shx, rounded
+   once with the logs' part, could round a tie the other way.  Where the maxima differ by 4 or
+   more, z - x rounds at the size of the offset (rows 1e-3 apart and offset by 1e4: KL 6 %
+   off), so *offset says to form d as ((z - shz) - (x - shx)) - c, c = log sz - log sx, each
+   difference rounded at the size of the log-probability: KL ~1e-6 off at any offset, against
+   1e-8 for (z - x) - c without an offset and 1e-6 at an offset of 4 (a numpy emulation of
+   both over 50257 classes, benchmarks/NOTES.md). */
+FD_INLINE FD_T FI(fd_near_c)(FD_T shx, FD_T shz, double sx, double sz, int *offset)
+{
+    const FD_T csh = FD_ASSOC_BARRIER(shz - shx);
+    *offset = fabs((double)csh) >= 4.0;
+    return (FD_T)((*offset ? 0.0 : (double)csh) + (log(sz) - log(sx)));
+}
+
+/* float32 rows whose KL is too small for the one pass (FD_KL32_NEAR_BELOW): D(P || Q) summed
+   again from cache, class by class, as compare's second pass sums it (fd_js_terms,
+   _divergence_rows.h), with d = lq - lp and q = p e^d: where a vector has every |d| < 2,
+   p (e^d - 1 - d) = p d^2 E(d) (fd_kl_near_f32, terms >= 0), elsewhere q - p and p d with
+   d = lq - lp, which do not cancel there; sum (q - p) = 0 joins them, D = sum p (e^d - 1 - d)
+   + sum (q - p) - sum p d, with d as fd_near_c says.
+   Called with both rows finite, no class of P masked in Q (D would be +inf). */
+static double FI(fd_kl_near32)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, FD_T mx, FD_T mz,
+                               double sx, double sz)
+{
+#if FD_INST == 1
+    (void)x; (void)z; (void)V; (void)mx; (void)mz; (void)sx; (void)sz;
+    return NAN;
+#else
+    const double lsxd = log(sx), lszd = log(sz);
+    const fd_vf shxv = fd_splat_f32(mx), shzv = fd_splat_f32(mz);
+    const fd_vf lsxv = fd_splat_f32((float)lsxd), lszv = fd_splat_f32((float)lszd);
+    const fd_vf lo = fd_splat_f32(-1e30f), four = fd_splat_f32(4.0f), zero = {0};
+    int offset;
+    const fd_vf cdv = fd_splat_f32(FI(fd_near_c)(mx, mz, sx, sz, &offset));
+    double kp = 0.0, qp = 0.0, pd = 0.0;
+    for (ptrdiff_t j0 = 0; j0 < V; j0 += FD_CH) {
+        const ptrdiff_t n = V - j0 < FD_CH ? V - j0 : FD_CH;
+        fd_vf akp = {0}, aqp = {0}, apd = {0}, tc;
+        for (ptrdiff_t j = 0; j < n; j += FD_W) {
+            fd_vf xv, zv;
+            if (j + FD_W <= n) {
+                xv = FI(fd_ld)(x + j0 + j);
+                zv = FI(fd_ld)(z + j0 + j);
+            } else { /* a class masked in both rows adds 0 */
+                xv = FI(fd_ldt)(x + j0 + j, n - j, FD_NEG_INF);
+                zv = FI(fd_ldt)(z + j0 + j, n - j, FD_NEG_INF);
+            }
+            fd_vf lp = fd_clamp_lo_f32(FD_VBARRIER(xv - shxv) - lsxv, lo);
+            fd_vf lq = fd_clamp_lo_f32(FD_VBARRIER(zv - shzv) - lszv, lo);
+            fd_vf p = fd_expn_f32(lp, &tc);
+            fd_vf d = offset ? FD_VBARRIER(FD_VBARRIER(zv - shzv) - FD_VBARRIER(xv - shxv)) - cdv
+                             : FD_VBARRIER(zv - xv) - cdv;
+            fd_vf s = fd_max0_f32(d * d);
+            if (fd_all_f32(fd_lt_f32(s, four))) {
+                d = fd_sel_f32(fd_eq_f32(d, d), d, zero); /* masked in both rows: p = 0 */
+                akp += p * s * fd_kl_near_f32(d);
+            } else {
+                fd_vf q = fd_expn_f32(lq, &tc), dl = lq - lp;
+                aqp += q - p;
+                apd += p * dl;
+            }
+        }
+        kp += fd_hsum_f32(akp);
+        qp += fd_hsum_f32(aqp);
+        pd += fd_hsum_f32(apd);
+    }
+    return kp + (qp - pd);
+#endif
+}
+
 /* moved: how far the references rose while sums were carried (the rescales' error) */
 static inline double FI(fd_kl_finish)(FD_T mx, FD_T mz, double sx, double sz, double w, FD_T mxz,
                                       double moved, const FD_TI *x, const FD_TI *z, ptrdiff_t V)
@@ -327,6 +400,8 @@ static inline double FI(fd_kl_finish)(FD_T mx, FD_T mz, double sx, double sz, do
     double wsx = w / sx, lsx = log(sx), lsz = log(sz), d = wsx - lsx + lsz;
     if (sizeof(FD_T) == 8 && d < FD_KL_EXACT_BELOW * fd_kl_scale(wsx, lsx, lsz, moved))
         return FI(fd_kl_exact)(x, z, V, (double)mx, (double)mz, lsx - lsz);
+    if (sizeof(FD_T) == 4 && d < FD_KL32_NEAR_BELOW * fd_kl_scale(wsx, lsx, lsz, moved))
+        return FI(fd_kl_near32)(x, z, V, mx, mz, sx, sz);
     return d;
 }
 

@@ -276,10 +276,11 @@ static void FI(fd_kl_logits_block)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, 
     unsigned special = (unsigned)(FI(fd_nonfinite)(*(FD_V *)mx) | FI(fd_nonfinite)(*(FD_V *)mz) |
                                   FN(fd_isnan)(fsx) | FN(fd_isnan)(fsz) |
                                   FN(fd_gt)(*(FD_V *)mxz, ninf));
-    if (sizeof(FD_T) == 8) { /* float64: a KL too small for the one pass (FD_KL_EXACT_BELOW) */
+    { /* a KL too small for the one pass (FD_KL_EXACT_BELOW, FD_KL32_NEAR_BELOW) */
         const FD_V one = FN(fd_splat)((FD_T)1);
         FD_V scale = one + FN(fd_abs)(wsx) + (FD_T)2 * (FN(fd_abs)(lsx) + FN(fd_abs)(lsz));
-        special |= (unsigned)FN(fd_lt)(*(FD_V *)res, (FD_T)FD_KL_EXACT_BELOW * scale);
+        const FD_T below = sizeof(FD_T) == 8 ? (FD_T)FD_KL_EXACT_BELOW : (FD_T)FD_KL32_NEAR_BELOW;
+        special |= (unsigned)FN(fd_lt)(*(FD_V *)res, below * scale);
     }
     if (FI(fd_block_out)(out, res, special, nrows)) return;
     for (int i = 0; i < nrows; i++)

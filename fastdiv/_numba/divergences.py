@@ -268,9 +268,24 @@ def _js_d2(xj, zj, cd):
 
 
 @njit(**_INLINE)
+def _near_d(shx, shz, sx, sz):
+    """cd = (ax, az, c) of _js_d for two rows with a class each (shifts shx, shz; sums sx, sz
+    of e^(x - shx), e^(z - shz)): (0, 0, (shz - shx) + log(sz / sx)), c's shift part a float
+    difference as the elements' z - x (with equal normalisers, a one-class row, d is then 0
+    to the bit, where the float64 shz - shx rounded once with the logs' part could round a
+    tie the other way); where the maxima differ by 4 or more, z - x rounds at the size of the
+    offset, and cd = (shx, shz, log(sz / sx)) (the Cython kernels' fd_near_c has the figures)."""
+    zero = cast(0.0, shx)
+    csh = sub_exact(shz, shx)
+    offset = abs(csh) >= cast(4.0, shx)
+    lsd = np.log(np.float64(sz)) - np.log(np.float64(sx))
+    return (shx if offset else zero, shz if offset else zero,
+            cast(lsd if offset else np.float64(csh) + lsd, shx))
+
+
+@njit(**_INLINE)
 def _js_d(xj, zj, cd):
-    """d = ((z - az) - (x - ax)) - c, cd = (ax, az, c) (_js_terms: ax = az = 0 unless the
-    rows' maxima differ by 4 or more); 0 for a class masked in both rows (d = NaN, m = 0: its
+    """d = ((z - az) - (x - ax)) - c, cd = (ax, az, c) of _near_d; 0 for a class masked in both rows (d = NaN, m = 0: its
     terms are 0).  Every subtraction exact (sub_exact): with the outer one free to
     reassociate, LLVM formed it in float64 from c's unrounded double (d half an ulp of z - x,
     not 0, for a one-class row)."""
@@ -340,18 +355,9 @@ def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl):
     lsz = cast(flog(sz), b) if mz > ninf else zero
     gx = cast(b / sx, b) if mx > ninf else zero
     gz = cast(c / sz, b) if mz > ninf else zero
-    # rows with a class each (cd finite).  cd's shift part is a float difference, as the
-    # elements' z - x: with equal normalisers (a one-class row) d is then 0 to the bit, where
-    # the float64 shz - shx rounded once with the logs' part could round a tie the other way
-    both = mx > ninf and mz > ninf
-    half = not is_f64(zero) and b == c and both   # float32 working precision
-    csh = sub_exact(shz, shx)
-    # where the maxima differ by 4 or more, z - x rounds at the size of the offset: d as
-    # ((z - shz) - (x - shx)) - (log sz - log sx) (see the Cython kernels' fd_js_terms)
-    offset = half and abs(csh) >= cast(4.0, b)
-    lsd = np.log(np.float64(sz)) - np.log(np.float64(sx)) if half else 0.0
-    cd = (shx if offset else zero, shz if offset else zero,
-          cast(lsd if offset else np.float64(csh) + lsd, b) if half else zero)
+    # float32 working precision, rows with a class each (cd finite)
+    half = not is_f64(zero) and b == c and mx > ninf and mz > ninf
+    cd = _near_d(shx, shz, sx, sz) if half else (zero, zero, zero)
     four = cast(4.0, b)
     one = cast(1.0, b)
     # log p clamped at the exp clamp LO: a masked class (p = 0) adds 0 * (LO - ...) = 0,

@@ -3,7 +3,8 @@
 a block redoes).  Logsumexp, entropy and KL from logits and hard-label cross-entropy read each
 row once into the row state of ``row_state.py``; entropy and KL from probabilities or
 log-probabilities and the soft-target cross-entropy's second pass sum their terms in blocks of
-``SUM_CHUNK``; float64 KL from logits redoes nearly equal rows exactly (``_kl_exact``).
+``SUM_CHUNK``; KL from logits redoes nearly equal rows without the one pass's cancellation
+(float64: ``_kl_exact``; float32: ``_kl_near32``).
 
 Each kernel is compiled serial; its ``_mt`` twin runs it over shares of the rows
 (``threads.py``).
@@ -13,8 +14,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
+from .divergences import CHUNK as NEAR_CHUNK, _js_d, _js_near, _kl_near_f32, _near_d
 from .row_state import _chunk_max, _finish_entropy, _finish_lse, _log_s, _row_state
 from .threads import PAR, share
 from .simd import INLINE, JIT, KL_SUB, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch_ahead, add_exact, is_f64, nan_of, rel_entr, scale_of, sub_exact, two_diff
@@ -161,9 +164,13 @@ def _kl_raise_z(w, sx, sz, mz, cz):
 #: order ``L = 1 + |w / sx| + |log sx| + |log sz|`` and carries an absolute error of a few eps L
 #: (~1e-15 L).  A row with ``D < KL_EXACT_BELOW * L`` (nearly equal P and Q: D ~ |P - Q|^2) is
 #: recomputed by _kl_exact, which keeps D's relative precision; 1e-3 keeps the one-pass result
-#: within 1e-12 relative elsewhere (measured: its error stays below 6 eps L).  float32 rows keep
-#: the one pass: their absolute error ~1e-7 L is the dtype's (pass float64 for a tiny KL).
+#: within 1e-12 relative elsewhere (measured: its error stays below 6 eps L).
 KL_EXACT_BELOW = 1e-3
+
+#: float32 working precision: a row with ``D < KL32_NEAR_BELOW * L`` is summed again class by
+#: class by _kl_near32 (relative error ~1e-7, against 2e-4 at D ~ 5e-5 and 2 % at D ~ 5e-7 for
+#: the one pass); the Cython kernels' FD_KL32_NEAR_BELOW.
+KL32_NEAR_BELOW = 1e-4
 
 #: 1/k!, k = 1..19 (expm1's series), and (k - 1)/k!, k = 2..22 (phi's): |b| < 1 keeps the
 #: truncation below 1e-17 relative
@@ -236,6 +243,80 @@ def _kl_exact(xr, zr, scale, mx, mz, k):
 
 
 @njit(**_INLINE)
+def _kl_near32(xr, zr, scale, mx, mz, sx, sz):
+    """D(P || Q) of one float32 row pair (logits times ``scale``; mx, mz their maxima, sx, sz
+    their sums of e^(x - max)) summed again class by class, as compare's second pass sums it
+    (divergences._js_terms; the Cython kernels' fd_kl_near32 has the formulas): where a chunk
+    has every |d| < 2, p (e^d - 1 - d) by divergences._kl_near_f32, elsewhere q - p and p d with
+    d = lq - lp; sum (q - p) = 0 joins them.  Scaled rows are formed once, in new arrays (the
+    rows this redoes are rare).  Called with both rows finite and no class of P masked in Q."""
+    if scale is None:
+        return _kl_near32_rows(xr, zr, mx, mz, sx, sz)
+    v = xr.shape[0]
+    sc = scale_of(scale, mx)
+    xs = np.empty(v, dtype=np.float32)
+    zs = np.empty(v, dtype=np.float32)
+    for j in range(v):
+        xs[j] = load(xr[j]) * sc
+        zs[j] = load(zr[j]) * sc
+    return _kl_near32_rows(xs, zs, mx, mz, sx, sz)
+
+
+@njit(**_INLINE)
+def _kl_near32_rows(xs, zs, mx, mz, sx, sz):
+    """_kl_near32 of unscaled rows (float32, or 16-bit bits widened by load)."""
+    v = xs.shape[0]
+    zero = np.float32(0.0)
+    mx = np.float32(mx)
+    mz = np.float32(mz)
+    lsx = np.float32(np.log(np.float64(sx)))
+    lsz = np.float32(np.log(np.float64(sz)))
+    cd = _near_d(mx, mz, sx, sz)
+    four = np.float32(4.0)
+    lo = np.float32(-1e30)
+    kp = 0.0
+    qp = 0.0
+    pd = 0.0
+    for j0 in range(0, v, NEAR_CHUNK):
+        j1 = min(j0 + NEAR_CHUNK, v)
+        xc = xs[j0:j1]
+        zc = zs[j0:j1]
+        akp = zero
+        aqp = zero
+        apd = zero
+        if _js_near(xc, zc, cd, four):
+            for j in range(xc.shape[0]):
+                p = exp_hot(clamp_lo(sub_exact(sub_exact(load(xc[j]), mx), lsx)))
+                d = _js_d(xc[j], zc[j], cd)
+                akp += p * (d * d) * _kl_near_f32(d)
+        else:
+            for j in range(xc.shape[0]):
+                lp = max(sub_exact(sub_exact(load(xc[j]), mx), lsx), lo)
+                lq = max(sub_exact(sub_exact(load(zc[j]), mz), lsz), lo)
+                p = exp_hot(clamp_lo(lp))
+                q = exp_hot(clamp_lo(lq))
+                aqp += q - p
+                apd += p * (lq - lp)
+        kp += akp
+        qp += aqp
+        pd += apd
+    return kp + (qp - pd)
+
+
+def _kl_redo(xr, zr, scale, mx, mz, sx, sz):  # pragma: no cover - replaced by the overload
+    raise NotImplementedError
+
+
+@overload(_kl_redo, inline="always")
+def _ov_kl_redo(xr, zr, scale, mx, mz, sx, sz):
+    """A row the one pass cannot finish (_kl_finish's redo), by the working precision of mx,
+    chosen at compile time: _kl_exact (float64) or _kl_near32 (float32)."""
+    if isinstance(mx, types.Float) and mx.bitwidth == 64:
+        return lambda xr, zr, scale, mx, mz, sx, sz: _kl_exact(xr, zr, scale, mx, mz, np.log(sx) - np.log(sz))
+    return lambda xr, zr, scale, mx, mz, sx, sz: _kl_near32(xr, zr, scale, mx, mz, sx, sz)
+
+
+@njit(**_INLINE)
 def _kl_finish(w, sx, sz, moved, like):
     """(D, needs_exact): the one-pass KL from its float64 sums, and whether the row (float64
     when ``like`` is) must be redone by _kl_exact (see KL_EXACT_BELOW); ``moved``: how far the
@@ -244,7 +325,8 @@ def _kl_finish(w, sx, sz, moved, like):
     lsx = np.log(sx)
     lsz = np.log(sz)
     d = wsx - lsx + lsz
-    return d, is_f64(like) and d < KL_EXACT_BELOW * _kl_scale(wsx, lsx, lsz, moved)
+    below = KL_EXACT_BELOW if is_f64(like) else KL32_NEAR_BELOW
+    return d, d < below * _kl_scale(wsx, lsx, lsz, moved)
 
 
 @njit(**_INLINE)
@@ -345,7 +427,7 @@ def _kl_logits(x, z, scale, out):
         else:
             moved = ((mx - x0) if x0 > -_INF else 0.0) + ((mz - z0) if z0 > -_INF else 0.0)
             d, redo = _kl_finish(w, sx, sz, np.float64(moved), mx)
-            out[i] = _kl_exact(xr, zr, scale, mx, mz, np.log(sx) - np.log(sz)) if redo else d
+            out[i] = _kl_redo(xr, zr, scale, mx, mz, sx, sz) if redo else d
 
 
 @njit(**_JIT)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .long_rows import KL_EXACT_BELOW, _kl_scale
+from .long_rows import KL32_NEAR_BELOW, KL_EXACT_BELOW, _kl_scale
 from .row_state import _chunk_max, _finish_entropy, _finish_lse, _nll, _row_state
 from .threads import PAR, share
 from .simd import _LN2, INLINE, JIT, KL_SUB, SUB, cast, clamp_lo, exp_hot, flog, jump_limit, load, log_parts_f64, maximum, prefer_wide_vectors, prefetch_ahead, add_exact, is_f64, scale_of, sub_exact
@@ -389,9 +389,9 @@ def _small_kl(x, z, scale, out, fallback):
             lsz = flog(np.float64(sz[r]))
             d = wsx - lsx + lsz
             out[i0 + r] = d
-            # float64: a KL too small for the one pass's absolute error goes to the row path,
-            # which redoes it exactly (see KL_EXACT_BELOW); a constant False for float32
-            tight[r] = is_f64(rx) and d < KL_EXACT_BELOW * _kl_scale(wsx, lsx, lsz, 0.0)
+            # a KL too small for the one pass's absolute error goes to the row path, which
+            # redoes it (see KL_EXACT_BELOW, KL32_NEAR_BELOW)
+            tight[r] = d < (KL_EXACT_BELOW if is_f64(rx) else KL32_NEAR_BELOW) * _kl_scale(wsx, lsx, lsz, 0.0)
         for r in range(rows):
             if sx[r] < SMALL_MIN_SUM or sz[r] < SMALL_MIN_SUM or not w[r] < _INF or tight[r]:
                 fallback[i0 + r] = True
