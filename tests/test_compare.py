@@ -207,7 +207,10 @@ def test_kl_of_a_nearby_float32_model_keeps_its_relative_accuracy(backend, sigma
     Beside them: equal rows (exactly 0), classes masked in both rows, large far logits (d as
     lq - lp), a model row far from its base, a class whose model probability underflows where
     the base's does not (its q d term), and a model offset by 1000 from its base (where z - x
-    rounds at the size of the offset)."""
+    rounds at the size of the offset).  Rows 8 and 9 have a fifth of their classes, scattered,
+    masked in one row only where the other keeps a small mass: one KL is +inf, the other adds
+    those classes' mass and keeps the near terms elsewhere (before 2026-12-06 their vectors
+    took the far terms, which cancel: kld 88 % off at sigma 1e-3)."""
     from fastdiv import reference as R
 
     rng = np.random.default_rng(int(1 / sigma))
@@ -223,6 +226,9 @@ def test_kl_of_a_nearby_float32_model_keeps_its_relative_accuracy(backend, sigma
     model[5, 7] = -300.0
     base[6, :1500] = model[6, :1500] = -np.inf     # a chunk of classes masked in both rows
     model[7] = base[7] + np.float32(1000) + rng.standard_normal(3000).astype(np.float32) * sigma  # an offset
+    one = masked & (np.arange(3000) > 0)
+    base[8, one], model[8, one] = -np.inf, -30.0
+    base[9, one], model[9, one] = -30.0, -np.inf
     b64, m64 = base.astype(np.float64), model.astype(np.float64)
     got = fastdiv.compare(base, model, backend=backend)
     if backend != "numpy":      # (the float64 reference's own equal rows come out at 1e-78)
@@ -231,7 +237,10 @@ def test_kl_of_a_nearby_float32_model_keeps_its_relative_accuracy(backend, sigma
     # class's d at sigma 1e-3, 1e-5 at 1e-4), the others' at the size of d
     rtol = np.where(np.arange(10) == 7, 1e-4, 1e-5)
     for got_kl, want in ((got.kld, R.kl_rows(b64, m64)), (got.reverse_kld, R.kl_rows(m64, b64))):
-        assert np.all(np.abs(got_kl - want) <= rtol * want + 1e-70), (got_kl, want)
+        fin = np.isfinite(want)
+        assert np.array_equal(np.isfinite(got_kl), fin) and fin.sum() == 9
+        assert np.all(np.abs(got_kl[fin] - want[fin]) <= rtol[fin] * want[fin] + 1e-70), (got_kl, want)
+    np.testing.assert_allclose(got.js[8:], R.js_rows(b64[8:], m64[8:], 0.5), rtol=1e-3, atol=0)
 
 
 def test_the_kl_polynomial_is_one_fit_within_its_bound():

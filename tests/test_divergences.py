@@ -483,7 +483,9 @@ def test_js_of_nearby_float32_rows_keeps_its_relative_accuracy(backend, v, sigma
     lp - lm rounded at the size of |lm| (1e-6): at sigma = 1e-3 the rows were off by 50 %
     (median) before 2026-12-06; the terms m J(d / 2) of the compiled kernels keep ~1e-7
     (benchmarks/js_nearby.py).  Row 4 is offset by 1000, where z - x rounds at the size of the
-    offset (d from the logits less their maxima there)."""
+    offset (d from the logits less their maxima there).  Row 5 has a fifth of its classes,
+    scattered, masked in x only, where z keeps a small mass: those add m ln 2 and leave their
+    vectors' (chunks') other classes on the near terms (2x off before 2026-12-06)."""
     rng = np.random.default_rng(int(sigma * 1e4) + v)
     x = (rng.standard_normal((8, v)) * 2).astype(np.float32)
     z = (x + rng.standard_normal((8, v)) * sigma).astype(np.float32)
@@ -492,6 +494,9 @@ def test_js_of_nearby_float32_rows_keeps_its_relative_accuracy(backend, v, sigma
     x[2, masked] = z[2, masked] = -np.inf  # classes masked in both rows: their terms are 0
     x[3, : max(1, v // 10)] = -np.inf  # masked in one row only: that class adds m ln 2
     z[4] = (x[4] + np.float32(1000) + rng.standard_normal(v).astype(np.float32) * sigma).astype(np.float32)  # an offset
+    one = masked & (np.arange(v) > 0)
+    x[5, one] = -np.inf
+    z[5, one] = -30.0
     want = R.js_rows(x.astype(np.float64), z.astype(np.float64), 0.5)
     for a, b in ((x, z), (z, x)):
         got = fastdiv.js_div(a, b, reduction="none", backend=backend)
@@ -506,7 +511,9 @@ def test_kl_of_nearby_float32_rows_keeps_its_relative_accuracy(backend, v, sigma
     """z = x + N(0, sigma): KL ~ sigma^2 / 2.  The float32 one pass cancels to it (2 % off at
     sigma = 1e-3, 50257 classes, before 2026-12-06); rows below FD_KL32_NEAR_BELOW L are summed
     again class by class (fd_kl_near32 / _kl_near32): ~1e-7.  Beside them: equal rows (0),
-    classes masked in both rows, and a row offset by 1000.  (CUDA keeps its one pass.)"""
+    classes masked in both rows, a row offset by 1000, and a fifth of the classes, scattered,
+    masked in P only where Q keeps a small mass (each adds its q; 2 % off before 2026-12-06,
+    when their vectors took the far terms).  (CUDA keeps its one pass.)"""
     rng = np.random.default_rng(int(sigma * 1e4) + v + 7)
     x = (rng.standard_normal((8, v)) * 2).astype(np.float32)
     z = (x + rng.standard_normal((8, v)) * sigma).astype(np.float32)
@@ -514,6 +521,9 @@ def test_kl_of_nearby_float32_rows_keeps_its_relative_accuracy(backend, v, sigma
     masked = rng.random(v) < 0.2
     x[2, masked] = z[2, masked] = -np.inf
     z[4] = (x[4] + np.float32(1000) + rng.standard_normal(v).astype(np.float32) * sigma).astype(np.float32)
+    one = masked & (np.arange(v) > 0)
+    x[5, one] = -np.inf
+    z[5, one] = -30.0
     want = R.kl_rows(x.astype(np.float64), z.astype(np.float64))
     got = fastdiv.kl_div(x, z, reduction="none", backend=backend)
     assert abs(got[1]) <= 1e-30

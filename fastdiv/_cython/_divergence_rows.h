@@ -82,22 +82,48 @@ static double FI(fd_js_pass)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, int mo
    formed from the logits' difference, not from lp and lq (each rounded at the size of |lp|,
    1e-6 at lp ~ -12).  Then JS's relative accuracy holds as the rows' difference goes to 0:
    at model = base + N(0, 1e-3) (JS ~ 1e-7, 64 x 50257) the log-based terms were off by
-   50 % (median), these by 1.3e-7 (benchmarks/js_nearby.py).  A class masked in one row
-   only (d = +-inf) sends its vector to the log-based terms, as does a vector with a far
-   difference, where those do not cancel.  With kl (compare), the vector's KL(p || q) and
-   Jeffreys terms too (fd_kl_near_f32) into *akp, *akj, half-weighted as bp = p / 2 and
-   cq = q / 2.  Returns whether it wrote *t (and those). */
-FD_INLINE int FI(fd_js_half_term)(FD_V d, FD_V bp, FD_V cq, FD_V *t, const int kl, FD_V *akp,
-                                  FD_V *akj)
+   50 % (median), these by 1.3e-7 (benchmarks/js_nearby.py).  A vector with a far
+   difference takes the log-based terms, which do not cancel there.  With kl (compare), the
+   vector's KL(p || q) and Jeffreys terms too (fd_kl_near_f32) into *akp, *akj,
+   half-weighted as bp = p / 2 and cq = q / 2.
+   A class masked in one row only (d = +-inf; with `masks`, a constant: the row may have
+   one) has one of bp, cq exactly 0: its JS term is (bp + cq) ln 2 and its part of
+   sum (q - p) is cq - bp (into *aqp), its other KL terms 0, so it keeps the rest of its
+   vector on these terms; sent to the log-based ones, the vector's near lanes cancel there
+   (P masked at 20 % of its classes, Q not, rows 1e-3 apart: JS 2x off).  The test for them
+   runs only in vectors that fail the first.  Returns whether it wrote *t (and those). */
+FD_INLINE int FI(fd_js_half_term)(FD_V xv, FD_V zv, FD_V d, FD_V bp, FD_V cq, FD_V *t,
+                                  const int kl, const int masks, FD_V *akp, FD_V *akj,
+                                  FD_V *aqp)
 {
 #if FD_INST == 1
-    (void)d; (void)bp; (void)cq; (void)t; (void)kl; (void)akp; (void)akj;
+    (void)xv; (void)zv; (void)d; (void)bp; (void)cq; (void)t; (void)kl; (void)masks;
+    (void)akp; (void)akj; (void)aqp;
     return 0;
 #else
     /* a class masked in both rows (a tail lane too: both loaded as -inf) has d = NaN and
        bp = cq = 0: taken as d = 0, its terms are 0 */
     FD_V s = fd_max0_f32(d * d);
-    if (!fd_all_f32(fd_lt_f32(s, fd_splat_f32(4.0f)))) return 0;
+    const fd_mf near = fd_lt_f32(s, fd_splat_f32(4.0f));
+    if (!fd_all_f32(near)) {
+        const fd_vf inf = fd_splat_f32(INFINITY), ninf = fd_splat_f32(-INFINITY);
+        /* s = +inf first (cheap; finite |d| > 1.8e19 too), then exactly one logit -inf */
+        if (!masks || !fd_all_f32(near | fd_eq_f32(s, inf))) return 0;
+        const fd_mf one = fd_eq_f32(xv, ninf) ^ fd_eq_f32(zv, ninf);
+        if (!fd_all_f32(near | one)) return 0;
+        const fd_vf zero = {0};
+        s = fd_sel_f32(one, zero, s);
+        *t = (bp + cq) * fd_sel_f32(one, fd_splat_f32((float)FD_LN2), fd_jsd_f32(s));
+        if (kl) {
+            /* d = 0 in the one-sided (+-inf) and both-masked (NaN) lanes */
+            d = fd_sel_f32(one, zero, fd_sel_f32(fd_eq_f32(d, d), d, zero));
+            fd_vf e = fd_kl_near_f32(d), ps = bp * s;
+            *akp += ps * e;
+            *akj += ps * (d * e + 1.0f);
+            *aqp += fd_sel_f32(one, cq - bp, zero);
+        }
+        return 1;
+    }
     *t = (bp + cq) * fd_jsd_f32(s);
     if (kl) {
         d = fd_sel_f32(fd_eq_f32(d, d), d, (fd_vf){0});
@@ -120,11 +146,13 @@ FD_INLINE int FI(fd_js_half_term)(FD_V d, FD_V bp, FD_V cq, FD_V *t, const int k
    (q - p) d from fd_kl_near_f32, any other q - p, p d and q d, which do not cancel where
    |d| >= 2 (float64: every vector).  sum (q - p) = 0 joins them: D(x || z) = sum p (e^d - 1
    - d) + sum (q - p) - sum p d and D(z || x) = sum (q - p) d - sum p (e^d - 1 - d) + sum q d
-   - sum (q - p), each sum over its own vectors. */
+   - sum (q - p), each sum over its own vectors.  masks: a class may be masked in one row
+   only (fd_js_half_term). */
 FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, double beta,
                                  const FD_T *ex, const FD_T *ez, const FD_T *shx_c,
                                  const FD_T *shz_c, FD_T mx, FD_T mz, double sx, double sz,
-                                 FD_T xr, int64_t *cnt, double *kl, const int cmp)
+                                 FD_T xr, int64_t *cnt, double *kl, const int cmp,
+                                 const int masks)
 {
     const ptrdiff_t nch = (V + FD_CH - 1) / FD_CH;
     /* an all-masked row: every p is 0 and every lp is -inf */
@@ -158,7 +186,7 @@ FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, do
         FD_V bp_ = (e1) * fx, cq_ = (e2) * fz, t_;                                            \
         FD_V d_ = offset ? FD_VBARRIER(FD_VBARRIER((zv) - shzv) - FD_VBARRIER((xv) - shxv)) - cdv \
                          : FD_VBARRIER((zv) - (xv)) - cdv;                                    \
-        if (!(half && FI(fd_js_half_term)(d_, bp_, cq_, &t_, cmp, &akp, &akj))) {             \
+        if (!(half && FI(fd_js_half_term)((xv), (zv), d_, bp_, cq_, &t_, cmp, masks, &akp, &akj, &aqp))) { \
             FD_V lp_ = FN(fd_clamp_lo)(FD_VBARRIER((xv) - shxv) - lsxv, lo);                  \
             FD_V lq_ = FN(fd_clamp_lo)(FD_VBARRIER((zv) - shzv) - lszv, lo);                  \
             FD_V lm_ = FN(fd_logpos)(bp_ + cq_); /* finite garbage where bp + cq is 0 */      \
@@ -333,7 +361,8 @@ static double FI(fd_js_logits)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, doub
         FI(fd_js_chunk)(xs, zs, xc, zc, n, shx, shz, 0, ex + j0, ez + j0, &mcx, &mcz, &sx, &sz);
     }
     if (isnan(sx) || isnan(sz)) return NAN; /* NaN in either row */
-    return FI(fd_js_terms)(x, z, V, beta, ex, ez, shx_c, shz_c, mx, mz, sx, sz, 0, NULL, NULL, 0);
+    /* masks: a class may be masked in one row only (the first pass does not look) */
+    return FI(fd_js_terms)(x, z, V, beta, ex, ez, shx_c, shz_c, mx, mz, sx, sz, 0, NULL, NULL, 0, 1);
 }
 
 /* Scratch elements fd_js_logits needs for a row of V. */

@@ -300,7 +300,8 @@ static void FI(fd_compare_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_
         FD_T *ex, *ez, *shx_c, *shz_c;
         FI(fd_cmp_layout)(scr, V, &ex, &ez, &shx_c, &shz_c);
         double kl[2];
-        st[9] = FI(fd_js_terms)(x, z, V, 0.5, ex, ez, shx_c, shz_c, (FD_T)mx, (FD_T)mb, st[1], st[5], xr, &rank, kl, 1);
+        st[9] = FI(fd_js_terms)(x, z, V, 0.5, ex, ez, shx_c, shz_c, (FD_T)mx, (FD_T)mb, st[1], st[5], xr, &rank, kl, 1,
+                                  ix[2] != 0);
         if (mx > -INFINITY && mb > -INFINITY) {
             /* flags 2: z has mass where x is masked; 1: the other way */
             st[10] = ix[2] & 2 ? INFINITY : kl[0];

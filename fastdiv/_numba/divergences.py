@@ -234,21 +234,32 @@ def _kl_near_f32(d):
     return e
 
 
-#: elements of a chunk _js_near tests first: a chunk of independent rows nearly always fails
-#: there (each element has |d| < 2 with probability ~1/2), before the whole-chunk pass
+#: elements of a chunk _js_near_max tests first: a chunk of independent rows nearly always
+#: fails there (each element has |d| < 2 with probability ~1/2), before the whole-chunk pass
 JS_PROBE = 8
 
 
 @njit(**_INLINE)
-def _js_near(xs, zs, cd, lim):
-    """Whether every element of the chunk has d^2 < lim, d of _js_d (False for a class masked
-    in one row only: d = +-inf): the first JS_PROBE elements, then the rest, each a
-    slice of its own.  Inside _js_terms, an exit inside the loop, an and of the tests, or a
-    second loop over the same slice from JS_PROBE on kept the pass scalar (JS of rows 0.05
-    apart 0.87 -> 1.7 ns per pair); a maximum per slice vectorises as a reduction.  Random
-    rows of 16000: 1.10x the JS time with one whole-chunk pass, 1.00x with the probe first."""
+def _js_near_max(xs, zs, cd, lim):
+    """The largest d^2 of the chunk (d of _js_d: +inf for a class masked in one row only), or
+    of its first JS_PROBE elements where that is lim or more: the chunk is near where it is
+    below lim.  Each a slice of its own: inside _js_terms, an exit inside the loop, an and of
+    the tests, or a second loop over the same slice from JS_PROBE on kept the pass scalar
+    (JS of rows 0.05 apart 0.87 -> 1.7 ns per pair); a maximum per slice vectorises as a
+    reduction.  Random rows of 16000: 1.10x the JS time with one whole-chunk pass, 1.00x with
+    the probe first."""
     k = min(xs.shape[0], JS_PROBE)
-    return _js_max_d2(xs[:k], zs[:k], cd) < lim and _js_max_d2(xs[k:], zs[k:], cd) < lim
+    m = _js_max_d2(xs[:k], zs[:k], cd)
+    return m if m >= lim else maximum(m, _js_max_d2(xs[k:], zs[k:], cd))
+
+
+@njit(**_INLINE)
+def _js_near_one(xs, zs, cd, lim, m):
+    """Given m = _js_near_max(xs, zs, cd, lim) >= lim: whether the chunk is near once classes
+    masked in one row only (d = +-inf) count as near (_js_d2_one); it then takes
+    _js_one_terms.  Only an infinite m asks the chunk again (rows N(0, 1) apart: JS 1.07x
+    when every refused chunk was asked)."""
+    return m == _INF and _js_max_d2_one(xs, zs, cd) < lim
 
 
 @njit(**_INLINE)
@@ -261,10 +272,33 @@ def _js_max_d2(xs, zs, cd):
 
 
 @njit(**_INLINE)
+def _js_max_d2_one(xs, zs, cd):
+    """max d^2 over xs, zs, 0 for a class masked in one row only (_js_d2_one)."""
+    m = cast(0.0, cd[2])
+    for j in range(xs.shape[0]):
+        m = maximum(m, _js_d2_one(xs[j], zs[j], cd))
+    return m
+
+
+@njit(**_INLINE)
 def _js_d2(xj, zj, cd):
     """d^2 of _js_d."""
     d = _js_d(xj, zj, cd)
     return d * d
+
+
+@njit(**_INLINE)
+def _js_one(xj, zj):
+    """Whether the class is masked (-inf) in exactly one of the rows."""
+    ninf = -_INF
+    return (load(xj) == ninf) != (load(zj) == ninf)
+
+
+@njit(**_INLINE)
+def _js_d2_one(xj, zj, cd):
+    """d^2 of _js_d, 0 for a class masked in one row only (d = +-inf)."""
+    d = _js_d(xj, zj, cd)
+    return cast(0.0, cd[2]) if _js_one(xj, zj) else d * d
 
 
 @njit(**_INLINE)
@@ -326,16 +360,50 @@ def _js_log_terms(xs, zs, es, fs, fx, fz, shx, shz, lsx, lsz, lo, kl):
 
 
 @njit(**_INLINE)
+def _js_one_terms(xs, zs, es, fs, fx, fz, cd, kl):
+    """A near chunk's terms (see _js_terms) where some classes are masked in one row only:
+    one of bp, cq is exactly 0 there, so such a class's JS term is (bp + cq) ln 2 and its
+    part of sum (q - p) is cq - bp, its other KL terms 0; the chunk's other classes keep the
+    near terms (sent to the log-based ones, they cancel: P masked at 20 % of its classes, Q
+    not, rows 1e-3 apart, JS 2x off).  Returns the sums of the JS terms, p (e^d - 1 - d),
+    (q - p) d and, for the masked classes, q - p."""
+    zero = cast(0.0, fx)
+    one = cast(1.0, fx)
+    ln2 = cast(np.log(2.0), fx)
+    acc = zero
+    akp = zero
+    akj = zero
+    aqp = zero
+    for j in range(xs.shape[0]):
+        bp = es[j] * fx
+        cq = fs[j] * fz
+        if _js_one(xs[j], zs[j]):
+            acc += (bp + cq) * ln2
+            aqp += cq - bp
+        else:
+            d = _js_d(xs[j], zs[j], cd)
+            s = d * d
+            acc += (bp + cq) * _jsd_f32(s)
+            if kl:
+                e = _kl_near_f32(d)
+                ps = bp * s
+                akp += ps * e
+                akj += ps * (d * e + one)
+    return acc, akp, akj, aqp
+
+
+@njit(**_INLINE)
 def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl):
     """The second pass of _js_logits_row (and of the compare op, ops.py), from L2: the
     exponentials of chunk k (of ``chunk`` elements) were taken against refs[0, k] (x) and
     refs[1, k] (z); mx, mz are the rows' maxima and sx, sz their sums of e^(x - max).
     At beta = 1/2 in float32, a chunk whose |d| < 2 everywhere, d = lq - lp = (z - x) - cd
     formed from the logits' difference, takes its terms as m J(d / 2) (_jsd_f32), which keep
-    JS's relative accuracy as the rows' difference goes to 0; other chunks (a far difference,
-    a class masked in one row only: d = +-inf) the log-based terms.  The Cython kernels
-    choose by vector (fd_js_half_term): numba's loops, split into blocks of 16 with a choice
-    in each, no longer vectorised (JS 1.0 -> 1.8 ns per pair on random rows).
+    JS's relative accuracy as the rows' difference goes to 0 (with classes masked in one row
+    only, d = +-inf, by _js_one_terms); other chunks (a far difference) the log-based terms.
+    The Cython kernels choose by vector (fd_js_half_term): numba's loops, split into blocks
+    of 16 with a choice in each, no longer vectorised (JS 1.0 -> 1.8 ns per pair on random
+    rows).
 
     Returns (JS, D(z || x), D(x || z)); the KLs only with kl (a constant: compare, b = c =
     1/2, rows with a class each; else 0), summed class by class from terms that do not cancel
@@ -380,7 +448,8 @@ def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl):
         zs = zr[j0:j1]
         es = ex[j0:j1]
         fs = ez[j0:j1]
-        if half and _js_near(xs, zs, cd, four):
+        m = _js_near_max(xs, zs, cd, four) if half else zero
+        if half and m < four:
             acc = zero
             akp = zero
             akj = zero
@@ -397,6 +466,11 @@ def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl):
                     akj += ps * (d * e + one)
             kp += akp
             kj += akj
+        elif half and _js_near_one(xs, zs, cd, four, m):
+            acc, akp, akj, aqp = _js_one_terms(xs, zs, es, fs, fx, fz, cd, kl)
+            kp += akp
+            kj += akj
+            qp += aqp
         else:
             acc, aqp, apd, aqd = _js_log_terms(xs, zs, es, fs, fx, fz, shx, shz, lsx, lsz, lo, kl)
             qp += aqp

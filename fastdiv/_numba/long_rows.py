@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from .divergences import CHUNK as NEAR_CHUNK, _js_d, _js_near, _kl_near_f32, _near_d
+from .divergences import CHUNK as NEAR_CHUNK, _js_d, _js_near_max, _js_near_one, _kl_near_f32, _near_d
 from .row_state import _chunk_max, _finish_entropy, _finish_lse, _log_s, _row_state
 from .threads import PAR, share
 from .simd import INLINE, JIT, KL_SUB, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch_ahead, add_exact, is_f64, nan_of, rel_entr, scale_of, sub_exact, two_diff
@@ -284,11 +284,14 @@ def _kl_near32_rows(xs, zs, mx, mz, sx, sz):
         akp = zero
         aqp = zero
         apd = zero
-        if _js_near(xc, zc, cd, four):
+        m = _js_near_max(xc, zc, cd, four)
+        if m < four:
             for j in range(xc.shape[0]):
                 p = exp_hot(clamp_lo(sub_exact(sub_exact(load(xc[j]), mx), lsx)))
                 d = _js_d(xc[j], zc[j], cd)
                 akp += p * (d * d) * _kl_near_f32(d)
+        elif _js_near_one(xc, zc, cd, four, m):
+            akp, aqp = _kl_near32_one(xc, zc, mx, mz, lsx, lsz, cd, lo)
         else:
             for j in range(xc.shape[0]):
                 lp = max(sub_exact(sub_exact(load(xc[j]), mx), lsx), lo)
@@ -301,6 +304,25 @@ def _kl_near32_rows(xs, zs, mx, mz, sx, sz):
         qp += aqp
         pd += apd
     return kp + (qp - pd)
+
+
+@njit(fastmath=_INLINE["fastmath"], error_model=_INLINE["error_model"])
+def _kl_near32_one(xc, zc, mx, mz, lsx, lsz, cd, lo):
+    """_kl_near32_rows' chunk with classes masked in P only (d = +inf): p = 0, so each adds
+    its q - p = q and nothing else, and the chunk's other classes keep the near terms (sent
+    to q - p - p d, they cancel: P masked at 20 % of its classes, rows 1e-3 apart, KL 2 %
+    off).  Returns the sums of p (e^d - 1 - d) and of those q.  Not inlined: inside the row
+    loop it cost rows 0.05 apart 1.03-1.04x."""
+    akp = np.float32(0.0)
+    aqp = akp
+    for j in range(xc.shape[0]):
+        if load(xc[j]) == -np.inf:
+            aqp += exp_hot(clamp_lo(max(sub_exact(sub_exact(load(zc[j]), mz), lsz), lo)))
+        else:
+            p = exp_hot(clamp_lo(sub_exact(sub_exact(load(xc[j]), mx), lsx)))
+            d = _js_d(xc[j], zc[j], cd)
+            akp += p * (d * d) * _kl_near_f32(d)
+    return akp, aqp
 
 
 def _kl_redo(xr, zr, scale, mx, mz, sx, sz):  # pragma: no cover - replaced by the overload
