@@ -117,6 +117,18 @@ OPS = (
     "topk_kl",
 )
 
+#: KL from logits: the one pass ``D = w / sx - log sx + log sz`` subtracts terms of order
+#: ``L = 1 + |w / sx| + 2 (|log sx| + |log sz|)`` and carries an absolute error of a few eps L.
+#: A row with ``D < KL_EXACT_BELOW * L`` (float64; nearly equal P and Q: D ~ |P - Q|^2) is
+#: recomputed without cancellation (measured: the one pass stays within 1e-12 relative
+#: elsewhere), one with ``D < KL32_NEAR_BELOW * L`` in float32 working precision summed again
+#: class by class (relative error ~1e-7, against 2e-4 at D ~ 5e-5 and 2 % at D ~ 5e-7 for the
+#: one pass; above it the one pass is ~1e-5).  numba's and CUDA's kernels read these, the
+#: Cython kernels' FD_KL_EXACT_BELOW / FD_KL32_NEAR_BELOW (_simd.h) are the same literals
+#: (tests/test_divergences.py checks them).
+KL_EXACT_BELOW = 1e-3
+KL32_NEAR_BELOW = 1e-4
+
 #: J(d / 2) = (d / 2) tanh(d / 2) - log cosh(d / 2) = s Q(s), s = d^2 in [0, 4): Q's
 #: coefficients, highest degree first, as float32.  The Jensen-Shannon term at beta = 1/2 of a
 #: class whose log-probabilities differ by d is m J(d / 2), m = (p + q) / 2, which the float32

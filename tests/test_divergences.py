@@ -504,7 +504,7 @@ def test_js_of_nearby_float32_rows_keeps_its_relative_accuracy(backend, v, sigma
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=0)
 
 
-@pytest.mark.parametrize("backend", backend_params(["numba", "cython", "numpy"]))
+@pytest.mark.parametrize("backend", backend_params(["numba", "cython", "numpy", "cuda"]))
 @pytest.mark.parametrize("v", [51, 1271, 20000])
 @pytest.mark.parametrize("sigma", [1e-2, 1e-3])
 def test_kl_of_nearby_float32_rows_keeps_its_relative_accuracy(backend, v, sigma):
@@ -513,7 +513,8 @@ def test_kl_of_nearby_float32_rows_keeps_its_relative_accuracy(backend, v, sigma
     again class by class (fd_kl_near32 / _kl_near32): ~1e-7.  Beside them: equal rows (0),
     classes masked in both rows, a row offset by 1000, and a fifth of the classes, scattered,
     masked in P only where Q keeps a small mass (each adds its q; 2 % off before 2026-12-06,
-    when their vectors took the far terms).  (CUDA keeps its one pass.)"""
+    when their vectors took the far terms).  CUDA recomputes such rows in float64 (since
+    2026-12-06, as it did float64 rows)."""
     rng = np.random.default_rng(int(sigma * 1e4) + v + 7)
     x = (rng.standard_normal((8, v)) * 2).astype(np.float32)
     z = (x + rng.standard_normal((8, v)) * sigma).astype(np.float32)
@@ -528,6 +529,18 @@ def test_kl_of_nearby_float32_rows_keeps_its_relative_accuracy(backend, v, sigma
     got = fastdiv.kl_div(x, z, reduction="none", backend=backend)
     assert abs(got[1]) <= 1e-30
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-30)
+
+
+def test_the_kl_redo_thresholds_have_one_value():
+    """The rows KL from logits recomputes (fastdiv._registry.KL_EXACT_BELOW, KL32_NEAR_BELOW,
+    which numba and CUDA read): the Cython kernels' macros are the same literals."""
+    import pathlib
+    import re
+
+    src = (pathlib.Path(fastdiv.__file__).parent / "_cython" / "_simd.h").read_text()
+    for macro, value in (("FD_KL_EXACT_BELOW", _registry.KL_EXACT_BELOW),
+                         ("FD_KL32_NEAR_BELOW", _registry.KL32_NEAR_BELOW)):
+        assert float(re.search(rf"#define {macro} (\S+)", src).group(1)) == value
 
 
 def test_the_js_polynomial_is_one_fit_within_its_bound():

@@ -26,12 +26,10 @@ import math
 import numpy as np
 from numba import int64
 
+from .. import _registry
 from . import intrinsics as D
 from .intrinsics import inline as _dj
 
-#: float64 KL from logits: rows whose one-pass KL is below this times the size of the terms it
-#: subtracts are recomputed without cancellation (fastdiv/_numba/long_rows.py, KL_EXACT_BELOW)
-KL_EXACT_BELOW = 1e-3
 
 
 # ---------------------------------------------------------------- state-tuple helpers
@@ -378,6 +376,7 @@ def make_op(name, kind, has_w):
         # state (mx, sx, w, mz, sz, vm[, mv]); float64 adds mv, how far this state's references
         # rose while sums were carried (the rescales' error, see finish)
         F64 = acc is np.float64
+        BELOW = _registry.KL_EXACT_BELOW if F64 else _registry.KL32_NEAR_BELOW
         op.NS, op.NMAX, op.NIN = (7 if F64 else 6), 2, 2
 
         if F64:
@@ -508,13 +507,15 @@ def make_op(name, kind, has_w):
             lsx = LOG(sx)
             lsz = LOG(sz)
             d = wsx - lsx + lsz
+            # the one pass subtracts terms of order L and carries a few eps L; a KL below
+            # KL_EXACT_BELOW L (float64) or KL32_NEAR_BELOW L (float32 working precision;
+            # nearly equal rows) is marked -inf (never a KL) for divergences' exact pass
+            # (kernels.kl_logits), as the CPU backends redo it
+            L = ONE + abs(wsx) + acc(2.0) * (abs(lsx) + abs(lsz))
             if F64:
-                # the one pass subtracts terms of order L and carries a few eps L; a KL below
-                # KL_EXACT_BELOW L (nearly equal rows) is marked -inf (never a KL) for
-                # divergences' exact pass (kernels.kl_logits), as the CPU backends redo it
-                L = ONE + abs(wsx) + acc(2.0) * (abs(lsx) + abs(lsz)) + st[6]
-                if d < acc(KL_EXACT_BELOW) * L:
-                    return NEG_INF
+                L = L + st[6]
+            if d < acc(BELOW) * L:
+                return NEG_INF
             return d
 
     # ------------------------------------------------- literal sums (probs / log_probs)

@@ -10,8 +10,8 @@ CE run on the mergeable accumulators of ``accumulators.py`` (``short_rows.py``,
 ``long_rows.py``), these for ``temperature != 1`` and the new ops.  Both paths stay because
 the tuned states read the logits unscaled: scaling there would change the scaled results'
 bits (they sum in the accumulation type against a running max, these in float64 against the
-row's).  float64 KL uses both: the tuned kernel marks nearly equal rows ``-inf`` and
-``OP_KL_EXACT`` recomputes only those, without cancellation.  Semantics: ``fastdiv.reference``.
+row's).  KL uses both: the tuned kernel marks nearly equal rows ``-inf`` and ``OP_KL_EXACT``
+recomputes only those, without cancellation, in float64 (float32 rows too).  Semantics: ``fastdiv.reference``.
 
 Input kinds (``loaders.py``): float32, float64, float16, and bfloat16 as uint16 / int16 bits.
 """
@@ -26,7 +26,6 @@ from numba import cuda, float64, int64
 from .. import _registry
 from . import intrinsics as D
 from .intrinsics import inline as _dj
-from .accumulators import KL_EXACT_BELOW
 from .loaders import Kind
 from .reductions import RED_MAX_THREADS, block_max, block_sum
 
@@ -35,9 +34,10 @@ DIV_BLOCK = 128
 #: most blocks launched (rows are grid-strided beyond)
 DIV_GRID = 65536
 
-#: the ops of ``k_rows``; OP_KL_EXACT recomputes, without cancellation, only the float64 KL rows
-#: that the tuned kernel marked -inf (a KL below KL_EXACT_BELOW times the size of the terms its
-#: one pass subtracts: accumulators.py, kl_logits' finish)
+#: the ops of ``k_rows``; OP_KL_EXACT recomputes, without cancellation, only the KL rows that
+#: the tuned kernel marked -inf (a KL below _registry.KL_EXACT_BELOW, float64, or
+#: KL32_NEAR_BELOW, float32, times the size of the terms its one pass subtracts:
+#: accumulators.py, kl_logits' finish)
 OP_ENTROPY, OP_KL, OP_CE_SOFT, OP_JS_LOGITS, OP_JS_LOG_PROBS, OP_JS_PROBS, OP_TOPK, OP_KL_EXACT = range(8)
 
 _JSD = _registry.JSD_HALF_POLY
@@ -92,6 +92,7 @@ def _make(kind_name):
     NEG_INF = acc(-np.inf)
     ZERO = acc(0.0)
     F64 = acc is np.float64
+    KL_BELOW = _registry.KL_EXACT_BELOW if F64 else _registry.KL32_NEAR_BELOW
 
     @_dj
     def kl_exact_sums(x, z, base, V, tid, nt, sca, mx, mz, k):
@@ -255,15 +256,16 @@ def _make(kind_name):
             s1 = block_sum(shd, s1, tid, nt)
             s2 = block_sum(shd, s2, tid, nt)
             mxz = block_max(shd, mxz, tid, nt)
-            # ---- pass C (float64 KL of nearly equal rows): D without cancellation
+            # ---- pass C (KL of nearly equal rows): D without cancellation, in float64 for
+            # float32 rows too (rare rows: KL below KL32_NEAR_BELOW L)
             kl_d = math.nan
-            if F64 and op == OP_KL and nan == 0 and MX > -math.inf and MX < math.inf and MZ < math.inf \
+            if op == OP_KL and nan == 0 and MX > -math.inf and MX < math.inf and MZ < math.inf \
                     and mxz == -math.inf:
                 lsx = math.log(sx)
                 lsz = math.log(sz)
                 kl_d = s1 / sx - lsx + lsz
                 scale_l = 1.0 + abs(s1 / sx) + 2.0 * (abs(lsx) + abs(lsz))
-                if redo_only or kl_d < KL_EXACT_BELOW * scale_l:
+                if redo_only or kl_d < KL_BELOW * scale_l:
                     k = lsx - lsz
                     for _ in range(2):
                         es, nu, ph = kl_exact_sums(x, z, base, V, tid, nt, sca, MX, MZ, k)
@@ -321,10 +323,8 @@ def _make(kind_name):
                     res = 0.0
                 elif mxz != -math.inf:
                     res = math.inf
-                elif F64:
-                    res = kl_d
                 else:
-                    res = s1 / sx - math.log(sx) + math.log(sz)
+                    res = kl_d
             elif op == OP_CE_SOFT:
                 if bad or sx != sx:
                     res = math.nan

@@ -420,10 +420,9 @@ def kl_logits(x, z, scale, out, nthreads=None, *, stream=None, bf16=None):
     if scale != 1.0:
         return _run_div("kl", x, z, out, stream, bf16, sc=scale)
     out = _run("kl_logits", x, z, None, None, out, 0, 0.0, 0.0, stream, bf16)
-    if _kind(_dev(x, "x").dtype, bf16, "x") == "f64":
-        # float64 rows of nearly equal distributions, marked -inf by the tuned kernel, are
-        # recomputed without cancellation (one block per marked row; others return at once)
-        _run_div("kl_exact", x, z, out, stream, bf16)
+    # rows of nearly equal distributions, marked -inf by the tuned kernel, are recomputed
+    # without cancellation, in float64 (a block per marked row; the others return at once)
+    _run_div("kl_exact", x, z, out, stream, bf16)
     return out
 
 

@@ -594,7 +594,9 @@ FD_INLINE double fd_log_kr(double k, double r)
    subtracts terms of order L = 1 + |w/sx| + 2 (|log sx| + |log sz|) + (how far the references
    rose while sums were carried), and its absolute error stays below a few eps L; a row with
    D < FD_KL_EXACT_BELOW * L is recomputed without cancellation, which keeps the one-pass
-   results within 1e-12 relative (measured: < 1e-13). */
+   results within 1e-12 relative (measured: < 1e-13).  The literal is
+   fastdiv._registry.KL_EXACT_BELOW's, as FD_KL32_NEAR_BELOW is KL32_NEAR_BELOW's
+   (tests/test_divergences.py checks both). */
 #define FD_KL_EXACT_BELOW 1e-3
 /* float32 working precision: the one pass's absolute error is a few eps L with the float32
    eps (measured ~1e-8 at L ~ 20, 64 x 50257 rows); a row with D < FD_KL32_NEAR_BELOW * L is

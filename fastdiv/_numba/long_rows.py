@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from .. import _registry
 from .divergences import CHUNK as NEAR_CHUNK, _js_d, _js_near_max, _js_near_one, _kl_near_f32, _near_d
 from .row_state import _chunk_max, _finish_entropy, _finish_lse, _log_s, _row_state
 from .threads import PAR, share
@@ -160,17 +161,12 @@ def _kl_raise_z(w, sx, sz, mz, cz):
     return w - delta * sx, sz * np.exp(delta)
 
 
-#: float64 KL from logits: the one-pass ``D = w / sx - log sx + log sz`` subtracts terms of
-#: order ``L = 1 + |w / sx| + |log sx| + |log sz|`` and carries an absolute error of a few eps L
-#: (~1e-15 L).  A row with ``D < KL_EXACT_BELOW * L`` (nearly equal P and Q: D ~ |P - Q|^2) is
-#: recomputed by _kl_exact, which keeps D's relative precision; 1e-3 keeps the one-pass result
-#: within 1e-12 relative elsewhere (measured: its error stays below 6 eps L).
-KL_EXACT_BELOW = 1e-3
-
-#: float32 working precision: a row with ``D < KL32_NEAR_BELOW * L`` is summed again class by
-#: class by _kl_near32 (relative error ~1e-7, against 2e-4 at D ~ 5e-5 and 2 % at D ~ 5e-7 for
-#: the one pass); the Cython kernels' FD_KL32_NEAR_BELOW.
-KL32_NEAR_BELOW = 1e-4
+#: float64 KL from logits: a row with ``D < KL_EXACT_BELOW * L`` (nearly equal P and Q) is
+#: recomputed by _kl_exact, which keeps D's relative precision; in float32 working precision
+#: one with ``D < KL32_NEAR_BELOW * L`` is summed again class by class by _kl_near32
+#: (fastdiv._registry has the figures).
+KL_EXACT_BELOW = _registry.KL_EXACT_BELOW
+KL32_NEAR_BELOW = _registry.KL32_NEAR_BELOW
 
 #: 1/k!, k = 1..19 (expm1's series), and (k - 1)/k!, k = 2..22 (phi's): |b| < 1 keeps the
 #: truncation below 1e-17 relative
