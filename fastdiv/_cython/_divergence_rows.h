@@ -157,8 +157,8 @@ FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, do
     const ptrdiff_t nch = (V + FD_CH - 1) / FD_CH;
     /* an all-masked row: every p is 0 and every lp is -inf */
     const FD_T shx = FI(fd_shift)(mx), shz = FI(fd_shift)(mz);
-    const FD_T lsx = mx == FD_NEG_INF ? (FD_T)0 : (FD_T)log(sx);
-    const FD_T lsz = mz == FD_NEG_INF ? (FD_T)0 : (FD_T)log(sz);
+    const double lsxd = mx == FD_NEG_INF ? 0.0 : log(sx), lszd = mz == FD_NEG_INF ? 0.0 : log(sz);
+    const FD_T lsx = (FD_T)lsxd, lsz = (FD_T)lszd;
     const FD_V shxv = FN(fd_splat)(shx), shzv = FN(fd_splat)(shz);
     const FD_V lsxv = FN(fd_splat)(lsx), lszv = FN(fd_splat)(lsz);
     /* lp clamped below: a masked class has p = 0 and adds 0 * (LO - lm), not 0 * -inf */
@@ -167,7 +167,7 @@ FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, do
     /* rows with a class each: c (fd_near_c) is finite */
     const int half = sizeof(FD_T) == 4 && beta == 0.5 && mx > FD_NEG_INF && mz > FD_NEG_INF;
     int offset;
-    const FD_V cdv = FN(fd_splat)(FI(fd_near_c)(shx, shz, sx, sz, &offset));
+    const FD_V cdv = FN(fd_splat)(FI(fd_near_c)(shx, shz, lsxd, lszd, &offset));
     double total = 0.0, kp_total = 0.0, kj_total = 0.0, qp_total = 0.0, pd_total = 0.0, qd_total = 0.0;
     int64_t c_total = 0;
     for (ptrdiff_t c = 0; c < nch; c++) {

@@ -317,8 +317,8 @@ static double FI(fd_kl_exact)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, doubl
 }
 
 /* The constant c of d = lq - lp = (z - x) - c for two rows with a class each (shifts shx,
-   shz, sums sx, sz of e^(x - shx), e^(z - shz)), as the nearby terms form d (fd_js_terms,
-   fd_kl_near32).  c's shift part is a float difference, as the lanes' z - x: with equal
+   shz; lsx, lsz the logs of the sums of e^(x - shx), e^(z - shz)), as the nearby terms form d
+   (fd_js_terms, fd_kl_near32).  c's shift part is a float difference, as the lanes' z - x: with equal
    normalisers (a one-class row) d is then 0 to the bit, where the double shz - shx, rounded
    once with the logs' part, could round a tie the other way.  Where the maxima differ by 4 or
    more, z - x rounds at the size of the offset (rows 1e-3 apart and offset by 1e4: KL 6 %
@@ -326,11 +326,11 @@ static double FI(fd_kl_exact)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, doubl
    difference rounded at the size of the log-probability: KL ~1e-6 off at any offset, against
    1e-8 for (z - x) - c without an offset and 1e-6 at an offset of 4 (a numpy emulation of
    both over 50257 classes, benchmarks/NOTES.md). */
-FD_INLINE FD_T FI(fd_near_c)(FD_T shx, FD_T shz, double sx, double sz, int *offset)
+FD_INLINE FD_T FI(fd_near_c)(FD_T shx, FD_T shz, double lsx, double lsz, int *offset)
 {
     const FD_T csh = FD_ASSOC_BARRIER(shz - shx);
     *offset = fabs((double)csh) >= 4.0;
-    return (FD_T)((*offset ? 0.0 : (double)csh) + (log(sz) - log(sx)));
+    return (FD_T)((*offset ? 0.0 : (double)csh) + (lsz - lsx));
 }
 
 /* float32 rows whose KL is too small for the one pass (FD_KL32_NEAR_BELOW): D(P || Q) summed
@@ -341,19 +341,18 @@ FD_INLINE FD_T FI(fd_near_c)(FD_T shx, FD_T shz, double sx, double sz, int *offs
    + sum (q - p) - sum p d, with d as fd_near_c says.
    Called with both rows finite, no class of P masked in Q (D would be +inf). */
 static double FI(fd_kl_near32)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, FD_T mx, FD_T mz,
-                               double sx, double sz)
+                               double lsxd, double lszd)
 {
 #if FD_INST == 1
-    (void)x; (void)z; (void)V; (void)mx; (void)mz; (void)sx; (void)sz;
+    (void)x; (void)z; (void)V; (void)mx; (void)mz; (void)lsxd; (void)lszd;
     return NAN;
 #else
-    const double lsxd = log(sx), lszd = log(sz);
     const fd_vf shxv = fd_splat_f32(mx), shzv = fd_splat_f32(mz);
     const fd_vf lsxv = fd_splat_f32((float)lsxd), lszv = fd_splat_f32((float)lszd);
     const fd_vf lo = fd_splat_f32(-1e30f), four = fd_splat_f32(4.0f), zero = {0};
     const fd_vf ninf = fd_splat_f32(FD_NEG_INF);
     int offset;
-    const fd_vf cdv = fd_splat_f32(FI(fd_near_c)(mx, mz, sx, sz, &offset));
+    const fd_vf cdv = fd_splat_f32(FI(fd_near_c)(mx, mz, lsxd, lszd, &offset));
     double kp = 0.0, qp = 0.0, pd = 0.0;
     for (ptrdiff_t j0 = 0; j0 < V; j0 += FD_CH) {
         const ptrdiff_t n = V - j0 < FD_CH ? V - j0 : FD_CH;
@@ -413,7 +412,7 @@ static inline double FI(fd_kl_finish)(FD_T mx, FD_T mz, double sx, double sz, do
     if (sizeof(FD_T) == 8 && d < FD_KL_EXACT_BELOW * fd_kl_scale(wsx, lsx, lsz, moved))
         return FI(fd_kl_exact)(x, z, V, (double)mx, (double)mz, lsx - lsz);
     if (sizeof(FD_T) == 4 && d < FD_KL32_NEAR_BELOW * fd_kl_scale(wsx, lsx, lsz, moved))
-        return FI(fd_kl_near32)(x, z, V, mx, mz, sx, sz);
+        return FI(fd_kl_near32)(x, z, V, mx, mz, lsx, lsz);
     return d;
 }
 
