@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .long_rows import KL32_NEAR_BELOW, KL_EXACT_BELOW, _kl_scale
+from .long_rows import KL32_NEAR_BELOW, KL_EXACT_BELOW, _kl_scale, _kl_tight
 from .row_state import _chunk_max, _finish_entropy, _finish_lse, _nll, _row_state
 from .threads import PAR, share
 from .simd import _LN2, INLINE, JIT, KL_SUB, SUB, cast, clamp_lo, exp_hot, flog, jump_limit, load, log_parts_f64, maximum, prefer_wide_vectors, prefetch_ahead, add_exact, is_f64, scale_of, sub_exact
@@ -389,12 +389,14 @@ def _small_kl(x, z, scale, out, fallback):
             lsz = flog(np.float64(sz[r]))
             d = wsx - lsx + lsz
             out[i0 + r] = d
-            # a KL too small for the one pass's absolute error goes to the row path, which
-            # redoes it (see KL_EXACT_BELOW, KL32_NEAR_BELOW)
+            # a KL too small for the one pass's absolute error is redone below (see
+            # KL_EXACT_BELOW, KL32_NEAR_BELOW)
             tight[r] = d < (KL_EXACT_BELOW if is_f64(rx) else KL32_NEAR_BELOW) * _kl_scale(wsx, lsx, lsz, 0.0)
         for r in range(rows):
-            if sx[r] < SMALL_MIN_SUM or sz[r] < SMALL_MIN_SUM or not w[r] < _INF or tight[r]:
+            if sx[r] < SMALL_MIN_SUM or sz[r] < SMALL_MIN_SUM or not w[r] < _INF:
                 fallback[i0 + r] = True
+            elif tight[r]:
+                out[i0 + r] = _kl_tight(x[i0 + r], z[i0 + r], scale, rx, rz, sx[r], sz[r])
 
 
 def use_blocks(x):
