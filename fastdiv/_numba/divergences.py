@@ -381,15 +381,23 @@ def _js_one_terms(xs, zs, es, fs, fx, fz, cd, kl):
             acc += (bp + cq) * ln2
             aqp += cq - bp
         else:
-            d = _js_d(xs[j], zs[j], cd)
-            s = d * d
-            acc += (bp + cq) * _jsd_f32(s)
+            t, tp, tj = _js_near_terms(bp, cq, _js_d(xs[j], zs[j], cd), one)
+            acc += t
             if kl:
-                e = _kl_near_f32(d)
-                ps = bp * s
-                akp += ps * e
-                akj += ps * (d * e + one)
+                akp += tp
+                akj += tj
     return acc, akp, akj, aqp
+
+
+@njit(**_INLINE)
+def _js_near_terms(bp, cq, d, one):
+    """A near class's terms (|d| < 2; bp = b p, cq = c q): JS's (bp + cq) J(d / 2), and the KL
+    terms bp (e^d - 1 - d) and bp (e^d - 1) d from E(d) (_kl_near_f32); a caller that does not
+    add the last two leaves them to dead-code elimination."""
+    s = d * d
+    e = _kl_near_f32(d)
+    ps = bp * s
+    return (bp + cq) * _jsd_f32(s), ps * e, ps * (d * e + one)
 
 
 @njit(**_INLINE)
@@ -454,16 +462,11 @@ def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl):
             akp = zero
             akj = zero
             for j in range(xs.shape[0]):
-                bp = es[j] * fx
-                cq = fs[j] * fz
-                d = _js_d(xs[j], zs[j], cd)
-                s = d * d
-                acc += (bp + cq) * _jsd_f32(s)
+                t, tp, tj = _js_near_terms(es[j] * fx, fs[j] * fz, _js_d(xs[j], zs[j], cd), one)
+                acc += t
                 if kl:
-                    e = _kl_near_f32(d)
-                    ps = bp * s
-                    akp += ps * e
-                    akj += ps * (d * e + one)
+                    akp += tp
+                    akj += tj
             kp += akp
             kj += akj
         elif half and _js_near_one(xs, zs, cd, four, m):
