@@ -531,6 +531,24 @@ def test_kl_of_nearby_float32_rows_keeps_its_relative_accuracy(backend, v, sigma
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-30)
 
 
+@pytest.mark.parametrize("backend", backend_params(["numba", "cython", "numpy"]))
+@pytest.mark.parametrize("v", [6, 51])
+def test_kl_of_a_confident_row_pair_in_the_block_path(backend, v):
+    """Both rows of pair 3 put nearly all their mass on class 0 (logit 40): KL ~1e-16 at
+    V = 6, 2e-14 at V = 51, every other class far (|d| ~ 4).  The short-row block paths redo
+    such a row; taken from the block pass's own sums (against the block's references, the
+    row's largest term not an exact 1) it came out 5e-8 off (tests/equivalence.py,
+    2026-12-06), from the row's own sums within 1e-6 relative."""
+    rng = np.random.default_rng(2 + v)
+    x = (rng.standard_normal((32, v)) * 3).astype(np.float32)
+    z = (rng.standard_normal((32, v)) * 3).astype(np.float32)
+    x[3, 0] = z[3, 0] = 40.0
+    want = R.kl_rows(x.astype(np.float64), z.astype(np.float64))
+    got = fastdiv.kl_div(x, z, reduction="none", backend=backend)
+    np.testing.assert_allclose(got[3], want[3], rtol=1e-5, atol=0)
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6)
+
+
 def test_the_kl_redo_thresholds_have_one_value():
     """The rows KL from logits recomputes (fastdiv._registry.KL_EXACT_BELOW, KL32_NEAR_BELOW,
     which numba and CUDA read): the Cython kernels' macros are the same literals."""

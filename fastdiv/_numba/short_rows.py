@@ -396,7 +396,7 @@ def _small_kl(x, z, scale, out, fallback):
             if sx[r] < SMALL_MIN_SUM or sz[r] < SMALL_MIN_SUM or not w[r] < _INF:
                 fallback[i0 + r] = True
             elif tight[r]:
-                out[i0 + r] = _kl_tight(x[i0 + r], z[i0 + r], scale, rx, rz, sx[r], sz[r])
+                out[i0 + r] = _kl_tight(x[i0 + r], z[i0 + r], scale)
 
 
 def use_blocks(x):
