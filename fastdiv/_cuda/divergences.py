@@ -11,7 +11,8 @@ CE run on the mergeable accumulators of ``accumulators.py`` (``short_rows.py``,
 the tuned states read the logits unscaled: scaling there would change the scaled results'
 bits (they sum in the accumulation type against a running max, these in float64 against the
 row's).  KL uses both: the tuned kernel marks nearly equal rows ``-inf`` and ``OP_KL_EXACT``
-recomputes only those, without cancellation, in float64 (float32 rows too).  Semantics: ``fastdiv.reference``.
+recomputes only those, without cancellation, in float64 (float32 rows too).  Semantics:
+``fastdiv.reference``.
 
 Input kinds (``loaders.py``): float32, float64, float16, and bfloat16 as uint16 / int16 bits.
 """

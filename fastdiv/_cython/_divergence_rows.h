@@ -86,8 +86,8 @@ static double FI(fd_js_pass)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, int mo
    difference takes the log-based terms, which do not cancel there.  With kl (compare), the
    vector's KL(p || q) and Jeffreys terms too (fd_kl_near_f32) into *akp, *akj,
    half-weighted as bp = p / 2 and cq = q / 2.
-   A class masked in one row only (d = +-inf; with `masks`, a constant: the row may have
-   one) has one of bp, cq exactly 0: its JS term is (bp + cq) ln 2 and its part of
+   A class masked in one row only (d = +-inf; looked for where `masks` says the row may
+   have one) has one of bp, cq exactly 0: its JS term is (bp + cq) ln 2 and its part of
    sum (q - p) is cq - bp (into *aqp), its other KL terms 0, so it keeps the rest of its
    vector on these terms; sent to the log-based ones, the vector's near lanes cancel there
    (P masked at 20 % of its classes, Q not, rows 1e-3 apart: JS 2x off).  The test for them

@@ -316,16 +316,16 @@ static double FI(fd_kl_exact)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, doubl
     return d;
 }
 
-/* The constant c of d = lq - lp = (z - x) - c for two rows with a class each (shifts shx,
-   shz; lsx, lsz the logs of the sums of e^(x - shx), e^(z - shz)), as the nearby terms form d
-   (fd_js_terms, fd_kl_near32).  c's shift part is a float difference, as the lanes' z - x: with equal
-   normalisers (a one-class row) d is then 0 to the bit, where the double shz - shx, rounded
-   once with the logs' part, could round a tie the other way.  Where the maxima differ by 4 or
-   more, z - x rounds at the size of the offset (rows 1e-3 apart and offset by 1e4: KL 6 %
-   off), so *offset says to form d as ((z - shz) - (x - shx)) - c, c = log sz - log sx, each
-   difference rounded at the size of the log-probability: KL ~1e-6 off at any offset, against
-   1e-8 for (z - x) - c without an offset and 1e-6 at an offset of 4 (a numpy emulation of
-   both over 50257 classes, benchmarks/NOTES.md). */
+/* The constant c of d = lq - lp = (z - x) - c for two rows with a class each (shifts shx, shz;
+   lsx, lsz the logs of the sums of e^(x - shx), e^(z - shz)), as the nearby terms form d
+   (fd_js_terms, fd_kl_near32).  c's shift part is a float difference, as the lanes' z - x: with
+   equal normalisers (a one-class row) d is then 0 to the bit, where the double shz - shx,
+   rounded once with the logs' part, could round a tie the other way.  Where the maxima differ
+   by 4 or more, z - x rounds at the size of the offset (rows 1e-3 apart and offset by 1e4: KL
+   6 % off), so *offset says to form d as ((z - shz) - (x - shx)) - c, c = log sz - log sx,
+   each difference rounded at the size of the log-probability: KL ~1e-6 off at any offset,
+   against 1e-8 for (z - x) - c without an offset and 1e-6 at an offset of 4 (a numpy emulation
+   of both over 50257 classes, benchmarks/NOTES.md). */
 FD_INLINE FD_T FI(fd_near_c)(FD_T shx, FD_T shz, double lsx, double lsz, int *offset)
 {
     const FD_T csh = FD_ASSOC_BARRIER(shz - shx);
