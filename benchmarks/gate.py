@@ -65,12 +65,15 @@ BASELINE = os.path.join(HERE, "baseline.json")
 #: regression we care about (a lost vectorisation, an extra pass) costs >= 1.5x.
 THRESHOLD = 1.35
 #: Times a failing figure is measured again before the gate fails on it (``confirm``).
-CONFIRM = 2
+CONFIRM = 3
 #: Seconds to wait before each of those measurements: another tenant's burst on the shared
 #: machine outlasted two back-to-back re-measures (a fresh-clone CI run at 4078db7 on the Zen 4,
 #: 2026-12-06: compare at 1t read 1.37-1.43x three times within ~20 s, 1.00-1.02x a minute
-#: later with the same tree and venv), so the tries are spread over half a minute.
-CONFIRM_PAUSE_S = 15.0
+#: later with the same tree and venv), and then two tries 15 s apart (68cc271, same machine,
+#: same date: numba compare at 2t 1.40x three times over ~40 s, 1.01-1.06x in the next two
+#: runs; a CI run's numba entropy float64 at 2t 1.97x likewise, 1.01-1.13x in four runs after),
+#: so the tries are spread over a minute and a half.
+CONFIRM_PAUSE_S = 30.0
 #: The same on a CPU without its own entry, after dividing out the CPU's median change.
 FALLBACK_THRESHOLD = 1.6
 #: Bytes per array per thread: the rows of one thread stay in (or next to) its private L2
