@@ -1,8 +1,9 @@
 """Divergences of nearby rows: the accuracy of ``js_div`` / ``compare``'s ``js``, ``kld`` and
 ``reverse_kld`` on float32 rows ``z = x + N(0, sigma)`` against the float64 reference, and the
 Cython kernels' in-cache speed on rows whose log-probabilities differ little ("narrow",
-sigma = 0.05), by ~1 ("medium") or everywhere by more than 2 ("broad", independent rows: the
-benchmarks' usual inputs), where the terms m J(d / 2) (and compare's KL terms) take a vector
+sigma = 0.05; "noisy": the same with one noisy class per 190, benchmarks/noisy_nearby.py),
+by ~1 ("medium") or everywhere by more than 2 ("broad", independent rows: the benchmarks'
+usual inputs), where the terms m J(d / 2) (and compare's KL terms) take a vector
 only when each of its |d| < 2 (docs/semantics.rst, "Jensen-Shannon of nearby rows" and "KL of
 nearby rows").
 
@@ -52,6 +53,13 @@ x = (rng.standard_normal((n, v)) * 3).astype(np.float32)
 rows = {"broad": (rng.standard_normal((n, v)) * 3).astype(np.float32),
         "medium": (x + rng.standard_normal((n, v))).astype(np.float32),
         "narrow": (x + rng.standard_normal((n, v)) * 0.05).astype(np.float32)}
+# narrow, with one noisy class per 190 at logits ~ -20 moved by N(0, 3): the vectors and
+# chunks that hold one are summed class by class (benchmarks/noisy_nearby.py)
+noisy = rows["narrow"].copy()
+xn = x.copy()
+xn[:, 3::190] = -20 + rng.standard_normal(xn[:, 3::190].shape)
+noisy[:, 3::190] = xn[:, 3::190] + rng.standard_normal(xn[:, 3::190].shape) * 3
+pairs = {**{name: (x, z) for name, z in rows.items()}, "noisy": (xn, noisy)}
 out = np.empty(n, np.float32)
 t = rng.integers(0, v, n)
 ix = np.empty((n, 4), np.int64)
@@ -70,9 +78,9 @@ def state(M):
 
 
 st = {id(M): state(M) for M in (K, B) if M is not None}
-for name, z in rows.items():
-    for op, f in {"js_logits": lambda M: M.js_logits(x, z, 0.5, 1.0, out, 1),
-                  "compare": lambda M: M.compare(x, z, t, st[id(M)], ix, 1)}.items():
+for name, (xr, z) in pairs.items():
+    for op, f in {"js_logits": lambda M: M.js_logits(xr, z, 0.5, 1.0, out, 1),
+                  "compare": lambda M: M.compare(xr, z, t, st[id(M)], ix, 1)}.items():
         calls = {"this": lambda: f(K)}
         if B is not None:
             calls["base"] = lambda: f(B)

@@ -15,8 +15,8 @@ run in CI after it (``pytest -m slow``).
 Every input is drawn fresh (the seed is printed; replay with FASTDIV_TEST_SEED=<seed>) and
 holds the rows every backend must get right: all masked, masked prefix, scattered masks, NaN,
 +inf, logits of 1e4, a constant row, one unmasked class, near uniform, a late jump, a
-confident row (results near 0), for two-input ops a pair of nearly equal rows (a KL near 0),
-and among probabilities a negative entry (NaN).
+confident row (results near 0), for two-input ops a pair of nearly equal rows (a KL near 0)
+and one with a few noisy classes, and among probabilities a negative entry (NaN).
 """
 from __future__ import annotations
 
@@ -170,11 +170,18 @@ def _as(kind, x, dtype):
 
 def _pair(src, n, v):
     """Two logits arrays: the second's rows reversed (edge rows meet random ones), its last
-    row nearly equal to the first's (a divergence near 0)."""
+    row nearly equal to the first's (a divergence near 0), and the one before too but for a
+    few noisy classes (logits ~ -20 moved by N(0, 3): vectors and chunks summed class by
+    class, _registry.NEAR_MIXED_SHARE)."""
     x = src.logits(n, v)
     z = src.logits(n, v)[::-1].copy()
     if n >= 12:
         z[-1] = x[-1] + 1e-3 * src.rng.standard_normal(v)
+    if n >= 14:
+        noisy = np.arange(3 % v, v, 190 if v > 1000 else 20)
+        x[-2, noisy] = -20 + src.rng.standard_normal(noisy.size)
+        z[-2] = x[-2] + 1e-3 * src.rng.standard_normal(v)
+        z[-2, noisy] += 3 * src.rng.standard_normal(noisy.size)
     return x, z
 
 

@@ -77,6 +77,26 @@ static double FI(fd_js_pass)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, int mo
     return total;
 }
 
+/* What fd_js_terms' log-based terms need beside the lanes: the rows' shifts, the logs of their
+   sums, and LO, the clamp of log p (a masked class has p = 0 and adds 0 * (LO - lm), not
+   0 * -inf). */
+typedef struct { FD_V shx, shz, lsx, lsz, lo; } FI(fd_logc);
+
+/* A vector's log-based JS terms bp (lp - lm) + cq (lq - lm), lm = log(bp + cq), and *dl =
+   lq - lp for compare's KL terms: to the size of |d| where the logits are large (z - x
+   rounds at the size of |z|).  A p that underflows keeps its lp; a masked class's lp is LO:
+   its p d is 0, and its q d huge where the flags make the KL +inf anyway (masked in both
+   rows: d = 0). */
+FD_INLINE FD_V FI(fd_js_log_terms)(FD_V xv, FD_V zv, FD_V bp, FD_V cq, const FI(fd_logc) *lc,
+                                   FD_V *dl)
+{
+    FD_V lp = FN(fd_clamp_lo)(FD_VBARRIER(xv - lc->shx) - lc->lsx, lc->lo);
+    FD_V lq = FN(fd_clamp_lo)(FD_VBARRIER(zv - lc->shz) - lc->lsz, lc->lo);
+    FD_V lm = FN(fd_logpos)(bp + cq); /* finite garbage where bp + cq is 0 */
+    *dl = lq - lp;
+    return bp * (lp - lm) + cq * (lq - lm);
+}
+
 /* At beta = 1/2 in float32, a vector's terms as m J(d / 2) (fd_jsd_f32) when each of its
    lanes has |d| < 2, d = lq - lp = (z - x) - c, c = (shz + log sz) - (shx + log sx): d is
    formed from the logits' difference, not from lp and lq (each rounded at the size of |lp|,
@@ -86,19 +106,25 @@ static double FI(fd_js_pass)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, int mo
    difference takes the log-based terms, which do not cancel there.  With kl (compare), the
    vector's KL(p || q) and Jeffreys terms too (fd_kl_near_f32) into *akp, *akj,
    half-weighted as bp = p / 2 and cq = q / 2.
-   A class masked in one row only (d = +-inf; looked for where `masks` says the row may
-   have one) has one of bp, cq exactly 0: its JS term is (bp + cq) ln 2 and its part of
-   sum (q - p) is cq - bp (into *aqp), its other KL terms 0, so it keeps the rest of its
-   vector on these terms; sent to the log-based ones, the vector's near lanes cancel there
-   (P masked at 20 % of its classes, Q not, rows 1e-3 apart: JS 2x off).  The test for them
-   runs only in vectors that fail the first.  Returns whether it wrote *t (and those). */
+   A vector with a few far lanes (fd_near_mixed; in a row whose probe says most lanes are
+   near, `mixed`, fd_mixed_row) is taken lane by lane: its near lanes as
+   above, its lanes masked in one row only (d = +-inf; looked for where `masks` says the row
+   may have one) by their exact terms -- one of bp, cq is exactly 0 there, so the JS term is
+   (bp + cq) ln 2 and the part of sum (q - p) is cq - bp (into *aqp), the other KL terms 0 --
+   and its far lanes by the log-based terms (fd_js_log_terms, with *aqp, *apd, *aqd).  Sent
+   there with them, the near lanes cancel: rows 1e-3 apart with one noisy class (|d| ~ 3) per
+   190, JS 1.3 % off; P masked at 20 % of its classes, Q not, JS 2x off.  (Left to the
+   caller's log-based terms under a mask, those lanes cost compare 1.03x and js_logits 1.07x
+   on independent rows, where no vector is taken so: the masked sums' code in the hot loop.)
+   Returns whether it wrote *t (and those); else the caller takes the log-based terms. */
 FD_INLINE int FI(fd_js_half_term)(FD_V xv, FD_V zv, FD_V d, FD_V bp, FD_V cq, FD_V *t,
-                                  const int kl, const int masks, FD_V *akp, FD_V *akj,
-                                  FD_V *aqp)
+                                  const int kl, const int masks, const int mixed,
+                                  const FI(fd_logc) *lc, FD_V *akp, FD_V *akj, FD_V *aqp,
+                                  FD_V *apd, FD_V *aqd)
 {
 #if FD_INST == 1
     (void)xv; (void)zv; (void)d; (void)bp; (void)cq; (void)t; (void)kl; (void)masks;
-    (void)akp; (void)akj; (void)aqp;
+    (void)mixed; (void)lc; (void)akp; (void)akj; (void)aqp; (void)apd; (void)aqd;
     return 0;
 #else
     /* a class masked in both rows (a tail lane too: both loaded as -inf) has d = NaN and
@@ -106,21 +132,27 @@ FD_INLINE int FI(fd_js_half_term)(FD_V xv, FD_V zv, FD_V d, FD_V bp, FD_V cq, FD
     FD_V s = fd_max0_f32(d * d);
     const fd_mf near = fd_lt_f32(s, fd_splat_f32(4.0f));
     if (!fd_all_f32(near)) {
-        const fd_vf inf = fd_splat_f32(INFINITY), ninf = fd_splat_f32(-INFINITY);
-        /* s = +inf first (cheap; finite |d| > 1.8e19 too), then exactly one logit -inf */
-        if (!masks || !fd_all_f32(near | fd_eq_f32(s, inf))) return 0;
-        const fd_mf one = fd_eq_f32(xv, ninf) ^ fd_eq_f32(zv, ninf);
-        if (!fd_all_f32(near | one)) return 0;
+        fd_mf one;
+        if (!FI(fd_near_mixed)(xv, zv, s, masks, mixed, &one)) return 0;
         const fd_vf zero = {0};
-        s = fd_sel_f32(one, zero, s);
+        s = fd_sel_f32(near, s, zero);   /* far and one-sided lanes: J(0) = 0, E's terms 0 */
         *t = (bp + cq) * fd_sel_f32(one, fd_splat_f32((float)FD_LN2), fd_jsd_f32(s));
         if (kl) {
-            /* d = 0 in the one-sided (+-inf) and both-masked (NaN) lanes */
-            d = fd_sel_f32(one, zero, fd_sel_f32(fd_eq_f32(d, d), d, zero));
+            d = fd_sel_f32(near, fd_sel_f32(fd_eq_f32(d, d), d, zero), zero);
             fd_vf e = fd_kl_near_f32(d), ps = bp * s;
             *akp += ps * e;
             *akj += ps * (d * e + 1.0f);
-            *aqp += fd_sel_f32(one, cq - bp, zero);
+            *aqp = fd_add_where_f32(*aqp, one, cq - bp);
+        }
+        const fd_mf far = (fd_mf)~(near | one);
+        if (fd_popcount_f32(far)) {
+            fd_vf dl, tl = FI(fd_js_log_terms)(xv, zv, bp, cq, lc, &dl);
+            *t = fd_add_where_f32(*t, far, tl);
+            if (kl) {
+                *aqp = fd_add_where_f32(*aqp, far, cq - bp);
+                *apd = fd_add_where_f32(*apd, far, bp * dl);
+                *aqd = fd_add_where_f32(*aqd, far, cq * dl);
+            }
         }
         return 1;
     }
@@ -146,8 +178,8 @@ FD_INLINE int FI(fd_js_half_term)(FD_V xv, FD_V zv, FD_V d, FD_V bp, FD_V cq, FD
    (q - p) d from fd_kl_near_f32, any other q - p, p d and q d, which do not cancel where
    |d| >= 2 (float64: every vector).  sum (q - p) = 0 joins them: D(x || z) = sum p (e^d - 1
    - d) + sum (q - p) - sum p d and D(z || x) = sum (q - p) d - sum p (e^d - 1 - d) + sum q d
-   - sum (q - p), each sum over its own vectors.  masks: a class may be masked in one row
-   only (fd_js_half_term). */
+   - sum (q - p), each sum over its own vectors or lanes (fd_js_half_term).  masks: a class may
+   be masked in one row only (fd_js_half_term). */
 FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, double beta,
                                  const FD_T *ex, const FD_T *ez, const FD_T *shx_c,
                                  const FD_T *shz_c, FD_T mx, FD_T mz, double sx, double sz,
@@ -159,15 +191,14 @@ FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, do
     const FD_T shx = FI(fd_shift)(mx), shz = FI(fd_shift)(mz);
     const double lsxd = mx == FD_NEG_INF ? 0.0 : log(sx), lszd = mz == FD_NEG_INF ? 0.0 : log(sz);
     const FD_T lsx = (FD_T)lsxd, lsz = (FD_T)lszd;
-    const FD_V shxv = FN(fd_splat)(shx), shzv = FN(fd_splat)(shz);
-    const FD_V lsxv = FN(fd_splat)(lsx), lszv = FN(fd_splat)(lsz);
-    /* lp clamped below: a masked class has p = 0 and adds 0 * (LO - lm), not 0 * -inf */
-    const FD_V lo = FN(fd_splat)((FD_T)-1e30);
+    const FI(fd_logc) lc = {FN(fd_splat)(shx), FN(fd_splat)(shz), FN(fd_splat)(lsx),
+                            FN(fd_splat)(lsz), FN(fd_splat)((FD_T)-1e30)};
     const FD_V xrv = FN(fd_splat)(xr), one = FN(fd_splat)((FD_T)1);
     /* rows with a class each: c (fd_near_c) is finite */
     const int half = sizeof(FD_T) == 4 && beta == 0.5 && mx > FD_NEG_INF && mz > FD_NEG_INF;
     int offset;
     const FD_V cdv = FN(fd_splat)(FI(fd_near_c)(shx, shz, lsxd, lszd, &offset));
+    const int mixed = half && FI(fd_mixed_row)(x, z, V, lc.shx, lc.shz, cdv, offset);
     double total = 0.0, kp_total = 0.0, kj_total = 0.0, qp_total = 0.0, pd_total = 0.0, qd_total = 0.0;
     int64_t c_total = 0;
     for (ptrdiff_t c = 0; c < nch; c++) {
@@ -184,19 +215,12 @@ FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, do
 #define FD_JSL_STEP(xv, zv, e1, e2)                                                           \
     do {                                                                                      \
         FD_V bp_ = (e1) * fx, cq_ = (e2) * fz, t_;                                            \
-        FD_V d_ = offset ? FD_VBARRIER(FD_VBARRIER((zv) - shzv) - FD_VBARRIER((xv) - shxv)) - cdv \
-                         : FD_VBARRIER((zv) - (xv)) - cdv;                                    \
-        if (!(half && FI(fd_js_half_term)((xv), (zv), d_, bp_, cq_, &t_, cmp, masks, &akp, &akj, &aqp))) { \
-            FD_V lp_ = FN(fd_clamp_lo)(FD_VBARRIER((xv) - shxv) - lsxv, lo);                  \
-            FD_V lq_ = FN(fd_clamp_lo)(FD_VBARRIER((zv) - shzv) - lszv, lo);                  \
-            FD_V lm_ = FN(fd_logpos)(bp_ + cq_); /* finite garbage where bp + cq is 0 */      \
-            t_ = bp_ * (lp_ - lm_) + cq_ * (lq_ - lm_);                                       \
+        FD_V d_ = FI(fd_near_dv)((xv), (zv), lc.shx, lc.shz, cdv, offset);                    \
+        if (!(half && FI(fd_js_half_term)((xv), (zv), d_, bp_, cq_, &t_, cmp, masks, mixed,   \
+                                          &lc, &akp, &akj, &aqp, &apd, &aqd))) {              \
+            FD_V dl_;                                                                         \
+            t_ = FI(fd_js_log_terms)((xv), (zv), bp_, cq_, &lc, &dl_);                        \
             if (cmp) {                                                                        \
-                /* d as lq - lp: to the size of |d| where the logits are large (z - x rounds  \
-                   at the size of |z|).  A p that underflows keeps its lp; a masked class's   \
-                   lp is LO (-1e30): its p d is 0, and its q d huge where the flags make the  \
-                   KL +inf anyway (masked in both rows: d = 0) */                            \
-                FD_V dl_ = lq_ - lp_;                                                         \
                 aqp += cq_ - bp_;                                                             \
                 apd += bp_ * dl_;                                                             \
                 aqd += cq_ * dl_;                                                             \

@@ -333,6 +333,66 @@ FD_INLINE FD_T FI(fd_near_c)(FD_T shx, FD_T shz, double lsx, double lsz, int *of
     return (FD_T)((*offset ? 0.0 : (double)csh) + (lsz - lsx));
 }
 
+/* d = lq - lp of the nearby terms, formed from the logits' difference as fd_near_c says
+   (cdv its c; offset: from the logits less their shifts). */
+FD_INLINE FD_V FI(fd_near_dv)(FD_V xv, FD_V zv, FD_V shxv, FD_V shzv, FD_V cdv, int offset)
+{
+    return offset ? FD_VBARRIER(FD_VBARRIER(zv - shzv) - FD_VBARRIER(xv - shxv)) - cdv
+                  : FD_VBARRIER(zv - xv) - cdv;
+}
+
+/* Whether a float32 vector that failed the nearby terms' test (some lane with |d| >= 2;
+   s = d^2) is taken lane by lane (fd_js_half_term, fd_kl_near32): at most 1 /
+   FD_NEAR_MIXED_SHARE of its lanes are wide (s >= FD_NEAR_MIXED_WIDE^2), not counting the
+   lanes masked in one row only, *one (looked for where `masks` says there may be some).
+   Where the row's probe found most lanes wide (not `mixed`, fd_mixed_row) only a vector with
+   such a lane (s = +inf) is counted: the count in every vector of independent rows, where it
+   always fails, cost js_logits 1.09x and compare 1.05x (benchmarks/js_nearby.py). */
+FD_INLINE int FI(fd_near_mixed)(fd_vf xv, fd_vf zv, fd_vf s, const int masks, const int mixed,
+                                fd_mf *one)
+{
+    const fd_vf inf = fd_splat_f32(INFINITY), ninf = fd_splat_f32(-INFINITY);
+    if (!mixed && (!masks || fd_all_f32(fd_lt_f32(s, inf)))) return 0;
+    const fd_mf narrow = fd_lt_f32(s, fd_splat_f32((float)(FD_NEAR_MIXED_WIDE * FD_NEAR_MIXED_WIDE)));
+    const int wmax = FD_WF / FD_NEAR_MIXED_SHARE;
+    const int wide = FD_WF - fd_popcount_f32(narrow);
+    if (wide > wmax && (!masks || fd_all_f32(fd_lt_f32(s, inf)))) return 0;
+    *one = masks ? (fd_mf)(fd_eq_f32(xv, ninf) ^ fd_eq_f32(zv, ninf)) : fd_none_f32();
+    return wide <= wmax || FD_WF - fd_popcount_f32(narrow | *one) <= wmax;
+}
+
+/* Whether the vectors of a float32 row pair that fail the nearby terms' test may be taken lane
+   by lane (fd_near_mixed's `mixed`): at most 1 / FD_NEAR_MIXED_SHARE of the lanes of three
+   vectors (the row's first, middle and last; one for a row shorter than three) are wide.
+   Independent rows (~90 % wide) and rows N(0, 1) apart (~62 %) are not; nearby rows with a
+   few noisy classes, or a block of them at one of the three places, are. */
+FD_INLINE int FI(fd_mixed_row)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, FD_V shxv,
+                               FD_V shzv, FD_V cdv, int offset)
+{
+#if FD_INST == 1
+    (void)x; (void)z; (void)V; (void)shxv; (void)shzv; (void)cdv; (void)offset;
+    return 0;
+#else
+    const fd_vf w2 = fd_splat_f32((float)(FD_NEAR_MIXED_WIDE * FD_NEAR_MIXED_WIDE));
+    int narrow = 0, lanes = 0;
+    if (V < 3 * FD_W) {  /* the first vector, or a short row's lanes (-inf past V: d = 0) */
+        const ptrdiff_t n = V < FD_W ? V : FD_W;
+        fd_vf d = FI(fd_near_dv)(FI(fd_ldt)(x, n, FD_NEG_INF), FI(fd_ldt)(z, n, FD_NEG_INF),
+                                 shxv, shzv, cdv, offset);
+        narrow = fd_popcount_f32(fd_lt_f32(fd_max0_f32(d * d), w2)) - (FD_W - (int)n);
+        lanes = (int)n;
+    } else {
+        const ptrdiff_t at[3] = {0, (V / 2) & ~(ptrdiff_t)(FD_W - 1), V - FD_W};
+        for (int k = 0; k < 3; k++) {
+            fd_vf d = FI(fd_near_dv)(FI(fd_ld)(x + at[k]), FI(fd_ld)(z + at[k]), shxv, shzv, cdv, offset);
+            narrow += fd_popcount_f32(fd_lt_f32(fd_max0_f32(d * d), w2));
+        }
+        lanes = 3 * FD_W;
+    }
+    return (lanes - narrow) * FD_NEAR_MIXED_SHARE <= lanes;
+#endif
+}
+
 /* float32 rows whose KL is too small for the one pass (FD_KL32_NEAR_BELOW): D(P || Q) summed
    again from cache, class by class, as compare's second pass sums it (fd_js_terms,
    _divergence_rows.h), with d = lq - lp and q = p e^d: where a vector has every |d| < 2,
@@ -350,7 +410,6 @@ static double FI(fd_kl_near32)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, FD_T
     const fd_vf shxv = fd_splat_f32(mx), shzv = fd_splat_f32(mz);
     const fd_vf lsxv = fd_splat_f32((float)lsxd), lszv = fd_splat_f32((float)lszd);
     const fd_vf lo = fd_splat_f32(-1e30f), four = fd_splat_f32(4.0f), zero = {0};
-    const fd_vf ninf = fd_splat_f32(FD_NEG_INF);
     int offset;
     const fd_vf cdv = fd_splat_f32(FI(fd_near_c)(mx, mz, lsxd, lszd, &offset));
     double kp = 0.0, qp = 0.0, pd = 0.0;
@@ -369,23 +428,23 @@ static double FI(fd_kl_near32)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, FD_T
             fd_vf lp = fd_clamp_lo_f32(FD_VBARRIER(xv - shxv) - lsxv, lo);
             fd_vf lq = fd_clamp_lo_f32(FD_VBARRIER(zv - shzv) - lszv, lo);
             fd_vf p = fd_expn_f32(lp, &tc);
-            fd_vf d = offset ? FD_VBARRIER(FD_VBARRIER(zv - shzv) - FD_VBARRIER(xv - shxv)) - cdv
-                             : FD_VBARRIER(zv - xv) - cdv;
+            fd_vf d = FI(fd_near_dv)(xv, zv, shxv, shzv, cdv, offset);
             fd_vf s = fd_max0_f32(d * d);
             const fd_mf near = fd_lt_f32(s, four);
+            fd_mf one;
             if (fd_all_f32(near)) {
                 d = fd_sel_f32(fd_eq_f32(d, d), d, zero); /* masked in both rows: p = 0 */
                 akp += p * s * fd_kl_near_f32(d);
-            } else if (fd_all_f32(near | fd_eq_f32(xv, ninf))) {
-                /* classes masked in P (d = +inf where Q is not): p = 0, so each adds its
-                   q - p = q and nothing else, and the vector's other lanes keep the near
-                   terms (sent to q - p - p d, they cancel: P masked at 20 % of its
-                   classes, rows 1e-3 apart, KL 2 % off) */
-                const fd_mf mx_ = fd_eq_f32(xv, ninf);
-                d = fd_sel_f32(mx_, zero, fd_sel_f32(fd_eq_f32(d, d), d, zero));
-                s = fd_sel_f32(mx_, zero, s);
-                akp += p * s * fd_kl_near_f32(d);
-                aqp += fd_sel_f32(mx_, fd_expn_f32(lq, &tc), zero);
+            } else if (FI(fd_near_mixed)(xv, zv, s, 1, 1, &one)) {
+                /* lane by lane: the near lanes as above, the others as below, a class
+                   masked in P (d = +inf where Q is not) among them: p = 0, so it adds its
+                   q - p = q and 0 * (lq - LO) = 0.  Sent to q - p - p d with them, the near
+                   lanes cancel: P masked at 20 % of its classes, rows 1e-3 apart, KL 2 % off */
+                d = fd_sel_f32(near, fd_sel_f32(fd_eq_f32(d, d), d, zero), zero);
+                akp += p * fd_sel_f32(near, s, zero) * fd_kl_near_f32(d);
+                fd_vf q = fd_expn_f32(lq, &tc), dl = lq - lp;
+                aqp = fd_add_unless_f32(aqp, near, q - p);
+                apd = fd_add_unless_f32(apd, near, p * dl);
             } else {
                 fd_vf q = fd_expn_f32(lq, &tc), dl = lq - lp;
                 aqp += q - p;

@@ -178,6 +178,8 @@ FD_INLINE fd_vf fd_add_where_f32(fd_vf acc, fd_mf m, fd_vf v) { return (fd_vf)_m
 FD_INLINE int fd_popcount_f32(fd_mf m) { return __builtin_popcount((unsigned)m); }
 /* every lane of m set */
 FD_INLINE int fd_all_f32(fd_mf m) { return m == (fd_mf)0xFFFF; }
+/* no lane set */
+FD_INLINE fd_mf fd_none_f32(void) { return (fd_mf)0; }
 /* max ignoring NaN: `v > acc ? v : acc`; vmaxps returns its second operand on NaN */
 FD_INLINE fd_vf fd_max_f32(fd_vf acc, fd_vf v) { return (fd_vf)_mm512_max_ps(FD_M512(v), FD_M512(acc)); }
 /* t < lo ? lo : t and t > hi ? hi : t, both keeping a NaN t */
@@ -259,6 +261,7 @@ FD_INLINE int fd_all_f32(fd_mf m)
     return a != 0;
 #endif
 }
+FD_INLINE fd_mf fd_none_f32(void) { return (fd_mf){0}; }
 #if defined(FD_X86_MAX)
 FD_INLINE fd_vf fd_max_f32(fd_vf acc, fd_vf v) { return fd_maxps(v, acc); }
 FD_INLINE fd_vf fd_clamp_lo_f32(fd_vf t, fd_vf lo) { return fd_maxps(lo, t); }
@@ -603,6 +606,13 @@ FD_INLINE double fd_log_kr(double k, double r)
    summed again class by class (fd_kl_near32, _row_state.h): relative error ~1e-7, against
    2e-4 at D ~ 5e-5 and 2 % at D ~ 5e-7 for the one pass. */
 #define FD_KL32_NEAR_BELOW 1e-4
+/* A vector that fails the nearby terms' test (every |d| < 2: fd_js_half_term, fd_kl_near32)
+   is summed lane by lane, each lane in its own form, where at most 1 / FD_NEAR_MIXED_SHARE
+   of its lanes are wide (|d| >= FD_NEAR_MIXED_WIDE, not masked in one row only): the
+   log-based terms of a near lane cancel down to m d^2 / 8.  fastdiv._registry's
+   NEAR_MIXED_SHARE and NEAR_MIXED_WIDE (tests/test_divergences.py checks them). */
+#define FD_NEAR_MIXED_SHARE 2
+#define FD_NEAR_MIXED_WIDE 0.5
 FD_INLINE double fd_kl_scale(double wsx, double lsx, double lsz, double moved)
 {
     return 1.0 + fabs(wsx) + 2.0 * (fabs(lsx) + fabs(lsz)) + moved;

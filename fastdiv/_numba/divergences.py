@@ -234,57 +234,75 @@ def _kl_near_f32(d):
     return e
 
 
-#: elements of a chunk _js_near_max tests first: a chunk of independent rows nearly always
-#: fails there (each element has |d| < 2 with probability ~1/2), before the whole-chunk pass
+#: elements at each end of a chunk that _js_near_max tests first (_js_near_max)
 JS_PROBE = 8
+
+#: a chunk that fails the near test is summed class by class (_js_mixed_terms), each class in
+#: its own form, where at most 1 / MIXED_SHARE of its classes have d^2 >= MIXED_WIDE
+#: (fastdiv._registry)
+MIXED_SHARE = _registry.NEAR_MIXED_SHARE
+MIXED_WIDE = _registry.NEAR_MIXED_WIDE ** 2
 
 
 @njit(**_INLINE)
 def _js_near_max(xs, zs, cd, lim):
-    """The largest d^2 of the chunk (d of _js_d: +inf for a class masked in one row only), or
-    of its first JS_PROBE elements where that is lim or more: the chunk is near where it is
-    below lim.  Each a slice of its own: inside _js_terms, an exit inside the loop, an and of
-    the tests, or a second loop over the same slice from JS_PROBE on kept the pass scalar
+    """(m, whole): m the largest d^2 of the chunk (d of _js_d: +inf for a class masked in one
+    row only), and whole true; or, where half or more of its first JS_PROBE classes and of its
+    last JS_PROBE are wide (d^2 >= MIXED_WIDE), the largest of its first JS_PROBE but at least
+    lim, and whole false.  The chunk is near where m is below lim.  A chunk of independent
+    rows (90 % of classes wide) or of rows N(0, 1) apart (62 %) nearly always stops at the
+    probes; one with a few noisy classes, or a block of them at one end, seldom does
+    (_js_mixed).  Each a slice of its own: inside _js_terms, an exit inside the loop, an and
+    of the tests, or a second loop over the same slice from JS_PROBE on kept the pass scalar
     (JS of rows 0.05 apart 0.87 -> 1.7 ns per pair); a maximum per slice vectorises as a
     reduction.  Random rows of 16000: 1.10x the JS time with one whole-chunk pass, 1.00x with
-    the probe first."""
-    k = min(xs.shape[0], JS_PROBE)
+    a probe first."""
+    n = xs.shape[0]
+    k = min(n, JS_PROBE)
     m = _js_max_d2(xs[:k], zs[:k], cd)
-    return m if m >= lim else maximum(m, _js_max_d2(xs[k:], zs[k:], cd))
+    if (_js_wide_count(xs[:k], zs[:k], cd, True) * 2 >= k
+            and _js_wide_count(xs[n - k:], zs[n - k:], cd, True) * 2 >= k):
+        return maximum(m, lim), False
+    return maximum(m, _js_max_d2(xs[k:], zs[k:], cd)), True
 
 
 @njit(**_INLINE)
-def _js_near_one(xs, zs, cd, lim, m):
-    """Given m = _js_near_max(xs, zs, cd, lim) >= lim: whether the chunk is near once classes
-    masked in one row only (d = +-inf) count as near (_js_d2_one); it then takes
-    _js_one_terms.  Only an infinite m asks the chunk again (rows N(0, 1) apart: JS 1.07x
-    when every refused chunk was asked)."""
-    return m == _INF and _js_max_d2_one(xs, zs, cd) < lim
+def _js_mixed(xs, zs, cd, m, whole):
+    """Given (m, whole) = _js_near_max(xs, zs, cd, lim), m >= lim: whether the chunk is summed
+    class by class (_js_mixed_terms) -- where it passed the probes (whole) or has a class
+    masked in one row only (m = +inf), and at most 1 / MIXED_SHARE of its classes are wide,
+    not counting those.  The log-based terms of a near class cancel down to m d^2 / 8 (off by
+    ~eps |lm| 8 / d^2 of itself): rows 1e-3 apart with one noisy class (|d| ~ 3) per 190,
+    whose chunks all took them, had JS 66 % off (benchmarks/js_nearby.py).  Rows N(0, 1)
+    apart (most |d| above 1/2, a few above 2) keep them, accurate there to ~1e-6: class by
+    class cost them 1.9x."""
+    return (whole or m == _INF) and _js_wide_count(xs, zs, cd, False) * MIXED_SHARE <= xs.shape[0]
 
 
 @njit(**_INLINE)
 def _js_max_d2(xs, zs, cd):
-    """max d^2 over xs, zs (see _js_d2): llvm.maximum vectorises as a reduction."""
+    """max d^2 over xs, zs (d of _js_d): llvm.maximum vectorises as a reduction."""
     m = cast(0.0, cd[2])
     for j in range(xs.shape[0]):
-        m = maximum(m, _js_d2(xs[j], zs[j], cd))
+        d = _js_d(xs[j], zs[j], cd)
+        m = maximum(m, d * d)
     return m
 
 
 @njit(**_INLINE)
-def _js_max_d2_one(xs, zs, cd):
-    """max d^2 over xs, zs, 0 for a class masked in one row only (_js_d2_one)."""
-    m = cast(0.0, cd[2])
+def _js_wide_count(xs, zs, cd, one_sided):
+    """#classes with d^2 >= MIXED_WIDE over xs, zs, those masked in one row only (d = +-inf)
+    among them where one_sided (a constant); counted in floats under one test, which
+    vectorise (an integer count, or the tests apart: 0.47 or 0.34 ns per element against
+    0.21)."""
+    lim = cast(MIXED_WIDE, cd[2])
+    zero = cast(0.0, lim)
+    one = cast(1.0, lim)
+    n = zero
     for j in range(xs.shape[0]):
-        m = maximum(m, _js_d2_one(xs[j], zs[j], cd))
-    return m
-
-
-@njit(**_INLINE)
-def _js_d2(xj, zj, cd):
-    """d^2 of _js_d."""
-    d = _js_d(xj, zj, cd)
-    return d * d
+        d = _js_d(xs[j], zs[j], cd)
+        n += zero if (d * d < lim or (not one_sided and _js_one(xs[j], zs[j]))) else one
+    return n
 
 
 @njit(**_INLINE)
@@ -292,13 +310,6 @@ def _js_one(xj, zj):
     """Whether the class is masked (-inf) in exactly one of the rows."""
     ninf = -_INF
     return (load(xj) == ninf) != (load(zj) == ninf)
-
-
-@njit(**_INLINE)
-def _js_d2_one(xj, zj, cd):
-    """d^2 of _js_d, 0 for a class masked in one row only (d = +-inf)."""
-    d = _js_d(xj, zj, cd)
-    return cast(0.0, cd[2]) if _js_one(xj, zj) else d * d
 
 
 @njit(**_INLINE)
@@ -329,64 +340,79 @@ def _js_d(xj, zj, cd):
 
 
 @njit(**_INLINE)
+def _js_log_lane(xj, zj, bp, cq, shx, shz, lsx, lsz, lo):
+    """A far class's terms (bp = b p, cq = c q): JS's bp (lp - lm) + cq (lq - lm),
+    lm = log(bp + cq), and the KL terms cq - bp, bp d and cq d; a caller that does not add the
+    last three leaves them to dead-code elimination.  d as lq - lp: to the size of |d| where
+    the logits are large (z - x rounds at the size of |z|), and unclamped (a p that underflows
+    keeps its q d).  A class masked in one row or both (d infinite or NaN) as d = 0: its terms
+    are q - p, 0 and 0, and the flags make the KL +inf where it is masked in one row only."""
+    lpr = sub_exact(sub_exact(load(xj), shx), lsx)
+    lqr = sub_exact(sub_exact(load(zj), shz), lsz)
+    lp = max(lpr, lo)
+    lq = max(lqr, lo)
+    lm = logpos(bp + cq)       # finite garbage where bp + cq = 0, multiplied by 0
+    d = lqr - lpr
+    d = d if abs(d) < cast(_INF, lo) else cast(0.0, lo)
+    return bp * (lp - lm) + cq * (lq - lm), cq - bp, bp * d, cq * d
+
+
+@njit(**_INLINE)
 def _js_log_terms(xs, zs, es, fs, fx, fz, shx, shz, lsx, lsz, lo, kl):
-    """sum of bp (lp - lm) + cq (lq - lm), lm = log(bp + cq), over a chunk; with kl (a
-    constant), also the sums of cq - bp, bp d and cq d (see _js_terms)."""
+    """sum of _js_log_lane's JS term over a chunk; with kl (a constant), also the sums of
+    cq - bp, bp d and cq d (see _js_terms)."""
     acc = cast(0.0, fx)
     aqp = acc
     apd = acc
     aqd = acc
-    inf = cast(_INF, fx)
     for j in range(xs.shape[0]):
-        bp = es[j] * fx
-        cq = fs[j] * fz
-        lpr = sub_exact(sub_exact(load(xs[j]), shx), lsx)
-        lqr = sub_exact(sub_exact(load(zs[j]), shz), lsz)
-        lp = max(lpr, lo)
-        lq = max(lqr, lo)
-        lm = logpos(bp + cq)       # finite garbage where bp + cq = 0, multiplied by 0
-        acc += bp * (lp - lm) + cq * (lq - lm)
+        t, qp, pd, qd = _js_log_lane(xs[j], zs[j], es[j] * fx, fs[j] * fz, shx, shz, lsx, lsz, lo)
+        acc += t
         if kl:
-            # d as lq - lp: to the size of |d| where the logits are large (z - x rounds at the
-            # size of |z|), and unclamped (a p that underflows keeps its q d).  A class masked
-            # in one row or both (d infinite or NaN) as d = 0: its terms are q, 0 or 0, and
-            # the flags make the KL +inf where it is masked in one row only
-            d = lqr - lpr
-            d = d if abs(d) < inf else cast(0.0, fx)
-            aqp += cq - bp
-            apd += bp * d
-            aqd += cq * d
+            aqp += qp
+            apd += pd
+            aqd += qd
     return acc, aqp, apd, aqd
 
 
-@njit(**_INLINE)
-def _js_one_terms(xs, zs, es, fs, fx, fz, cd, kl):
-    """A near chunk's terms (see _js_terms) where some classes are masked in one row only:
-    one of bp, cq is exactly 0 there, so such a class's JS term is (bp + cq) ln 2 and its
-    part of sum (q - p) is cq - bp, its other KL terms 0; the chunk's other classes keep the
-    near terms (sent to the log-based ones, they cancel: P masked at 20 % of its classes, Q
-    not, rows 1e-3 apart, JS 2x off).  Returns the sums of the JS terms, p (e^d - 1 - d),
-    (q - p) d and, for the masked classes, q - p."""
+@njit(fastmath=_INLINE["fastmath"], error_model=_INLINE["error_model"])
+def _js_mixed_terms(xs, zs, es, fs, fx, fz, cd, shx, shz, lsx, lsz, lo):
+    """A chunk summed class by class (_js_mixed): a near class (|d| < 2) by _js_near_terms, a
+    far one by _js_log_lane, one masked in one row only by its exact terms -- one of bp, cq is
+    0 there, so its JS term is (bp + cq) ln 2; its KL terms are _js_log_lane's (q - p, and d
+    taken as 0).  Both forms are taken for every class and weighted by 1 and 0, so the loop
+    vectorises (with a select per sum it stayed scalar; the near form is given d = 0 where
+    it is not kept, so its weight never meets an inf).  Returns the sums of the JS terms,
+    p (e^d - 1 - d), (q - p) d (near classes), q - p, p d and q d (the others).  Not
+    inlined: a rare path (see _kl_near32_mixed)."""
+    prefer_wide_vectors()
     zero = cast(0.0, fx)
     one = cast(1.0, fx)
+    four = cast(4.0, fx)
     ln2 = cast(np.log(2.0), fx)
     acc = zero
     akp = zero
     akj = zero
     aqp = zero
+    apd = zero
+    aqd = zero
     for j in range(xs.shape[0]):
         bp = es[j] * fx
         cq = fs[j] * fz
-        if _js_one(xs[j], zs[j]):
-            acc += (bp + cq) * ln2
-            aqp += cq - bp
-        else:
-            t, tp, tj = _js_near_terms(bp, cq, _js_d(xs[j], zs[j], cd), one)
-            acc += t
-            if kl:
-                akp += tp
-                akj += tj
-    return acc, akp, akj, aqp
+        d = _js_d(xs[j], zs[j], cd)
+        near = d * d < four
+        w = one if near else zero
+        u = one - w
+        t, tp, tj = _js_near_terms(bp, cq, d if near else zero, one)
+        tf, qp, pd, qd = _js_log_lane(xs[j], zs[j], bp, cq, shx, shz, lsx, lsz, lo)
+        tf = (bp + cq) * ln2 if _js_one(xs[j], zs[j]) else tf
+        acc += w * t + u * tf
+        akp += w * tp
+        akj += w * tj
+        aqp += u * qp
+        apd += u * pd
+        aqd += u * qd
+    return acc, akp, akj, aqp, apd, aqd
 
 
 @njit(**_INLINE)
@@ -407,11 +433,11 @@ def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl):
     refs[1, k] (z); mx, mz are the rows' maxima and sx, sz their sums of e^(x - max).
     At beta = 1/2 in float32, a chunk whose |d| < 2 everywhere, d = lq - lp = (z - x) - cd
     formed from the logits' difference, takes its terms as m J(d / 2) (_jsd_f32), which keep
-    JS's relative accuracy as the rows' difference goes to 0 (with classes masked in one row
-    only, d = +-inf, by _js_one_terms); other chunks (a far difference) the log-based terms.
-    The Cython kernels choose by vector (fd_js_half_term): numba's loops, split into blocks
-    of 16 with a choice in each, no longer vectorised (JS 1.0 -> 1.8 ns per pair on random
-    rows).
+    JS's relative accuracy as the rows' difference goes to 0; a chunk with a few far classes
+    (or classes masked in one row only, d = +-inf) is summed class by class (_js_mixed); other
+    chunks (a far difference) take the log-based terms.  The Cython kernels choose by vector
+    (fd_js_half_term): numba's loops, split into blocks of 16 with a choice in each, no longer
+    vectorised (JS 1.0 -> 1.8 ns per pair on random rows).
 
     Returns (JS, D(z || x), D(x || z)); the KLs only with kl (a constant: compare, b = c =
     1/2, rows with a class each; else 0), summed class by class from terms that do not cancel
@@ -456,7 +482,7 @@ def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl):
         zs = zr[j0:j1]
         es = ex[j0:j1]
         fs = ez[j0:j1]
-        m = _js_near_max(xs, zs, cd, four) if half else zero
+        m, whole = _js_near_max(xs, zs, cd, four) if half else (zero, False)
         if half and m < four:
             acc = zero
             akp = zero
@@ -469,11 +495,13 @@ def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl):
                     akj += tj
             kp += akp
             kj += akj
-        elif half and _js_near_one(xs, zs, cd, four, m):
-            acc, akp, akj, aqp = _js_one_terms(xs, zs, es, fs, fx, fz, cd, kl)
+        elif half and _js_mixed(xs, zs, cd, m, whole):
+            acc, akp, akj, aqp, apd, aqd = _js_mixed_terms(xs, zs, es, fs, fx, fz, cd, shx, shz, lsx, lsz, lo)
             kp += akp
             kj += akj
             qp += aqp
+            pd += apd
+            qd += aqd
         else:
             acc, aqp, apd, aqd = _js_log_terms(xs, zs, es, fs, fx, fz, shx, shz, lsx, lsz, lo, kl)
             qp += aqp
