@@ -261,7 +261,7 @@ def test_numpy_heads_by_shares_match_one_block_at_a_time(backend, rng, monkeypat
         alone = {k: f() for k, f in calls.items()}
         assert set(seen) == {1}
     # the two ways multiply by differently threaded BLAS calls, which may round a float32 logit
-    # differently in the last bit (OpenBLAS on the Zen 4 of 2026-12-07 did); entropy's
+    # differently in the last bit (OpenBLAS on an AMD EPYC Zen 3 on 2026-12-07 did); entropy's
     # lse - sum p x then moves by ~eps |x| (1.8e-6 relative seen), so float32's 1e-5
     for k in calls:
         pairs = [(k, shared[k], alone[k])] if k != "evaluate" else \
@@ -297,7 +297,7 @@ def test_softcap_of_the_head_is_the_softcap_of_its_logits(rng):
     np.testing.assert_array_equal(lazy.materialize(), capped)
     # the loss reads the head in blocks of 9 rows, materialize() in one of 40: OpenBLAS may
     # round the two products differently in the last bit (it picks its kernels by shape and
-    # CPU; on the Zen 4 of 2026-12-07 it did, 1e-7 relative)
+    # CPU; on an AMD EPYC Zen 3 on 2026-12-07 it did, 1e-7 relative)
     np.testing.assert_allclose(fastdiv.cross_entropy(lazy, t, reduction="none"),
                                fastdiv.cross_entropy(capped, t, reduction="none"), rtol=1e-6, atol=0)
     # the same numbers as cross_entropy's own softcap (another kernel: rounding apart)
