@@ -5,7 +5,8 @@ mergeable state per row -- max, scaled sums, the target's logit, the argmax, the
 classes above the target and, with a reference, the KL sums -- which
 ``fastdiv._state.finish_rows`` turns into per-row results, once for every backend and for
 merged vocabulary shards (``fastdiv.states``).  Options come from ``fastdiv.plan.evaluate``,
-the aggregates from ``fastdiv.reduce``.
+the aggregates from ``fastdiv.reduce``.  The KL sums' one pass cancels for nearly equal rows;
+the CPU backends sum those rows again by ``kl_div``'s kernel (``fastdiv.execute.mend_near_kl``).
 
 Top-k and ties: ``rank`` is the number of classes whose logit is *strictly* greater than the
 target's, and the target is within the top k iff ``rank < k``: a class tied with the target
@@ -152,7 +153,9 @@ def evaluate(logits: ArrayLike, target: ArrayLike, *, topk: int | Sequence[int] 
     kl_direction : {"ref||model", "model||ref"}
         Which KL is ``kl`` / ``mean_kl``: ``D(P_ref || P_model)`` (distillation's forward KL,
         the default) or ``D(P_model || P_ref)`` (RLHF's penalty).  Both are always available
-        per row as ``kl_ref_model`` and ``kl_model_ref``.
+        per row as ``kl_ref_model`` and ``kl_model_ref``, as accurate near 0 as
+        :func:`kl_div`'s on the CPU backends (rows whose one pass cancelled are summed again
+        by its kernel: one more read of those rows).
     ignore_index : int
         Rows with this target are left out of every aggregate.
     z_loss : float >= 0
@@ -194,6 +197,8 @@ def evaluate(logits: ArrayLike, target: ArrayLike, *, topk: int | Sequence[int] 
     t, counted, local = execute.state_targets(plan, target, lead, v)
     st, ix, dtype = execute.run_state(plan.backend, x, local, z, plan.softcap)
     rows = _state.finish_state(st, ix, counted, plan.topk, z is not None)
+    if z is not None:
+        execute.mend_near_kl(plan.backend, x, z, plan.softcap, st, dtype, rows)
     return row_results(rows, lead, dtype, plan.topk, counted, plan.kl_direction, plan.z_loss)
 
 
