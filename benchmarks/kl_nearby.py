@@ -1,9 +1,17 @@
 """KL of nearby rows: the relative accuracy of ``kl_div`` from float32 logits on rows
 ``z = x + N(0, sigma)`` (64 rows, V = 51, 1271, 50257) against the float64 reference, per
 compiled backend: median / max of |got - want| / want per row.  Rows below ``1e-4 L`` are
-summed again class by class (docs/semantics.rst); the one pass above it.
+summed again class by class (docs/semantics.rst); the one pass above it.  ``ev`` is
+``evaluate``'s ``kl_model_ref`` column on the same rows (since 2026-12-07 its flagged rows are
+summed again by the same kernel; before, one pass over its merged state).
 
-    PYTHONPATH=. python benchmarks/kl_nearby.py [--backends cython,numba]
+    PYTHONPATH=. python benchmarks/kl_nearby.py [--backends cython,numba] [--cost]
+
+``--cost``: what summing ``evaluate``'s flagged rows again costs, as its time with the redo
+over its time with ``fastdiv.execute.mend_near_kl`` made a no-op, in the same process:
+in cache (16 x 16000 float32, one thread, CPU time per element, 30 interleaved rounds) and
+from memory (1024 x 50257 float32, the default threads, wall time, median of 7 interleaved),
+on independent rows (nothing flagged) and on rows N(0, 1e-3) apart (every row flagged).
 """
 import argparse
 
@@ -14,7 +22,51 @@ from fastdiv import reference as R
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--backends", default="cython,numba")
-bes = [b for b in ap.parse_args().backends.split(",") if b in fastdiv.available_backends()]
+ap.add_argument("--cost", action="store_true")
+args = ap.parse_args()
+bes = [b for b in args.backends.split(",") if b in fastdiv.available_backends()]
+
+
+def cost():
+    import time
+
+    import _common
+    from fastdiv import execute
+
+    mend = execute.mend_near_kl
+    rng = np.random.default_rng(2)
+    for n, v, threads in ((16, 16000, 1), (1024, 50257, None)):
+        x = (rng.standard_normal((n, v)) * 2).astype(np.float32)
+        t = rng.integers(0, v, n)
+        for kind, z in (("independent", (rng.standard_normal((n, v)) * 2).astype(np.float32)),
+                        ("N(0, 1e-3) apart", (x + rng.standard_normal((n, v)) * 1e-3).astype(np.float32))):
+            for be in bes:
+                def run(on):
+                    execute.mend_near_kl = mend if on else (lambda *a: 0)
+                    fastdiv.evaluate(x, t, reference=z, backend=be)
+                calls = {"after": lambda: run(True), "before": lambda: run(False)}
+                if threads == 1:
+                    with fastdiv.threads(1):
+                        ns = _common.ns_per_element(calls, 30, x.size)
+                    med = {k: float(np.median(vals)) for k, vals in ns.items()}
+                    unit = "ns/element"
+                else:
+                    walls = {k: [] for k in calls}
+                    for _ in range(7):
+                        for k, f in calls.items():
+                            t0 = time.perf_counter()
+                            f()
+                            walls[k].append(time.perf_counter() - t0)
+                    med = {k: float(np.median(vals)) * 1e9 / x.size for k, vals in walls.items()}
+                    unit = "ns/element wall"
+                print(f"{n} x {v} {kind:17s} {be:6s} before {med['before']:.3f}  after {med['after']:.3f} "
+                      f"{unit}  ratio {med['after'] / med['before']:.2f}", flush=True)
+    execute.mend_near_kl = mend
+
+
+if args.cost:
+    cost()
+    raise SystemExit
 rng = np.random.default_rng(1)
 for v in (51, 1271, 50257):
     for sigma in (1e-1, 1e-2, 1e-3, 1e-4):
@@ -24,5 +76,7 @@ for v in (51, 1271, 50257):
         line = f"V {v:6d} sigma {sigma:g} (KL ~{np.median(want):.1e})"
         for be in bes:
             rel = np.abs(fastdiv.kl_div(x, z, reduction="none", backend=be) - want) / want
-            line += f"  {be} {np.median(rel):.1e} / {rel.max():.1e}"
+            ev = np.asarray(fastdiv.evaluate(x, np.zeros(64, np.int64), reference=z, backend=be).kl_model_ref)
+            rev = np.abs(ev - want) / want
+            line += f"  {be} {np.median(rel):.1e} / {rel.max():.1e} (ev {np.median(rev):.1e} / {rev.max():.1e})"
         print(line, flush=True)

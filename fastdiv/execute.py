@@ -641,15 +641,20 @@ def run_state(backend, x, target, reference=None, softcap=None, per_block=None, 
 
 
 def take_rows(a, index, dtype, out):
-    """Rows ``index`` (int64 row numbers, C order over the leading axes) of host logits ``a``,
-    written into ``out`` (a C-contiguous ``(len(index), V)`` array of ``dtype``, reused between
-    calls: a new one each time costs its page faults, 1.6-1.9 ns per element at V = 50257):
-    of a lazy array, computed together (``LazyLogits.take``); of a stored one, gathered
-    without reshaping it (which would copy a non-contiguous array whole)."""
+    """Rows ``index`` (int64 row numbers, increasing, C order over the leading axes) of host
+    logits ``a`` as a C-contiguous ``(len(index), V)`` array of ``dtype``: consecutive rows of
+    a stored C-contiguous array in place; else written into ``out`` (of that shape and dtype,
+    reused between calls: a new array each time costs its page faults) -- of a lazy array,
+    computed together (``LazyLogits.take``), of a stored one gathered without reshaping it
+    (which would copy a non-contiguous array whole)."""
     if isinstance(a, _lazy.LazyLogits):
         return a.take(index).compute(0, len(index), dtype, out=out)
     if a.dtype == dtype and a.flags.c_contiguous:
-        return np.take(a.reshape(-1, a.shape[-1]), index, axis=0, out=out)
+        rows = a.reshape(-1, a.shape[-1])
+        if index[-1] - index[0] == len(index) - 1:       # consecutive rows: read in place
+            return rows[index[0]:index[-1] + 1]
+        # mode="clip": np.take with out= and the default mode copies through a buffer (2x)
+        return np.take(rows, index, axis=0, out=out, mode="clip")
     out[...] = a[np.unravel_index(index, a.shape[:-1])] if a.ndim > 1 else a
     return out
 

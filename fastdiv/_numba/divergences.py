@@ -247,8 +247,8 @@ MIXED_WIDE = _registry.NEAR_MIXED_WIDE ** 2
 @njit(**_INLINE)
 def _js_near_max(xs, zs, cd, lim):
     """(m, whole): m the largest d^2 of the chunk (d of _js_d: +inf for a class masked in one
-    row only), and whole true; or, where half or more of its first JS_PROBE classes and of its
-    last JS_PROBE are wide (d^2 >= MIXED_WIDE), the largest of its first JS_PROBE but at least
+    row only), and whole true; or, where 1 / MIXED_SHARE (half) or more of its first JS_PROBE
+    classes and of its last JS_PROBE are wide (d^2 >= MIXED_WIDE), the largest of its first JS_PROBE but at least
     lim, and whole false.  The chunk is near where m is below lim.  A chunk of independent
     rows (90 % of classes wide) or of rows N(0, 1) apart (62 %) nearly always stops at the
     probes; one with a few noisy classes, or a block of them at one end, seldom does
@@ -260,8 +260,8 @@ def _js_near_max(xs, zs, cd, lim):
     n = xs.shape[0]
     k = min(n, JS_PROBE)
     m = _js_max_d2(xs[:k], zs[:k], cd)
-    if (_js_wide_count(xs[:k], zs[:k], cd, True) * 2 >= k
-            and _js_wide_count(xs[n - k:], zs[n - k:], cd, True) * 2 >= k):
+    if (_js_wide_count(xs[:k], zs[:k], cd, True) * MIXED_SHARE >= k
+            and _js_wide_count(xs[n - k:], zs[n - k:], cd, True) * MIXED_SHARE >= k):
         return maximum(m, lim), False
     return maximum(m, _js_max_d2(xs[k:], zs[k:], cd)), True
 
