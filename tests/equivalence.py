@@ -113,10 +113,18 @@ EXPECTED = [
     (r"^(logsumexp|entropy|cross_entropy)\|cython\|.*float64",
      "#21 cbdfb2f: Cython's short-row finish is log1p(r) alone where every row's k is 1 (float64 lse at "
      "V = 2 against scipy: mean 0.27 -> 0.14 ulp, max unchanged)", "rounding"),
+    (r"^kl_div\|numba\|(2d|3d)\|(?!float64)[^|]+\|logits\|",
+     "#21: numba's float32 KL redo (_kl_near32) compiled as a function of its own, no longer "
+     "inlined into its two callers: the nearly equal row's KL moves by 1 ulp (6.0132238e-14 -> "
+     "6.0132231e-14; against mpmath 4.4e-6 -> 4.3e-6 relative at worst, 5 cases)", "near0"),
     (r"^(kl_div\|(cython|numba)\|(2d|3d)\|(?!float64)[^|]+\|logits\||js_div\|numba\|2d\|(?!float64)[^|]+\|logits\|.*beta=(0|1)\.0$)",
      "#21 4cef0ea: float32 KL from logits below 1e-4 L summed again class by class: the nearly equal "
      "row moves from the one pass's cancellation (-9.5e-8) to its exact value (6e-14), and the means "
      "with it (js_div at beta 0 / 1 is kl_div)", "near0"),
+    (r"^evaluate\|(cython|numba)\|.*\|ref=1\|",
+     "#21 64c0fa4: evaluate's KL columns below kl_div's thresholds (1e-4 L float32, 1e-3 L "
+     "float64) summed again by kl_logits: the nearly equal row's KL (1e-16 to 4e-13) moves from "
+     "the one pass's cancellation to kl_div's value", "near0"),
     (r"^js_div\|cython\|(2d|3d)\|(?!float64)[^|]+\|logits\|",
      "#21 72d6d1a, c8502fc: Cython's float32 JS from logits, its first pass fused and its log by a table "
      "(max 2.15 ulp): the confident row's JS (~1e-16) moves within the float32 near-zero bound", "near0"),

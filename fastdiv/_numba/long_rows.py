@@ -238,14 +238,20 @@ def _kl_exact(xr, zr, scale, mx, mz, k):
     return d
 
 
-@njit(**_INLINE)
+@njit(fastmath=_INLINE["fastmath"], error_model=_INLINE["error_model"])
 def _kl_near32(xr, zr, scale, mx, mz, sx, sz):
     """D(P || Q) of one float32 row pair (logits times ``scale``; mx, mz their maxima, sx, sz
     their sums of e^(x - max)) summed again class by class, as compare's second pass sums it
     (divergences._js_terms; the Cython kernels' fd_kl_near32 has the formulas): where a chunk
     has every |d| < 2, p (e^d - 1 - d) by divergences._kl_near_f32, elsewhere q - p and p d with
     d = lq - lp; sum (q - p) = 0 joins them.  Scaled rows are formed once, in new arrays (the
-    rows this redoes are rare).  Called with both rows finite and no class of P masked in Q."""
+    rows this redoes are rare).  Called with both rows finite and no class of P masked in Q.
+
+    Not inlined: numba's IR inlining of this body into its two callers (the long-row kernel
+    and the C51 block path's _kl_tight) made the first float32 (and each 16-bit) kl_logits
+    call compile for 42 s (long rows) and 37 s (C51 rows), against 8.4 s and 4.2 s as one
+    function called per redone row (benchmarks/NOTES.md, 2026-12-07); the call costs C51
+    rows that are all redone 3-12 % (4.0-4.4 -> 4.5-4.6 ns per element, in cache)."""
     if scale is None:
         return _kl_near32_rows(xr, zr, mx, mz, sx, sz)
     v = xr.shape[0]
