@@ -42,7 +42,7 @@ def cost():
                         ("N(0, 1e-3) apart", (x + rng.standard_normal((n, v)) * 1e-3).astype(np.float32))):
             for be in bes:
                 def run(on):
-                    execute.mend_near_kl = mend if on else (lambda *a: 0)
+                    execute.mend_near_kl = mend if on else (lambda *a: None)
                     fastdiv.evaluate(x, t, reference=z, backend=be)
                 calls = {"after": lambda: run(True), "before": lambda: run(False)}
                 if threads == 1:

@@ -58,21 +58,20 @@ def finish_rows(m, s, w, xt, counted, rank, argmax, topk, kl=None):
     return out
 
 
-def near_kl_rows(st, dtype):
-    """The rows of an evaluate state whose one-pass KL, in either direction, has cancelled
-    toward its rounding error: ``D(model || ref) = wxz / s - log s + log sz`` subtracts terms of
-    order ``L = 1 + |wxz / s| + 2 (|log s| + |log sz|)`` (``D(ref || model)`` likewise), so a
-    row with ``D < KL32_NEAR_BELOW L`` (float32 sums) or ``KL_EXACT_BELOW L`` (float64) has
-    lost the KL's relative accuracy -- for rows that are nearly equal, ``D ~ |P - Q|^2``.
-    These are ``kl_logits``' own thresholds (``fastdiv._registry``); only rows where both
-    maxima are finite (the others end by ``finish_rows``' rules).  Flat row indices, int64."""
+def near_kl_rows(st, rows, dtype):
+    """The rows whose one-pass KL (``rows``: :func:`finish_rows`' dict of the evaluate state
+    ``st``), in either direction, has cancelled toward its rounding error: ``D(model || ref) =
+    wxz / s - log s + log sz`` subtracts terms of order ``L = 1 + |wxz / s| + 2 (|log s| +
+    |log sz|)`` (``D(ref || model)`` likewise), so a row with ``D < KL32_NEAR_BELOW L``
+    (float32 sums) or ``KL_EXACT_BELOW L`` (float64) has lost the KL's relative accuracy --
+    for rows that are nearly equal, ``D ~ |P - Q|^2``.  These are ``kl_logits``' own
+    thresholds (``fastdiv._registry``); only rows where both maxima are finite (the others
+    end by ``finish_rows``' rules).  Flat row indices, int64."""
     thr = _registry.KL32_NEAR_BELOW if np.dtype(dtype).itemsize <= 4 else _registry.KL_EXACT_BELOW
     with np.errstate(all="ignore"):
-        s, sz = st[:, S], st[:, SZ]
-        ls, lsz = np.log(s), np.log(sz)
-        logs = 2.0 * (np.abs(ls) + np.abs(lsz))
-        a, b = st[:, WXZ] / s, st[:, WZX] / sz
-        near = ((a - ls + lsz) < thr * (1.0 + np.abs(a) + logs)) | ((b - lsz + ls) < thr * (1.0 + np.abs(b) + logs))
+        logs = 2.0 * (np.abs(np.log(st[:, S])) + np.abs(np.log(st[:, SZ])))
+        near = rows["kl_model_ref"] < thr * (1.0 + np.abs(st[:, WXZ] / st[:, S]) + logs)
+        near |= rows["kl_ref_model"] < thr * (1.0 + np.abs(st[:, WZX] / st[:, SZ]) + logs)
         near &= np.isfinite(st[:, M]) & np.isfinite(st[:, MZ])
     return np.flatnonzero(near)
 

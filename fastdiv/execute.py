@@ -666,11 +666,10 @@ def mend_near_kl(backend, x, z, softcap, st, dtype, rows):
     cancelling (float64), so ``evaluate``'s KL columns, and KL over vocabulary tiles, have
     ``kl_div``'s accuracy near 0.  Those rows of ``x`` (soft-capped, as the state's pass saw
     them) and ``z`` are read again into two buffers of ``rows_per_block`` rows, each block
-    then read twice from cache (one call per direction).  Returns the number of rows summed
-    again."""
-    index = _state.near_kl_rows(st, dtype)
+    then read twice from cache (one call per direction)."""
+    index = _state.near_kl_rows(st, rows, dtype)
     if index.size == 0:
-        return 0
+        return
     kern = _registry.kernel(backend, "kl_logits")
     v = x.shape[-1]
     step = min(index.size, rows_per_block(v, dtype.itemsize))
@@ -686,7 +685,6 @@ def mend_near_kl(backend, x, z, softcap, st, dtype, rows):
         kern(zb, xb, 1.0, rm[a:a + step], get_num_threads())
     rows["kl_model_ref"][index] = mr
     rows["kl_ref_model"][index] = rm
-    return index.size
 
 
 def state_targets(plan, target, lead, v):

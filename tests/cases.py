@@ -218,6 +218,25 @@ def teacher(rng, n, v, k, dtype=np.float64):
     return t, top, np.take_along_axis(t, top, axis=1).astype(dtype)
 
 
+def nearby_kl_pair(v, sigma, dtype, seed):
+    """8 row pairs ``z = x + N(0, sigma)`` (KL ~ sigma^2 / 2, where a one-pass KL cancels),
+    beside them: equal rows (row 1), a fifth of the classes masked in both (row 2), a row
+    offset by 1000 (row 4), and the same fifth, but class 0, masked in x only where z keeps a
+    small mass (z = -30, row 5)."""
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(dtype).type
+    x = (rng.standard_normal((8, v)) * 2).astype(dt)
+    z = (x + rng.standard_normal((8, v)) * sigma).astype(dt)
+    z[1] = x[1]
+    masked = rng.random(v) < 0.2
+    x[2, masked] = z[2, masked] = -np.inf
+    z[4] = (x[4] + dt(1000) + rng.standard_normal(v).astype(dt) * sigma).astype(dt)
+    one = masked & (np.arange(v) > 0)
+    x[5, one] = -np.inf
+    z[5, one] = -30.0
+    return x, z
+
+
 def topk_k(v):
     return min(v, {1: 1, 51: 5, 1271: 32}.get(v, 64))
 

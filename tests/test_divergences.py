@@ -11,7 +11,7 @@ import fastdiv
 from fastdiv import _registry
 from fastdiv import reference as R
 
-from cases import teacher as _teacher
+from cases import nearby_kl_pair, teacher as _teacher
 from conftest import ALL_HOST, backend_params, make_logits, make_probs
 
 try:
@@ -515,16 +515,7 @@ def test_kl_of_nearby_float32_rows_keeps_its_relative_accuracy(backend, v, sigma
     masked in P only where Q keeps a small mass (each adds its q; 2 % off before 2026-12-06,
     when their vectors took the far terms).  CUDA recomputes such rows in float64 (since
     2026-12-06, as it did float64 rows)."""
-    rng = np.random.default_rng(int(sigma * 1e4) + v + 7)
-    x = (rng.standard_normal((8, v)) * 2).astype(np.float32)
-    z = (x + rng.standard_normal((8, v)) * sigma).astype(np.float32)
-    z[1] = x[1]
-    masked = rng.random(v) < 0.2
-    x[2, masked] = z[2, masked] = -np.inf
-    z[4] = (x[4] + np.float32(1000) + rng.standard_normal(v).astype(np.float32) * sigma).astype(np.float32)
-    one = masked & (np.arange(v) > 0)
-    x[5, one] = -np.inf
-    z[5, one] = -30.0
+    x, z = nearby_kl_pair(v, sigma, np.float32, int(sigma * 1e4) + v + 7)
     want = R.kl_rows(x.astype(np.float64), z.astype(np.float64))
     got = fastdiv.kl_div(x, z, reduction="none", backend=backend)
     assert abs(got[1]) <= 1e-30

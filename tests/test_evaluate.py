@@ -10,7 +10,7 @@ import pytest
 import fastdiv
 from fastdiv import reference as R
 
-from cases import check_evaluation, targets
+from cases import check_evaluation, nearby_kl_pair, targets
 from conftest import assert_rows_close, backend_params, make_logits
 
 DTYPES = [np.float32, np.float64]
@@ -217,23 +217,6 @@ def test_docstring_examples_run():
         assert result.failed == 0 and result.attempted > 0, module.__name__
 
 
-def _nearby_pair(v, sigma, dtype, seed):
-    """z = x + N(0, sigma) (KL ~ sigma^2 / 2), with equal rows, classes masked in both rows, a
-    row offset by 1000 and classes masked in the model only where the reference keeps a small
-    mass, as tests/test_divergences.py's nearby KL test."""
-    rng = np.random.default_rng(seed)
-    x = (rng.standard_normal((8, v)) * 2).astype(dtype)
-    z = (x + rng.standard_normal((8, v)) * sigma).astype(dtype)
-    z[1] = x[1]
-    masked = rng.random(v) < 0.2
-    x[2, masked] = z[2, masked] = -np.inf
-    z[4] = (x[4] + 1000 + rng.standard_normal(v) * sigma).astype(dtype)
-    one = masked & (np.arange(v) > 0)
-    x[5, one] = -np.inf
-    z[5, one] = -30.0
-    return x, z
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("v,sigma", [(51, 1e-3), (1271, 1e-2), (20000, 1e-3)])
@@ -245,7 +228,7 @@ def test_kl_columns_of_nearby_rows_keep_their_relative_accuracy(backend, dtype, 
     t = np.arange(8) % v
     tol = 1e-4 if dtype == np.float32 else 1e-9
     for cap in (None, 30.0):
-        x, z = _nearby_pair(v, sigma, dtype, seed=v + int(1 / sigma))
+        x, z = nearby_kl_pair(v, sigma, dtype, seed=v + int(1 / sigma))
         xc = x
         if cap is not None:       # the reference near the capped logits, the bits the kernels read
             xc = fastdiv.execute.apply_softcap(x, cap, np.dtype(dtype))

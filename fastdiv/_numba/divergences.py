@@ -247,9 +247,9 @@ MIXED_WIDE = _registry.NEAR_MIXED_WIDE ** 2
 @njit(**_INLINE)
 def _js_near_max(xs, zs, cd, lim):
     """(m, whole): m the largest d^2 of the chunk (d of _js_d: +inf for a class masked in one
-    row only), and whole true; or, where 1 / MIXED_SHARE (half) or more of its first JS_PROBE
-    classes and of its last JS_PROBE are wide (d^2 >= MIXED_WIDE), the largest of its first JS_PROBE but at least
-    lim, and whole false.  The chunk is near where m is below lim.  A chunk of independent
+    row only), and whole true; or, where 1 / MIXED_SHARE (half) or more of its first
+    JS_PROBE classes and of its last JS_PROBE are wide (d^2 >= MIXED_WIDE), the largest of
+    its first JS_PROBE but at least lim, and whole false.  The chunk is near where m is below lim.  A chunk of independent
     rows (90 % of classes wide) or of rows N(0, 1) apart (62 %) nearly always stops at the
     probes; one with a few noisy classes, or a block of them at one end, seldom does
     (_js_mixed).  Each a slice of its own: inside _js_terms, an exit inside the loop, an and
