@@ -30,7 +30,8 @@ T = TEMP
 ops = {"cross_entropy": lambda: fastdiv.cross_entropy(x, t, temperature=T, backend=BACKEND),
        "logsumexp": lambda: fastdiv.logsumexp(x, backend=BACKEND),
        "kl_div": lambda: fastdiv.kl_div(x, z, temperature=T, backend=BACKEND),
-       "entropy": lambda: fastdiv.entropy(x, temperature=T, backend=BACKEND)}
+       "entropy": lambda: fastdiv.entropy(x, temperature=T, backend=BACKEND),
+       "js_div": lambda: fastdiv.js_div(x, z, temperature=T, backend=BACKEND)}
 t3 = time.perf_counter()
 ops[OP]()
 t4 = time.perf_counter()

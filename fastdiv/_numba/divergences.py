@@ -111,6 +111,8 @@ JS_CHUNK = 1024
 
 #: bytes in a cache line (x86-64 and most arm64 cores)
 _LINE = 64
+#: elements per scaled block of _js_logits_scaled (16 KB of float32)
+_SCALED_BLOCK = 4096
 
 
 @njit(**_INLINE)
@@ -525,9 +527,9 @@ def _scaled_into(row, dst, sc):
 
 
 @njit(**_JIT)
-def _js_logits(x, z, beta, scale, out, scratch, refs):
+def _js_logits(x, z, beta, out, scratch, refs):
     """One share of rows (the whole call, or one share of _js_logits_mt) with its scratch
-    rows.  scale None: unscaled logits, read in place."""
+    rows of exponentials."""
     prefer_wide_vectors()
     v = x.shape[1]                      # the scratch rows are padded past V
     ex = scratch[0, :v]
@@ -535,14 +537,28 @@ def _js_logits(x, z, beta, scale, out, scratch, refs):
     for i in range(x.shape[0]):
         b = cast(beta, load(x[i, 0]))
         c = cast(1.0 - beta, b)
-        if scale is None:
-            out[i] = _js_logits_row(x[i], z[i], b, c, ex, ez, refs)
-        else:
-            xs = scratch[2, :v]
-            zs = scratch[3, :v]
-            _scaled_into(x[i], xs, cast(scale, b))
-            _scaled_into(z[i], zs, cast(scale, b))
-            out[i] = _js_logits_row(xs, zs, b, c, ex, ez, refs)
+        out[i] = _js_logits_row(x[i], z[i], b, c, ex, ez, refs)
+
+
+@njit(**_JIT)
+def _js_logits_scaled(x, z, beta, scale, out, scratch, refs, blocks):
+    """At a temperature: the rows scaled by blocks of n rows into ``blocks[:n]`` and
+    ``blocks[n:2n]`` (L1 size; its last row pads one share's blocks from the next's), then
+    _js_logits on each block, called, not inlined.  One kernel that branched on ``scale is
+    None`` kept both branches for a float scale (numba does not prune it), two inlined copies
+    of the row body: its first call compiled in 15.2 s against 7.5 s unscaled (float32, Zen 4,
+    2026-12-07).  The blocks must stay C-contiguous: _js_logits on strided ('A') views ran
+    6.6x slower (its loops were not vectorised)."""
+    n = (blocks.shape[0] - 1) // 2
+    xs = blocks[:n]
+    zs = blocks[n:2 * n]
+    sc = cast(scale, xs[0, 0])          # the working type: float32 for half bits
+    for i0 in range(0, x.shape[0], n):
+        i1 = min(i0 + n, x.shape[0])
+        for i in range(i0, i1):
+            _scaled_into(x[i], xs[i - i0], sc)
+            _scaled_into(z[i], zs[i - i0], sc)
+        _js_logits(xs[:i1 - i0], zs[:i1 - i0], beta, out[i0:i1], scratch, refs)
 
 
 @njit(**_INLINE)
@@ -699,10 +715,17 @@ def _topk(idx, t, z, bucket, out):
 
 
 @njit(**PAR)
-def _js_logits_mt(x, z, beta, scale, out, scratch, refs, parts, align):
+def _js_logits_mt(x, z, beta, out, scratch, refs, parts, align):
     for k in prange(parts):
         lo, hi = share(x.shape[0], k, parts, align)
-        _js_logits(x[lo:hi], z[lo:hi], beta, scale, out[lo:hi], scratch[k], refs[k])
+        _js_logits(x[lo:hi], z[lo:hi], beta, out[lo:hi], scratch[k], refs[k])
+
+
+@njit(**PAR)
+def _js_logits_scaled_mt(x, z, beta, scale, out, scratch, refs, blocks, parts, align):
+    for k in prange(parts):
+        lo, hi = share(x.shape[0], k, parts, align)
+        _js_logits_scaled(x[lo:hi], z[lo:hi], beta, scale, out[lo:hi], scratch[k], refs[k], blocks[k])
 
 
 @njit(**PAR)
@@ -730,21 +753,31 @@ def js_logits(x, z, beta, scale, out, nthreads):
     guard(out, x, z)
     x, z = read_only(x, z)
     acc = np.float32 if x.dtype.itemsize == 2 else x.dtype             # half bits: float32
-    sc = float(scale) if float(scale) != 1.0 else None
     v = x.shape[1]
     k = threads.parts(x, nthreads)
-    # Per share: the exponentials, and the scaled rows when scaled: O(threads x V).  Each
-    # scratch row is padded by a cache line or more, so no two shares write to one line: at
-    # V = 51 the shares' rows were neighbours and two threads took 1.6-1.9x as long as one in
-    # most processes (false sharing; the gate's numba/js_div/C51/2t, Zen 4, 2026-12-05).
+    # Per share: the exponentials, and the scaled rows at a temperature: O(threads x V).
+    # Each share's scratch is padded by a cache line or more, so no two shares write to one
+    # line: at V = 51 the shares' rows were neighbours and two threads took 1.6-1.9x as long
+    # as one in most processes (false sharing; the gate's numba/js_div/C51/2t, Zen 4,
+    # 2026-12-05).
     pad = _LINE // np.dtype(acc).itemsize
-    scratch = np.empty((k, 2 if sc is None else 4, v + pad), dtype=acc)
+    scratch = np.empty((k, 2, v + pad), dtype=acc)
     refs = np.empty((k, 2, -(-v // JS_CHUNK) + pad), dtype=acc)
+    if float(scale) == 1.0:
+        if k == 1:
+            _js_logits(x, z, float(beta), out, scratch[0], refs[0])
+            return
+        with threads.threads(k):
+            _js_logits_mt(x, z, float(beta), out, scratch, refs, k, 1)
+        return
+    # the scaled rows by blocks of ~16 KB each (L1), a row at least
+    n = max(1, min(-(-x.shape[0] // k), _SCALED_BLOCK // v))
+    blocks = np.empty((k, 2 * n + 1, v), dtype=acc)
     if k == 1:
-        _js_logits(x, z, float(beta), sc, out, scratch[0], refs[0])
+        _js_logits_scaled(x, z, float(beta), float(scale), out, scratch[0], refs[0], blocks[0])
         return
     with threads.threads(k):
-        _js_logits_mt(x, z, float(beta), sc, out, scratch, refs, k, 1)
+        _js_logits_scaled_mt(x, z, float(beta), float(scale), out, scratch, refs, blocks, k, 1)
 
 
 def js_log_probs(a, b, beta, out, nthreads):
