@@ -64,8 +64,8 @@ the thread count.  Semantics are those of ``fastdiv.reference`` (see its docstri
         terms that do not cancel as the rows' difference goes to 0 (``d = lq - lp``; near 0
         evaluate's one-pass ``wxz``, ``wzx`` lose the KL's relative accuracy in float32), +inf
         where ``ix[i, 2]``'s flags say so, for rows where both have a finite maximum, no +inf
-        and no NaN; else left NaN (``fastdiv.comparison`` then takes ``finish_rows``' rules for
-        empty, NaN and +inf rows, which do not read ``wxz``, ``wzx``).
+        and no NaN; else left NaN (``fastdiv.comparison`` gives them to ``finish_rows`` as the
+        row's KLs, and its endings replace them for empty, NaN and +inf rows).
         ``st[i, 4:6]`` are ``z``'s own (m, s) whatever ``x`` holds (Cython's evaluate pass stops
         at a +inf in either row, so it reads such a row pair's ``z`` again; numba's keeps ``z``'s
         sums going).  ``st`` comes filled with NaN, as for evaluate (Cython's and numpy's

@@ -26,7 +26,9 @@ ARGMAX, COUNT, FLAGS = range(3)
 def finish_rows(m, s, w, xt, counted, rank, argmax, topk, kl=None):
     """Per-row float64 results from state columns, with the row endings of fastdiv.reference.
 
-    ``kl``: ``(mz, sz, wxz, wzx, flags)`` when there is a reference."""
+    ``kl``: ``(mz, sz, flags, d_mr, d_rm)`` when there is a reference: the reference's
+    maximum and sum, the kernel's flags and the two KLs where both rows are finite
+    (:func:`sum_kls` of a kernel state, or the chain rule's of merged slices)."""
     out = {}
     with np.errstate(all="ignore"):
         bad = np.isnan(m) | (m == np.inf)         # softmax undefined
@@ -44,18 +46,24 @@ def finish_rows(m, s, w, xt, counted, rank, argmax, topk, kl=None):
         for k in topk:
             out[f"correct@{k}"] = valid & (rank < k)
         if kl is not None:
-            mz, sz, wxz, wzx, flags = kl
+            mz, sz, flags, d_mr, d_rm = kl
             bad_any = bad | np.isnan(mz) | (mz == np.inf)
             masked_z = mz == -np.inf
-            fin_z = ~bad_any & ~masked_z
-            logsz = np.log(np.where(fin_z, sz, 1.0))
-            d_mr = wxz / np.where(fin, s, 1.0) - logs + logsz          # D(model || ref)
-            d_mr = np.where(masked, 0.0, np.where(masked_z | (flags & 1 > 0), np.inf, d_mr))
-            d_rm = wzx / np.where(fin_z, sz, 1.0) - logsz + logs       # D(ref || model)
-            d_rm = np.where(masked_z, 0.0, np.where(masked | (flags & 2 > 0), np.inf, d_rm))
+            d_mr = np.where(masked, 0.0, np.where(masked_z | (flags & 1 > 0), np.inf, d_mr))   # D(model || ref)
+            d_rm = np.where(masked_z, 0.0, np.where(masked | (flags & 2 > 0), np.inf, d_rm))   # D(ref || model)
             out["kl_model_ref"] = np.where(bad_any, np.nan, d_mr)
             out["kl_ref_model"] = np.where(bad_any, np.nan, d_rm)
     return out
+
+
+def sum_kls(s, sz, wxz, wzx):
+    """The one pass's KLs, ``D(model || ref) = wxz / s - log s + log sz`` and ``D(ref ||
+    model) = wzx / sz - log sz + log s``, for rows where both are finite (the others take
+    :func:`finish_rows`' endings).  They cancel as the rows near each other: see
+    :func:`near_kl_rows`."""
+    with np.errstate(all="ignore"):
+        logs, logsz = np.log(s), np.log(sz)
+        return wxz / s - logs + logsz, wzx / sz - logsz + logs
 
 
 def near_kl_rows(st, rows, dtype):
@@ -92,11 +100,21 @@ def _combine(fa, fb, a, b):
         return np.where(fa == 0, 0.0, fa * a) + np.where(fb == 0, 0.0, fb * b)
 
 
+def _log_share(m_part, s_part, m_all, s_all):
+    """log of a part's mass in the union, ``(m_part - m) + log s_part - log s`` (logs: the
+    masses of far rows underflow); -inf for a part without mass."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(m_part == -np.inf, -np.inf, (m_part - m_all) + np.log(s_part) - np.log(s_all))
+
+
 def merge_sums(a, b):
     """The state columns of the union of two disjoint class ranges of the same rows.
 
     ``a``, ``b``: dicts of per-row arrays ``m, s, w, argmax`` (global class indices) and, with a
-    reference, ``mz, sz, wxz, wzx, flags``; returns the same dict for the union.  With
+    reference, ``mz, sz, flags`` and either the one pass's KL sums ``wxz, wzx`` (kernel states:
+    ``fastdiv.execute``'s tiles, whose near rows are then summed again) or each slice's own
+    KLs and log mass ratio ``kl_model_ref, kl_ref_model, log_ratio`` (``fastdiv.states``,
+    merged by :func:`_chain_kls`); returns the same dict for the union.  With
     ``M = max(m_a, m_b)`` and ``f_a = e^(m_a - M)``: ``s = f_a s_a + f_b s_b``,
     ``w = f_a (w_a + (m_a - M) s_a) + f_b (w_b + (m_b - M) s_b)``, the KL sums likewise (every
     ``x - m`` moves by ``m_a - M``, every ``z - mz`` by ``mz_a - Mz``); a part that is entirely
@@ -115,11 +133,70 @@ def merge_sums(a, b):
             mz = np.maximum(a["mz"], b["mz"])
             ga, gb = _factor(a["mz"], mz), _factor(b["mz"], mz)
             ea, eb = _delta(a["mz"], mz), _delta(b["mz"], mz)
-            out.update(mz=mz, sz=_combine(ga, gb, a["sz"], b["sz"]),
-                       wxz=_combine(fa, fb, a["wxz"] + (da - ea) * a["s"], b["wxz"] + (db - eb) * b["s"]),
-                       wzx=_combine(ga, gb, a["wzx"] + (ea - da) * a["sz"], b["wzx"] + (eb - db) * b["sz"]),
-                       flags=a["flags"] | b["flags"])
+            out.update(mz=mz, sz=_combine(ga, gb, a["sz"], b["sz"]), flags=a["flags"] | b["flags"])
+            if a.get("wxz") is not None:
+                out.update(wxz=_combine(fa, fb, a["wxz"] + (da - ea) * a["s"], b["wxz"] + (db - eb) * b["s"]),
+                           wzx=_combine(ga, gb, a["wzx"] + (ea - da) * a["sz"], b["wzx"] + (eb - db) * b["sz"]))
+            if a.get("kl_model_ref") is not None:
+                out.update(_chain_kls(a, b, _log_share(a["m"], a["s"], m, out["s"]),
+                                      _log_share(b["m"], b["s"], m, out["s"]),
+                                      _log_share(a["mz"], a["sz"], mz, out["sz"]),
+                                      _log_share(b["mz"], b["sz"], mz, out["sz"])))
     return out
+
+
+def _excess(u):
+    """e^u - 1 - u >= 0, to a few ulps relative also where it is ~u^2 / 2 (series below
+    |u| = 1e-3: ``expm1(u) - u`` loses ~eps / |u| there)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        series = u * u * 0.5 * (1.0 + u / 3.0 * (1.0 + u * 0.25 * (1.0 + u * 0.2)))
+        return np.where(np.abs(u) < 1e-3, series, np.expm1(u) - u)
+
+
+def _chain_kls(a, b, lpa, lpb, lqa, lqb):
+    """The two KLs and the log mass ratio of the union of two slices, by the chain rule.
+
+    With ``P_a, Q_a`` the model's and the reference's mass in slice a within the union (their
+    logs ``lpa``, ... given) and ``c_a = log(sum_a e^z / sum_a e^x)`` (``log_ratio``),
+    ``Q_a / P_a = e^(c_a - c)`` where ``c = log(P_a e^(c_a) + P_b e^(c_b))`` is the union's,
+    and::
+
+        D(model || ref) = P_a D_a + P_b D_b + P_a J(c_a - c) + P_b J(c_b - c)
+        D(ref || model) = Q_a D'_a + Q_b D'_b + Q_a J(c - c_a) + Q_b J(c - c_b)
+
+    with ``J(u) = e^u - 1 - u``: the coarse KL between the two slices' masses, ``sum P_a (c -
+    c_a)``, in a form whose terms are all >= 0 (``sum P_a e^(c_a - c) = 1``), so nothing
+    cancels as the rows near each other (the one-pass sums do, to the KL's rounding error).
+    The slices' KLs carry their own accuracy; c's accuracy enters the coarse term at first
+    order (its error times ``c_a - c``), the masses' at second order.  Where one row has no
+    mass in a part, that part adds the other row's mass there (the identity ``sum Q_a = 1``
+    misses it; the KL of the other direction is +inf by the flags) and ``c`` is formed from
+    the side that has mass everywhere; the row's infinite or undefined KLs come from
+    ``finish_rows``' endings."""
+    with np.errstate(all="ignore"):
+        ca, cb = a["log_ratio"], b["log_ratio"]
+
+        def log_sum(la, ua, lb, ub):        # log(e^(la + ua) + e^(lb + ub)), a part without mass left out
+            return np.logaddexp(np.where(la > -np.inf, la + ua, -np.inf), np.where(lb > -np.inf, lb + ub, -np.inf))
+
+        # c = log sum P_a e^(c_a), or -log sum Q_a e^(-c_a) where the reference has mass in a
+        # part where the model has none
+        one_sided = (lpa == -np.inf) & (lqa > -np.inf) | (lpb == -np.inf) & (lqb > -np.inf)
+        c = np.where(one_sided, -log_sum(lqa, -ca, lqb, -cb), log_sum(lpa, ca, lpb, cb))
+        c = np.where(ca == cb, ca, c)       # equal rows: exactly 0 (log(P_a + P_b) is not)
+
+        def part(lw, lother, d, u):
+            # w (d + J(u)); w e^u is the other row's mass there, so w J(u) is formed as
+            # e^(lw + u) - w (1 + u) where |u| >= 1 (no overflow), and where w = 0 it is
+            # that mass (so that sum w J(u) = sum other - 1 + D when one row has mass where
+            # the other has none: the D that is finite then)
+            w = np.exp(lw)
+            excess = np.where(np.abs(u) < 1.0, w * _excess(u), np.exp(lw + u) - w * (1.0 + u))
+            return np.where(lw == -np.inf, np.exp(lother), w * d + excess)
+
+        mr = part(lpa, lqa, a["kl_model_ref"], ca - c) + part(lpb, lqb, b["kl_model_ref"], cb - c)
+        rm = part(lqa, lpa, a["kl_ref_model"], c - ca) + part(lqb, lpb, b["kl_ref_model"], c - cb)
+    return dict(kl_model_ref=mr, kl_ref_model=rm, log_ratio=c)
 
 
 #: :func:`merge_sums`' keys and their columns in the kernel state: (float64 ones, int64 ones),
@@ -150,7 +227,9 @@ def store_columns(st, ix, merged):
 def finish_state(st, ix, counted, topk, reference):
     """:func:`finish_rows` of the kernel's whole ``(st, ix)`` (``reference``: whether it
     computed the KL columns)."""
-    kl = (st[:, MZ], st[:, SZ], st[:, WXZ], st[:, WZX], ix[:, FLAGS]) if reference else None
+    kl = None
+    if reference:
+        kl = (st[:, MZ], st[:, SZ], ix[:, FLAGS]) + sum_kls(st[:, S], st[:, SZ], st[:, WXZ], st[:, WZX])
     return finish_rows(st[:, M], st[:, S], st[:, W], st[:, XT], counted, ix[:, COUNT], ix[:, ARGMAX], topk, kl)
 
 

@@ -114,18 +114,16 @@ def _columns(st, ix, counted, ks):
     like evaluate's: the model's columns are its state with the base as reference, the base's
     its own (m, s) and target logit."""
     n = st.shape[0]
+    # the kernel's per-class KLs (exact near 0; NaN where a row is not finite, which
+    # finish_rows' endings replace)
     rm = _state.finish_rows(st[:, 0], st[:, 1], st[:, 2], st[:, 3], counted, ix[:, 1], ix[:, 0], (),
-                            kl=(st[:, 4], st[:, 5], st[:, 6], st[:, 7], ix[:, 2]))
+                            kl=(st[:, 4], st[:, 5], ix[:, 2], st[:, 11], st[:, 10]))
     rb = _state.finish_rows(st[:, 4], st[:, 5], np.zeros(n), st[:, 8], counted, ix[:, 1], ix[:, 3], ())
     arg_b = rb["argmax"]
     has_top1 = arg_b >= 0
     with np.errstate(invalid="ignore", over="ignore"):
         base_top1 = np.where(has_top1, np.exp(st[:, 4] - rb["lse"]), np.nan)
-    # the kernel's per-class KLs (exact near 0) where it formed them; else finish_rows' rules
-    # for empty, NaN and +inf rows
-    kld = np.where(np.isnan(st[:, 10]), rm["kl_ref_model"], st[:, 10])
-    rkld = np.where(np.isnan(st[:, 11]), rm["kl_model_ref"], st[:, 11])
-    cols = {"kld": kld, "reverse_kld": rkld, "js": st[:, 9],
+    cols = {"kld": rm["kl_ref_model"], "reverse_kld": rm["kl_model_ref"], "js": st[:, 9],
             "base_top1_prob": base_top1, "same_top1": has_top1 & (rm["argmax"] == arg_b)}
     for k in ks:
         if k > 1:

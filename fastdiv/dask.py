@@ -124,7 +124,7 @@ def _reduce(per_row, reduction, dtype, denominator=None):
 # known when the graph is built and given to its tasks.
 
 _COLS = ("m", "s", "w", "xt", "has_target", "counted", "argmax")
-_REF_COLS = ("mz", "sz", "wxz", "wzx", "flags")
+_REF_COLS = _states._REF_FIELDS
 _BOOL_FIELDS = ("counted",)
 _INT_FIELDS = ("argmax", "rank")
 

@@ -659,14 +659,22 @@ def take_rows(a, index, dtype, out):
     return out
 
 
-def mend_near_kl(backend, x, z, softcap, st, dtype, rows):
+def mend_near_kl(backend, x, z, softcap, st, dtype, rows, log_ratio=None):
     """The KL columns of ``rows`` (``finish_state``'s dict) summed again by ``backend``'s
     ``kl_logits`` kernel for the rows where evaluate's one pass cancelled
     (``_state.near_kl_rows``): that kernel sums such rows class by class (float32) or without
     cancelling (float64), so ``evaluate``'s KL columns, and KL over vocabulary tiles, have
     ``kl_div``'s accuracy near 0.  Those rows of ``x`` (soft-capped, as the state's pass saw
     them) and ``z`` are read again into two buffers of ``rows_per_block`` rows, each block
-    then read twice from cache (one call per direction)."""
+    then read twice from cache (one call per direction).
+
+    ``log_ratio`` (float64 per row, ``fastdiv.states``' slices): those rows' ``c = lse(z) -
+    lse(x)`` is formed again too, as ``(mz - m) - wxz / s + D(x || z)`` with the kernel's
+    ``D``: the identity ``D = wxz / s - log s + log sz`` turned around.  ``wxz``'s terms are
+    ``(x - m) - (z - mz)``, small where the rows are near, so its rounding is a share of c's
+    small part, where ``(mz + log sz) - (m + log s)`` carries the sums' ~1e-7 relative error
+    (the chain rule of merged slices multiplies c's error by ``c_a - c``: that form left
+    float32 shards' KLs 1e-3 off at 51 classes, ``N(0, 1e-4)``)."""
     index = _state.near_kl_rows(st, rows, dtype)
     if index.size == 0:
         return
@@ -683,6 +691,15 @@ def mend_near_kl(backend, x, z, softcap, st, dtype, rows):
             xb = apply_softcap(xb, softcap, dtype, out=bc[:part.size])
         kern(xb, zb, 1.0, mr[a:a + step], get_num_threads())
         kern(zb, xb, 1.0, rm[a:a + step], get_num_threads())
+    if log_ratio is not None:
+        near = st[index]
+        dm = near[:, _state.MZ] - near[:, _state.M]
+        with np.errstate(invalid="ignore"):
+            # D(z || x) = wzx / sz - log sz + log s likewise, where D(x || z) is +inf (x has mass
+            # where z has none); where both are, the state's own c stays
+            c = np.where(np.isfinite(mr), dm - near[:, _state.WXZ] / near[:, _state.S] + mr,
+                         np.where(np.isfinite(rm), dm + near[:, _state.WZX] / near[:, _state.SZ] - rm, log_ratio[index]))
+        log_ratio[index] = c
     rows["kl_model_ref"][index] = mr
     rows["kl_ref_model"][index] = rm
 

@@ -3,15 +3,24 @@
 A :class:`RowState` holds, per row, what a slice ``[offset, offset + V_shard)`` of the class
 axis contributes: the maximum ``m``, ``s = sum e^(x - m)``, ``w = sum e^(x - m) (x - m)``, the
 target's logit when the target lies in the slice, the argmax, the ``K = max(topk)`` largest
-logits (top-k candidates) and, with reference logits, the same for the reference and the two
-KL sums.  :func:`merge` combines two states of disjoint slices exactly (up to rounding):
+logits (top-k candidates) and, with reference logits, the reference's maximum and sum, the
+two KLs between the slice's own softmaxes and its log mass ratio ``c = log(sum e^z / sum
+e^x)``.  :func:`merge` combines two states of disjoint slices exactly (up to rounding):
 with ``M = max(m_a, m_b)`` and ``f_a = e^(m_a - M)``::
 
     s = f_a s_a + f_b s_b,    w = f_a (w_a + (m_a - M) s_a) + f_b (w_b + (m_b - M) s_b)
 
 (a slice that is entirely ``-inf`` has ``f = 0`` and contributes exactly nothing, never
-``-inf - -inf``), the KL sums likewise, top-k candidates by keeping the K largest of both,
-the argmax by the larger maximum (the smaller index on ties: the first maximum, like numpy).
+``-inf - -inf``), top-k candidates by keeping the K largest of both, the argmax by the
+larger maximum (the smaller index on ties: the first maximum, like numpy), and the KLs by
+the chain rule: with ``P_a``, ``Q_a`` the slices' masses in the union,
+
+    D(P || Q) = P_a D_a + P_b D_b + sum_i P_i (e^(c_i - c) - 1 - (c_i - c)),
+
+every term >= 0, so nothing cancels as the two rows near each other (the one-pass sums
+``sum p (x - z)`` did, to the KL's rounding error: float32 KLs near 1e-9 came out 3-30x
+off, before 2026-12-07).  Each slice's KLs are ``kl_div``'s where its one pass cancelled,
+and so is its ``c``, in float64 (``fastdiv.execute.mend_near_kl``).
 :func:`finalize` turns a state covering the whole vocabulary into the :class:`Evaluation` of
 ``fastdiv.evaluate`` (``lse``, ``entropy``, ``nll``, ``kl_model_ref`` / ``kl_ref_model``,
 accuracies), so ``cross_entropy``, ``logsumexp``, ``entropy``, ``kl_div`` and ``evaluate``
@@ -28,12 +37,15 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks, execute, plan as _plan
-from ._state import ARGMAX, FLAGS, M, MZ, S, SZ, W, WXZ, WZX, XT, finish_rows, merge_sums
+from ._state import ARGMAX, FLAGS, M, MZ, S, SZ, W, XT, finish_rows, finish_state, merge_sums
 from .evaluation import row_results
 
 __all__ = ["RowState", "row_state", "merge", "finalize"]
 
-_FIELDS = ("m", "s", "w", "xt", "has_target", "counted", "argmax", "top_values", "mz", "sz", "wxz", "wzx", "flags")
+_FIELDS = ("m", "s", "w", "xt", "has_target", "counted", "argmax", "top_values", "mz", "sz", "kl_model_ref",
+           "kl_ref_model", "log_ratio", "flags")
+#: the fields of a state with a reference, beside the model's
+_REF_FIELDS = ("mz", "sz", "kl_model_ref", "kl_ref_model", "log_ratio", "flags")
 
 
 class RowState:
@@ -42,7 +54,9 @@ class RowState:
     Attributes: ``m, s, w, xt`` (float64[rows]), ``has_target`` (bool: the target lies in
     the covered classes), ``counted`` (bool: the target is not ``ignore_index``), ``argmax``
     (int64, global class index), ``top_values`` (float64[rows, K], descending, padded with
-    ``-inf``), with a reference ``mz, sz, wxz, wzx`` (float64) and ``flags`` (int64), else
+    ``-inf``), with a reference ``mz, sz`` (its maximum and sum), ``kl_model_ref,
+    kl_ref_model`` (the two KLs between the covered classes' own softmaxes), ``log_ratio``
+    (``log(sum e^z / sum e^x)`` over the covered classes; float64) and ``flags`` (int64), else
     None; ``lead`` (the leading shape), ``dtype`` (the compute dtype name), ``ranges`` (the
     covered ``[start, stop)`` class ranges).
     """
@@ -141,8 +155,14 @@ def row_state(logits_shard, *, offset=0, target=None, topk=(1, 5), reference_sha
                   argmax=ix[:, ARGMAX] + offset, top_values=top, lead=lead, dtype=dtype,
                   ranges=[(offset, offset + v)])
     if z is not None:
-        fields.update(mz=st[:, MZ].copy(), sz=st[:, SZ].copy(), wxz=st[:, WXZ].copy(), wzx=st[:, WZX].copy(),
-                      flags=ix[:, FLAGS].copy())
+        # the slice's own KLs, kl_div's where the one pass cancelled (as evaluate's), and its
+        # log mass ratio, in float64 on those rows: what the chain rule of merge needs
+        rows = finish_state(st, ix, counted, (), True)
+        with np.errstate(all="ignore"):
+            ratio = (st[:, MZ] + np.log(st[:, SZ])) - (st[:, M] + np.log(st[:, S]))
+        execute.mend_near_kl(plan.backend, x, z, plan.softcap, st, dtype, rows, log_ratio=ratio)
+        fields.update(mz=st[:, MZ].copy(), sz=st[:, SZ].copy(), kl_model_ref=rows["kl_model_ref"],
+                      kl_ref_model=rows["kl_ref_model"], log_ratio=ratio, flags=ix[:, FLAGS].copy())
     return RowState(**fields)
 
 
@@ -180,7 +200,7 @@ def merge(a, b):
         for q in b.ranges:
             if r[0] < q[1] and q[0] < r[1]:
                 raise ValueError(f"class ranges overlap: {r} and {q}")
-    keys = ("m", "s", "w", "argmax") + (("mz", "sz", "wxz", "wzx", "flags") if a.has_reference else ())
+    keys = ("m", "s", "w", "argmax") + (_REF_FIELDS if a.has_reference else ())
     fields = merge_sums({k: getattr(a, k) for k in keys}, {k: getattr(b, k) for k in keys})
     fields.update(
         xt=np.where(a.has_target, a.xt, b.xt), has_target=a.has_target | b.has_target, counted=a.counted,
@@ -234,6 +254,6 @@ def finalize(state, *, topk=(1, 5), kl_direction="ref||model", z_loss=0.0, n_cla
         rank = np.sum(state.top_values > state.xt[:, None], axis=1)
     kl = None
     if state.has_reference:
-        kl = (state.mz, state.sz, state.wxz, state.wzx, state.flags)
+        kl = (state.mz, state.sz, state.flags, state.kl_model_ref, state.kl_ref_model)
     rows = finish_rows(state.m, state.s, state.w, state.xt, state.counted, rank, state.argmax, ks, kl)
     return row_results(rows, state.lead, np.dtype(state.dtype), ks, state.counted, plan.kl_direction, plan.z_loss)
