@@ -154,8 +154,8 @@ def evaluate(logits: ArrayLike, target: ArrayLike, *, topk: int | Sequence[int] 
         Which KL is ``kl`` / ``mean_kl``: ``D(P_ref || P_model)`` (distillation's forward KL,
         the default) or ``D(P_model || P_ref)`` (RLHF's penalty).  Both are always available
         per row as ``kl_ref_model`` and ``kl_model_ref``, as accurate near 0 as
-        :func:`kl_div`'s on the CPU backends (rows whose one pass cancelled are summed again
-        by its kernel: one more read of those rows).
+        :func:`kl_div`'s (rows whose one pass cancelled are summed again by its kernel: one
+        more read of those rows; on cuda only float64 rows cancel).
     ignore_index : int
         Rows with this target are left out of every aggregate.
     z_loss : float >= 0
@@ -207,8 +207,12 @@ def _evaluate_cuda(plan, logits, target, reference):
     and finished on the host like the CPU backends' states.  For device logits the per-row
     arrays go back to the device in the caller's library (allocated by it, on its stream);
     aggregates are Python numbers."""
-    call, st, ix, t, counted, lead, dtype = _gpu.evaluate_state(plan, logits, target, reference)
+    call, st, ix, t, counted, lead, dtype, near = _gpu.evaluate_state(plan, logits, target, reference)
     rows = _state.finish_state(st, ix, counted, plan.topk, reference is not None)
+    if near is not None:                   # rows whose one pass cancelled, summed again there
+        index, mr, rm = near
+        rows["kl_model_ref"][index] = mr
+        rows["kl_ref_model"][index] = rm
     res = row_results(rows, lead, dtype, plan.topk, counted, plan.kl_direction, plan.z_loss)
     if call.tag is None:                   # numpy in, numpy out
         return res

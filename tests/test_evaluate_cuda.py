@@ -121,3 +121,39 @@ def test_cross_entropy_softcap_on_cuda_needs_class_indices(rng):
     p = np.full((4, 5), 0.2, np.float32)
     with pytest.raises(_registry.BackendUnavailable, match="probability targets"):
         fastdiv.cross_entropy(x, p, softcap=3.0, backend="cuda")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("v,sigma", [(51, 1e-3), (67, 1e-4)])
+def test_kl_columns_of_nearby_rows_on_cuda_keep_their_relative_accuracy(dtype, v, sigma, monkeypatch):
+    """evaluate's KL columns on the device, device arrays in, with and without softcap:
+    float64 rows whose one pass cancelled (fastdiv._state.near_kl_rows) are summed again by
+    the device kl_logits kernel (fastdiv._gpu._near_kl), by spans of rows (here split: a gap
+    of 1 row makes a new span); before 2026-12-07 they kept the one pass, 1.3e-9 and 1.6e-7
+    off at 51 and 67 classes.  float32 rows keep their one pass, whose terms the kernel sums
+    in float64 (~5e-8 here, before and after)."""
+    from numba import cuda
+
+    from cases import nearby_kl_pair
+    from fastdiv import _gpu
+    from fastdiv import reference as R
+    from fastdiv._cuda.softcap import softcap_rows
+
+    monkeypatch.setattr(_gpu, "NEAR_SPAN_GAP", 1)
+    t = np.arange(8) % v
+    tol = 1e-4 if dtype == np.float32 else 1e-9
+    for cap in (None, 30.0):
+        x, z = nearby_kl_pair(v, sigma, dtype, seed=v)
+        xc = x
+        if cap is not None:       # the reference near the device's capped logits, the bits its kernels read
+            capped = cuda.device_array(x.shape, dtype=dtype)
+            softcap_rows(cuda.to_device(x), capped, cap, stream=cuda.default_stream())
+            xc = capped.copy_to_host()
+            with np.errstate(invalid="ignore"):
+                z = np.where(np.isfinite(z - x), xc + (z - x), z).astype(dtype)
+        res = fastdiv.evaluate(cuda.to_device(x), cuda.to_device(t), reference=cuda.to_device(z), softcap=cap,
+                               backend="cuda")
+        np.testing.assert_allclose(res.kl_ref_model.copy_to_host(), R.kl_rows(z.astype(np.float64),
+                                   xc.astype(np.float64)), rtol=tol, atol=1e-30)
+        np.testing.assert_allclose(res.kl_model_ref.copy_to_host(), R.kl_rows(xc.astype(np.float64),
+                                   z.astype(np.float64)), rtol=tol, atol=1e-30)
