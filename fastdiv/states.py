@@ -18,9 +18,9 @@ the chain rule: with ``P_a``, ``Q_a`` the slices' masses in the union,
     D(P || Q) = P_a D_a + P_b D_b + sum_i P_i (e^(c_i - c) - 1 - (c_i - c)),
 
 every term >= 0, so nothing cancels as the two rows near each other (the one-pass sums
-``sum p (x - z)`` did, to the KL's rounding error: float32 KLs near 1e-9 came out 3-30x
-off, before 2026-12-07).  Each slice's KLs are ``kl_div``'s where its one pass cancelled,
-and so is its ``c``, in float64 (``fastdiv.execute.mend_near_kl``).
+``sum p (x - z)`` did, to the KL's rounding error: float32 KLs near 5e-9 came out up to 16x
+off, before 2026-12-07).  Where a slice's one pass cancelled, its KLs are ``kl_div``'s and
+its ``c`` is formed from them (``fastdiv.execute.mend_near_kl``).
 :func:`finalize` turns a state covering the whole vocabulary into the :class:`Evaluation` of
 ``fastdiv.evaluate`` (``lse``, ``entropy``, ``nll``, ``kl_model_ref`` / ``kl_ref_model``,
 accuracies), so ``cross_entropy``, ``logsumexp``, ``entropy``, ``kl_div`` and ``evaluate``
@@ -156,7 +156,7 @@ def row_state(logits_shard, *, offset=0, target=None, topk=(1, 5), reference_sha
                   ranges=[(offset, offset + v)])
     if z is not None:
         # the slice's own KLs, kl_div's where the one pass cancelled (as evaluate's), and its
-        # log mass ratio, in float64 on those rows: what the chain rule of merge needs
+        # log mass ratio, formed from them on those rows: what the chain rule of merge needs
         rows = finish_state(st, ix, counted, (), True)
         with np.errstate(all="ignore"):
             ratio = (st[:, MZ] + np.log(st[:, SZ])) - (st[:, M] + np.log(st[:, S]))
