@@ -349,11 +349,10 @@ def evaluate_state(plan, logits, target, reference=None):
     into one reused buffer of about ``SOFTCAP_DEVICE_BYTES``, ``fastdiv._cuda.softcap``) and
     brought to the host (O(rows), one synchronisation).
 
-    Returns ``(call, st, ix, t, counted, lead, dtype, near)``: ``t`` the checked int64 targets
-    (a device target is copied to the host for it), ``counted = t != ignore_index`` and, with a
-    reference, ``near``: the float64 rows whose one-pass KL cancelled
-    (``_state.near_kl_rows``) with both KLs summed again by the device ``kl_logits`` kernel,
-    ``(index, D(x || z), D(z || x))`` (None where no row is; see :func:`_near_kl`)."""
+    Returns ``(call, st, ix, t, counted, lead, dtype, mend)``: ``t`` the checked int64 targets
+    (a device target is copied to the host for it), ``counted = t != ignore_index`` and, for
+    float64 logits with a reference, ``mend(rows)``: :func:`_mend_near_kl` on ``finish_state``'s
+    dict of this state (else None)."""
     from numba import cuda
 
     from . import _registry
@@ -395,20 +394,30 @@ def evaluate_state(plan, logits, target, reference=None):
             step = max(1, min(rows, SOFTCAP_DEVICE_BYTES // (v * dtype.itemsize)))
             _keep, capped = interop.empty_like_lib((step, v), dtype, call.tag, stream)
 
+        def as_seen(r0, r1, xb):            # the block of logits as the kernels read it
+            if capped is None:
+                return xb
+            softcap_rows(xb, capped[:r1 - r0], plan.softcap, stream=stream)
+            return capped[:r1 - r0]
+
         def run(r0, r1, xb, *zb):
-            if capped is not None:
-                softcap_rows(xb, capped[:r1 - r0], plan.softcap, stream=stream)
-                xb = capped[:r1 - r0]
-            kern(xb, zb[0] if zb else no_ref, t_d[r0:r1], st_d[r0:r1], ix_d[r0:r1], None, stream=stream)
+            kern(as_seen(r0, r1, xb), zb[0] if zb else no_ref, t_d[r0:r1], st_d[r0:r1], ix_d[r0:r1], None,
+                 stream=stream)
 
         _by_blocks(stream, rows, [x2] if z2 is None else [x2, z2], run, step, widen=widen)
         st_d.copy_to_host(st, stream=stream)
         ix_d.copy_to_host(ix, stream=stream)
         stream.synchronize()
-    near = None
-    if z2 is not None and rows and dtype == np.float64:
-        near = _near_kl(plan, x2, z2, st, ix, counted, dtype, stream, step, capped, widen)
-    return call, st, ix, t, counted, lead, dtype, near
+    if z2 is None or not rows or dtype != np.float64:
+        return call, st, ix, t, counted, lead, dtype, None
+
+    def pairs(a, b, fn):                    # fn(r0, r1, x block, z block) over rows [a, b)
+        _by_blocks(stream, b - a, [x2[a:b], z2[a:b]],
+                   lambda r0, r1, xb, zb: fn(r0, r1, as_seen(a + r0, a + r1, xb), zb), step, widen=widen)
+
+    def mend(rows_):
+        _mend_near_kl(st, rows_, dtype, stream, pairs)
+    return call, st, ix, t, counted, lead, dtype, mend
 
 
 #: flagged rows at most this far apart are summed again in one span (the rows between them
@@ -416,13 +425,13 @@ def evaluate_state(plan, logits, target, reference=None):
 NEAR_SPAN_GAP = 64
 
 
-def _near_kl(plan, x2, z2, st, ix, counted, dtype, stream, step, capped, widen):
-    """The rows of the float64 device state ``st`` whose one-pass KL cancelled, in either
-    direction (``_state.near_kl_rows``, the CPU backends' rule), summed again by the device
-    ``kl_logits`` kernel both ways, as ``kl_div`` on cuda sums them: ``(index, D(x || z), D(z
-    || x))`` on the host, or None.  The flagged rows are read again by spans of consecutive
-    rows (flagged rows up to ``NEAR_SPAN_GAP`` apart share a span), soft-capped on the device
-    as the state's pass saw them.
+def _mend_near_kl(st, rows, dtype, stream, pairs):
+    """The KL columns of ``rows`` (``finish_state``'s dict of the float64 device state ``st``)
+    summed again by the device ``kl_logits`` kernel, both ways, where the one pass cancelled
+    in either direction (``_state.near_kl_rows``, the CPU backends' rule, as
+    ``fastdiv.execute.mend_near_kl`` on the host).  The flagged rows are read again by spans
+    of consecutive rows (flagged rows up to ``NEAR_SPAN_GAP`` apart share a span), through
+    ``pairs(a, b, fn)``: the rows [a, b) by blocks, soft-capped as the state's pass saw them.
 
     Float64 rows only: the device kernel sums float32 rows' terms in float64, so their one
     pass stays within ~1e-7 of the KL near 0 (5e-8 at 51-300 classes, ``N(0, 1e-4)``, in the
@@ -430,28 +439,24 @@ def _near_kl(plan, x2, z2, st, ix, counted, dtype, stream, step, capped, widen):
     from numba import cuda
 
     from ._cuda import kernels
-    from ._cuda.softcap import softcap_rows
 
-    index = _state.near_kl_rows(st, _state.finish_state(st, ix, counted, (), True), dtype)
+    index = _state.near_kl_rows(st, rows, dtype)
     if index.size == 0:
-        return None
-    cuts = np.flatnonzero(np.diff(index) > NEAR_SPAN_GAP) + 1
+        return
     mr_d = cuda.device_array(len(st), dtype=dtype, stream=stream)
     rm_d = cuda.device_array(len(st), dtype=dtype, stream=stream)
-    for span in np.split(index, cuts):
-        a, b = int(span[0]), int(span[-1]) + 1
+    for span in np.split(index, np.flatnonzero(np.diff(index) > NEAR_SPAN_GAP) + 1):
+        a = int(span[0])
 
         def run(r0, r1, xb, zb, a=a):
-            if capped is not None:
-                softcap_rows(xb, capped[:r1 - r0], plan.softcap, stream=stream)
-                xb = capped[:r1 - r0]
             kernels.kl_logits(xb, zb, 1.0, mr_d[a + r0:a + r1], stream=stream)
             kernels.kl_logits(zb, xb, 1.0, rm_d[a + r0:a + r1], stream=stream)
 
-        _by_blocks(stream, b - a, [x2[a:b], z2[a:b]], run, step, widen=widen)
+        pairs(a, int(span[-1]) + 1, run)
     mr, rm = mr_d.copy_to_host(stream=stream), rm_d.copy_to_host(stream=stream)
     stream.synchronize()
-    return index, mr[index], rm[index]
+    rows["kl_model_ref"][index] = mr[index]
+    rows["kl_ref_model"][index] = rm[index]
 
 
 def to_caller(call, a, shape):

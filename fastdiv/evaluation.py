@@ -207,12 +207,10 @@ def _evaluate_cuda(plan, logits, target, reference):
     and finished on the host like the CPU backends' states.  For device logits the per-row
     arrays go back to the device in the caller's library (allocated by it, on its stream);
     aggregates are Python numbers."""
-    call, st, ix, t, counted, lead, dtype, near = _gpu.evaluate_state(plan, logits, target, reference)
+    call, st, ix, t, counted, lead, dtype, mend = _gpu.evaluate_state(plan, logits, target, reference)
     rows = _state.finish_state(st, ix, counted, plan.topk, reference is not None)
-    if near is not None:                   # rows whose one pass cancelled, summed again there
-        index, mr, rm = near
-        rows["kl_model_ref"][index] = mr
-        rows["kl_ref_model"][index] = rm
+    if mend is not None:                   # float64 rows whose one pass cancelled, summed again
+        mend(rows)
     res = row_results(rows, lead, dtype, plan.topk, counted, plan.kl_direction, plan.z_loss)
     if call.tag is None:                   # numpy in, numpy out
         return res

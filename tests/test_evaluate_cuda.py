@@ -128,7 +128,7 @@ def test_cross_entropy_softcap_on_cuda_needs_class_indices(rng):
 def test_kl_columns_of_nearby_rows_on_cuda_keep_their_relative_accuracy(dtype, v, sigma, monkeypatch):
     """evaluate's KL columns on the device, device arrays in, with and without softcap:
     float64 rows whose one pass cancelled (fastdiv._state.near_kl_rows) are summed again by
-    the device kl_logits kernel (fastdiv._gpu._near_kl), by spans of rows (here split: a gap
+    the device kl_logits kernel (fastdiv._gpu._mend_near_kl), by spans of rows (here split: a gap
     of 1 row makes a new span); before 2026-12-07 they kept the one pass, 1.3e-9 and 1.6e-7
     off at 51 and 67 classes.  float32 rows keep their one pass, whose terms the kernel sums
     in float64 (~5e-8 here, before and after)."""
