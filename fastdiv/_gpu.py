@@ -78,7 +78,12 @@ class _Call:
         arr = _checks.as_array(name, a)
         if floating:
             arr = _checks.float_array(name, arr)
-            if arr.dtype not in (np.float16, np.float32, np.float64):
+            native = arr.dtype.newbyteorder("=")
+            if native in (np.float16, np.float32, np.float64):
+                # a non-native byte order keeps its type ('>f2' is float16, as beside a '<f2'
+                # reference: widened alone, the pair's dtypes differed)
+                arr = arr.astype(native, copy=False)
+            else:
                 arr = arr.astype(_checks.compute_dtype(name, arr.dtype))
         return cuda.to_device(np.ascontiguousarray(arr))
 

@@ -101,3 +101,19 @@ def test_out_of_range_device_targets_give_nan_not_a_crash(rng):
     assert np.isnan(got[1]) and np.isnan(got[2]) and np.isfinite(got[[0, 3]]).all()
     w = cuda.to_device(np.ones(10, np.float32))
     assert np.isnan(_host(fastdiv.cross_entropy(cuda.to_device(x), cuda.to_device(t), weight=w))[0])
+
+
+def test_host_inputs_in_another_byte_order_keep_their_type(rng):
+    """Big-endian host arrays go to the device in their own type, so a '>f2' model beside a
+    '<f2' reference is a float16 pair (it was widened alone to float32, and evaluate refused
+    the pair's dtypes: the fuzz's test_fuzz_cuda_more, 2026-12-07)."""
+    x = make_logits(rng, 6, 40, np.float16, edges=False)
+    z = make_logits(rng, 6, 40, np.float16, edges=False)
+    t = rng.integers(0, 40, 6)
+    for xs, zs in ((x.astype(">f2"), z), (x, z.astype(">f2")), (x.astype(">f4"), z.astype(np.float32))):
+        got = fastdiv.evaluate(xs, t, reference=zs, backend="cuda")
+        want = fastdiv.evaluate(xs, t, reference=zs, backend="numpy")
+        for key in ("nll", "kl_ref_model", "kl_model_ref"):
+            np.testing.assert_allclose(getattr(got, key), getattr(want, key), rtol=2e-3, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(fastdiv.kl_div(xs, zs, reduction="none", backend="cuda"),
+                                   fastdiv.kl_div(xs, zs, reduction="none", backend="numpy"), rtol=2e-3, atol=1e-6)
