@@ -7,11 +7,14 @@ summed again by the same kernel; before, one pass over its merged state).
 
     PYTHONPATH=. python benchmarks/kl_nearby.py [--backends cython,numba] [--cost]
 
-``--cost``: what summing ``evaluate``'s flagged rows again costs, as its time with the redo
-over its time with ``fastdiv.execute.mend_near_kl`` made a no-op, in the same process:
-in cache (16 x 16000 float32, one thread, CPU time per element, 30 interleaved rounds) and
-from memory (1024 x 50257 float32, the default threads, wall time, median of 7 interleaved),
-on independent rows (nothing flagged) and on rows N(0, 1e-3) apart (every row flagged).
+``--cost``: what the rows summed again cost ``evaluate`` (with a reference): its time on
+rows N(0, 1e-3) apart (every row's KL summed again) over its time on independent rows (none),
+interleaved in one process: in cache (16 x 16000 float32, one thread, CPU time per element,
+30 rounds) and from memory (1024 x 50257 float32, the default threads, wall time, median of
+7).  Run it with another tree's package first on ``PYTHONPATH`` for an A/B (before
+2026-12-07's evaluate KL columns, those rows were read again after the pass and summed twice
+by ``kl_div``'s kernel, ``fastdiv.execute.mend_near_kl``; since, the kernel sums them again
+while they are in cache).
 """
 import argparse
 
@@ -31,37 +34,31 @@ def cost():
     import time
 
     import _common
-    from fastdiv import execute
 
-    mend = execute.mend_near_kl
     rng = np.random.default_rng(2)
     for n, v, threads in ((16, 16000, 1), (1024, 50257, None)):
         x = (rng.standard_normal((n, v)) * 2).astype(np.float32)
         t = rng.integers(0, v, n)
-        for kind, z in (("independent", (rng.standard_normal((n, v)) * 2).astype(np.float32)),
-                        ("N(0, 1e-3) apart", (x + rng.standard_normal((n, v)) * 1e-3).astype(np.float32))):
-            for be in bes:
-                def run(on):
-                    execute.mend_near_kl = mend if on else (lambda *a: None)
-                    fastdiv.evaluate(x, t, reference=z, backend=be)
-                calls = {"after": lambda: run(True), "before": lambda: run(False)}
-                if threads == 1:
-                    with fastdiv.threads(1):
-                        ns = _common.ns_per_element(calls, 30, x.size)
-                    med = {k: float(np.median(vals)) for k, vals in ns.items()}
-                    unit = "ns/element"
-                else:
-                    walls = {k: [] for k in calls}
-                    for _ in range(7):
-                        for k, f in calls.items():
-                            t0 = time.perf_counter()
-                            f()
-                            walls[k].append(time.perf_counter() - t0)
-                    med = {k: float(np.median(vals)) * 1e9 / x.size for k, vals in walls.items()}
-                    unit = "ns/element wall"
-                print(f"{n} x {v} {kind:17s} {be:6s} before {med['before']:.3f}  after {med['after']:.3f} "
-                      f"{unit}  ratio {med['after'] / med['before']:.2f}", flush=True)
-    execute.mend_near_kl = mend
+        refs = {"independent": (rng.standard_normal((n, v)) * 2).astype(np.float32),
+                "near": (x + rng.standard_normal((n, v)) * 1e-3).astype(np.float32)}
+        for be in bes:
+            calls = {k: (lambda z=z: fastdiv.evaluate(x, t, reference=z, backend=be)) for k, z in refs.items()}
+            if threads == 1:
+                with fastdiv.threads(1):
+                    ns = _common.ns_per_element(calls, 30, x.size)
+                med = {k: float(np.median(vals)) for k, vals in ns.items()}
+                unit = "ns/element"
+            else:
+                walls = {k: [] for k in calls}
+                for _ in range(7):
+                    for k, f in calls.items():
+                        t0 = time.perf_counter()
+                        f()
+                        walls[k].append(time.perf_counter() - t0)
+                med = {k: float(np.median(vals)) * 1e9 / x.size for k, vals in walls.items()}
+                unit = "ns/element wall"
+            print(f"{n} x {v} {be:6s} independent {med['independent']:.3f}  near {med['near']:.3f} "
+                  f"{unit}  ratio {med['near'] / med['independent']:.2f}", flush=True)
 
 
 if args.cost:

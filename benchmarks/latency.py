@@ -3,7 +3,8 @@ the first call in a new process with the cache warm.  Each is measured in a fres
 
     python benchmarks/latency.py [--backend numba] [--op cross_entropy] [--temperature T]
 
-``kl_div`` compares ``x`` with a row 1e-3 away (the rows its float32 redo takes); a
+``kl_div`` (and ``evaluate``, with it as the reference) compares ``x`` with a row 1e-3 away
+(the rows its float32 redo takes; ``evaluate`` takes no temperature); a
 temperature other than 1 is another numba specialization (the scale is a float, not None).
 """
 from __future__ import annotations
@@ -31,7 +32,8 @@ ops = {"cross_entropy": lambda: fastdiv.cross_entropy(x, t, temperature=T, backe
        "logsumexp": lambda: fastdiv.logsumexp(x, backend=BACKEND),
        "kl_div": lambda: fastdiv.kl_div(x, z, temperature=T, backend=BACKEND),
        "entropy": lambda: fastdiv.entropy(x, temperature=T, backend=BACKEND),
-       "js_div": lambda: fastdiv.js_div(x, z, temperature=T, backend=BACKEND)}
+       "js_div": lambda: fastdiv.js_div(x, z, temperature=T, backend=BACKEND),
+       "evaluate": lambda: fastdiv.evaluate(x, t, reference=z, backend=BACKEND)}
 t3 = time.perf_counter()
 ops[OP]()
 t4 = time.perf_counter()

@@ -75,6 +75,10 @@ def evaluate(x, z, target, st, ix, nthreads):
             st[:, 7] = np.sum(np.where(both, np.exp(dz) * (dz - dx), 0.0), axis=1)
             ix[:, 2] = (np.any((x > -np.inf) & (z == -np.inf), axis=1) * 1
                         + np.any((z > -np.inf) & (x == -np.inf), axis=1) * 2)
+            if st.shape[1] == 10:          # the KL columns, where both rows have a finite maximum
+                kls = (np.isfinite(m) & np.isfinite(mz))[:, None]
+                st[:, 8:10] = np.where(kls, np.stack([reference.kl_rows(x, z), reference.kl_rows(z, x)], axis=1),
+                                       st[:, 8:10])
 
 
 def compare(x, z, target, st, ix, nthreads):

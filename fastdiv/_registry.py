@@ -45,6 +45,10 @@ the thread count.  Semantics are those of ``fastdiv.reference`` (see its docstri
         and in int64 ``ix[i, :3]``: the first index of the maximum of x (meaningful only for
         a finite m), the number of j with ``x_j > xt``, and flags: 1 = some ``x_j > -inf``
         where ``z_j = -inf``, 2 = some ``z_j > -inf`` where ``x_j = -inf`` (a KL of +inf).
+        ``st`` may have 10 columns: with a reference, ``st[i, 8]``, ``st[i, 9]`` = D(x || z),
+        D(z || x) as ``kl_logits`` finishes them (a row pair whose one pass cancelled summed
+        again while in cache; +inf by the flags), for rows where both maxima are finite; the
+        others, and both columns without a reference, are left as the caller filled them.
         While a maximum is ``-inf`` its sums use the shift 0 (never ``-inf - -inf``);
         ``fastdiv._state.finish_rows`` turns the state into results with the row endings of
         ``fastdiv.reference``.  Columns of z are left untouched without a reference.

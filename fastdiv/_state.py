@@ -1,7 +1,8 @@
 """The ``evaluate`` kernel's per-row state and how it becomes per-row results.
 
 The kernel (registry op ``evaluate``, contract in ``fastdiv/_registry.py``) writes per row a
-float64 state ``st[:, 8]`` and an int64 companion ``ix[:, 3]`` (columns below);
+float64 state ``st[:, 8]`` (``st[:, 10]`` with the two KLs the kernel finished itself) and an
+int64 companion ``ix[:, 3]`` (columns below);
 :func:`finish_rows` turns states into per-row results with the row endings of
 ``fastdiv.reference``, once for every backend, for ``cross_entropy``'s options, for
 ``evaluate`` and for merged vocabulary shards (``fastdiv.states``).
@@ -17,8 +18,9 @@ import numpy as np
 
 from . import _registry
 
-#: columns of the float64 state the evaluate kernel writes
-M, S, W, XT, MZ, SZ, WXZ, WZX = range(8)
+#: columns of the float64 state the evaluate kernel writes; KL_MR, KL_RM (a state of 10
+#: columns, with a reference): D(model || ref), D(ref || model) as ``kl_logits`` finishes them
+M, S, W, XT, MZ, SZ, WXZ, WZX, KL_MR, KL_RM = range(10)
 #: columns of its int64 companion
 ARGMAX, COUNT, FLAGS = range(3)
 
@@ -224,12 +226,19 @@ def store_columns(st, ix, merged):
             ix[:, col] = merged[key]
 
 
+def has_kls(st):
+    """Whether the state ``st`` holds the KLs the kernel finished itself (KL_MR, KL_RM)."""
+    return st.shape[1] > KL_RM
+
+
 def finish_state(st, ix, counted, topk, reference):
     """:func:`finish_rows` of the kernel's whole ``(st, ix)`` (``reference``: whether it
-    computed the KL columns)."""
+    computed the KL columns): the kernel's own KLs where the state has them, else the one
+    pass's (:func:`sum_kls`)."""
     kl = None
     if reference:
-        kl = (st[:, MZ], st[:, SZ], ix[:, FLAGS]) + sum_kls(st[:, S], st[:, SZ], st[:, WXZ], st[:, WZX])
+        kls = (st[:, KL_MR], st[:, KL_RM]) if has_kls(st) else sum_kls(st[:, S], st[:, SZ], st[:, WXZ], st[:, WZX])
+        kl = (st[:, MZ], st[:, SZ], ix[:, FLAGS]) + kls
     return finish_rows(st[:, M], st[:, S], st[:, W], st[:, XT], counted, ix[:, COUNT], ix[:, ARGMAX], topk, kl)
 
 

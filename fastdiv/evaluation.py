@@ -2,11 +2,14 @@
 
 One kernel (registry op ``evaluate``, contract in ``fastdiv/_registry.py``) writes a small
 mergeable state per row -- max, scaled sums, the target's logit, the argmax, the number of
-classes above the target and, with a reference, the KL sums -- which
+classes above the target and, with a reference, the KL sums and the two KLs -- which
 ``fastdiv._state.finish_rows`` turns into per-row results, once for every backend and for
 merged vocabulary shards (``fastdiv.states``).  Options come from ``fastdiv.plan.evaluate``,
-the aggregates from ``fastdiv.reduce``.  The KL sums' one pass cancels for nearly equal rows;
-the CPU backends sum those rows again by ``kl_div``'s kernel (``fastdiv.execute.mend_near_kl``).
+the aggregates from ``fastdiv.reduce``.  The KL sums' one pass cancels for nearly equal rows:
+the CPU kernels finish each row's KLs as ``kl_div``'s kernels do, summing such a row pair again
+while it is still in cache; by vocabulary tiles (``fastdiv.linear`` heads), where no tile holds
+a whole row, those rows are read again and summed by ``kl_div``'s kernel
+(``fastdiv.execute.mend_near_kl``).
 
 Top-k and ties: ``rank`` is the number of classes whose logit is *strictly* greater than the
 target's, and the target is within the top k iff ``rank < k``: a class tied with the target
@@ -154,8 +157,8 @@ def evaluate(logits: ArrayLike, target: ArrayLike, *, topk: int | Sequence[int] 
         Which KL is ``kl`` / ``mean_kl``: ``D(P_ref || P_model)`` (distillation's forward KL,
         the default) or ``D(P_model || P_ref)`` (RLHF's penalty).  Both are always available
         per row as ``kl_ref_model`` and ``kl_model_ref``, as accurate near 0 as
-        :func:`kl_div`'s (rows whose one pass cancelled are summed again by its kernel: one
-        more read of those rows; on cuda only float64 rows cancel).
+        :func:`kl_div`'s (rows whose one pass cancelled are summed again as its kernel sums
+        them, from cache; on cuda only float64 rows cancel).
     ignore_index : int
         Rows with this target are left out of every aggregate.
     z_loss : float >= 0
@@ -197,7 +200,7 @@ def evaluate(logits: ArrayLike, target: ArrayLike, *, topk: int | Sequence[int] 
     t, counted, local = execute.state_targets(plan, target, lead, v)
     st, ix, dtype = execute.run_state(plan.backend, x, local, z, plan.softcap)
     rows = _state.finish_state(st, ix, counted, plan.topk, z is not None)
-    if z is not None:
+    if z is not None and not _state.has_kls(st):        # by vocabulary tiles
         execute.mend_near_kl(plan.backend, x, z, plan.softcap, st, dtype, rows)
     return row_results(rows, lead, dtype, plan.topk, counted, plan.kl_direction, plan.z_loss)
 

@@ -600,14 +600,17 @@ def run_blocks(arrays, dtype, softcap, fn):
 # --------------------------------------------------------------------------- the evaluate state
 
 
-#: the per-row state of each state op (``fastdiv._registry``): (float64 columns, int64 columns)
+#: the per-row state of each state op (``fastdiv._registry``): (float64 columns, int64 columns);
+#: evaluate with a reference has two more, its KLs (``_state.KL_MR``, ``_state.KL_RM``)
 STATE_COLUMNS = {"evaluate": (8, 3), "compare": (12, 4)}
 
 
 def run_state(backend, x, target, reference=None, softcap=None, per_block=None, op="evaluate", rank=True):
     """The state of kernel ``op`` for every row: ``(st float64[rows, 8], ix int64[rows, 3],
     dtype)`` for ``evaluate`` (``STATE_COLUMNS`` gives the widths of each op; ``compare``
-    needs ``reference``: the base's logits).
+    needs ``reference``: the base's logits).  evaluate's state with a reference has its two
+    KL columns too (``st[:, 10]``), except by vocabulary tiles, where no tile holds a whole
+    row (``_state.has_kls`` tells; :func:`mend_near_kl` finishes such states' KLs).
 
     ``target``: int64[rows]; values outside ``[0, V)`` mean "no target in this row".
     ``per_block(r0, r1, xblock)`` is also called on each (soft-capped) block, for callers that
@@ -618,6 +621,8 @@ def run_state(backend, x, target, reference=None, softcap=None, per_block=None, 
     dtype = out_dtype(*arrays)
     n = nrows(x)
     ncol, nix = STATE_COLUMNS[op]
+    if op == "evaluate" and reference is not None:
+        ncol = _state.KL_RM + 1
     st = np.full((n, ncol), np.nan)
     ix = np.zeros((n, nix), dtype=np.int64)
     if n == 0:
@@ -662,14 +667,16 @@ def take_rows(a, index, dtype, out):
 def mend_near_kl(backend, x, z, softcap, st, dtype, rows, log_ratio=None):
     """The KL columns of ``rows`` (``finish_state``'s dict) summed again by ``backend``'s
     ``kl_logits`` kernel for the rows where evaluate's one pass cancelled
-    (``_state.near_kl_rows``): that kernel sums such rows class by class (float32) or without
-    cancelling (float64), so ``evaluate``'s KL columns, and KL over vocabulary tiles, have
-    ``kl_div``'s accuracy near 0.  Those rows of ``x`` (soft-capped, as the state's pass saw
-    them) and ``z`` are read again into two buffers of ``rows_per_block`` rows, each block
-    then read twice from cache (one call per direction).
+    (``_state.near_kl_rows``), for a state without the kernel's own KLs (``_state.has_kls``:
+    by vocabulary tiles, where no tile holds a whole row): that kernel sums such rows class by
+    class (float32) or without cancelling (float64), so the KL columns have ``kl_div``'s
+    accuracy near 0.  Those rows of ``x`` (soft-capped, as the state's pass saw them) and ``z``
+    are read again into two buffers of ``rows_per_block`` rows, each block then read twice
+    from cache (one call per direction).  A state with its KLs needs nothing more: the kernel
+    summed those rows again itself, while they were in cache.
 
-    ``log_ratio`` (float64 per row, ``fastdiv.states``' slices): those rows' ``c = lse(z) -
-    lse(x)`` is formed again too, as ``(mz - m) - wxz / s + D(x || z)`` with the kernel's
+    ``log_ratio`` (float64 per row, ``fastdiv.states``' slices): the near rows' ``c = lse(z) -
+    lse(x)`` is formed again too, as ``(mz - m) - wxz / s + D(x || z)`` with the accurate
     ``D``: the identity ``D = wxz / s - log s + log sz`` turned around.  ``wxz``'s terms are
     ``(x - m) - (z - mz)``, small where the rows are near, so its rounding is a share of c's
     small part, where ``(mz + log sz) - (m + log s)`` carries the sums' ~1e-7 relative error
@@ -678,6 +685,26 @@ def mend_near_kl(backend, x, z, softcap, st, dtype, rows, log_ratio=None):
     index = _state.near_kl_rows(st, rows, dtype)
     if index.size == 0:
         return
+    if _state.has_kls(st):
+        mr, rm = rows["kl_model_ref"][index], rows["kl_ref_model"][index]
+    else:
+        mr, rm = _near_kls_again(backend, x, z, softcap, dtype, index)
+        rows["kl_model_ref"][index] = mr
+        rows["kl_ref_model"][index] = rm
+    if log_ratio is not None:
+        near = st[index]
+        dm = near[:, _state.MZ] - near[:, _state.M]
+        with np.errstate(invalid="ignore"):
+            # D(z || x) = wzx / sz - log sz + log s likewise, where D(x || z) is +inf (x has mass
+            # where z has none); where both are, the state's own c stays
+            c = np.where(np.isfinite(mr), dm - near[:, _state.WXZ] / near[:, _state.S] + mr,
+                         np.where(np.isfinite(rm), dm + near[:, _state.WZX] / near[:, _state.SZ] - rm, log_ratio[index]))
+        log_ratio[index] = c
+
+
+def _near_kls_again(backend, x, z, softcap, dtype, index):
+    """Both KLs of rows ``index`` of ``x`` and ``z`` by ``backend``'s ``kl_logits`` kernel
+    (:func:`mend_near_kl`), in the input's working ``dtype``."""
     kern = _registry.kernel(backend, "kl_logits")
     v = x.shape[-1]
     step = min(index.size, rows_per_block(v, dtype.itemsize))
@@ -691,17 +718,7 @@ def mend_near_kl(backend, x, z, softcap, st, dtype, rows, log_ratio=None):
             xb = apply_softcap(xb, softcap, dtype, out=bc[:part.size])
         kern(xb, zb, 1.0, mr[a:a + step], get_num_threads())
         kern(zb, xb, 1.0, rm[a:a + step], get_num_threads())
-    if log_ratio is not None:
-        near = st[index]
-        dm = near[:, _state.MZ] - near[:, _state.M]
-        with np.errstate(invalid="ignore"):
-            # D(z || x) = wzx / sz - log sz + log s likewise, where D(x || z) is +inf (x has mass
-            # where z has none); where both are, the state's own c stays
-            c = np.where(np.isfinite(mr), dm - near[:, _state.WXZ] / near[:, _state.S] + mr,
-                         np.where(np.isfinite(rm), dm + near[:, _state.WZX] / near[:, _state.SZ] - rm, log_ratio[index]))
-        log_ratio[index] = c
-    rows["kl_model_ref"][index] = mr
-    rows["kl_ref_model"][index] = rm
+    return mr, rm
 
 
 def state_targets(plan, target, lead, v):

@@ -19,8 +19,9 @@ the chain rule: with ``P_a``, ``Q_a`` the slices' masses in the union,
 
 every term >= 0, so nothing cancels as the two rows near each other (the one-pass sums
 ``sum p (x - z)`` did, to the KL's rounding error: float32 KLs near 5e-9 came out up to 16x
-off, before 2026-12-07).  Where a slice's one pass cancelled, its KLs are ``kl_div``'s and
-its ``c`` is formed from them (``fastdiv.execute.mend_near_kl``).
+off, before 2026-12-07).  Where a slice's one pass cancelled, its KLs are summed again as
+``kl_div``'s kernel sums them (the evaluate kernel's KL columns) and its ``c`` is formed from
+them (``fastdiv.execute.mend_near_kl``).
 :func:`finalize` turns a state covering the whole vocabulary into the :class:`Evaluation` of
 ``fastdiv.evaluate`` (``lse``, ``entropy``, ``nll``, ``kl_model_ref`` / ``kl_ref_model``,
 accuracies), so ``cross_entropy``, ``logsumexp``, ``entropy``, ``kl_div`` and ``evaluate``

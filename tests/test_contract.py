@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import backend_params
-from fastdiv import _registry
+from fastdiv import _registry, reference as R
 
 
 @pytest.fixture
@@ -111,6 +111,55 @@ def test_every_host_backend_implements_the_contract():
             continue
         missing = [op for op in _registry.OPS if not callable(getattr(module, op, None))]
         assert not missing, f"{backend} lacks {missing}"
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("v", [1, 51, 1271, 5000])
+def test_evaluate_finishes_both_kls_in_ten_columns(module, rng, dtype, v):
+    """evaluate's state of 10 columns with a reference: st[:, 8:10] = D(x || z), D(z || x),
+    with kl_div's accuracy, on independent rows, rows 1e-3 apart (whose one pass cancels;
+    summed again by the kernel), masked classes in x only (D(z || x) = +inf) and in both, a
+    row offset by 1000; rows with NaN, +inf or every class masked keep the caller's NaN
+    (finish_rows' endings); the first 8 columns as with 8; on 1 and 3 threads; without a
+    reference the two columns stay as the caller left them."""
+    n = 24
+    x, z, _, t, _ = _inputs(rng, n, v, dtype)
+    x[:, 0] = np.maximum(x[:, 0], 0)                  # a class each
+    near = slice(8, 16)
+    z[near] = (x[near] + rng.standard_normal((8, v)) * 1e-3).astype(dtype)
+    z[9] = x[9]                                       # equal rows: both 0
+    z[10] = (x[10] + 1000).astype(dtype)              # offset rows: both 0 up to rounding
+    z[16:20] = np.where(np.isfinite(x[16:20]), z[16:20], -np.inf)   # masked in both
+    x[20, 0], z[21, 0], x[22, 0] = np.nan, np.inf, np.inf
+    x[23], z[23] = -np.inf, z[23]
+    x64, z64 = x.astype(np.float64), z.astype(np.float64)
+    with np.errstate(all="ignore"):
+        fin = np.isfinite(np.max(x64, axis=1)) & np.isfinite(np.max(z64, axis=1))
+        want = np.stack([R.kl_rows(x64, z64), R.kl_rows(z64, x64)], axis=1)
+    tol = dict(rtol=2e-5, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-13)
+    for nthreads in (1, 3):
+        st8 = np.full((n, 8), np.nan)
+        ix8 = np.zeros((n, 3), dtype=np.int64)
+        module.evaluate(x, z, t, st8, ix8, nthreads)
+        st = np.full((n, 10), np.nan)
+        ix = np.zeros((n, 3), dtype=np.int64)
+        module.evaluate(x, z, t, st, ix, nthreads)
+        np.testing.assert_array_equal(st[:, :8], st8)
+        np.testing.assert_array_equal(ix, ix8)
+        assert np.isnan(st[~fin, 8:]).all()
+        np.testing.assert_allclose(st[fin, 8:], want[fin], **tol, err_msg=f"{nthreads} threads")
+        rel = np.abs(st[near, 8:] - want[near]) / np.where(want[near] > 0, want[near], 1.0)
+        rel[1] = np.abs(st[9, 8:])                    # equal rows: exactly 0 wanted
+        # the offset row (KL ~1e-10 from x + 1000's rounding) is as far as kl_div's own
+        # float32 form gets there (d from the logits less their shifts: 1.5e-3 at 51 classes)
+        off = rel[2].copy()
+        rel[2] = 0
+        assert rel.max() < (1e-5 if dtype == np.float32 else 1e-9), rel.max()
+        assert off.max() < (5e-3 if dtype == np.float32 else 1e-9), off
+        st = np.full((n, 10), np.nan)
+        module.evaluate(x, z[:0], t, st, ix, nthreads)
+        assert np.isnan(st[:, 8:]).all()
 
 
 @pytest.mark.parametrize("backend", backend_params())

@@ -223,8 +223,8 @@ def test_docstring_examples_run():
 def test_kl_columns_of_nearby_rows_keep_their_relative_accuracy(backend, dtype, v, sigma):
     """Both KL columns, whatever the layout and with softcap: evaluate's one pass cancels to
     a KL ~ sigma^2 / 2 (float32, 50257 classes, N(0, 1e-3): 1.8 % (Cython) and 4.7 % (numba)
-    off at the median, 4x at worst for 51 classes, before 2026-12-07); the rows it flags are
-    summed again by kl_logits (fastdiv.execute.mend_near_kl), which has kl_div's accuracy."""
+    off at the median, 4x at worst for 51 classes, before 2026-12-07); the kernels sum such
+    rows again as kl_logits does, with kl_div's accuracy."""
     t = np.arange(8) % v
     tol = 1e-4 if dtype == np.float32 else 1e-9
     for cap in (None, 30.0):
@@ -243,3 +243,24 @@ def test_kl_columns_of_nearby_rows_keep_their_relative_accuracy(backend, dtype, 
             assert res.kl_ref_model.ravel()[1] == 0 and res.kl_model_ref.ravel()[1] == 0
         np.testing.assert_allclose(res.kl_ref_model.ravel(), want_rm, rtol=tol, atol=1e-30)
         np.testing.assert_allclose(res.kl_model_ref.ravel(), want_mr, rtol=tol, atol=1e-30)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("v", [37, 1000])
+def test_kl_columns_of_confident_rows_keep_their_relative_accuracy(backend, dtype, v):
+    """Rows with one class far above the rest in both (p ~ q ~ 1 - 1e-10 .. 1 - 1e-14) and
+    independent tails: KL ~1e-14 .. 1e-8, the difference of two tiny tail masses.  Summed again
+    with a vector's near class (the top one) taken by the far terms q - p - p d, it cancelled
+    to its p's rounding: 10-90 % off on Cython in a first version of the kernel's own KL
+    columns (2026-12-07), whose sums keep the tails' mass where kl_div's round it away."""
+    rng = np.random.default_rng(v)
+    x = (rng.standard_normal((16, v)) * 3).astype(dtype)
+    z = (rng.standard_normal((16, v)) * 3).astype(dtype)
+    x[:8, 0] = z[:8, 0] = 30.0
+    x[8:, 0] = z[8:, 0] = 40.0
+    res = fastdiv.evaluate(x, np.zeros(16, np.int64), reference=z, backend=backend)
+    tol = 1e-5 if dtype == np.float32 else 1e-9
+    x64, z64 = x.astype(np.float64), z.astype(np.float64)
+    np.testing.assert_allclose(res.kl_model_ref, R.kl_rows(x64, z64), rtol=tol, atol=0)
+    np.testing.assert_allclose(res.kl_ref_model, R.kl_rows(z64, x64), rtol=tol, atol=0)

@@ -61,9 +61,9 @@ typedef struct {
     double (*kl_probs_f32)(const float *p, const float *q, ptrdiff_t V);
     double (*kl_probs_f64)(const double *p, const double *q, ptrdiff_t V);
     void (*eval_row_f32)(const float *x, const float *z, ptrdiff_t V, int64_t t, double *st,
-                         int64_t *ix);
+                         int64_t *ix, int kl);
     void (*eval_row_f64)(const double *x, const double *z, ptrdiff_t V, int64_t t, double *st,
-                         int64_t *ix);
+                         int64_t *ix, int kl);
     /* the compare op of _evaluate_rows.h (its own OpenMP region; -1: out of memory) */
     int (*compare_rows_f32)(const float *x, const float *z, ptrdiff_t rows, ptrdiff_t V,
                             const int64_t *target, double *st, int64_t *ix, int nthreads);

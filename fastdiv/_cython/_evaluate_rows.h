@@ -138,7 +138,7 @@ static inline ptrdiff_t FI(fd_cmp_layout)(FD_T *scr, ptrdiff_t V, FD_T **ex, FD_
    exponentials against its shifts shx_c[c], shz_c[c] -- and in *amz the chunk holding z's
    first maximum, both valid for a row without +inf in x or z. */
 FD_INLINE void FI(fd_eval_pass)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_t t, double *st,
-                                int64_t *ix, FD_T *scr, ptrdiff_t *amz)
+                                int64_t *ix, FD_T *scr, ptrdiff_t *amz, double *moved)
 {
     FD_T *ex, *ez, *shx_c, *shz_c;
     FI(fd_cmp_layout)(scr, V, &ex, &ez, &shx_c, &shz_c);
@@ -174,6 +174,7 @@ FD_INLINE void FI(fd_eval_pass)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64
                 acc[0] = acc[1] = acc[3] = 0.0;
             } else {
                 double delta = (double)m - (double)mc, f = exp(delta);
+                if (moved) *moved -= delta;
                 acc[1] = f * (acc[1] + delta * acc[0]);
                 acc[3] = f * (acc[3] + delta * acc[0]);
                 acc[4] -= delta * acc[2];
@@ -194,6 +195,7 @@ FD_INLINE void FI(fd_eval_pass)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64
                         acc[2] = acc[4] = 0.0;
                     } else {
                         double delta = (double)mz - (double)mzc, f = exp(delta);
+                        if (moved) *moved -= delta;
                         acc[4] = f * (acc[4] + delta * acc[2]);
                         acc[3] -= delta * acc[0];
                         acc[2] *= f;
@@ -238,10 +240,33 @@ FD_INLINE void FI(fd_eval_pass)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64
     }
 }
 
+/* One row of the evaluate op.  kl (with z): st[8], st[9] = D(x || z), D(z || x), finished from
+   the pass's sums as kl_logits finishes its rows (fd_kl_one): a row pair whose one-pass KL
+   has cancelled toward its rounding is summed again while it is still in L2 (fd_kl_again),
+   in float32 both directions in one read (fd_kl_near32_pair); +inf where the flags say so.
+   Where either row has no finite maximum (NaN, +inf, every class masked) both stay as the
+   caller left them: finish_rows' endings take those rows.  moved: how far the two shifts rose
+   while sums were carried (their rescales add to the one-pass error, as in fd_kl_long). */
 static void FI(fd_eval_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_t t, double *st,
-                            int64_t *ix)
+                            int64_t *ix, int kl)
 {
-    FI(fd_eval_pass)(x, z, V, t, st, ix, NULL, NULL);
+    double moved = 0.0;
+    FI(fd_eval_pass)(x, z, V, t, st, ix, NULL, NULL, &moved);
+    if (!kl || !z || !isfinite(st[0]) || !isfinite(st[4])) return;
+    const FD_T mx = (FD_T)st[0], mz = (FD_T)st[4];
+    const int fwd = !(ix[2] & 1), bwd = !(ix[2] & 2); /* the flags' direction is +inf */
+    double lsx = 0.0, lsz = 0.0, dmr = INFINITY, drm = INFINITY;
+    int again_mr = 0, again_rm = 0;
+    if (fwd) dmr = FI(fd_kl_one)(st[1], st[5], st[6], moved, &again_mr, &lsx, &lsz);
+    if (bwd) drm = FI(fd_kl_one)(st[5], st[1], st[7], moved, &again_rm, &lsz, &lsx);
+    if (sizeof(FD_T) == 4 && fwd && bwd && (again_mr || again_rm)) {
+        dmr = FI(fd_kl_near32_pair)(x, z, V, mx, mz, lsx, lsz, &drm);
+    } else {
+        if (again_mr) dmr = FI(fd_kl_again)(x, z, V, mx, mz, lsx, lsz);
+        if (again_rm) drm = FI(fd_kl_again)(z, x, V, mz, mx, lsz, lsx);
+    }
+    st[8] = dmr;
+    st[9] = drm;
 }
 
 /* #(x_j > xr): compare's rank without its JS pass */
@@ -273,14 +298,14 @@ static void FI(fd_compare_row)(const FD_T *x, const FD_T *z, ptrdiff_t V, int64_
                                int64_t *ix, FD_T *scr)
 {
     ptrdiff_t amz = 0;
-    FI(fd_eval_pass)(x, z, V, t, st, ix, scr, &amz);
+    FI(fd_eval_pass)(x, z, V, t, st, ix, scr, &amz, NULL);
     const double mx = st[0], mz = st[4];
     const int inf_x = mx == INFINITY || (isnan(mx) && st[1] == st[1]); /* NaN m with a clean s: +inf met */
     const int inf_z = mz == INFINITY;
     if (inf_x || inf_z) {
         double sb[8] = {0, 0, 0, NAN, 0, 0, 0, 0};   /* sb[3]: no threshold */
         int64_t ib[3];
-        FI(fd_eval_pass)(z, NULL, V, t, sb, ib, NULL, NULL);
+        FI(fd_eval_pass)(z, NULL, V, t, sb, ib, NULL, NULL, NULL);
         st[4] = sb[0];
         st[5] = sb[1];
         st[8] = sb[3];

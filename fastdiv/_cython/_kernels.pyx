@@ -114,9 +114,9 @@ cdef extern from "_dispatch.h" nogil:
         double (*kl_probs_f64)(const double *p, const double *q, Py_ssize_t V) noexcept nogil
         # evaluate (_evaluate.h)
         void (*eval_row_f32)(const float *x, const float *z, Py_ssize_t V, int64_t t,
-                             double *st, int64_t *ix) noexcept nogil
+                             double *st, int64_t *ix, int kl) noexcept nogil
         void (*eval_row_f64)(const double *x, const double *z, Py_ssize_t V, int64_t t,
-                             double *st, int64_t *ix) noexcept nogil
+                             double *st, int64_t *ix, int kl) noexcept nogil
         # compare (_evaluate_rows.h)
         int (*compare_rows_f32)(const float *x, const float *z, Py_ssize_t rows, Py_ssize_t V,
                                 const int64_t *target, double *st, int64_t *ix, int nthreads) noexcept nogil
@@ -380,21 +380,23 @@ def _ce_soft_native(const floating[:, ::1] x, const floating[:, ::1] p, const fl
 
 def evaluate(const floating[:, ::1] x, const floating[:, ::1] z, const int64_t[::1] target,
              double[:, ::1] st, int64_t[:, ::1] ix, int nthreads):
-    """The evaluate state per row (contract: fastdiv/_registry.py); z with 0 rows: none."""
+    """The evaluate state per row (contract: fastdiv/_registry.py); z with 0 rows: none; st with
+    10 columns: the two KLs too."""
     cdef Py_ssize_t i, rows = x.shape[0], V = x.shape[1]
     cdef int nt = _check(rows, V, st.shape[0], nthreads)
     cdef bint has_ref = z.shape[0] != 0
+    cdef int kl = has_ref and st.shape[1] == 10
     if has_ref:
         _check2(rows, V, z.shape[0], z.shape[1])
-    if target.shape[0] != rows or ix.shape[0] != rows or st.shape[1] != 8 or ix.shape[1] != 3:
-        raise ValueError(f"evaluate: target must have shape ({rows},), st ({rows}, 8), ix ({rows}, 3)")
+    if target.shape[0] != rows or ix.shape[0] != rows or st.shape[1] not in (8, 10) or ix.shape[1] != 3:
+        raise ValueError(f"evaluate: target must have shape ({rows},), st ({rows}, 8 or 10), ix ({rows}, 3)")
     if rows == 0:
         return
     for i in prange(rows, nogil=True, schedule='static', num_threads=nt):
         if floating is float:
-            T.eval_row_f32(&x[i, 0], &z[i, 0] if has_ref else NULL, V, target[i], &st[i, 0], &ix[i, 0])
+            T.eval_row_f32(&x[i, 0], &z[i, 0] if has_ref else NULL, V, target[i], &st[i, 0], &ix[i, 0], kl)
         else:
-            T.eval_row_f64(&x[i, 0], &z[i, 0] if has_ref else NULL, V, target[i], &st[i, 0], &ix[i, 0])
+            T.eval_row_f64(&x[i, 0], &z[i, 0] if has_ref else NULL, V, target[i], &st[i, 0], &ix[i, 0], kl)
 
 
 def compare(const floating[:, ::1] x, const floating[:, ::1] z, const int64_t[::1] target,

@@ -398,24 +398,30 @@ FD_INLINE int FI(fd_mixed_row)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, FD_V
    _divergence_rows.h), with d = lq - lp and q = p e^d: where a vector has every |d| < 2,
    p (e^d - 1 - d) = p d^2 E(d) (fd_kl_near_f32, terms >= 0), elsewhere q - p and p d with
    d = lq - lp, which do not cancel there; sum (q - p) = 0 joins them, D = sum p (e^d - 1 - d)
-   + sum (q - p) - sum p d, with d as fd_near_c says.
-   Called with both rows finite, no class of P masked in Q (D would be +inf). */
-static double FI(fd_kl_near32)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, FD_T mx, FD_T mz,
-                               double lsxd, double lszd)
+   + sum (q - p) - sum p d, with d as fd_near_c says.  both (a constant at each call): *rev =
+   D(Q || P) from the same read, as compare sums it: the Jeffreys terms (q - p) d = p d^2
+   (1 + d E(d)) where |d| < 2, q d elsewhere, D(Q || P) = sum (q - p) d - sum p (e^d - 1 - d)
+   + sum q d - sum (q - p) (terms >= 0 but for the far sums, which do not cancel).
+   Called with both rows finite, no class of P masked in Q (D would be +inf; with both, no
+   class of Q masked in P either). */
+FD_INLINE double FI(fd_kl_near32_body)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, FD_T mx,
+                                       FD_T mz, double lsxd, double lszd, double *rev,
+                                       const int both)
 {
 #if FD_INST == 1
-    (void)x; (void)z; (void)V; (void)mx; (void)mz; (void)lsxd; (void)lszd;
+    (void)x; (void)z; (void)V; (void)mx; (void)mz; (void)lsxd; (void)lszd; (void)rev; (void)both;
     return NAN;
 #else
     const fd_vf shxv = fd_splat_f32(mx), shzv = fd_splat_f32(mz);
     const fd_vf lsxv = fd_splat_f32((float)lsxd), lszv = fd_splat_f32((float)lszd);
     const fd_vf lo = fd_splat_f32(-1e30f), four = fd_splat_f32(4.0f), zero = {0};
+    const fd_vf one1 = fd_splat_f32(1.0f);
     int offset;
     const fd_vf cdv = fd_splat_f32(FI(fd_near_c)(mx, mz, lsxd, lszd, &offset));
-    double kp = 0.0, qp = 0.0, pd = 0.0;
+    double kp = 0.0, kj = 0.0, qp = 0.0, pd = 0.0, qd = 0.0;
     for (ptrdiff_t j0 = 0; j0 < V; j0 += FD_CH) {
         const ptrdiff_t n = V - j0 < FD_CH ? V - j0 : FD_CH;
-        fd_vf akp = {0}, aqp = {0}, apd = {0}, tc;
+        fd_vf akp = {0}, akj = {0}, aqp = {0}, apd = {0}, aqd = {0}, tc;
         for (ptrdiff_t j = 0; j < n; j += FD_W) {
             fd_vf xv, zv;
             if (j + FD_W <= n) {
@@ -431,32 +437,80 @@ static double FI(fd_kl_near32)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, FD_T
             fd_vf d = FI(fd_near_dv)(xv, zv, shxv, shzv, cdv, offset);
             fd_vf s = fd_max0_f32(d * d);
             const fd_mf near = fd_lt_f32(s, four);
-            fd_mf one;
             if (fd_all_f32(near)) {
                 d = fd_sel_f32(fd_eq_f32(d, d), d, zero); /* masked in both rows: p = 0 */
-                akp += p * s * fd_kl_near_f32(d);
-            } else if (FI(fd_near_mixed)(xv, zv, s, 1, 1, &one)) {
+                fd_vf e = fd_kl_near_f32(d), ps = p * s;
+                akp += ps * e;
+                if (both) akj += ps * (d * e + one1);
+            } else if (fd_popcount_f32(near)) {
                 /* lane by lane: the near lanes as above, the others as below, a class
                    masked in P (d = +inf where Q is not) among them: p = 0, so it adds its
-                   q - p = q and 0 * (lq - LO) = 0.  Sent to q - p - p d with them, the near
-                   lanes cancel: P masked at 20 % of its classes, rows 1e-3 apart, KL 2 % off */
+                   q - p = q and 0 * (lq - LO) = 0.  Sent to q - p - p d with them, a near
+                   lane cancels to its p's rounding: P masked at 20 % of its classes, rows
+                   1e-3 apart, KL 2 % off; rows with one class far above the rest in both
+                   (p ~ q ~ 1 - 1e-10) and independent tails, KL ~1e-10, 10-90 % off where
+                   only a vector with at most half its lanes wide was taken so (2026-12-07) */
                 d = fd_sel_f32(near, fd_sel_f32(fd_eq_f32(d, d), d, zero), zero);
-                akp += p * fd_sel_f32(near, s, zero) * fd_kl_near_f32(d);
+                fd_vf e = fd_kl_near_f32(d), ps = p * fd_sel_f32(near, s, zero);
+                akp += ps * e;
+                if (both) akj += ps * (d * e + one1);
                 fd_vf q = fd_expn_f32(lq, &tc), dl = lq - lp;
                 aqp = fd_add_unless_f32(aqp, near, q - p);
                 apd = fd_add_unless_f32(apd, near, p * dl);
+                if (both) aqd = fd_add_unless_f32(aqd, near, q * dl);
             } else {
                 fd_vf q = fd_expn_f32(lq, &tc), dl = lq - lp;
                 aqp += q - p;
                 apd += p * dl;
+                if (both) aqd += q * dl;
             }
         }
         kp += fd_hsum_f32(akp);
         qp += fd_hsum_f32(aqp);
         pd += fd_hsum_f32(apd);
+        if (both) {
+            kj += fd_hsum_f32(akj);
+            qd += fd_hsum_f32(aqd);
+        }
     }
+    if (both) *rev = (kj - kp) + (qd - qp);
     return kp + (qp - pd);
 #endif
+}
+
+static double FI(fd_kl_near32)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, FD_T mx, FD_T mz,
+                               double lsxd, double lszd)
+{
+    return FI(fd_kl_near32_body)(x, z, V, mx, mz, lsxd, lszd, NULL, 0);
+}
+
+/* Both directions of fd_kl_near32 in one read: returns D(P || Q), *rev = D(Q || P). */
+static inline double FI(fd_kl_near32_pair)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, FD_T mx,
+                                    FD_T mz, double lsxd, double lszd, double *rev)
+{
+    return FI(fd_kl_near32_body)(x, z, V, mx, mz, lsxd, lszd, rev, 1);
+}
+
+/* The one-pass KL D = w / sx - log sx + log sz of a row pair with finite maxima and no class of
+   P masked in Q; *again: D has cancelled toward the pass's rounding, so the row pair must be
+   summed again (fd_kl_exact in float64, fd_kl_near32 in float32).  Its terms are of order
+   fd_kl_scale (moved: how far the references rose while sums were carried, the rescales'
+   error); *lsx, *lsz: the logs of the sums. */
+static inline double FI(fd_kl_one)(double sx, double sz, double w, double moved, int *again,
+                                   double *lsx, double *lsz)
+{
+    const double wsx = w / sx, d = wsx - (*lsx = log(sx)) + (*lsz = log(sz));
+    *again = d < (sizeof(FD_T) == 8 ? FD_KL_EXACT_BELOW : FD_KL32_NEAR_BELOW) * fd_kl_scale(wsx, *lsx, *lsz, moved);
+    return d;
+}
+
+/* D(P || Q) of a row pair fd_kl_one could not finish, summed again without cancelling (lsx,
+   lsz: the logs of its sums). */
+static inline double FI(fd_kl_again)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, FD_T mx, FD_T mz,
+                                     double lsx, double lsz)
+{
+    return sizeof(FD_T) == 8 ? FI(fd_kl_exact)(x, z, V, (double)mx, (double)mz, lsx - lsz)
+                             : FI(fd_kl_near32)(x, z, V, mx, mz, lsx, lsz);
 }
 
 /* moved: how far the references rose while sums were carried (the rescales' error) */
@@ -467,12 +521,10 @@ static inline double FI(fd_kl_finish)(FD_T mx, FD_T mz, double sx, double sz, do
     if (mx == FD_POS_INF || mz == FD_POS_INF) return NAN; /* softmax undefined */
     if (mx == FD_NEG_INF) return 0.0;                     /* P has empty support */
     if (mxz != FD_NEG_INF) return INFINITY; /* some p_j > 0 where q_j = 0 (covers Q all masked) */
-    double wsx = w / sx, lsx = log(sx), lsz = log(sz), d = wsx - lsx + lsz;
-    if (sizeof(FD_T) == 8 && d < FD_KL_EXACT_BELOW * fd_kl_scale(wsx, lsx, lsz, moved))
-        return FI(fd_kl_exact)(x, z, V, (double)mx, (double)mz, lsx - lsz);
-    if (sizeof(FD_T) == 4 && d < FD_KL32_NEAR_BELOW * fd_kl_scale(wsx, lsx, lsz, moved))
-        return FI(fd_kl_near32)(x, z, V, mx, mz, lsx, lsz);
-    return d;
+    double lsx, lsz;
+    int again;
+    const double d = FI(fd_kl_one)(sx, sz, w, moved, &again, &lsx, &lsz);
+    return again ? FI(fd_kl_again)(x, z, V, mx, mz, lsx, lsz) : d;
 }
 
 /* The KL accumulation over one segment [0, n) of both rows (shifts shx, shz). */

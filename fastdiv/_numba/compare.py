@@ -46,7 +46,7 @@ def _compare(x, z, target, st, ix, scratch, refs):
         t = target[i]
         has_t = 0 <= t < v
         xt = row[t] if has_t else cast(np.nan, row[0])
-        m, s, w, mz, sz, wxz, wzx, _, am, amz, flags = _xz_row(row, zrow, xt, ex, ez, refs)
+        m, s, w, mz, sz, wxz, wzx, _, am, amz, flags, _ = _xz_row(row, zrow, xt, ex, ez, refs)
         _store_xz(st, ix, i, row, xt, m, s, w, mz, sz, wxz, wzx, am, flags)
         st[i, 8] = zrow[t] if has_t else np.nan
         top = _locate(zrow, amz, CHUNK, mz)

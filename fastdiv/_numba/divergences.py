@@ -292,6 +292,17 @@ def _js_max_d2(xs, zs, cd):
 
 
 @njit(**_INLINE)
+def _js_min_d2(xs, zs, cd):
+    """min d^2 over xs, zs (d of _js_d: 0 for a class masked in both rows)."""
+    m = cast(_INF, cd[2])
+    for j in range(xs.shape[0]):
+        d = _js_d(xs[j], zs[j], cd)
+        d2 = d * d
+        m = d2 if d2 < m else m
+    return m
+
+
+@njit(**_INLINE)
 def _js_wide_count(xs, zs, cd, one_sided):
     """#classes with d^2 >= MIXED_WIDE over xs, zs, those masked in one row only (d = +-inf)
     among them where one_sided (a constant); counted in floats under one test, which

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .long_rows import _kls_of_state
 from .row_state import ROW_CHUNK, _row_state_t
 from . import threads
 from .threads import PAR, share
@@ -134,8 +135,9 @@ def _evaluate_x(x, target, st, ix):
 
 @njit(**_INLINE)
 def _xz_row(row, zrow, xt, ex, ez, refs):
-    """One row of x with reference z: (m, s, w, mz, sz, wxz, wzx, cnt, am, amz, flags), am and
-    amz the chunks where x's and z's first maxima were last raised.  ex, ez, refs: None
+    """One row of x with reference z: (m, s, w, mz, sz, wxz, wzx, cnt, am, amz, flags, moved),
+    am and amz the chunks where x's and z's first maxima were last raised, moved how far the
+    two finite shifts rose while sums were carried (_kl_finish's).  ex, ez, refs: None
     (evaluate), or the compare op's scratch rows: chunk k's exponentials against its shifts
     refs[0, k], refs[1, k] (valid where neither row holds a NaN or +inf).  z's columns are
     its own whatever x holds."""
@@ -152,6 +154,7 @@ def _xz_row(row, zrow, xt, ex, ez, refs):
     wzx = 0.0
     miss_z = 0
     miss_x = 0
+    moved = 0.0
     for j0 in range(0, v, CHUNK):
         j1 = min(j0 + CHUNK, v)
         xc = row[j0:j1]
@@ -167,6 +170,7 @@ def _xz_row(row, zrow, xt, ex, ez, refs):
             wxz = wxz * np.exp(delta) + (delta * s if m > -_INF else 0.0)
             if m > -_INF:
                 wzx -= delta * sz
+                moved -= delta
             else:
                 wxz = 0.0
             m = cm
@@ -181,6 +185,7 @@ def _xz_row(row, zrow, xt, ex, ez, refs):
             if mz > -_INF:
                 wzx = f * (wzx + delta * sz)
                 wxz -= delta * s
+                moved -= delta
             else:
                 wzx = 0.0
             sz = f * sz
@@ -217,7 +222,7 @@ def _xz_row(row, zrow, xt, ex, ez, refs):
             miss_z += cmiss_z
             miss_x += cmiss_x
     flags = (1 if miss_z > 0 else 0) + (2 if miss_x > 0 else 0)
-    return m, s, w, mz, sz, wxz, wzx, cnt, am, amz, flags
+    return m, s, w, mz, sz, wxz, wzx, cnt, am, amz, flags, moved
 
 
 @njit(**_INLINE)
@@ -238,14 +243,21 @@ def _store_xz(st, ix, i, row, xt, m, s, w, mz, sz, wxz, wzx, am, flags):
 @njit(**_JIT)
 def _evaluate_xz(x, z, target, st, ix):
     n, v = x.shape
+    kl = st.shape[1] == 10
     for i in range(n):
         prefer_wide_vectors()
         row = x[i]
+        zrow = z[i]
         t = target[i]
         xt = row[t] if 0 <= t < v else cast(st[i, 3], row[0])     # the caller's threshold, or NaN
-        m, s, w, mz, sz, wxz, wzx, cnt, am, _, flags = _xz_row(row, z[i], xt, None, None, None)
+        m, s, w, mz, sz, wxz, wzx, cnt, am, _, flags, moved = _xz_row(row, zrow, xt, None, None, None)
         _store_xz(st, ix, i, row, xt, m, s, w, mz, sz, wxz, wzx, am, flags)
         ix[i, 1] = cnt
+        # the KL columns where both rows have a finite maximum and sums (the others end by
+        # finish_rows' rules), the row pair summed again while in cache where its one pass
+        # cancelled (_kls_of_state)
+        if kl and -_INF < m < _INF and -_INF < mz < _INF and s == s and sz == sz:
+            st[i, 8], st[i, 9] = _kls_of_state(row, zrow, m, mz, s, sz, wxz, wzx, np.float64(moved), flags)
 
 
 @njit(**PAR)
@@ -267,8 +279,8 @@ def evaluate(x, z, target, st, ix, nthreads):
     n, v = x.shape
     if v < 1 or (z.shape[0] and (z.shape != x.shape or z.dtype != x.dtype)):
         raise ValueError(f"evaluate: z must have 0 rows or x's shape {x.shape} and dtype, got {z.shape}, {z.dtype}")
-    if target.shape != (n,) or st.shape != (n, 8) or ix.shape != (n, 3):
-        raise ValueError(f"evaluate: target must have shape ({n},), st ({n}, 8), ix ({n}, 3)")
+    if target.shape != (n,) or st.shape not in ((n, 8), (n, 10)) or ix.shape != (n, 3):
+        raise ValueError(f"evaluate: target must have shape ({n},), st ({n}, 8 or 10), ix ({n}, 3)")
     x, z, target = read_only(x, z, target)
 
     if z.shape[0]:

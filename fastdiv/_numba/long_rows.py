@@ -18,7 +18,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from .. import _registry
-from .divergences import CHUNK as NEAR_CHUNK, _js_d, _js_mixed, _js_near_max, _kl_near_f32, _near_d
+from .divergences import CHUNK as NEAR_CHUNK, _js_d, _js_min_d2, _js_near_max, _kl_near_f32, _near_d
 from .row_state import _chunk_max, _finish_entropy, _finish_lse, _log_s, _row_state
 from .threads import PAR, share
 from .simd import INLINE, JIT, KL_SUB, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch_ahead, add_exact, is_f64, nan_of, rel_entr, scale_of, sub_exact, two_diff
@@ -267,6 +267,25 @@ def _kl_near32(xr, zr, scale, mx, mz, sx, sz):
 @njit(**_INLINE)
 def _kl_near32_rows(xs, zs, mx, mz, sx, sz):
     """_kl_near32 of unscaled rows (float32, or 16-bit bits widened by load)."""
+    kp, _, qp, pd, _ = _kl_near32_sums(xs, zs, mx, mz, sx, sz)
+    return kp + (qp - pd)
+
+
+@njit(fastmath=_INLINE["fastmath"], error_model=_INLINE["error_model"])
+def _kl_near32_pair(xs, zs, mx, mz, sx, sz):
+    """(D(P || Q), D(Q || P)) of unscaled float32 rows in one read, as compare sums them
+    (divergences._js_terms): D(Q || P) = sum (q - p) d - sum p (e^d - 1 - d) + sum q d -
+    sum (q - p), the near classes' Jeffreys terms (q - p) d = p d^2 (1 + d E(d)).  Called
+    with both rows finite and no class masked in one row only."""
+    kp, kj, qp, pd, qd = _kl_near32_sums(xs, zs, mx, mz, sx, sz)
+    return kp + (qp - pd), (kj - kp) + (qd - qp)
+
+
+@njit(**_INLINE)
+def _kl_near32_sums(xs, zs, mx, mz, sx, sz):
+    """The sums of _kl_near32_rows and _kl_near32_pair: p (e^d - 1 - d) and the Jeffreys
+    terms over the near chunks and classes, q - p, p d and q d over the others (the sums a
+    caller does not use are dead code once inlined)."""
     v = xs.shape[0]
     zero = np.float32(0.0)
     mx = np.float32(mx)
@@ -277,74 +296,97 @@ def _kl_near32_rows(xs, zs, mx, mz, sx, sz):
     four = np.float32(4.0)
     lo = np.float32(-1e30)
     kp = 0.0
+    kj = 0.0
     qp = 0.0
     pd = 0.0
+    qd = 0.0
     for j0 in range(0, v, NEAR_CHUNK):
         j1 = min(j0 + NEAR_CHUNK, v)
         xc = xs[j0:j1]
         zc = zs[j0:j1]
         akp = zero
+        akj = zero
         aqp = zero
         apd = zero
+        aqd = zero
         m, whole = _js_near_max(xc, zc, cd, four)
         if m < four:
             for j in range(xc.shape[0]):
-                akp += _kl_near_lane(xc[j], mx, lsx, _js_d(xc[j], zc[j], cd))
-        elif _js_mixed(xc, zc, cd, m, whole):
-            akp, aqp, apd = _kl_near32_mixed(xc, zc, mx, mz, lsx, lsz, cd, lo)
+                tkp, tkj = _kl_near_lane(xc[j], mx, lsx, _js_d(xc[j], zc[j], cd))
+                akp += tkp
+                akj += tkj
+        elif _js_min_d2(xc, zc, cd) < four:
+            # a near class among far ones (_kl_near32_mixed): sent to q - p - p d, it cancels
+            # to its p's rounding (one class far above the rest in both rows, p ~ q ~ 1 -
+            # 1e-10, independent tails: KL ~1e-10 10-90 % off where only chunks with at most
+            # half their classes wide were summed so, 2026-12-07)
+            akp, akj, aqp, apd, aqd = _kl_near32_mixed(xc, zc, mx, mz, lsx, lsz, cd, lo)
         else:
             for j in range(xc.shape[0]):
-                tqp, tpd = _kl_far_lane(xc[j], zc[j], mx, mz, lsx, lsz, lo)
+                tqp, tpd, tqd = _kl_far_lane(xc[j], zc[j], mx, mz, lsx, lsz, lo)
                 aqp += tqp
                 apd += tpd
+                aqd += tqd
         kp += akp
+        kj += akj
         qp += aqp
         pd += apd
-    return kp + (qp - pd)
+        qd += aqd
+    return kp, kj, qp, pd, qd
 
 
 @njit(**_INLINE)
 def _kl_near_lane(xj, mx, lsx, d):
-    """A near class's p (e^d - 1 - d) = p d^2 E(d) (divergences._kl_near_f32)."""
+    """A near class's p (e^d - 1 - d) = p d^2 E(d) and Jeffreys term (q - p) d = p d^2 (1 +
+    d E(d)) (divergences._kl_near_f32)."""
     p = exp_hot(clamp_lo(sub_exact(sub_exact(load(xj), mx), lsx)))
-    return p * (d * d) * _kl_near_f32(d)
+    e = _kl_near_f32(d)
+    ps = p * (d * d)
+    return ps * e, ps * (d * e + np.float32(1.0))
 
 
 @njit(**_INLINE)
 def _kl_far_lane(xj, zj, mx, mz, lsx, lsz, lo):
-    """A far class's q - p and p d, d = lq - lp from the clamped log-probabilities: a class
-    masked in P (p = 0) adds q and 0 (0 times lq - LO)."""
+    """A far class's q - p, p d and q d, d = lq - lp from the clamped log-probabilities: a
+    class masked in P (p = 0) adds q and 0 (0 times lq - LO) to the first two."""
     lp = max(sub_exact(sub_exact(load(xj), mx), lsx), lo)
     lq = max(sub_exact(sub_exact(load(zj), mz), lsz), lo)
     p = exp_hot(clamp_lo(lp))
     q = exp_hot(clamp_lo(lq))
-    return q - p, p * (lq - lp)
+    d = lq - lp
+    return q - p, p * d, q * d
 
 
 @njit(fastmath=_INLINE["fastmath"], error_model=_INLINE["error_model"])
 def _kl_near32_mixed(xc, zc, mx, mz, lsx, lsz, cd, lo):
-    """_kl_near32_rows' chunk summed class by class (divergences._js_mixed): each near class
+    """_kl_near32_sums' chunk with near and far classes summed class by class: each near class
     by _kl_near_lane, each other one (far, or masked in P) by _kl_far_lane; both taken and
     weighted by 1 and 0, so the loop vectorises (see divergences._js_mixed_terms).  Returns
-    the sums of p (e^d - 1 - d), q - p and p d.  Not inlined: inside the row loop, the rare
-    path cost rows 0.05 apart 1.03-1.04x."""
+    the sums of p (e^d - 1 - d) and the Jeffreys terms over the near classes, of q - p, p d
+    and q d over the others.  Not inlined: inside the row loop, the rare path cost rows 0.05
+    apart 1.03-1.04x."""
     prefer_wide_vectors()
     zero = np.float32(0.0)
     one = np.float32(1.0)
     four = np.float32(4.0)
     akp = zero
+    akj = zero
     aqp = zero
     apd = zero
+    aqd = zero
     for j in range(xc.shape[0]):
         d = _js_d(xc[j], zc[j], cd)
         near = d * d < four
         w = one if near else zero
         u = one - w
-        qp, pd = _kl_far_lane(xc[j], zc[j], mx, mz, lsx, lsz, lo)
-        akp += w * _kl_near_lane(xc[j], mx, lsx, d if near else zero)
+        qp, pd, qd = _kl_far_lane(xc[j], zc[j], mx, mz, lsx, lsz, lo)
+        kp, kj = _kl_near_lane(xc[j], mx, lsx, d if near else zero)
+        akp += w * kp
+        akj += w * kj
         aqp += u * qp
         apd += u * pd
-    return akp, aqp, apd
+        aqd += u * qd
+    return akp, akj, aqp, apd, aqd
 
 
 def _kl_redo(xr, zr, scale, mx, mz, sx, sz):  # pragma: no cover - replaced by the overload
@@ -389,6 +431,50 @@ def _kl_finish(w, sx, sz, moved, like):
     d = wsx - lsx + lsz
     below = KL_EXACT_BELOW if is_f64(like) else KL32_NEAR_BELOW
     return d, d < below * _kl_scale(wsx, lsx, lsz, moved)
+
+
+@njit(**_JIT)
+def _kl_again(xr, zr, mx, mz, sx, sz):
+    """_kl_redo of an unscaled row pair as a function (not inlined): _kls_of_state calls it
+    from three places, and each inlined copy adds to evaluate's first-call compile."""
+    return _kl_redo(xr, zr, None, mx, mz, sx, sz)
+
+
+def _kl_pair_again(xr, zr, mx, mz, sx, sz):  # pragma: no cover - replaced by the overload
+    raise NotImplementedError
+
+
+@overload(_kl_pair_again, inline="always")
+def _ov_kl_pair_again(xr, zr, mx, mz, sx, sz):
+    """Both directions of _kl_again: float32 rows in one read (_kl_near32_pair)."""
+    if isinstance(mx, types.Float) and mx.bitwidth == 64:
+        return lambda xr, zr, mx, mz, sx, sz: (_kl_again(xr, zr, mx, mz, sx, sz), _kl_again(zr, xr, mz, mx, sz, sx))
+    return lambda xr, zr, mx, mz, sx, sz: _kl_near32_pair(xr, zr, mx, mz, sx, sz)
+
+
+@njit(**_JIT)
+def _kls_of_state(xr, zr, mx, mz, sx, sz, wxz, wzx, moved, flags):
+    """(D(P || Q), D(Q || P)) of a row pair from an evaluate state's sums (maxima mx, mz, both
+    finite; sx, sz; wxz = sum e^(x - mx) ((x - mx) - (z - mz)), wzx likewise; ``moved`` as
+    _kl_finish's; flags: 1 = a class of P masked in Q, 2 = the other way, each a KL of +inf),
+    finished as kl_logits finishes its rows: the row pairs the one pass cannot finish are
+    summed again while they are still in cache (_kl_again), in float32 both directions in one
+    read when both are finite."""
+    dmr = _INF
+    drm = _INF
+    again_mr = False
+    again_rm = False
+    if not flags & 1:
+        dmr, again_mr = _kl_finish(wxz, sx, sz, moved, mx)
+    if not flags & 2:
+        drm, again_rm = _kl_finish(wzx, sz, sx, moved, mz)
+    if flags == 0 and (again_mr or again_rm):
+        return _kl_pair_again(xr, zr, mx, mz, sx, sz)
+    if again_mr:
+        dmr = _kl_again(xr, zr, mx, mz, sx, sz)
+    if again_rm:
+        drm = _kl_again(zr, xr, mz, mx, sz, sx)
+    return dmr, drm
 
 
 @njit(**_INLINE)
