@@ -145,6 +145,15 @@ KL32_NEAR_BELOW = 1e-4
 NEAR_MIXED_SHARE = 2
 NEAR_MIXED_WIDE = 0.5
 
+#: The log-based terms of a near class with a large mass cancel to ~eps (p + q) of it, where a
+#: vector or chunk of far classes holds it: rows with one class far above the rest in both
+#: (p ~ q ~ 1 - 1e-10) and independent tails, JS ~1e-11, came out 1.6x off (2026-12-07).  A
+#: float32 row pair whose JS (beta = 1/2) is below JS_LANES_BELOW after a pass where some
+#: vector or chunk took those terms is summed again with every one that has a near class
+#: taken class by class (and compare's KLs with it).  numba reads it; the Cython kernels'
+#: FD_JS_LANES_BELOW (_simd.h) is the same literal (tests/test_divergences.py).
+JS_LANES_BELOW = 1e-3
+
 #: J(d / 2) = (d / 2) tanh(d / 2) - log cosh(d / 2) = s Q(s), s = d^2 in [0, 4): Q's
 #: coefficients, highest degree first, as float32.  The Jensen-Shannon term at beta = 1/2 of a
 #: class whose log-probabilities differ by d is m J(d / 2), m = (p + q) / 2, which the float32

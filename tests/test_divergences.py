@@ -475,6 +475,31 @@ def test_js_of_probabilities_at_the_bottom_of_the_range(backend, dtype):
     np.testing.assert_allclose(got, R.js_rows(p, q, 0.3, "probs"), rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
+def confident_rows(v, dtype=np.float32, seed=0):
+    """16 row pairs with one class far above the rest in both (logit 15, 20, 30, 40 against
+    N(0, 3): p ~ q ~ 1 - 1e-3 .. 1 - 1e-14) and independent tails: JS and KL from ~1e-3 down to
+    ~1e-15, the difference of two small tail masses."""
+    rng = np.random.default_rng(seed + v)
+    x = (rng.standard_normal((16, v)) * 3).astype(dtype)
+    z = (rng.standard_normal((16, v)) * 3).astype(dtype)
+    x[:, 0] = z[:, 0] = np.repeat([15.0, 20.0, 30.0, 40.0], 4)
+    return x, z
+
+
+@pytest.mark.parametrize("backend", backend_params(["numba", "cython", "numpy", "cuda"]))
+@pytest.mark.parametrize("v", [37, 1000, 20000])
+def test_js_of_confident_float32_rows_keeps_its_relative_accuracy(backend, v):
+    """confident_rows: a vector (chunk) of far classes that holds the top class took it by the
+    log-based terms, which cancel to ~eps (p + q) beside a JS of ~1e-11: Cython 1.5x off (at
+    top logits 30 and 40), 1.7e-2 at 20, before 2026-12-07; now such rows (JS below
+    JS_LANES_BELOW after a pass with log-based terms) are summed again class by class."""
+    x, z = confident_rows(v)
+    want = R.js_rows(x.astype(np.float64), z.astype(np.float64), 0.5)
+    for a, b in ((x, z), (z, x)):
+        got = fastdiv.js_div(a, b, reduction="none", backend=backend)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=0)
+
+
 @pytest.mark.parametrize("backend", backend_params(["numba", "cython", "numpy", "cuda"]))
 @pytest.mark.parametrize("v", [51, 1271, 20000])
 @pytest.mark.parametrize("sigma", [1e-2, 1e-3])
@@ -586,7 +611,8 @@ def test_the_kl_redo_thresholds_have_one_value():
     for macro, value in (("FD_KL_EXACT_BELOW", _registry.KL_EXACT_BELOW),
                          ("FD_KL32_NEAR_BELOW", _registry.KL32_NEAR_BELOW),
                          ("FD_NEAR_MIXED_SHARE", _registry.NEAR_MIXED_SHARE),
-                         ("FD_NEAR_MIXED_WIDE", _registry.NEAR_MIXED_WIDE)):
+                         ("FD_NEAR_MIXED_WIDE", _registry.NEAR_MIXED_WIDE),
+                         ("FD_JS_LANES_BELOW", _registry.JS_LANES_BELOW)):
         assert float(re.search(rf"#define {macro} (\S+)", src).group(1)) == value
 
 

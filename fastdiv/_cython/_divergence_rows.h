@@ -116,15 +116,17 @@ FD_INLINE FD_V FI(fd_js_log_terms)(FD_V xv, FD_V zv, FD_V bp, FD_V cq, const FI(
    190, JS 1.3 % off; P masked at 20 % of its classes, Q not, JS 2x off.  (Left to the
    caller's log-based terms under a mask, those lanes cost compare 1.03x and js_logits 1.07x
    on independent rows, where no vector is taken so: the masked sums' code in the hot loop.)
+   lanes (fd_js_terms' second try, a constant at each call): every vector with a near lane is
+   taken lane by lane.
    Returns whether it wrote *t (and those); else the caller takes the log-based terms. */
 FD_INLINE int FI(fd_js_half_term)(FD_V xv, FD_V zv, FD_V d, FD_V bp, FD_V cq, FD_V *t,
                                   const int kl, const int masks, const int mixed,
-                                  const FI(fd_logc) *lc, FD_V *akp, FD_V *akj, FD_V *aqp,
-                                  FD_V *apd, FD_V *aqd)
+                                  const int lanes, const FI(fd_logc) *lc, FD_V *akp,
+                                  FD_V *akj, FD_V *aqp, FD_V *apd, FD_V *aqd)
 {
 #if FD_INST == 1
     (void)xv; (void)zv; (void)d; (void)bp; (void)cq; (void)t; (void)kl; (void)masks;
-    (void)mixed; (void)lc; (void)akp; (void)akj; (void)aqp; (void)apd; (void)aqd;
+    (void)mixed; (void)lanes; (void)lc; (void)akp; (void)akj; (void)aqp; (void)apd; (void)aqd;
     return 0;
 #else
     /* a class masked in both rows (a tail lane too: both loaded as -inf) has d = NaN and
@@ -133,7 +135,13 @@ FD_INLINE int FI(fd_js_half_term)(FD_V xv, FD_V zv, FD_V d, FD_V bp, FD_V cq, FD
     const fd_mf near = fd_lt_f32(s, fd_splat_f32(4.0f));
     if (!fd_all_f32(near)) {
         fd_mf one;
-        if (!FI(fd_near_mixed)(xv, zv, s, masks, mixed, &one)) return 0;
+        if (lanes) {
+            if (!fd_popcount_f32(near)) return 0;
+            const fd_vf ninf = fd_splat_f32(-INFINITY);
+            one = masks ? (fd_mf)(fd_eq_f32(xv, ninf) ^ fd_eq_f32(zv, ninf)) : fd_none_f32();
+        } else if (!FI(fd_near_mixed)(xv, zv, s, masks, mixed, &one)) {
+            return 0;
+        }
         const fd_vf zero = {0};
         s = fd_sel_f32(near, s, zero);   /* far and one-sided lanes: J(0) = 0, E's terms 0 */
         *t = (bp + cq) * fd_sel_f32(one, fd_splat_f32((float)FD_LN2), fd_jsd_f32(s));
@@ -179,12 +187,14 @@ FD_INLINE int FI(fd_js_half_term)(FD_V xv, FD_V zv, FD_V d, FD_V bp, FD_V cq, FD
    |d| >= 2 (float64: every vector).  sum (q - p) = 0 joins them: D(x || z) = sum p (e^d - 1
    - d) + sum (q - p) - sum p d and D(z || x) = sum (q - p) d - sum p (e^d - 1 - d) + sum q d
    - sum (q - p), each sum over its own vectors or lanes (fd_js_half_term).  masks: a class may
-   be masked in one row only (fd_js_half_term). */
-FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, double beta,
-                                 const FD_T *ex, const FD_T *ez, const FD_T *shx_c,
-                                 const FD_T *shz_c, FD_T mx, FD_T mz, double sx, double sz,
-                                 FD_T xr, int64_t *cnt, double *kl, const int cmp,
-                                 const int masks)
+   be masked in one row only (fd_js_half_term).  lanes (a constant at each call): every vector
+   with a near lane taken lane by lane (fd_js_terms); *logs: whether some vector took the
+   log-based terms. */
+FD_INLINE double FI(fd_js_terms_pass)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, double beta,
+                                      const FD_T *ex, const FD_T *ez, const FD_T *shx_c,
+                                      const FD_T *shz_c, FD_T mx, FD_T mz, double sx, double sz,
+                                      FD_T xr, int64_t *cnt, double *kl, const int cmp,
+                                      const int masks, const int lanes, int *logs)
 {
     const ptrdiff_t nch = (V + FD_CH - 1) / FD_CH;
     /* an all-masked row: every p is 0 and every lp is -inf */
@@ -201,6 +211,7 @@ FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, do
     const int mixed = half && FI(fd_mixed_row)(x, z, V, lc.shx, lc.shz, cdv, offset);
     double total = 0.0, kp_total = 0.0, kj_total = 0.0, qp_total = 0.0, pd_total = 0.0, qd_total = 0.0;
     int64_t c_total = 0;
+    int lg = 0;
     for (ptrdiff_t c = 0; c < nch; c++) {
         const ptrdiff_t j0 = c * FD_CH, n = V - j0 < FD_CH ? V - j0 : FD_CH;
         /* beta p = ex * beta exp(shift_c - max) / sx (and q alike), one product per element.
@@ -217,8 +228,9 @@ FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, do
         FD_V bp_ = (e1) * fx, cq_ = (e2) * fz, t_;                                            \
         FD_V d_ = FI(fd_near_dv)((xv), (zv), lc.shx, lc.shz, cdv, offset);                    \
         if (!(half && FI(fd_js_half_term)((xv), (zv), d_, bp_, cq_, &t_, cmp, masks, mixed,   \
-                                          &lc, &akp, &akj, &aqp, &apd, &aqd))) {              \
+                                          lanes, &lc, &akp, &akj, &aqp, &apd, &aqd))) {       \
             FD_V dl_;                                                                         \
+            lg = 1;                                                                           \
             t_ = FI(fd_js_log_terms)((xv), (zv), bp_, cq_, &lc, &dl_);                        \
             if (cmp) {                                                                        \
                 aqp += cq_ - bp_;                                                             \
@@ -266,7 +278,32 @@ FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, do
         kl[0] = 2.0 * ((kj_total - kp_total) + (qd_total - qp_total));
         kl[1] = 2.0 * (kp_total + (qp_total - pd_total));
     }
+    *logs = lg;
     return total;
+}
+
+/* fd_js_terms_pass; where a float32 row pair at beta = 1/2 has JS < FD_JS_LANES_BELOW and some
+   vector took the log-based terms, a second pass with every vector that has a near lane taken
+   lane by lane.  Those terms of a near class with a large p cancel to ~eps (p + q) (the
+   logs of p, q and m ~ 1 each round at ~eps), nothing beside a JS of ~1e-11: a row pair with
+   one class far above the rest in both (p ~ q ~ 1 - 1e-10) and independent tails took that
+   class by them, in a vector of far classes, and came out 1.6x off (compare's kld 0.9x;
+   2026-12-07).  Rows with a larger JS keep the one pass (error below ~1e-4 of it);
+   nearly equal rows have every vector near (or mixed), and take no second pass. */
+FD_INLINE double FI(fd_js_terms)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, double beta,
+                                 const FD_T *ex, const FD_T *ez, const FD_T *shx_c,
+                                 const FD_T *shz_c, FD_T mx, FD_T mz, double sx, double sz,
+                                 FD_T xr, int64_t *cnt, double *kl, const int cmp,
+                                 const int masks)
+{
+    int logs;
+    double js = FI(fd_js_terms_pass)(x, z, V, beta, ex, ez, shx_c, shz_c, mx, mz, sx, sz, xr,
+                                     cnt, kl, cmp, masks, 0, &logs);
+    if (sizeof(FD_T) == 4 && logs && beta == 0.5 && js < FD_JS_LANES_BELOW && mx > FD_NEG_INF &&
+        mz > FD_NEG_INF)
+        js = FI(fd_js_terms_pass)(x, z, V, beta, ex, ez, shx_c, shz_c, mx, mz, sx, sz, xr, cnt,
+                                  kl, cmp, masks, 1, &logs);
+    return js;
 }
 
 /* From logits, two passes per row pair, only the first from memory (a 50257-float row pair

@@ -613,6 +613,11 @@ FD_INLINE double fd_log_kr(double k, double r)
    NEAR_MIXED_SHARE and NEAR_MIXED_WIDE (tests/test_divergences.py checks them). */
 #define FD_NEAR_MIXED_SHARE 2
 #define FD_NEAR_MIXED_WIDE 0.5
+/* A float32 row pair whose JS (beta = 1/2) is below FD_JS_LANES_BELOW after a pass where some
+   vector took the log-based terms is summed again with every vector that has a near lane taken
+   lane by lane (fd_js_terms, _divergence_rows.h).  fastdiv._registry.JS_LANES_BELOW
+   (tests/test_divergences.py checks it). */
+#define FD_JS_LANES_BELOW 1e-3
 FD_INLINE double fd_kl_scale(double wsx, double lsx, double lsz, double moved)
 {
     return 1.0 + fabs(wsx) + 2.0 * (fabs(lsx) + fabs(lsz)) + moved;

@@ -243,6 +243,7 @@ JS_PROBE = 8
 #: its own form, where at most 1 / MIXED_SHARE of its classes have d^2 >= MIXED_WIDE
 #: (fastdiv._registry)
 MIXED_SHARE = _registry.NEAR_MIXED_SHARE
+JS_LANES_BELOW = _registry.JS_LANES_BELOW
 MIXED_WIDE = _registry.NEAR_MIXED_WIDE ** 2
 
 
@@ -441,6 +442,28 @@ def _js_near_terms(bp, cq, d, one):
 
 @njit(**_INLINE)
 def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl):
+    """_js_pass; where a float32 row pair at b = c = 1/2 has JS < JS_LANES_BELOW and some
+    chunk took the log-based terms, a second pass with every chunk that is not near summed
+    class by class (_js_lanes): those terms of a near class with a large mass cancel to ~eps
+    (p + q) of it (rows with one class far above the rest in both, p ~ q ~ 1 - 1e-10, and
+    independent tails: JS ~1e-11 1.5x off at 32000 classes, 2026-12-07;
+    fastdiv._registry.JS_LANES_BELOW)."""
+    total, kq, kp, logs = _js_pass(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl, False)
+    if logs and total < JS_LANES_BELOW and not is_f64(b) and b == c and mx > -_INF and mz > -_INF:
+        total, kq, kp, _ = _js_lanes(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl)
+    return total, kq, kp
+
+
+@njit(fastmath=FASTMATH, error_model="numpy")
+def _js_lanes(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl):
+    """_js_pass with every chunk that is not near summed class by class (_js_terms' second
+    pass).  Not inlined: a rare path, and each inlined copy of the pass adds to the first
+    call's compile."""
+    return _js_pass(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl, True)
+
+
+@njit(**_INLINE)
+def _js_pass(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl, lanes):
     """The second pass of _js_logits_row (and of the compare op, ops.py), from L2: the
     exponentials of chunk k (of ``chunk`` elements) were taken against refs[0, k] (x) and
     refs[1, k] (z); mx, mz are the rows' maxima and sx, sz their sums of e^(x - max).
@@ -452,8 +475,11 @@ def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl):
     (fd_js_half_term): numba's loops, split into blocks of 16 with a choice in each, no longer
     vectorised (JS 1.0 -> 1.8 ns per pair on random rows).
 
-    Returns (JS, D(z || x), D(x || z)); the KLs only with kl (a constant: compare, b = c =
-    1/2, rows with a class each; else 0), summed class by class from terms that do not cancel
+    lanes (_js_lanes): every chunk that is not near summed class by class.
+
+    Returns (JS, D(z || x), D(x || z), whether some chunk took the log-based terms); the KLs
+    only with kl (compare, b = c = 1/2, rows with a class each; else 0), summed class by
+    class from terms that do not cancel
     as the rows' difference goes to 0, where the first pass's sum of p (x - z) less
     log sz - log sx does: a near chunk adds p (e^d - 1 - d) and the Jeffreys term (q - p) d
     (_kl_near_f32), any other q - p, p d and q d with d = lq - lp (float64: every chunk),
@@ -484,6 +510,7 @@ def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl):
     qp = zero       # sum q - p, far chunks
     pd = zero       # sum p d, far chunks
     qd = zero       # sum q d, far chunks
+    logs = False
     for j0 in range(0, v, chunk):
         j1 = min(j0 + chunk, v)
         k = j0 // chunk
@@ -508,7 +535,7 @@ def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl):
                     akj += tj
             kp += akp
             kj += akj
-        elif half and _js_mixed(xs, zs, cd, m, whole):
+        elif half and (lanes or _js_mixed(xs, zs, cd, m, whole)):
             acc, akp, akj, aqp, apd, aqd = _js_mixed_terms(xs, zs, es, fs, fx, fz, cd, shx, shz, lsx, lsz, lo)
             kp += akp
             kj += akj
@@ -520,10 +547,11 @@ def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl):
             qp += aqp
             pd += apd
             qd += aqd
+            logs = True
         total += acc
     # bp = b p, cq = c q with b = c = 1/2 where kl
     two = cast(2.0, b)
-    return total, two * ((kj - kp) + (qd - qp)), two * (kp + (qp - pd))
+    return total, two * ((kj - kp) + (qd - qp)), two * (kp + (qp - pd)), logs
 
 
 @njit(**_INLINE)
