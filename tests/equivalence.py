@@ -37,6 +37,11 @@ import numpy as np
 #: cases whose result may differ between b288f98 and #17's plan/reduce: (regex on the case
 #: name, the reason, what the difference must look like).  Anything else that differs fails.
 EXPECTED = [
+    (r"^js_div\|numba\|(2d|3d)\|[^|]+\|logits\|red=none\|T=2\.5\|beta=0\.5$",
+     "#19/#21 2026-12-07: a float32 row pair with JS below JS_LANES_BELOW after log-based chunks is "
+     "summed again class by class: the confident row at T = 2.5 (JS 2e-6 to 4e-6) moves toward "
+     "mpmath's value (float32 2.5e-5 -> 4e-7 relative, float16 2.7e-5 -> 6.4e-7, bfloat16 3.1e-5 "
+     "-> 2.7e-7)", "near0"),
     (r"^(evaluate\|[a-z]+\|.*ref=1|states\|numpy\|.*ref=1|dask_kl_entropy_lse\|numpy\|split=1\|)",
      "#21 2026-12-07: evaluate's KL columns finished by the CPU kernels as kl_div's kernels finish "
      "theirs (the one pass's rounding, or the row summed again from cache with the state's own "
