@@ -443,23 +443,20 @@ def _js_near_terms(bp, cq, d, one):
 @njit(**_INLINE)
 def _js_terms(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl):
     """_js_pass; where a float32 row pair at b = c = 1/2 has JS < JS_LANES_BELOW and some
-    chunk took the log-based terms, a second pass with every chunk that is not near summed
-    class by class (_js_lanes): those terms of a near class with a large mass cancel to ~eps
-    (p + q) of it (rows with one class far above the rest in both, p ~ q ~ 1 - 1e-10, and
-    independent tails: JS ~1e-11 1.5x off at 32000 classes, 2026-12-07;
-    fastdiv._registry.JS_LANES_BELOW)."""
-    total, kq, kp, logs = _js_pass(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl, False)
-    if logs and total < JS_LANES_BELOW and not is_f64(b) and b == c and mx > -_INF and mz > -_INF:
-        total, kq, kp, _ = _js_lanes(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl)
-    return total, kq, kp
-
-
-@njit(fastmath=FASTMATH, error_model="numpy")
-def _js_lanes(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl):
-    """_js_pass with every chunk that is not near summed class by class (_js_terms' second
-    pass).  Not inlined: a rare path, and each inlined copy of the pass adds to the first
-    call's compile."""
-    return _js_pass(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl, True)
+    chunk took the log-based terms, the pass again with every chunk that is not near summed
+    class by class: those terms of a near class with a large mass cancel to ~eps (p + q) of
+    it (rows with one class far above the rest in both, p ~ q ~ 1 - 1e-10, and independent
+    tails: JS ~1e-11 1.5x off at 32000 classes, 2026-12-07; fastdiv._registry.JS_LANES_BELOW).
+    The second try is the same inlined pass with ``lanes`` set at run time: a second copy of
+    it, compiled with ``lanes`` a constant, took js_div's first call from 10.9 to 16.5 s of
+    compiling."""
+    lanes = False
+    while True:
+        total, kq, kp, logs = _js_pass(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl, lanes)
+        if lanes or not (logs and total < JS_LANES_BELOW and not is_f64(b) and b == c
+                         and mx > -_INF and mz > -_INF):
+            return total, kq, kp
+        lanes = True
 
 
 @njit(**_INLINE)
@@ -475,7 +472,7 @@ def _js_pass(xr, zr, b, c, ex, ez, refs, chunk, mx, mz, sx, sz, kl, lanes):
     (fd_js_half_term): numba's loops, split into blocks of 16 with a choice in each, no longer
     vectorised (JS 1.0 -> 1.8 ns per pair on random rows).
 
-    lanes (_js_lanes): every chunk that is not near summed class by class.
+    lanes (_js_terms' second try): every chunk that is not near summed class by class.
 
     Returns (JS, D(z || x), D(x || z), whether some chunk took the log-based terms); the KLs
     only with kl (compare, b = c = 1/2, rows with a class each; else 0), summed class by
