@@ -4,7 +4,7 @@
 
 One process, float32 logits (rows x 51), every call timed once per round in turn; prints the
 median of each and, for the fastdiv calls, the read probe's time over it (of x, or of x and z
-for kl_div).  "numpy sum" is the same call with ``fastdiv.reduce.COMPILED_SUM_FROM`` raised past
+for kl_div and evaluate).  "numpy sum" is the same call with ``fastdiv.reduce.COMPILED_SUM_FROM`` raised past
 the row count, i.e. the mean summed by ``np.sum`` instead of the Cython extension's ``sum64``.
 """
 from __future__ import annotations
@@ -50,6 +50,7 @@ def main():
         "cross_entropy none": lambda: fastdiv.cross_entropy(x, t, reduction="none", backend=be),
         "kl_div mean": lambda: fastdiv.kl_div(x, z, backend=be),
         "kl_div mean, numpy sum": _numpy_sum(lambda: fastdiv.kl_div(x, z, backend=be)),
+        "evaluate, reference": lambda: fastdiv.evaluate(x, t, reference=z, backend=be),
         "targets min + max": lambda: (t.min(), t.max()),
         "targets max as uint64": lambda: t.view(np.uint64).max(),
     }
@@ -67,7 +68,7 @@ def main():
         if name.startswith(("probe", "targets")):
             print(f"{name:32s} {ms:8.2f} ms")
         else:
-            probe = med["probe x,z"] if name.startswith("kl_div") else med["probe x"]
+            probe = med["probe x,z"] if name.startswith(("kl_div", "evaluate")) else med["probe x"]
             print(f"{name:32s} {ms:8.2f} ms   {probe / ms:5.1%} of the probe")
 
 
