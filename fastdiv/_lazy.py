@@ -75,13 +75,6 @@ class LazyLogits:
         vocabulary tiles that do not hold it."""
         raise NotImplementedError
 
-    def take(self, index: np.ndarray) -> LazyLogits:
-        """Rows ``index`` (int64 row numbers, C order over the leading axes) as lazy logits of
-        shape ``(len(index), V)``, computed together (one matmul for a linear head, not one per
-        row): how the divergences near 0 read the few rows they sum again
-        (``fastdiv.execute.mend_near_kl``)."""
-        raise NotImplementedError
-
     def compute(self, r0: int, r1: int, dtype, out: np.ndarray | None = None, cols=None) -> np.ndarray:
         """Rows ``r0 .. r1 - 1`` (C order over the leading axes) as a C-contiguous
         ``(r1 - r0, V)`` array of ``dtype``, written into ``out`` when given (a buffer of at

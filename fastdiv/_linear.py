@@ -246,20 +246,6 @@ class LinearLogits(_lazy.LazyLogits):
         head.scale = self.scale * scale
         return head
 
-    def take(self, index):
-        """Rows ``index`` of these logits: the same head on those hidden states (host heads)."""
-        if self.on_device:
-            raise TypeError("take: these fastdiv.linear logits live on the device")
-        head = copy.copy(self)
-        if self.library == "torch":
-            import torch
-
-            head._h = self._h[torch.from_numpy(np.asarray(index, dtype=np.int64))]
-        else:
-            head._h = self._h[index]
-        head.shape = (len(index), self.shape[-1])
-        return head
-
     def _matmul(self, r0, r1, v0, v1, out, stream=None):
         """``hidden[r0:r1] @ weight[v0:v1].T + bias[v0:v1]`` in the natural dtype, into ``out``
         (C order: a numpy array on the host, the library's own array on the device; numba

@@ -47,15 +47,22 @@ def finish_rows(m, s, w, xt, counted, rank, argmax, topk, kl=None):
         valid = counted & fin & (xt > -np.inf)
         for k in topk:
             out[f"correct@{k}"] = valid & (rank < k)
-        if kl is not None:
-            mz, sz, flags, d_mr, d_rm = kl
-            bad_any = bad | np.isnan(mz) | (mz == np.inf)
-            masked_z = mz == -np.inf
-            d_mr = np.where(masked, 0.0, np.where(masked_z | (flags & 1 > 0), np.inf, d_mr))   # D(model || ref)
-            d_rm = np.where(masked_z, 0.0, np.where(masked | (flags & 2 > 0), np.inf, d_rm))   # D(ref || model)
-            out["kl_model_ref"] = np.where(bad_any, np.nan, d_mr)
-            out["kl_ref_model"] = np.where(bad_any, np.nan, d_rm)
+    if kl is not None:
+        mz, sz, flags, d_mr, d_rm = kl
+        out["kl_model_ref"], out["kl_ref_model"] = kl_endings(m, mz, flags, d_mr, d_rm)
     return out
+
+
+def kl_endings(m, mz, flags, d_mr, d_rm):
+    """``(D(model || ref), D(ref || model))`` per row with the row endings of
+    fastdiv.reference, from the maxima ``m``, ``mz``, the kernel's ``flags`` and the two KLs
+    ``d_mr``, ``d_rm`` where both rows are finite."""
+    with np.errstate(invalid="ignore"):
+        bad_any = np.isnan(m) | (m == np.inf) | np.isnan(mz) | (mz == np.inf)
+        masked, masked_z = m == -np.inf, mz == -np.inf
+        d_mr = np.where(masked, 0.0, np.where(masked_z | (flags & 1 > 0), np.inf, d_mr))   # D(model || ref)
+        d_rm = np.where(masked_z, 0.0, np.where(masked | (flags & 2 > 0), np.inf, d_rm))   # D(ref || model)
+        return np.where(bad_any, np.nan, d_mr), np.where(bad_any, np.nan, d_rm)
 
 
 def sum_kls(s, sz, wxz, wzx):
@@ -201,6 +208,33 @@ def _chain_kls(a, b, lpa, lpb, lqa, lqb):
     return dict(kl_model_ref=mr, kl_ref_model=rm, log_ratio=c)
 
 
+def chain_columns(st, ix):
+    """What :func:`_chain_kls` needs of a slice of the classes, from the kernel state ``(st,
+    ix)`` of that slice with its own KLs (10 columns, :func:`has_kls`): both KLs with
+    :func:`finish_rows`' endings, and the log mass ratio ``c = log(sum e^z / sum e^x)``.
+
+    c is formed from the kernel's KL, ``(mz - m) - wxz / s + D(x || z)``: the identity ``D =
+    wxz / s - log s + log sz`` turned around, where the kernel summed the row pair again
+    because its one pass cancelled (it does so by its own threshold, which also counts how far
+    its references moved).  ``wxz``'s terms are ``(x - m) - (z - mz)``, small where the rows
+    are near, so its rounding is a share of c's small part, where the sums' in
+    ``(mz + log sz) - (m + log s)`` is not: float32 sums carry ~1e-7 (numba's up to 5e-7) of
+    themselves, and the chain rule multiplies c's error by ``c_a - c`` (that form left float32
+    shards' KLs 1e-3 off at 51 classes, ``N(0, 1e-4)``, and a linear head's tiles 8e-6 off at
+    KL ~1e-4).  Where the kernel's one pass stood, both forms agree to float64's rounding.
+    Used by ``fastdiv.states``' slices and by ``fastdiv.execute``'s vocabulary tiles."""
+    mr, rm = kl_endings(st[:, M], st[:, MZ], ix[:, FLAGS], st[:, KL_MR], st[:, KL_RM])
+    with np.errstate(all="ignore"):
+        dm = st[:, MZ] - st[:, M]
+        both = np.isfinite(dm)              # the kernel's KLs: where both maxima are finite
+        # D(z || x) = wzx / sz - log sz + log s likewise, where D(x || z) is +inf (x has mass
+        # where z has none); where both are, or a row is empty or undefined, the sums' own c
+        c = np.where(both & np.isfinite(mr), dm - st[:, WXZ] / st[:, S] + mr,
+                     np.where(both & np.isfinite(rm), dm + st[:, WZX] / st[:, SZ] - rm,
+                              (st[:, MZ] + np.log(st[:, SZ])) - (st[:, M] + np.log(st[:, S]))))
+    return dict(kl_model_ref=mr, kl_ref_model=rm, log_ratio=c)
+
+
 #: :func:`merge_sums`' keys and their columns in the kernel state: (float64 ones, int64 ones),
 #: without and with a reference
 _MERGED = ((("m", M), ("s", S), ("w", W)), (("argmax", ARGMAX),))
@@ -208,22 +242,30 @@ _MERGED_REF = ((("mz", MZ), ("sz", SZ), ("wxz", WXZ), ("wzx", WZX)), (("flags", 
 
 
 def state_columns(st, ix, reference, offset=0):
-    """:func:`merge_sums`' dict of a kernel state ``(st, ix)`` (argmax moved by ``offset``)."""
+    """:func:`merge_sums`' dict of a kernel state ``(st, ix)`` (argmax moved by ``offset``);
+    with a reference and the kernel's own KLs (:func:`has_kls`), :func:`chain_columns` too,
+    so that the KLs merge by the chain rule."""
     out = {}
     for floats, ints in (_MERGED, _MERGED_REF) if reference else (_MERGED,):
         out.update({key: st[:, col] for key, col in floats})
         out.update({key: ix[:, col] for key, col in ints})
     out["argmax"] = out["argmax"] + offset
+    if reference and has_kls(st):
+        out.update(chain_columns(st, ix))
     return out
 
 
 def store_columns(st, ix, merged):
-    """Write :func:`merge_sums`' dict back into a kernel state ``(st, ix)``."""
+    """Write :func:`merge_sums`' dict back into a kernel state ``(st, ix)`` (its KL columns
+    too, where both have them)."""
     for floats, ints in (_MERGED, _MERGED_REF) if "mz" in merged else (_MERGED,):
         for key, col in floats:
             st[:, col] = merged[key]
         for key, col in ints:
             ix[:, col] = merged[key]
+    if has_kls(st) and "kl_model_ref" in merged:
+        st[:, KL_MR] = merged["kl_model_ref"]
+        st[:, KL_RM] = merged["kl_ref_model"]
 
 
 def has_kls(st):

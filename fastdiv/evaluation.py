@@ -8,8 +8,8 @@ merged vocabulary shards (``fastdiv.states``).  Options come from ``fastdiv.plan
 the aggregates from ``fastdiv.reduce``.  The KL sums' one pass cancels for nearly equal rows:
 the CPU kernels finish each row's KLs as ``kl_div``'s kernels do, summing such a row pair again
 while it is still in cache; by vocabulary tiles (``fastdiv.linear`` heads), where no tile holds
-a whole row, those rows are read again and summed by ``kl_div``'s kernel
-(``fastdiv.execute.mend_near_kl``).
+a whole row, each tile's own KLs, finished so, merge by the chain rule
+(``fastdiv._state.chain_columns``).
 
 Top-k and ties: ``rank`` is the number of classes whose logit is *strictly* greater than the
 target's, and the target is within the top k iff ``rank < k``: a class tied with the target
@@ -200,8 +200,6 @@ def evaluate(logits: ArrayLike, target: ArrayLike, *, topk: int | Sequence[int] 
     t, counted, local = execute.state_targets(plan, target, lead, v)
     st, ix, dtype = execute.run_state(plan.backend, x, local, z, plan.softcap)
     rows = _state.finish_state(st, ix, counted, plan.topk, z is not None)
-    if z is not None and not _state.has_kls(st):        # by vocabulary tiles
-        execute.mend_near_kl(plan.backend, x, z, plan.softcap, st, dtype, rows)
     return row_results(rows, lead, dtype, plan.topk, counted, plan.kl_direction, plan.z_loss)
 
 

@@ -291,7 +291,8 @@ def _tiled_state(backend, arrays, target, shape, rank=False):
     """The evaluate state ``(st, ix)`` of host lazy logits ``arrays[0]`` (reference
     ``arrays[1]``) by vocabulary tiles of ``shape`` (:func:`merge_tiles`): each tile computed
     into one buffer per array and thread reused for the call, its state from ``backend``'s
-    evaluate kernel.  Where the heads allow it (``LazyLogits.shares``) the row blocks go to
+    evaluate kernel (with a reference, each tile's own KLs, which the kernel sums again while
+    the tile is in cache where its one pass cancelled, merged by the chain rule).  Where the heads allow it (``LazyLogits.shares``) the row blocks go to
     every thread at once (:func:`_share_shape`, :func:`_by_shares`), else one at a time.
     ``rank``: the count column too -- in the target's tile against the tile's own target
     logit, in the others against the target's logit formed as one dot product
@@ -300,6 +301,7 @@ def _tiled_state(backend, arrays, target, shape, rank=False):
     dtype = out_dtype(*arrays)
     kern = _registry.kernel(backend, "evaluate")
     mine = threading.local()           # each thread's tile buffers, one per array
+    ncol = _state.KL_RM + 1 if len(arrays) > 1 else 8
 
     def block(r0, r1, spans, locals_, thr):
         bufs = getattr(mine, "bufs", None)
@@ -310,7 +312,7 @@ def _tiled_state(backend, arrays, target, shape, rank=False):
             tiles = [a.compute(r0, r1, dtype, out=buf[:(r1 - r0) * (v1 - v0)].reshape(r1 - r0, v1 - v0),
                                cols=(v0, v1)) for a, buf in zip(arrays, bufs)]
             zb = tiles[1] if len(arrays) > 1 else np.empty((0, v1 - v0), dtype=dtype)
-            st_t = np.full((r1 - r0, 8), np.nan)
+            st_t = np.full((r1 - r0, ncol), np.nan)
             if thr is not None:               # the rank of a target outside the tile
                 st_t[:, _state.XT] = np.where(local >= 0, np.nan, thr)
             ix_t = np.zeros((r1 - r0, 3), dtype=np.int64)
@@ -320,7 +322,8 @@ def _tiled_state(backend, arrays, target, shape, rank=False):
     with _lazy_shares(arrays) as workers:
         if workers > 1:
             shape = _share_shape(shape, nrows(arrays[0]), workers)
-        return merge_tiles(arrays, target, shape, block, dtype if rank else None, workers)
+        return merge_tiles(arrays, target, shape, block, dtype if rank else None, workers,
+                           kls=len(arrays) > 1)
 
 
 def _share_shape(shape, n, workers):
@@ -334,7 +337,7 @@ def _share_shape(shape, n, workers):
     return max(1, -(-n // blocks)), width
 
 
-def merge_tiles(arrays, target, shape, block, rank_dtype=None, workers=1):
+def merge_tiles(arrays, target, shape, block, rank_dtype=None, workers=1, kls=False):
     """The evaluate state ``(st, ix)`` of lazy logits ``arrays[0]`` (reference ``arrays[1]``)
     by vocabulary tiles of ``shape``, host or device: ``block(r0, r1, spans, locals_, thr)``
     gives, for rows ``r0 .. r1 - 1``, the state ``(st_t, ix_t)`` of each tile of classes
@@ -345,12 +348,13 @@ def merge_tiles(arrays, target, shape, block, rank_dtype=None, workers=1):
     targets' logits formed in that dtype (None: no rank).  ``workers`` > 1: the row blocks
     go to that many threads (:func:`_by_shares`: each takes the next one not yet taken),
     their kernels single-threaded; ``block`` is then called from several threads at once, on
-    disjoint rows."""
+    disjoint rows.  ``kls``: the tiles' states hold their own KLs (10 columns), which merge
+    by the chain rule (``_state.chain_columns``) into the returned state's KL columns."""
     x = arrays[0]
     n, v = nrows(x), x.shape[-1]
     rows, width = shape
     reference = len(arrays) > 1
-    st = np.full((n, 8), np.nan)
+    st = np.full((n, _state.KL_RM + 1 if kls else 8), np.nan)
     ix = np.zeros((n, 3), dtype=np.int64)
     spans = [(v0, min(v, v0 + width)) for v0 in range(0, v, width)]
 
@@ -415,8 +419,6 @@ def _per_row_tiled(op, backend, arrays, shape, scalars, extra, state=None):
     ordered = arrays[::-1] if op == "kl_logits" else arrays
     st, ix = _tiled_state(backend, ordered, local, shape) if state is None else state(ordered, local, shape)
     res = _state.finish_state(st, ix, counted, (), op == "kl_logits")
-    if op == "kl_logits" and state is None:
-        mend_near_kl(backend, *ordered, None, st, out_dtype(*arrays), res)
     if op == "ce_hard":
         loss = _state.hard_loss(res["nll"], counted, t, w)
         eps = scalars[1]
@@ -609,8 +611,8 @@ def run_state(backend, x, target, reference=None, softcap=None, per_block=None, 
     """The state of kernel ``op`` for every row: ``(st float64[rows, 8], ix int64[rows, 3],
     dtype)`` for ``evaluate`` (``STATE_COLUMNS`` gives the widths of each op; ``compare``
     needs ``reference``: the base's logits).  evaluate's state with a reference has its two
-    KL columns too (``st[:, 10]``), except by vocabulary tiles, where no tile holds a whole
-    row (``_state.has_kls`` tells; :func:`mend_near_kl` finishes such states' KLs).
+    KL columns too (``st[:, 10]``; by vocabulary tiles, the tiles' own merged by the chain
+    rule).
 
     ``target``: int64[rows]; values outside ``[0, V)`` mean "no target in this row".
     ``per_block(r0, r1, xblock)`` is also called on each (soft-capped) block, for callers that
@@ -643,82 +645,6 @@ def run_state(backend, x, target, reference=None, softcap=None, per_block=None, 
 
     run_blocks(arrays, dtype, softcap, fn)
     return st, ix, dtype
-
-
-def take_rows(a, index, dtype, out):
-    """Rows ``index`` (int64 row numbers, increasing, C order over the leading axes) of host
-    logits ``a`` as a C-contiguous ``(len(index), V)`` array of ``dtype``: consecutive rows of
-    a stored C-contiguous array in place; else written into ``out`` (of that shape and dtype,
-    reused between calls: a new array each time costs its page faults) -- of a lazy array,
-    computed together (``LazyLogits.take``), of a stored one gathered without reshaping it
-    (which would copy a non-contiguous array whole)."""
-    if isinstance(a, _lazy.LazyLogits):
-        return a.take(index).compute(0, len(index), dtype, out=out)
-    if a.dtype == dtype and a.flags.c_contiguous:
-        rows = a.reshape(-1, a.shape[-1])
-        if index[-1] - index[0] == len(index) - 1:       # consecutive rows: read in place
-            return rows[index[0]:index[-1] + 1]
-        # mode="clip": np.take with out= and the default mode copies through a buffer (2x)
-        return np.take(rows, index, axis=0, out=out, mode="clip")
-    out[...] = a[np.unravel_index(index, a.shape[:-1])] if a.ndim > 1 else a
-    return out
-
-
-def mend_near_kl(backend, x, z, softcap, st, dtype, rows, log_ratio=None):
-    """The KL columns of ``rows`` (``finish_state``'s dict) summed again by ``backend``'s
-    ``kl_logits`` kernel for the rows where evaluate's one pass cancelled
-    (``_state.near_kl_rows``), for a state without the kernel's own KLs (``_state.has_kls``:
-    by vocabulary tiles, where no tile holds a whole row): that kernel sums such rows class by
-    class (float32) or without cancelling (float64), so the KL columns have ``kl_div``'s
-    accuracy near 0.  Those rows of ``x`` (soft-capped, as the state's pass saw them) and ``z``
-    are read again into two buffers of ``rows_per_block`` rows, each block then read twice
-    from cache (one call per direction).  A state with its KLs needs nothing more: the kernel
-    summed those rows again itself, while they were in cache.
-
-    ``log_ratio`` (float64 per row, ``fastdiv.states``' slices): the near rows' ``c = lse(z) -
-    lse(x)`` is formed again too, as ``(mz - m) - wxz / s + D(x || z)`` with the accurate
-    ``D``: the identity ``D = wxz / s - log s + log sz`` turned around.  ``wxz``'s terms are
-    ``(x - m) - (z - mz)``, small where the rows are near, so its rounding is a share of c's
-    small part, where ``(mz + log sz) - (m + log s)`` carries the sums' ~1e-7 relative error
-    (the chain rule of merged slices multiplies c's error by ``c_a - c``: that form left
-    float32 shards' KLs 1e-3 off at 51 classes, ``N(0, 1e-4)``)."""
-    index = _state.near_kl_rows(st, rows, dtype)
-    if index.size == 0:
-        return
-    if _state.has_kls(st):
-        mr, rm = rows["kl_model_ref"][index], rows["kl_ref_model"][index]
-    else:
-        mr, rm = _near_kls_again(backend, x, z, softcap, dtype, index)
-        rows["kl_model_ref"][index] = mr
-        rows["kl_ref_model"][index] = rm
-    if log_ratio is not None:
-        near = st[index]
-        dm = near[:, _state.MZ] - near[:, _state.M]
-        with np.errstate(invalid="ignore"):
-            # D(z || x) = wzx / sz - log sz + log s likewise, where D(x || z) is +inf (x has mass
-            # where z has none); where both are, the state's own c stays
-            c = np.where(np.isfinite(mr), dm - near[:, _state.WXZ] / near[:, _state.S] + mr,
-                         np.where(np.isfinite(rm), dm + near[:, _state.WZX] / near[:, _state.SZ] - rm, log_ratio[index]))
-        log_ratio[index] = c
-
-
-def _near_kls_again(backend, x, z, softcap, dtype, index):
-    """Both KLs of rows ``index`` of ``x`` and ``z`` by ``backend``'s ``kl_logits`` kernel
-    (:func:`mend_near_kl`), in the input's working ``dtype``."""
-    kern = _registry.kernel(backend, "kl_logits")
-    v = x.shape[-1]
-    step = min(index.size, rows_per_block(v, dtype.itemsize))
-    bx, bz = np.empty((step, v), dtype=dtype), np.empty((step, v), dtype=dtype)
-    bc = None if softcap is None else np.empty((step, v), dtype=dtype)
-    mr, rm = np.empty(index.size, dtype=dtype), np.empty(index.size, dtype=dtype)
-    for a in range(0, index.size, step):
-        part = index[a:a + step]
-        xb, zb = take_rows(x, part, dtype, bx[:part.size]), take_rows(z, part, dtype, bz[:part.size])
-        if softcap is not None:
-            xb = apply_softcap(xb, softcap, dtype, out=bc[:part.size])
-        kern(xb, zb, 1.0, mr[a:a + step], get_num_threads())
-        kern(zb, xb, 1.0, rm[a:a + step], get_num_threads())
-    return mr, rm
 
 
 def state_targets(plan, target, lead, v):

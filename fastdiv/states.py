@@ -21,7 +21,7 @@ every term >= 0, so nothing cancels as the two rows near each other (the one-pas
 ``sum p (x - z)`` did, to the KL's rounding error: float32 KLs near 5e-9 came out up to 16x
 off, before 2026-12-07).  Where a slice's one pass cancelled, its KLs are summed again as
 ``kl_div``'s kernel sums them (the evaluate kernel's KL columns) and its ``c`` is formed from
-them (``fastdiv.execute.mend_near_kl``).
+them (``fastdiv._state.chain_columns``).
 :func:`finalize` turns a state covering the whole vocabulary into the :class:`Evaluation` of
 ``fastdiv.evaluate`` (``lse``, ``entropy``, ``nll``, ``kl_model_ref`` / ``kl_ref_model``,
 accuracies), so ``cross_entropy``, ``logsumexp``, ``entropy``, ``kl_div`` and ``evaluate``
@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks, execute, plan as _plan
-from ._state import ARGMAX, FLAGS, M, MZ, S, SZ, W, XT, finish_rows, finish_state, merge_sums
+from ._state import ARGMAX, FLAGS, M, MZ, S, SZ, W, XT, chain_columns, finish_rows, merge_sums
 from .evaluation import row_results
 
 __all__ = ["RowState", "row_state", "merge", "finalize"]
@@ -157,13 +157,9 @@ def row_state(logits_shard, *, offset=0, target=None, topk=(1, 5), reference_sha
                   ranges=[(offset, offset + v)])
     if z is not None:
         # the slice's own KLs, kl_div's where the one pass cancelled (as evaluate's), and its
-        # log mass ratio, formed from them on those rows: what the chain rule of merge needs
-        rows = finish_state(st, ix, counted, (), True)
-        with np.errstate(all="ignore"):
-            ratio = (st[:, MZ] + np.log(st[:, SZ])) - (st[:, M] + np.log(st[:, S]))
-        execute.mend_near_kl(plan.backend, x, z, plan.softcap, st, dtype, rows, log_ratio=ratio)
-        fields.update(mz=st[:, MZ].copy(), sz=st[:, SZ].copy(), kl_model_ref=rows["kl_model_ref"],
-                      kl_ref_model=rows["kl_ref_model"], log_ratio=ratio, flags=ix[:, FLAGS].copy())
+        # log mass ratio: what the chain rule of merge needs
+        fields.update(mz=st[:, MZ].copy(), sz=st[:, SZ].copy(), flags=ix[:, FLAGS].copy(),
+                      **chain_columns(st, ix))
     return RowState(**fields)
 
 

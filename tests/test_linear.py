@@ -197,10 +197,13 @@ def test_vocabulary_tiles_merge_to_the_function_on_the_logits(backend, dtype, li
 @pytest.mark.parametrize("backend", C.COMPILED)
 def test_kl_of_nearby_heads_by_tiles_keeps_its_relative_accuracy(backend, library, rng, monkeypatch):
     """A head against itself slightly moved (a fine-tune against its base): KL ~ 1e-5, which the
-    merged tiles' one pass cancels to (float32: 0.3-8 % off before 2026-12-07).  The rows it
-    flags are computed again together (LinearLogits.take) and summed by kl_logits
-    (fastdiv.execute.mend_near_kl): kl_div's accuracy, up to the rounding of the heads' own
-    products (another shape's matmul may round a logit differently in the last bit)."""
+    merged tiles' one pass cancels to (float32: 0.3-8 % off before 2026-12-07).  Each tile's
+    KLs are the kernel's, merged by the chain rule: kl_div's accuracy, up to the rounding of
+    the heads' own products.  A tile's matmul may round a logit differently in the last bit
+    from the whole product's (an ulp, u |x|), which moves a KL near 0 by up to about
+    ``2 u max|x| sqrt(2 KL)`` (the KL's gradient in the logits is ``p (log p / q - KL)``):
+    3.9e-4 of a KL of 1e-5 through torch.  test_kls_by_tiles_merge_by_the_chain_rule_to_the_
+    rows_accuracy checks the merge itself on logits the tiles reproduce bit for bit."""
     if library == "torch":
         torch = pytest.importorskip("torch")
     n, d, v = 24, 32, 3001
@@ -214,12 +217,51 @@ def test_kl_of_nearby_heads_by_tiles_keeps_its_relative_accuracy(backend, librar
     x, z = (np.asarray(a.materialize(), dtype=np.float64) for a in (lx, lz))
     want_xz, want_zx = R.kl_rows(x, z), R.kl_rows(z, x)
     assert 1e-7 < np.median(want_xz) < 1e-4
-    tol = dict(rtol=1e-4, atol=0)
-    np.testing.assert_allclose(fastdiv.kl_div(lx, lz, reduction="none", backend=backend), want_xz, **tol)
-    np.testing.assert_allclose(fastdiv.kl_div(lz, lx, reduction="none", backend=backend), want_zx, **tol)
+    top = np.maximum(np.abs(x).max(axis=1), np.abs(z).max(axis=1))
+
+    def check(got, want):
+        slack = 4 * np.finfo(np.float32).eps * top * np.sqrt(2 * want)
+        err = np.abs(np.asarray(got) - want)
+        assert np.all(err <= 1e-4 * want + slack), (err / want).max()
+
+    check(fastdiv.kl_div(lx, lz, reduction="none", backend=backend), want_xz)
+    check(fastdiv.kl_div(lz, lx, reduction="none", backend=backend), want_zx)
+    res = fastdiv.evaluate(lx, np.arange(n), reference=lz, backend=backend)
+    check(res.kl_model_ref, want_xz)
+    check(res.kl_ref_model, want_zx)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", C.COMPILED)
+def test_kls_by_tiles_merge_by_the_chain_rule_to_the_rows_accuracy(backend, dtype, rng, monkeypatch):
+    """By vocabulary tiles each tile's evaluate state carries its own KLs (the kernel sums a
+    tile's row pair again while in cache where its one pass cancelled), merged by the chain
+    rule (fastdiv._state.chain_columns), and no row is computed again.  Through identity
+    heads, which reproduce the logits bit for bit, the tiles' merged KLs of rows N(0, sigma)
+    apart (and of rows whose largest class differs, where c from the sums alone was 8e-6 off
+    at KL ~1e-4 on numba) keep kl_div's relative accuracy on the whole rows down to KL ~1e-6;
+    below, the chain rule's coarse term carries each tile's c = lse(z) - lse(x) to ~1e-8
+    (float32: the rounding of the shifted logits in its small part), an absolute ~1e-13 of the
+    KL (2e-5 of a KL of 4e-9; a tile's matmul rounding a logit by an ulp moves such a KL by
+    1e-2).  The tiles' shape is (7, 500), so every row spans 7 tiles."""
+    n, v = 40, 3001
+    # float32: the one pass of numba's kl_div is ~1e-5 off on the rows 0.3 apart (KL ~0.04)
+    tol = dict(rtol=3e-5, atol=1e-12) if dtype == np.float32 else dict(rtol=1e-12, atol=2e-20)
+    x = (rng.standard_normal((n, v)) * 2).astype(dtype)
+    sigma = np.repeat([1e-4, 1e-3, 1e-2, 3e-1], n // 4)[:, None]
+    z = (x + rng.standard_normal((n, v)) * sigma).astype(dtype)
+    x[-4:, 7], z[-4:, 2900] = 12.0, 12.0          # the largest classes apart
+    eye = np.eye(v, dtype=dtype)
+    monkeypatch.setattr(fastdiv._linear, "BLOCK_BYTES", 7 * 500 * np.dtype(dtype).itemsize)
+    lx, lz = fastdiv.linear(x, eye, vocab_tile=500), fastdiv.linear(z, eye, vocab_tile=500)
+    assert lx.tiles(np.dtype(dtype).itemsize) == (7, 500)
+    x64, z64 = x.astype(np.float64), z.astype(np.float64)
+    want_xz, want_zx = R.kl_rows(x64, z64), R.kl_rows(z64, x64)
+    assert want_xz.min() < 1e-7 and want_xz.max() > 1e-2
     res = fastdiv.evaluate(lx, np.arange(n), reference=lz, backend=backend)
     np.testing.assert_allclose(res.kl_model_ref, want_xz, **tol)
     np.testing.assert_allclose(res.kl_ref_model, want_zx, **tol)
+    np.testing.assert_allclose(fastdiv.kl_div(lx, lz, reduction="none", backend=backend), want_xz, **tol)
 
 
 @pytest.mark.parametrize("dtypes", [("bfloat16",) * 3, ("float16", "float32", "float32"),
@@ -283,7 +325,7 @@ def test_numpy_heads_by_shares_match_one_block_at_a_time(backend, rng, monkeypat
     seen = []
     real = fastdiv.execute.merge_tiles
     with fastdiv.threads(2), monkeypatch.context() as m:
-        m.setattr(fastdiv.execute, "merge_tiles", lambda *a: seen.append(a[5]) or real(*a))
+        m.setattr(fastdiv.execute, "merge_tiles", lambda *a, **kw: seen.append(a[5]) or real(*a, **kw))
         shared = {k: f() for k, f in calls.items()}
         assert seen and set(seen) == {2} and _restored(before)
         seen.clear()
