@@ -220,6 +220,9 @@ static void FI(fd_entropy_logits_block)(const FD_TI *x, ptrdiff_t V, int nrows, 
 static void FI(fd_kl_logits_block)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, int nrows,
                                    FD_T *out)
 {
+    /* s = k + r per row and side, k the entries equal to the row's maximum (each row holds
+       its own: FD_KL_STEP counts them apart), r the rest (see fd_log_kr) */
+    const int kr = 1;
     const ptrdiff_t q = V / FD_W * FD_W;
     const int nt = (int)(V - q);
     const FD_IDX idx = FN(fd_block_idx)(V, nrows);
@@ -227,8 +230,9 @@ static void FI(fd_kl_logits_block)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, 
     FD_T mx[FD_W] __attribute__((aligned(64))), mz[FD_W] __attribute__((aligned(64)));
     FD_T shxs[FD_W] __attribute__((aligned(64))), shzs[FD_W] __attribute__((aligned(64)));
     FD_T sx[FD_W] __attribute__((aligned(64))), sz[FD_W] __attribute__((aligned(64)));
+    FD_T kx[FD_W] __attribute__((aligned(64))), kz[FD_W] __attribute__((aligned(64)));
     FD_T w[FD_W] __attribute__((aligned(64))), mxz[FD_W] __attribute__((aligned(64)));
-    const FD_V ninf = FN(fd_splat)(FD_NEG_INF);
+    const FD_V ninf = FN(fd_splat)(FD_NEG_INF), zero = {0};
     FD_V mcx = FI(fd_block_max)(x, V, nrows, q, nt, idx, rx, cx);
     FD_V mcz = FI(fd_block_max)(z, V, nrows, q, nt, idx, rz, cz);
     FD_V shxv = FI(fd_block_shift)(mcx), shzv = FI(fd_block_shift)(mcz);
@@ -236,12 +240,15 @@ static void FI(fd_kl_logits_block)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, 
     *(FD_V *)mz = mcz;
     *(FD_V *)shxs = shxv;
     *(FD_V *)shzs = shzv;
+    *(FD_V *)kx = zero;
+    *(FD_V *)kz = zero;
     FD_V sxv = {0}, szv = {0}, wv = {0}, mxzv = ninf;
     if (q) {
         for (int i = 0; i < FD_W; i++) {
             const FD_TI *px = FD_ROW(x, i), *pz = FD_ROW(z, i);
             const FD_V shx = FN(fd_splat)(shxs[i]), shz = FN(fd_splat)(shzs[i]);
             FD_V asx = {0}, asz = {0}, aw = {0}, amxz = ninf, tcx;
+            FD_CNT akx = {0}, akz = {0};
             for (ptrdiff_t j = 0; j < q; j += FD_W) {
                 FD_PREFETCH_NEXT(px + j);
                 FD_PREFETCH_NEXT(pz + j);
@@ -252,6 +259,8 @@ static void FI(fd_kl_logits_block)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, 
             rz[i] = asz;
             rw[i] = aw;
             rm[i] = amxz;
+            kx[i] = (FD_T)FN(fd_cnt_total)(akx);
+            kz[i] = (FD_T)FN(fd_cnt_total)(akz);
         }
         sxv = FN(fd_tsum)(rx);
         szv = FN(fd_tsum)(rz);
@@ -259,22 +268,36 @@ static void FI(fd_kl_logits_block)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, 
         mxzv = FN(fd_tmax)(rm);
     }
     {
-        /* tail columns: FD_KL_STEP on row-lane vectors with the per-lane shifts */
-        const FD_V shx = shxv, shz = shzv;
-        FD_V asx = sxv, asz = szv, aw = wv, amxz = mxzv, tcx;
-        for (int j = 0; j < nt; j++) FD_KL_STEP(cx[j], cz[j]);
+        /* tail columns on row-lane vectors with the per-lane shifts: FD_KL_STEP's terms, the
+           entries equal to their row's maximum counted per lane */
+        const FD_V shx = shxv, shz = shzv, one = FN(fd_splat)((FD_T)1);
+        FD_V asx = sxv, asz = szv, aw = wv, amxz = mxzv, tcx, akxv = *(FD_V *)kx, akzv = *(FD_V *)kz;
+        for (int j = 0; j < nt; j++) {
+            FD_V dz_ = FD_VBARRIER(cz[j] - shz), tx_ = cx[j] - shx;
+            FD_V ex_ = FN(fd_expn)(tx_, &tcx), ez_ = FN(fd_expz)(dz_);
+            FD_M topx = FN(fd_eq)(tx_, zero), topz = FN(fd_eq)(dz_, zero);
+            asx = FN(fd_add_unless)(asx, topx, ex_);
+            akxv = FN(fd_add_where)(akxv, topx, one);
+            asz = FN(fd_add_unless)(asz, topz, ez_);
+            akzv = FN(fd_add_where)(akzv, topz, one);
+            FD_M zmask_ = FN(fd_eq)(cz[j], ninf);
+            aw = FN(fd_add_unless)(aw, zmask_, ex_ * (tcx - dz_));
+            amxz = FN(fd_max_where)(amxz, zmask_, cx[j]);
+        }
         *(FD_V *)sx = asx;
         *(FD_V *)sz = asz;
+        *(FD_V *)kx = akxv;
+        *(FD_V *)kz = akzv;
         *(FD_V *)w = aw;
         *(FD_V *)mxz = amxz;
     }
 #if FD_AVX512
     FD_T res[FD_W] __attribute__((aligned(64)));
-    FD_V fsx = *(FD_V *)sx, fsz = *(FD_V *)sz;
-    FD_V wsx = *(FD_V *)w / fsx, lsx = FN(fd_log)(fsx), lsz = FN(fd_log)(fsz);
+    FD_V fkx = *(FD_V *)kx, fkz = *(FD_V *)kz, frx = *(FD_V *)sx, frz = *(FD_V *)sz;
+    FD_V wsx = *(FD_V *)w / (fkx + frx), lsx = FI(fd_vlog_kr)(fkx, frx), lsz = FI(fd_vlog_kr)(fkz, frz);
     *(FD_V *)res = wsx - lsx + lsz;
     unsigned special = (unsigned)(FI(fd_nonfinite)(*(FD_V *)mx) | FI(fd_nonfinite)(*(FD_V *)mz) |
-                                  FN(fd_isnan)(fsx) | FN(fd_isnan)(fsz) |
+                                  FN(fd_isnan)(frx) | FN(fd_isnan)(frz) |
                                   FN(fd_gt)(*(FD_V *)mxz, ninf));
     { /* a KL too small for the one pass (FD_KL_EXACT_BELOW, FD_KL32_NEAR_BELOW) */
         const FD_V one = FN(fd_splat)((FD_T)1);
@@ -285,13 +308,13 @@ static void FI(fd_kl_logits_block)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, 
     if (FI(fd_block_out)(out, res, special, nrows)) return;
     for (int i = 0; i < nrows; i++)
         out[i] = (special >> i) & 1
-                     ? (FD_T)FI(fd_kl_finish)(mx[i], mz[i], sx[i], sz[i], w[i], mxz[i], 0.0,
-                                              FD_ROW(x, i), FD_ROW(z, i), V)
+                     ? (FD_T)FI(fd_kl_finish)(mx[i], mz[i], (double)kx[i] + sx[i], (double)kz[i] + sz[i], w[i],
+                                              mxz[i], 0.0, FD_ROW(x, i), FD_ROW(z, i), V)
                      : res[i];
 #else
     for (int i = 0; i < nrows; i++)
-        out[i] = (FD_T)FI(fd_kl_finish)(mx[i], mz[i], sx[i], sz[i], w[i], mxz[i], 0.0,
-                                        FD_ROW(x, i), FD_ROW(z, i), V);
+        out[i] = (FD_T)FI(fd_kl_finish)(mx[i], mz[i], (double)kx[i] + sx[i], (double)kz[i] + sz[i], w[i], mxz[i],
+                                        0.0, FD_ROW(x, i), FD_ROW(z, i), V);
 #endif
 }
 
