@@ -214,9 +214,9 @@ def chain_columns(st, ix):
     :func:`finish_rows`' endings, and the log mass ratio ``c = log(sum e^z / sum e^x)``.
 
     c is formed from the kernel's KL, ``(mz - m) - wxz / s + D(x || z)``: the identity ``D =
-    wxz / s - log s + log sz`` turned around, where the kernel summed the row pair again
-    because its one pass cancelled (it does so by its own threshold, which also counts how far
-    its references moved).  ``wxz``'s terms are ``(x - m) - (z - mz)``, small where the rows
+    wxz / s - log s + log sz`` turned around, with D as accurate as the kernel made it (it sums
+    a row pair again where its one pass cancelled, by its own threshold, which also counts how
+    far its references moved).  ``wxz``'s terms are ``(x - m) - (z - mz)``, small where the rows
     are near, so its rounding is a share of c's small part, where the sums' in
     ``(mz + log sz) - (m + log s)`` is not: float32 sums carry ~1e-7 (numba's up to 5e-7) of
     themselves, and the chain rule multiplies c's error by ``c_a - c`` (that form left float32

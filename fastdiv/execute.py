@@ -292,8 +292,9 @@ def _tiled_state(backend, arrays, target, shape, rank=False):
     ``arrays[1]``) by vocabulary tiles of ``shape`` (:func:`merge_tiles`): each tile computed
     into one buffer per array and thread reused for the call, its state from ``backend``'s
     evaluate kernel (with a reference, each tile's own KLs, which the kernel sums again while
-    the tile is in cache where its one pass cancelled, merged by the chain rule).  Where the heads allow it (``LazyLogits.shares``) the row blocks go to
-    every thread at once (:func:`_share_shape`, :func:`_by_shares`), else one at a time.
+    the tile is in cache where its one pass cancelled, merged by the chain rule).  Where the
+    heads allow it (``LazyLogits.shares``) the row blocks go to every thread at once
+    (:func:`_share_shape`, :func:`_by_shares`), else one at a time.
     ``rank``: the count column too -- in the target's tile against the tile's own target
     logit, in the others against the target's logit formed as one dot product
     (``LazyLogits.target_logits``: the same value up to the matmul's summation order), which
