@@ -1,9 +1,11 @@
-"""The regression gate's verdict logic (benchmarks/gate.py), on made-up figures: no timing here."""
+"""The regression gate's verdict logic and options (benchmarks/gate.py), on made-up figures: no timing here."""
 from __future__ import annotations
 
 import json
 import os
 import sys
+
+import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,3 +78,14 @@ def test_the_committed_baseline_describes_its_cpus():
     for key, entry in gate.load(gate.BASELINE).items():
         assert {"vendor", "model_name", "isa", "L2_per_core", "L3"} <= set(entry["cpu"]), key
         assert {"date", "commit", "command"} <= set(entry["recorded"]), key
+
+
+def test_measure_names_a_kernel_it_does_not_know(tmp_path, capsys):
+    """--measure (the fresh process of ``confirm``) refuses a key no run of these cases has,
+    naming it, and needs --json to hand its figures back."""
+    with pytest.raises(SystemExit) as e:
+        gate.main(["--short", "--measure", "numba/entropy/V50257/float64/2t"])
+    assert e.value.code == 2 and "--measure needs --json" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        gate.main(["--short", "--measure", "numba/no_such_op/V50257/float64/1t", "--json", str(tmp_path / "f.json")])
+    assert e.value.code == 2 and "no_such_op" in capsys.readouterr().err
