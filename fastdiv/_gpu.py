@@ -178,7 +178,7 @@ def _tiled_state(call, arrays, target, shape):
     no_ref = []
 
     def block(r0, r1, spans, locals_, thr):
-        st_d = cuda.to_device(np.full((len(spans), r1 - r0, 8), np.nan), stream=stream)
+        st_d = cuda.to_device(np.full((len(spans), r1 - r0, _state.width(False)), np.nan), stream=stream)
         ix_d = cuda.to_device(np.zeros((len(spans), r1 - r0, 3), dtype=np.int64), stream=stream)
         t_d = cuda.to_device(np.stack(locals_), stream=stream)
         for k, cols in enumerate(spans):
@@ -385,7 +385,7 @@ def evaluate_state(plan, logits, target, reference=None):
     counted = t != plan.ignore_index
     local = np.where(counted, t, -1)
     dtype = np.dtype(np.float64) if np.dtype(xv.dtype) == np.float64 else np.dtype(np.float32)
-    st = np.full((rows, 8), np.nan)
+    st = np.full((rows, _state.width(False)), np.nan)
     ix = np.zeros((rows, 3), dtype=np.int64)
     if rows:
         stream = call.ensure_stream()

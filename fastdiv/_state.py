@@ -268,6 +268,12 @@ def store_columns(st, ix, merged):
         st[:, KL_RM] = merged["kl_ref_model"]
 
 
+def width(kls):
+    """Float64 columns of an evaluate state: 8, or 10 with the KLs the kernel finished itself
+    (with a reference, :func:`has_kls`)."""
+    return KL_RM + 1 if kls else KL_MR
+
+
 def has_kls(st):
     """Whether the state ``st`` holds the KLs the kernel finished itself (KL_MR, KL_RM)."""
     return st.shape[1] > KL_RM

@@ -302,7 +302,7 @@ def _tiled_state(backend, arrays, target, shape, rank=False):
     dtype = out_dtype(*arrays)
     kern = _registry.kernel(backend, "evaluate")
     mine = threading.local()           # each thread's tile buffers, one per array
-    ncol = _state.KL_RM + 1 if len(arrays) > 1 else 8
+    ncol = _state.width(len(arrays) > 1)
 
     def block(r0, r1, spans, locals_, thr):
         bufs = getattr(mine, "bufs", None)
@@ -355,7 +355,7 @@ def merge_tiles(arrays, target, shape, block, rank_dtype=None, workers=1, kls=Fa
     n, v = nrows(x), x.shape[-1]
     rows, width = shape
     reference = len(arrays) > 1
-    st = np.full((n, _state.KL_RM + 1 if kls else 8), np.nan)
+    st = np.full((n, _state.width(kls)), np.nan)
     ix = np.zeros((n, 3), dtype=np.int64)
     spans = [(v0, min(v, v0 + width)) for v0 in range(0, v, width)]
 
@@ -605,7 +605,7 @@ def run_blocks(arrays, dtype, softcap, fn):
 
 #: the per-row state of each state op (``fastdiv._registry``): (float64 columns, int64 columns);
 #: evaluate with a reference has two more, its KLs (``_state.KL_MR``, ``_state.KL_RM``)
-STATE_COLUMNS = {"evaluate": (8, 3), "compare": (12, 4)}
+STATE_COLUMNS = {"evaluate": (_state.width(False), 3), "compare": (12, 4)}
 
 
 def run_state(backend, x, target, reference=None, softcap=None, per_block=None, op="evaluate", rank=True):
@@ -624,8 +624,8 @@ def run_state(backend, x, target, reference=None, softcap=None, per_block=None, 
     dtype = out_dtype(*arrays)
     n = nrows(x)
     ncol, nix = STATE_COLUMNS[op]
-    if op == "evaluate" and reference is not None:
-        ncol = _state.KL_RM + 1
+    if op == "evaluate":
+        ncol = _state.width(reference is not None)
     st = np.full((n, ncol), np.nan)
     ix = np.zeros((n, nix), dtype=np.int64)
     if n == 0:
