@@ -72,7 +72,10 @@
 #include "_row_items.h"
 /* _row_state.h's accumulation steps, used by both drivers */
 #undef FD_ACC_S
+#undef FD_ACC_S_LANES
+#undef FD_ACC_S_ROW
 #undef FD_KL_STEP
+#undef FD_KL_STEP_WITH
 #undef FD_CE_STEP
 #undef FD_CES_STEP
 #include "_divergence_rows.h"

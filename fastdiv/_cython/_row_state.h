@@ -235,6 +235,16 @@ static inline double FI(fd_rescale)(FD_T m, FD_T mc)
         }                                                                                     \
     } while (0)
 
+/* The same on row-lane vectors (a block's tail columns: one row per lane, each lane its own
+   shift): the entries equal to their lane's shift counted in the vector kv.  `zero` and `one`
+   in scope. */
+#define FD_ACC_S_LANES(t, e, kv, rv)                                                          \
+    do {                                                                                      \
+        FD_M top_ = FN(fd_eq)((t), zero);                                                     \
+        (rv) = FN(fd_add_unless)((rv), top_, (e));                                            \
+        (kv) = FN(fd_add_where)((kv), top_, one);                                             \
+    } while (0)
+
 /* ========================================================================================== */
 /* lse                                                                                         */
 /* ========================================================================================== */
@@ -532,7 +542,11 @@ static inline double FI(fd_kl_finish)(FD_T mx, FD_T mz, double sx, double sz, do
    (e = 1) are counted apart (FD_ACC_S), as the block path needs: there the shifts are the
    rows' maxima, and in a float32 lane holding 1 a confident row's tail terms round away
    (float32 KLs of rows sure of one class, KL ~1e-3, were up to 5.5e-4 off). */
-#define FD_KL_STEP(xv, zv)                                                                    \
+#define FD_KL_STEP(xv, zv) FD_KL_STEP_WITH(xv, zv, FD_ACC_S_ROW)
+#define FD_ACC_S_ROW(t, e, ak, ar) FD_ACC_S(t, e, ak, ar, zero)
+/* ... with the s accumulation ACC(t, e, counter, sum): FD_ACC_S_ROW, or FD_ACC_S_LANES for a
+   block's tail columns (shx, shz then hold each lane's shifts, akx, akz are vectors) */
+#define FD_KL_STEP_WITH(xv, zv, ACC)                                                          \
     do {                                                                                      \
         /* fenced: else -fassociative-math turns tcx - (z - shz) into (tcx + shz) - z,      \
            which loses all the digits of d when z ~ 1e4 (a KL of 1e-6 came out -9e-5) */    \
@@ -540,8 +554,8 @@ static inline double FI(fd_kl_finish)(FD_T mx, FD_T mz, double sx, double sz, do
         FD_V tx_ = (xv) - shx;                                                                \
         FD_V ex_ = FN(fd_expn)(tx_, &tcx);                                                    \
         FD_V ez_ = FN(fd_expz)(dz_); /* same bits as fd_expn, without the clamp */         \
-        FD_ACC_S(tx_, ex_, akx, asx, zero);                                                   \
-        FD_ACC_S(dz_, ez_, akz, asz, zero);                                                   \
+        ACC(tx_, ex_, akx, asx);                                                              \
+        ACC(dz_, ez_, akz, asz);                                                              \
         FD_M zmask_ = FN(fd_eq)((zv), ninf);                                                  \
         /* x masked: ex = 0, tcx = LO, term 0 * finite = 0.  z masked: excluded (see mxz). */ \
         aw = FN(fd_add_unless)(aw, zmask_, ex_ * (tcx - dz_));                                \

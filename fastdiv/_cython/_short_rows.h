@@ -121,9 +121,7 @@ static inline void FI(fd_lse_state_block)(const FD_TI *x, ptrdiff_t V, int nrows
     for (int j = 0; j < nt; j++) { /* tail columns, all rows at once */
         FD_V t = cols[j] - shv;
         FD_V e = FN(fd_expz)(t);
-        FD_M top = FN(fd_eq)(t, zero);
-        rv = FN(fd_add_unless)(rv, top, e);
-        kv = FN(fd_add_where)(kv, top, one);
+        FD_ACC_S_LANES(t, e, kv, rv);
     }
     *(FD_V *)r = rv;
     *(FD_V *)k = kv;
@@ -193,9 +191,7 @@ static void FI(fd_entropy_logits_block)(const FD_TI *x, ptrdiff_t V, int nrows, 
     for (int j = 0; j < nt; j++) {
         FD_V tc, t = cols[j] - shv;
         FD_V e = FN(fd_expn)(t, &tc);
-        FD_M top = FN(fd_eq)(t, zero);
-        rv = FN(fd_add_unless)(rv, top, e);
-        kv = FN(fd_add_where)(kv, top, one);
+        FD_ACC_S_LANES(t, e, kv, rv);
         wv += e * tc;
     }
     *(FD_V *)r = rv;
@@ -268,26 +264,16 @@ static void FI(fd_kl_logits_block)(const FD_TI *x, const FD_TI *z, ptrdiff_t V, 
         mxzv = FN(fd_tmax)(rm);
     }
     {
-        /* tail columns on row-lane vectors with the per-lane shifts: FD_KL_STEP's terms, the
-           entries equal to their row's maximum counted per lane */
+        /* tail columns on row-lane vectors with the per-lane shifts, the entries equal to
+           their row's maximum counted per lane */
         const FD_V shx = shxv, shz = shzv, one = FN(fd_splat)((FD_T)1);
-        FD_V asx = sxv, asz = szv, aw = wv, amxz = mxzv, tcx, akxv = *(FD_V *)kx, akzv = *(FD_V *)kz;
-        for (int j = 0; j < nt; j++) {
-            FD_V dz_ = FD_VBARRIER(cz[j] - shz), tx_ = cx[j] - shx;
-            FD_V ex_ = FN(fd_expn)(tx_, &tcx), ez_ = FN(fd_expz)(dz_);
-            FD_M topx = FN(fd_eq)(tx_, zero), topz = FN(fd_eq)(dz_, zero);
-            asx = FN(fd_add_unless)(asx, topx, ex_);
-            akxv = FN(fd_add_where)(akxv, topx, one);
-            asz = FN(fd_add_unless)(asz, topz, ez_);
-            akzv = FN(fd_add_where)(akzv, topz, one);
-            FD_M zmask_ = FN(fd_eq)(cz[j], ninf);
-            aw = FN(fd_add_unless)(aw, zmask_, ex_ * (tcx - dz_));
-            amxz = FN(fd_max_where)(amxz, zmask_, cx[j]);
-        }
+        FD_V asx = sxv, asz = szv, aw = wv, amxz = mxzv, tcx, akx = *(FD_V *)kx, akz = *(FD_V *)kz;
+        for (int j = 0; j < nt; j++)
+            FD_KL_STEP_WITH(cx[j], cz[j], FD_ACC_S_LANES);
         *(FD_V *)sx = asx;
         *(FD_V *)sz = asz;
-        *(FD_V *)kx = akxv;
-        *(FD_V *)kz = akzv;
+        *(FD_V *)kx = akx;
+        *(FD_V *)kz = akz;
         *(FD_V *)w = aw;
         *(FD_V *)mxz = amxz;
     }
@@ -371,9 +357,7 @@ static void FI(fd_ce_hard_block)(const FD_TI *x, ptrdiff_t V, int nrows, const i
         for (int c = 0; c < nt; c++) {
             FD_V t = cols[c] - shv, wc = FN(fd_splat)(weight[q + c]);
             FD_V e = FN(fd_expz)(t);
-            FD_M top = FN(fd_eq)(t, zero);
-            rv = FN(fd_add_unless)(rv, top, e);
-            kv = FN(fd_add_where)(kv, top, one);
+            FD_ACC_S_LANES(t, e, kv, rv);
             uv = FN(fd_add_unless)(uv, FN(fd_eq)(wc, zero), wc * -t);
         }
         *(FD_V *)r = rv;
@@ -464,9 +448,7 @@ static void FI(fd_ce_soft_block)(const FD_TI *x, const FD_TI *p, const FD_T *w_,
         FD_V t = cols[j] - shv, pv = FI(fd_gth)(p + q + j, idx, q + j);
         FD_V c = FN(fd_splat)(w_[q + j]) * (alpha * pv + beta);
         FD_V e = FN(fd_expz)(t);
-        FD_M top = FN(fd_eq)(t, zero);
-        rv = FN(fd_add_unless)(rv, top, e);
-        kv = FN(fd_add_where)(kv, top, one);
+        FD_ACC_S_LANES(t, e, kv, rv);
         uv = FN(fd_add_unless)(uv, FN(fd_eq)(c, zero), c * -t);
         Cv += c;
     }
