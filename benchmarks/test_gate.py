@@ -1,6 +1,8 @@
-"""The regression gate's verdict logic and options (benchmarks/gate.py), on made-up figures: no timing here."""
+"""The regression gate's verdict logic and options (benchmarks/gate.py), on made-up figures; one
+smoke run of its fresh-process measurement."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -89,3 +91,13 @@ def test_measure_names_a_kernel_it_does_not_know(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         gate.main(["--short", "--measure", "numba/no_such_op/V50257/float64/1t", "--json", str(tmp_path / "f.json")])
     assert e.value.code == 2 and "no_such_op" in capsys.readouterr().err
+
+
+def test_measure_fresh_brings_back_the_figures_of_another_process():
+    """The confirming tries' path end to end (one batch, no judgement): ``gate.py --measure``
+    in a child process, its figures read back."""
+    key = "cython/logsumexp/C51/float32/1t"
+    if "cython" not in gate._bench.available_backends():
+        pytest.skip("the Cython extension is not built")
+    figures = gate.measure_fresh({key}, argparse.Namespace(short=True, repeat=1, slowdown=1, slowdown_only=None))
+    assert set(figures) == {key} and figures[key]["kernel_over_probe"] > 0
