@@ -21,7 +21,7 @@ from .. import _registry
 from .divergences import CHUNK as NEAR_CHUNK, _js_d, _js_min_d2, _js_near_max, _kl_near_f32, _near_d
 from .row_state import _chunk_max, _finish_entropy, _finish_lse, _log_s, _row_state
 from .threads import PAR, share
-from .simd import INLINE, JIT, KL_SUB, cast, clamp_lo, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch_ahead, add_exact, is_f64, nan_of, rel_entr, scale_of, sub_exact, two_diff
+from .simd import INLINE, JIT, KL_SUB, cast, clamp_lo, exp_held, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch_ahead, add_exact, is_f64, nan_of, rel_entr, scale_of, sub_exact, two_diff
 
 #: The KL kernel's chunk (two rows read at once).
 KL_CHUNK = 2048
@@ -127,9 +127,9 @@ def _kl_sums(xr, zr, j0, j1, mx, mz, scale):
             inside &= zj <= mz
             dx = sub_exact(xj, mx)      # (x - mx) - (z - mz) as written: see simd.sub_exact
             dz = sub_exact(zj, mz)
-            ex = exp_hot(clamp_lo(dx))
+            ex = exp_held(clamp_lo(dx))
             sx += ex
-            sz += exp_hot(clamp_lo(dz))
+            sz += exp_held(clamp_lo(dz))
             # p_j = 0 (x_j = -inf) contributes exactly 0.  q_j = 0 < p_j (z_j = -inf)
             # contributes +inf, or NaN (0 * inf) where e^dx underflowed: the finish reads a
             # NaN w as +inf.  (A floor on e^dx would keep +inf but add floor * (dx - dz),

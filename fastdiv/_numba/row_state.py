@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .simd import INLINE, SUB, cast, clamp_lo, exp_hot, load, maximum, prefetch_ahead, scale_of, sub_exact
+from .simd import INLINE, SUB, cast, clamp_lo, exp_held, exp_hot, load, maximum, prefetch_ahead, scale_of, sub_exact
 
 #: Row chunk of _row_state_t: a new maximum costs a pass over its chunk from L1, so shorter
 #: chunks make those cheaper, longer ones make the per-chunk work rarer.
@@ -85,7 +85,7 @@ def _sums(row, j0, j1, ref, scale, xt):
         for j in range(xs.shape[0]):
             xj = load(xs[j]) * scale
             d = clamp_lo(sub_exact(xj, ref))   # no fma with the scale: see simd.sub_exact
-            e = exp_hot(d)
+            e = exp_held(d)
             lo = xj < ref               # not lo: at or above ref, or NaN
             r += e if lo else zero
             w += e * d if lo else zero

@@ -12,6 +12,7 @@ Every function here handles the IEEE special values itself (``exp(-inf) = 0``,
 from __future__ import annotations
 
 import math
+import platform
 
 import numpy as np
 from llvmlite import ir
@@ -156,6 +157,51 @@ def sub_exact(typingctx, a, b):
         return builder.fsub(args[0], args[1], flags=("nsz",))
 
     return a(a, b), codegen
+
+
+#: The inline-asm constraint for a float in a vector register where held is used (x86-64
+#: only: the others are untested, and there held is literal).
+_HOLD_CONSTRAINT = {"x86_64": "x", "amd64": "x"}.get(platform.machine().lower())
+
+
+def _constant_as(hold):
+    """The intrinsic ``held`` (hold = True) or ``literal`` (False); see held."""
+
+    @intrinsic
+    def keep(typingctx, a):
+        if not isinstance(a, types.Float):
+            return None
+
+        def codegen(context, builder, signature, args):
+            if not hold or _HOLD_CONSTRAINT is None:
+                return args[0]
+            ty = args[0].type
+            asm = ir.InlineAsm(ir.FunctionType(ty, [ty]), "", f"={_HOLD_CONSTRAINT},0", side_effect=False)
+            return builder.call(asm, args, attrs=("readnone", "nounwind"))
+
+        return a(a), codegen
+
+    return keep
+
+
+held = _constant_as(True)
+held.__doc__ = """``held(c)``: the constant c as a value LLVM cannot fold: the same number, passed
+through an empty inline asm without side effects, which LICM hoists out of the loops.
+
+Choosing how many vector iterations a reducing loop runs at once (its interleave count),
+LLVM's loop vectoriser budgets registers for the loop's invariant values but not for its
+literal constants, and float64 exp_hot has 17.  Row loops that also keep several accumulators
+(entropy's r and w, KL's sums) were interleaved 4 ways, and the register allocator stored loop
+values to the stack in every iteration (float64 entropy: 7 64-byte stores per 32 elements).
+What those stores cost depends on where the calling thread's stack lies: at 3-4 of every 256
+stack positions (16 bytes apart) numba's two-thread float64 entropy ran 2.1x slower, which the
+gate met as one process in about a hundred (benchmarks/NOTES.md, 2026-12-07).  Held, the
+constants are counted: those loops interleave 1-2 ways and store nothing.
+
+The cost: a held value is hoisted out of *every* loop, so it stays live through a whole
+kernel, loops that never use it included (see exp_held)."""
+literal = _constant_as(False)
+literal.__doc__ = """``literal(c)``: c itself (held's counterpart)."""
 
 
 @intrinsic
@@ -307,6 +353,15 @@ def exp_f64(t):
 # NaN-propagating and such rows are finished separately.  float32 uses a degree-5
 # near-minimax polynomial (1.1e-7 relative, fitted on [-ln2/2, ln2/2] with weights for
 # relative error) instead of Cephes' degree 7.  exp_hot(0) is exactly 1.
+#
+# ``exp_held`` is exp_hot with its float64 constants ``held``, for the row loops that spilled
+# without it: row_state._sums (logsumexp, entropy, cross-entropy) and long_rows._kl_sums.
+# It is not the default: held constants make the vectoriser interleave 1-2 ways, and loops
+# with two exps and short trip counts then ran slower (numba's C51 float64 KL's flat loop
+# 7-19 %, evaluate's and compare's row loops 5-12 %).  float32 holds none: its row loops never
+# showed the 2x (their few stores cost at most 1.2x at a few stack positions), and held float32
+# constants, live through whole kernels, moved spills into other loops (C51 float32 KL's flat
+# loop: 0 -> 11 stores per iteration, 6-15 % slower).
 # ---------------------------------------------------------------------------------------
 
 LO_F32 = np.float32(-88.0)
@@ -338,25 +393,34 @@ def exp_hot_f32(t):
     return p * _int_bits_to_float(two_k)
 
 
-@njit(fastmath=FASTMATH, error_model="numpy")
-def exp_hot_f64(t):
-    y = fma(t, _LOG2E, _ROUND_F64)
-    k = y - _ROUND_F64
-    r = fma(k, -_LN2_LO_F64, fma(k, -_LN2_HI_F64, t))   # Cody-Waite: k * hi is exact
-    p = 2.08767569878681e-09
-    p = p * r + 2.505210838544172e-08
-    p = p * r + 2.755731922398589e-07
-    p = p * r + 2.7557319223985893e-06
-    p = p * r + 2.48015873015873e-05
-    p = p * r + 1.984126984126984e-04
-    p = p * r + 1.388888888888889e-03
-    p = p * r + 8.333333333333333e-03
-    p = p * r + 4.1666666666666664e-02
-    p = p * r + 1.6666666666666666e-01
-    p = p * r + 0.5
-    p = p * r + 1.0
-    p = p * r + 1.0
-    return p * _int_bits_to_float((_float_bits_to_int(y) << np.int64(52)) + np.int64(1023 << 52))
+def _exp_hot_f64_with(keep):
+    """exp_hot (keep = literal) or exp_held (held) in float64."""
+
+    @njit(fastmath=FASTMATH, error_model="numpy")
+    def exp_f64(t):
+        big = keep(_ROUND_F64)
+        y = fma(t, keep(_LOG2E), big)
+        k = y - big
+        r = fma(k, keep(-_LN2_LO_F64), fma(k, keep(-_LN2_HI_F64), t))   # Cody-Waite: k * hi is exact
+        p = keep(2.08767569878681e-09)
+        p = p * r + keep(2.505210838544172e-08)
+        p = p * r + keep(2.755731922398589e-07)
+        p = p * r + keep(2.7557319223985893e-06)
+        p = p * r + keep(2.48015873015873e-05)
+        p = p * r + keep(1.984126984126984e-04)
+        p = p * r + keep(1.388888888888889e-03)
+        p = p * r + keep(8.333333333333333e-03)
+        p = p * r + keep(4.1666666666666664e-02)
+        p = p * r + keep(1.6666666666666666e-01)
+        p = p * r + keep(0.5)
+        p = p * r + keep(1.0)
+        p = p * r + keep(1.0)
+        return p * _int_bits_to_float((_float_bits_to_int(y) << np.int64(52)) + np.int64(1023 << 52))
+
+    return exp_f64
+
+
+exp_hot_f64, exp_held_f64 = _exp_hot_f64_with(literal), _exp_hot_f64_with(held)
 
 
 # ---------------------------------------------------------------------------------------
@@ -638,6 +702,10 @@ def exp_hot(t):  # pragma: no cover
     return math.exp(t)
 
 
+def exp_held(t):  # pragma: no cover
+    return math.exp(t)
+
+
 @njit(fastmath=FASTMATH, error_model="numpy")
 def _clamp_lo_f32(t):
     if t < LO_F32:
@@ -667,6 +735,15 @@ def _ov_exp_hot(t):
         return lambda t: exp_hot_f32(t)
     if t == types.float64:
         return lambda t: exp_hot_f64(t)
+    return None
+
+
+@overload(exp_held, fastmath=FASTMATH)
+def _ov_exp_held(t):
+    if t == types.float32:
+        return lambda t: exp_hot_f32(t)
+    if t == types.float64:
+        return lambda t: exp_held_f64(t)
     return None
 
 
