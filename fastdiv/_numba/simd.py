@@ -164,6 +164,14 @@ def sub_exact(typingctx, a, b):
 _HOLD_CONSTRAINT = {"x86_64": "x", "amd64": "x"}.get(platform.machine().lower())
 
 
+def _holds(context):
+    """Whether held passes its constants through: only when the code is compiled for AVX-512
+    (32 vector registers).  With AVX2's 16 the held float64 exp made the same loops spill
+    more, not less (entropy: 7 -> 24 stores per iteration, numba compiling for znver3)."""
+    features = getattr(context.codegen(), "_tm_features", "") or ""
+    return _HOLD_CONSTRAINT is not None and "+avx512f" in features.split(",")
+
+
 def _constant_as(hold):
     """The intrinsic ``held`` (hold = True) or ``literal`` (False); see held."""
 
@@ -173,7 +181,7 @@ def _constant_as(hold):
             return None
 
         def codegen(context, builder, signature, args):
-            if not hold or _HOLD_CONSTRAINT is None:
+            if not hold or not _holds(context):
                 return args[0]
             ty = args[0].type
             asm = ir.InlineAsm(ir.FunctionType(ty, [ty]), "", f"={_HOLD_CONSTRAINT},0", side_effect=False)
@@ -196,7 +204,8 @@ values to the stack in every iteration (float64 entropy: 7 64-byte stores per 32
 What those stores cost depends on where the calling thread's stack lies: at 3-4 of every 256
 stack positions (16 bytes apart) numba's two-thread float64 entropy ran 2.1x slower, which the
 gate met as one process in about a hundred (benchmarks/NOTES.md, 2026-12-07).  Held, the
-constants are counted: those loops interleave 1-2 ways and store nothing.
+constants are counted: those loops interleave 1-2 ways and store nothing.  Only where the
+code is compiled for AVX-512 (_holds): elsewhere held is literal.
 
 The cost: a held value is hoisted out of *every* loop, so it stays live through a whole
 kernel, loops that never use it included (see exp_held)."""
