@@ -12,7 +12,6 @@ Every function here handles the IEEE special values itself (``exp(-inf) = 0``,
 from __future__ import annotations
 
 import math
-import platform
 
 import numpy as np
 from llvmlite import ir
@@ -159,17 +158,13 @@ def sub_exact(typingctx, a, b):
     return a(a, b), codegen
 
 
-#: The inline-asm constraint for a float in a vector register where held is used (x86-64
-#: only: the others are untested, and there held is literal).
-_HOLD_CONSTRAINT = {"x86_64": "x", "amd64": "x"}.get(platform.machine().lower())
-
-
 def _holds(context):
     """Whether held passes its constants through: only when the code is compiled for AVX-512
-    (32 vector registers).  With AVX2's 16 the held float64 exp made the same loops spill
-    more, not less (entropy: 7 -> 24 stores per iteration, numba compiling for znver3)."""
+    (x86-64 with 32 vector registers; its asm constraint "x" is a float in a vector register).
+    With AVX2's 16 the held float64 exp made the same loops spill more, not less (entropy:
+    7 -> 24 stores per iteration, numba compiling for znver3); other machines are untested."""
     features = getattr(context.codegen(), "_tm_features", "") or ""
-    return _HOLD_CONSTRAINT is not None and "+avx512f" in features.split(",")
+    return "+avx512f" in features.split(",")
 
 
 def _constant_as(hold):
@@ -184,7 +179,7 @@ def _constant_as(hold):
             if not hold or not _holds(context):
                 return args[0]
             ty = args[0].type
-            asm = ir.InlineAsm(ir.FunctionType(ty, [ty]), "", f"={_HOLD_CONSTRAINT},0", side_effect=False)
+            asm = ir.InlineAsm(ir.FunctionType(ty, [ty]), "", "=x,0", side_effect=False)
             return builder.call(asm, args, attrs=("readnone", "nounwind"))
 
         return a(a), codegen
