@@ -294,16 +294,16 @@ def main(argv=None):
         figures = measure(cases, backends, args.repeat, args.slowdown, args.slowdown_only, keys)
         if keys - set(figures):
             ap.error(f"--measure: no such kernel in this run: {sorted(keys - set(figures))}")
-        with open(args.json, "w") as fh:
-            json.dump({"cpu": cpu, "figures": figures}, fh, indent=1)
-        return 0
-    t0 = time.perf_counter()
-    figures = measure(cases, backends, args.repeat, args.slowdown, args.slowdown_only)
-    print(f"measured {len(figures)} figures in {time.perf_counter() - t0:.0f} s on {cpu['key']} "
-          f"(llvm cpu {cpu['llvm_cpu']}; backends {backends}; threads {thread_counts()})")
+    else:
+        t0 = time.perf_counter()
+        figures = measure(cases, backends, args.repeat, args.slowdown, args.slowdown_only)
+        print(f"measured {len(figures)} figures in {time.perf_counter() - t0:.0f} s on {cpu['key']} "
+              f"(llvm cpu {cpu['llvm_cpu']}; backends {backends}; threads {thread_counts()})")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"cpu": cpu, "figures": figures}, fh, indent=1)
+    if args.measure:
+        return 0
     if args.update or args.update_new:
         if args.update_new:
             have = load(args.baseline).get(cpu["key"], {}).get("figures", {})

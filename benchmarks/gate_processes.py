@@ -31,6 +31,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     short = all(any(f"/{r}/{d}/" in k for r, d in gate.SHORT) for k in args.keys)
     entry = gate.load(gate.BASELINE).get(_bench.cpu_identity()["key"], {}).get("figures", {})
+    base = {k: entry.get(k, {}).get("kernel_over_probe") for k in args.keys}     # None: no baseline figure
     settings = argparse.Namespace(short=short, repeat=args.repeat, slowdown=1, slowdown_only=None)
     seen = {k: [] for k in args.keys}
     for run in range(args.runs):
@@ -39,15 +40,14 @@ def main(argv=None):
         for k in args.keys:
             f = figures[k]["kernel_over_probe"]
             seen[k].append(f)
-            base = entry.get(k, {}).get("kernel_over_probe")
-            line.append(f"{k} {f:.3f}" + (f" ({f / base:.2f}x)" if base else ""))
+            line.append(f"{k} {f:.3f}" + (f" ({f / base[k]:.2f}x)" if base[k] else ""))
         print(f"run {run + 1:3d}: " + "; ".join(line), flush=True)
     for k, fs in seen.items():
-        base = entry.get(k, {}).get("kernel_over_probe")
         spread = f"median {statistics.median(fs):.3f}, min {min(fs):.3f}, max {max(fs):.3f}"
-        if base:
-            over = sum(f > base * gate.THRESHOLD for f in fs)
-            spread += f"; baseline {base:.3f}: {min(fs) / base:.2f}-{max(fs) / base:.2f}x, {over} of {len(fs)} over {gate.THRESHOLD}x"
+        if base[k]:
+            b = base[k]
+            over = sum(f > b * gate.THRESHOLD for f in fs)
+            spread += f"; baseline {b:.3f}: {min(fs) / b:.2f}-{max(fs) / b:.2f}x, {over} of {len(fs)} over {gate.THRESHOLD}x"
         print(f"{k}: {spread}")
     return 0
 

@@ -437,13 +437,14 @@ def _per_row_tiled(op, backend, arrays, shape, scalars, extra, state=None):
     return res[{"lse": "lse", "entropy_logits": "entropy", "kl_logits": "kl_ref_model"}[op]]
 
 
-_FLOAT32 = np.dtype(np.float32)
+_NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def out_dtype(*arrays):
     """The compute dtype of a call: float64 if any float input is float64, else float32."""
-    if all(a.dtype is _FLOAT32 for a in arrays):      # the common case, without the checks' cost
-        return _FLOAT32
+    first = arrays[0].dtype
+    if first in _NATIVE and all(a.dtype == first for a in arrays[1:]):   # the common case, without the checks
+        return first
     dts = [_checks.compute_dtype(f"arg{i}", a.dtype) for i, a in enumerate(arrays)]
     return np.dtype(np.float64) if any(d == np.float64 for d in dts) else np.dtype(np.float32)
 

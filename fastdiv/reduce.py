@@ -96,7 +96,7 @@ def sum64(per_row):
         kernels = _registry._load("cython")[0]
         if kernels is not None:
             return np.float64(kernels.sum64(a, execute.get_num_threads()))
-    return np.sum(per_row, dtype=np.float64)
+    return np.add.reduce(per_row, axis=None, dtype=np.float64)     # np.sum without its dispatch (2 us)
 
 
 def finish(per_row, lead, reduction, dtype, denominator=None):

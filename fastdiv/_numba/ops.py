@@ -64,6 +64,7 @@ from .short_rows import (
     _small_lse,
     _small_lse_mt,
     block_align,
+    unit_weights,
     use_blocks,
 )
 from .simd import guard, read_only
@@ -148,7 +149,7 @@ def ce_hard(x, target, ignore_index, weight, eps, out, nthreads):
     if target.shape != (x.shape[0],) or weight.shape != (x.shape[1],):
         raise ValueError(f"target must have shape ({x.shape[0]},) and weight ({x.shape[1]},)")
     ignore = np.int64(ignore_index)
-    if use_blocks(x) and eps == 0 and np.all(weight == 1):
+    if use_blocks(x) and eps == 0 and unit_weights(weight):
         threads.run(_small_lse, _small_lse_mt, nthreads, (x, out, target, ignore), x,
                     block_align(x, 1, SMALL_GROUP))
     elif eps == 0:

@@ -406,6 +406,16 @@ def use_blocks(x):
     return 1 < x.shape[1] <= SMALL_V
 
 
+@njit(**_JIT)
+def unit_weights(w):
+    """Whether every class weight is 1 (the block path's CE is unweighted): one pass, without
+    ``np.all(w == 1)``'s temporary and dispatch (2.6 us of a C51 call's ~8)."""
+    for j in range(w.shape[0]):
+        if w[j] != 1:
+            return False
+    return True
+
+
 def block_align(x, per_row, group=1):
     """Shares of a block-path call start on a block boundary."""
     return block_rows.py_func(x.shape[1], per_row) * group
