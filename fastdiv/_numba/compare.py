@@ -93,5 +93,4 @@ def compare(x, z, target, st, ix, nthreads):
     if k == 1:
         _compare(x, z, target, st, ix, scratch[0], refs[0])
         return
-    with threads.threads(k):
-        _compare_mt(x, z, target, st, ix, scratch, refs, k, 1)
+    threads.launch(k, _compare_mt, x, z, target, st, ix, scratch, refs, k, 1)

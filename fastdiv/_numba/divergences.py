@@ -803,8 +803,7 @@ def js_logits(x, z, beta, scale, out, nthreads):
         if k == 1:
             _js_logits(x, z, float(beta), out, scratch[0], refs[0])
             return
-        with threads.threads(k):
-            _js_logits_mt(x, z, float(beta), out, scratch, refs, k, 1)
+        threads.launch(k, _js_logits_mt, x, z, float(beta), out, scratch, refs, k, 1)
         return
     # the scaled rows by blocks of ~16 KB each (L1), a row at least
     n = max(1, min(-(-x.shape[0] // k), _SCALED_BLOCK // v))
@@ -812,8 +811,7 @@ def js_logits(x, z, beta, scale, out, nthreads):
     if k == 1:
         _js_logits_scaled(x, z, float(beta), float(scale), out, scratch[0], refs[0], blocks[0])
         return
-    with threads.threads(k):
-        _js_logits_scaled_mt(x, z, float(beta), float(scale), out, scratch, refs, blocks, k, 1)
+    threads.launch(k, _js_logits_scaled_mt, x, z, float(beta), float(scale), out, scratch, refs, blocks, k, 1)
 
 
 def js_log_probs(a, b, beta, out, nthreads):

@@ -87,7 +87,7 @@ def lse(x, out, nthreads):
     (x,) = read_only(x)
     if use_blocks(x):
         threads.run(_small_lse, _small_lse_mt, nthreads, (x, out, _NO_TARGET, np.int64(0)), x,
-                    block_align(x, 1, SMALL_GROUP))
+                    block_align(x, 1))
     else:
         threads.run(_lse, _lse_mt, nthreads, (x, out), x)
 
@@ -150,13 +150,13 @@ def ce_hard(x, target, ignore_index, weight, eps, out, nthreads):
         raise ValueError(f"target must have shape ({x.shape[0]},) and weight ({x.shape[1]},)")
     ignore = np.int64(ignore_index)
     if use_blocks(x) and eps == 0 and unit_weights(weight):
-        threads.run(_small_lse, _small_lse_mt, nthreads, (x, out, target, ignore), x,
-                    block_align(x, 1, SMALL_GROUP))
+        threads.run(_small_lse, _small_lse_mt, nthreads, (x, out, target, ignore), x, block_align(x, 1))
     elif eps == 0:
         m = np.empty_like(out)
         ls = np.empty(out.shape[0], dtype=np.float64)
         threads.run(_row_parts, _row_parts_mt, nthreads, (x, m, ls), x)
-        threads.run(_ce_finish, _ce_finish_mt, nthreads, (x, target, ignore, weight, m, ls, out), x)
+        # a row's finish reads its target's entry: split by rows, not elements
+        threads.run(_ce_finish, _ce_finish_mt, nthreads, (x, target, ignore, weight, m, ls, out), out)
     else:
         threads.run(_ce_hard, _ce_hard_mt, nthreads, (x, target, ignore, weight, float(eps), out), x)
 

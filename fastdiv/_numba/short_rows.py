@@ -417,7 +417,10 @@ def unit_weights(w):
 
 
 def block_align(x, per_row, group=1):
-    """Shares of a block-path call start on a block boundary."""
+    """Shares of a block-path call start on a block boundary (its rows' results depend on
+    the block), and on a group boundary (``group`` = SMALL_GROUP) for entropy, whose blocks
+    start from the previous block's maximum within a group.  lse's and KL's blocks depend on
+    nothing else: their shares may start on any block."""
     return block_rows.py_func(x.shape[1], per_row) * group
 
 
