@@ -20,7 +20,7 @@ from . import threads
 from .divergences import _LINE, _js_terms
 from .evaluate import CHUNK, _locate, _store_xz, _xz_row
 from .simd import INLINE, JIT, cast, prefer_wide_vectors, read_only
-from .threads import PAR, share
+from .threads import PAR, call, share
 
 _INF = np.inf
 
@@ -70,10 +70,10 @@ def _compare(x, z, target, st, ix, scratch, refs):
 
 
 @njit(**PAR)
-def _compare_mt(x, z, target, st, ix, scratch, refs, parts, align):
+def _compare_mt(e, x, z, target, st, ix, scratch, refs, parts, align):
     for k in prange(parts):
         lo, hi = share(x.shape[0], k, parts, align)
-        _compare(x[lo:hi], z[lo:hi], target[lo:hi], st[lo:hi], ix[lo:hi], scratch[k], refs[k])
+        call(e, (x[lo:hi], z[lo:hi], target[lo:hi], st[lo:hi], ix[lo:hi], scratch[k], refs[k]))
 
 
 def compare(x, z, target, st, ix, nthreads):
@@ -93,4 +93,4 @@ def compare(x, z, target, st, ix, nthreads):
     if k == 1:
         _compare(x, z, target, st, ix, scratch[0], refs[0])
         return
-    threads.launch(k, _compare_mt, x, z, target, st, ix, scratch, refs, k, 1)
+    threads.split(k, _compare_mt, _compare, "rrrrrkk", x, z, target, st, ix, scratch, refs)

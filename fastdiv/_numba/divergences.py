@@ -15,13 +15,13 @@ accurate in float32 than one sequential sum.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
 
 from numba.extending import overload
 
 from . import threads
 from .. import _registry
-from .threads import PAR, share
+from .threads import PAR, call, share
 from .simd import (FASTMATH, INLINE, JIT, KL_SUB, _float_bits_to_int, _int_bits_to_float, cast, clamp_lo, exp_hot, fexp, flog,
                    guard, is_f64, load, maximum, prefer_wide_vectors, prefetch_ahead, read_only, sub_exact)
 
@@ -577,14 +577,14 @@ def _js_logits(x, z, beta, out, scratch, refs):
 
 
 @njit(**_JIT)
-def _js_logits_scaled(x, z, beta, scale, out, scratch, refs, blocks):
+def _js_logits_scaled(x, z, beta, scale, out, scratch, refs, blocks, rows):
     """At a temperature: the rows scaled by blocks of n rows into ``blocks[:n]`` and
     ``blocks[n:2n]`` (L1 size; its last row pads one share's blocks from the next's), then
-    _js_logits on each block, called, not inlined.  One kernel that branched on ``scale is
-    None`` kept both branches for a float scale (numba does not prune it), two inlined copies
-    of the row body: its first call compiled in 15.2 s against 7.5 s unscaled (float32, Zen 4,
-    2026-12-07).  The blocks must stay C-contiguous: _js_logits on strided ('A') views ran
-    6.6x slower (its loops were not vectorised)."""
+    _js_logits on each block through its entry ``rows`` (threads.Entry), not inlined.  One
+    kernel that branched on ``scale is None`` kept both branches for a float scale (numba
+    does not prune it), two inlined copies of the row body: its first call compiled in 15.2 s
+    against 7.5 s unscaled (float32, Zen 4, 2026-12-07).  The blocks must stay C-contiguous:
+    _js_logits on strided ('A') views ran 6.6x slower (its loops were not vectorised)."""
     n = (blocks.shape[0] - 1) // 2
     xs = blocks[:n]
     zs = blocks[n:2 * n]
@@ -594,7 +594,7 @@ def _js_logits_scaled(x, z, beta, scale, out, scratch, refs, blocks):
         for i in range(i0, i1):
             _scaled_into(x[i], xs[i - i0], sc)
             _scaled_into(z[i], zs[i - i0], sc)
-        _js_logits(xs[:i1 - i0], zs[:i1 - i0], beta, out[i0:i1], scratch, refs)
+        call(rows, (xs[:i1 - i0], zs[:i1 - i0], beta, out[i0:i1], scratch, refs))
 
 
 @njit(**_INLINE)
@@ -751,38 +751,38 @@ def _topk(idx, t, z, bucket, out):
 
 
 @njit(**PAR)
-def _js_logits_mt(x, z, beta, out, scratch, refs, parts, align):
+def _js_logits_mt(e, x, z, beta, out, scratch, refs, parts, align):
     for k in prange(parts):
         lo, hi = share(x.shape[0], k, parts, align)
-        _js_logits(x[lo:hi], z[lo:hi], beta, out[lo:hi], scratch[k], refs[k])
+        call(e, (x[lo:hi], z[lo:hi], beta, out[lo:hi], scratch[k], refs[k]))
 
 
 @njit(**PAR)
-def _js_logits_scaled_mt(x, z, beta, scale, out, scratch, refs, blocks, parts, align):
+def _js_logits_scaled_mt(e, x, z, beta, scale, out, scratch, refs, blocks, rows, parts, align):
     for k in prange(parts):
         lo, hi = share(x.shape[0], k, parts, align)
-        _js_logits_scaled(x[lo:hi], z[lo:hi], beta, scale, out[lo:hi], scratch[k], refs[k], blocks[k])
+        call(e, (x[lo:hi], z[lo:hi], beta, scale, out[lo:hi], scratch[k], refs[k], blocks[k], rows))
 
 
 @njit(**PAR)
-def _js_log_probs_mt(a, b, beta, out, parts, align):
+def _js_log_probs_mt(e, a, b, beta, out, parts, align):
     for k in prange(parts):
         lo, hi = share(a.shape[0], k, parts, align)
-        _js_log_probs(a[lo:hi], b[lo:hi], beta, out[lo:hi])
+        call(e, (a[lo:hi], b[lo:hi], beta, out[lo:hi]))
 
 
 @njit(**PAR)
-def _js_probs_mt(p, q, beta, out, parts, align):
+def _js_probs_mt(e, p, q, beta, out, parts, align):
     for k in prange(parts):
         lo, hi = share(p.shape[0], k, parts, align)
-        _js_probs(p[lo:hi], q[lo:hi], beta, out[lo:hi])
+        call(e, (p[lo:hi], q[lo:hi], beta, out[lo:hi]))
 
 
 @njit(**PAR)
-def _topk_mt(idx, t, z, bucket, out, parts, align):
+def _topk_mt(e, idx, t, z, bucket, out, parts, align):
     for k in prange(parts):
         lo, hi = share(z.shape[0], k, parts, align)
-        _topk(idx[lo:hi], t[lo:hi], z[lo:hi], bucket, out[lo:hi])
+        call(e, (idx[lo:hi], t[lo:hi], z[lo:hi], bucket, out[lo:hi]))
 
 
 def js_logits(x, z, beta, scale, out, nthreads):
@@ -803,27 +803,33 @@ def js_logits(x, z, beta, scale, out, nthreads):
         if k == 1:
             _js_logits(x, z, float(beta), out, scratch[0], refs[0])
             return
-        threads.launch(k, _js_logits_mt, x, z, float(beta), out, scratch, refs, k, 1)
+        threads.split(k, _js_logits_mt, _js_logits, "rr=rkk", x, z, float(beta), out, scratch, refs)
         return
     # the scaled rows by blocks of ~16 KB each (L1), a row at least
     n = max(1, min(-(-x.shape[0] // k), _SCALED_BLOCK // v))
     blocks = np.empty((k, 2 * n + 1, v), dtype=acc)
+    # what _js_logits_scaled passes _js_logits: its blocks' rows, then out's, scratch, refs
+    tb = threads.rows(threads.item(threads.typeof(blocks)))
+    rows = threads.entry(_js_logits, tb, tb, types.float64, threads.rows(threads.typeof(out)),
+                         threads.item(threads.typeof(scratch)), threads.item(threads.typeof(refs)))
     if k == 1:
-        _js_logits_scaled(x, z, float(beta), float(scale), out, scratch[0], refs[0], blocks[0])
+        args = (x, z, float(beta), float(scale), out, scratch[0], refs[0], blocks[0], rows)
+        threads.native(_js_logits_scaled, *args)(*args)
         return
-    threads.launch(k, _js_logits_scaled_mt, x, z, float(beta), float(scale), out, scratch, refs, blocks, k, 1)
+    threads.split(k, _js_logits_scaled_mt, _js_logits_scaled, "rr==rkkk=",
+                  x, z, float(beta), float(scale), out, scratch, refs, blocks, rows)
 
 
 def js_log_probs(a, b, beta, out, nthreads):
     guard(out, a, b)
     a, b = read_only(a, b)
-    threads.run(_js_log_probs, _js_log_probs_mt, nthreads, (a, b, float(beta), out), a)
+    threads.run(_js_log_probs, _js_log_probs_mt, "rr=r", nthreads, (a, b, float(beta), out), a)
 
 
 def js_probs(p, q, beta, out, nthreads):
     guard(out, p, q)
     p, q = read_only(p, q)
-    threads.run(_js_probs, _js_probs_mt, nthreads, (p, q, float(beta), out), p)
+    threads.run(_js_probs, _js_probs_mt, "rr=r", nthreads, (p, q, float(beta), out), p)
 
 
 def topk_kl(idx, t, z, bucket, out, nthreads):
@@ -832,4 +838,4 @@ def topk_kl(idx, t, z, bucket, out, nthreads):
     if z.ndim != 2 or z.shape[1] < 1 or out.shape != (z.shape[0],) or t.dtype != z.dtype:
         raise ValueError(f"z must be 2-D with V >= 1, t of z's dtype and out of shape ({z.shape[0]},)")
     idx, t, z = read_only(idx, t, z)
-    threads.run(_topk, _topk_mt, nthreads, (idx, t, z, int(bool(bucket)), out), z)
+    threads.run(_topk, _topk_mt, "rrr=r", nthreads, (idx, t, z, int(bool(bucket)), out), z)

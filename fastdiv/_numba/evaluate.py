@@ -18,7 +18,7 @@ from numba import njit, prange
 from .long_rows import _kls_of_state
 from .row_state import ROW_CHUNK, _row_state_t
 from . import threads
-from .threads import PAR, share
+from .threads import PAR, call, share
 from .simd import INLINE, JIT, cast, clamp_lo, exp_hot, maximum, prefer_wide_vectors, prefetch, read_only
 
 CHUNK = 2048
@@ -261,17 +261,17 @@ def _evaluate_xz(x, z, target, st, ix):
 
 
 @njit(**PAR)
-def _evaluate_x_mt(x, target, st, ix, parts, align):
+def _evaluate_x_mt(e, x, target, st, ix, parts, align):
     for k in prange(parts):
         lo, hi = share(x.shape[0], k, parts, align)
-        _evaluate_x(x[lo:hi], target[lo:hi], st[lo:hi], ix[lo:hi])
+        call(e, (x[lo:hi], target[lo:hi], st[lo:hi], ix[lo:hi]))
 
 
 @njit(**PAR)
-def _evaluate_xz_mt(x, z, target, st, ix, parts, align):
+def _evaluate_xz_mt(e, x, z, target, st, ix, parts, align):
     for k in prange(parts):
         lo, hi = share(x.shape[0], k, parts, align)
-        _evaluate_xz(x[lo:hi], z[lo:hi], target[lo:hi], st[lo:hi], ix[lo:hi])
+        call(e, (x[lo:hi], z[lo:hi], target[lo:hi], st[lo:hi], ix[lo:hi]))
 
 
 def evaluate(x, z, target, st, ix, nthreads):
@@ -284,6 +284,6 @@ def evaluate(x, z, target, st, ix, nthreads):
     x, z, target = read_only(x, z, target)
 
     if z.shape[0]:
-        threads.run(_evaluate_xz, _evaluate_xz_mt, nthreads, (x, z, target, st, ix), x)
+        threads.run(_evaluate_xz, _evaluate_xz_mt, "rrrrr", nthreads, (x, z, target, st, ix), x)
     else:
-        threads.run(_evaluate_x, _evaluate_x_mt, nthreads, (x, target, st, ix), x)
+        threads.run(_evaluate_x, _evaluate_x_mt, "rrrr", nthreads, (x, target, st, ix), x)

@@ -20,7 +20,7 @@ from numba.extending import overload
 from .. import _registry
 from .divergences import CHUNK as NEAR_CHUNK, _js_d, _js_min_d2, _js_near_max, _kl_near_f32, _near_d
 from .row_state import _chunk_max, _finish_entropy, _finish_lse, _log_s, _row_state
-from .threads import PAR, share
+from .threads import PAR, call, share
 from .simd import INLINE, JIT, KL_SUB, cast, clamp_lo, exp_held, exp_hot, fexp, flog, jump_limit, load, maximum, prefer_wide_vectors, prefetch_ahead, add_exact, is_f64, nan_of, rel_entr, scale_of, sub_exact, two_diff
 
 #: The KL kernel's chunk (two rows read at once).
@@ -777,77 +777,77 @@ def _ce_soft(x, p, weight, alpha, beta, scale, out):
 
 
 @njit(**PAR)
-def _lse_mt(x, out, parts, align):
+def _lse_mt(e, x, out, parts, align):
     for k in prange(parts):
         lo, hi = share(x.shape[0], k, parts, align)
-        _lse(x[lo:hi], out[lo:hi])
+        call(e, (x[lo:hi], out[lo:hi]))
 
 
 @njit(**PAR)
-def _entropy_logits_mt(x, scale, out, parts, align):
+def _entropy_logits_mt(e, x, scale, out, parts, align):
     for k in prange(parts):
         lo, hi = share(x.shape[0], k, parts, align)
-        _entropy_logits(x[lo:hi], scale, out[lo:hi])
+        call(e, (x[lo:hi], scale, out[lo:hi]))
 
 
 @njit(**PAR)
-def _entropy_probs_mt(p, out, parts, align):
+def _entropy_probs_mt(e, p, out, parts, align):
     for k in prange(parts):
         lo, hi = share(p.shape[0], k, parts, align)
-        _entropy_probs(p[lo:hi], out[lo:hi])
+        call(e, (p[lo:hi], out[lo:hi]))
 
 
 @njit(**PAR)
-def _entropy_log_probs_mt(lp, out, parts, align):
+def _entropy_log_probs_mt(e, lp, out, parts, align):
     for k in prange(parts):
         lo, hi = share(lp.shape[0], k, parts, align)
-        _entropy_log_probs(lp[lo:hi], out[lo:hi])
+        call(e, (lp[lo:hi], out[lo:hi]))
 
 
 @njit(**PAR)
-def _kl_logits_mt(x, z, scale, out, parts, align):
+def _kl_logits_mt(e, x, z, scale, out, parts, align):
     for k in prange(parts):
         lo, hi = share(x.shape[0], k, parts, align)
-        _kl_logits(x[lo:hi], z[lo:hi], scale, out[lo:hi])
+        call(e, (x[lo:hi], z[lo:hi], scale, out[lo:hi]))
 
 
 @njit(**PAR)
-def _kl_probs_mt(p, q, out, parts, align):
+def _kl_probs_mt(e, p, q, out, parts, align):
     for k in prange(parts):
         lo, hi = share(p.shape[0], k, parts, align)
-        _kl_probs(p[lo:hi], q[lo:hi], out[lo:hi])
+        call(e, (p[lo:hi], q[lo:hi], out[lo:hi]))
 
 
 @njit(**PAR)
-def _kl_log_probs_mt(a, b, out, parts, align):
+def _kl_log_probs_mt(e, a, b, out, parts, align):
     for k in prange(parts):
         lo, hi = share(a.shape[0], k, parts, align)
-        _kl_log_probs(a[lo:hi], b[lo:hi], out[lo:hi])
+        call(e, (a[lo:hi], b[lo:hi], out[lo:hi]))
 
 
 @njit(**PAR)
-def _row_parts_mt(x, m, ls, parts, align):
+def _row_parts_mt(e, x, m, ls, parts, align):
     for k in prange(parts):
         lo, hi = share(x.shape[0], k, parts, align)
-        _row_parts(x[lo:hi], m[lo:hi], ls[lo:hi])
+        call(e, (x[lo:hi], m[lo:hi], ls[lo:hi]))
 
 
 @njit(**PAR)
-def _ce_finish_mt(x, target, ignore_index, weight, m, ls, out, parts, align):
+def _ce_finish_mt(e, x, target, ignore_index, weight, m, ls, out, parts, align):
     for k in prange(parts):
         lo, hi = share(x.shape[0], k, parts, align)
-        _ce_finish(x[lo:hi], target[lo:hi], ignore_index, weight, m[lo:hi], ls[lo:hi], out[lo:hi])
+        call(e, (x[lo:hi], target[lo:hi], ignore_index, weight, m[lo:hi], ls[lo:hi], out[lo:hi]))
 
 
 @njit(**PAR)
-def _ce_hard_mt(x, target, ignore_index, weight, eps, out, parts, align):
+def _ce_hard_mt(e, x, target, ignore_index, weight, eps, out, parts, align):
     for k in prange(parts):
         lo, hi = share(x.shape[0], k, parts, align)
-        _ce_hard(x[lo:hi], target[lo:hi], ignore_index, weight, eps, out[lo:hi])
+        call(e, (x[lo:hi], target[lo:hi], ignore_index, weight, eps, out[lo:hi]))
 
 
 @njit(**PAR)
-def _ce_soft_mt(x, p, weight, alpha, beta, scale, out, parts, align):
+def _ce_soft_mt(e, x, p, weight, alpha, beta, scale, out, parts, align):
     for k in prange(parts):
         lo, hi = share(x.shape[0], k, parts, align)
-        _ce_soft(x[lo:hi], p[lo:hi], weight, alpha, beta, scale, out[lo:hi])
+        call(e, (x[lo:hi], p[lo:hi], weight, alpha, beta, scale, out[lo:hi]))

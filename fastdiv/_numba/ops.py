@@ -86,32 +86,32 @@ def lse(x, out, nthreads):
     guard(out, x)
     (x,) = read_only(x)
     if use_blocks(x):
-        threads.run(_small_lse, _small_lse_mt, nthreads, (x, out, _NO_TARGET, np.int64(0)), x,
+        threads.run(_small_lse, _small_lse_mt, "rrr=", nthreads, (x, out, _NO_TARGET, np.int64(0)), x,
                     block_align(x, 1))
     else:
-        threads.run(_lse, _lse_mt, nthreads, (x, out), x)
+        threads.run(_lse, _lse_mt, "rr", nthreads, (x, out), x)
 
 
 def entropy_logits(x, scale, out, nthreads):
     guard(out, x)
     (x,) = read_only(x)
     if use_blocks(x):
-        threads.run(_small_entropy, _small_entropy_mt, nthreads, (x, _scale_arg(scale), out), x,
+        threads.run(_small_entropy, _small_entropy_mt, "r=r", nthreads, (x, _scale_arg(scale), out), x,
                     block_align(x, 2, SMALL_GROUP))
     else:
-        threads.run(_entropy_logits, _entropy_logits_mt, nthreads, (x, _scale_arg(scale), out), x)
+        threads.run(_entropy_logits, _entropy_logits_mt, "r=r", nthreads, (x, _scale_arg(scale), out), x)
 
 
 def entropy_probs(p, out, nthreads):
     guard(out, p)
     (p,) = read_only(p)
-    threads.run(_entropy_probs, _entropy_probs_mt, nthreads, (p, out), p)
+    threads.run(_entropy_probs, _entropy_probs_mt, "rr", nthreads, (p, out), p)
 
 
 def entropy_log_probs(lp, out, nthreads):
     guard(out, lp)
     (lp,) = read_only(lp)
-    threads.run(_entropy_log_probs, _entropy_log_probs_mt, nthreads, (lp, out), lp)
+    threads.run(_entropy_log_probs, _entropy_log_probs_mt, "rr", nthreads, (lp, out), lp)
 
 
 def kl_logits(x, z, scale, out, nthreads):
@@ -119,28 +119,28 @@ def kl_logits(x, z, scale, out, nthreads):
     x, z = read_only(x, z)
     sc = _scale_arg(float(scale))
     if not use_blocks(x):
-        threads.run(_kl_logits, _kl_logits_mt, nthreads, (x, z, sc, out), x)
+        threads.run(_kl_logits, _kl_logits_mt, "rr=r", nthreads, (x, z, sc, out), x)
         return
     redo = np.zeros(x.shape[0], dtype=np.bool_)
-    threads.run(_small_kl, _small_kl_mt, nthreads, (x, z, sc, out, redo), x, block_align(x, 2))
+    threads.run(_small_kl, _small_kl_mt, "rr=rr", nthreads, (x, z, sc, out, redo), x, block_align(x, 2))
     if redo.any():                      # rare: NaN/inf blocks, masked or far-below rows
         idx = np.flatnonzero(redo)
         part = np.empty(idx.size, dtype=out.dtype)
         xr, zr = read_only(x[idx], z[idx])
-        threads.run(_kl_logits, _kl_logits_mt, nthreads, (xr, zr, sc, part), xr)
+        threads.run(_kl_logits, _kl_logits_mt, "rr=r", nthreads, (xr, zr, sc, part), xr)
         out[idx] = part
 
 
 def kl_probs(p, q, out, nthreads):
     guard(out, p, q)
     p, q = read_only(p, q)
-    threads.run(_kl_probs, _kl_probs_mt, nthreads, (p, q, out), p)
+    threads.run(_kl_probs, _kl_probs_mt, "rrr", nthreads, (p, q, out), p)
 
 
 def kl_log_probs(a, b, out, nthreads):
     guard(out, a, b)
     a, b = read_only(a, b)
-    threads.run(_kl_log_probs, _kl_log_probs_mt, nthreads, (a, b, out), a)
+    threads.run(_kl_log_probs, _kl_log_probs_mt, "rrr", nthreads, (a, b, out), a)
 
 
 def ce_hard(x, target, ignore_index, weight, eps, out, nthreads):
@@ -150,15 +150,15 @@ def ce_hard(x, target, ignore_index, weight, eps, out, nthreads):
         raise ValueError(f"target must have shape ({x.shape[0]},) and weight ({x.shape[1]},)")
     ignore = np.int64(ignore_index)
     if use_blocks(x) and eps == 0 and unit_weights(weight):
-        threads.run(_small_lse, _small_lse_mt, nthreads, (x, out, target, ignore), x, block_align(x, 1))
+        threads.run(_small_lse, _small_lse_mt, "rrr=", nthreads, (x, out, target, ignore), x, block_align(x, 1))
     elif eps == 0:
         m = np.empty_like(out)
         ls = np.empty(out.shape[0], dtype=np.float64)
-        threads.run(_row_parts, _row_parts_mt, nthreads, (x, m, ls), x)
+        threads.run(_row_parts, _row_parts_mt, "rrr", nthreads, (x, m, ls), x)
         # a row's finish reads its target's entry: split by rows, not elements
-        threads.run(_ce_finish, _ce_finish_mt, nthreads, (x, target, ignore, weight, m, ls, out), out)
+        threads.run(_ce_finish, _ce_finish_mt, "rr==rrr", nthreads, (x, target, ignore, weight, m, ls, out), out)
     else:
-        threads.run(_ce_hard, _ce_hard_mt, nthreads, (x, target, ignore, weight, float(eps), out), x)
+        threads.run(_ce_hard, _ce_hard_mt, "rr===r", nthreads, (x, target, ignore, weight, float(eps), out), x)
 
 
 def ce_soft(x, p, weight, alpha, beta, scale, out, nthreads):
@@ -166,4 +166,4 @@ def ce_soft(x, p, weight, alpha, beta, scale, out, nthreads):
     x, p, weight = read_only(x, p, weight)
     if weight.shape != (x.shape[1],):
         raise ValueError(f"weight must have shape ({x.shape[1]},)")
-    threads.run(_ce_soft, _ce_soft_mt, nthreads, (x, p, weight, float(alpha), float(beta), float(scale), out), x)
+    threads.run(_ce_soft, _ce_soft_mt, "rr====r", nthreads, (x, p, weight, float(alpha), float(beta), float(scale), out), x)

@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from .long_rows import KL32_NEAR_BELOW, KL_EXACT_BELOW, _kl_scale, _kl_tight
 from .row_state import _chunk_max, _finish_entropy, _finish_lse, _nll, _row_state
-from .threads import PAR, share
+from .threads import PAR, call, share
 from .simd import _LN2, INLINE, JIT, KL_SUB, SUB, cast, clamp_lo, exp_hot, flog, jump_limit, load, log_parts_f64, maximum, prefer_wide_vectors, prefetch_ahead, add_exact, is_f64, scale_of, sub_exact
 
 _JIT = JIT
@@ -429,23 +429,23 @@ def block_align(x, per_row, group=1):
 
 
 @njit(**PAR)
-def _small_lse_mt(x, out, ce_target, ignore_index, parts, align):
+def _small_lse_mt(e, x, out, ce_target, ignore_index, parts, align):
     n = x.shape[0]
     for k in prange(parts):
         lo, hi = share(n, k, parts, align)
         t = ce_target[lo:hi] if ce_target.shape[0] == n else ce_target   # empty: no targets
-        _small_lse(x[lo:hi], out[lo:hi], t, ignore_index)
+        call(e, (x[lo:hi], out[lo:hi], t, ignore_index))
 
 
 @njit(**PAR)
-def _small_entropy_mt(x, scale, out, parts, align):
+def _small_entropy_mt(e, x, scale, out, parts, align):
     for k in prange(parts):
         lo, hi = share(x.shape[0], k, parts, align)
-        _small_entropy(x[lo:hi], scale, out[lo:hi])
+        call(e, (x[lo:hi], scale, out[lo:hi]))
 
 
 @njit(**PAR)
-def _small_kl_mt(x, z, scale, out, fallback, parts, align):
+def _small_kl_mt(e, x, z, scale, out, fallback, parts, align):
     for k in prange(parts):
         lo, hi = share(x.shape[0], k, parts, align)
-        _small_kl(x[lo:hi], z[lo:hi], scale, out[lo:hi], fallback[lo:hi])
+        call(e, (x[lo:hi], z[lo:hi], scale, out[lo:hi], fallback[lo:hi]))

@@ -5,19 +5,44 @@ Why two functions per kernel: numba's parfor lowering of a whole kernel (``paral
 the row loop, with every inlined helper inside it) made each specialization 2-3x as costly to
 compile as the serial kernel (float32, Zen 4, 2026-12-05, first call in a fresh process:
 entropy 4.6 s parallel vs 2.3 s serial, KL from logits 8.4 vs 2.5 s).  The entry's parfor holds
-one call, so it compiles in ~1-1.5 s, and it keeps numba's own thread pool, whose launch costs
-a few microseconds (a Python thread pool's hand-off cost 30-75 us per call, 20 % of a 2 MiB
-in-cache call on two threads).
+one call, through a pointer (below), so it compiles in 0.4-0.5 s, and it keeps numba's own
+thread pool, whose launch costs a few microseconds (a Python thread pool's hand-off cost
+30-75 us per call, 20 % of a 2 MiB in-cache call on two threads).
 
 A row's result does not depend on the split: the block kernels (V <= SMALL_V) get shares that
 start on their block boundaries (``align``), so their blocks hold the same rows as in one call.
+
+Nor may it depend on which copy of the serial kernel's machine code runs.  A parallel entry
+that calls the serial kernel by name gets a second copy of it: numba links the serial
+kernel's optimised module into the entry's and optimises it again, with fast-math
+reassociation, so the copy may round differently.  Which copy a call runs follows what the
+process loaded first: a process that compiles the entry has the serial kernel loaded already
+and calls it; one that loads the entry from numba's cache first calls the entry's own copy.
+numba's float32 ``js_div`` on two shares gave 8 of 75 rows an ulp away from one share that
+way (V = 1271, Zen 4, 2026-12-08).  ``Entry`` and ``call`` run the one copy instead: the
+entry is handed the serial kernel's compiled address and calls it through a pointer, and
+compiles in 0.4-0.5 s instead of 1.3-3.1 s (lse, KL, JS, float32, Zen 4, 2026-12-08).
+
+What this does not cover: a serial kernel's own calls to helpers numba compiles apart
+(``_js_mixed_terms``, ``_kl_near32`` and its kin, ``_kls_again``) still go to whichever copy
+the process loaded first.  ``tests/equivalence.py`` found every numba case bit-identical
+between a compiling and a cached process (7887 cases, 2026-12-08), so none of them rounds
+differently today; a change to one of them should be checked the same way.
 """
 from __future__ import annotations
 
+import operator
 import threading
+from functools import lru_cache
 
 import numba
-from numba import njit
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.core.errors import TypingError
+from numba.core.registry import cpu_target
+from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
 
 #: the parallel entries: a prange over shares, each one call of a serial kernel
 PAR = dict(parallel=True, cache=True, nogil=True)
@@ -73,17 +98,171 @@ def launch(k, parallel, *args):
             parallel(*args)
 
 
-def run(serial, parallel, nthreads, args, x, align=1):
-    """``serial(*args)`` on one share, else ``parallel(*args, shares, align)`` on numba's
-    threads: the split rule of every numba kernel.  ``x`` sizes the split: the input rows,
+def run(serial, parallel, kinds, nthreads, args, x, align=1):
+    """``serial(*args)`` on one share, else ``parallel(e, *args, shares, align)`` on numba's
+    threads, ``e`` serial's ``Entry`` (``split``; ``kinds`` says what a share gets of each
+    argument): the split rule of every numba kernel.  ``x`` sizes the split: the input rows,
     or the per-row output where a kernel's work is a few elements per row."""
     k = parts(x, nthreads, align)
     if k == 1:
         serial(*args)
         return
-    launch(k, parallel, *args, k, align)
+    split(k, parallel, serial, kinds, *args, align=align)
+
+
+def split(k, parallel, serial, kinds, *args, align=1):
+    """``parallel(e, *args, k, align)`` on ``k`` threads, ``e`` the ``Entry`` of ``serial`` that
+    its shares call: ``kinds[i]`` says what a share passes of ``args[i]``, ``r`` its rows
+    ``a[lo:hi]``, ``k`` its own ``a[k]``, ``=`` the argument itself."""
+    key = (serial, kinds, *map(_key, args))
+    hit = _SPLITS.get(key)
+    if hit is None:
+        e = entry(serial, *(_share_type(kind, a) for kind, a in zip(kinds, args, strict=True)))
+        hit = _SPLITS[key] = e, native(parallel, e, *args, k, align)
+    e, run = hit
+    launch(k, run, e, *args, k, align)
+
+
+_SPLITS = {}
+
+
+def native(kernel, *args):
+    """``kernel``'s compiled entry point for arguments like ``args``: called directly, it skips
+    the dispatcher's typing of each argument (it types an ``Entry`` in Python, 2.5 us)."""
+    key = (kernel, *map(_key, args))
+    run = _NATIVE.get(key)
+    if run is None:
+        run = _NATIVE[key] = kernel.compile(tuple(numba.typeof(a) for a in args))
+    return run
+
+
+_NATIVE = {}
+
+
+def _key(a):
+    """What numba's type of ``a`` depends on, read in one or two attribute lookups (numba.typeof
+    costs ~1 us an argument)."""
+    if isinstance(a, np.ndarray):
+        return a.dtype, a.ndim, a.flags.num
+    if isinstance(a, Entry):
+        return a.sig
+    if type(a) is int:                      # numba types a Python int by its size
+        return int, -(1 << 63) <= a < (1 << 63)
+    return type(a)
+
+
+def _share_type(kind, a):
+    if kind == "r":
+        return rows(typeof(a))
+    if kind == "k":
+        return item(typeof(a))
+    return typeof(a) if isinstance(a, np.ndarray) else numba.typeof(a)
 
 
 def max_threads():
     """Threads numba may use in this process (``NUMBA_NUM_THREADS``)."""
     return numba.config.NUMBA_NUM_THREADS
+
+
+class Entry:
+    """The compiled code of one serial kernel for one signature: its address, passed to a
+    compiled caller that runs it by ``call`` (see the module's docstring)."""
+    __slots__ = ("addr", "sig")
+
+    def __init__(self, kernel, sig):
+        kernel.compile(sig)                  # compiled, or loaded from numba's cache
+        cres = kernel.overloads[sig]
+        self.addr = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
+        self.sig = sig
+        if not self.addr:
+            raise RuntimeError(f"no compiled code for {kernel.__name__}{sig}")
+
+
+class EntryType(types.Type):
+    """numba's type of an ``Entry``: the signature it was compiled for, so that a call with
+    other argument types fails to compile instead of running with the wrong layout."""
+
+    def __init__(self, sig):
+        self.sig = sig
+        super().__init__(name=f"Entry({', '.join(map(str, sig))})")
+
+
+@typeof_impl.register(Entry)
+def _typeof_entry(val, c):
+    return EntryType(val.sig)
+
+
+@register_model(EntryType)
+class _EntryModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.IntType(64))
+
+
+@unbox(EntryType)
+def _unbox_entry(typ, obj, c):
+    addr = c.pyapi.object_getattr_string(obj, "addr")
+    val = c.pyapi.long_as_longlong(addr)
+    c.pyapi.decref(addr)
+    return NativeValue(val, is_error=c.pyapi.c_api_error())
+
+
+@intrinsic
+def call(typingctx, entry, args):
+    """``entry``'s kernel on the tuple ``args``: a call through its address, numba's own
+    calling convention, the kernel's result (None) and status dropped (kernels do not raise)."""
+    if not isinstance(entry, EntryType) or not isinstance(args, types.BaseTuple):
+        return None
+    if tuple(args.types) != entry.sig:
+        raise TypingError(f"an entry compiled for {entry.sig} called with {tuple(args.types)}")
+
+    def codegen(context, builder, signature, llargs):
+        vals = cgutils.unpack_tuple(builder, llargs[1], len(entry.sig))
+        fnty = context.call_conv.get_function_type(types.none, entry.sig)
+        fn = builder.inttoptr(llargs[0], fnty.as_pointer())
+        context.call_conv.call_function(builder, fn, types.none, entry.sig, vals)
+        return context.get_dummy_value()
+    return types.none(entry, args), codegen
+
+
+_ENTRIES = {}
+
+
+def entry(kernel, *sig):
+    """The ``Entry`` of ``kernel`` for the numba types ``sig``, built once per process."""
+    e = _ENTRIES.get((kernel, sig))
+    if e is None:
+        e = _ENTRIES[kernel, sig] = Entry(kernel, sig)
+    return e
+
+
+def _typing():
+    ctx = cpu_target.typing_context
+    ctx.refresh()
+    return ctx
+
+
+@lru_cache(maxsize=None)
+def _getitem(t, index):
+    return _typing().resolve_function_type(operator.getitem, (t, index), {}).return_type
+
+
+@lru_cache(maxsize=None)
+def _array(dtype, ndim, c, f, writeable, aligned):
+    layout = "C" if c else "F" if f else "A"
+    return types.Array(numba.from_dtype(dtype), ndim, layout, readonly=not writeable, aligned=aligned)
+
+
+def typeof(a):
+    """numba's type of the numpy array ``a`` (numba.typeof, cached on the flags it reads)."""
+    fl = a.flags
+    return _array(a.dtype, a.ndim, fl.c_contiguous, fl.f_contiguous, fl.writeable, fl.aligned)
+
+
+def rows(t):
+    """numba's type of ``a[lo:hi]`` for an array of numba type ``t``."""
+    return _getitem(t, types.slice2_type)
+
+
+def item(t):
+    """numba's type of ``a[k]`` for an array of numba type ``t``."""
+    return _getitem(t, types.intp)
