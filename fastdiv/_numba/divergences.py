@@ -785,12 +785,17 @@ def _topk_mt(e, idx, t, z, bucket, out, parts, align):
         call(e, (idx[lo:hi], t[lo:hi], z[lo:hi], bucket, out[lo:hi]))
 
 
+#: JS from logits costs ~4-6x logsumexp per element (V = 51: 280 against 43 us at 600 rows): its
+#: shares may be that much smaller (threads.parts)
+JS_WORK = 4
+
+
 def js_logits(x, z, beta, scale, out, nthreads):
     guard(out, x, z)
     x, z = read_only(x, z)
     acc = np.float32 if x.dtype.itemsize == 2 else x.dtype             # half bits: float32
     v = x.shape[1]
-    k = threads.parts(x, nthreads)
+    k = threads.parts(x, nthreads, work=JS_WORK)
     # Per share: the exponentials, and the scaled rows at a temperature: O(threads x V).
     # Each share's scratch is padded by a cache line or more, so no two shares write to one
     # line: at V = 51 the shares' rows were neighbours and two threads took 1.6-1.9x as long

@@ -49,10 +49,9 @@ PAR = dict(parallel=True, cache=True, nogil=True)
 
 #: Elements per share below which a split costs more than it saves: a parallel launch
 #: (the omp layer, threads warm) costs ~3 us, the kernels ~0.3 ns per element and thread.
-#: 24576 gained 12-26 % at 50000-65000 elements (Zen 4, 2026-12-07), but it split
-#: test_linear's identity-head js_div rows, and numba's js_div gives some rows an ulp apart
-#: on one share and on two (benchmarks/NOTES.md, 2026-12-07): 32768 until that is fixed.
-MIN_SHARE = 1 << 15
+#: 24576 gained 12-26 % at 50000-65000 elements against 32768 (Zen 4, 2026-12-07); it waited
+#: until numba's js_div gave the same bits on one share and on two (2026-12-08: ``Entry``).
+MIN_SHARE = 24576
 
 
 @njit(inline="always")
@@ -64,10 +63,11 @@ def share(n, k, parts, align):
     return lo, hi
 
 
-def parts(x, nthreads, align=1):
-    """How many shares to split ``x``'s rows into on ``nthreads`` threads."""
+def parts(x, nthreads, align=1, work=1):
+    """How many shares to split ``x``'s rows into on ``nthreads`` threads; ``work``: a kernel's
+    cost per element against logsumexp's (a share needs MIN_SHARE / work elements)."""
     blocks = -(-x.shape[0] // align)
-    return max(1, min(int(nthreads), blocks, x.size // MIN_SHARE))
+    return max(1, min(int(nthreads), blocks, x.size * work // MIN_SHARE))
 
 
 _LOCK = threading.Lock()
