@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import threads
-from .divergences import _LINE, _js_terms
+from .divergences import _LINE, JS_WORK, _js_terms
 from .evaluate import CHUNK, _locate, _store_xz, _xz_row
 from .simd import INLINE, JIT, cast, prefer_wide_vectors, read_only
 from .threads import PAR, call, share
@@ -84,7 +84,7 @@ def compare(x, z, target, st, ix, nthreads):
     if target.shape != (n,) or st.shape != (n, 12) or ix.shape != (n, 4):
         raise ValueError(f"compare: target must have shape ({n},), st ({n}, 12), ix ({n}, 4)")
     x, z, target = read_only(x, z, target)
-    k = threads.parts(x, nthreads)
+    k = threads.parts(x, nthreads, work=JS_WORK)   # its pass is JS's and more
     # per share: the two rows' exponentials and the chunks' shifts, each row padded by a cache
     # line so that no two shares write to one line (see divergences.js_logits)
     pad = _LINE // x.dtype.itemsize
