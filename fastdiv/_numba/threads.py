@@ -98,12 +98,13 @@ def launch(k, parallel, *args):
             parallel(*args)
 
 
-def run(serial, parallel, kinds, nthreads, args, x, align=1):
+def run(serial, parallel, kinds, nthreads, args, x, align=1, work=1):
     """``serial(*args)`` on one share, else ``parallel(e, *args, shares, align)`` on numba's
     threads, ``e`` serial's ``Entry`` (``split``; ``kinds`` says what a share gets of each
     argument): the split rule of every numba kernel.  ``x`` sizes the split: the input rows,
-    or the per-row output where a kernel's work is a few elements per row."""
-    k = parts(x, nthreads, align)
+    or the per-row output where a kernel's work is a few elements per row; ``work`` as in
+    ``parts``."""
+    k = parts(x, nthreads, align, work)
     if k == 1:
         serial(*args)
         return
