@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from numba import njit, prange, types
+from numba import njit, prange, typeof, types
 from numba.core.errors import TypingError
 
 from fastdiv._numba import threads
@@ -32,15 +32,15 @@ def test_an_entry_calls_its_kernel_on_each_share():
     out = np.zeros(10)
     threads.split(3, _fill_mt, _fill, "r=", out, 2.5)
     assert (out == 2.5).all()
-    assert threads.entry(_fill, threads.rows(threads.typeof(out)), types.float64) is \
-        threads.entry(_fill, threads.rows(threads.typeof(out)), types.float64)
+    assert threads.entry(_fill, threads.rows(typeof(out)), types.float64) is \
+        threads.entry(_fill, threads.rows(typeof(out)), types.float64)
 
 
 def test_an_entry_for_other_argument_types_does_not_compile():
     """A call whose arguments are not the entry's signature would run the kernel on the wrong
     layout: it fails to type instead."""
     out = np.zeros(10)
-    e = threads.entry(_fill, threads.rows(threads.typeof(out.astype(np.float32))), types.float64)
+    e = threads.entry(_fill, threads.rows(typeof(out.astype(np.float32))), types.float64)
     with pytest.raises(TypingError, match="an entry compiled for"):
         _fill_mt(e, out, 2.5, 2, 1)
 

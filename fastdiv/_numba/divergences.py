@@ -15,7 +15,7 @@ accurate in float32 than one sequential sum.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, prange
 
 from numba.extending import overload
 
@@ -813,10 +813,8 @@ def js_logits(x, z, beta, scale, out, nthreads):
     # the scaled rows by blocks of ~16 KB each (L1), a row at least
     n = max(1, min(-(-x.shape[0] // k), _SCALED_BLOCK // v))
     blocks = np.empty((k, 2 * n + 1, v), dtype=acc)
-    # what _js_logits_scaled passes _js_logits: its blocks' rows, then out's, scratch, refs
-    tb = threads.rows(threads.item(threads.typeof(blocks)))
-    rows = threads.entry(_js_logits, tb, tb, types.float64, threads.rows(threads.typeof(out)),
-                         threads.item(threads.typeof(scratch)), threads.item(threads.typeof(refs)))
+    # _js_logits_scaled passes _js_logits rows of a share's blocks, as _js_logits_mt its rows
+    rows = threads.entry_for(_js_logits, "rr=rkk", blocks[0], blocks[0], float(beta), out, scratch, refs)
     if k == 1:
         args = (x, z, float(beta), float(scale), out, scratch[0], refs[0], blocks[0], rows)
         threads.native(_js_logits_scaled, *args)(*args)

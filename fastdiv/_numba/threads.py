@@ -118,13 +118,26 @@ def split(k, parallel, serial, kinds, *args, align=1):
     key = (serial, kinds, *map(_key, args))
     hit = _SPLITS.get(key)
     if hit is None:
-        e = entry(serial, *(_share_type(kind, a) for kind, a in zip(kinds, args, strict=True)))
+        e = entry_for(serial, kinds, *args)
         hit = _SPLITS[key] = e, native(parallel, e, *args, k, align)
     e, run = hit
     launch(k, run, e, *args, k, align)
 
 
 _SPLITS = {}
+
+
+def entry_for(serial, kinds, *args):
+    """The ``Entry`` of ``serial`` for a share of ``args`` (``kinds`` as in ``split``), looked up
+    by the arguments' ``_key``."""
+    key = (serial, kinds, *map(_key, args))
+    e = _SHARE_ENTRIES.get(key)
+    if e is None:
+        e = _SHARE_ENTRIES[key] = entry(serial, *map(_share_type, kinds, args))
+    return e
+
+
+_SHARE_ENTRIES = {}
 
 
 def native(kernel, *args):
@@ -153,11 +166,8 @@ def _key(a):
 
 
 def _share_type(kind, a):
-    if kind == "r":
-        return rows(typeof(a))
-    if kind == "k":
-        return item(typeof(a))
-    return typeof(a) if isinstance(a, np.ndarray) else numba.typeof(a)
+    t = numba.typeof(a)
+    return rows(t) if kind == "r" else item(t) if kind == "k" else t
 
 
 def max_threads():
@@ -245,18 +255,6 @@ def _typing():
 @lru_cache(maxsize=None)
 def _getitem(t, index):
     return _typing().resolve_function_type(operator.getitem, (t, index), {}).return_type
-
-
-@lru_cache(maxsize=None)
-def _array(dtype, ndim, c, f, writeable, aligned):
-    layout = "C" if c else "F" if f else "A"
-    return types.Array(numba.from_dtype(dtype), ndim, layout, readonly=not writeable, aligned=aligned)
-
-
-def typeof(a):
-    """numba's type of the numpy array ``a`` (numba.typeof, cached on the flags it reads)."""
-    fl = a.flags
-    return _array(a.dtype, a.ndim, fl.c_contiguous, fl.f_contiguous, fl.writeable, fl.aligned)
 
 
 def rows(t):
